@@ -11,12 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind};
 
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
-    let bad = |cause: String| Err(Error::new(ErrorKind::InvalidInput, "parse", format!("{what} {s:?}"), cause));
+    let bad = |cause: String| {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "parse",
+            format!("{what} {s:?}"),
+            cause,
+        ))
+    };
     if s.is_empty() {
         return bad("must not be empty".into());
     }
     if s.len() > 128 {
-        return bad(format!("is {} bytes long, at most 128 are allowed", s.len()));
+        return bad(format!(
+            "is {} bytes long, at most 128 are allowed",
+            s.len()
+        ));
     }
     if s == "." || s == ".." || s.starts_with('-') {
         return bad("must not be '.', '..' or start with '-'".into());
@@ -121,7 +131,10 @@ pub struct Release {
 impl Release {
     /// A release of `version` without an artifact (targets that fetch or build it themselves).
     pub fn new(version: Version) -> Self {
-        Self { version, artifact: None }
+        Self {
+            version,
+            artifact: None,
+        }
     }
 
     /// The artifact to upload to each target.
@@ -151,7 +164,11 @@ fn default_scheme() -> String {
 impl Endpoint {
     /// An `http` endpoint.
     pub fn http(host: impl Into<String>, port: u16) -> Self {
-        Self { host: host.into(), port, scheme: default_scheme() }
+        Self {
+            host: host.into(),
+            port,
+            scheme: default_scheme(),
+        }
     }
 
     /// Use `https` instead of `http`.
@@ -232,7 +249,13 @@ impl Weights {
 
     /// These weights restricted to `targets`.
     pub fn only(&self, targets: &[TargetId]) -> Self {
-        Self(self.0.iter().filter(|(t, _)| targets.contains(t)).map(|(t, w)| (t.clone(), *w)).collect())
+        Self(
+            self.0
+                .iter()
+                .filter(|(t, _)| targets.contains(t))
+                .map(|(t, w)| (t.clone(), *w))
+                .collect(),
+        )
     }
 }
 
@@ -275,12 +298,22 @@ pub struct Health {
 impl Health {
     /// A healthy result.
     pub fn healthy(reason: impl Into<String>, latency: Duration) -> Self {
-        Self { healthy: true, reason: reason.into(), latency, version: None }
+        Self {
+            healthy: true,
+            reason: reason.into(),
+            latency,
+            version: None,
+        }
     }
 
     /// An unhealthy result.
     pub fn unhealthy(reason: impl Into<String>, latency: Duration) -> Self {
-        Self { healthy: false, reason: reason.into(), latency, version: None }
+        Self {
+            healthy: false,
+            reason: reason.into(),
+            latency,
+            version: None,
+        }
     }
 
     /// Record the version the target reported.
@@ -357,7 +390,13 @@ impl Verdict {
 
     /// An inconclusive verdict because the source returned no data.
     pub fn no_data(condition: impl Into<String>, source: impl Into<String>) -> Self {
-        let mut v = Self::new(VerdictKind::Inconclusive, None, condition, source, "no data");
+        let mut v = Self::new(
+            VerdictKind::Inconclusive,
+            None,
+            condition,
+            source,
+            "no data",
+        );
         v.no_data = true;
         v
     }
@@ -371,7 +410,11 @@ impl fmt::Display for Verdict {
         } else {
             f.write_str(" (no value")?;
         }
-        write!(f, ", condition {}, source {}): {}", self.condition, self.source, self.reason)
+        write!(
+            f,
+            ", condition {}, source {}): {}",
+            self.condition, self.source, self.reason
+        )
     }
 }
 
@@ -401,8 +444,16 @@ pub struct MigrationInfo {
 
 impl MigrationInfo {
     /// A migration; `destructive` is `Some(reason)` for a destructive one.
-    pub fn new(version: impl Into<String>, name: impl Into<String>, destructive: Option<String>) -> Self {
-        Self { version: SchemaVersion(version.into()), name: name.into(), destructive }
+    pub fn new(
+        version: impl Into<String>,
+        name: impl Into<String>,
+        destructive: Option<String>,
+    ) -> Self {
+        Self {
+            version: SchemaVersion(version.into()),
+            name: name.into(),
+            destructive,
+        }
     }
 }
 
@@ -448,7 +499,17 @@ mod tests {
         for ok in ["1", "2.1.0", "2026-11-21.3+g1a2b3c", "v_1"] {
             assert!(Version::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "-rf", "a/b", "a b", "$(x)", "a\nb", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-rf",
+            "a/b",
+            "a b",
+            "$(x)",
+            "a\nb",
+            &"x".repeat(129),
+        ] {
             let e = Version::new(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
             assert!(e.to_string().starts_with("parse version"), "{e}");
@@ -471,7 +532,13 @@ mod tests {
 
     #[test]
     fn endpoint_urls_bracket_ipv6() {
-        assert_eq!(Endpoint::http("::1", 8080).url("/health"), "http://[::1]:8080/health");
-        assert_eq!(Endpoint::http("127.0.0.1", 80).url("/"), "http://127.0.0.1:80/");
+        assert_eq!(
+            Endpoint::http("::1", 8080).url("/health"),
+            "http://[::1]:8080/health"
+        );
+        assert_eq!(
+            Endpoint::http("127.0.0.1", 80).url("/"),
+            "http://127.0.0.1:80/"
+        );
     }
 }

@@ -91,7 +91,11 @@ pub struct ProbeRequest {
 impl ProbeRequest {
     /// A request to check `target` at `endpoint`.
     pub fn new(target: TargetId, endpoint: Endpoint, expected_version: Option<Version>) -> Self {
-        Self { target, endpoint, expected_version }
+        Self {
+            target,
+            endpoint,
+            expected_version,
+        }
     }
 }
 
@@ -255,7 +259,12 @@ impl Command {
     {
         let mut it = argv.into_iter();
         let program = it.next().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidInput, "build command", "from argv", "argv is empty")
+            Error::new(
+                ErrorKind::InvalidInput,
+                "build command",
+                "from argv",
+                "argv is empty",
+            )
         })?;
         Ok(Self::new(program).args(it))
     }
@@ -328,7 +337,12 @@ pub struct Output {
 impl Output {
     /// An output.
     pub fn new(code: Option<i32>, signal: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>) -> Self {
-        Self { code, signal, stdout, stderr }
+        Self {
+            code,
+            signal,
+            stdout,
+            stderr,
+        }
     }
 
     /// Exit code 0.
@@ -418,7 +432,11 @@ pub trait HostExt: Host {
         };
         let stderr = out.stderr_text();
         let tail = tail_lines(stderr.trim(), 5);
-        let cause = if tail.is_empty() { status } else { format!("{status}: {tail}") };
+        let cause = if tail.is_empty() {
+            status
+        } else {
+            format!("{status}: {tail}")
+        };
         Err(Error::new(
             ErrorKind::CommandFailed,
             format!("run `{}`", command.display()),

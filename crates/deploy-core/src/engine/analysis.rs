@@ -1,0 +1,277 @@
+//! Gate analysis: measure every gate at intervals and apply the limits of [`AnalysisPolicy`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
+use super::report::{Event, VerdictRecord};
+use super::{Failure, Run, with_timeout};
+use crate::model::{TargetId, Verdict, VerdictKind};
+use crate::traits::GateContext;
+
+/// Counters of one gate during one analysis.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) failures: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) inconclusive: u32,
+    pub(crate) consecutive_errors: u32,
+}
+
+/// What one more verdict means for the analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Continue,
+    Fail(String),
+    Error(String),
+    Inconclusive(String),
+}
+
+impl Tally {
+    /// Count `kind` (already mapped through the no-data policy) and decide.
+    pub(crate) fn count(&mut self, kind: VerdictKind, policy: &AnalysisPolicy) -> Decision {
+        match kind {
+            VerdictKind::Pass => {
+                self.consecutive_failures = 0;
+                self.consecutive_errors = 0;
+            }
+            VerdictKind::Fail => {
+                self.failures += 1;
+                self.consecutive_failures += 1;
+                self.consecutive_errors = 0;
+                if self.failures > policy.failure_limit {
+                    return Decision::Fail(format!(
+                        "{} failure(s), more than the failure limit of {}",
+                        self.failures, policy.failure_limit
+                    ));
+                }
+                if let Some(limit) = policy.consecutive_failure_limit {
+                    if self.consecutive_failures > limit {
+                        return Decision::Fail(format!(
+                            "{} consecutive failure(s), more than the consecutive failure limit of {limit}",
+                            self.consecutive_failures
+                        ));
+                    }
+                }
+            }
+            VerdictKind::Inconclusive => {
+                self.inconclusive += 1;
+                self.consecutive_errors = 0;
+                if self.inconclusive > policy.inconclusive_limit {
+                    return Decision::Inconclusive(format!(
+                        "{} inconclusive measurement(s), more than the inconclusive limit of {}",
+                        self.inconclusive, policy.inconclusive_limit
+                    ));
+                }
+            }
+            VerdictKind::Error => {
+                self.consecutive_errors += 1;
+                if self.consecutive_errors > policy.consecutive_error_limit {
+                    return Decision::Error(format!(
+                        "{} consecutive error(s), more than the consecutive error limit of {}",
+                        self.consecutive_errors, policy.consecutive_error_limit
+                    ));
+                }
+            }
+        }
+        Decision::Continue
+    }
+}
+
+/// The kind a verdict counts as under the no-data policy; `None` means "not counted".
+pub(crate) fn counted_kind(verdict: &Verdict, policy: NoDataPolicy) -> Option<VerdictKind> {
+    if !verdict.no_data {
+        return Some(verdict.kind);
+    }
+    match policy {
+        NoDataPolicy::Inconclusive => Some(VerdictKind::Inconclusive),
+        NoDataPolicy::Fail => Some(VerdictKind::Fail),
+        NoDataPolicy::Pass => Some(VerdictKind::Pass),
+        NoDataPolicy::Ignore => None,
+    }
+}
+
+impl Run<'_> {
+    pub(super) async fn analyze(
+        &mut self,
+        name: &str,
+        duration: Duration,
+        canary: &[TargetId],
+        baseline: &[TargetId],
+    ) -> Result<(), Failure> {
+        let engine = self.engine;
+        let env = self.env();
+        let policy = &engine.policies.analysis;
+        if env.gates.is_empty() {
+            // Nothing to measure: still give the release its bake time.
+            tokio::time::sleep(duration).await;
+            return Ok(());
+        }
+        let n = policy.measurements(duration);
+        let wait = if policy.count.is_some() {
+            policy.interval
+        } else {
+            duration / n
+        };
+        let mut ctx = GateContext::new(
+            self.plan.release.version.clone(),
+            canary.to_vec(),
+            baseline.to_vec(),
+        );
+        for t in canary {
+            ctx.canary_endpoints.push(env.target(t)?.endpoint());
+        }
+        for t in baseline {
+            ctx.baseline_endpoints.push(env.target(t)?.endpoint());
+        }
+        let mut tallies = vec![Tally::default(); env.gates.len()];
+        let t0 = Instant::now();
+        for _ in 0..n {
+            tokio::time::sleep(wait).await;
+            ctx.elapsed = t0.elapsed();
+            for (gate, tally) in env.gates.iter().zip(tallies.iter_mut()) {
+                let verdict = match with_timeout(
+                    "evaluate gate",
+                    gate.name(),
+                    policy.timeout,
+                    gate.evaluate(&ctx),
+                )
+                .await
+                {
+                    Ok(v) => v,
+                    Err(e) => Verdict::new(VerdictKind::Error, None, "", gate.name(), e.chain()),
+                };
+                engine.emit(&Event::GateVerdict {
+                    gate: gate.name().to_owned(),
+                    analysis: name.to_owned(),
+                    verdict: verdict.clone(),
+                });
+                self.verdicts.push(VerdictRecord {
+                    gate: gate.name().to_owned(),
+                    analysis: name.to_owned(),
+                    verdict: verdict.clone(),
+                });
+                let Some(kind) = counted_kind(&verdict, policy.no_data) else {
+                    continue;
+                };
+                match tally.count(kind, policy) {
+                    Decision::Continue => {}
+                    Decision::Fail(why) => {
+                        return Err(Failure(format!(
+                            "gate {} failed ({why}); last verdict: {verdict}",
+                            gate.name()
+                        )));
+                    }
+                    Decision::Error(why) => {
+                        return Err(Failure(format!(
+                            "gate {} could not measure ({why}); last verdict: {verdict}",
+                            gate.name()
+                        )));
+                    }
+                    Decision::Inconclusive(why) => {
+                        let msg = format!(
+                            "gate {} is inconclusive ({why}); last verdict: {verdict}",
+                            gate.name()
+                        );
+                        match policy.on_inconclusive {
+                            InconclusiveAction::Rollback => return Err(Failure(msg)),
+                            InconclusiveAction::Proceed => {
+                                self.note(format!("{msg}; carried on (on_inconclusive = proceed)"));
+                                *tally = Tally::default();
+                            }
+                            InconclusiveAction::Pause => {
+                                engine.emit(&Event::Paused {
+                                    reason: format!(
+                                        "{msg}; promote to carry on, abort to roll back"
+                                    ),
+                                });
+                                engine.control.promoted().await;
+                                self.note(format!("{msg}; promoted by the operator"));
+                                *tally = Tally::default();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> AnalysisPolicy {
+        AnalysisPolicy {
+            failure_limit: 3,
+            consecutive_failure_limit: Some(1),
+            inconclusive_limit: 1,
+            consecutive_error_limit: 2,
+            ..AnalysisPolicy::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_trip_before_the_total_limit() {
+        let p = policy();
+        let mut t = Tally::default();
+        assert_eq!(t.count(VerdictKind::Fail, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Pass, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Fail, &p), Decision::Continue);
+        assert!(
+            matches!(t.count(VerdictKind::Fail, &p), Decision::Fail(w) if w.contains("2 consecutive"))
+        );
+    }
+
+    #[test]
+    fn total_failures_trip_the_failure_limit() {
+        let p = AnalysisPolicy {
+            consecutive_failure_limit: None,
+            ..policy()
+        };
+        let mut t = Tally::default();
+        for _ in 0..3 {
+            assert_eq!(t.count(VerdictKind::Fail, &p), Decision::Continue);
+            assert_eq!(t.count(VerdictKind::Pass, &p), Decision::Continue);
+        }
+        assert!(
+            matches!(t.count(VerdictKind::Fail, &p), Decision::Fail(w) if w.contains("4 failure(s)"))
+        );
+    }
+
+    #[test]
+    fn errors_reset_on_success_and_trip_when_consecutive() {
+        let p = policy();
+        let mut t = Tally::default();
+        assert_eq!(t.count(VerdictKind::Error, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Error, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Pass, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Error, &p), Decision::Continue);
+        assert_eq!(t.count(VerdictKind::Error, &p), Decision::Continue);
+        assert!(matches!(
+            t.count(VerdictKind::Error, &p),
+            Decision::Error(_)
+        ));
+    }
+
+    #[test]
+    fn no_data_policy_maps_verdicts() {
+        let v = Verdict::no_data("< 0.01", "q");
+        assert_eq!(
+            counted_kind(&v, NoDataPolicy::Inconclusive),
+            Some(VerdictKind::Inconclusive)
+        );
+        assert_eq!(
+            counted_kind(&v, NoDataPolicy::Fail),
+            Some(VerdictKind::Fail)
+        );
+        assert_eq!(counted_kind(&v, NoDataPolicy::Ignore), None);
+        let real = Verdict::new(VerdictKind::Fail, Some(0.05), "< 0.01", "q", "too high");
+        assert_eq!(
+            counted_kind(&real, NoDataPolicy::Pass),
+            Some(VerdictKind::Fail)
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The engine's policies: how long to wait, how often to look, what to tolerate.
+//!
+//! These live in the engine, not in the adapters, so every probe, gate and switch is treated the
+//! same way. Argo Rollouts' analysis model is the reference for [`AnalysisPolicy`]; consecutive
+//! failure limits and a no-data policy are added because its users keep asking for them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How health is awaited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProbePolicy {
+    /// Time between two checks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time limit of one check.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive healthy checks needed.
+    pub healthy_threshold: u32,
+    /// Give up (and roll back) when not healthy after this long.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for ProbePolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            healthy_threshold: 2,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a verdict that found no data at all counts as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDataPolicy {
+    /// Counts as Inconclusive (the default: no traffic is no evidence either way).
+    #[default]
+    Inconclusive,
+    /// Counts as a failure (Flagger's behaviour).
+    Fail,
+    /// Counts as a pass.
+    Pass,
+    /// Is not counted at all; the analysis measures again at the next interval.
+    Ignore,
+}
+
+/// What the engine does when an analysis ends Inconclusive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InconclusiveAction {
+    /// Roll back (the default: nobody confirmed the release is good).
+    #[default]
+    Rollback,
+    /// Pause until the operator promotes or aborts (Argo Rollouts' behaviour).
+    Pause,
+    /// Carry on as if it passed.
+    Proceed,
+}
+
+/// How gates are evaluated during an `Analyze` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AnalysisPolicy {
+    /// Time between two measurements; the first is taken one interval after the step starts.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Number of measurements; when absent, the step's duration divided by the interval (at
+    /// least one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Failures tolerated per gate; one more fails the analysis.
+    pub failure_limit: u32,
+    /// Consecutive failures tolerated per gate; one more fails the analysis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failure_limit: Option<u32>,
+    /// Inconclusive measurements tolerated per gate; one more ends the analysis Inconclusive.
+    pub inconclusive_limit: u32,
+    /// Consecutive errors tolerated per gate (metrics source unreachable...); one more ends the
+    /// analysis in Error, which rolls back.
+    pub consecutive_error_limit: u32,
+    /// What a measurement without any data counts as.
+    pub no_data: NoDataPolicy,
+    /// What an Inconclusive analysis leads to.
+    pub on_inconclusive: InconclusiveAction,
+    /// Time limit of one gate evaluation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AnalysisPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            count: None,
+            failure_limit: 0,
+            consecutive_failure_limit: None,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 4,
+            no_data: NoDataPolicy::default(),
+            on_inconclusive: InconclusiveAction::default(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AnalysisPolicy {
+    /// How many measurements an analysis of `duration` takes.
+    pub fn measurements(&self, duration: Duration) -> u32 {
+        if let Some(c) = self.count {
+            return c.max(1);
+        }
+        if self.interval.is_zero() {
+            return 1;
+        }
+        let n = duration.as_nanos() / self.interval.as_nanos();
+        u32::try_from(n).unwrap_or(u32::MAX).max(1)
+    }
+}
+
+/// Retries of calls that failed with a retryable error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between retries (the wait doubles each time).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1-based).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// What happens when sessions do not reach zero within the drain timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainTimeoutAction {
+    /// Carry on and report the sessions left (the default: long-lived connections are common).
+    #[default]
+    Proceed,
+    /// Fail the step, which rolls back.
+    Fail,
+}
+
+/// How targets are drained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DrainPolicy {
+    /// Longest wait for sessions to reach zero.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Time between two reads of the session count.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// What happens past the timeout.
+    pub on_timeout: DrainTimeoutAction,
+}
+
+impl Default for DrainPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            on_timeout: DrainTimeoutAction::default(),
+        }
+    }
+}
+
+/// All of the engine's policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Policies {
+    /// Health probing.
+    pub probe: ProbePolicy,
+    /// Gate analysis.
+    pub analysis: AnalysisPolicy,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Draining.
+    pub drain: DrainPolicy,
+    /// Time limits of calls.
+    pub timeouts: Timeouts,
+    /// The whole run must finish within this, or it rolls back.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+}
+
+/// Time limits of individual calls to targets, switches, runners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Quick calls: weights, current version, maintenance, start/stop, activate.
+    #[serde(with = "humantime_serde")]
+    pub call: Duration,
+    /// Long calls: prepare (upload), backup, migrate, revert.
+    #[serde(with = "humantime_serde")]
+    pub long_call: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            call: Duration::from_secs(60),
+            long_call: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let r = RetryPolicy::default();
+        assert_eq!(r.backoff(1), Duration::from_millis(200));
+        assert_eq!(r.backoff(2), Duration::from_millis(400));
+        assert_eq!(r.backoff(10), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn measurements_follow_duration_or_count() {
+        let mut a = AnalysisPolicy {
+            interval: Duration::from_secs(10),
+            ..AnalysisPolicy::default()
+        };
+        assert_eq!(a.measurements(Duration::from_secs(60)), 6);
+        assert_eq!(a.measurements(Duration::from_secs(5)), 1);
+        a.count = Some(3);
+        assert_eq!(a.measurements(Duration::from_secs(60)), 3);
+    }
+
+    #[test]
+    fn policies_parse_from_partial_json_with_humane_durations() {
+        let p: Policies = serde_json::from_str(
+            r#"{"probe":{"deadline":"2m"},"analysis":{"failure_limit":2,"no_data":"ignore"}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.probe.deadline, Duration::from_secs(120));
+        assert_eq!(p.probe.interval, Duration::from_secs(1));
+        assert_eq!(p.analysis.failure_limit, 2);
+        assert_eq!(p.analysis.no_data, NoDataPolicy::Ignore);
+        assert!(serde_json::from_str::<Policies>(r#"{"probe":{"dedline":"2m"}}"#).is_err());
+    }
+}

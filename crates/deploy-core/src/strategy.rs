@@ -1,0 +1,978 @@
+//! Strategies as data, and how each turns a snapshot of the environment into a [`Plan`].
+//!
+//! A strategy decides *what* to do; the engine ([`crate::engine`]) decides *how* (retries,
+//! timeouts, probes, gates) and undoes it on failure. A plan is plain data: it can be printed,
+//! serialised, journaled and resumed by another process.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Endpoint;
+use crate::model::{
+    BackupId, MigrationInfo, MigrationStatus, Release, SchemaVersion, TargetId, Version, Weights,
+};
+
+/// How many targets a rolling deploy changes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSize {
+    /// This many targets per batch (at least 1).
+    Count(u32),
+    /// This percentage of the fleet per batch, rounded up, at least one target ("max unavailable").
+    Percent(u8),
+}
+
+impl BatchSize {
+    /// The number of targets per batch for a fleet of `n`.
+    pub fn of(self, n: usize) -> usize {
+        let size = match self {
+            Self::Count(c) => c as usize,
+            Self::Percent(p) => (n * usize::from(p)).div_ceil(100),
+        };
+        size.clamp(1, n.max(1))
+    }
+}
+
+/// One step of a canary strategy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryStep {
+    /// Send this percentage of traffic (0–100) to the canary.
+    SetWeight(u8),
+    /// Run the gates for this long; a failed analysis rolls back.
+    Analyze(#[serde(with = "humantime_serde")] Duration),
+    /// Wait this long.
+    Pause(#[serde(with = "humantime_serde")] Duration),
+    /// Wait until the operator promotes (or aborts).
+    PauseUntilPromoted,
+}
+
+/// A deployment strategy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Strategy {
+    /// Maintenance window: maintenance on → stop → backup → migrate → activate → healthy →
+    /// maintenance off. The only strategy where destructive migrations are allowed by default.
+    Recreate,
+    /// Batch by batch: drain → wait until sessions reach 0 → activate → healthy → restore weight.
+    Rolling {
+        /// Targets per batch.
+        batch: BatchSize,
+        /// Run the gates for this long after each batch (none when absent).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        analysis: Option<Duration>,
+    },
+    /// Prepare and activate the idle slot → healthy → optional pre-switch analysis → switch
+    /// 100 % → bake with gates.
+    BlueGreen {
+        /// Run the gates on the idle slot for this long before switching.
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pre_switch_analysis: Option<Duration>,
+        /// Run the gates for this long after the switch; a failure switches back.
+        #[serde(default, with = "humantime_serde")]
+        bake: Duration,
+    },
+    /// Prepare and activate the idle slot, then shift traffic step by step, then promote.
+    Canary {
+        /// The steps, in order.
+        steps: Vec<CanaryStep>,
+    },
+}
+
+impl Strategy {
+    /// Short name: `recreate`, `rolling`, `blue_green`, `canary`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Recreate => "recreate",
+            Self::Rolling { .. } => "rolling",
+            Self::BlueGreen { .. } => "blue_green",
+            Self::Canary { .. } => "canary",
+        }
+    }
+
+    /// Whether users keep being served throughout (every strategy but `Recreate`).
+    pub fn is_zero_downtime(&self) -> bool {
+        !matches!(self, Self::Recreate)
+    }
+}
+
+/// What the schema does when a deploy rolls back after migrations ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaRollback {
+    /// Keep additive migrations (they are compatible with the old release, and reverting could
+    /// drop data the new release wrote); revert when any applied migration was destructive.
+    #[default]
+    KeepAdditive,
+    /// Always bring the schema back to where it was.
+    Revert,
+}
+
+/// Options that change what a plan contains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PlanOptions {
+    /// Allow destructive migrations in a zero-downtime strategy (expand/contract says they
+    /// belong to `Recreate` or to a later release).
+    pub allow_destructive_migrations: bool,
+    /// Skip the backup before migrating.
+    pub skip_backup: bool,
+    /// What the schema does on rollback.
+    pub schema_rollback: SchemaRollback,
+}
+
+/// One thing the engine does. Steps are idempotent: running one twice is the same as once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Step {
+    /// Install the release on a target without activating it.
+    Prepare {
+        /// The target.
+        target: TargetId,
+        /// The version installed.
+        version: Version,
+    },
+    /// Make a version current on a target.
+    Activate {
+        /// The target.
+        target: TargetId,
+        /// The version activated.
+        version: Version,
+    },
+    /// Stop a target.
+    Stop {
+        /// The target.
+        target: TargetId,
+    },
+    /// Start a target on its current version.
+    Start {
+        /// The target.
+        target: TargetId,
+    },
+    /// Probe a target until it is healthy (or the probe deadline passes).
+    AwaitHealthy {
+        /// The target.
+        target: TargetId,
+        /// The version it must report.
+        version: Option<Version>,
+    },
+    /// Show the maintenance page.
+    MaintenanceOn,
+    /// Hide the maintenance page.
+    MaintenanceOff,
+    /// Back up the database.
+    Backup,
+    /// Apply the pending migrations.
+    Migrate,
+    /// Bring the schema back (only ever an inverse).
+    RevertSchema {
+        /// The version to return to.
+        to: Option<SchemaVersion>,
+        /// The backup to restore if down migrations cannot.
+        backup: Option<BackupId>,
+    },
+    /// Stop new traffic to a target and wait until its sessions reach 0 (or the drain timeout).
+    Drain {
+        /// The target.
+        target: TargetId,
+    },
+    /// Set traffic weights.
+    SetWeights {
+        /// The weights of the targets named; others are left alone.
+        weights: Weights,
+    },
+    /// Run the gates for a while.
+    Analyze {
+        /// What this analysis is for ("bake", "canary at 10%").
+        name: String,
+        /// How long.
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+        /// Targets on the new version.
+        canary: Vec<TargetId>,
+        /// Targets on the old version.
+        baseline: Vec<TargetId>,
+    },
+    /// Wait for a while, or until promoted when `duration` is absent.
+    Pause {
+        /// How long; absent means until the operator promotes or aborts.
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        duration: Option<Duration>,
+    },
+}
+
+impl Step {
+    /// Whether this step changes the world (and so records an inverse before it acts).
+    pub fn changes_world(&self) -> bool {
+        !matches!(
+            self,
+            Self::AwaitHealthy { .. } | Self::Analyze { .. } | Self::Pause { .. }
+        )
+    }
+
+    /// A stable short name for the kind of step (`activate`, `set_weights`...).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Prepare { .. } => "prepare",
+            Self::Activate { .. } => "activate",
+            Self::Stop { .. } => "stop",
+            Self::Start { .. } => "start",
+            Self::AwaitHealthy { .. } => "await_healthy",
+            Self::MaintenanceOn => "maintenance_on",
+            Self::MaintenanceOff => "maintenance_off",
+            Self::Backup => "backup",
+            Self::Migrate => "migrate",
+            Self::RevertSchema { .. } => "revert_schema",
+            Self::Drain { .. } => "drain",
+            Self::SetWeights { .. } => "set_weights",
+            Self::Analyze { .. } => "analyze",
+            Self::Pause { .. } => "pause",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prepare { target, version } => write!(f, "prepare {version} on {target}"),
+            Self::Activate { target, version } => write!(f, "activate {version} on {target}"),
+            Self::Stop { target } => write!(f, "stop {target}"),
+            Self::Start { target } => write!(f, "start {target}"),
+            Self::AwaitHealthy {
+                target,
+                version: Some(v),
+            } => write!(f, "wait until {target} is healthy on {v}"),
+            Self::AwaitHealthy {
+                target,
+                version: None,
+            } => write!(f, "wait until {target} is healthy"),
+            Self::MaintenanceOn => f.write_str("turn maintenance page on"),
+            Self::MaintenanceOff => f.write_str("turn maintenance page off"),
+            Self::Backup => f.write_str("back up the database"),
+            Self::Migrate => f.write_str("apply pending migrations"),
+            Self::RevertSchema { to, backup } => {
+                write!(
+                    f,
+                    "revert schema to {}",
+                    to.as_ref().map_or("empty".to_owned(), ToString::to_string)
+                )?;
+                if let Some(b) = backup {
+                    write!(f, " (backup {b})")?;
+                }
+                Ok(())
+            }
+            Self::Drain { target } => write!(f, "drain {target}"),
+            Self::SetWeights { weights } => write!(f, "set weights {weights}"),
+            Self::Analyze {
+                name,
+                duration,
+                canary,
+                ..
+            } => write!(
+                f,
+                "analyze {} for {} ({name})",
+                join(canary),
+                humantime::format_duration(*duration)
+            ),
+            Self::Pause { duration: Some(d) } => {
+                write!(f, "pause {}", humantime::format_duration(*d))
+            }
+            Self::Pause { duration: None } => f.write_str("pause until promoted"),
+        }
+    }
+}
+
+fn join(ids: &[TargetId]) -> String {
+    ids.iter()
+        .map(TargetId::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One target as the engine saw it before planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TargetState {
+    /// The target.
+    pub id: TargetId,
+    /// Where it serves.
+    pub endpoint: Endpoint,
+    /// Its current version.
+    pub current: Option<Version>,
+}
+
+/// The state of an environment: what every target runs, the weights, the schema, maintenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Every target, in configuration order.
+    pub targets: Vec<TargetState>,
+    /// The switch's weights, when there is a switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Weights>,
+    /// The schema, when there is a migration runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationStatus>,
+    /// Whether the maintenance page is on, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
+}
+
+impl Snapshot {
+    /// A snapshot (for strategies tested without an engine).
+    pub fn new(
+        targets: Vec<TargetState>,
+        weights: Option<Weights>,
+        migrations: Option<MigrationStatus>,
+        maintenance: Option<bool>,
+    ) -> Self {
+        Self {
+            targets,
+            weights,
+            migrations,
+            maintenance,
+        }
+    }
+
+    /// The current version of `target`.
+    pub fn version_of(&self, target: &TargetId) -> Option<&Version> {
+        self.targets
+            .iter()
+            .find(|t| &t.id == target)
+            .and_then(|t| t.current.as_ref())
+    }
+}
+
+impl TargetState {
+    /// A target state.
+    pub fn new(id: TargetId, endpoint: Endpoint, current: Option<Version>) -> Self {
+        Self {
+            id,
+            endpoint,
+            current,
+        }
+    }
+}
+
+/// A plan: the steps a strategy chose for one release, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Plan {
+    /// The environment's name.
+    pub environment: String,
+    /// The release.
+    pub release: Release,
+    /// The strategy it came from.
+    pub strategy: Strategy,
+    /// Options it was planned with.
+    pub options: PlanOptions,
+    /// The state it was planned from.
+    pub snapshot: Snapshot,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Deploy {} to {} with {} ({} steps):",
+            self.release.version,
+            self.environment,
+            self.strategy.name(),
+            self.steps.len()
+        )?;
+        for t in &self.snapshot.targets {
+            let v = t
+                .current
+                .as_ref()
+                .map_or("nothing".to_owned(), ToString::to_string);
+            let w = self
+                .snapshot
+                .weights
+                .as_ref()
+                .and_then(|w| w.get(&t.id))
+                .map_or(String::new(), |w| format!(", weight {w}"));
+            writeln!(f, "  now: {} runs {v} at {}{w}", t.id, t.endpoint)?;
+        }
+        if let Some(m) = &self.snapshot.migrations {
+            let cur = m
+                .current
+                .as_ref()
+                .map_or("empty".to_owned(), ToString::to_string);
+            writeln!(f, "  now: schema at {cur}, {} pending", m.pending.len())?;
+            for p in &m.pending {
+                match &p.destructive {
+                    Some(why) => {
+                        writeln!(f, "       {} {} (destructive: {why})", p.version, p.name)?
+                    }
+                    None => writeln!(f, "       {} {} (additive)", p.version, p.name)?,
+                }
+            }
+        }
+        let width = self.steps.len().to_string().len();
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "  {:>width$}. {s}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a strategy cannot plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The environment lacks something the strategy needs, or its state does not fit.
+    #[error("plan {strategy} deploy of {version}: {reason}")]
+    Unfit {
+        /// The strategy.
+        strategy: &'static str,
+        /// The version.
+        version: Version,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// Destructive migrations are pending and the strategy keeps users served.
+    #[error(
+        "plan {strategy} deploy of {version}: refused, destructive migrations pending: {}; \
+         run them under the recreate strategy or in a later (contract) release, or set \
+         allow_destructive_migrations",
+        .migrations.iter().map(|m| format!("{} {} ({})", m.version, m.name, m.destructive.as_deref().unwrap_or(""))).collect::<Vec<_>>().join(", ")
+    )]
+    DestructiveMigration {
+        /// The strategy.
+        strategy: &'static str,
+        /// The version.
+        version: Version,
+        /// The destructive migrations.
+        migrations: Vec<MigrationInfo>,
+    },
+}
+
+/// What planning needs to know about the environment besides its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// A traffic switch is configured.
+    pub switch: bool,
+    /// A maintenance page is configured.
+    pub maintenance: bool,
+    /// A migration runner is configured.
+    pub migrations: bool,
+}
+
+impl Capabilities {
+    /// Capabilities.
+    pub fn new(switch: bool, maintenance: bool, migrations: bool) -> Self {
+        Self {
+            switch,
+            maintenance,
+            migrations,
+        }
+    }
+}
+
+impl Strategy {
+    /// Turn this strategy into a plan for `release`, given the environment's state.
+    pub fn plan(
+        &self,
+        environment: &str,
+        release: &Release,
+        snapshot: &Snapshot,
+        caps: Capabilities,
+        options: &PlanOptions,
+    ) -> Result<Plan, PlanError> {
+        let version = &release.version;
+        let unfit = |reason: String| PlanError::Unfit {
+            strategy: self.name(),
+            version: version.clone(),
+            reason,
+        };
+        if snapshot.targets.is_empty() {
+            return Err(unfit("the environment has no targets".into()));
+        }
+        let ids: Vec<TargetId> = snapshot.targets.iter().map(|t| t.id.clone()).collect();
+
+        // Migration safety (expand/contract).
+        let pending = snapshot
+            .migrations
+            .as_ref()
+            .map(|m| m.pending.clone())
+            .unwrap_or_default();
+        let destructive: Vec<MigrationInfo> = pending
+            .iter()
+            .filter(|m| m.destructive.is_some())
+            .cloned()
+            .collect();
+        if self.is_zero_downtime()
+            && !destructive.is_empty()
+            && !options.allow_destructive_migrations
+        {
+            return Err(PlanError::DestructiveMigration {
+                strategy: self.name(),
+                version: version.clone(),
+                migrations: destructive,
+            });
+        }
+        let mut migrate = Vec::new();
+        if caps.migrations && !pending.is_empty() {
+            if !options.skip_backup {
+                migrate.push(Step::Backup);
+            }
+            migrate.push(Step::Migrate);
+        }
+
+        let mut steps = Vec::new();
+        match self {
+            Self::Recreate => {
+                steps.extend(ids.iter().map(|t| Step::Prepare {
+                    target: t.clone(),
+                    version: version.clone(),
+                }));
+                if caps.maintenance {
+                    steps.push(Step::MaintenanceOn);
+                }
+                steps.extend(ids.iter().map(|t| Step::Stop { target: t.clone() }));
+                steps.extend(migrate);
+                steps.extend(ids.iter().map(|t| Step::Activate {
+                    target: t.clone(),
+                    version: version.clone(),
+                }));
+                steps.extend(ids.iter().map(|t| Step::AwaitHealthy {
+                    target: t.clone(),
+                    version: Some(version.clone()),
+                }));
+                if caps.maintenance {
+                    steps.push(Step::MaintenanceOff);
+                }
+            }
+            Self::Rolling { batch, analysis } => {
+                let weights = if caps.switch {
+                    Some(
+                        snapshot
+                            .weights
+                            .clone()
+                            .ok_or_else(|| unfit("the switch reported no weights".into()))?,
+                    )
+                } else {
+                    None
+                };
+                steps.extend(ids.iter().map(|t| Step::Prepare {
+                    target: t.clone(),
+                    version: version.clone(),
+                }));
+                steps.extend(migrate);
+                let size = batch.of(ids.len());
+                let mut done: Vec<TargetId> = Vec::new();
+                for chunk in ids.chunks(size) {
+                    if weights.is_some() {
+                        steps.extend(chunk.iter().map(|t| Step::Drain { target: t.clone() }));
+                    }
+                    steps.extend(chunk.iter().map(|t| Step::Activate {
+                        target: t.clone(),
+                        version: version.clone(),
+                    }));
+                    steps.extend(chunk.iter().map(|t| Step::AwaitHealthy {
+                        target: t.clone(),
+                        version: Some(version.clone()),
+                    }));
+                    if let Some(w) = &weights {
+                        steps.push(Step::SetWeights {
+                            weights: w.only(chunk),
+                        });
+                    }
+                    done.extend(chunk.iter().cloned());
+                    if let Some(d) = analysis {
+                        let baseline = ids.iter().filter(|t| !done.contains(t)).cloned().collect();
+                        steps.push(Step::Analyze {
+                            name: format!("after batch of {}", join(chunk)),
+                            duration: *d,
+                            canary: done.clone(),
+                            baseline,
+                        });
+                    }
+                }
+            }
+            Self::BlueGreen {
+                pre_switch_analysis,
+                bake,
+            } => {
+                let (live, idle, weight) = slots(self.name(), version, snapshot, caps)?;
+                steps.extend(migrate);
+                push_idle_up(&mut steps, &idle, version);
+                if let Some(d) = pre_switch_analysis {
+                    steps.push(Step::Analyze {
+                        name: "pre-switch".into(),
+                        duration: *d,
+                        canary: idle.clone(),
+                        baseline: live.clone(),
+                    });
+                }
+                steps.push(Step::SetWeights {
+                    weights: switch_all(&idle, &live, weight),
+                });
+                if !bake.is_zero() {
+                    steps.push(Step::Analyze {
+                        name: "bake".into(),
+                        duration: *bake,
+                        canary: idle.clone(),
+                        baseline: Vec::new(),
+                    });
+                }
+            }
+            Self::Canary {
+                steps: canary_steps,
+            } => {
+                let (live, idle, weight) = slots(self.name(), version, snapshot, caps)?;
+                steps.extend(migrate);
+                push_idle_up(&mut steps, &idle, version);
+                let mut pct = 0u8;
+                for s in canary_steps {
+                    match s {
+                        CanaryStep::SetWeight(p) => {
+                            if *p > 100 {
+                                return Err(unfit(format!("set_weight {p} is above 100")));
+                            }
+                            pct = *p;
+                            steps.push(Step::SetWeights {
+                                weights: canary_weights(&idle, &live, pct),
+                            });
+                        }
+                        CanaryStep::Analyze(d) => steps.push(Step::Analyze {
+                            name: format!("canary at {pct}%"),
+                            duration: *d,
+                            canary: idle.clone(),
+                            baseline: live.clone(),
+                        }),
+                        CanaryStep::Pause(d) => steps.push(Step::Pause { duration: Some(*d) }),
+                        CanaryStep::PauseUntilPromoted => {
+                            steps.push(Step::Pause { duration: None })
+                        }
+                    }
+                }
+                steps.push(Step::SetWeights {
+                    weights: switch_all(&idle, &live, weight),
+                });
+            }
+        }
+        Ok(Plan {
+            environment: environment.to_owned(),
+            release: release.clone(),
+            strategy: self.clone(),
+            options: options.clone(),
+            snapshot: snapshot.clone(),
+            steps,
+        })
+    }
+}
+
+/// Split the targets into live (weight > 0) and idle (weight 0) slots; return the weight the
+/// idle slots get when they take over.
+fn slots(
+    strategy: &'static str,
+    version: &Version,
+    snapshot: &Snapshot,
+    caps: Capabilities,
+) -> Result<(Vec<TargetId>, Vec<TargetId>, u32), PlanError> {
+    let unfit = |reason: String| PlanError::Unfit {
+        strategy,
+        version: version.clone(),
+        reason,
+    };
+    if !caps.switch {
+        return Err(unfit("it needs a traffic switch".into()));
+    }
+    let weights = snapshot
+        .weights
+        .as_ref()
+        .ok_or_else(|| unfit("the switch reported no weights".into()))?;
+    let mut live = Vec::new();
+    let mut idle = Vec::new();
+    for t in &snapshot.targets {
+        match weights.get(&t.id) {
+            Some(0) => idle.push(t.id.clone()),
+            Some(_) => live.push(t.id.clone()),
+            None => return Err(unfit(format!("the switch does not know target {}", t.id))),
+        }
+    }
+    if live.is_empty() {
+        return Err(unfit(
+            "no target takes traffic (all weights are 0), so there is no live slot".into(),
+        ));
+    }
+    if idle.is_empty() {
+        return Err(unfit(format!(
+            "no idle slot: every target takes traffic ({weights}); set one slot's weight to 0"
+        )));
+    }
+    let weight = live
+        .iter()
+        .filter_map(|t| weights.get(t))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    Ok((live, idle, weight))
+}
+
+fn push_idle_up(steps: &mut Vec<Step>, idle: &[TargetId], version: &Version) {
+    steps.extend(idle.iter().map(|t| Step::Prepare {
+        target: t.clone(),
+        version: version.clone(),
+    }));
+    steps.extend(idle.iter().map(|t| Step::Activate {
+        target: t.clone(),
+        version: version.clone(),
+    }));
+    steps.extend(idle.iter().map(|t| Step::AwaitHealthy {
+        target: t.clone(),
+        version: Some(version.clone()),
+    }));
+}
+
+fn switch_all(to: &[TargetId], from: &[TargetId], weight: u32) -> Weights {
+    to.iter()
+        .map(|t| (t.clone(), weight))
+        .chain(from.iter().map(|t| (t.clone(), 0)))
+        .collect()
+}
+
+/// Per-target weights so that the canary group as a whole gets `pct` percent of the traffic
+/// whatever the sizes of the two groups.
+fn canary_weights(canary: &[TargetId], stable: &[TargetId], pct: u8) -> Weights {
+    let (c, s) = (canary.len() as u64, stable.len() as u64);
+    let mut wc = u64::from(pct) * s;
+    let mut ws = u64::from(100 - pct) * c;
+    let g = gcd(wc, ws);
+    if g > 1 {
+        wc /= g;
+        ws /= g;
+    }
+    // Keep weights in HAProxy's 0..=256 range for the common cases while preserving the ratio.
+    while wc > 256 || ws > 256 {
+        wc = wc.div_ceil(2);
+        ws = ws.div_ceil(2);
+    }
+    if pct == 0 {
+        wc = 0;
+    }
+    if pct == 100 {
+        ws = 0;
+    }
+    canary
+        .iter()
+        .map(|t| (t.clone(), wc as u32))
+        .chain(stable.iter().map(|t| (t.clone(), ws as u32)))
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> TargetId {
+        TargetId::new(s).unwrap()
+    }
+
+    fn snap(weights: &[(&str, u32)], pending: Vec<MigrationInfo>) -> Snapshot {
+        Snapshot::new(
+            weights
+                .iter()
+                .map(|(t, _)| {
+                    TargetState::new(
+                        id(t),
+                        Endpoint::http("127.0.0.1", 1),
+                        Some(Version::new("1").unwrap()),
+                    )
+                })
+                .collect(),
+            Some(weights.iter().map(|(t, w)| (id(t), *w)).collect()),
+            Some(MigrationStatus::new(None, pending)),
+            Some(false),
+        )
+    }
+
+    fn release() -> Release {
+        Release::new(Version::new("2").unwrap())
+    }
+
+    const ALL: Capabilities = Capabilities {
+        switch: true,
+        maintenance: true,
+        migrations: true,
+    };
+
+    #[test]
+    fn canary_weights_give_the_group_its_share() {
+        let w = canary_weights(&[id("c")], &[id("a"), id("b"), id("d")], 10);
+        let total = w.total() as f64;
+        let share = f64::from(w.get(&id("c")).unwrap()) / total * 100.0;
+        assert!((share - 10.0).abs() < 1e-9, "{w}");
+        let w = canary_weights(&[id("g")], &[id("b")], 5);
+        assert_eq!(w.to_string(), "b=19,g=1");
+        assert_eq!(
+            canary_weights(&[id("g")], &[id("b")], 100).to_string(),
+            "b=0,g=1"
+        );
+    }
+
+    #[test]
+    fn batch_sizes() {
+        assert_eq!(BatchSize::Count(2).of(5), 2);
+        assert_eq!(BatchSize::Count(0).of(5), 1);
+        assert_eq!(BatchSize::Count(9).of(5), 5);
+        assert_eq!(BatchSize::Percent(25).of(8), 2);
+        assert_eq!(BatchSize::Percent(25).of(5), 2);
+    }
+
+    #[test]
+    fn destructive_migrations_are_refused_outside_recreate() {
+        let pending = vec![MigrationInfo::new(
+            "3",
+            "drop_old",
+            Some("DROP COLUMN".into()),
+        )];
+        let s = snap(&[("blue", 1), ("green", 0)], pending);
+        let bg = Strategy::BlueGreen {
+            pre_switch_analysis: None,
+            bake: Duration::ZERO,
+        };
+        let err = bg
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, PlanError::DestructiveMigration { .. }));
+        assert!(
+            err.to_string().contains("3 drop_old (DROP COLUMN)"),
+            "{err}"
+        );
+        let opts = PlanOptions {
+            allow_destructive_migrations: true,
+            ..PlanOptions::default()
+        };
+        assert!(bg.plan("prod", &release(), &s, ALL, &opts).is_ok());
+        let plan = Strategy::Recreate
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap();
+        let ops: Vec<_> = plan.steps.iter().map(Step::op).collect();
+        assert_eq!(
+            ops,
+            [
+                "prepare",
+                "prepare",
+                "maintenance_on",
+                "stop",
+                "stop",
+                "backup",
+                "migrate",
+                "activate",
+                "activate",
+                "await_healthy",
+                "await_healthy",
+                "maintenance_off"
+            ]
+        );
+    }
+
+    #[test]
+    fn blue_green_targets_the_idle_slot() {
+        let s = snap(&[("blue", 100), ("green", 0)], vec![]);
+        let bg = Strategy::BlueGreen {
+            pre_switch_analysis: Some(Duration::from_secs(5)),
+            bake: Duration::from_secs(60),
+        };
+        let plan = bg
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap();
+        let text = plan.to_string();
+        assert!(text.contains("1. prepare 2 on green"), "{text}");
+        assert!(text.contains("set weights blue=0,green=100"), "{text}");
+        assert!(text.contains("analyze green for 1m (bake)"), "{text}");
+        let all_live = snap(&[("blue", 1), ("green", 1)], vec![]);
+        let err = bg
+            .plan("prod", &release(), &all_live, ALL, &PlanOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("no idle slot"), "{err}");
+    }
+
+    #[test]
+    fn rolling_batches_drain_activate_and_restore() {
+        let s = snap(&[("a", 1), ("b", 1), ("c", 1)], vec![]);
+        let r = Strategy::Rolling {
+            batch: BatchSize::Count(2),
+            analysis: Some(Duration::from_secs(1)),
+        };
+        let plan = r
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap();
+        let ops: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            [
+                "prepare 2 on a",
+                "prepare 2 on b",
+                "prepare 2 on c",
+                "drain a",
+                "drain b",
+                "activate 2 on a",
+                "activate 2 on b",
+                "wait until a is healthy on 2",
+                "wait until b is healthy on 2",
+                "set weights a=1,b=1",
+                "analyze a,b for 1s (after batch of a,b)",
+                "drain c",
+                "activate 2 on c",
+                "wait until c is healthy on 2",
+                "set weights c=1",
+                "analyze a,b,c for 1s (after batch of c)",
+            ]
+        );
+    }
+
+    #[test]
+    fn strategies_round_trip_through_serde() {
+        let c = Strategy::Canary {
+            steps: vec![
+                CanaryStep::SetWeight(5),
+                CanaryStep::Analyze(Duration::from_secs(120)),
+                CanaryStep::Pause(Duration::from_secs(30)),
+                CanaryStep::PauseUntilPromoted,
+                CanaryStep::SetWeight(50),
+            ],
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"canary","steps":[{"set_weight":5},{"analyze":"2m"},{"pause":"30s"},"pause_until_promoted",{"set_weight":50}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Strategy>(&json).unwrap(), c);
+        let r: Strategy =
+            serde_json::from_str(r#"{"kind":"rolling","batch":{"percent":25}}"#).unwrap();
+        assert_eq!(
+            r,
+            Strategy::Rolling {
+                batch: BatchSize::Percent(25),
+                analysis: None
+            }
+        );
+        assert!(serde_json::from_str::<Strategy>(r#"{"kind":"recreate","typo":1}"#).is_err());
+    }
+}

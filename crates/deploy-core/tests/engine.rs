@@ -1,0 +1,1002 @@
+//! Engine tests on the fakes: the fault matrix (a failure at every step of every strategy ends
+//! exactly where it started), cancellation, retries, policies under tokio's paused clock, locks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deploy_core::engine::{AnalysisPolicy, DrainTimeoutAction, Event, Observer, Outcome, Policies};
+use deploy_core::testing::{FakeGate, FakeWorld, WorldState};
+use deploy_core::{
+    BatchSize, CanaryStep, DeployError, Engine, Plan, PlanOptions, Release, SchemaRollback, Step,
+    Strategy, VerdictKind, Version,
+};
+use tokio_util::sync::CancellationToken;
+
+const NEW: &str = "2.0.0";
+
+fn release() -> Release {
+    Release::new(Version::new(NEW).unwrap())
+}
+
+fn policies() -> Policies {
+    let mut p = Policies::default();
+    p.probe.interval = Duration::from_secs(1);
+    p.probe.healthy_threshold = 2;
+    p.probe.deadline = Duration::from_secs(10);
+    p.analysis.interval = Duration::from_secs(10);
+    p
+}
+
+/// The four strategies, each with the world it is tested on.
+fn cases() -> Vec<(&'static str, Strategy, fn() -> FakeWorld, PlanOptions)> {
+    let mut revert = PlanOptions::default();
+    revert.schema_rollback = SchemaRollback::Revert;
+    vec![
+        (
+            "recreate",
+            Strategy::Recreate,
+            || {
+                FakeWorld::fleet(2, "1.0.0").with_pending_migrations(&[(
+                    "2",
+                    "drop_legacy",
+                    Some("DROP COLUMN legacy"),
+                )])
+            },
+            PlanOptions::default(),
+        ),
+        (
+            "rolling",
+            Strategy::Rolling {
+                batch: BatchSize::Count(2),
+                analysis: Some(Duration::from_secs(60)),
+            },
+            || {
+                FakeWorld::fleet(4, "1.0.0")
+                    .with_pending_migrations(&[("2", "add_orders_note", None)])
+                    .with_gate(FakeGate::passing("error-rate"))
+            },
+            revert.clone(),
+        ),
+        (
+            "blue_green",
+            Strategy::BlueGreen {
+                pre_switch_analysis: Some(Duration::from_secs(60)),
+                bake: Duration::from_secs(60),
+            },
+            || {
+                FakeWorld::slots("1.0.0", "0.9.0")
+                    .with_pending_migrations(&[
+                        ("2", "add_orders_note", None),
+                        ("3", "add_index", None),
+                    ])
+                    .with_gate(FakeGate::passing("error-rate"))
+            },
+            revert.clone(),
+        ),
+        (
+            "canary",
+            Strategy::Canary {
+                steps: vec![
+                    CanaryStep::SetWeight(10),
+                    CanaryStep::Analyze(Duration::from_secs(60)),
+                    CanaryStep::Pause(Duration::from_secs(30)),
+                    CanaryStep::SetWeight(50),
+                    CanaryStep::Analyze(Duration::from_secs(60)),
+                ],
+            },
+            || {
+                FakeWorld::slots("1.0.0", "0.9.0")
+                    .with_pending_migrations(&[("2", "add_orders_note", None)])
+                    .with_gate(FakeGate::passing("error-rate"))
+            },
+            revert,
+        ),
+    ]
+}
+
+/// Calls a step's first forward call is numbered with, for fakes whose counters are shared.
+fn nth_of(plan: &Plan, index: usize, same: impl Fn(&Step) -> bool) -> u32 {
+    plan.steps[..index].iter().filter(|s| same(s)).count() as u32 + 1
+}
+
+fn measurements_before(plan: &Plan, index: usize, p: &AnalysisPolicy) -> u32 {
+    plan.steps[..index]
+        .iter()
+        .map(|s| match s {
+            Step::Analyze { duration, .. } => p.measurements(*duration),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Make step `index` of `plan` fail; return a description, or `None` for steps with no failure
+/// of their own (pauses are aborted by the operator instead).
+fn inject_failure(
+    world: &mut FakeWorld,
+    plan: &Plan,
+    index: usize,
+    p: &Policies,
+) -> Option<String> {
+    let step = &plan.steps[index];
+    let same_op = |s: &Step| s.op() == step.op();
+    Some(match step {
+        Step::Prepare { target, .. } => {
+            world.target(target.as_str()).faults.fail_on("prepare", 1);
+            format!("prepare fails on {target}")
+        }
+        Step::Activate { target, .. } => {
+            world.target(target.as_str()).faults.fail_on("activate", 1);
+            format!("activate fails on {target}")
+        }
+        Step::Stop { target } => {
+            world.target(target.as_str()).faults.fail_on("stop", 1);
+            format!("stop fails on {target}")
+        }
+        Step::AwaitHealthy { target, version } => {
+            world
+                .target(target.as_str())
+                .mark_unhealthy(version.as_ref().unwrap().as_str());
+            format!("{target} never becomes healthy")
+        }
+        Step::MaintenanceOn => {
+            world.maintenance.faults.fail_on("enable", 1);
+            "maintenance page cannot be enabled".into()
+        }
+        Step::MaintenanceOff => {
+            world.maintenance.faults.fail_on("disable", 1);
+            "maintenance page cannot be disabled".into()
+        }
+        Step::Backup => {
+            world.migrations.faults.fail_on("backup", 1);
+            "backup fails".into()
+        }
+        Step::Migrate => {
+            let last = plan
+                .snapshot
+                .migrations
+                .as_ref()
+                .unwrap()
+                .pending
+                .last()
+                .unwrap()
+                .version
+                .0
+                .clone();
+            world.migrations.fail_at(&last);
+            format!("migration {last} fails (earlier ones applied)")
+        }
+        Step::Drain { .. } => {
+            world
+                .switch
+                .faults
+                .fail_on("drain", nth_of(plan, index, same_op));
+            "drain fails".into()
+        }
+        Step::SetWeights { weights } => {
+            world
+                .switch
+                .faults
+                .fail_on("set_weights", nth_of(plan, index, same_op));
+            format!("set weights {weights} fails")
+        }
+        Step::Analyze { name, .. } => {
+            let before = measurements_before(plan, index, &p.analysis) as usize;
+            let mut seq = vec![VerdictKind::Pass; before];
+            seq.push(VerdictKind::Fail);
+            world.gates = vec![Arc::new(FakeGate::sequence("error-rate", &seq))];
+            format!("gate fails during {name}")
+        }
+        _ => return None,
+    })
+}
+
+/// Records events and can cancel or abort at a chosen moment.
+#[derive(Debug, Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    cancel_at_step: Mutex<Option<(usize, CancellationToken)>>,
+    abort_on_pause: Mutex<Option<deploy_core::Control>>,
+}
+
+impl Observer for Recorder {
+    fn on_event(&self, event: &Event) {
+        self.events.lock().unwrap().push(event.clone());
+        if let Event::StepStarted { index, .. } = event {
+            if let Some((at, token)) = &*self.cancel_at_step.lock().unwrap() {
+                if at == index {
+                    token.cancel();
+                }
+            }
+        }
+        if let Event::Paused { .. } = event {
+            if let Some(c) = &*self.abort_on_pause.lock().unwrap() {
+                c.abort("aborted by the operator");
+            }
+        }
+    }
+}
+
+fn assert_back_where_it_was(
+    before: &WorldState,
+    world: &FakeWorld,
+    cell: &str,
+    report: &deploy_core::Report,
+) {
+    let after = world.state();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{cell}: outcome\n{report}"
+    );
+    assert_eq!(
+        &after, before,
+        "{cell}: the world is not back where it was\n{report}"
+    );
+    let rb = report.rollback.as_ref().expect("a rollback record");
+    assert!(rb.mismatches.is_empty(), "{cell}: {:?}", rb.mismatches);
+    assert!(!after.maintenance, "{cell}: maintenance left on");
+}
+
+async fn plan_for(world: &FakeWorld, strategy: &Strategy, opts: &PlanOptions) -> Plan {
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    engine.plan(strategy, &release(), opts).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_strategy_promotes_without_faults() {
+    for (name, strategy, make, opts) in cases() {
+        let world = make();
+        let engine = Engine::new(world.environment("prod")).with_policies(policies());
+        let report = engine
+            .deploy(&strategy, &release(), &opts, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::Promoted, "{name}\n{report}");
+        let st = world.state();
+        let v2 = Some(Version::new(NEW).unwrap());
+        match name {
+            "recreate" | "rolling" => {
+                assert!(st.versions.values().all(|v| *v == v2), "{name}: {st:?}");
+                assert!(st.running.values().all(|r| *r), "{name}: {st:?}");
+            }
+            _ => {
+                assert_eq!(st.versions["green"], v2, "{name}");
+                assert_eq!(
+                    st.versions["blue"].as_ref().unwrap().as_str(),
+                    "1.0.0",
+                    "{name}: the old slot keeps the old release"
+                );
+                assert_eq!(st.weights.to_string(), "blue=0,green=100", "{name}");
+            }
+        }
+        assert!(
+            world.migrations.pending().is_empty(),
+            "{name}: migrations applied"
+        );
+        assert!(!st.maintenance, "{name}");
+        let final_state = report.final_state.as_ref().unwrap();
+        assert_eq!(final_state.targets.len(), world.targets.len());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_matrix_every_step_of_every_strategy_rolls_back_exactly() {
+    let mut cells = 0;
+    let mut per_kind: std::collections::BTreeMap<String, u32> = Default::default();
+    for (name, strategy, make, opts) in cases() {
+        let plan = plan_for(&make(), &strategy, &opts).await;
+        for index in 0..plan.steps.len() {
+            // 1. The step's own failure (a pause is aborted by the operator instead).
+            // 2. Cancellation (Ctrl-C) as the step starts.
+            // 3. For analyses: the gate errors beyond the consecutive error limit.
+            for kind in ["failure", "cancel", "gate-error"] {
+                let mut world = make();
+                let recorder = Arc::new(Recorder::default());
+                let cancel = CancellationToken::new();
+                let what = match kind {
+                    "failure" => match inject_failure(&mut world, &plan, index, &policies()) {
+                        Some(w) => w,
+                        None => "operator aborts the pause".to_owned(),
+                    },
+                    "cancel" => {
+                        *recorder.cancel_at_step.lock().unwrap() = Some((index, cancel.clone()));
+                        "cancelled".to_owned()
+                    }
+                    _ => {
+                        let Step::Analyze { .. } = &plan.steps[index] else {
+                            continue;
+                        };
+                        let before =
+                            measurements_before(&plan, index, &policies().analysis) as usize;
+                        let mut seq = vec![VerdictKind::Pass; before];
+                        seq.push(VerdictKind::Error);
+                        world.gates = vec![Arc::new(FakeGate::sequence("error-rate", &seq))];
+                        "gate errors 5 times in a row".to_owned()
+                    }
+                };
+                let engine = Engine::new(world.environment("prod"))
+                    .with_policies(policies())
+                    .with_observer(recorder.clone());
+                if kind == "failure" && matches!(plan.steps[index], Step::Pause { .. }) {
+                    *recorder.abort_on_pause.lock().unwrap() = Some(engine.control());
+                }
+                let before = world.state();
+                let cell = format!(
+                    "{name} / step {} ({}) / {what}",
+                    index + 1,
+                    plan.steps[index]
+                );
+                let report = engine.run(plan.clone(), &cancel).await.unwrap();
+                assert_back_where_it_was(&before, &world, &cell, &report);
+                let failed_step = report.steps.last().unwrap();
+                assert_eq!(
+                    failed_step.index, index,
+                    "{cell}: the run must stop at the faulty step\n{report}"
+                );
+                assert!(failed_step.error.is_some(), "{cell}");
+                cells += 1;
+                *per_kind.entry(format!("{name}/{kind}")).or_default() += 1;
+            }
+        }
+    }
+    println!("fault matrix: {cells} cells, each rolled back to exactly the state before the run");
+    for (k, n) in &per_kind {
+        println!("  {k}: {n}");
+    }
+    assert!(cells >= 100, "expected a full matrix, got {cells} cells");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_and_the_deploy_promotes() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::passing("error-rate"));
+    world
+        .target("green")
+        .faults
+        .fail_transiently("activate", 1, 2);
+    world.switch.faults.fail_transiently("set_weights", 1, 2);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(30),
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    assert_eq!(
+        world.target("green").faults.calls("activate"),
+        3,
+        "two transient failures, then success"
+    );
+    assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    world.target("green").faults.fail_on("activate", 1);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let before = world.state();
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    // One forward call (no retry), one to put 0.9.0 back.
+    assert_eq!(
+        world.target("green").faults.calls("activate"),
+        2,
+        "no retry of a permanent error"
+    );
+    let acts: Vec<String> = world
+        .target("green")
+        .activations()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(acts, ["0.9.0"]);
+    assert_eq!(world.state(), before);
+    let reason = &report.rollback.as_ref().unwrap().reason;
+    assert!(reason.contains("step 2 (activate 2.0.0 on green) failed: activate (scripted fault) green: injected failure"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_rollback_is_fleet_wide() {
+    let world = FakeWorld::fleet(8, "1.0.0");
+    world.target("web-5").faults.fail_on("activate", 1);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::Rolling {
+        batch: BatchSize::Count(2),
+        analysis: None,
+    };
+    let before = world.state();
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert_eq!(
+        world.state(),
+        before,
+        "hosts 1-4 were switched and must be rolled back too"
+    );
+    for i in 1..=4 {
+        let acts: Vec<String> = world
+            .target(&format!("web-{i}"))
+            .activations()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(acts, ["2.0.0", "1.0.0"], "web-{i} went to 2.0.0 and back");
+    }
+    assert!(
+        world.target("web-7").activations().is_empty(),
+        "later batches were never touched"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn destructive_migration_is_refused_in_zero_downtime_strategies() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_pending_migrations(&[(
+        "2",
+        "drop_legacy",
+        Some("DROP COLUMN"),
+    )]);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let err = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeployError::Plan(deploy_core::PlanError::DestructiveMigration { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        world.migrations.current().unwrap().0,
+        "1",
+        "nothing was migrated"
+    );
+    assert!(
+        world.target("green").activations().is_empty(),
+        "nothing was touched"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn additive_migrations_are_kept_on_rollback_by_default() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_pending_migrations(&[("2", "add_note", None)])
+        .with_gate(FakeGate::failing("error-rate"));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(30),
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert_eq!(
+        world.migrations.current().unwrap().0,
+        "2",
+        "the additive migration stays"
+    );
+    assert_eq!(
+        world.migrations.backups().len(),
+        1,
+        "a backup was taken first"
+    );
+    assert!(
+        report.notes.iter().any(|n| n.contains("additive")),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_never_sit_between_old_and_new_after_a_failed_canary() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::sequence(
+        "error-rate",
+        &[VerdictKind::Pass, VerdictKind::Pass, VerdictKind::Fail],
+    ));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::Canary {
+        steps: vec![
+            CanaryStep::SetWeight(5),
+            CanaryStep::Analyze(Duration::from_secs(20)),
+            CanaryStep::SetWeight(50),
+            CanaryStep::Analyze(Duration::from_secs(20)),
+        ],
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    let history: Vec<String> = world
+        .switch
+        .history()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "blue=100,green=0",
+            "blue=19,green=1",
+            "blue=1,green=1",
+            "blue=19,green=1",
+            "blue=100,green=0"
+        ]
+    );
+    let v = &report.verdicts;
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[2].verdict.kind, VerdictKind::Fail);
+    assert_eq!(v[2].verdict.value, Some(0.05));
+    assert!(
+        report
+            .rollback
+            .unwrap()
+            .reason
+            .contains("gate error-rate failed")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn analysis_timing_follows_the_policy_on_a_paused_clock() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::passing("error-rate"));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(300),
+    };
+    let t0 = tokio::time::Instant::now();
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted);
+    assert_eq!(
+        world.gates[0].evaluations(),
+        30,
+        "300 s bake / 10 s interval"
+    );
+    let bake = report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == "analyze")
+        .unwrap();
+    assert_eq!(bake.duration, Duration::from_secs(300));
+    // Healthy threshold 2 at 1 s interval: the await step takes one interval.
+    let healthy = report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == "await_healthy")
+        .unwrap();
+    assert_eq!(healthy.duration, Duration::from_secs(1));
+    assert_eq!(t0.elapsed(), Duration::from_secs(301));
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_deadline_fails_the_step_after_the_deadline() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    world.target("green").mark_unhealthy(NEW);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == "await_healthy")
+        .unwrap();
+    assert_eq!(step.duration, Duration::from_secs(10), "the probe deadline");
+    assert!(
+        step.error
+            .as_ref()
+            .unwrap()
+            .contains("not healthy within 10s (11 checks); last: HTTP 500"),
+        "{:?}",
+        step.error
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_deadline_rolls_back() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::passing("error-rate"));
+    let mut p = policies();
+    p.deadline = Some(Duration::from_secs(100));
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(300),
+    };
+    let before = world.state();
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(
+        report
+            .rollback
+            .as_ref()
+            .unwrap()
+            .reason
+            .starts_with("the run's deadline of 1m 40s passed during step"),
+        "{report}"
+    );
+    assert_eq!(world.state(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_and_inconclusive_policies() {
+    // Default: no data counts as inconclusive, and inconclusive rolls back.
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_gate(FakeGate::sequence("rate", &[VerdictKind::Inconclusive]));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(60),
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report.rollback.unwrap().reason.contains("inconclusive"));
+
+    // Ignore: no-data measurements are not counted, the analysis passes.
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_gate(FakeGate::sequence("rate", &[VerdictKind::Inconclusive]));
+    let mut p = policies();
+    p.analysis.no_data = deploy_core::engine::NoDataPolicy::Ignore;
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+
+    // Pause on inconclusive: the operator promotes and the deploy carries on.
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::sequence(
+        "rate",
+        &[VerdictKind::Inconclusive, VerdictKind::Pass],
+    ));
+    let mut p = policies();
+    p.analysis.on_inconclusive = deploy_core::engine::InconclusiveAction::Pause;
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let control = engine.control();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        control.promote();
+    });
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("promoted by the operator"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failure_limit_tolerates_isolated_failures() {
+    use VerdictKind::{Fail, Pass};
+    let seq = [Fail, Pass, Fail, Pass, Fail, Pass];
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::sequence("p99", &seq));
+    let mut p = policies();
+    p.analysis.failure_limit = 5;
+    p.analysis.consecutive_failure_limit = Some(1);
+    let engine = Engine::new(world.environment("prod")).with_policies(p.clone());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(60),
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::Promoted,
+        "isolated failures are tolerated\n{report}"
+    );
+
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_gate(FakeGate::sequence("p99", &[Pass, Fail, Fail]));
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(
+        report
+            .rollback
+            .unwrap()
+            .reason
+            .contains("2 consecutive failure(s)")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
+    let world = FakeWorld::fleet(2, "1.0.0");
+    let switch = Arc::new(
+        deploy_core::testing::FakeSwitch::new(&[("web-1", 1), ("web-2", 1)])
+            .with_sessions("web-1", 10, 2),
+    );
+    let mut w = world;
+    w.switch = switch.clone();
+    let recorder = Arc::new(Recorder::default());
+    let mut p = policies();
+    p.drain.timeout = Duration::from_secs(30);
+    p.drain.poll_interval = Duration::from_secs(1);
+    let engine = Engine::new(w.environment("prod"))
+        .with_policies(p.clone())
+        .with_observer(recorder.clone());
+    let strategy = Strategy::Rolling {
+        batch: BatchSize::Count(1),
+        analysis: None,
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted);
+    let drained = recorder
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            Event::Drained {
+                target,
+                duration,
+                sessions_left,
+            } if target.as_str() == "web-1" => Some((*duration, *sessions_left)),
+            _ => None,
+        });
+    assert_eq!(
+        drained,
+        Some((Duration::from_secs(5), 0)),
+        "10 sessions closing 2 per 1 s poll"
+    );
+
+    // Sessions that never close: proceed (default) with a note, or fail and roll back.
+    for (action, outcome) in [
+        (DrainTimeoutAction::Proceed, Outcome::Promoted),
+        (DrainTimeoutAction::Fail, Outcome::RolledBack),
+    ] {
+        let mut w = FakeWorld::fleet(2, "1.0.0");
+        w.switch = Arc::new(
+            deploy_core::testing::FakeSwitch::new(&[("web-1", 1), ("web-2", 1)])
+                .with_sessions("web-1", 3, 0),
+        );
+        let mut p = p.clone();
+        p.drain.on_timeout = action;
+        let before = w.state();
+        let engine = Engine::new(w.environment("prod")).with_policies(p);
+        let report = engine
+            .deploy(
+                &strategy,
+                &release(),
+                &PlanOptions::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, outcome, "{action:?}\n{report}");
+        if outcome == Outcome::RolledBack {
+            assert_eq!(w.state(), before);
+        } else {
+            assert!(
+                report
+                    .notes
+                    .iter()
+                    .any(|n| n.contains("still had 3 session(s)")),
+                "{:?}",
+                report.notes
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_until_promoted_waits_for_the_operator() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::Canary {
+        steps: vec![CanaryStep::SetWeight(20), CanaryStep::PauseUntilPromoted],
+    };
+    let control = engine.control();
+    let t0 = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        control.promote();
+    });
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted);
+    assert!(t0.elapsed() >= Duration::from_secs(7200));
+    assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
+}
+
+#[tokio::test]
+async fn a_second_deploy_of_the_same_environment_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_dir(dir.path());
+    let strategy = Strategy::Canary {
+        steps: vec![CanaryStep::SetWeight(20), CanaryStep::PauseUntilPromoted],
+    };
+    let plan = engine
+        .plan(&strategy, &release(), &PlanOptions::default())
+        .await
+        .unwrap();
+    let first = engine.clone();
+    let p1 = plan.clone();
+    let handle = tokio::spawn(async move { first.run(p1, &CancellationToken::new()).await });
+    // Wait for the first run to hold the lock.
+    while !dir.path().join("lock").exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = engine
+        .run(plan, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    match &err {
+        DeployError::Locked {
+            holder: Some(h), ..
+        } => assert_eq!(h.pid, std::process::id()),
+        other => panic!("expected Locked, got {other}"),
+    }
+    assert!(err.to_string().contains("held by run"), "{err}");
+    engine.control().promote();
+    let report = handle.await.unwrap().unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted);
+    assert!(!dir.path().join("lock").exists(), "the lock is released");
+}
+
+#[tokio::test]
+async fn a_stale_lock_is_refused_until_taken_over_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    // A lock file whose OS lock nobody holds: its process died.
+    std::fs::write(
+        dir.path().join("lock"),
+        r#"{"owner":"ci","pid":999999,"host":"gone","started_at":"2026-11-21T00:00:00Z","run_id":"old"}"#,
+    )
+    .unwrap();
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_dir(dir.path());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let err = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeployError::StaleLock { .. }), "{err}");
+    assert!(err.to_string().contains("pid 999999 on gone"), "{err}");
+    assert!(
+        world.target("green").activations().is_empty(),
+        "nothing was touched"
+    );
+}
