@@ -8,9 +8,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{Command, FileKind, Host, Output};
@@ -160,18 +163,61 @@ fn write_atomic(
     })
 }
 
-/// Read at most [`LocalHost::MAX_CAPTURED_OUTPUT`] bytes of `r`, then discard the rest until end of file.
-async fn read_bounded<R: AsyncRead + Unpin>(r: Option<R>) -> io::Result<Vec<u8>> {
-    let Some(mut r) = r else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    (&mut r)
-        .take(LocalHost::MAX_CAPTURED_OUTPUT as u64)
-        .read_to_end(&mut out)
-        .await?;
-    tokio::io::copy(&mut r, &mut tokio::io::sink()).await?;
-    Ok(out)
+/// How long output is still read after the command exited, for what its background children
+/// (which inherited the pipes) write; after that the call returns with what was captured.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// One output stream being captured by its own task.
+struct Capture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Capture {
+    /// Keep at most [`LocalHost::MAX_CAPTURED_OUTPUT`] bytes of `r` and discard the rest until
+    /// end of file, so that the writer never blocks on a full pipe.
+    fn start<R: AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Self {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let task = r.map(|mut r| {
+            let buf = Arc::clone(&buf);
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let n = r.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let mut b = buf.lock().unwrap_or_else(PoisonError::into_inner);
+                    let room = LocalHost::MAX_CAPTURED_OUTPUT.saturating_sub(b.len());
+                    b.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            })
+        });
+        Self { buf, task }
+    }
+
+    /// Wait for end of file (bounded by the caller).
+    async fn finished(&mut self) -> io::Result<()> {
+        match &mut self.task {
+            Some(task) => {
+                let r = task.await.unwrap_or(Ok(()));
+                self.task = None;
+                r
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// What was captured so far; a task still reading goes on draining in the background.
+    fn take(self) -> Vec<u8> {
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn abort(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// Kill the process group led by `pid` (best effort: the leader itself is killed by the caller).
@@ -241,8 +287,8 @@ impl Host for LocalHost {
         let pid = child.id();
 
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let mut stdout = Capture::start(child.stdout.take());
+        let mut stderr = Capture::start(child.stderr.take());
         let input = command.stdin.as_deref();
         let work = async {
             let feed = async move {
@@ -252,24 +298,24 @@ impl Host for LocalHost {
                     let _ = pipe.shutdown().await;
                 }
             };
-            let ((), out, err, status) = tokio::join!(
-                feed,
-                read_bounded(stdout),
-                read_bounded(stderr),
-                child.wait()
-            );
-            (out, err, status)
+            let ((), status) = tokio::join!(feed, child.wait());
+            // A background child holding the pipes must not keep this call waiting forever.
+            let drained = async { tokio::join!(stdout.finished(), stderr.finished()) };
+            let read = tokio::time::timeout(OUTPUT_GRACE, drained).await;
+            (status, read)
         };
         let finished = match command.timeout {
             Some(limit) => tokio::time::timeout(limit, work).await.ok(),
             None => Some(work.await),
         };
-        let Some((out, err, status)) = finished else {
+        let Some((status, read)) = finished else {
             if let Some(pid) = pid {
                 kill_group(pid).await;
             }
             let _ = child.start_kill();
             let _ = child.wait().await;
+            stdout.abort();
+            stderr.abort();
             let limit = command.timeout.unwrap_or_default();
             return Err(Error::new(
                 ErrorKind::Timeout,
@@ -280,9 +326,15 @@ impl Host for LocalHost {
         };
         let io_err = |e: io::Error| Error::io(operation(), "on local", e);
         let status = status.map_err(io_err)?;
-        let stdout = out.map_err(io_err)?;
-        let stderr = err.map_err(io_err)?;
-        Ok(Output::new(status.code(), status.signal(), stdout, stderr))
+        if let Ok((out, err)) = read {
+            out.and(err).map_err(io_err)?;
+        }
+        Ok(Output::new(
+            status.code(),
+            status.signal(),
+            stdout.take(),
+            stderr.take(),
+        ))
     }
 
     async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
