@@ -83,28 +83,48 @@ impl fmt::Display for ErrorKind {
 ///
 /// Displayed as `"<operation> <object>: <cause>"`, e.g.
 /// `set weights on haproxy /run/haproxy/admin.sock: HAProxy answered 'No such server.'`.
-/// The underlying error, if any, is kept as [`std::error::Error::source`].
-#[derive(thiserror::Error)]
-#[error("{operation} {object}: {cause}")]
-pub struct Error {
+/// The underlying error, if any, is kept as [`std::error::Error::source`]. One pointer wide, so
+/// `Result<T, Error>` stays small.
+pub struct Error(Box<Inner>);
+
+struct Inner {
     kind: ErrorKind,
     operation: Cow<'static, str>,
     object: String,
     cause: String,
     retryable: bool,
-    #[source]
     source: Option<BoxError>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.0.operation, self.0.object, self.0.cause
+        )
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.0;
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind)
-            .field("operation", &self.operation)
-            .field("object", &self.object)
-            .field("cause", &self.cause)
-            .field("retryable", &self.retryable);
-        if let Some(source) = &self.source {
+        d.field("kind", &e.kind)
+            .field("operation", &e.operation)
+            .field("object", &e.object)
+            .field("cause", &e.cause)
+            .field("retryable", &e.retryable);
+        if let Some(source) = &e.source {
             d.field("source", &source.to_string());
         }
         d.finish()
@@ -120,31 +140,31 @@ impl Error {
         object: impl Into<String>,
         cause: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             operation: operation.into(),
             object: object.into(),
             cause: cause.into(),
             retryable: kind.is_retryable_by_default(),
             source: None,
-        }
+        }))
     }
 
     /// Keep `source` as the underlying error.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
     /// Mark this error as worth retrying, whatever its kind.
     pub fn retryable(mut self) -> Self {
-        self.retryable = true;
+        self.0.retryable = true;
         self
     }
 
     /// Mark this error as final, whatever its kind.
     pub fn permanent(mut self) -> Self {
-        self.retryable = false;
+        self.0.retryable = false;
         self
     }
 
@@ -173,34 +193,34 @@ impl Error {
         let mut e = Self::new(kind, operation, object, cause).with_source(err);
         if kind == ErrorKind::Conflict {
             // An existing file will still exist on the next attempt.
-            e.retryable = false;
+            e.0.retryable = false;
         }
         e
     }
 
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// Whether retrying the same call may succeed. The engine's retry policy reads only this.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.0.retryable
     }
 
     /// The operation that failed ("activate 2.1.0").
     pub fn operation(&self) -> &str {
-        &self.operation
+        &self.0.operation
     }
 
     /// The object it acted on ("target blue").
     pub fn object(&self) -> &str {
-        &self.object
+        &self.0.object
     }
 
     /// Why it failed, in words.
     pub fn cause(&self) -> &str {
-        &self.cause
+        &self.0.cause
     }
 
     /// This error's message followed by every source in the chain, joined by ": ".

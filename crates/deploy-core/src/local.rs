@@ -22,7 +22,9 @@ use crate::traits::{Command, FileKind, Host, Output};
 ///
 /// - [`run`](Host::run) starts the program directly (no shell) in its own process group, with
 ///   `kill_on_drop`; standard input is the given bytes (then closed) or `/dev/null`. At most
-///   [`LocalHost::MAX_CAPTURED_OUTPUT`] bytes of each output stream are kept. On timeout the whole process
+///   [`LocalHost::MAX_CAPTURED_OUTPUT`] bytes of each output stream are kept. Once the program
+///   exited, output is read for at most one more second (a background child it started may hold
+///   the pipes open), then the call returns with what was captured. On timeout the whole process
 ///   group is killed and the call fails with [`ErrorKind::Timeout`].
 /// - [`write_file`](Host::write_file) and [`upload`](Host::upload) write a temporary file
 ///   `.<name>.tmp-<pid>-<counter>` in the target directory, set its mode, fill and fsync it,
@@ -169,7 +171,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// One output stream being captured by its own task.
 struct Capture {
-    buf: Arc<Mutex<Vec<u8>>>,
+    /// `None` once taken: a task still draining then discards what it reads.
+    buf: Arc<Mutex<Option<Vec<u8>>>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -177,7 +180,7 @@ impl Capture {
     /// Keep at most [`LocalHost::MAX_CAPTURED_OUTPUT`] bytes of `r` and discard the rest until
     /// end of file, so that the writer never blocks on a full pipe.
     fn start<R: AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Self {
-        let buf = Arc::new(Mutex::new(Vec::new()));
+        let buf = Arc::new(Mutex::new(Some(Vec::new())));
         let task = r.map(|mut r| {
             let buf = Arc::clone(&buf);
             tokio::spawn(async move {
@@ -187,9 +190,10 @@ impl Capture {
                     if n == 0 {
                         return Ok(());
                     }
-                    let mut b = buf.lock().unwrap_or_else(PoisonError::into_inner);
-                    let room = LocalHost::MAX_CAPTURED_OUTPUT.saturating_sub(b.len());
-                    b.extend_from_slice(&chunk[..n.min(room)]);
+                    if let Some(b) = buf.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                        let room = LocalHost::MAX_CAPTURED_OUTPUT.saturating_sub(b.len());
+                        b.extend_from_slice(&chunk[..n.min(room)]);
+                    }
                 }
             })
         });
@@ -210,7 +214,11 @@ impl Capture {
 
     /// What was captured so far; a task still reading goes on draining in the background.
     fn take(self) -> Vec<u8> {
-        std::mem::take(&mut *self.buf.lock().unwrap_or_else(PoisonError::into_inner))
+        self.buf
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
     }
 
     fn abort(&self) {
@@ -290,25 +298,19 @@ impl Host for LocalHost {
         let mut stdout = Capture::start(child.stdout.take());
         let mut stderr = Capture::start(child.stderr.take());
         let input = command.stdin.as_deref();
-        let work = async {
-            let feed = async move {
-                if let (Some(mut pipe), Some(bytes)) = (stdin, input) {
-                    // A command that does not read its input closes the pipe: not an error.
-                    let _ = pipe.write_all(bytes).await;
-                    let _ = pipe.shutdown().await;
-                }
-            };
-            let ((), status) = tokio::join!(feed, child.wait());
-            // A background child holding the pipes must not keep this call waiting forever.
-            let drained = async { tokio::join!(stdout.finished(), stderr.finished()) };
-            let read = tokio::time::timeout(OUTPUT_GRACE, drained).await;
-            (status, read)
+        let feed = async move {
+            if let (Some(mut pipe), Some(bytes)) = (stdin, input) {
+                // A command that does not read its input closes the pipe: not an error.
+                let _ = pipe.write_all(bytes).await;
+                let _ = pipe.shutdown().await;
+            }
         };
-        let finished = match command.timeout {
-            Some(limit) => tokio::time::timeout(limit, work).await.ok(),
-            None => Some(work.await),
+        let exited = async { tokio::join!(feed, child.wait()).1 };
+        let status = match command.timeout {
+            Some(limit) => tokio::time::timeout(limit, exited).await.ok(),
+            None => Some(exited.await),
         };
-        let Some((status, read)) = finished else {
+        let Some(status) = status else {
             if let Some(pid) = pid {
                 kill_group(pid).await;
             }
@@ -324,6 +326,9 @@ impl Host for LocalHost {
                 format!("killed after {}", humantime::format_duration(limit)),
             ));
         };
+        // A background child holding the pipes must not keep this call waiting forever.
+        let drained = async { tokio::join!(stdout.finished(), stderr.finished()) };
+        let read = tokio::time::timeout(OUTPUT_GRACE, drained).await;
         let io_err = |e: io::Error| Error::io(operation(), "on local", e);
         let status = status.map_err(io_err)?;
         if let Ok((out, err)) = read {
@@ -500,6 +505,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(gone, "background child {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_the_pipes_does_not_block_run() {
+        let cmd = Command::from_argv(["sh", "-c", "echo started; sleep 5 &"]).unwrap();
+        let started = Instant::now();
+        let out = LocalHost::new().run(&cmd).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.code, Some(0));
+        assert_eq!(out.stdout, b"started\n");
     }
 
     #[tokio::test]

@@ -55,7 +55,7 @@ pub enum CanaryStep {
 pub enum Strategy {
     /// Maintenance window: maintenance on → stop → backup → migrate → activate → healthy →
     /// maintenance off. The only strategy where destructive migrations are allowed by default.
-    Recreate,
+    Recreate {},
     /// Batch by batch: drain → wait until sessions reach 0 → activate → healthy → restore weight.
     Rolling {
         /// Targets per batch.
@@ -93,7 +93,7 @@ impl Strategy {
     /// Short name: `recreate`, `rolling`, `blue_green`, `canary`.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Recreate => "recreate",
+            Self::Recreate {} => "recreate",
             Self::Rolling { .. } => "rolling",
             Self::BlueGreen { .. } => "blue_green",
             Self::Canary { .. } => "canary",
@@ -102,7 +102,7 @@ impl Strategy {
 
     /// Whether users keep being served throughout (every strategy but `Recreate`).
     pub fn is_zero_downtime(&self) -> bool {
-        !matches!(self, Self::Recreate)
+        !matches!(self, Self::Recreate {})
     }
 }
 
@@ -540,7 +540,7 @@ impl Strategy {
 
         let mut steps = Vec::new();
         match self {
-            Self::Recreate => {
+            Self::Recreate {} => {
                 steps.extend(ids.iter().map(|t| Step::Prepare {
                     target: t.clone(),
                     version: version.clone(),
@@ -869,7 +869,7 @@ mod tests {
             ..PlanOptions::default()
         };
         assert!(bg.plan("prod", &release(), &s, ALL, &opts).is_ok());
-        let plan = Strategy::Recreate
+        let plan = Strategy::Recreate {}
             .plan("prod", &release(), &s, ALL, &PlanOptions::default())
             .unwrap();
         let ops: Vec<_> = plan.steps.iter().map(Step::op).collect();

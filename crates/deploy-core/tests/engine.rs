@@ -28,13 +28,15 @@ fn policies() -> Policies {
 }
 
 /// The four strategies, each with the world it is tested on.
-fn cases() -> Vec<(&'static str, Strategy, fn() -> FakeWorld, PlanOptions)> {
+type Case = (&'static str, Strategy, fn() -> FakeWorld, PlanOptions);
+
+fn cases() -> Vec<Case> {
     let mut revert = PlanOptions::default();
     revert.schema_rollback = SchemaRollback::Revert;
     vec![
         (
             "recreate",
-            Strategy::Recreate,
+            Strategy::Recreate {},
             || {
                 FakeWorld::fleet(2, "1.0.0").with_pending_migrations(&[(
                     "2",
@@ -201,17 +203,16 @@ struct Recorder {
 impl Observer for Recorder {
     fn on_event(&self, event: &Event) {
         self.events.lock().unwrap().push(event.clone());
-        if let Event::StepStarted { index, .. } = event {
-            if let Some((at, token)) = &*self.cancel_at_step.lock().unwrap() {
-                if at == index {
-                    token.cancel();
-                }
-            }
+        if let Event::StepStarted { index, .. } = event
+            && let Some((at, token)) = &*self.cancel_at_step.lock().unwrap()
+            && at == index
+        {
+            token.cancel();
         }
-        if let Event::Paused { .. } = event {
-            if let Some(c) = &*self.abort_on_pause.lock().unwrap() {
-                c.abort("aborted by the operator");
-            }
+        if let Event::Paused { .. } = event
+            && let Some(c) = &*self.abort_on_pause.lock().unwrap()
+        {
+            c.abort("aborted by the operator");
         }
     }
 }

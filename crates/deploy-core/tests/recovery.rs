@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use deploy_core::engine::{Event, Observer, Outcome, Policies, Recovery};
 use deploy_core::testing::{FakeGate, FakeWorld, Faults, WorldState};
-use deploy_core::{BatchSize, CanaryStep, Engine, PlanOptions, Release, SchemaRollback, Step, Strategy, Version};
+use deploy_core::{
+    BatchSize, CanaryStep, Engine, PlanOptions, Release, SchemaRollback, Step, Strategy, Version,
+};
 use tokio_util::sync::CancellationToken;
 
 fn policies() -> Policies {
@@ -22,18 +24,40 @@ fn release() -> Release {
     Release::new(Version::new("2.0.0").unwrap())
 }
 
-fn cases() -> Vec<(&'static str, Strategy, fn() -> FakeWorld)> {
+type Case = (&'static str, Strategy, fn() -> FakeWorld);
+
+fn cases() -> Vec<Case> {
     vec![
-        ("recreate", Strategy::Recreate, || {
-            FakeWorld::fleet(2, "1.0.0").with_pending_migrations(&[("2", "drop_legacy", Some("DROP COLUMN"))])
-        }),
-        ("rolling", Strategy::Rolling { batch: BatchSize::Count(2), analysis: Some(Duration::from_secs(20)) }, || {
-            FakeWorld::fleet(4, "1.0.0").with_pending_migrations(&[("2", "add_note", None)]).with_gate(FakeGate::passing("errors"))
+        ("recreate", Strategy::Recreate {}, || {
+            FakeWorld::fleet(2, "1.0.0").with_pending_migrations(&[(
+                "2",
+                "drop_legacy",
+                Some("DROP COLUMN"),
+            )])
         }),
         (
+            "rolling",
+            Strategy::Rolling {
+                batch: BatchSize::Count(2),
+                analysis: Some(Duration::from_secs(20)),
+            },
+            || {
+                FakeWorld::fleet(4, "1.0.0")
+                    .with_pending_migrations(&[("2", "add_note", None)])
+                    .with_gate(FakeGate::passing("errors"))
+            },
+        ),
+        (
             "blue_green",
-            Strategy::BlueGreen { pre_switch_analysis: Some(Duration::from_secs(20)), bake: Duration::from_secs(20) },
-            || FakeWorld::slots("1.0.0", "0.9.0").with_pending_migrations(&[("2", "add_note", None)]).with_gate(FakeGate::passing("errors")),
+            Strategy::BlueGreen {
+                pre_switch_analysis: Some(Duration::from_secs(20)),
+                bake: Duration::from_secs(20),
+            },
+            || {
+                FakeWorld::slots("1.0.0", "0.9.0")
+                    .with_pending_migrations(&[("2", "add_note", None)])
+                    .with_gate(FakeGate::passing("errors"))
+            },
         ),
         (
             "canary",
@@ -45,7 +69,11 @@ fn cases() -> Vec<(&'static str, Strategy, fn() -> FakeWorld)> {
                     CanaryStep::SetWeight(50),
                 ],
             },
-            || FakeWorld::slots("1.0.0", "0.9.0").with_pending_migrations(&[("2", "add_note", None)]).with_gate(FakeGate::passing("errors")),
+            || {
+                FakeWorld::slots("1.0.0", "0.9.0")
+                    .with_pending_migrations(&[("2", "add_note", None)])
+                    .with_gate(FakeGate::passing("errors"))
+            },
         ),
     ]
 }
@@ -101,7 +129,10 @@ impl Observer for Killer {
 
 impl Killer {
     fn reached(&self, step: &Step) -> bool {
-        match (acting_method(&self.world, step), *self.armed.lock().unwrap()) {
+        match (
+            acting_method(&self.world, step),
+            *self.armed.lock().unwrap(),
+        ) {
             (Some((faults, method)), Some(n)) => faults.calls(method) >= n,
             (None, _) => *self.paused.lock().unwrap(),
             _ => false,
@@ -122,10 +153,17 @@ fn clear_faults(world: &FakeWorld) {
     }
 }
 
-async fn promoted_state(make: fn() -> FakeWorld, strategy: &Strategy, opts: &PlanOptions) -> WorldState {
+async fn promoted_state(
+    make: fn() -> FakeWorld,
+    strategy: &Strategy,
+    opts: &PlanOptions,
+) -> WorldState {
     let world = make();
     let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = engine.deploy(strategy, &release(), opts, &CancellationToken::new()).await.unwrap();
+    let report = engine
+        .deploy(strategy, &release(), opts, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, Outcome::Promoted);
     world.state()
 }
@@ -139,24 +177,34 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
         let expected_promoted = promoted_state(make, &strategy, &opts).await;
         let steps = {
             let w = make();
-            Engine::new(w.environment("prod")).plan(&strategy, &release(), &opts).await.unwrap().steps
+            Engine::new(w.environment("prod"))
+                .plan(&strategy, &release(), &opts)
+                .await
+                .unwrap()
+                .steps
         };
-        for index in 0..steps.len() {
+        for (index, step) in steps.iter().enumerate() {
             for after_act in [false, true] {
-                if after_act && acting_method(&make(), &steps[index]).is_none() {
+                if after_act && acting_method(&make(), step).is_none() {
                     continue;
                 }
                 for mode in [Recovery::Rollback, Recovery::Resume] {
                     let cell = format!(
                         "{name} / killed at step {} ({}) {} acting / {mode:?}",
                         index + 1,
-                        steps[index],
+                        step,
                         if after_act { "after" } else { "before" }
                     );
                     let dir = tempfile::tempdir().unwrap();
                     let world = Arc::new(make());
                     let before = world.state();
-                    let killer = Arc::new(Killer { index, after_act, world: world.clone(), armed: Mutex::new(None), paused: Mutex::new(false) });
+                    let killer = Arc::new(Killer {
+                        index,
+                        after_act,
+                        world: world.clone(),
+                        armed: Mutex::new(None),
+                        paused: Mutex::new(false),
+                    });
                     let engine = Engine::new(world.environment("prod"))
                         .with_policies(policies())
                         .with_state_dir(dir.path())
@@ -171,7 +219,7 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                                 r = &mut run => panic!("{cell}: the run finished instead of being killed: {:?}", r.map(|r| r.outcome)),
                                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
                             }
-                            if killer.reached(&steps[index]) {
+                            if killer.reached(step) {
                                 break;
                             }
                         }
@@ -179,11 +227,23 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                     }
                     clear_faults(&world);
 
-                    let fresh = Engine::new(world.environment("prod")).with_policies(policies()).with_state_dir(dir.path());
-                    let journal = fresh.unfinished_run().unwrap().unwrap_or_else(|| panic!("{cell}: no unfinished journal"));
+                    let fresh = Engine::new(world.environment("prod"))
+                        .with_policies(policies())
+                        .with_state_dir(dir.path());
+                    let journal = fresh
+                        .unfinished_run()
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("{cell}: no unfinished journal"));
                     let st = deploy_core::engine::JournalState::read(&journal).unwrap();
-                    assert_eq!(st.next_index, index, "{cell}: the journal knows where the run stopped");
-                    let report = fresh.recover(mode, &CancellationToken::new()).await.unwrap().expect("a run to recover");
+                    assert_eq!(
+                        st.next_index, index,
+                        "{cell}: the journal knows where the run stopped"
+                    );
+                    let report = fresh
+                        .recover(mode, &CancellationToken::new())
+                        .await
+                        .unwrap()
+                        .expect("a run to recover");
                     match mode {
                         Recovery::Rollback => {
                             assert_eq!(report.outcome, Outcome::RolledBack, "{cell}\n{report}");
@@ -194,14 +254,22 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                             assert_eq!(world.state(), expected_promoted, "{cell}\n{report}");
                         }
                     }
-                    assert!(fresh.unfinished_run().unwrap().is_none(), "{cell}: the journal is finished");
-                    assert!(!dir.path().join("lock").exists(), "{cell}: the lock is released");
+                    assert!(
+                        fresh.unfinished_run().unwrap().is_none(),
+                        "{cell}: the journal is finished"
+                    );
+                    assert!(
+                        !dir.path().join("lock").exists(),
+                        "{cell}: the lock is released"
+                    );
                     cells += 1;
                 }
             }
         }
     }
-    println!("journal recovery: {cells} kill points recovered (rolled back or resumed) to a consistent state");
+    println!(
+        "journal recovery: {cells} kill points recovered (rolled back or resumed) to a consistent state"
+    );
     assert!(cells >= 100, "{cells}");
 }
 
@@ -210,30 +278,63 @@ async fn recovery_with_nothing_to_recover_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let world = FakeWorld::slots("1.0.0", "0.9.0");
     let engine = Engine::new(world.environment("prod")).with_state_dir(dir.path());
-    assert!(engine.recover(Recovery::Resume, &CancellationToken::new()).await.unwrap().is_none());
+    assert!(
+        engine
+            .recover(Recovery::Resume, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_finished_run_leaves_a_journal_and_a_json_report() {
     let dir = tempfile::tempdir().unwrap();
     let world = FakeWorld::slots("1.0.0", "0.9.0");
-    let engine = Engine::new(world.environment("prod")).with_policies(policies()).with_state_dir(dir.path());
-    let strategy = Strategy::BlueGreen { pre_switch_analysis: None, bake: Duration::ZERO };
-    let report = engine.deploy(&strategy, &release(), &PlanOptions::default(), &CancellationToken::new()).await.unwrap();
-    let journal = dir.path().join("runs").join(format!("{}.jsonl", report.run_id));
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_dir(dir.path());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let journal = dir
+        .path()
+        .join("runs")
+        .join(format!("{}.jsonl", report.run_id));
     let text = std::fs::read_to_string(&journal).unwrap();
-    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.first().unwrap()["record"], "started");
     assert_eq!(records.last().unwrap()["record"], "finished");
     assert_eq!(records.last().unwrap()["outcome"], "promoted");
     // Every step's inverse is journaled before the step's result.
-    let started: Vec<u64> = records.iter().filter(|r| r["record"] == "step_started").map(|r| r["index"].as_u64().unwrap()).collect();
+    let started: Vec<u64> = records
+        .iter()
+        .filter(|r| r["record"] == "step_started")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(started, (0..report.steps.len() as u64).collect::<Vec<_>>());
-    let activate = records.iter().find(|r| r["record"] == "step_started" && r["index"] == 1).unwrap();
+    let activate = records
+        .iter()
+        .find(|r| r["record"] == "step_started" && r["index"] == 1)
+        .unwrap();
     assert_eq!(activate["inverse"][0]["op"], "activate");
     assert_eq!(activate["inverse"][0]["version"], "0.9.0");
     let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(journal.with_extension("report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(journal.with_extension("report.json")).unwrap())
+            .unwrap();
     assert_eq!(saved["outcome"], "promoted");
     assert_eq!(saved["steps"].as_array().unwrap().len(), report.steps.len());
 }
@@ -242,13 +343,33 @@ async fn a_finished_run_leaves_a_journal_and_a_json_report() {
 fn a_torn_last_line_is_ignored_but_garbage_in_the_middle_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let world = FakeWorld::slots("1.0.0", "0.9.0");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     let report = rt.block_on(async {
-        let engine = Engine::new(world.environment("prod")).with_policies(policies()).with_state_dir(dir.path());
-        let strategy = Strategy::BlueGreen { pre_switch_analysis: None, bake: Duration::ZERO };
-        engine.deploy(&strategy, &release(), &PlanOptions::default(), &CancellationToken::new()).await.unwrap()
+        let engine = Engine::new(world.environment("prod"))
+            .with_policies(policies())
+            .with_state_dir(dir.path());
+        let strategy = Strategy::BlueGreen {
+            pre_switch_analysis: None,
+            bake: Duration::ZERO,
+        };
+        engine
+            .deploy(
+                &strategy,
+                &release(),
+                &PlanOptions::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
     });
-    let path = dir.path().join("runs").join(format!("{}.jsonl", report.run_id));
+    let path = dir
+        .path()
+        .join("runs")
+        .join(format!("{}.jsonl", report.run_id));
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines.pop(); // drop `finished`

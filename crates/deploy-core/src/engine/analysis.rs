@@ -46,13 +46,13 @@ impl Tally {
                         self.failures, policy.failure_limit
                     ));
                 }
-                if let Some(limit) = policy.consecutive_failure_limit {
-                    if self.consecutive_failures > limit {
-                        return Decision::Fail(format!(
-                            "{} consecutive failure(s), more than the consecutive failure limit of {limit}",
-                            self.consecutive_failures
-                        ));
-                    }
+                if let Some(limit) = policy.consecutive_failure_limit
+                    && self.consecutive_failures > limit
+                {
+                    return Decision::Fail(format!(
+                        "{} consecutive failure(s), more than the consecutive failure limit of {limit}",
+                        self.consecutive_failures
+                    ));
                 }
             }
             VerdictKind::Inconclusive => {
@@ -128,7 +128,9 @@ impl Run<'_> {
         let mut tallies = vec![Tally::default(); env.gates.len()];
         let t0 = Instant::now();
         for _ in 0..n {
-            tokio::time::sleep(wait).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             ctx.elapsed = t0.elapsed();
             for (gate, tally) in env.gates.iter().zip(tallies.iter_mut()) {
                 let verdict = match with_timeout(

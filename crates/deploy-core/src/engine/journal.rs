@@ -27,7 +27,7 @@ pub enum Record {
         /// The run.
         run_id: String,
         /// The plan.
-        plan: Plan,
+        plan: Box<Plan>,
         /// When.
         #[serde(with = "humantime_serde")]
         at: SystemTime,
@@ -120,7 +120,9 @@ impl Journal {
         })
     }
 
-    /// Append one record and fsync it.
+    /// Append one record; fsync it when it must be durable before the engine acts (`started`,
+    /// `step_started`, `rollback_started`, `finished`). A `step_finished` or `undo_finished` lost
+    /// in a crash only makes recovery repeat an idempotent step, and the next fsync covers it.
     pub(crate) fn append(&mut self, record: &Record) -> Result<(), super::DeployError> {
         let mut line = serde_json::to_vec(record).map_err(|e| super::DeployError::Journal {
             path: self.path.clone(),
@@ -130,9 +132,15 @@ impl Journal {
         self.file
             .write_all(&line)
             .map_err(|e| journal_err(&self.path, "append", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| journal_err(&self.path, "fsync", e))?;
+        let durable = !matches!(
+            record,
+            Record::StepFinished { .. } | Record::UndoFinished { .. }
+        );
+        if durable {
+            self.file
+                .sync_data()
+                .map_err(|e| journal_err(&self.path, "fsync", e))?;
+        }
         Ok(())
     }
 
@@ -211,7 +219,7 @@ impl JournalState {
         };
         let mut st = JournalState {
             run_id,
-            plan,
+            plan: *plan,
             started_at: at,
             inverses: Vec::new(),
             completed: HashSet::new(),
@@ -406,7 +414,7 @@ impl Drop for EnvLock {
     }
 }
 
-fn read_holder(path: &Path) -> Option<LockInfo> {
+fn read_holder(path: &Path) -> Option<Box<LockInfo>> {
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

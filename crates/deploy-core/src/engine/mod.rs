@@ -71,7 +71,7 @@ pub enum DeployError {
         /// The lock file.
         path: PathBuf,
         /// Its holder, when readable.
-        holder: Option<LockInfo>,
+        holder: Option<Box<LockInfo>>,
     },
     /// A dead deploy left its lock behind; resume or roll it back, or take the lock over.
     #[error(
@@ -85,7 +85,7 @@ pub enum DeployError {
         /// The lock file.
         path: PathBuf,
         /// Its holder, when readable.
-        holder: Option<LockInfo>,
+        holder: Option<Box<LockInfo>>,
     },
     /// The journal could not be written or read.
     #[error("journal {}: {cause}", .path.display())]
@@ -318,11 +318,14 @@ pub struct Engine {
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn new_run_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    // 2026-11-21T23:49:12.123Z -> 20261121T234912123Z: sortable, and a plain file name.
+    let stamp: String = humantime::format_rfc3339_millis(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{}-{n}", now.as_millis(), std::process::id())
+    format!("{stamp}-{}-{n}", std::process::id())
 }
 
 impl Engine {
@@ -490,7 +493,7 @@ impl Engine {
                     Journal::create(&dir.join("runs").join(format!("{run_id}.jsonl")))?;
                 journal.append(&Record::Started {
                     run_id: run_id.clone(),
-                    plan: plan.clone(),
+                    plan: Box::new(plan.clone()),
                     at: SystemTime::now(),
                     pid: std::process::id(),
                     host: journal::host_name(),
@@ -564,16 +567,14 @@ impl Engine {
             });
         }
         for s in &st.plan.steps {
-            if let Some(t) = step_target(s) {
-                if self.env.target(t).is_err() {
-                    return Err(DeployError::Usage {
-                        operation: "recover",
-                        environment: self.env.name.clone(),
-                        cause: format!(
-                            "the run's plan names target {t}, which this environment lacks"
-                        ),
-                    });
-                }
+            if let Some(t) = step_target(s)
+                && self.env.target(t).is_err()
+            {
+                return Err(DeployError::Usage {
+                    operation: "recover",
+                    environment: self.env.name.clone(),
+                    cause: format!("the run's plan names target {t}, which this environment lacks"),
+                });
             }
         }
         let lock = EnvLock::acquire(
@@ -1019,27 +1020,28 @@ impl<'e> Run<'e> {
                 out.push(format!("weights are {a} but were {b} before"));
             }
         }
-        if let (Some(b), Some(a)) = (&before.migrations, &now.migrations) {
-            if !self.schema_kept && a.current != b.current {
-                out.push(format!(
-                    "schema is at {} but was at {} before",
-                    a.current
-                        .as_ref()
-                        .map_or("empty".to_owned(), ToString::to_string),
-                    b.current
-                        .as_ref()
-                        .map_or("empty".to_owned(), ToString::to_string)
-                ));
-            }
+        if let (Some(b), Some(a)) = (&before.migrations, &now.migrations)
+            && !self.schema_kept
+            && a.current != b.current
+        {
+            out.push(format!(
+                "schema is at {} but was at {} before",
+                a.current
+                    .as_ref()
+                    .map_or("empty".to_owned(), ToString::to_string),
+                b.current
+                    .as_ref()
+                    .map_or("empty".to_owned(), ToString::to_string)
+            ));
         }
-        if let (Some(b), Some(a)) = (before.maintenance, now.maintenance) {
-            if a != b {
-                out.push(format!(
-                    "maintenance page is {} but was {} before",
-                    on_off(a),
-                    on_off(b)
-                ));
-            }
+        if let (Some(b), Some(a)) = (before.maintenance, now.maintenance)
+            && a != b
+        {
+            out.push(format!(
+                "maintenance page is {} but was {} before",
+                on_off(a),
+                on_off(b)
+            ));
         }
         out
     }

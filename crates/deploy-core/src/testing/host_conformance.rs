@@ -247,9 +247,10 @@ async fn run_status_and_streams(host: &dyn Host) {
 
 async fn run_timeout(host: &dyn Host, scratch: &Path) {
     let pidfile = scratch.join("sleeper.pid");
-    let script = format!("echo $$ > '{}'; exec sleep 30", pidfile.display());
-    let cmd = Command::from_argv(["sh", "-c", &script])
+    // `exec`: the pid written is the one of `sleep`, which must be gone after the timeout.
+    let cmd = Command::from_argv(["sh", "-c", "echo $$ > \"$1\"; exec sleep 30", "sh"])
         .expect("argv")
+        .arg(&pidfile)
         .timeout(Duration::from_secs(1));
     let started = Instant::now();
     let r = host.run(&cmd).await;
