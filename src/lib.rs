@@ -1,5 +1,4 @@
-//! Facade over the `deploy` workspace: re-exports [`deploy_core`] and, behind one feature each,
-//! the adapter crates.
+#![doc = include_str!("../README.md")]
 
 pub use deploy_core as core;
 pub use deploy_core::*;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use deploy::engine::{Outcome, Policies};
 use deploy::testing::{FakeGate, FakeSwitch, TestHttpServer, TestResponse};
 use deploy::{
-    Endpoint, Engine, Environment, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget, Strategy, Target,
-    TargetId, Version,
+    Endpoint, Engine, Environment, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget,
+    Strategy, Target, TargetId, Version,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +19,10 @@ async fn slot_server(root: PathBuf) -> TestHttpServer {
     TestHttpServer::start(move |_req| {
         let current = root.join("current");
         match std::fs::read_to_string(current.join("VERSION")) {
-            Ok(v) if !current.join("BROKEN").exists() => {
-                TestResponse::json(200, &serde_json::json!({"status": "ok", "version": v.trim()}))
-            }
+            Ok(v) if !current.join("BROKEN").exists() => TestResponse::json(
+                200,
+                &serde_json::json!({"status": "ok", "version": v.trim()}),
+            ),
             _ => TestResponse::json(503, &serde_json::json!({"status": "down"})),
         }
     })
@@ -40,7 +41,12 @@ fn artifact(dir: &Path, version: &str, broken: bool) -> PathBuf {
 }
 
 async fn health(server: &TestHttpServer) -> String {
-    reqwest::get(server.url("/health")).await.unwrap().text().await.unwrap()
+    reqwest::get(server.url("/health"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -55,11 +61,17 @@ async fn blue_green_over_release_dirs_promotes_and_rolls_back() {
         let server = slot_server(root.clone()).await;
         let endpoint: Endpoint = server.endpoint();
         slots.push(Arc::new(
-            ReleaseDirTarget::builder(TargetId::new(name).unwrap(), host.clone(), root, endpoint).build().unwrap(),
+            ReleaseDirTarget::builder(TargetId::new(name).unwrap(), host.clone(), root, endpoint)
+                .build()
+                .unwrap(),
         ));
         servers.push(server);
     }
-    let v1 = Release::new(Version::new("1.0.0").unwrap()).with_artifact(artifact(tmp.path(), "1.0.0", false));
+    let v1 = Release::new(Version::new("1.0.0").unwrap()).with_artifact(artifact(
+        tmp.path(),
+        "1.0.0",
+        false,
+    ));
     for s in &slots {
         s.prepare(&v1).await.unwrap();
         s.activate(&v1.version).await.unwrap();
@@ -69,7 +81,13 @@ async fn blue_green_over_release_dirs_promotes_and_rolls_back() {
         .target(slots[0].clone())
         .target(slots[1].clone())
         .switch(switch.clone())
-        .probe(Arc::new(HttpProbe::builder().expect_field("status", "ok").version_field("version").build().unwrap()))
+        .probe(Arc::new(
+            HttpProbe::builder()
+                .expect_field("status", "ok")
+                .version_field("version")
+                .build()
+                .unwrap(),
+        ))
         .gate(Arc::new(FakeGate::passing("errors")))
         .build()
         .unwrap();
@@ -77,48 +95,104 @@ async fn blue_green_over_release_dirs_promotes_and_rolls_back() {
     p.probe.interval = Duration::from_millis(50);
     p.probe.deadline = Duration::from_secs(2);
     p.analysis.interval = Duration::from_millis(100);
-    let engine = Engine::new(env).with_policies(p).with_state_dir(tmp.path().join("state"));
-    let bg = Strategy::BlueGreen { pre_switch_analysis: None, bake: Duration::from_millis(300) };
+    let engine = Engine::new(env)
+        .with_policies(p)
+        .with_state_dir(tmp.path().join("state"));
+    let bg = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_millis(300),
+    };
 
     // 2.0.0 goes to green and takes the traffic.
-    let v2 = Release::new(Version::new("2.0.0").unwrap()).with_artifact(artifact(tmp.path(), "2.0.0", false));
-    let report = engine.deploy(&bg, &v2, &PlanOptions::default(), &CancellationToken::new()).await.unwrap();
+    let v2 = Release::new(Version::new("2.0.0").unwrap()).with_artifact(artifact(
+        tmp.path(),
+        "2.0.0",
+        false,
+    ));
+    let report = engine
+        .deploy(&bg, &v2, &PlanOptions::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
     assert_eq!(switch.current().to_string(), "blue=0,green=100");
     assert!(health(&servers[1]).await.contains("\"version\":\"2.0.0\""));
-    assert!(health(&servers[0]).await.contains("\"version\":\"1.0.0\""), "blue keeps 1.0.0 for a fast switch back");
+    assert!(
+        health(&servers[0]).await.contains("\"version\":\"1.0.0\""),
+        "blue keeps 1.0.0 for a fast switch back"
+    );
 
     // A broken 3.0.0 goes to blue (now idle), never gets healthy, and blue returns to 1.0.0.
-    let v3 = Release::new(Version::new("3.0.0").unwrap()).with_artifact(artifact(tmp.path(), "3.0.0", true));
-    let report = engine.deploy(&bg, &v3, &PlanOptions::default(), &CancellationToken::new()).await.unwrap();
+    let v3 = Release::new(Version::new("3.0.0").unwrap()).with_artifact(artifact(
+        tmp.path(),
+        "3.0.0",
+        true,
+    ));
+    let report = engine
+        .deploy(&bg, &v3, &PlanOptions::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
-    assert_eq!(switch.current().to_string(), "blue=0,green=100", "traffic never left green");
+    assert_eq!(
+        switch.current().to_string(),
+        "blue=0,green=100",
+        "traffic never left green"
+    );
     assert_eq!(slots[0].current().await.unwrap().unwrap().as_str(), "1.0.0");
     assert!(health(&servers[0]).await.contains("\"version\":\"1.0.0\""));
     let link = std::fs::read_link(tmp.path().join("blue/current")).unwrap();
     assert_eq!(link, Path::new("releases/1.0.0"));
-    assert!(tmp.path().join("blue/releases/3.0.0/VERSION").exists(), "the failed release stays for inspection");
+    assert!(
+        tmp.path().join("blue/releases/3.0.0/VERSION").exists(),
+        "the failed release stays for inspection"
+    );
 }
 
 fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(dir.exists(), "{} is not built (cargo test builds examples)", dir.display());
+    let dir = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        dir.exists(),
+        "{} is not built (cargo test builds examples)",
+        dir.display()
+    );
     dir
 }
 
 #[test]
 fn the_blue_green_local_example_runs_as_is() {
-    let out = Command::new(example("blue_green_local")).args(["--bake", "1s"]).output().unwrap();
+    let out = Command::new(example("blue_green_local"))
+        .args(["--bake", "1s"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("run finished: promoted"), "{stdout}");
-    assert!(stdout.contains("green /health now: {\"status\":\"ok\",\"version\":\"2.0.0\"}"), "{stdout}");
+    assert!(
+        stdout.contains("green /health now: {\"status\":\"ok\",\"version\":\"2.0.0\"}"),
+        "{stdout}"
+    );
 
-    let out = Command::new(example("blue_green_local")).args(["--broken"]).output().unwrap();
+    let out = Command::new(example("blue_green_local"))
+        .args(["--broken"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "rolled back exits 2\n{stdout}");
-    assert!(stdout.contains("ROLLBACK: step 3 (wait until green is healthy on 2.0.0) failed"), "{stdout}");
+    assert!(
+        stdout.contains("ROLLBACK: step 3 (wait until green is healthy on 2.0.0) failed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("weights now: blue=100,green=0"), "{stdout}");
 }
