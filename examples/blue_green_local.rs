@@ -41,6 +41,9 @@ struct Args {
     /// How long to bake after the switch.
     #[arg(long, default_value = "3s", value_parser = humantime_parse)]
     bake: Duration,
+    /// Print the plan (as text and JSON) and stop without changing anything.
+    #[arg(long)]
+    dry_run: bool,
     /// Keep the temporary directory (releases, journal, report) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -183,6 +186,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .plan(&strategy, &release, &PlanOptions::default())
         .await?;
     println!("\n{plan}");
+    if args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
 
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();

@@ -238,6 +238,19 @@ fn assert_back_where_it_was(
     assert!(!after.maintenance, "{cell}: maintenance left on");
 }
 
+/// Deploy `release()` with default options and no cancellation.
+async fn deploy(engine: &Engine, strategy: &Strategy) -> deploy_core::Report {
+    engine
+        .deploy(
+            strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn plan_for(world: &FakeWorld, strategy: &Strategy, opts: &PlanOptions) -> Plan {
     let engine = Engine::new(world.environment("prod")).with_policies(policies());
     engine.plan(strategy, &release(), opts).await.unwrap()
@@ -360,15 +373,7 @@ async fn transient_errors_are_retried_and_the_deploy_promotes() {
         pre_switch_analysis: None,
         bake: Duration::from_secs(30),
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
     assert_eq!(
         world.target("green").faults.calls("activate"),
@@ -388,15 +393,7 @@ async fn permanent_errors_are_not_retried() {
         bake: Duration::ZERO,
     };
     let before = world.state();
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     // One forward call (no retry), one to put 0.9.0 back.
     assert_eq!(
@@ -426,15 +423,7 @@ async fn rolling_rollback_is_fleet_wide() {
         analysis: None,
     };
     let before = world.state();
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
     assert_eq!(
         world.state(),
@@ -505,15 +494,7 @@ async fn additive_migrations_are_kept_on_rollback_by_default() {
         pre_switch_analysis: None,
         bake: Duration::from_secs(30),
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
     assert_eq!(
         world.migrations.current().unwrap().0,
@@ -548,15 +529,7 @@ async fn weights_never_sit_between_old_and_new_after_a_failed_canary() {
             CanaryStep::Analyze(Duration::from_secs(20)),
         ],
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     let history: Vec<String> = world
         .switch
@@ -596,15 +569,7 @@ async fn analysis_timing_follows_the_policy_on_a_paused_clock() {
         bake: Duration::from_secs(300),
     };
     let t0 = tokio::time::Instant::now();
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
     assert_eq!(
         world.gates[0].evaluations(),
@@ -636,15 +601,7 @@ async fn probe_deadline_fails_the_step_after_the_deadline() {
         pre_switch_analysis: None,
         bake: Duration::ZERO,
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     let step = report
         .steps
@@ -673,15 +630,7 @@ async fn run_deadline_rolls_back() {
         bake: Duration::from_secs(300),
     };
     let before = world.state();
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     assert!(
         report
@@ -705,15 +654,7 @@ async fn no_data_and_inconclusive_policies() {
         pre_switch_analysis: None,
         bake: Duration::from_secs(60),
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     assert!(report.rollback.unwrap().reason.contains("inconclusive"));
 
@@ -723,15 +664,7 @@ async fn no_data_and_inconclusive_policies() {
     let mut p = policies();
     p.analysis.no_data = deploy_core::engine::NoDataPolicy::Ignore;
     let engine = Engine::new(world.environment("prod")).with_policies(p);
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
 
     // Pause on inconclusive: the operator promotes and the deploy carries on.
@@ -747,15 +680,7 @@ async fn no_data_and_inconclusive_policies() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         control.promote();
     });
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
     assert!(
         report
@@ -778,15 +703,7 @@ async fn consecutive_failure_limit_tolerates_isolated_failures() {
         pre_switch_analysis: None,
         bake: Duration::from_secs(60),
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(
         report.outcome,
         Outcome::Promoted,
@@ -796,15 +713,7 @@ async fn consecutive_failure_limit_tolerates_isolated_failures() {
     let world = FakeWorld::slots("1.0.0", "0.9.0")
         .with_gate(FakeGate::sequence("p99", &[Pass, Fail, Fail]));
     let engine = Engine::new(world.environment("prod")).with_policies(p);
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::RolledBack);
     assert!(
         report
@@ -835,15 +744,7 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
         batch: BatchSize::Count(1),
         analysis: None,
     };
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
     let drained = recorder
         .events
@@ -878,15 +779,7 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
         p.drain.on_timeout = action;
         let before = w.state();
         let engine = Engine::new(w.environment("prod")).with_policies(p);
-        let report = engine
-            .deploy(
-                &strategy,
-                &release(),
-                &PlanOptions::default(),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap();
+        let report = deploy(&engine, &strategy).await;
         assert_eq!(report.outcome, outcome, "{action:?}\n{report}");
         if outcome == Outcome::RolledBack {
             assert_eq!(w.state(), before);
@@ -916,15 +809,7 @@ async fn pause_until_promoted_waits_for_the_operator() {
         tokio::time::sleep(Duration::from_secs(7200)).await;
         control.promote();
     });
-    let report = engine
-        .deploy(
-            &strategy,
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
     assert!(t0.elapsed() >= Duration::from_secs(7200));
     assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
@@ -968,8 +853,8 @@ async fn a_second_deploy_of_the_same_environment_is_locked_out() {
     assert!(!dir.path().join("lock").exists(), "the lock is released");
 }
 
-#[tokio::test]
-async fn a_stale_lock_is_refused_until_taken_over_by_recovery() {
+#[tokio::test(start_paused = true)]
+async fn a_stale_lock_is_refused_until_broken_explicitly() {
     let dir = tempfile::tempdir().unwrap();
     // A lock file whose OS lock nobody holds: its process died.
     std::fs::write(
@@ -1000,4 +885,11 @@ async fn a_stale_lock_is_refused_until_taken_over_by_recovery() {
         world.target("green").activations().is_empty(),
         "nothing was touched"
     );
+    // Breaking it explicitly lets deploys run again.
+    let holder = engine.break_stale_lock().unwrap().unwrap();
+    assert_eq!(holder.pid, 999999);
+    assert!(!dir.path().join("lock").exists());
+    assert!(engine.break_stale_lock().unwrap().is_none());
+    let report = deploy(&engine, &strategy).await;
+    assert_eq!(report.outcome, Outcome::Promoted);
 }

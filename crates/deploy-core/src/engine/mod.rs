@@ -508,6 +508,28 @@ impl Engine {
         report
     }
 
+    /// Take over a stale lock (its process is gone) without recovering its run, and release it.
+    /// Returns who held it, or `None` when there was no lock file. A lock held by a live process
+    /// is never broken: that is [`DeployError::Locked`].
+    pub fn break_stale_lock(&self) -> Result<Option<LockInfo>, DeployError> {
+        let path = self.require_state_dir("break stale lock")?.join("lock");
+        let holder = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(DeployError::Journal {
+                    path,
+                    cause: format!("read lock: {e}"),
+                });
+            }
+        };
+        let me = self.lock_info("break-stale-lock");
+        let lock = EnvLock::acquire(&self.env.name, &path, &me, Takeover::IfStale)?;
+        drop(lock);
+        tracing::warn!(target: "deploy", "broke the stale lock of environment {}: {:?}", self.env.name, holder);
+        Ok(holder)
+    }
+
     /// The journal of the newest run in the state directory that did not finish, if any.
     pub fn unfinished_run(&self) -> Result<Option<PathBuf>, DeployError> {
         let dir = self.require_state_dir("find unfinished run")?.join("runs");
