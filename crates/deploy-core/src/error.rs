@@ -168,6 +168,23 @@ impl Error {
         self
     }
 
+    /// Wrap this error in an outer operation (`"prepare 2.0.0 on"`, `"target blue"`): the new
+    /// error keeps this one's kind and retry decision, says this one's message as its cause, and
+    /// keeps this one as its source.
+    pub fn context(
+        self,
+        operation: impl Into<Cow<'static, str>>,
+        object: impl Into<String>,
+    ) -> Self {
+        let kind = self.0.kind;
+        let retryable = self.0.retryable;
+        let cause = self.to_string();
+        let mut e = Self::new(kind, operation, object, cause);
+        e.0.retryable = retryable;
+        e.0.source = Some(Box::new(self));
+        e
+    }
+
     /// Build an error from an I/O error, classifying it by [`std::io::ErrorKind`].
     pub fn io(
         operation: impl Into<Cow<'static, str>>,
@@ -256,6 +273,24 @@ mod tests {
             "set weights on haproxy /run/haproxy/admin.sock: HAProxy answered 'No such server.'"
         );
         assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn context_keeps_kind_and_retryability() {
+        let inner = Error::new(
+            ErrorKind::Unavailable,
+            "connect to",
+            "/run/haproxy.sock",
+            "refused",
+        );
+        let outer = inner.context("drain", "app/green");
+        assert_eq!(outer.kind(), ErrorKind::Unavailable);
+        assert!(outer.is_retryable());
+        assert_eq!(
+            outer.to_string(),
+            "drain app/green: connect to /run/haproxy.sock: refused"
+        );
+        assert!(std::error::Error::source(&outer).is_some());
     }
 
     #[test]
