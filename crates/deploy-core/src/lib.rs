@@ -2,7 +2,10 @@
 
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod model;
+pub mod notify;
+pub mod smoke;
 pub mod strategy;
 pub mod traits;
 
@@ -11,10 +14,13 @@ pub use engine::{
     Policies, Recovery, Report,
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
+pub use hooks::{CommandHook, Hook, HookAction, HookContext, HookPoint, WebhookHook};
 pub use model::{
     BackupId, Endpoint, Health, MigrationInfo, MigrationStatus, Release, SchemaVersion, TargetId,
     Verdict, VerdictKind, Version, Weights,
 };
+pub use notify::{NotifierStats, WebhookNotifier};
+pub use smoke::{SmokeCheck, SmokeGate};
 pub use strategy::{
     BatchSize, CanaryStep, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot, Step, Strategy,
 };

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind};
+use crate::hooks::{Hook, HookContext, HookPoint};
 use crate::model::{BackupId, Release, TargetId, Version, Weights};
 use crate::strategy::{
     Capabilities, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot, Step, Strategy,
@@ -118,6 +119,7 @@ pub struct Environment {
     gates: Vec<DynMetricGate>,
     migrations: Option<DynMigrationRunner>,
     maintenance: Option<DynMaintenance>,
+    hooks: Vec<Hook>,
 }
 
 impl Environment {
@@ -132,6 +134,7 @@ impl Environment {
                 gates: Vec::new(),
                 migrations: None,
                 maintenance: None,
+                hooks: Vec::new(),
             },
         }
     }
@@ -200,6 +203,12 @@ impl EnvironmentBuilder {
     /// Set the migration runner.
     pub fn migrations(mut self, runner: DynMigrationRunner) -> Self {
         self.env.migrations = Some(runner);
+        self
+    }
+
+    /// Add a hook (a command or webhook before or after a kind of step, or the whole run).
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.env.hooks.push(hook);
         self
     }
 
@@ -836,6 +845,11 @@ impl<'e> Run<'e> {
         let engine = self.engine;
         let deadline = engine.policies.deadline.map(|d| self.start + d);
         let control = self.engine.control.clone();
+        if from == 0
+            && let Err(reason) = self.run_hooks(HookPoint::Before, None).await
+        {
+            return Some(format!("stopped before the first step: {reason}"));
+        }
         for index in from..self.plan.steps.len() {
             let step = self.plan.steps[index].clone();
             if cancel.is_cancelled() {
@@ -851,6 +865,13 @@ impl<'e> Run<'e> {
                 step: step.clone(),
             });
             let span = tracing::info_span!("step", index = index + 1, op = step.op());
+            if let Err(reason) = self.run_hooks(HookPoint::Before, Some(&step)).await {
+                self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
+                return Some(format!(
+                    "step {} ({step}) stopped before it acted: {reason}",
+                    index + 1
+                ));
+            }
             // Record the inverse before acting (unless a previous process already did: the
             // state it saw is the one to return to).
             if !self.recorded.contains(&index) {
@@ -902,7 +923,13 @@ impl<'e> Run<'e> {
                 }
             };
             match result {
-                Ok(()) => self.finish_step(index, &step, started_at, t0, None),
+                Ok(()) => match self.run_hooks(HookPoint::After, Some(&step)).await {
+                    Ok(()) => self.finish_step(index, &step, started_at, t0, None),
+                    Err(reason) => {
+                        self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
+                        return Some(format!("step {} ({step}) done, but {reason}", index + 1));
+                    }
+                },
                 Err(Failure(reason)) => {
                     self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
                     let why = if reason == "cancelled"
@@ -917,7 +944,36 @@ impl<'e> Run<'e> {
                 }
             }
         }
+        if let Err(reason) = self.run_hooks(HookPoint::After, None).await {
+            return Some(format!("every step done, but {reason}"));
+        }
         None
+    }
+
+    /// Run the hooks of `point` of `step` (or of the run), in order; the first failure stops.
+    async fn run_hooks(&mut self, point: HookPoint, step: Option<&Step>) -> Result<(), String> {
+        let env = self.env();
+        for hook in env.hooks.iter().filter(|h| h.applies(point, step)) {
+            let ctx = HookContext {
+                run_id: self.run_id.clone(),
+                environment: self.plan.environment.clone(),
+                version: self.plan.release.version.clone(),
+                point,
+                step: step.cloned(),
+            };
+            let result = hook.run(&ctx).await;
+            let error = result.as_ref().err().map(Error::chain);
+            self.engine.emit(&Event::HookRan {
+                hook: hook.name().to_owned(),
+                point,
+                step: step.cloned(),
+                error: error.clone(),
+            });
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn finish_step(

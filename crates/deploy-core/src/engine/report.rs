@@ -112,6 +112,17 @@ pub enum Event {
         /// The verdict.
         verdict: Verdict,
     },
+    /// A hook ran.
+    HookRan {
+        /// The hook's name.
+        hook: String,
+        /// Before or after.
+        point: crate::hooks::HookPoint,
+        /// The step, or `None` for the whole run.
+        step: Option<Step>,
+        /// `None` on success, the reason otherwise.
+        error: Option<String>,
+    },
     /// Waiting for the operator to promote.
     Paused {
         /// Why.
@@ -156,6 +167,7 @@ impl Event {
             Self::RunFinished { .. } => Severity::Error,
             Self::RollbackStep { error: Some(_), .. } => Severity::Error,
             Self::StepFinished { error: Some(_), .. } => Severity::Error,
+            Self::HookRan { error: Some(_), .. } => Severity::Error,
             Self::Retrying { .. } | Self::Paused { .. } => Severity::Warning,
             Self::Drained { sessions_left, .. } if *sessions_left > 0 => Severity::Warning,
             Self::GateVerdict { verdict, .. }
@@ -237,6 +249,20 @@ impl fmt::Display for Event {
                 analysis,
                 verdict,
             } => write!(f, "  gate {gate} [{analysis}]: {verdict}"),
+            Self::HookRan {
+                hook,
+                point,
+                step,
+                error,
+            } => {
+                let on = step
+                    .as_ref()
+                    .map_or("the run".to_owned(), ToString::to_string);
+                match error {
+                    None => write!(f, "  hook {hook} ({point} {on}): ok"),
+                    Some(e) => write!(f, "  hook {hook} ({point} {on}): FAILED: {e}"),
+                }
+            }
             Self::Paused { reason } => write!(f, "  paused: {reason}"),
             Self::Retrying {
                 operation,

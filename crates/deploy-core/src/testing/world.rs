@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::engine::Environment;
+use crate::engine::{Environment, EnvironmentBuilder};
 use crate::model::{SchemaVersion, Version, Weights};
 use crate::traits::{DynMetricGate, DynTarget};
 
@@ -97,6 +97,13 @@ impl FakeWorld {
 
     /// An [`Environment`] named `name` over all of these fakes.
     pub fn environment(&self, name: &str) -> Environment {
+        self.environment_builder(name)
+            .build()
+            .expect("a valid fake environment")
+    }
+
+    /// The builder of [`environment`](Self::environment), to add hooks or more before building.
+    pub fn environment_builder(&self, name: &str) -> EnvironmentBuilder {
         let mut b = Environment::builder(name)
             .switch(self.switch.clone())
             .probe(self.probe.clone())
@@ -108,7 +115,7 @@ impl FakeWorld {
         for g in &self.gates {
             b = b.gate(Arc::clone(g) as DynMetricGate);
         }
-        b.build().expect("a valid fake environment")
+        b
     }
 
     /// The state now.
