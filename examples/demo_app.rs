@@ -201,7 +201,7 @@ impl App {
                 } else {
                     0
                 };
-                if every > 0 && n % every == 0 {
+                if every > 0 && n.is_multiple_of(every) {
                     (
                         500,
                         "text/plain",
