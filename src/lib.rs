@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod plan_file;
+
 pub use deploy_core as core;
 pub use deploy_core::*;
 

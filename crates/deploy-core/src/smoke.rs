@@ -3,6 +3,7 @@
 //! [`MetricGate`] against the targets on the new release — before they take full traffic
 //! (a pre-switch analysis, a canary step) and during the bake.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ pub struct SmokeCheck {
     pub path: String,
     /// Request headers (values are never printed).
     #[serde(default)]
-    pub headers: Vec<(String, String)>,
+    pub headers: BTreeMap<String, String>,
     /// Request body.
     #[serde(default)]
     pub body: Option<String>,
@@ -55,7 +56,7 @@ fn default_max() -> u16 {
 
 impl fmt::Debug for SmokeCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let headers: Vec<&str> = self.headers.keys().map(String::as_str).collect();
         f.debug_struct("SmokeCheck")
             .field("name", &self.name)
             .field("method", &self.method)
@@ -75,7 +76,7 @@ impl SmokeCheck {
             name: name.into(),
             method: default_method(),
             path: path.into(),
-            headers: Vec::new(),
+            headers: BTreeMap::new(),
             body: None,
             status_min: 200,
             status_max: 299,
@@ -106,7 +107,7 @@ impl SmokeCheck {
 
     /// Send a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.headers.insert(name.into(), value.into());
         self
     }
 }

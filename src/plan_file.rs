@@ -1,0 +1,672 @@
+//! The plan file: one TOML document describing an environment, a strategy and a release, read
+//! and validated before anything is touched, every problem reported at once with its key path.
+//!
+//! ```toml
+//! [environment]
+//! name = "production"
+//! state_dir = "/var/lib/deploy/production"
+//!
+//! [release]
+//! version = "2.1.0"
+//! artifact = "build/app-2.1.0.tar.gz"
+//!
+//! [strategy]
+//! kind = "canary"
+//! steps = [{ set_weight = 10 }, { analyze = "2m" }, "pause_until_promoted", { set_weight = 50 }]
+//!
+//! [policies.probe]
+//! deadline = "90s"
+//!
+//! [[targets]]
+//! id = "blue"
+//! root = "/srv/app/blue"
+//! endpoint = "http://127.0.0.1:8081"
+//! restart = ["systemctl", "restart", "app@blue"]
+//!
+//! [[hooks]]
+//! name = "announce"
+//! point = "before"
+//! on = "run"
+//! webhook = "https://chat.example/hooks/deploys"
+//!
+//! [[smoke]]
+//! name = "front page"
+//! path = "/"
+//! body_contains = ["Welcome"]
+//!
+//! [notify]
+//! webhook = "https://chat.example/hooks/deploys"
+//! min_severity = "warning"
+//! ```
+//!
+//! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
+//! `[maintenance]`, and `ssh` in a target) are kept as raw TOML here and read by the code that
+//! builds the environment.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deploy_core::engine::{Policies, Severity};
+use deploy_core::{Endpoint, HookPoint, PlanOptions, SmokeCheck, Strategy, TargetId, Version};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// One problem in a plan file, at a key path (`targets[1].restart`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a dotted key path with array indices; empty for the whole file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a plan file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plan file {source_name}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct PlanFileError {
+    /// The file's name, for messages.
+    pub source_name: String,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// `[environment]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EnvironmentSection {
+    /// The environment's name (names the lock and the journal).
+    pub name: String,
+    /// Where the lock, journals and reports live.
+    pub state_dir: PathBuf,
+}
+
+/// `[release]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReleaseSection {
+    /// The version.
+    pub version: Version,
+    /// The artifact on this machine.
+    #[serde(default)]
+    pub artifact: Option<PathBuf>,
+}
+
+/// One `[[targets]]` entry: a release directory on this machine or (with `ssh`) a remote one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TargetSection {
+    /// The target's id.
+    pub id: TargetId,
+    /// The release root (`releases/<version>`, `current`).
+    pub root: PathBuf,
+    /// Where it serves, as a URL (`http://10.0.0.5:8080`).
+    pub endpoint: String,
+    /// Restart command (argv; `{version}`, `{release_dir}`, `{root}`, `{target}` substituted).
+    #[serde(default)]
+    pub restart: Option<Vec<String>>,
+    /// Stop command (argv).
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
+    /// Start command (argv).
+    #[serde(default)]
+    pub start: Option<Vec<String>>,
+    /// Releases kept.
+    #[serde(default)]
+    pub keep: Option<usize>,
+    /// The SSH connection, for a remote target (read by the SSH adapter).
+    #[serde(default)]
+    pub ssh: Option<toml::Value>,
+}
+
+impl TargetSection {
+    /// The endpoint parsed from its URL.
+    pub fn parsed_endpoint(&self) -> Result<Endpoint, String> {
+        parse_endpoint(&self.endpoint)
+    }
+}
+
+/// Parse `http://host:port` or `https://host:port` (IPv6 in brackets) into an [`Endpoint`].
+pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (http://host:port)"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{url:?}: the scheme must be http or https"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once("]:")
+            .ok_or_else(|| format!("{url:?}: expected [address]:port"))?;
+        (h.to_owned(), p)
+    } else {
+        let (h, p) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{url:?}: the port is missing"))?;
+        (h.to_owned(), p)
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: the host is missing"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?}: bad port {port:?}"))?;
+    let e = Endpoint::http(host, port);
+    Ok(if scheme == "https" { e.with_https() } else { e })
+}
+
+/// `[probe]`: the HTTP health probe (the default: `GET /health`, 2xx).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProbeSection {
+    /// Path to probe.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// JSON fields that must have these values (`{ status = "ok" }`).
+    #[serde(default)]
+    pub expect_fields: BTreeMap<String, String>,
+    /// JSON field holding the version.
+    #[serde(default)]
+    pub version_field: Option<String>,
+    /// Slower answers are unhealthy.
+    #[serde(default, with = "humantime_serde")]
+    pub latency_budget: Option<Duration>,
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+
+/// One `[[hooks]]` entry: a command on this machine or a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HookSection {
+    /// Its name.
+    pub name: String,
+    /// `before` or `after`.
+    pub point: HookPoint,
+    /// A kind of step (`migrate`, `set_weights`, ...) or `run`.
+    pub on: String,
+    /// A command (argv) to run.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// A URL to POST the hook's context to.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Time limit.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NotifySection {
+    /// Where to POST events.
+    pub webhook: String,
+    /// The lowest severity sent (run start/end and rollbacks are always sent).
+    #[serde(default = "default_severity")]
+    pub min_severity: Severity,
+}
+
+fn default_severity() -> Severity {
+    Severity::Warning
+}
+
+/// A parsed and checked plan file.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PlanFile {
+    /// `[environment]`.
+    pub environment: EnvironmentSection,
+    /// `[release]`.
+    pub release: ReleaseSection,
+    /// `[strategy]`.
+    pub strategy: Strategy,
+    /// `[options]`.
+    pub options: PlanOptions,
+    /// `[policies]`.
+    pub policies: Policies,
+    /// `[[targets]]`.
+    pub targets: Vec<TargetSection>,
+    /// `[probe]`.
+    pub probe: Option<ProbeSection>,
+    /// `[switch]`, for the switch adapter to read.
+    pub switch: Option<toml::Value>,
+    /// `[[gates]]`, for the gate adapters to read.
+    pub gates: Vec<toml::Value>,
+    /// `[migrations]`, for the migration adapter to read.
+    pub migrations: Option<toml::Value>,
+    /// `[maintenance]`, for the maintenance adapter to read.
+    pub maintenance: Option<toml::Value>,
+    /// `[[hooks]]`.
+    pub hooks: Vec<HookSection>,
+    /// `[[smoke]]`.
+    pub smoke: Vec<SmokeCheck>,
+    /// `[notify]`.
+    pub notify: Option<NotifySection>,
+}
+
+const KEYS: &[&str] = &[
+    "environment",
+    "release",
+    "strategy",
+    "options",
+    "policies",
+    "targets",
+    "probe",
+    "switch",
+    "gates",
+    "migrations",
+    "maintenance",
+    "hooks",
+    "smoke",
+    "notify",
+];
+
+struct Collector {
+    problems: Vec<Problem>,
+}
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize `value` (at `path`) into `T`, recording the problem with its full path.
+    fn take<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_owned()
+                } else if inner.starts_with('[') {
+                    format!("{path}{inner}")
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.push(full, e.into_inner().message().to_owned());
+                None
+            }
+        }
+    }
+
+    /// Each entry of the array at `key` that deserializes, with its index in the file.
+    fn list<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: Option<toml::Value>,
+    ) -> Vec<(usize, T)> {
+        match value {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.take::<T>(&format!("{key}[{i}]"), v).map(|t| (i, t)))
+                .collect(),
+            Some(_) => {
+                self.push(key, format!("expected an array of tables ([[{key}]])"));
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl PlanFile {
+    /// Parse and check `text`; `source_name` names it in messages.
+    pub fn parse(source_name: &str, text: &str) -> Result<Self, PlanFileError> {
+        let err = |problems| PlanFileError {
+            source_name: source_name.to_owned(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            err(vec![Problem {
+                path: String::new(),
+                message: e.to_string().trim().to_owned(),
+            }])
+        })?;
+        let mut c = Collector {
+            problems: Vec::new(),
+        };
+        for key in table.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                c.push(
+                    key.clone(),
+                    format!("unknown key (expected one of: {})", KEYS.join(", ")),
+                );
+            }
+        }
+        let mut required = |c: &mut Collector, key: &str| {
+            let v = table.remove(key);
+            if v.is_none() {
+                c.push(key, "missing");
+            }
+            v
+        };
+        let environment = required(&mut c, "environment")
+            .and_then(|v| c.take::<EnvironmentSection>("environment", v));
+        let release =
+            required(&mut c, "release").and_then(|v| c.take::<ReleaseSection>("release", v));
+        let strategy = required(&mut c, "strategy").and_then(|v| c.take::<Strategy>("strategy", v));
+        let targets_raw = required(&mut c, "targets");
+        let had_targets = targets_raw.is_some();
+        let options = table
+            .remove("options")
+            .map_or(Some(PlanOptions::default()), |v| c.take("options", v));
+        let policies = table
+            .remove("policies")
+            .map_or(Some(Policies::default()), |v| c.take("policies", v));
+        let targets: Vec<(usize, TargetSection)> = c.list("targets", targets_raw);
+        let probe = table
+            .remove("probe")
+            .and_then(|v| c.take::<ProbeSection>("probe", v));
+        let hooks: Vec<(usize, HookSection)> = c.list("hooks", table.remove("hooks"));
+        let smoke: Vec<(usize, SmokeCheck)> = c.list("smoke", table.remove("smoke"));
+        let notify = table
+            .remove("notify")
+            .and_then(|v| c.take::<NotifySection>("notify", v));
+        let switch = table.remove("switch");
+        let gates = match table.remove("gates") {
+            None => Vec::new(),
+            Some(toml::Value::Array(a)) => a,
+            Some(_) => {
+                c.push("gates", "expected an array of tables ([[gates]])");
+                Vec::new()
+            }
+        };
+        let migrations = table.remove("migrations");
+        let maintenance = table.remove("maintenance");
+
+        // Checks across fields.
+        if let Some(env) = &environment
+            && let Err(e) = Version::new(env.name.clone())
+        {
+            c.push("environment.name", e.cause().to_owned());
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in &targets {
+            if !seen.insert(t.id.clone()) {
+                c.push(
+                    format!("targets[{i}].id"),
+                    format!("target {} is listed twice", t.id),
+                );
+            }
+            if let Err(e) = t.parsed_endpoint() {
+                c.push(format!("targets[{i}].endpoint"), e);
+            }
+            if !t.root.is_absolute() {
+                c.push(
+                    format!("targets[{i}].root"),
+                    format!("{} is not an absolute path", t.root.display()),
+                );
+            }
+            for (name, argv) in [
+                ("restart", &t.restart),
+                ("stop", &t.stop),
+                ("start", &t.start),
+            ] {
+                if argv.as_ref().is_some_and(Vec::is_empty) {
+                    c.push(format!("targets[{i}].{name}"), "the command is empty");
+                }
+            }
+        }
+        if had_targets
+            && targets.is_empty()
+            && !c.problems.iter().any(|p| p.path.starts_with("targets"))
+        {
+            c.push("targets", "no targets");
+        }
+        for (i, h) in &hooks {
+            match (&h.command, &h.webhook) {
+                (Some(_), Some(_)) => c.push(
+                    format!("hooks[{i}]"),
+                    "give either command or webhook, not both",
+                ),
+                (None, None) => c.push(format!("hooks[{i}]"), "give a command or a webhook"),
+                (Some(argv), None) if argv.is_empty() => {
+                    c.push(format!("hooks[{i}].command"), "the command is empty")
+                }
+                _ => {}
+            }
+            if !(h.on == "run" || STEP_KINDS.contains(&h.on.as_str())) {
+                c.push(
+                    format!("hooks[{i}].on"),
+                    format!(
+                        "unknown step kind {:?} (expected run or one of: {})",
+                        h.on,
+                        STEP_KINDS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(s) = &strategy
+            && s.is_zero_downtime()
+            && !matches!(s, Strategy::Rolling { .. })
+            && switch.is_none()
+        {
+            c.push(
+                "switch",
+                format!("the {} strategy needs a traffic switch", s.name()),
+            );
+        }
+        if !c.problems.is_empty() {
+            return Err(err(c.problems));
+        }
+        match (environment, release, strategy, options, policies) {
+            (Some(environment), Some(release), Some(strategy), Some(options), Some(policies)) => {
+                Ok(Self {
+                    environment,
+                    release,
+                    strategy,
+                    options,
+                    policies,
+                    targets: targets.into_iter().map(|(_, t)| t).collect(),
+                    probe,
+                    switch,
+                    gates,
+                    migrations,
+                    maintenance,
+                    hooks: hooks.into_iter().map(|(_, h)| h).collect(),
+                    smoke: smoke.into_iter().map(|(_, s)| s).collect(),
+                    notify,
+                })
+            }
+            _ => Err(err(vec![Problem {
+                path: String::new(),
+                message: "incomplete plan".into(),
+            }])),
+        }
+    }
+}
+
+/// The kinds of step a hook can be attached to.
+pub const STEP_KINDS: &[&str] = &[
+    "prepare",
+    "activate",
+    "stop",
+    "start",
+    "await_healthy",
+    "maintenance_on",
+    "maintenance_off",
+    "backup",
+    "migrate",
+    "drain",
+    "set_weights",
+    "analyze",
+    "pause",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[environment]
+name = "production"
+state_dir = "/var/lib/deploy/production"
+
+[release]
+version = "2.1.0"
+artifact = "build/app.tar.gz"
+
+[strategy]
+kind = "canary"
+steps = [{ set_weight = 10 }, { analyze = "2m" }, "pause_until_promoted", { set_weight = 50 }]
+
+[policies.probe]
+deadline = "90s"
+
+[[targets]]
+id = "blue"
+root = "/srv/app/blue"
+endpoint = "http://127.0.0.1:8081"
+restart = ["systemctl", "restart", "app@blue"]
+
+[[targets]]
+id = "green"
+root = "/srv/app/green"
+endpoint = "http://[::1]:8082"
+
+[switch]
+kind = "haproxy"
+socket = "/run/haproxy/admin.sock"
+
+[[hooks]]
+name = "announce"
+point = "before"
+on = "run"
+webhook = "https://chat.example/hooks/deploys"
+
+[[smoke]]
+name = "front page"
+path = "/"
+body_contains = ["Welcome"]
+
+[notify]
+webhook = "https://chat.example/hooks/deploys"
+"#;
+
+    #[test]
+    fn a_good_plan_parses() {
+        let p = PlanFile::parse("good.toml", GOOD).unwrap();
+        assert_eq!(p.environment.name, "production");
+        assert_eq!(p.release.version.as_str(), "2.1.0");
+        assert_eq!(p.strategy.name(), "canary");
+        assert_eq!(p.policies.probe.deadline, Duration::from_secs(90));
+        assert_eq!(p.targets.len(), 2);
+        assert_eq!(
+            p.targets[1].parsed_endpoint().unwrap().url("/health"),
+            "http://[::1]:8082/health"
+        );
+        assert_eq!(p.hooks[0].point, HookPoint::Before);
+        assert_eq!(p.smoke[0].body_contains, ["Welcome"]);
+        assert_eq!(p.notify.as_ref().unwrap().min_severity, Severity::Warning);
+        assert!(p.switch.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path() {
+        let bad = r#"
+[environment]
+name = "prod/uction"
+state_dir = "/x"
+colour = "blue"
+
+[release]
+version = "2.1.0"
+
+[strategy]
+kind = "blue_green"
+bake = "5m"
+
+[options]
+allow_destructive_migrations = "yes"
+
+[notify]
+webhook = "https://x"
+min_severity = "loud"
+
+[policies.probe]
+dedline = "90s"
+
+[[targets]]
+id = "blue"
+root = "srv/app"
+endpoint = "http://127.0.0.1"
+
+[[targets]]
+id = "blue"
+root = "/srv/app/green"
+endpoint = "ftp://x:1"
+restart = []
+
+[[hooks]]
+name = "x"
+point = "during"
+on = "run"
+
+[[hooks]]
+name = "y"
+point = "after"
+on = "deploy"
+command = ["true"]
+
+[typo]
+x = 1
+"#;
+        let err = PlanFile::parse("bad.toml", bad).unwrap_err();
+        let got: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        let text = got.join("\n");
+        for expected in [
+            "typo: unknown key",
+            "environment.colour: unknown field `colour`",
+            "options.allow_destructive_migrations: invalid type: string \"yes\", expected a boolean",
+            "notify.min_severity: unknown variant `loud`",
+            "policies.probe.dedline: unknown field `dedline`",
+            "targets[0].endpoint: \"http://127.0.0.1\": the port is missing",
+            "targets[0].root: srv/app is not an absolute path",
+            "targets[1].id: target blue is listed twice",
+            "targets[1].endpoint: \"ftp://x:1\": the scheme must be http or https",
+            "targets[1].restart: the command is empty",
+            "hooks[0].point: unknown variant `during`",
+            "hooks[1].on: unknown step kind \"deploy\"",
+            "switch: the blue_green strategy needs a traffic switch",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert!(err.to_string().starts_with("plan file bad.toml: "), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = PlanFile::parse("x.toml", "[environment\nname = 1").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(
+            err.problems[0].message.contains("line 1"),
+            "{}",
+            err.problems[0]
+        );
+    }
+}
