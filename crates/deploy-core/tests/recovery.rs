@@ -383,3 +383,133 @@ fn a_torn_last_line_is_ignored_but_garbage_in_the_middle_is_an_error() {
     let err = deploy_core::engine::JournalState::read(&path).unwrap_err();
     assert!(err.to_string().contains("line 3"), "{err}");
 }
+
+#[tokio::test]
+async fn another_process_promotes_or_aborts_a_paused_run_and_reads_its_status() {
+    use deploy_core::engine::ControlRequest;
+    for request in [
+        ControlRequest::Promote,
+        ControlRequest::Abort {
+            reason: "error budget burnt".into(),
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let world = FakeWorld::slots("1.0.0", "0.9.0");
+        let mut p = policies();
+        p.probe.interval = Duration::from_millis(1);
+        p.probe.healthy_threshold = 1;
+        let runner = Engine::new(world.environment("prod"))
+            .with_policies(p.clone())
+            .with_state_dir(dir.path());
+        let strategy = Strategy::Canary {
+            steps: vec![CanaryStep::SetWeight(20), CanaryStep::PauseUntilPromoted],
+        };
+        let run = tokio::spawn(async move {
+            runner
+                .deploy(
+                    &strategy,
+                    &release(),
+                    &PlanOptions::default(),
+                    &CancellationToken::new(),
+                )
+                .await
+                .unwrap()
+        });
+        // The operator's process: its own engine on the same state directory.
+        let operator = Engine::new(world.environment("prod"))
+            .with_policies(p)
+            .with_state_dir(dir.path());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = operator.status().unwrap()
+                && matches!(s.current_step, Some(Step::Pause { duration: None }))
+            {
+                break s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the run never paused"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let text = status.to_string();
+        assert!(
+            text.contains("of 6 steps done; at: pause until promoted; locked by run"),
+            "{text}"
+        );
+        assert_eq!(status.lock.as_ref().unwrap().pid, std::process::id());
+        assert!(!status.lock_stale);
+        assert_eq!(world.switch.current().to_string(), "blue=4,green=1");
+
+        operator.request(&request).unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        let after = operator.status().unwrap().unwrap();
+        assert_eq!(after.outcome, Some(report.outcome));
+        assert!(after.lock.is_none(), "the lock is released");
+        match request {
+            ControlRequest::Promote => {
+                assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+                assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
+            }
+            ControlRequest::Abort { .. } => {
+                assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+                assert!(
+                    report
+                        .rollback
+                        .unwrap()
+                        .reason
+                        .contains("aborted by the operator: error budget burnt")
+                );
+                assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_a_stale_lock_of_a_killed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = Arc::new(FakeWorld::slots("1.0.0", "0.9.0"));
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_dir(dir.path());
+    let strategy = Strategy::Canary {
+        steps: vec![CanaryStep::SetWeight(20), CanaryStep::PauseUntilPromoted],
+    };
+    let plan = engine
+        .plan(&strategy, &release(), &PlanOptions::default())
+        .await
+        .unwrap();
+    // Kill the run at its pause, leaving its lock file behind as a dead process would.
+    let cancel = CancellationToken::new();
+    let lock_copy = {
+        let run = engine.run(plan, &cancel);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                _ = &mut run => panic!("finished"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            if let Some(s) = engine.status().unwrap()
+                && matches!(s.current_step, Some(Step::Pause { .. }))
+            {
+                break std::fs::read(dir.path().join("lock")).unwrap();
+            }
+        }
+    };
+    std::fs::write(dir.path().join("lock"), lock_copy).unwrap();
+    let status = engine.status().unwrap().unwrap();
+    assert!(status.lock_stale, "{status}");
+    assert!(status.to_string().contains("STALE lock"), "{status}");
+    let report = engine
+        .recover(Recovery::Rollback, &CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
+    assert!(engine.status().unwrap().unwrap().lock.is_none());
+}

@@ -414,6 +414,15 @@ impl Drop for EnvLock {
     }
 }
 
+/// Whether nobody holds the OS lock of the lock file at `path` (so a holder recorded in it is
+/// dead). Takes and drops the lock at once when it is free.
+pub(crate) fn lock_is_free(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => f.try_lock_shared().is_ok(),
+        Err(_) => true,
+    }
+}
+
 fn read_holder(path: &Path) -> Option<Box<LockInfo>> {
     std::fs::read(path)
         .ok()

@@ -9,6 +9,7 @@
 //! the report says what is left).
 
 mod analysis;
+mod control_file;
 mod journal;
 mod policy;
 mod report;
@@ -37,6 +38,7 @@ use crate::traits::{
     ProbeRequest,
 };
 
+pub use control_file::{ControlRequest, RunStatus};
 pub use journal::{JournalState, LockInfo, Record};
 pub use policy::{
     AnalysisPolicy, DrainPolicy, DrainTimeoutAction, InconclusiveAction, NoDataPolicy, Policies,
@@ -539,6 +541,51 @@ impl Engine {
         Ok(holder)
     }
 
+    /// Ask the run in progress in this environment's state directory — in this process or
+    /// another — to promote (end its pause) or abort (roll back). The running engine picks the
+    /// request up within a quarter of a second.
+    pub fn request(&self, request: &ControlRequest) -> Result<(), DeployError> {
+        let dir = self.require_state_dir("send a control request")?;
+        control_file::write_request(dir, request)
+    }
+
+    /// Where the newest run of this environment stands (from its journal), and who holds the
+    /// lock; `None` when no run was ever journaled here.
+    pub fn status(&self) -> Result<Option<RunStatus>, DeployError> {
+        let dir = self.require_state_dir("read status")?.to_owned();
+        let runs = dir.join("runs");
+        let mut newest: Option<(SystemTime, PathBuf, JournalState)> = None;
+        let entries = match std::fs::read_dir(&runs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(DeployError::Journal {
+                    path: runs,
+                    cause: format!("list: {e}"),
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+                continue;
+            }
+            let st = JournalState::read(&path)?;
+            if newest.as_ref().is_none_or(|(t, _, _)| st.started_at > *t) {
+                newest = Some((st.started_at, path, st));
+            }
+        }
+        let Some((_, path, st)) = newest else {
+            return Ok(None);
+        };
+        let lock_path = dir.join("lock");
+        let lock: Option<LockInfo> = std::fs::read(&lock_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let stale = lock.is_some() && journal::lock_is_free(&lock_path);
+        Ok(Some(RunStatus::from_journal(path, &st, lock, stale)))
+    }
+
     /// The journal of the newest run in the state directory that did not finish, if any.
     pub fn unfinished_run(&self) -> Result<Option<PathBuf>, DeployError> {
         let dir = self.require_state_dir("find unfinished run")?.join("runs");
@@ -828,7 +875,26 @@ impl<'e> Run<'e> {
             });
             let failure = match forced_rollback {
                 Some(reason) => Some(reason),
-                None => self.forward(from, cancel).await,
+                None => {
+                    // Another process may ask to promote or abort through the state directory.
+                    let watcher = async {
+                        match &self.engine.state_dir {
+                            Some(dir) => {
+                                control_file::watch(
+                                    dir.clone(),
+                                    self.engine.control.clone(),
+                                    Duration::from_millis(250),
+                                )
+                                .await
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        failure = self.forward(from, cancel) => failure,
+                        () = watcher => None,
+                    }
+                }
             };
             let outcome = match failure {
                 None => Outcome::Promoted,
