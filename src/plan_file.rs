@@ -48,8 +48,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use deploy_core::engine::{Policies, Severity};
-use deploy_core::{Endpoint, HookPoint, PlanOptions, SmokeCheck, Strategy, TargetId, Version};
+use deploy_core::{
+    CommandHook, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch,
+    Endpoint, Engine, Environment, Error, Hook, HookAction, HookPoint, HttpProbe, LocalHost,
+    PlanOptions, Release, ReleaseDirTarget, SmokeCheck, SmokeGate, Strategy, TargetId, Version,
+    WebhookHook,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -498,6 +505,181 @@ impl PlanFile {
                 message: "incomplete plan".into(),
             }])),
         }
+    }
+}
+
+/// Builds what an adapter section of a plan file describes. The root crate implements it for
+/// adapters compiled in (the `deploy` example wires them); tests and embedding tools can
+/// supply their own.
+pub trait AdapterFactory {
+    /// `[switch]`.
+    fn switch(&self, section: &toml::Value) -> Result<DynTrafficSwitch, Vec<Problem>>;
+    /// One `[[gates]]` entry (`path` is `gates[i]`, for messages).
+    fn gate(&self, path: &str, section: &toml::Value) -> Result<DynMetricGate, Vec<Problem>>;
+    /// `[migrations]`.
+    fn migrations(&self, section: &toml::Value) -> Result<DynMigrationRunner, Vec<Problem>>;
+    /// `[maintenance]`.
+    fn maintenance(&self, section: &toml::Value) -> Result<DynMaintenance, Vec<Problem>>;
+    /// The `ssh` table of a target (`path` is `targets[i].ssh`).
+    fn ssh_host(&self, path: &str, section: &toml::Value) -> Result<DynHost, Vec<Problem>>;
+}
+
+impl PlanFile {
+    /// The release to deploy.
+    pub fn release(&self) -> Release {
+        let r = Release::new(self.release.version.clone());
+        match &self.release.artifact {
+            Some(a) => r.with_artifact(a.clone()),
+            None => r,
+        }
+    }
+
+    /// Build the environment this plan describes, reporting every problem at once.
+    pub fn environment(&self, adapters: &dyn AdapterFactory) -> Result<Environment, PlanFileError> {
+        let mut problems = Vec::new();
+        let mut b = Environment::builder(self.environment.name.clone());
+        let local: DynHost = Arc::new(LocalHost::new());
+        for (i, t) in self.targets.iter().enumerate() {
+            let host = match &t.ssh {
+                Some(section) => match adapters.ssh_host(&format!("targets[{i}].ssh"), section) {
+                    Ok(h) => h,
+                    Err(p) => {
+                        problems.extend(p);
+                        continue;
+                    }
+                },
+                None => local.clone(),
+            };
+            let endpoint = match t.parsed_endpoint() {
+                Ok(e) => e,
+                Err(e) => {
+                    problems.push(Problem {
+                        path: format!("targets[{i}].endpoint"),
+                        message: e,
+                    });
+                    continue;
+                }
+            };
+            let mut tb = ReleaseDirTarget::builder(t.id.clone(), host, t.root.clone(), endpoint);
+            if let Some(argv) = &t.restart {
+                tb = tb.restart(argv.clone());
+            }
+            if let Some(argv) = &t.stop {
+                tb = tb.stop_command(argv.clone());
+            }
+            if let Some(argv) = &t.start {
+                tb = tb.start_command(argv.clone());
+            }
+            if let Some(k) = t.keep {
+                tb = tb.keep(k);
+            }
+            match tb.build() {
+                Ok(target) => b = b.target(Arc::new(target)),
+                Err(e) => problems.push(Problem {
+                    path: format!("targets[{i}]"),
+                    message: e.cause().to_owned(),
+                }),
+            }
+        }
+        let probe = self.probe.clone().unwrap_or(ProbeSection {
+            path: default_health_path(),
+            expect_fields: BTreeMap::new(),
+            version_field: None,
+            latency_budget: None,
+        });
+        let mut pb = HttpProbe::builder().path(probe.path.clone());
+        for (k, v) in &probe.expect_fields {
+            pb = pb.expect_field(k.clone(), v.clone());
+        }
+        if let Some(f) = &probe.version_field {
+            pb = pb.version_field(f.clone());
+        }
+        if let Some(l) = probe.latency_budget {
+            pb = pb.latency_budget(l);
+        }
+        match pb.build() {
+            Ok(p) => b = b.probe(Arc::new(p)),
+            Err(e) => problems.push(Problem {
+                path: "probe".into(),
+                message: e.cause().to_owned(),
+            }),
+        }
+        if let Some(s) = &self.switch {
+            match adapters.switch(s) {
+                Ok(sw) => b = b.switch(sw),
+                Err(p) => problems.extend(p),
+            }
+        }
+        for (i, g) in self.gates.iter().enumerate() {
+            match adapters.gate(&format!("gates[{i}]"), g) {
+                Ok(gate) => b = b.gate(gate),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if !self.smoke.is_empty() {
+            match SmokeGate::new("smoke", self.smoke.clone()) {
+                Ok(g) => b = b.gate(Arc::new(g)),
+                Err(e) => problems.push(Problem {
+                    path: "smoke".into(),
+                    message: e.cause().to_owned(),
+                }),
+            }
+        }
+        if let Some(m) = &self.migrations {
+            match adapters.migrations(m) {
+                Ok(r) => b = b.migrations(r),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if let Some(m) = &self.maintenance {
+            match adapters.maintenance(m) {
+                Ok(page) => b = b.maintenance(page),
+                Err(p) => problems.extend(p),
+            }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            let action: Result<Arc<dyn HookAction>, Error> = match (&h.command, &h.webhook) {
+                (Some(argv), None) => CommandHook::new(local.clone(), argv.clone())
+                    .map(|c| Arc::new(c) as Arc<dyn HookAction>),
+                (None, Some(url)) => {
+                    WebhookHook::new(url.clone()).map(|w| Arc::new(w) as Arc<dyn HookAction>)
+                }
+                _ => continue, // reported by `parse`
+            };
+            match action {
+                Ok(a) => {
+                    let mut hook = Hook::new(h.name.clone(), h.point, h.on.clone(), a);
+                    if let Some(t) = h.timeout {
+                        hook = hook.with_timeout(t);
+                    }
+                    b = b.hook(hook);
+                }
+                Err(e) => problems.push(Problem {
+                    path: format!("hooks[{i}]"),
+                    message: e.cause().to_owned(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            match b.build() {
+                Ok(env) => return Ok(env),
+                Err(e) => problems.push(Problem {
+                    path: "environment".into(),
+                    message: e.cause().to_owned(),
+                }),
+            }
+        }
+        Err(PlanFileError {
+            source_name: self.environment.name.clone(),
+            problems,
+        })
+    }
+
+    /// An engine for this plan: its environment, policies and state directory.
+    pub fn engine(&self, adapters: &dyn AdapterFactory) -> Result<Engine, PlanFileError> {
+        Ok(Engine::new(self.environment(adapters)?)
+            .with_policies(self.policies.clone())
+            .with_state_dir(self.environment.state_dir.clone()))
     }
 }
 

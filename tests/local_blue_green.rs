@@ -8,45 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::engine::{Outcome, Policies};
-use deploy::testing::{FakeGate, FakeSwitch, TestHttpServer, TestResponse};
+use deploy::testing::{FakeGate, FakeSwitch, TestHttpServer};
 use deploy::{
     Endpoint, Engine, Environment, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget,
     Strategy, Target, TargetId, Version,
 };
 use tokio_util::sync::CancellationToken;
 
-async fn slot_server(root: PathBuf) -> TestHttpServer {
-    TestHttpServer::start(move |_req| {
-        let current = root.join("current");
-        match std::fs::read_to_string(current.join("VERSION")) {
-            Ok(v) if !current.join("BROKEN").exists() => TestResponse::json(
-                200,
-                &serde_json::json!({"status": "ok", "version": v.trim()}),
-            ),
-            _ => TestResponse::json(503, &serde_json::json!({"status": "down"})),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-fn artifact(dir: &Path, version: &str, broken: bool) -> PathBuf {
-    let d = dir.join(format!("build-{version}"));
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("VERSION"), version).unwrap();
-    if broken {
-        std::fs::write(d.join("BROKEN"), "").unwrap();
-    }
-    d
-}
+mod common;
+use common::{artifact, slot_server};
 
 async fn health(server: &TestHttpServer) -> String {
-    reqwest::get(server.url("/health"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::get(&server.url("/health")).await
 }
 
 #[tokio::test]
