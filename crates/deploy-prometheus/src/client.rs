@@ -1,0 +1,529 @@
+//! [`PrometheusClient`]: instant and range queries over Prometheus' HTTP API.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deploy_core::{Error, ErrorKind, Result};
+use reqwest::Url;
+use serde::Deserialize;
+
+/// How the client authenticates to Prometheus (or the proxy in front of it). Never shown in
+/// `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Auth {
+    /// HTTP basic authentication.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// One series of an instant vector: its labels and value.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Sample {
+    /// The series' labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value (may be NaN or infinite).
+    pub value: f64,
+}
+
+/// One series of a range vector: its labels and `(unix seconds, value)` points.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Series {
+    /// The series' labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its points in time order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The result of a query, by Prometheus' `resultType`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum QueryResult {
+    /// An instant vector: one value per series.
+    Vector(Vec<Sample>),
+    /// A range vector: points per series.
+    Matrix(Vec<Series>),
+    /// One number.
+    Scalar(f64),
+    /// A string.
+    String(String),
+}
+
+impl QueryResult {
+    /// The name Prometheus gives this result type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Vector(_) => "vector",
+            Self::Matrix(_) => "matrix",
+            Self::Scalar(_) => "scalar",
+            Self::String(_) => "string",
+        }
+    }
+}
+
+/// A client of Prometheus' HTTP API (`/api/v1/query`, `/api/v1/query_range`), over reqwest with
+/// rustls, with a time limit per request and optional basic or bearer authentication.
+///
+/// Errors name the operation, the query and the server and are typed by [`ErrorKind`]:
+/// `Unavailable` (cannot connect, HTTP 5xx; retryable), `Timeout`, `PermissionDenied` (401/403),
+/// `Rejected` (Prometheus answered `status: "error"`, e.g. a PromQL syntax error), `Protocol`
+/// (the answer is not the JSON Prometheus sends).
+///
+/// ```no_run
+/// # async fn demo() -> deploy_core::Result<()> {
+/// use deploy_prometheus::{PrometheusClient, QueryResult};
+/// let client = PrometheusClient::new("http://127.0.0.1:9090")?;
+/// if let QueryResult::Vector(v) = client.query("up").await? {
+///     println!("{} targets", v.len());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PrometheusClient {
+    base: Url,
+    http: reqwest::Client,
+    timeout: Duration,
+    auth: Option<Auth>,
+}
+
+impl fmt::Debug for PrometheusClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusClient")
+            .field("base", &self.base.as_str())
+            .field("timeout", &self.timeout)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    status: String,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct RawVectorItem {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+#[derive(Deserialize)]
+struct RawMatrixItem {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// Prometheus writes sample values as strings: `"0.5"`, `"NaN"`, `"+Inf"`, `"-Inf"`.
+fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+impl PrometheusClient {
+    /// A client of the Prometheus at `base_url` (`http://host:9090`, or with a path prefix
+    /// `https://host/prometheus/`), with a 10 s time limit per request. Credentials in the URL
+    /// (`http://user:pass@host`) become basic authentication and are removed from the URL.
+    pub fn new(base_url: &str) -> Result<Self> {
+        let bad = |cause: String| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "configure Prometheus client for",
+                redact_url(base_url),
+                cause,
+            )
+        };
+        let mut base = Url::parse(base_url).map_err(|e| bad(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "scheme {:?} is not http or https",
+                base.scheme()
+            )));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(bad("the URL must not have a query or a fragment".into()));
+        }
+        let mut auth = None;
+        if !base.username().is_empty() {
+            auth = Some(Auth::Basic {
+                username: base.username().to_owned(),
+                password: base.password().unwrap_or("").to_owned(),
+            });
+            // Cannot fail for http(s) URLs.
+            let _ = base.set_username("");
+            let _ = base.set_password(None);
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| bad(e.to_string()).with_source(e))?;
+        Ok(Self {
+            base,
+            http,
+            timeout: Duration::from_secs(10),
+            auth,
+        })
+    }
+
+    /// Limit each request to `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Authenticate with `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The base URL, without credentials.
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// The time limit per request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Evaluate `query` at the current time (`/api/v1/query`).
+    pub async fn query(&self, query: &str) -> Result<QueryResult> {
+        self.call(
+            "query",
+            "api/v1/query",
+            query,
+            vec![("query", query.to_owned())],
+        )
+        .await
+    }
+
+    /// Evaluate `query` over `[start, end]` every `step` (`/api/v1/query_range`).
+    pub async fn query_range(
+        &self,
+        query: &str,
+        start: SystemTime,
+        end: SystemTime,
+        step: Duration,
+    ) -> Result<Vec<Series>> {
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| format!("{:.3}", d.as_secs_f64()))
+                .unwrap_or_else(|_| "0".to_owned())
+        };
+        let form = vec![
+            ("query", query.to_owned()),
+            ("start", secs(start)),
+            ("end", secs(end)),
+            ("step", format!("{:.3}", step.as_secs_f64())),
+        ];
+        match self
+            .call("range query", "api/v1/query_range", query, form)
+            .await?
+        {
+            QueryResult::Matrix(m) => Ok(m),
+            other => Err(Error::new(
+                ErrorKind::Protocol,
+                "range query",
+                self.object(query),
+                format!(
+                    "Prometheus answered a {} where a matrix was expected",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+
+    fn object(&self, query: &str) -> String {
+        format!("`{query}` on Prometheus {}", self.base)
+    }
+
+    async fn call(
+        &self,
+        operation: &'static str,
+        path: &str,
+        query: &str,
+        form: Vec<(&'static str, String)>,
+    ) -> Result<QueryResult> {
+        let object = || self.object(query);
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, operation, object(), e.to_string()))?;
+        tracing::debug!(%url, query, "Prometheus {operation}");
+        let mut req = self.http.post(url).timeout(self.timeout).form(&form);
+        match &self.auth {
+            Some(Auth::Basic { username, password }) => {
+                req = req.basic_auth(username, Some(password));
+            }
+            Some(Auth::Bearer(token)) => req = req.bearer_auth(token),
+            None => {}
+        }
+        let resp = req.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Unavailable
+            };
+            let cause = if e.is_timeout() {
+                format!("no answer within {:?}", self.timeout)
+            } else {
+                format!("cannot reach Prometheus: {}", error_chain(&e))
+            };
+            Error::new(kind, operation, object(), cause).with_source(e)
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Unavailable
+            };
+            Error::new(
+                kind,
+                operation,
+                object(),
+                format!("reading the answer failed: {e}"),
+            )
+            .with_source(e)
+        })?;
+        let envelope: Option<Envelope> = serde_json::from_slice(&body).ok();
+        // Prometheus answers errors as JSON with 400/422/503; prefer its words.
+        if let Some(env) = &envelope
+            && env.status == "error"
+        {
+            let kind = if status.is_server_error() {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Rejected
+            };
+            return Err(Error::new(
+                kind,
+                operation,
+                object(),
+                format!(
+                    "Prometheus answered HTTP {} {}: {}",
+                    status.as_u16(),
+                    env.error_type.as_deref().unwrap_or("error"),
+                    env.error.as_deref().unwrap_or("(no message)")
+                ),
+            ));
+        }
+        if !status.is_success() {
+            let kind = match status.as_u16() {
+                401 | 403 => ErrorKind::PermissionDenied,
+                404 => ErrorKind::NotFound,
+                s if s >= 500 => ErrorKind::Unavailable,
+                _ => ErrorKind::Rejected,
+            };
+            let text = String::from_utf8_lossy(&body);
+            let snippet: String = text.trim().chars().take(200).collect();
+            return Err(Error::new(
+                kind,
+                operation,
+                object(),
+                format!("HTTP {status}: {snippet}"),
+            ));
+        }
+        let protocol = |cause: String| Error::new(ErrorKind::Protocol, operation, object(), cause);
+        let Some(env) = envelope else {
+            let err = serde_json::from_slice::<Envelope>(&body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(protocol(format!(
+                "the answer is not Prometheus API JSON: {err}"
+            )));
+        };
+        if env.status != "success" {
+            return Err(protocol(format!("unknown status {:?}", env.status)));
+        }
+        let data = env
+            .data
+            .ok_or_else(|| protocol("the answer has no `data`".into()))?;
+        parse_result(&data.result_type, data.result).map_err(protocol)
+    }
+}
+
+fn parse_result(
+    result_type: &str,
+    result: serde_json::Value,
+) -> std::result::Result<QueryResult, String> {
+    let bad_value = |s: &str| format!("sample value {s:?} is not a number");
+    match result_type {
+        "vector" => {
+            let items: Vec<RawVectorItem> =
+                serde_json::from_value(result).map_err(|e| format!("bad vector: {e}"))?;
+            items
+                .into_iter()
+                .map(|i| {
+                    Ok(Sample {
+                        value: parse_value(&i.value.1).ok_or_else(|| bad_value(&i.value.1))?,
+                        labels: i.metric,
+                    })
+                })
+                .collect::<std::result::Result<_, String>>()
+                .map(QueryResult::Vector)
+        }
+        "matrix" => {
+            let items: Vec<RawMatrixItem> =
+                serde_json::from_value(result).map_err(|e| format!("bad matrix: {e}"))?;
+            items
+                .into_iter()
+                .map(|i| {
+                    let points = i
+                        .values
+                        .iter()
+                        .map(|(t, v)| Ok((*t, parse_value(v).ok_or_else(|| bad_value(v))?)))
+                        .collect::<std::result::Result<_, String>>()?;
+                    Ok(Series {
+                        labels: i.metric,
+                        points,
+                    })
+                })
+                .collect::<std::result::Result<_, String>>()
+                .map(QueryResult::Matrix)
+        }
+        "scalar" => {
+            let (_, v): (f64, String) =
+                serde_json::from_value(result).map_err(|e| format!("bad scalar: {e}"))?;
+            Ok(QueryResult::Scalar(
+                parse_value(&v).ok_or_else(|| bad_value(&v))?,
+            ))
+        }
+        "string" => {
+            let (_, v): (f64, String) =
+                serde_json::from_value(result).map_err(|e| format!("bad string: {e}"))?;
+            Ok(QueryResult::String(v))
+        }
+        other => Err(format!("unknown resultType {other:?}")),
+    }
+}
+
+/// `e` and its sources, joined by ": " (reqwest hides the useful part, "connection refused",
+/// in the chain).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// `url` with any password replaced, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => url.chars().filter(|c| !c.is_control()).take(200).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_url_become_redacted_basic_auth() {
+        let c = PrometheusClient::new("http://alice:s3cret@127.0.0.1:9090/prom").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:9090/prom/");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        let c = c.with_auth(Auth::Bearer("tok-123".into()));
+        assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_input_without_the_password() {
+        let e = PrometheusClient::new("ftp://u:pw@host").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        assert!(PrometheusClient::new("not a url").is_err());
+        assert!(PrometheusClient::new("http://h:9090/?x=1").is_err());
+    }
+
+    #[test]
+    fn parses_every_result_type() {
+        let v = parse_result(
+            "vector",
+            serde_json::json!([{"metric": {"a": "b"}, "value": [1.5, "NaN"]}]),
+        )
+        .unwrap();
+        let QueryResult::Vector(v) = v else { panic!() };
+        assert!(v[0].value.is_nan());
+        assert_eq!(v[0].labels["a"], "b");
+        let m = parse_result(
+            "matrix",
+            serde_json::json!([{"metric": {}, "values": [[1, "1"], [2, "+Inf"]]}]),
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            QueryResult::Matrix(vec![Series {
+                labels: BTreeMap::new(),
+                points: vec![(1.0, 1.0), (2.0, f64::INFINITY)]
+            }])
+        );
+        assert_eq!(
+            parse_result("scalar", serde_json::json!([1, "0.25"])).unwrap(),
+            QueryResult::Scalar(0.25)
+        );
+        assert!(parse_result("vector", serde_json::json!({"x": 1})).is_err());
+        assert!(parse_result("vector", serde_json::json!([{"value": [1, "abc"]}])).is_err());
+        assert!(parse_result("weird", serde_json::json!([])).is_err());
+    }
+}
