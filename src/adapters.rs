@@ -1,8 +1,29 @@
-//! The adapters compiled into this facade, as an [`AdapterFactory`] for plan files: each section
-//! names its adapter with `kind`.
+//! The adapters compiled into this facade, as an [`AdapterFactory`] for plan files: each
+//! adapter section names its adapter with `kind`, and unknown keys are refused.
+//!
+//! | section | `kind` | feature |
+//! |---|---|---|
+//! | `[switch]` | `haproxy`, `nginx` | `haproxy`, `nginx` |
+//! | `[[gates]]` | `promql`, `scrape` | `prometheus` |
+//! | `[migrations]` | `postgres` | `postgres` |
+//! | `[maintenance]` | `nginx` | `nginx` |
+//! | `ssh` of a target | — | `ssh` |
+
+#![allow(unused_imports)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::{
+    DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, LocalHost, TargetId,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::plan_file::{AdapterFactory, Problem};
-use deploy_core::{DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch};
 
 /// Builds adapter sections of a plan file with the adapters enabled by this crate's features.
 #[derive(Debug, Clone, Default)]
@@ -17,53 +38,387 @@ impl Adapters {
     }
 }
 
+fn problem(path: &str, message: impl Into<String>) -> Vec<Problem> {
+    vec![Problem { path: path.to_owned(), message: message.into() }]
+}
+
 fn kind<'a>(path: &str, section: &'a toml::Value) -> Result<&'a str, Vec<Problem>> {
     section
         .get("kind")
         .and_then(toml::Value::as_str)
-        .ok_or_else(|| {
-            vec![Problem {
-                path: format!("{path}.kind"),
-                message: "missing (which adapter?)".into(),
-            }]
-        })
+        .ok_or_else(|| problem(&format!("{path}.kind"), "missing (which adapter?)"))
 }
 
 fn unknown<T>(path: &str, kind: &str, known: &[&str]) -> Result<T, Vec<Problem>> {
-    Err(vec![Problem {
-        path: format!("{path}.kind"),
-        message: format!(
-            "unknown kind {kind:?} (this build knows: {})",
-            known.join(", ")
-        ),
-    }])
+    let known = if known.is_empty() { "none: enable the adapter features".to_owned() } else { known.join(", ") };
+    Err(problem(&format!("{path}.kind"), format!("unknown kind {kind:?} (this build knows: {known})")))
+}
+
+/// Deserialize a section with its key paths in the messages.
+fn section<T: DeserializeOwned>(path: &str, value: &toml::Value) -> Result<T, Vec<Problem>> {
+    serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}") };
+        problem(&full, e.into_inner().message().to_owned())
+    })
+}
+
+fn built<T>(path: &str, r: deploy_core::Result<T>) -> Result<T, Vec<Problem>> {
+    r.map_err(|e| problem(path, e.to_string()))
+}
+
+#[cfg(feature = "haproxy")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaproxySwitchSection {
+    #[allow(dead_code)]
+    kind: String,
+    /// `/run/haproxy/admin.sock`, `ipv4@127.0.0.1:9999`.
+    socket: String,
+    backend: String,
+    #[serde(default)]
+    servers: BTreeMap<TargetId, String>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+    #[serde(default)]
+    escalate_to_maint: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    check_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    check_timeout: Option<Duration>,
+    #[serde(default)]
+    state_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "nginx")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NginxSwitchSection {
+    #[allow(dead_code)]
+    kind: String,
+    /// The main configuration file (it must `include` the upstream file).
+    config: PathBuf,
+    /// The upstream include file this switch owns.
+    include: PathBuf,
+    #[serde(default)]
+    upstream: Option<String>,
+    /// Target → `host:port`.
+    servers: BTreeMap<String, String>,
+    /// Where the include's generation server listens.
+    status_listen: SocketAddr,
+    #[serde(default)]
+    keepalive: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    confirm_timeout: Option<Duration>,
+    #[serde(default)]
+    binary: Option<PathBuf>,
+    #[serde(default)]
+    prefix: Option<PathBuf>,
+    #[serde(default)]
+    error_log: Option<PathBuf>,
+    /// Reload by `kill -HUP` of the pid in this file instead of `nginx -s reload`.
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "nginx")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NginxMaintenanceSection {
+    #[allow(dead_code)]
+    kind: String,
+    flag: PathBuf,
+    #[serde(default)]
+    verify_urls: Vec<String>,
+    #[serde(default)]
+    page_marker: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    verify_deadline: Option<Duration>,
+}
+
+/// The seeds' two alert rules, as gate presets.
+#[cfg(feature = "prometheus")]
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Preset {
+    ErrorRate,
+    P99Latency,
+}
+
+#[cfg(feature = "prometheus")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GateSection {
+    #[allow(dead_code)]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    /// The Prometheus server (`promql`).
+    #[serde(default)]
+    prometheus: Option<String>,
+    /// Environment variable holding a bearer token for Prometheus.
+    #[serde(default)]
+    bearer_token_env: Option<String>,
+    #[serde(default)]
+    preset: Option<Preset>,
+    /// Error-rate preset: the highest error share (0.01 = 1 %).
+    #[serde(default)]
+    max_error_rate: Option<f64>,
+    /// p99 preset: the highest p99.
+    #[serde(default, with = "humantime_serde")]
+    max_latency: Option<Duration>,
+    /// A PromQL query template instead of a preset.
+    #[serde(default)]
+    query: Option<String>,
+    /// Its condition (`< 0.01`, `0.5..2`).
+    #[serde(default)]
+    condition: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
+    #[serde(default)]
+    min_traffic: Option<f64>,
+    /// The label naming the target in the series (`target`); `""` selects every series.
+    #[serde(default)]
+    target_label: Option<String>,
+    /// `scrape`: extra URLs to scrape besides the canary endpoints.
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    metrics_path: Option<String>,
+}
+
+#[cfg(feature = "postgres")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSection {
+    #[allow(dead_code)]
+    kind: String,
+    /// The environment variable holding the database URL (default `DATABASE_URL`; when it is not
+    /// set, the `PG*` variables are used).
+    #[serde(default)]
+    database_url_env: Option<String>,
+    /// The migrations folder.
+    dir: PathBuf,
+    #[serde(default)]
+    backup_dir: Option<PathBuf>,
+    #[serde(default)]
+    keep_backups: Option<usize>,
+    #[serde(default)]
+    history_table: Option<String>,
+    #[serde(default)]
+    bin_dir: Option<PathBuf>,
+    #[serde(default)]
+    restore_mode: Option<deploy_postgres::RestoreMode>,
 }
 
 impl AdapterFactory for Adapters {
-    fn switch(&self, section: &toml::Value) -> Result<DynTrafficSwitch, Vec<Problem>> {
-        let k = kind("switch", section)?;
-        unknown("switch", k, &[])
+    fn switch(&self, value: &toml::Value) -> Result<DynTrafficSwitch, Vec<Problem>> {
+        let k = kind("switch", value)?;
+        match k {
+            #[cfg(feature = "haproxy")]
+            "haproxy" => {
+                let s: HaproxySwitchSection = section("switch", value)?;
+                let socket: deploy_haproxy::Socket = built("switch.socket", s.socket.parse())?;
+                let mut b = deploy_haproxy::HaproxySwitch::builder(s.backend).socket(socket);
+                for (t, server) in s.servers {
+                    b = b.target(t, server);
+                }
+                if let Some(d) = s.drain_timeout {
+                    b = b.drain_timeout(d);
+                }
+                if let Some(e) = s.escalate_to_maint {
+                    b = b.escalate_to_maint(e);
+                }
+                if let (Some(i), Some(t)) = (s.check_interval, s.check_timeout) {
+                    b = b.checks(i, t);
+                }
+                if let Some(f) = s.state_file {
+                    b = b.state_file(f);
+                }
+                Ok(Arc::new(built("switch", b.build())?))
+            }
+            #[cfg(feature = "nginx")]
+            "nginx" => {
+                let s: NginxSwitchSection = section("switch", value)?;
+                let mut nginx = deploy_nginx::Nginx::new(s.config);
+                if let Some(b) = s.binary {
+                    nginx = nginx.with_binary(b);
+                }
+                if let Some(p) = s.prefix {
+                    nginx = nginx.with_prefix(p);
+                }
+                if let Some(l) = s.error_log {
+                    nginx = nginx.with_error_log(l);
+                }
+                if let Some(pid_file) = s.pid_file {
+                    nginx = nginx.with_reload(deploy_nginx::Reload::Hup { pid_file });
+                }
+                let host: DynHost = Arc::new(LocalHost::new());
+                let mut b = deploy_nginx::UpstreamSwitch::builder(host, nginx, s.include).status_listen(s.status_listen);
+                if let Some(u) = s.upstream {
+                    b = b.upstream(u);
+                }
+                for (t, addr) in s.servers {
+                    b = b.server(t, addr);
+                }
+                if let Some(k) = s.keepalive {
+                    b = b.keepalive(k);
+                }
+                if let Some(t) = s.confirm_timeout {
+                    b = b.confirm_timeout(t);
+                }
+                Ok(Arc::new(built("switch", b.build())?))
+            }
+            other => unknown("switch", other, &[#[cfg(feature = "haproxy")] "haproxy", #[cfg(feature = "nginx")] "nginx"]),
+        }
     }
 
-    fn gate(&self, path: &str, section: &toml::Value) -> Result<DynMetricGate, Vec<Problem>> {
-        let k = kind(path, section)?;
-        unknown(path, k, &[])
+    fn gate(&self, path: &str, value: &toml::Value) -> Result<DynMetricGate, Vec<Problem>> {
+        let k = kind(path, value)?;
+        match k {
+            #[cfg(feature = "prometheus")]
+            "promql" | "scrape" => prometheus_gate(path, k, section(path, value)?),
+            other => unknown(path, other, &[#[cfg(feature = "prometheus")] "promql", #[cfg(feature = "prometheus")] "scrape"]),
+        }
     }
 
-    fn migrations(&self, section: &toml::Value) -> Result<DynMigrationRunner, Vec<Problem>> {
-        let k = kind("migrations", section)?;
-        unknown("migrations", k, &[])
+    fn migrations(&self, value: &toml::Value) -> Result<DynMigrationRunner, Vec<Problem>> {
+        let k = kind("migrations", value)?;
+        match k {
+            #[cfg(feature = "postgres")]
+            "postgres" => {
+                let s: PostgresSection = section("migrations", value)?;
+                let var = s.database_url_env.unwrap_or_else(|| "DATABASE_URL".to_owned());
+                let config = match std::env::var(&var) {
+                    Ok(url) => built("migrations.database_url_env", deploy_postgres::PgConfig::from_url(&url))?,
+                    Err(_) => built("migrations", deploy_postgres::PgConfig::from_env())?,
+                };
+                let mut b = deploy_postgres::PgMigrationRunner::builder(config, s.dir);
+                if let Some(d) = s.backup_dir {
+                    b = b.backup_dir(d);
+                }
+                if let Some(n) = s.keep_backups {
+                    b = b.keep_backups(n);
+                }
+                if let Some(t) = s.history_table {
+                    b = b.history_table(t);
+                }
+                if let Some(d) = s.bin_dir {
+                    b = b.bin_dir(d);
+                }
+                if let Some(m) = s.restore_mode {
+                    b = b.restore_mode(m);
+                }
+                Ok(Arc::new(built("migrations", b.build())?))
+            }
+            other => unknown("migrations", other, &[#[cfg(feature = "postgres")] "postgres"]),
+        }
     }
 
-    fn maintenance(&self, section: &toml::Value) -> Result<DynMaintenance, Vec<Problem>> {
-        let k = kind("maintenance", section)?;
-        unknown("maintenance", k, &[])
+    fn maintenance(&self, value: &toml::Value) -> Result<DynMaintenance, Vec<Problem>> {
+        let k = kind("maintenance", value)?;
+        match k {
+            #[cfg(feature = "nginx")]
+            "nginx" => {
+                let s: NginxMaintenanceSection = section("maintenance", value)?;
+                let host: DynHost = Arc::new(LocalHost::new());
+                let mut b = deploy_nginx::MaintenancePage::builder(host, s.flag);
+                for u in s.verify_urls {
+                    b = b.verify_url(u);
+                }
+                if s.page_marker.is_some() {
+                    b = b.page_marker(s.page_marker);
+                }
+                if let Some(d) = s.verify_deadline {
+                    b = b.verify_deadline(d);
+                }
+                Ok(Arc::new(built("maintenance", b.build())?))
+            }
+            other => unknown("maintenance", other, &[#[cfg(feature = "nginx")] "nginx"]),
+        }
     }
 
-    fn ssh_host(&self, path: &str, _section: &toml::Value) -> Result<DynHost, Vec<Problem>> {
-        Err(vec![Problem {
-            path: path.to_owned(),
-            message: "SSH targets need the `ssh` feature".into(),
-        }])
+    fn ssh_host(&self, path: &str, _value: &toml::Value) -> Result<DynHost, Vec<Problem>> {
+        Err(problem(path, "SSH targets need the `ssh` feature"))
+    }
+}
+
+#[cfg(feature = "prometheus")]
+fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGate, Vec<Problem>> {
+    use deploy_prometheus::{Auth, HttpMetrics, PromQlGate, PrometheusClient, ScrapeGate};
+    let mut metrics = HttpMetrics::new();
+    match s.target_label.as_deref() {
+        Some("") => metrics = metrics.without_target_label(),
+        Some(l) => metrics = metrics.target_label(l),
+        None => {}
+    }
+    let mut problems = Vec::new();
+    match (&s.preset, &s.query) {
+        (Some(_), Some(_)) => problems.push(Problem { path: path.into(), message: "give a preset or a query, not both".into() }),
+        (None, None) if kind == "promql" => problems.push(Problem { path: path.into(), message: "give a preset or a query".into() }),
+        (None, _) if kind == "scrape" => problems.push(Problem { path: format!("{path}.preset"), message: "a scrape gate needs a preset".into() }),
+        _ => {}
+    }
+    if s.query.is_some() && s.condition.is_none() {
+        problems.push(Problem { path: format!("{path}.condition"), message: "a query needs a condition".into() });
+    }
+    match s.preset {
+        Some(Preset::ErrorRate) if s.max_error_rate.is_none() => {
+            problems.push(Problem { path: format!("{path}.max_error_rate"), message: "the error_rate preset needs it".into() })
+        }
+        Some(Preset::P99Latency) if s.max_latency.is_none() => {
+            problems.push(Problem { path: format!("{path}.max_latency"), message: "the p99_latency preset needs it".into() })
+        }
+        _ => {}
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    if kind == "promql" {
+        let Some(url) = &s.prometheus else {
+            return Err(problem(&format!("{path}.prometheus"), "missing (the Prometheus server's URL)"));
+        };
+        let mut client = built(&format!("{path}.prometheus"), PrometheusClient::new(url))?;
+        if let Some(var) = &s.bearer_token_env {
+            let token = std::env::var(var)
+                .map_err(|_| problem(&format!("{path}.bearer_token_env"), format!("environment variable {var} is not set")))?;
+            client = client.with_auth(Auth::Bearer(token));
+        }
+        let mut b = match (s.preset, &s.query) {
+            (Some(Preset::ErrorRate), _) => PromQlGate::error_rate_below(client, s.max_error_rate.unwrap_or(0.01), &metrics),
+            (Some(Preset::P99Latency), _) => {
+                PromQlGate::p99_latency_below(client, s.max_latency.unwrap_or(Duration::from_secs(2)), &metrics)
+            }
+            (None, Some(q)) => PromQlGate::builder(s.name.clone().unwrap_or_else(|| "promql".into()), client)
+                .query(q.clone())
+                .condition(s.condition.as_deref().unwrap_or_default()),
+            (None, None) => return Err(problem(path, "give a preset or a query")),
+        };
+        if let Some(w) = s.window {
+            b = b.window(w);
+        }
+        if let Some(m) = s.min_traffic {
+            b = b.min_traffic(m);
+        }
+        Ok(Arc::new(built(path, b.build())?))
+    } else {
+        let mut b = match s.preset {
+            Some(Preset::ErrorRate) => built(path, ScrapeGate::error_rate_below(s.max_error_rate.unwrap_or(0.01), &metrics))?,
+            Some(Preset::P99Latency) => ScrapeGate::p99_latency_below(s.max_latency.unwrap_or(Duration::from_secs(2)), &metrics),
+            None => return Err(problem(&format!("{path}.preset"), "a scrape gate needs a preset")),
+        };
+        if let Some(w) = s.window {
+            b = b.window(w);
+        }
+        if let Some(m) = s.min_traffic {
+            b = b.min_traffic(m);
+        }
+        for u in s.urls {
+            b = b.url(u);
+        }
+        if let Some(p) = s.metrics_path {
+            b = b.metrics_path(p);
+        }
+        Ok(Arc::new(built(path, b.build())?))
     }
 }
