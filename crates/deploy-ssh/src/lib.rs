@@ -1,1 +1,16 @@
 #![doc = include_str!("../README.md")]
+
+mod config;
+mod fleet;
+mod host;
+mod known_hosts;
+mod quote;
+
+pub use config::SshHostBuilder;
+pub use fleet::{Fleet, FleetReport, HostResult, RollingOptions, RollingReport, rolling_deploy};
+pub use host::SshHost;
+pub use known_hosts::{HostKeyError, HostKeyPolicy};
+pub use quote::shell_quote;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,1050 @@
+//! [`SshHost`]: one remote machine as a [`Host`], over one multiplexed SSH connection.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deploy_core::{Command, Error, ErrorKind, FileKind, Host, Output, Result};
+use russh::client::{self, Handle};
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::{ChannelMsg, Sig};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::config::{Auth, Config, SshHostBuilder};
+use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
+use crate::quote::{self, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
+
+/// A remote machine reached over SSH (russh), as a [`Host`].
+///
+/// - **One connection per host**, opened on first use and reused: every command and transfer is
+///   a channel multiplexed on it (at most [`SshHostBuilder::max_channels`] at once). A closed
+///   connection is reopened by the next call; a connection that drops while a command runs
+///   fails that command with a *retryable* error of kind `Unavailable` (the command may or may
+///   not have finished on the host).
+/// - **Host keys** are verified against an OpenSSH `known_hosts` file (hashed entries too) under
+///   a [`HostKeyPolicy`]; a changed key is always refused, naming the host and both fingerprints.
+/// - **Commands** are argument vectors: [`shell_quote`](crate::shell_quote) turns them into the
+///   single string SSH carries, for the remote user's POSIX login shell. The command's exit code
+///   or the signal that ended it is reported as is. At most
+///   [`SshHost::MAX_CAPTURED_OUTPUT`] bytes of standard output and of standard error are kept;
+///   standard input is streamed with SSH flow control, then closed. On timeout the command's
+///   whole process group is killed on the host (over a second channel) and the call fails with
+///   kind `Timeout`; a call dropped before its command ended (a caller's own timeout) kills the
+///   group too.
+/// - **Files** move over exec channels (`cat`), not SFTP: written under a temporary name
+///   `.<name>.deploy-tmp-<unique>` in the target directory, checked for the full byte count,
+///   mode set, fsynced, and renamed into place — so an interrupted transfer never leaves a
+///   partial file at the final path.
+///
+/// The remote side needs a POSIX shell and GNU coreutils/findutils (`mv -T`, `ln -T`,
+/// `find -printf`, `stat -c`): any Linux distribution.
+#[derive(Clone)]
+pub struct SshHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    name: String,
+    connection: Mutex<Option<Arc<Handle<Client>>>>,
+    channels: Arc<Semaphore>,
+}
+
+impl fmt::Debug for SshHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshHost")
+            .field("name", &self.inner.name)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the bytes of standard input come from.
+enum Input<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    File(tokio::fs::File),
+}
+
+/// How a command ended on the host, before interpretation.
+#[derive(Debug, Default)]
+struct Raw {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// The pid (and process group) the wrapper reported.
+    pid: Option<u32>,
+    /// Whether the server reported how the command ended.
+    ended: bool,
+    /// Standard error bytes before the pid header line was found.
+    header_scan: bool,
+}
+
+/// How long a command's output is still read after it ended, for background children that keep
+/// the channel open.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary-name suffix unique across processes and machines writing the same directory.
+fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn signal_number(sig: &Sig) -> i32 {
+    match sig {
+        Sig::ABRT => 6,
+        Sig::ALRM => 14,
+        Sig::FPE => 8,
+        Sig::HUP => 1,
+        Sig::ILL => 4,
+        Sig::INT => 2,
+        Sig::KILL => 9,
+        Sig::PIPE => 13,
+        Sig::QUIT => 3,
+        Sig::SEGV => 11,
+        Sig::TERM => 15,
+        Sig::USR1 => 10,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => 12,
+            "BUS" => 7,
+            "TRAP" => 5,
+            "SYS" => 31,
+            "XCPU" => 24,
+            "XFSZ" => 25,
+            _ => -1,
+        },
+    }
+}
+
+impl Raw {
+    fn push_stdout(&mut self, data: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.stdout.len());
+        self.stdout.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Keep standard error (bounded), removing the wrapper's pid line once it is complete.
+    fn push_stderr(&mut self, data: &[u8]) {
+        let room = SshHost::MAX_CAPTURED_OUTPUT.saturating_sub(self.stderr.len());
+        self.stderr.extend_from_slice(&data[..data.len().min(room)]);
+        if self.header_scan {
+            return;
+        }
+        // A login shell's rc file may print before the wrapper runs: find the header line.
+        let mut start = 0;
+        while let Some(nl) = self.stderr[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.stderr[start..start + nl];
+            if let Some(pid) = line.strip_prefix(PID_HEADER) {
+                self.pid = std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
+                self.stderr.drain(start..start + nl + 1);
+                self.header_scan = true;
+                return;
+            }
+            start += nl + 1;
+        }
+        if self.stderr.len() > 64 * 1024 {
+            self.header_scan = true;
+        }
+    }
+}
+
+/// Kills the remote process group if the call is dropped before the command ended (a caller's
+/// own timeout, `select!`, a per-host limit): the command must not outlive the call.
+struct KillOnDrop {
+    host: SshHost,
+    /// The pid reported by the wrapper; 0 until then.
+    pid: Arc<AtomicU32>,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = self.pid.load(Ordering::Relaxed);
+        if !self.armed || pid == 0 {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let host = self.host.clone();
+            rt.spawn(async move { host.kill_group(pid).await });
+        }
+    }
+}
+
+/// Why a raw execution failed.
+enum RawError {
+    /// Ran out of time; the pid if known, to kill the group.
+    Timeout(Option<u32>),
+    Other(Error),
+}
+
+impl SshHost {
+    /// At most this many bytes of standard output, and as many of standard error, are kept per
+    /// command (16 MiB); the rest is read and discarded. ([`Host::read_file`] is not bounded.)
+    pub const MAX_CAPTURED_OUTPUT: usize = 16 * 1024 * 1024;
+
+    /// A builder for the host `host` (a name or an address).
+    pub fn builder(host: impl Into<String>) -> SshHostBuilder {
+        SshHostBuilder::new(host)
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        let name = format!("{}@{}:{}", config.user, config.host, config.port);
+        let channels = Arc::new(Semaphore::new(config.max_channels));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                name,
+                connection: Mutex::new(None),
+                channels,
+            }),
+        }
+    }
+
+    /// Open the connection now (it is otherwise opened by the first command): checks the host
+    /// key and authenticates.
+    pub async fn connect(&self) -> Result<()> {
+        self.connection().await.map(drop)
+    }
+
+    /// Close the connection (the next command opens a new one).
+    pub async fn disconnect(&self) {
+        let handle = self.inner.connection.lock().await.take();
+        if let Some(h) = handle {
+            let _ = h
+                .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+                .await;
+        }
+    }
+
+    /// Whether a connection is open now.
+    pub async fn is_connected(&self) -> bool {
+        matches!(&*self.inner.connection.lock().await, Some(h) if !h.is_closed())
+    }
+
+    /// Copy the file `path` on this host to `local` on this machine, atomically (temporary name
+    /// next to `local`, renamed into place), with mode `mode` or the remote file's.
+    pub async fn download(&self, path: &Path, local: &Path, mode: Option<u32>) -> Result<()> {
+        let bytes = self.read_file(path).await?;
+        let mode = match mode {
+            Some(m) => Some(m),
+            None => {
+                let out = self
+                    .script(
+                        "download",
+                        path,
+                        "stat -c %a -- \"$1\" 2>/dev/null || stat -f %Lp -- \"$1\"",
+                        &[path.as_os_str()],
+                    )
+                    .await?;
+                u32::from_str_radix(out.stdout_text().trim(), 8).ok()
+            }
+        };
+        let local = local.to_path_buf();
+        let remote = format!("{} on {}", path.display(), self.name());
+        tokio::task::spawn_blocking(move || write_local(&local, &bytes, mode))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, "download", remote.clone(), e.to_string()))?
+            .map_err(|e| Error::io("download", remote, e))
+    }
+
+    /// The open connection, opening one if there is none or it was closed.
+    async fn connection(&self) -> Result<Arc<Handle<Client>>> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(h) = &*slot
+            && !h.is_closed()
+        {
+            return Ok(Arc::clone(h));
+        }
+        *slot = None;
+        let c = &self.inner.config;
+        let h = match tokio::time::timeout(c.connect_timeout, self.open()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "connect to",
+                    self.inner.name.clone(),
+                    format!(
+                        "no session within {}",
+                        humantime::format_duration(c.connect_timeout)
+                    ),
+                ));
+            }
+        };
+        let h = Arc::new(h);
+        *slot = Some(Arc::clone(&h));
+        Ok(h)
+    }
+
+    /// Forget `handle` if it is still the current connection (it failed).
+    async fn forget(&self, handle: &Arc<Handle<Client>>) {
+        let mut slot = self.inner.connection.lock().await;
+        if slot.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)) {
+            *slot = None;
+        }
+    }
+
+    async fn open(&self) -> Result<Handle<Client>> {
+        let c = &self.inner.config;
+        let refused = Arc::new(StdMutex::new(None));
+        let handler = Client {
+            host: c.host.clone(),
+            port: c.port,
+            known_hosts: c.known_hosts.clone(),
+            policy: c.policy,
+            hash: c.hash_known_hosts,
+            refused: Arc::clone(&refused),
+        };
+        let config = Arc::new(client::Config {
+            keepalive_interval: c.keepalive,
+            keepalive_max: 3,
+            nodelay: true,
+            ..client::Config::default()
+        });
+        let name = self.inner.name.clone();
+        let mut handle = match client::connect(config, (c.host.as_str(), c.port), handler).await {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(hk) = refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    return Err(Error::new(
+                        ErrorKind::Rejected,
+                        "connect to",
+                        name,
+                        hk.to_string(),
+                    )
+                    .with_source(hk)
+                    .permanent());
+                }
+                return Err(russh_error("connect to", name, e));
+            }
+        };
+        let mut failures = Vec::new();
+        for auth in &c.auth {
+            match self.authenticate(&mut handle, auth).await {
+                Ok(true) => return Ok(handle),
+                Ok(false) => failures.push(format!("{}: refused by the server", auth_name(auth))),
+                Err(e) => failures.push(format!("{}: {e}", auth_name(auth))),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "authenticate to",
+            name,
+            format!(
+                "no method worked as user {}: {}",
+                c.user,
+                failures.join("; ")
+            ),
+        )
+        .permanent())
+    }
+
+    /// Try one method; `Ok(false)` when the server refused it.
+    async fn authenticate(
+        &self,
+        handle: &mut Handle<Client>,
+        auth: &Auth,
+    ) -> std::result::Result<bool, String> {
+        let user = self.inner.config.user.clone();
+        match auth {
+            Auth::KeyFile { path, passphrase } => {
+                let key = russh::keys::load_secret_key(path, passphrase.as_deref()).map_err(
+                    |e| match e {
+                        russh::keys::Error::KeyIsEncrypted => format!(
+                            "{} is encrypted: give its passphrase (key_file_with_passphrase)",
+                            path.display()
+                        ),
+                        e => format!("cannot load {}: {e}", path.display()),
+                    },
+                )?;
+                let hash = if key.algorithm().is_rsa() {
+                    handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .flatten()
+                } else {
+                    None
+                };
+                let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+                let r = handle
+                    .authenticate_publickey(user, key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(r.success())
+            }
+            Auth::Agent { socket } => {
+                let socket = match socket {
+                    Some(s) => s.clone(),
+                    None => std::env::var_os("SSH_AUTH_SOCK")
+                        .map(PathBuf::from)
+                        .ok_or("SSH_AUTH_SOCK is not set")?,
+                };
+                let mut agent = russh::keys::agent::client::AgentClient::connect_uds(&socket)
+                    .await
+                    .map_err(|e| format!("cannot reach the agent at {}: {e}", socket.display()))?;
+                let ids = agent
+                    .request_identities()
+                    .await
+                    .map_err(|e| format!("the agent at {}: {e}", socket.display()))?;
+                for id in ids {
+                    let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
+                        continue;
+                    };
+                    let hash = if key.algorithm().is_rsa() {
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    let r = handle
+                        .authenticate_publickey_with(user.clone(), key, hash, &mut agent)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.success() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Run the command line `line` with `input` on its standard input.
+    async fn exec_raw(
+        &self,
+        line: Vec<u8>,
+        input: Input<'_>,
+        timeout: Option<Duration>,
+        limit: usize,
+    ) -> std::result::Result<Raw, RawError> {
+        let name = &self.inner.name;
+        let handle = self.connection().await.map_err(RawError::Other)?;
+        let channel = match handle.channel_open_session().await {
+            Ok(ch) => ch,
+            Err(_) => {
+                // The connection may have died while idle: one fresh attempt (opening a channel
+                // has no effect on the host).
+                self.forget(&handle).await;
+                let handle = self.connection().await.map_err(RawError::Other)?;
+                handle.channel_open_session().await.map_err(|e| {
+                    RawError::Other(russh_error("open a channel to", name.clone(), e))
+                })?
+            }
+        };
+        let dropped = |what: &str| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "run a command on",
+                name.clone(),
+                format!("the connection dropped {what}; the command may or may not have run"),
+            )
+            .retryable()
+        };
+        channel
+            .exec(true, line)
+            .await
+            .map_err(|_| RawError::Other(dropped("before the command started")))?;
+        let (mut read, write) = channel.split();
+        let mut raw = Raw::default();
+        let pid_cell = Arc::new(AtomicU32::new(0));
+        let mut guard = KillOnDrop {
+            host: self.clone(),
+            pid: Arc::clone(&pid_cell),
+            armed: true,
+        };
+        let mut accepted = false;
+        let reading = async {
+            loop {
+                let msg = if raw.ended {
+                    match tokio::time::timeout(OUTPUT_GRACE, read.wait()).await {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                } else {
+                    read.wait().await
+                };
+                match msg {
+                    Some(ChannelMsg::Success) => accepted = true,
+                    Some(ChannelMsg::Failure) if !accepted => {
+                        return Err(Error::new(
+                            ErrorKind::Rejected,
+                            "run a command on",
+                            name.clone(),
+                            "the server refused the exec request",
+                        ));
+                    }
+                    Some(ChannelMsg::Data { data }) => raw.push_stdout(&data, limit),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                        raw.push_stderr(&data);
+                        if let Some(pid) = raw.pid {
+                            pid_cell.store(pid, Ordering::Relaxed);
+                        }
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        raw.code = Some(exit_status as i32);
+                        raw.ended = true;
+                    }
+                    Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                        raw.signal = Some(signal_number(&signal_name));
+                        raw.ended = true;
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                }
+            }
+            Ok(())
+        };
+        let writing = async move {
+            let sent = match input {
+                Input::Empty => Ok(()),
+                Input::Bytes(b) => write.data(b).await,
+                Input::File(f) => write.data(f).await,
+            };
+            // A command that stops reading closes the channel: not an error of ours.
+            if sent.is_ok() {
+                let _ = write.eof().await;
+            }
+            // Keep the write half (and so the channel) alive until reading ends.
+            std::future::pending::<()>().await;
+            drop(write);
+        };
+        let both = async {
+            tokio::select! {
+                r = reading => r,
+                () = writing => unreachable_ok(),
+            }
+        };
+        let result = match timeout {
+            Some(t) => tokio::time::timeout(t, both).await.ok(),
+            None => Some(both.await),
+        };
+        // From here on the caller decides (a timeout kills explicitly, with its error).
+        guard.armed = false;
+        let Some(result) = result else {
+            return Err(RawError::Timeout(raw.pid));
+        };
+        result.map_err(RawError::Other)?;
+        if !raw.ended {
+            if handle.is_closed() {
+                self.forget(&handle).await;
+            }
+            return Err(RawError::Other(dropped("while the command ran")));
+        }
+        Ok(raw)
+    }
+
+    /// Run `command`, interpreting the wrapper's marks; the core of [`Host::run`].
+    async fn exec(&self, command: &Command, input: Input<'_>, limit: usize) -> Result<Output> {
+        let operation = || format!("run `{}`", command.display());
+        let line = quote::command_line(command)?;
+        let timeout = command.timeout.or(self.inner.config.command_timeout);
+        let permit = Arc::clone(&self.inner.channels)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Cancelled, operation(), self.on(), "closed"))?;
+        let r = self.exec_raw(line, input, timeout, limit).await;
+        drop(permit);
+        let raw = match r {
+            Ok(raw) => raw,
+            Err(RawError::Other(e)) => return Err(e.context(operation(), self.on())),
+            Err(RawError::Timeout(pid)) => {
+                if let Some(pid) = pid {
+                    self.kill_group(pid).await;
+                }
+                let limit = timeout.unwrap_or_default();
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    operation(),
+                    self.on(),
+                    format!(
+                        "killed after {} (process group {})",
+                        humantime::format_duration(limit),
+                        pid.map_or("unknown".to_owned(), |p| p.to_string())
+                    ),
+                ));
+            }
+        };
+        if raw.code == Some(127) {
+            if raw.stderr.ends_with(NOT_FOUND_MARK) {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    operation(),
+                    self.on(),
+                    format!("program {:?} not found", command.program.to_string_lossy()),
+                ));
+            }
+            if raw.stderr.ends_with(NO_CWD_MARK) {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    operation(),
+                    self.on(),
+                    format!(
+                        "working directory {} does not exist",
+                        command.cwd.as_deref().unwrap_or(Path::new("")).display()
+                    ),
+                ));
+            }
+        }
+        Ok(Output::new(raw.code, raw.signal, raw.stdout, raw.stderr))
+    }
+
+    /// Kill the process group `pid` on the host, over a channel of its own (best effort).
+    async fn kill_group(&self, pid: u32) {
+        let line =
+            format!("kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0")
+                .into_bytes();
+        let _permit = Arc::clone(&self.inner.channels).acquire_owned().await;
+        if let Err(RawError::Other(e)) = self
+            .exec_raw(line, Input::Empty, Some(Duration::from_secs(10)), 1024)
+            .await
+        {
+            tracing::warn!(host = %self.inner.name, pid, error = %e, "could not kill a timed-out command");
+        }
+    }
+
+    fn on(&self) -> String {
+        format!("on {}", self.inner.name)
+    }
+
+    /// Run `sh -c SCRIPT sh ARGS…` for a file operation and map its failures: exit 44 is
+    /// `NotFound`; otherwise the error names `operation`, `path` and the end of stderr.
+    async fn script(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        script: &str,
+        args: &[&OsStr],
+    ) -> Result<Output> {
+        self.script_with(
+            operation,
+            path,
+            script,
+            args,
+            Input::Empty,
+            Self::MAX_CAPTURED_OUTPUT,
+        )
+        .await
+    }
+
+    async fn script_with(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        script: &str,
+        args: &[&OsStr],
+        input: Input<'_>,
+        limit: usize,
+    ) -> Result<Output> {
+        let object = || format!("{} on {}", path.display(), self.inner.name);
+        let cmd = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(args.iter().copied());
+        let out = self
+            .exec(&cmd, input, limit)
+            .await
+            .map_err(|e| e.context(operation, object()))?;
+        if out.success() {
+            return Ok(out);
+        }
+        let stderr = out.stderr_text();
+        let tail = stderr.trim().lines().last().unwrap_or("").to_owned();
+        let kind = if out.code == Some(44) || stderr.contains("No such file or directory") {
+            ErrorKind::NotFound
+        } else if stderr.contains("Permission denied") {
+            ErrorKind::PermissionDenied
+        } else if stderr.contains("File exists") {
+            ErrorKind::Conflict
+        } else {
+            ErrorKind::Io
+        };
+        let cause = if out.code == Some(44) {
+            "does not exist".to_owned()
+        } else if tail.is_empty() {
+            format!("exit code {:?}", out.code)
+        } else {
+            tail
+        };
+        Err(Error::new(kind, operation, object(), cause).permanent())
+    }
+
+    /// Write `input` (`size` bytes) atomically to `path`.
+    async fn write_atomic(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        input: Input<'_>,
+        size: u64,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let name = path.file_name().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                operation,
+                format!("{} on {}", path.display(), self.inner.name),
+                "the path has no file name",
+            )
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut tmp_name = b".".to_vec();
+        tmp_name.extend_from_slice(name.as_bytes());
+        tmp_name.extend_from_slice(format!(".deploy-tmp-{}", unique()).as_bytes());
+        let tmp = dir.join(OsStr::from_bytes(&tmp_name));
+        let size = size.to_string();
+        let mode = mode
+            .map(|m| format!("{:o}", m & 0o7777))
+            .unwrap_or_default();
+        self.script_with(
+            operation,
+            path,
+            WRITE_SCRIPT,
+            &[
+                path.as_os_str(),
+                tmp.as_os_str(),
+                OsStr::new(&size),
+                OsStr::new(&mode),
+            ],
+            input,
+            64 * 1024,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Receives standard input into a temporary file, refuses to rename a short file into place,
+/// sets the mode (given, else the replaced file's), fsyncs, renames. The traps remove the
+/// temporary file whatever happens before the rename — the connection dropping included (the
+/// shell then sees end of input, or SIGPIPE/SIGHUP on its next write); only a SIGKILL of the
+/// remote shell can leave a `.deploy-tmp-` file behind, never a partial file at the final path.
+const WRITE_SCRIPT: &str = r#"final=$1 tmp=$2 size=$3 mode=$4
+trap 'rm -f -- "$tmp"' EXIT
+trap 'rm -f -- "$tmp"; exit 1' HUP INT PIPE TERM
+if [ -n "$mode" ]; then umask 077; fi
+cat > "$tmp" || exit 1
+n=$(wc -c < "$tmp") || exit 1
+n=$((n))
+if [ "$n" -ne "$size" ]; then
+  echo "received $n of $size bytes: the transfer was interrupted; nothing renamed into place" >&2
+  exit 1
+fi
+if [ -n "$mode" ]; then
+  chmod -- "$mode" "$tmp" || exit 1
+elif [ -f "$final" ] && [ ! -L "$final" ]; then
+  m=$(stat -c %a -- "$final" 2>/dev/null || stat -f %Lp -- "$final") && chmod -- "$m" "$tmp" || exit 1
+fi
+sync -- "$tmp" 2>/dev/null
+mv -f -T -- "$tmp" "$final" || exit 1
+"#;
+
+fn write_local(local: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".deploy-download-")
+        .tempfile_in(&dir)?;
+    tmp.write_all(bytes)?;
+    if let Some(m) = mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(m))?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(local).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A `select!` arm that never completes returns this to satisfy the types.
+fn unreachable_ok() -> Result<()> {
+    Ok(())
+}
+
+fn auth_name(a: &Auth) -> String {
+    match a {
+        Auth::KeyFile { path, .. } => format!("key {}", path.display()),
+        Auth::Agent { socket: Some(s) } => format!("agent {}", s.display()),
+        Auth::Agent { socket: None } => "agent $SSH_AUTH_SOCK".to_owned(),
+    }
+}
+
+fn russh_error(operation: &'static str, object: String, e: russh::Error) -> Error {
+    match e {
+        russh::Error::IO(io) => Error::io(operation, object, io),
+        russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => {
+            Error::new(ErrorKind::Timeout, operation, object, e.to_string()).with_source(e)
+        }
+        e => Error::new(ErrorKind::Unavailable, operation, object, e.to_string())
+            .with_source(e)
+            .retryable(),
+    }
+}
+
+/// The russh handler: checks the server's host key.
+struct Client {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    policy: HostKeyPolicy,
+    hash: bool,
+    /// Why the key was refused, for the connection error.
+    refused: Arc<StdMutex<Option<HostKeyError>>>,
+}
+
+impl Client {
+    fn refuse(&self, e: HostKeyError) -> bool {
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+        false
+    }
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &russh::keys::PublicKeyOrCertificate,
+    ) -> std::result::Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = server_public_key else {
+            return Ok(self.refuse(HostKeyError::File {
+                action: "verify a host certificate against".into(),
+                known_hosts: self.known_hosts.clone(),
+                cause: "host certificates are not supported; list the host key itself".into(),
+            }));
+        };
+        Ok(
+            match known_hosts::check(&self.known_hosts, &self.host, self.port, key) {
+                Check::Known => true,
+                Check::Refused(e) => self.refuse(e),
+                Check::Unknown => match self.policy {
+                    HostKeyPolicy::AcceptNew => {
+                        match known_hosts::learn(
+                            &self.known_hosts,
+                            &self.host,
+                            self.port,
+                            key,
+                            self.hash,
+                        ) {
+                            Ok(()) => {
+                                tracing::info!(
+                                    host = %known_hosts::host_entry_name(&self.host, self.port),
+                                    fingerprint = %known_hosts::fingerprint(key),
+                                    known_hosts = %self.known_hosts.display(),
+                                    "recorded a new host key (accept-new)"
+                                );
+                                true
+                            }
+                            Err(e) => self.refuse(e),
+                        }
+                    }
+                    HostKeyPolicy::Strict => self.refuse(HostKeyError::Unknown {
+                        host: known_hosts::host_entry_name(&self.host, self.port),
+                        hostname: self.host.clone(),
+                        port: self.port,
+                        algorithm: key.algorithm().to_string(),
+                        fingerprint: known_hosts::fingerprint(key),
+                        known_hosts: self.known_hosts.clone(),
+                    }),
+                },
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl Host for SshHost {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn run(&self, command: &Command) -> Result<Output> {
+        let input = match &command.stdin {
+            Some(b) => Input::Bytes(b),
+            None => Input::Empty,
+        };
+        self.exec(command, input, Self::MAX_CAPTURED_OUTPUT).await
+    }
+
+    async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
+        self.write_atomic(
+            "write file",
+            path,
+            Input::Bytes(contents),
+            contents.len() as u64,
+            mode,
+        )
+        .await
+    }
+
+    async fn upload(&self, local: &Path, path: &Path, mode: Option<u32>) -> Result<()> {
+        let source = || format!("{} (local source)", local.display());
+        let file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| Error::io("upload to", source(), e))?;
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| Error::io("upload to", source(), e))?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload to",
+                source(),
+                "not a regular file",
+            ));
+        }
+        // Without an explicit mode the source's: an uploaded program stays executable.
+        let mode = mode.or(Some(meta.permissions().mode() & 0o7777));
+        self.write_atomic("upload to", path, Input::File(file), meta.len(), mode)
+            .await
+    }
+
+    async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let out = self
+            .script_with(
+                "read file",
+                path,
+                "if [ -e \"$1\" ] || [ -L \"$1\" ]; then exec cat -- \"$1\"; else exit 44; fi",
+                &[path.as_os_str()],
+                Input::Empty,
+                usize::MAX,
+            )
+            .await?;
+        Ok(out.stdout)
+    }
+
+    async fn remove(&self, path: &Path) -> Result<()> {
+        self.script("remove", path, "rm -rf -- \"$1\"", &[path.as_os_str()])
+            .await
+            .map(drop)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        // `-T`: a `to` that is a (link to a) directory is replaced, not entered.
+        self.script(
+            "rename",
+            from,
+            "mv -f -T -- \"$1\" \"$2\"",
+            &[from.as_os_str(), to.as_os_str()],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
+        self.script(
+            "create symlink",
+            link,
+            "ln -s -T -- \"$1\" \"$2\"",
+            &[target.as_os_str(), link.as_os_str()],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn read_link(&self, link: &Path) -> Result<Option<PathBuf>> {
+        let r = self
+            .script(
+                "read symlink",
+                link,
+                "if [ -L \"$1\" ]; then readlink -- \"$1\"; elif [ -e \"$1\" ]; then echo 'not a symbolic link' >&2; exit 45; else exit 44; fi",
+                &[link.as_os_str()],
+            )
+            .await;
+        match r {
+            Ok(out) => {
+                let mut t = out.stdout;
+                if t.last() == Some(&b'\n') {
+                    t.pop();
+                }
+                Ok(Some(PathBuf::from(OsStr::from_bytes(&t))))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> Result<()> {
+        self.script(
+            "create directory",
+            path,
+            "mkdir -p -- \"$1\"",
+            &[path.as_os_str()],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn list_dir(&self, path: &Path) -> Result<Vec<(String, FileKind)>> {
+        let out = self
+            .script(
+                "list directory",
+                path,
+                "[ -d \"$1\" ] || exit 44; find -H \"$1\" -mindepth 1 -maxdepth 1 -printf '%y%f\\0'",
+                &[path.as_os_str()],
+            )
+            .await?;
+        let mut entries: Vec<(String, FileKind)> = out
+            .stdout
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let kind = match e[0] {
+                    b'f' => FileKind::File,
+                    b'd' => FileKind::Dir,
+                    b'l' => FileKind::Symlink,
+                    _ => FileKind::Other,
+                };
+                (String::from_utf8_lossy(&e[1..]).into_owned(), kind)
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+
+    async fn file_kind(&self, path: &Path) -> Result<Option<FileKind>> {
+        let out = self
+            .script(
+                "inspect",
+                path,
+                "if [ -L \"$1\" ]; then echo l; elif [ -d \"$1\" ]; then echo d; elif [ -f \"$1\" ]; then echo f; elif [ -e \"$1\" ]; then echo o; else echo n; fi",
+                &[path.as_os_str()],
+            )
+            .await?;
+        Ok(match out.stdout.first() {
+            Some(b'l') => Some(FileKind::Symlink),
+            Some(b'd') => Some(FileKind::Dir),
+            Some(b'f') => Some(FileKind::File),
+            Some(b'o') => Some(FileKind::Other),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! A real OpenSSH server for tests: [`SshdFixture`] (behind the `testing` feature).
+
+use std::fmt;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use deploy_core::{Error, ErrorKind, Result};
+
+use crate::SshHostBuilder;
+use crate::host::SshHost;
+
+/// The sshd binary the fixture runs.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// A real `sshd -D -e` on a free `127.0.0.1` port, with its own configuration, a generated
+/// ed25519 host key, a generated client key (authorized for the user running the tests, which
+/// must be root: `PermitRootLogin prohibit-password`) and a `known_hosts` file listing the host
+/// key, all in a temporary directory. The server is killed when the fixture is dropped.
+///
+/// Sessions get `SHLVL=1` (sshd's `SetEnv`): bash, started by sshd as the login shell, then does
+/// not source `~/.bashrc`, whose output and run time (a `pyenv init`, say) belong to the
+/// machine running the tests, not to the server under test.
+/// Several fixtures side by side make a fleet.
+///
+/// ```no_run
+/// # async fn demo() -> deploy_core::Result<()> {
+/// use deploy_core::{Command, Host};
+/// let sshd = deploy_ssh::testing::SshdFixture::start()?;
+/// let host = sshd.host()?;
+/// let out = host.run(&Command::new("hostname")).await?;
+/// # Ok(()) }
+/// ```
+pub struct SshdFixture {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    user: String,
+}
+
+impl fmt::Debug for SshdFixture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshdFixture")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish()
+    }
+}
+
+fn fixture_error(cause: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unavailable, "start", "test sshd", cause)
+}
+
+/// Run `ssh-keygen` with `args`.
+pub fn ssh_keygen(args: &[&str]) -> Result<()> {
+    let out = StdCommand::new("ssh-keygen")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            fixture_error(format!(
+                "cannot run ssh-keygen ({e}); install it with `apt-get install openssh-client`"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(fixture_error(format!(
+            "ssh-keygen {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| fixture_error(format!("no free loopback port: {e}")))?;
+    let port = l
+        .local_addr()
+        .map_err(|e| fixture_error(e.to_string()))?
+        .port();
+    Ok(port)
+}
+
+impl SshdFixture {
+    /// Start a server; fails with the install command if sshd is missing.
+    pub fn start() -> Result<Self> {
+        if !Path::new(SSHD).exists() {
+            return Err(fixture_error(format!(
+                "{SSHD} is missing; install it with `apt-get install openssh-server` (or `bash scripts/install-servers.sh`)"
+            )));
+        }
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd")
+            .map_err(|e| fixture_error(format!("cannot create /run/sshd: {e}")))?;
+        let dir = tempfile::Builder::new()
+            .prefix("deploy-sshd-")
+            .tempdir()
+            .map_err(|e| fixture_error(format!("temp dir: {e}")))?;
+        let d = dir.path();
+        let p = |name: &str| d.join(name).to_string_lossy().into_owned();
+        ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("host_ed25519")])?;
+        ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("client_ed25519")])?;
+        std::fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys"))
+            .map_err(|e| fixture_error(format!("authorized_keys: {e}")))?;
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let mut fixture = Self {
+            dir,
+            port: 0,
+            child: None,
+            user,
+        };
+        // The port is free when chosen but another process may take it before sshd binds it.
+        let mut last = None;
+        for _ in 0..5 {
+            match fixture.launch() {
+                Ok(()) => {
+                    fixture.write_known_hosts()?;
+                    return Ok(fixture);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| fixture_error("sshd did not start")))
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let port = free_port()?;
+        let config = format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {d}/host_ed25519\n\
+             PidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             PermitRootLogin prohibit-password\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             MaxSessions 16\n\
+             SetEnv SHLVL=1\n\
+             MaxStartups 100:30:200\n\
+             LogLevel ERROR\n",
+            d = d.display()
+        );
+        let config_path = d.join("sshd_config");
+        std::fs::write(&config_path, config)
+            .map_err(|e| fixture_error(format!("sshd_config: {e}")))?;
+        let log = std::fs::File::create(d.join("sshd.log"))
+            .map_err(|e| fixture_error(format!("sshd.log: {e}")))?;
+        let mut child = StdCommand::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| fixture_error(format!("cannot run {SSHD}: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default();
+                return Err(fixture_error(format!(
+                    "{SSHD} exited with {status} on port {port}: {}",
+                    log.trim()
+                )));
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut banner = [0u8; 8];
+                if s.read_exact(&mut banner).is_ok() && banner.starts_with(b"SSH-2.0") {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fixture_error(format!(
+                    "{SSHD} did not answer on port {port} within 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.port = port;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn write_known_hosts(&self) -> Result<()> {
+        let key = std::fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
+            .map_err(|e| fixture_error(format!("host key: {e}")))?;
+        let key: Vec<&str> = key.split_whitespace().take(2).collect();
+        std::fs::write(
+            self.known_hosts(),
+            format!("[127.0.0.1]:{} {}\n", self.port, key.join(" ")),
+        )
+        .map_err(|e| fixture_error(format!("known_hosts: {e}")))
+    }
+
+    /// The port sshd listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The fixture's temporary directory (keys, config, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The authorized client private key (ed25519, no passphrase).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_ed25519")
+    }
+
+    /// A `known_hosts` file listing this server's host key.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// The server's public host key file.
+    pub fn host_public_key(&self) -> PathBuf {
+        self.dir.path().join("host_ed25519.pub")
+    }
+
+    /// The user tests log in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Authorize the public key file `public_key` as well.
+    pub fn authorize(&self, public_key: &Path) -> Result<()> {
+        use std::io::Write;
+        let key = std::fs::read_to_string(public_key)
+            .map_err(|e| fixture_error(format!("{}: {e}", public_key.display())))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("authorized_keys"))
+            .and_then(|mut f| f.write_all(key.as_bytes()))
+            .map_err(|e| fixture_error(format!("authorized_keys: {e}")))
+    }
+
+    /// A builder for this server with user, port, the client key and the known_hosts file set.
+    pub fn host_builder(&self) -> SshHostBuilder {
+        SshHost::builder("127.0.0.1")
+            .port(self.port)
+            .user(self.user.clone())
+            .key_file(self.client_key())
+            .known_hosts(self.known_hosts())
+    }
+
+    /// A host connected to this server as configured by [`host_builder`](Self::host_builder).
+    pub fn host(&self) -> Result<SshHost> {
+        self.host_builder().build()
+    }
+
+    /// Kill every session process of this server (children of the listening sshd): every open
+    /// connection drops at once, as on a crash or a network cut. The listener keeps running.
+    pub fn kill_connections(&self) -> usize {
+        let Some(child) = &self.child else {
+            return 0;
+        };
+        let parent = child.id();
+        let mut killed = 0;
+        for pid in children_of(parent) {
+            // Only descendants of the sshd this fixture started.
+            let ok = StdCommand::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            killed += usize::from(ok);
+        }
+        killed
+    }
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so parse after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Drop for SshdFixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Session processes first: they would outlive the listener.
+            for pid in children_of(child.id()) {
+                let _ = StdCommand::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

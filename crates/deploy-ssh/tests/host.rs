@@ -1,0 +1,614 @@
+//! `SshHost` against a real sshd on loopback: the Host contract, exit codes and output, the
+//! injection property, host keys, key types and the agent, connection reuse and drops, and
+//! interrupted uploads.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deploy_core::testing::host_conformance;
+use deploy_core::{Command, ErrorKind, Host, HostExt};
+use deploy_ssh::testing::{SshdFixture, ssh_keygen};
+use deploy_ssh::{HostKeyError, HostKeyPolicy, SshHost};
+
+fn fingerprint(pub_file: &Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(pub_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_host_conformance_suite() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    host_conformance(&host, scratch.path()).await;
+    assert!(host.is_connected().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_signals_large_output_and_stdin() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let out = host
+        .run(&Command::from_argv(["sh", "-c", "exit 42"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((out.code, out.signal), (Some(42), None));
+
+    let out = host
+        .run(&Command::from_argv(["sh", "-c", "kill -KILL $$"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((out.code, out.signal), (None, Some(9)), "{out:?}");
+
+    // 20 MiB of output: the first 16 MiB are kept, the command is not blocked.
+    let n = 20 * 1024 * 1024;
+    let started = Instant::now();
+    let out = host
+        .run(&Command::from_argv(["head", "-c", &n.to_string(), "/dev/zero"]).unwrap())
+        .await
+        .unwrap();
+    assert!(out.success());
+    assert_eq!(out.stdout.len(), SshHost::MAX_CAPTURED_OUTPUT);
+    assert!(out.stdout.iter().all(|&b| b == 0));
+    eprintln!("20 MiB of output in {:?}", started.elapsed());
+
+    // 8 MiB through stdin and back, checksummed on the far side.
+    let input: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let out = host
+        .run(
+            &Command::from_argv(["wc", "-c"])
+                .unwrap()
+                .stdin(input.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text().trim(), input.len().to_string());
+
+    let e = host
+        .run_checked(&Command::from_argv(["sh", "-c", "echo boom >&2; exit 3"]).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CommandFailed);
+    let msg = e.to_string();
+    assert!(msg.contains("exit code 3") && msg.contains("boom"), "{msg}");
+    assert!(msg.contains(host.name()), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_is_reused_and_channels_multiplex() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = Arc::new(sshd.host().unwrap());
+    // The shell's parent is the sshd process serving the connection: one for all commands.
+    let mut parents = std::collections::BTreeSet::new();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let h = Arc::clone(&host);
+        tasks.push(tokio::spawn(async move {
+            let out = h
+                .run(&Command::from_argv(["sh", "-c", "sleep 0.2; echo $PPID"]).unwrap())
+                .await
+                .unwrap();
+            out.stdout_text().trim().to_owned()
+        }));
+    }
+    let started = Instant::now();
+    for t in tasks {
+        parents.insert(t.await.unwrap());
+    }
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    // 12 × 0.2 s on 8 channels at once: two rounds, not twelve.
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_retryable_and_the_next_call_reconnects() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = Arc::new(sshd.host().unwrap());
+    host.connect().await.unwrap();
+    let h = Arc::clone(&host);
+    let running =
+        tokio::spawn(async move { h.run(&Command::from_argv(["sleep", "5"]).unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sshd.kill_connections() >= 1);
+    let e = running.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("connection dropped"), "{e}");
+    let out = host.run(&Command::new("true")).await.unwrap();
+    assert!(out.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_no_partial_file() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = Arc::new(sshd.host().unwrap());
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("big.bin");
+    let content: Vec<u8> = (0..96 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&src, &content).unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let dest = remote.path().join("release.tar");
+    std::fs::write(&dest, b"old release").unwrap();
+
+    let (h, s, d) = (Arc::clone(&host), src.clone(), dest.clone());
+    let upload = tokio::spawn(async move { h.upload(&s, &d, Some(0o600)).await });
+    // Wait until the temporary file is filling up, then cut every connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tmp = loop {
+        let partial = std::fs::read_dir(remote.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().contains(".deploy-tmp-"))
+            .filter(|e| e.metadata().map(|m| m.len() > 1024 * 1024).unwrap_or(false));
+        if let Some(p) = partial {
+            break p.path();
+        }
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(sshd.kill_connections() >= 1);
+    let e = upload.await.unwrap().unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        b"old release",
+        "the final path changed"
+    );
+    // The remote shell sees end of input, finds the file short and removes it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmp.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(remote.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [OsString::from("release.tar")], "leftovers");
+
+    // The retry reconnects and completes.
+    host.upload(&src, &dest, Some(0o640)).await.unwrap();
+    assert!(std::fs::read(&dest).unwrap() == content);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+
+    // And back down.
+    let back = local.path().join("back.bin");
+    host.download(&dest, &back, None).await.unwrap();
+    assert!(std::fs::read(&back).unwrap() == content);
+    assert_eq!(
+        std::fs::metadata(&back).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_hosts_are_refused_with_the_fingerprint_and_accept_new_records_them() {
+    let sshd = SshdFixture::start().unwrap();
+    let fp = fingerprint(&sshd.host_public_key());
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+
+    let strict = sshd.host_builder().known_hosts(&kh).build().unwrap();
+    let e = strict.connect().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected);
+    assert!(!e.is_retryable());
+    let msg = e.to_string();
+    assert!(msg.contains(&fp), "{msg}");
+    assert!(msg.contains("ssh-keyscan -p"), "{msg}");
+    assert!(
+        msg.contains(&format!("[127.0.0.1]:{}", sshd.port())),
+        "{msg}"
+    );
+    let source = std::error::Error::source(&e).unwrap();
+    assert!(source.downcast_ref::<HostKeyError>().is_some());
+    assert!(!kh.exists(), "strict must not record anything");
+
+    let accept = sshd
+        .host_builder()
+        .known_hosts(&kh)
+        .host_key_policy(HostKeyPolicy::AcceptNew)
+        .hash_known_hosts(true)
+        .build()
+        .unwrap();
+    let out = accept.run(&Command::new("true")).await.unwrap();
+    assert!(out.success());
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert!(recorded.starts_with("|1|"), "hashed entry: {recorded}");
+    assert_eq!(recorded.lines().count(), 1);
+    // OpenSSH itself finds the hashed entry.
+    let found = std::process::Command::new("ssh-keygen")
+        .args(["-F", &format!("[127.0.0.1]:{}", sshd.port()), "-f"])
+        .arg(&kh)
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "ssh-keygen -F did not find the entry"
+    );
+
+    // Now strict accepts it, and accept-new does not add it twice.
+    strict.run(&Command::new("true")).await.unwrap();
+    accept.disconnect().await;
+    accept.run(&Command::new("true")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_host_key_is_a_hard_error_under_every_policy() {
+    let sshd = SshdFixture::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        other.to_str().unwrap(),
+    ])
+    .unwrap();
+    let other_pub = dir.path().join("other.pub");
+    let key = std::fs::read_to_string(&other_pub).unwrap();
+    let key: Vec<&str> = key.split_whitespace().take(2).collect();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{} {}\n", sshd.port(), key.join(" ")),
+    )
+    .unwrap();
+    let before = std::fs::read(&kh).unwrap();
+
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let host = sshd
+            .host_builder()
+            .known_hosts(&kh)
+            .host_key_policy(policy)
+            .build()
+            .unwrap();
+        let e = host.run(&Command::new("true")).await.unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind(), ErrorKind::Rejected, "{msg}");
+        assert!(!e.is_retryable());
+        assert!(msg.contains("CHANGED"), "{msg}");
+        assert!(
+            msg.contains(&format!("[127.0.0.1]:{}", sshd.port())),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&fingerprint(&other_pub)),
+            "recorded fingerprint: {msg}"
+        );
+        assert!(
+            msg.contains(&fingerprint(&sshd.host_public_key())),
+            "offered: {msg}"
+        );
+    }
+    assert_eq!(std::fs::read(&kh).unwrap(), before, "known_hosts untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_known_hosts_written_by_openssh_are_honoured() {
+    let sshd = SshdFixture::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::copy(sshd.known_hosts(), &kh).unwrap();
+    ssh_keygen(&["-q", "-H", "-f", kh.to_str().unwrap()]).unwrap();
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        text.starts_with("|1|") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let host = sshd.host_builder().known_hosts(&kh).build().unwrap();
+    assert!(host.run(&Command::new("true")).await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_ecdsa_and_passphrase_keys_authenticate() {
+    let sshd = SshdFixture::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    ssh_keygen(&["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", &p("rsa")]).unwrap();
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ecdsa",
+        "-b",
+        "256",
+        "-N",
+        "",
+        "-f",
+        &p("ecdsa"),
+    ])
+    .unwrap();
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "s3cret pass",
+        "-f",
+        &p("locked"),
+    ])
+    .unwrap();
+    for k in ["rsa", "ecdsa", "locked"] {
+        sshd.authorize(&dir.path().join(format!("{k}.pub")))
+            .unwrap();
+    }
+    let base = || {
+        SshHost::builder("127.0.0.1")
+            .port(sshd.port())
+            .user(sshd.user())
+            .known_hosts(sshd.known_hosts())
+    };
+    for k in ["rsa", "ecdsa"] {
+        let h = base().key_file(p(k)).build().unwrap();
+        assert!(h.run(&Command::new("true")).await.unwrap().success(), "{k}");
+    }
+    let h = base()
+        .key_file_with_passphrase(p("locked"), "s3cret pass")
+        .build()
+        .unwrap();
+    assert!(h.run(&Command::new("true")).await.unwrap().success());
+    assert!(
+        !format!("{h:?}").contains("s3cret"),
+        "Debug must redact the passphrase"
+    );
+
+    let e = base()
+        .key_file(p("locked"))
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    assert!(e.to_string().contains("passphrase"), "{e}");
+
+    // A key the server does not know: refused, the message names the key and the user.
+    ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("stranger")]).unwrap();
+    let e = base()
+        .key_file(p("stranger"))
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    assert!(
+        e.to_string().contains("stranger") && e.to_string().contains(sshd.user()),
+        "{e}"
+    );
+
+    let e = SshHost::builder("").port(0).build().unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("bad host name")
+            && msg.contains("port 0")
+            && msg.contains("no authentication"),
+        "{msg}"
+    );
+}
+
+/// An ssh-agent this test started, killed on drop.
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_running_ssh_agent_authenticate() {
+    let sshd = SshdFixture::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let _agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(sshd.client_key())
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let host = SshHost::builder("127.0.0.1")
+        .port(sshd.port())
+        .user(sshd.user())
+        .known_hosts(sshd.known_hosts())
+        .agent_socket(&sock)
+        .build()
+        .unwrap();
+    let out = host
+        .run(&Command::from_argv(["echo", "via agent"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"via agent\n");
+}
+
+/// Bytes that mean something to a shell, plus plain and non-UTF-8 ones (never NUL).
+fn hostile_byte() -> impl proptest::strategy::Strategy<Value = u8> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => proptest::sample::select(b"'\"`$(){};&|<>*?[]~#!\\\n\t =%-".to_vec()),
+        2 => proptest::sample::select(b"abcxyz019./".to_vec()),
+        1 => 0x80u8..=0xff,
+        1 => 1u8..0x20,
+    ]
+}
+
+fn hostile_arg() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => proptest::collection::vec(hostile_byte(), 0..24),
+        1 => proptest::sample::select(vec![
+            b"$(touch PWNED)".to_vec(),
+            b"`touch PWNED`".to_vec(),
+            b"'; touch PWNED; '".to_vec(),
+            b"\"; touch PWNED; \"".to_vec(),
+            b"\n touch PWNED \n".to_vec(),
+            b"'\\''$(touch PWNED)'\\''".to_vec(),
+            b"*".to_vec(),
+            b"--".to_vec(),
+        ]),
+    ]
+}
+
+/// Through the real remote login shell: every argument arrives byte for byte (printf echoes
+/// each one NUL-terminated) and nothing runs (no PWNED file, in the working directory or the
+/// home directory); the same for environment values and working directory names.
+///
+/// Driven by proptest's runner inside a plain test, so that the one sshd it uses is stopped
+/// when the test ends.
+#[test]
+fn hostile_arguments_arrive_byte_for_byte() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(hostile_arg(), 1..6);
+    let result = runner.run(&strategy, |args| {
+        let check = |ok: bool, what: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(TestCaseError::fail(what))
+            }
+        };
+        let cmd = Command::new("printf")
+            .arg("%s\\0")
+            .args(args.iter().map(|a| OsString::from_vec(a.clone())))
+            .cwd(scratch.path());
+        let out = rt.block_on(host.run(&cmd)).unwrap();
+        let mut want = Vec::new();
+        for a in &args {
+            want.extend_from_slice(a);
+            want.push(0);
+        }
+        check(
+            out.success(),
+            format!("printf failed: {:?}", out.stderr_text()),
+        )?;
+        check(
+            out.stdout == want,
+            format!("got {:?}, want {:?}", out.stdout, want),
+        )?;
+        check(
+            out.stderr.is_empty(),
+            format!("stderr {:?}", out.stderr_text()),
+        )?;
+        let listing: Vec<_> = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        check(listing.is_empty(), format!("something ran: {listing:?}"))?;
+        check(
+            !Path::new(&home).join("PWNED").exists(),
+            "PWNED in $HOME".into(),
+        )?;
+
+        // The first argument as an environment value and as a working directory name.
+        let name = OsString::from_vec(args[0].iter().copied().filter(|&b| b != b'/').collect());
+        if !name.is_empty() && name.as_bytes() != b"." && name.as_bytes() != b".." {
+            let dir = scratch.path().join(&name);
+            std::fs::create_dir(&dir).unwrap();
+            let cmd = Command::from_argv(["sh", "-c", "printf %s \"$V\"; pwd >&2"])
+                .unwrap()
+                .env("V", OsString::from_vec(args[0].clone()))
+                .cwd(&dir);
+            let out = rt.block_on(host.run(&cmd)).unwrap();
+            std::fs::remove_dir(&dir).unwrap();
+            check(
+                out.stdout == args[0],
+                format!("env value: got {:?}", out.stdout),
+            )?;
+            let pwd = out.stderr.strip_suffix(b"\n").unwrap_or(&out.stderr);
+            check(
+                pwd == dir.as_os_str().as_bytes(),
+                format!("cwd: got {:?}", String::from_utf8_lossy(pwd)),
+            )?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_ssh_exec_example_runs_as_is() {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/ssh_exec
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/ssh_exec");
+    assert!(
+        example.exists(),
+        "{} is not built (cargo test builds examples)",
+        example.display()
+    );
+    let out = std::process::Command::new(&example)
+        .args(["--demo", "--", "printf", "%s|", "it's", "$(not run)", "a b"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"it's|$(not run)|a b|");
+    let out = std::process::Command::new(&example)
+        .args(["--demo", "--", "sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    // A host nobody knows: refused, with the fingerprint, exit 255.
+    let kh = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&example)
+        .args(["--demo", "--known-hosts"])
+        .arg(kh.path().join("empty"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SHA256:") && err.contains("not in"), "{err}");
+}
