@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, LocalHost, TargetId,
+    DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, LocalHost,
+    TargetId,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -39,7 +40,10 @@ impl Adapters {
 }
 
 fn problem(path: &str, message: impl Into<String>) -> Vec<Problem> {
-    vec![Problem { path: path.to_owned(), message: message.into() }]
+    vec![Problem {
+        path: path.to_owned(),
+        message: message.into(),
+    }]
 }
 
 fn kind<'a>(path: &str, section: &'a toml::Value) -> Result<&'a str, Vec<Problem>> {
@@ -50,15 +54,26 @@ fn kind<'a>(path: &str, section: &'a toml::Value) -> Result<&'a str, Vec<Problem
 }
 
 fn unknown<T>(path: &str, kind: &str, known: &[&str]) -> Result<T, Vec<Problem>> {
-    let known = if known.is_empty() { "none: enable the adapter features".to_owned() } else { known.join(", ") };
-    Err(problem(&format!("{path}.kind"), format!("unknown kind {kind:?} (this build knows: {known})")))
+    let known = if known.is_empty() {
+        "none: enable the adapter features".to_owned()
+    } else {
+        known.join(", ")
+    };
+    Err(problem(
+        &format!("{path}.kind"),
+        format!("unknown kind {kind:?} (this build knows: {known})"),
+    ))
 }
 
 /// Deserialize a section with its key paths in the messages.
 fn section<T: DeserializeOwned>(path: &str, value: &toml::Value) -> Result<T, Vec<Problem>> {
     serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|e| {
         let inner = e.path().to_string();
-        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}") };
+        let full = if inner == "." {
+            path.to_owned()
+        } else {
+            format!("{path}.{inner}")
+        };
         problem(&full, e.into_inner().message().to_owned())
     })
 }
@@ -254,7 +269,8 @@ impl AdapterFactory for Adapters {
                     nginx = nginx.with_reload(deploy_nginx::Reload::Hup { pid_file });
                 }
                 let host: DynHost = Arc::new(LocalHost::new());
-                let mut b = deploy_nginx::UpstreamSwitch::builder(host, nginx, s.include).status_listen(s.status_listen);
+                let mut b = deploy_nginx::UpstreamSwitch::builder(host, nginx, s.include)
+                    .status_listen(s.status_listen);
                 if let Some(u) = s.upstream {
                     b = b.upstream(u);
                 }
@@ -269,7 +285,16 @@ impl AdapterFactory for Adapters {
                 }
                 Ok(Arc::new(built("switch", b.build())?))
             }
-            other => unknown("switch", other, &[#[cfg(feature = "haproxy")] "haproxy", #[cfg(feature = "nginx")] "nginx"]),
+            other => unknown(
+                "switch",
+                other,
+                &[
+                    #[cfg(feature = "haproxy")]
+                    "haproxy",
+                    #[cfg(feature = "nginx")]
+                    "nginx",
+                ],
+            ),
         }
     }
 
@@ -278,7 +303,16 @@ impl AdapterFactory for Adapters {
         match k {
             #[cfg(feature = "prometheus")]
             "promql" | "scrape" => prometheus_gate(path, k, section(path, value)?),
-            other => unknown(path, other, &[#[cfg(feature = "prometheus")] "promql", #[cfg(feature = "prometheus")] "scrape"]),
+            other => unknown(
+                path,
+                other,
+                &[
+                    #[cfg(feature = "prometheus")]
+                    "promql",
+                    #[cfg(feature = "prometheus")]
+                    "scrape",
+                ],
+            ),
         }
     }
 
@@ -288,9 +322,14 @@ impl AdapterFactory for Adapters {
             #[cfg(feature = "postgres")]
             "postgres" => {
                 let s: PostgresSection = section("migrations", value)?;
-                let var = s.database_url_env.unwrap_or_else(|| "DATABASE_URL".to_owned());
+                let var = s
+                    .database_url_env
+                    .unwrap_or_else(|| "DATABASE_URL".to_owned());
                 let config = match std::env::var(&var) {
-                    Ok(url) => built("migrations.database_url_env", deploy_postgres::PgConfig::from_url(&url))?,
+                    Ok(url) => built(
+                        "migrations.database_url_env",
+                        deploy_postgres::PgConfig::from_url(&url),
+                    )?,
                     Err(_) => built("migrations", deploy_postgres::PgConfig::from_env())?,
                 };
                 let mut b = deploy_postgres::PgMigrationRunner::builder(config, s.dir);
@@ -311,7 +350,14 @@ impl AdapterFactory for Adapters {
                 }
                 Ok(Arc::new(built("migrations", b.build())?))
             }
-            other => unknown("migrations", other, &[#[cfg(feature = "postgres")] "postgres"]),
+            other => unknown(
+                "migrations",
+                other,
+                &[
+                    #[cfg(feature = "postgres")]
+                    "postgres",
+                ],
+            ),
         }
     }
 
@@ -334,7 +380,14 @@ impl AdapterFactory for Adapters {
                 }
                 Ok(Arc::new(built("maintenance", b.build())?))
             }
-            other => unknown("maintenance", other, &[#[cfg(feature = "nginx")] "nginx"]),
+            other => unknown(
+                "maintenance",
+                other,
+                &[
+                    #[cfg(feature = "nginx")]
+                    "nginx",
+                ],
+            ),
         }
     }
 
@@ -354,21 +407,35 @@ fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGa
     }
     let mut problems = Vec::new();
     match (&s.preset, &s.query) {
-        (Some(_), Some(_)) => problems.push(Problem { path: path.into(), message: "give a preset or a query, not both".into() }),
-        (None, None) if kind == "promql" => problems.push(Problem { path: path.into(), message: "give a preset or a query".into() }),
-        (None, _) if kind == "scrape" => problems.push(Problem { path: format!("{path}.preset"), message: "a scrape gate needs a preset".into() }),
+        (Some(_), Some(_)) => problems.push(Problem {
+            path: path.into(),
+            message: "give a preset or a query, not both".into(),
+        }),
+        (None, None) if kind == "promql" => problems.push(Problem {
+            path: path.into(),
+            message: "give a preset or a query".into(),
+        }),
+        (None, _) if kind == "scrape" => problems.push(Problem {
+            path: format!("{path}.preset"),
+            message: "a scrape gate needs a preset".into(),
+        }),
         _ => {}
     }
     if s.query.is_some() && s.condition.is_none() {
-        problems.push(Problem { path: format!("{path}.condition"), message: "a query needs a condition".into() });
+        problems.push(Problem {
+            path: format!("{path}.condition"),
+            message: "a query needs a condition".into(),
+        });
     }
     match s.preset {
-        Some(Preset::ErrorRate) if s.max_error_rate.is_none() => {
-            problems.push(Problem { path: format!("{path}.max_error_rate"), message: "the error_rate preset needs it".into() })
-        }
-        Some(Preset::P99Latency) if s.max_latency.is_none() => {
-            problems.push(Problem { path: format!("{path}.max_latency"), message: "the p99_latency preset needs it".into() })
-        }
+        Some(Preset::ErrorRate) if s.max_error_rate.is_none() => problems.push(Problem {
+            path: format!("{path}.max_error_rate"),
+            message: "the error_rate preset needs it".into(),
+        }),
+        Some(Preset::P99Latency) if s.max_latency.is_none() => problems.push(Problem {
+            path: format!("{path}.max_latency"),
+            message: "the p99_latency preset needs it".into(),
+        }),
         _ => {}
     }
     if !problems.is_empty() {
@@ -376,22 +443,35 @@ fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGa
     }
     if kind == "promql" {
         let Some(url) = &s.prometheus else {
-            return Err(problem(&format!("{path}.prometheus"), "missing (the Prometheus server's URL)"));
+            return Err(problem(
+                &format!("{path}.prometheus"),
+                "missing (the Prometheus server's URL)",
+            ));
         };
         let mut client = built(&format!("{path}.prometheus"), PrometheusClient::new(url))?;
         if let Some(var) = &s.bearer_token_env {
-            let token = std::env::var(var)
-                .map_err(|_| problem(&format!("{path}.bearer_token_env"), format!("environment variable {var} is not set")))?;
+            let token = std::env::var(var).map_err(|_| {
+                problem(
+                    &format!("{path}.bearer_token_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
             client = client.with_auth(Auth::Bearer(token));
         }
         let mut b = match (s.preset, &s.query) {
-            (Some(Preset::ErrorRate), _) => PromQlGate::error_rate_below(client, s.max_error_rate.unwrap_or(0.01), &metrics),
-            (Some(Preset::P99Latency), _) => {
-                PromQlGate::p99_latency_below(client, s.max_latency.unwrap_or(Duration::from_secs(2)), &metrics)
+            (Some(Preset::ErrorRate), _) => {
+                PromQlGate::error_rate_below(client, s.max_error_rate.unwrap_or(0.01), &metrics)
             }
-            (None, Some(q)) => PromQlGate::builder(s.name.clone().unwrap_or_else(|| "promql".into()), client)
-                .query(q.clone())
-                .condition(s.condition.as_deref().unwrap_or_default()),
+            (Some(Preset::P99Latency), _) => PromQlGate::p99_latency_below(
+                client,
+                s.max_latency.unwrap_or(Duration::from_secs(2)),
+                &metrics,
+            ),
+            (None, Some(q)) => {
+                PromQlGate::builder(s.name.clone().unwrap_or_else(|| "promql".into()), client)
+                    .query(q.clone())
+                    .condition(s.condition.as_deref().unwrap_or_default())
+            }
             (None, None) => return Err(problem(path, "give a preset or a query")),
         };
         if let Some(w) = s.window {
@@ -403,9 +483,20 @@ fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGa
         Ok(Arc::new(built(path, b.build())?))
     } else {
         let mut b = match s.preset {
-            Some(Preset::ErrorRate) => built(path, ScrapeGate::error_rate_below(s.max_error_rate.unwrap_or(0.01), &metrics))?,
-            Some(Preset::P99Latency) => ScrapeGate::p99_latency_below(s.max_latency.unwrap_or(Duration::from_secs(2)), &metrics),
-            None => return Err(problem(&format!("{path}.preset"), "a scrape gate needs a preset")),
+            Some(Preset::ErrorRate) => built(
+                path,
+                ScrapeGate::error_rate_below(s.max_error_rate.unwrap_or(0.01), &metrics),
+            )?,
+            Some(Preset::P99Latency) => ScrapeGate::p99_latency_below(
+                s.max_latency.unwrap_or(Duration::from_secs(2)),
+                &metrics,
+            ),
+            None => {
+                return Err(problem(
+                    &format!("{path}.preset"),
+                    "a scrape gate needs a preset",
+                ));
+            }
         };
         if let Some(w) = s.window {
             b = b.window(w);

@@ -2,8 +2,7 @@
 //! HTTP servers answering /health from the `current` link, the HTTP probe, and the engine — plus
 //! the `blue_green_local` example run as an operator would.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,54 +117,4 @@ async fn blue_green_over_release_dirs_promotes_and_rolls_back() {
         tmp.path().join("blue/releases/3.0.0/VERSION").exists(),
         "the failed release stays for inspection"
     );
-}
-
-fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        dir.exists(),
-        "{} is not built (cargo test builds examples)",
-        dir.display()
-    );
-    dir
-}
-
-#[test]
-fn the_blue_green_local_example_runs_as_is() {
-    let out = Command::new(example("blue_green_local"))
-        .args(["--bake", "1s"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("run finished: promoted"), "{stdout}");
-    assert!(
-        stdout.contains("green /health now: {\"status\":\"ok\",\"version\":\"2.0.0\"}"),
-        "{stdout}"
-    );
-
-    let out = Command::new(example("blue_green_local"))
-        .args(["--broken"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "rolled back exits 2\n{stdout}");
-    assert!(
-        stdout.contains("ROLLBACK: step 3 (wait until green is healthy on 2.0.0) failed"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("weights now: blue=100,green=0"), "{stdout}");
 }

@@ -3,15 +3,15 @@
 //!
 //! ```text
 //! # the seeds' error-rate rule over the last 5 minutes, for the target labelled green
-//! cargo run -p deploy-prometheus --example gate -- --prometheus http://127.0.0.1:9090 --target green
+//! cargo run --example gate -- --prometheus http://127.0.0.1:9090 --target green
 //! # p99 <= 2 s, by scraping two instances every 10 s, 6 times
-//! cargo run -p deploy-prometheus --example gate -- --scrape http://10.0.0.7:8080/metrics \
+//! cargo run --example gate -- --scrape http://10.0.0.7:8080/metrics \
 //!     --scrape http://10.0.0.8:8080/metrics --preset p99 --window 10s --count 6
 //! # any PromQL query and condition
-//! cargo run -p deploy-prometheus --example gate -- --prometheus http://127.0.0.1:9090 \
+//! cargo run --example gate -- --prometheus http://127.0.0.1:9090 \
 //!     --query 'sum(up{job="app"})' --condition '>= 2'
 //! # a demo: a test app with 5 % errors and a real Prometheus on loopback
-//! cargo run -p deploy-prometheus --example gate --features testing -- --demo
+//! cargo run --example gate -- --demo
 //! ```
 //!
 //! Exit status: 0 if the last verdict passed, 1 failed, 2 inconclusive, 3 error.

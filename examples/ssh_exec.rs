@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! # against a real host (strict host-key checking; --accept-new records an unknown host):
-//! cargo run -p deploy-ssh --example ssh_exec -- --host web-1 --user deploy \
+//! cargo run --example ssh_exec -- --host web-1 --user deploy \
 //!     --key ~/.ssh/id_ed25519 -- systemctl is-active app
 //! # self-contained: starts a throwaway sshd on 127.0.0.1 (needs root and openssh-server):
-//! cargo run -p deploy-ssh --example ssh_exec -- --demo -- printf '%s\n' 'it'\''s $(not) run'
+//! cargo run --example ssh_exec -- --demo -- printf '%s\n' 'it'\''s $(not) run'
 //! ```
 
 use std::io::Write;

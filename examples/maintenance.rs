@@ -3,13 +3,13 @@
 //!
 //! ```text
 //! # the snippet (http part, server part, default page) for your paths:
-//! cargo run -p deploy-nginx --example maintenance -- --print-snippet \
+//! cargo run --example maintenance -- --print-snippet \
 //!     --flag /srv/app/shared/maintenance.on --page-root /srv/app/maintenance --bypass 10.0.0.0/8
 //! # on, verified: every --url must answer 503 with the page within the deadline
-//! cargo run -p deploy-nginx --example maintenance -- on --flag /srv/app/shared/maintenance.on \
+//! cargo run --example maintenance -- on --flag /srv/app/shared/maintenance.on \
 //!     --url http://127.0.0.1/
-//! cargo run -p deploy-nginx --example maintenance -- status --flag /srv/app/shared/maintenance.on
-//! cargo run -p deploy-nginx --example maintenance -- off --flag /srv/app/shared/maintenance.on \
+//! cargo run --example maintenance -- status --flag /srv/app/shared/maintenance.on
+//! cargo run --example maintenance -- off --flag /srv/app/shared/maintenance.on \
 //!     --url http://127.0.0.1/
 //! ```
 

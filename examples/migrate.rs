@@ -1,7 +1,7 @@
 //! Run migrations, backups and restores against a PostgreSQL database.
 //!
 //! ```text
-//! cargo run -p deploy-postgres --example migrate -- \
+//! cargo run --example migrate -- \
 //!     --database-url postgres://app@127.0.0.1:5432/shop --dir migrations status
 //! ```
 //!
