@@ -7,7 +7,7 @@
 //! | `[[gates]]` | `promql`, `scrape` | `prometheus` |
 //! | `[migrations]` | `postgres` | `postgres` |
 //! | `[maintenance]` | `nginx` | `nginx` |
-//! | `ssh` of a target | — | `ssh` |
+//! | `ssh` of a target | (none: `host`, `port`, `user`, `key_file`, `known_hosts`, ...) | `ssh` |
 
 #![allow(unused_imports)]
 
@@ -202,6 +202,37 @@ struct GateSection {
     metrics_path: Option<String>,
 }
 
+/// The `ssh` table of a target.
+#[cfg(feature = "ssh")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshSection {
+    /// Host name or address.
+    host: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    user: Option<String>,
+    /// A private key file (ed25519, RSA, ECDSA).
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    /// Environment variable holding the key's passphrase.
+    #[serde(default)]
+    key_passphrase_env: Option<String>,
+    /// Also try the running ssh-agent.
+    #[serde(default)]
+    agent: bool,
+    #[serde(default)]
+    known_hosts: Option<PathBuf>,
+    /// `strict` (default) or `accept-new`.
+    #[serde(default)]
+    host_key_policy: Option<deploy_ssh::HostKeyPolicy>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    command_timeout: Option<Duration>,
+}
+
 #[cfg(feature = "postgres")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +243,10 @@ struct PostgresSection {
     /// set, the `PG*` variables are used).
     #[serde(default)]
     database_url_env: Option<String>,
+    /// The database URL itself, for a database reached without a password (peer or trust
+    /// authentication); a URL holding a password belongs in `database_url_env`.
+    #[serde(default)]
+    url: Option<String>,
     /// The migrations folder.
     dir: PathBuf,
     #[serde(default)]
@@ -322,15 +357,26 @@ impl AdapterFactory for Adapters {
             #[cfg(feature = "postgres")]
             "postgres" => {
                 let s: PostgresSection = section("migrations", value)?;
+                if s.url.is_some() && s.database_url_env.is_some() {
+                    return Err(problem(
+                        "migrations.url",
+                        "give url or database_url_env, not both",
+                    ));
+                }
                 let var = s
                     .database_url_env
                     .unwrap_or_else(|| "DATABASE_URL".to_owned());
-                let config = match std::env::var(&var) {
-                    Ok(url) => built(
+                let config = match (&s.url, std::env::var(&var)) {
+                    (Some(url), _) => {
+                        built("migrations.url", deploy_postgres::PgConfig::from_url(url))?
+                    }
+                    (None, Ok(url)) => built(
                         "migrations.database_url_env",
                         deploy_postgres::PgConfig::from_url(&url),
                     )?,
-                    Err(_) => built("migrations", deploy_postgres::PgConfig::from_env())?,
+                    (None, Err(_)) => {
+                        built("migrations", deploy_postgres::PgConfig::from_env())?
+                    }
                 };
                 let mut b = deploy_postgres::PgMigrationRunner::builder(config, s.dir);
                 if let Some(d) = s.backup_dir {
@@ -391,8 +437,50 @@ impl AdapterFactory for Adapters {
         }
     }
 
-    fn ssh_host(&self, path: &str, _value: &toml::Value) -> Result<DynHost, Vec<Problem>> {
-        Err(problem(path, "SSH targets need the `ssh` feature"))
+    fn ssh_host(&self, path: &str, value: &toml::Value) -> Result<DynHost, Vec<Problem>> {
+        #[cfg(feature = "ssh")]
+        {
+            let s: SshSection = section(path, value)?;
+            let mut b = deploy_ssh::SshHost::builder(s.host);
+            if let Some(p) = s.port {
+                b = b.port(p);
+            }
+            if let Some(u) = s.user {
+                b = b.user(u);
+            }
+            match (s.key_file, s.key_passphrase_env) {
+                (Some(k), Some(var)) => {
+                    let pass = std::env::var(&var).map_err(|_| {
+                        problem(&format!("{path}.key_passphrase_env"), format!("environment variable {var} is not set"))
+                    })?;
+                    b = b.key_file_with_passphrase(k, pass);
+                }
+                (Some(k), None) => b = b.key_file(k),
+                (None, Some(_)) => return Err(problem(&format!("{path}.key_passphrase_env"), "needs key_file")),
+                (None, None) => {}
+            }
+            if s.agent {
+                b = b.agent();
+            }
+            if let Some(k) = s.known_hosts {
+                b = b.known_hosts(k);
+            }
+            if let Some(p) = s.host_key_policy {
+                b = b.host_key_policy(p);
+            }
+            if let Some(t) = s.connect_timeout {
+                b = b.connect_timeout(t);
+            }
+            if let Some(t) = s.command_timeout {
+                b = b.command_timeout(t);
+            }
+            Ok(Arc::new(built(path, b.build())?))
+        }
+        #[cfg(not(feature = "ssh"))]
+        {
+            let _ = value;
+            Err(problem(path, "SSH targets need the `ssh` feature"))
+        }
     }
 }
 
