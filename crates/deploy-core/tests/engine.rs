@@ -342,12 +342,37 @@ async fn fault_matrix_every_step_of_every_strategy_rolls_back_exactly() {
                 );
                 let report = engine.run(plan.clone(), &cancel).await.unwrap();
                 assert_back_where_it_was(&before, &world, &cell, &report);
-                let failed_step = report.steps.last().unwrap();
-                assert_eq!(
-                    failed_step.index, index,
-                    "{cell}: the run must stop at the faulty step\n{report}"
+                // The faulty step failed, and nothing after its batch (the steps of the same
+                // kind on other targets that run with it) was started.
+                let failed = report
+                    .steps
+                    .iter()
+                    .find(|s| s.error.is_some())
+                    .expect("a failed step");
+                let batch_start = (0..=index)
+                    .rev()
+                    .take_while(|i| plan.steps[*i].op() == plan.steps[index].op())
+                    .last()
+                    .unwrap_or(index);
+                let batch_end = (index..plan.steps.len())
+                    .take_while(|i| plan.steps[*i].op() == plan.steps[index].op())
+                    .last()
+                    .unwrap_or(index);
+                assert!(
+                    (batch_start..=batch_end).contains(&failed.index),
+                    "{cell}: the run must stop at the faulty step's batch\n{report}"
                 );
-                assert!(failed_step.error.is_some(), "{cell}");
+                assert!(
+                    report
+                        .steps
+                        .iter()
+                        .any(|s| s.index == index && s.error.is_some()),
+                    "{cell}: the faulty step is reported failed\n{report}"
+                );
+                assert!(
+                    report.steps.iter().all(|s| s.index <= batch_end),
+                    "{cell}: nothing after the faulty batch ran\n{report}"
+                );
                 cells += 1;
                 *per_kind.entry(format!("{name}/{kind}")).or_default() += 1;
             }
@@ -892,4 +917,34 @@ async fn a_stale_lock_is_refused_until_broken_explicitly() {
     assert!(engine.break_stale_lock().unwrap().is_none());
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_acts_on_its_targets_at_the_same_time() {
+    for (parallelism, expected) in [(16, Duration::from_secs(2)), (1, Duration::from_secs(8))] {
+        let world = FakeWorld::fleet(8, "1.0.0");
+        for t in &world.targets {
+            t.faults.delay("activate", Duration::from_secs(1));
+        }
+        let mut p = policies();
+        p.probe.healthy_threshold = 1;
+        p.parallelism = parallelism;
+        let engine = Engine::new(world.environment("prod")).with_policies(p);
+        let strategy = Strategy::Rolling {
+            batch: BatchSize::Count(4),
+            analysis: None,
+        };
+        let t0 = tokio::time::Instant::now();
+        let report = deploy(&engine, &strategy).await;
+        assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+        // Two batches of four one-second activations.
+        assert_eq!(t0.elapsed(), expected, "parallelism {parallelism}");
+        assert!(
+            world
+                .state()
+                .versions
+                .values()
+                .all(|v| v.as_ref().unwrap().as_str() == NEW)
+        );
+    }
 }

@@ -916,7 +916,16 @@ impl<'e> Run<'e> {
         {
             return Some(format!("stopped before the first step: {reason}"));
         }
-        for index in from..self.plan.steps.len() {
+        let mut index = from;
+        while index < self.plan.steps.len() {
+            let group = self.batch_end(index);
+            if group - index > 1 {
+                if let Some(reason) = self.forward_batch(index, group, cancel, deadline).await {
+                    return Some(reason);
+                }
+                index = group;
+                continue;
+            }
             let step = self.plan.steps[index].clone();
             if cancel.is_cancelled() {
                 return Some("cancelled".to_owned());
@@ -1009,11 +1018,149 @@ impl<'e> Run<'e> {
                     return Some(why);
                 }
             }
+            index += 1;
         }
         if let Err(reason) = self.run_hooks(HookPoint::After, None).await {
             return Some(format!("every step done, but {reason}"));
         }
         None
+    }
+
+    /// The end (exclusive) of the batch of steps starting at `index` that may run together:
+    /// consecutive steps of the same kind, each touching one distinct target (prepare,
+    /// activate, stop, start, await healthy, drain), at most `policies.parallelism` of them.
+    fn batch_end(&self, index: usize) -> usize {
+        let steps = &self.plan.steps;
+        let limit = self.engine.policies.parallelism.max(1);
+        let Some(first) = steps.get(index) else {
+            return index;
+        };
+        let Some(t) = parallel_target(first) else {
+            return index + 1;
+        };
+        let mut seen = HashSet::from([t.clone()]);
+        let mut end = index + 1;
+        while end < steps.len() && end - index < limit {
+            let s = &steps[end];
+            match parallel_target(s) {
+                Some(t) if s.op() == first.op() && seen.insert(t.clone()) => end += 1,
+                _ => break,
+            }
+        }
+        end
+    }
+
+    /// Run the steps `start..end` together: each step's hooks run and its inverse is journaled
+    /// before any of them acts; then they act concurrently; each is finished in plan order.
+    async fn forward_batch(
+        &mut self,
+        start: usize,
+        end: usize,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Option<String> {
+        let engine = self.engine;
+        let control = engine.control.clone();
+        if cancel.is_cancelled() {
+            return Some("cancelled".to_owned());
+        }
+        if control.inner.abort.is_cancelled() {
+            return Some(control.abort_reason());
+        }
+        let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
+        let mut begun: Vec<(usize, SystemTime, Instant)> = Vec::new();
+        for (offset, step) in steps.iter().enumerate() {
+            let index = start + offset;
+            let (started_at, t0) = (SystemTime::now(), Instant::now());
+            engine.emit(&Event::StepStarted {
+                index,
+                step: step.clone(),
+            });
+            let mut failure = self.run_hooks(HookPoint::Before, Some(step)).await.err();
+            if failure.is_none() && !self.recorded.contains(&index) {
+                match self.inverse_of(step).await {
+                    Ok(inverse) => {
+                        if self.record(&Record::StepStarted {
+                            index,
+                            inverse: inverse.clone(),
+                        }) {
+                            self.recorded.insert(index);
+                            self.inverses.push((index, inverse));
+                        } else {
+                            failure = Some("its inverse could not be journaled".to_owned());
+                        }
+                    }
+                    Err(f) => failure = Some(f.0),
+                }
+            }
+            if let Some(reason) = failure {
+                self.finish_step(index, step, started_at, t0, Some(reason.clone()));
+                for (i, at, t) in begun {
+                    let why = format!(
+                        "not run: step {} of its batch failed before acting",
+                        index + 1
+                    );
+                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(why));
+                }
+                return Some(format!(
+                    "step {} ({step}) failed before it acted: {reason}",
+                    index + 1
+                ));
+            }
+            begun.push((index, started_at, t0));
+        }
+        let results: Vec<Result<Vec<String>, Failure>> = {
+            let this = &*self;
+            let acts = futures_util::future::join_all(steps.iter().map(|s| {
+                let span = tracing::info_span!("step", op = s.op());
+                this.act_shared(s).instrument(span)
+            }));
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stop = |why: String| steps.iter().map(|_| Err(Failure(why.clone()))).collect();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => stop("cancelled".to_owned()),
+                () = control.inner.abort.cancelled() => stop(control.abort_reason()),
+                () = until_deadline => stop(format!(
+                    "the run's deadline of {} passed",
+                    humantime::format_duration(engine.policies.deadline.unwrap_or_default())
+                )),
+                r = acts => r,
+            }
+        };
+        let mut first_failure: Option<String> = None;
+        for ((step, (index, started_at, t0)), result) in steps.iter().zip(begun).zip(results) {
+            let error = match result {
+                Ok(notes) => {
+                    for n in notes {
+                        self.note(n);
+                    }
+                    self.run_hooks(HookPoint::After, Some(step)).await.err()
+                }
+                Err(Failure(reason)) => Some(reason),
+            };
+            if let Some(reason) = &error
+                && first_failure.is_none()
+            {
+                first_failure = Some(
+                    if reason == "cancelled"
+                        || reason.starts_with("the run's deadline")
+                        || control.inner.abort.is_cancelled()
+                    {
+                        format!("{reason} during step {} ({step})", index + 1)
+                    } else {
+                        format!("step {} ({step}) failed: {reason}", index + 1)
+                    },
+                );
+            }
+            self.finish_step(index, step, started_at, t0, error);
+        }
+        first_failure
     }
 
     /// Run the hooks of `point` of `step` (or of the run), in order; the first failure stops.
@@ -1363,51 +1510,18 @@ impl<'e> Run<'e> {
     /// Do one step (forward or undo).
     async fn act(&mut self, step: &Step) -> Result<(), Failure> {
         let engine = self.engine;
-        let env = self.env();
         let t = engine.policies.timeouts.call;
         let long = engine.policies.timeouts.long_call;
         match step {
-            Step::Prepare { target, version } => {
-                let tg = env.target(target)?;
-                let release = if version == &self.plan.release.version {
-                    self.plan.release.clone()
-                } else {
-                    Release::new(version.clone())
-                };
-                engine
-                    .call(
-                        &format!("prepare {version} on"),
-                        target.as_str(),
-                        long,
-                        || tg.prepare(&release),
-                    )
-                    .await?;
-            }
-            Step::Activate { target, version } => {
-                let tg = env.target(target)?;
-                engine
-                    .call(
-                        &format!("activate {version} on"),
-                        target.as_str(),
-                        t,
-                        || tg.activate(version),
-                    )
-                    .await?;
-            }
-            Step::Stop { target } => {
-                let tg = env.target(target)?;
-                engine
-                    .call("stop", target.as_str(), t, || tg.stop())
-                    .await?;
-            }
-            Step::Start { target } => {
-                let tg = env.target(target)?;
-                engine
-                    .call("start", target.as_str(), t, || tg.start())
-                    .await?;
-            }
-            Step::AwaitHealthy { target, version } => {
-                self.await_healthy(target, version.as_ref()).await?
+            Step::Prepare { .. }
+            | Step::Activate { .. }
+            | Step::Stop { .. }
+            | Step::Start { .. }
+            | Step::AwaitHealthy { .. }
+            | Step::Drain { .. } => {
+                for note in self.act_shared(step).await? {
+                    self.note(note);
+                }
             }
             Step::MaintenanceOn => {
                 let m = self.maintenance()?;
@@ -1453,7 +1567,6 @@ impl<'e> Run<'e> {
                     })
                     .await?;
             }
-            Step::Drain { target } => self.drain(target).await?,
             Step::SetWeights { weights } => {
                 let s = self.switch()?;
                 engine
@@ -1499,7 +1612,7 @@ impl<'e> Run<'e> {
     }
 
     async fn await_healthy(
-        &mut self,
+        &self,
         target: &TargetId,
         version: Option<&Version>,
     ) -> Result<(), Failure> {
@@ -1549,7 +1662,7 @@ impl<'e> Run<'e> {
         }
     }
 
-    async fn drain(&mut self, target: &TargetId) -> Result<(), Failure> {
+    async fn drain(&self, target: &TargetId) -> Result<Vec<String>, Failure> {
         let engine = self.engine;
         let s = self.switch()?;
         let t = engine.policies.timeouts.call;
@@ -1586,12 +1699,81 @@ impl<'e> Run<'e> {
                 "{target} still had {left} session(s) after the drain timeout of {}",
                 humantime::format_duration(p.timeout)
             );
-            match p.on_timeout {
-                DrainTimeoutAction::Proceed => self.note(format!("{msg}; carried on")),
-                DrainTimeoutAction::Fail => return Err(Failure(msg)),
-            }
+            return match p.on_timeout {
+                DrainTimeoutAction::Proceed => Ok(vec![format!("{msg}; carried on")]),
+                DrainTimeoutAction::Fail => Err(Failure(msg)),
+            };
         }
-        Ok(())
+        Ok(Vec::new())
+    }
+
+    /// Do a step that touches one target only; needs no `&mut self`, so the steps of one batch
+    /// run concurrently. Returns notes for the report.
+    async fn act_shared(&self, step: &Step) -> Result<Vec<String>, Failure> {
+        let engine = self.engine;
+        let env = self.env();
+        let t = engine.policies.timeouts.call;
+        let long = engine.policies.timeouts.long_call;
+        match step {
+            Step::Prepare { target, version } => {
+                let tg = env.target(target)?;
+                let release = if version == &self.plan.release.version {
+                    self.plan.release.clone()
+                } else {
+                    Release::new(version.clone())
+                };
+                engine
+                    .call(
+                        &format!("prepare {version} on"),
+                        target.as_str(),
+                        long,
+                        || tg.prepare(&release),
+                    )
+                    .await?;
+            }
+            Step::Activate { target, version } => {
+                let tg = env.target(target)?;
+                engine
+                    .call(
+                        &format!("activate {version} on"),
+                        target.as_str(),
+                        t,
+                        || tg.activate(version),
+                    )
+                    .await?;
+            }
+            Step::Stop { target } => {
+                let tg = env.target(target)?;
+                engine
+                    .call("stop", target.as_str(), t, || tg.stop())
+                    .await?;
+            }
+            Step::Start { target } => {
+                let tg = env.target(target)?;
+                engine
+                    .call("start", target.as_str(), t, || tg.start())
+                    .await?;
+            }
+            Step::AwaitHealthy { target, version } => {
+                self.await_healthy(target, version.as_ref()).await?
+            }
+            Step::Drain { target } => return self.drain(target).await,
+            other => return Err(Failure(format!("{other} cannot run as part of a batch"))),
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// The one target a step touches, when it may run together with others of its kind.
+fn parallel_target(step: &Step) -> Option<&TargetId> {
+    match step {
+        Step::Prepare { target, .. }
+        | Step::Activate { target, .. }
+        | Step::Stop { target }
+        | Step::Start { target }
+        | Step::AwaitHealthy { target, .. }
+        | Step::Drain { target } => Some(target),
+        _ => None,
     }
 }
 

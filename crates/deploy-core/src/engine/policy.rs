@@ -198,7 +198,7 @@ impl Default for DrainPolicy {
 }
 
 /// All of the engine's policies.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Policies {
@@ -212,9 +212,31 @@ pub struct Policies {
     pub drain: DrainPolicy,
     /// Time limits of calls.
     pub timeouts: Timeouts,
+    /// How many steps of one kind on distinct targets (a rolling batch's drains, activations,
+    /// health checks; a recreate's stops) run at the same time; 1 runs every step alone.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
     /// The whole run must finish within this, or it rolls back.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+}
+
+fn default_parallelism() -> usize {
+    16
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            probe: ProbePolicy::default(),
+            analysis: AnalysisPolicy::default(),
+            retry: RetryPolicy::default(),
+            drain: DrainPolicy::default(),
+            timeouts: Timeouts::default(),
+            parallelism: default_parallelism(),
+            deadline: None,
+        }
+    }
 }
 
 /// Time limits of individual calls to targets, switches, runners.
