@@ -186,17 +186,20 @@ async fn main() {
                             .await
                             .unwrap();
                         assert_eq!(report.outcome, Outcome::Promoted, "{report}");
-                        let sum = |f: fn(&Step) -> bool| -> Duration {
-                            report
-                                .steps
-                                .iter()
-                                .filter(|s| f(&s.step))
-                                .map(|s| s.duration)
-                                .sum()
+                        // The engine runs a batch's steps concurrently: a phase lasts from
+                        // its first step's start to its last step's end.
+                        let span = |f: fn(&Step) -> bool| -> Duration {
+                            let steps = report.steps.iter().filter(|s| f(&s.step));
+                            let start = steps.clone().map(|s| s.started_at).min();
+                            let end = steps.map(|s| s.started_at + s.duration).max();
+                            match (start, end) {
+                                (Some(a), Some(b)) => b.duration_since(a).unwrap_or_default(),
+                                _ => Duration::ZERO,
+                            }
                         };
-                        prepares.push(sum(|s| matches!(s, Step::Prepare { .. })));
-                        activates
-                            .push(report.duration - sum(|s| matches!(s, Step::Prepare { .. })));
+                        let prepare = span(|s| matches!(s, Step::Prepare { .. }));
+                        prepares.push(prepare);
+                        activates.push(report.duration.saturating_sub(prepare));
                     }
                     _ => {
                         let r = rolling_deploy(&ts, &release, &RollingOptions::new(batch)).await;
