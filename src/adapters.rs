@@ -374,9 +374,7 @@ impl AdapterFactory for Adapters {
                         "migrations.database_url_env",
                         deploy_postgres::PgConfig::from_url(&url),
                     )?,
-                    (None, Err(_)) => {
-                        built("migrations", deploy_postgres::PgConfig::from_env())?
-                    }
+                    (None, Err(_)) => built("migrations", deploy_postgres::PgConfig::from_env())?,
                 };
                 let mut b = deploy_postgres::PgMigrationRunner::builder(config, s.dir);
                 if let Some(d) = s.backup_dir {
@@ -451,12 +449,20 @@ impl AdapterFactory for Adapters {
             match (s.key_file, s.key_passphrase_env) {
                 (Some(k), Some(var)) => {
                     let pass = std::env::var(&var).map_err(|_| {
-                        problem(&format!("{path}.key_passphrase_env"), format!("environment variable {var} is not set"))
+                        problem(
+                            &format!("{path}.key_passphrase_env"),
+                            format!("environment variable {var} is not set"),
+                        )
                     })?;
                     b = b.key_file_with_passphrase(k, pass);
                 }
                 (Some(k), None) => b = b.key_file(k),
-                (None, Some(_)) => return Err(problem(&format!("{path}.key_passphrase_env"), "needs key_file")),
+                (None, Some(_)) => {
+                    return Err(problem(
+                        &format!("{path}.key_passphrase_env"),
+                        "needs key_file",
+                    ));
+                }
                 (None, None) => {}
             }
             if s.agent {
@@ -508,6 +514,13 @@ fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGa
             message: "a scrape gate needs a preset".into(),
         }),
         _ => {}
+    }
+    if s.preset.is_some() && s.name.is_some() {
+        problems.push(Problem {
+            path: format!("{path}.name"),
+            message: "a preset names its gate (error-rate, p99-latency); name is for a query"
+                .into(),
+        });
     }
     if s.query.is_some() && s.condition.is_none() {
         problems.push(Problem {
@@ -599,5 +612,66 @@ fn prometheus_gate(path: &str, kind: &str, s: GateSection) -> Result<DynMetricGa
             b = b.metrics_path(p);
         }
         Ok(Arc::new(built(path, b.build())?))
+    }
+}
+
+#[cfg(all(test, feature = "prometheus", feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> toml::Value {
+        toml::from_str::<toml::Table>(text).unwrap().into()
+    }
+
+    fn problems<T>(r: Result<T, Vec<Problem>>) -> String {
+        match r {
+            Ok(_) => panic!("expected problems"),
+            Err(p) => p
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    #[test]
+    fn a_preset_gate_refuses_a_name_it_would_not_use() {
+        let text = problems(Adapters::new().gate(
+            "gates[0]",
+            &value("kind = \"scrape\"\nname = \"errors\"\npreset = \"error_rate\"\nmax_error_rate = 0.01"),
+        ));
+        assert!(
+            text.contains("gates[0].name: a preset names its gate (error-rate, p99-latency)"),
+            "{text}"
+        );
+        let gate = Adapters::new()
+            .gate(
+                "gates[0]",
+                &value("kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01"),
+            )
+            .unwrap();
+        assert_eq!(gate.name(), "error-rate");
+    }
+
+    #[test]
+    fn migrations_take_a_url_or_an_environment_variable_not_both() {
+        let text = problems(Adapters::new().migrations(&value(
+            "kind = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/shop\"\n\
+             database_url_env = \"DATABASE_URL\"\ndir = \"/srv/migrations\"",
+        )));
+        assert!(
+            text.contains("migrations.url: give url or database_url_env, not both"),
+            "{text}"
+        );
+        let text = problems(Adapters::new().migrations(&value(
+            "kind = \"postgres\"\nurl = \"mysql://x\"\ndir = \"/srv/migrations\"",
+        )));
+        assert!(text.starts_with("migrations.url: "), "{text}");
+        Adapters::new()
+            .migrations(&value(
+                "kind = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/shop\"\n\
+                 dir = \"/srv/migrations\"",
+            ))
+            .unwrap();
     }
 }

@@ -37,3 +37,256 @@ pub fn artifact(dir: &Path, version: &str, broken: bool) -> PathBuf {
 pub async fn get(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
+
+/// A release directory for `version` under `dir` holding `app.conf` (`version=`,
+/// `error_rate=`) as [`release_app`] reads it.
+pub fn app_release(dir: &Path, version: &str, error_rate: f64) -> PathBuf {
+    let d = dir.join(format!("app-{version}"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("app.conf"),
+        format!("version={version}\nerror_rate={error_rate}\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("VERSION"), version).unwrap();
+    d
+}
+
+/// What a [`release_app`] has answered on its application paths (not `/health`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    /// Requests answered 200.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Requests answered 500 (injected errors).
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+/// An application server deployed into a release root: it reads `<root>/current/app.conf` on
+/// every request and answers `/health` with `{"status":"ok","version":...}` (503 when nothing
+/// is current), `/metrics` with `http_requests_total{status}` in the Prometheus text format, and
+/// every other path with the version as the body — or, for a deterministic `error_rate` share
+/// of requests (exactly 1 in 20 at 0.05), with a 500.
+pub struct ReleaseApp {
+    /// The server.
+    pub server: TestHttpServer,
+    /// What it answered.
+    pub counters: std::sync::Arc<AppCounters>,
+}
+
+impl ReleaseApp {
+    /// Injected errors answered so far.
+    pub fn errors(&self) -> u64 {
+        self.counters
+            .errors
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// 200s answered so far on application paths.
+    pub fn ok(&self) -> u64 {
+        self.counters.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn read_conf(root: &Path) -> Option<(String, f64)> {
+    let text = std::fs::read_to_string(root.join("current/app.conf")).ok()?;
+    let mut version = None;
+    let mut rate = 0.0;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("version", v)) => version = Some(v.trim().to_owned()),
+            Some(("error_rate", r)) => rate = r.trim().parse().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    Some((version?, rate))
+}
+
+/// Start a [`ReleaseApp`] for the release root `root`.
+pub async fn release_app(root: PathBuf) -> ReleaseApp {
+    use std::sync::atomic::Ordering;
+    let counters = std::sync::Arc::new(AppCounters::default());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = counters.clone();
+    let server = TestHttpServer::start(move |req| {
+        let conf = read_conf(&root);
+        match (req.path.as_str(), conf) {
+            ("/health", Some((v, _))) => {
+                TestResponse::json(200, &serde_json::json!({"status": "ok", "version": v}))
+            }
+            ("/health", None) => TestResponse::json(503, &serde_json::json!({"status": "down"})),
+            ("/metrics", _) => TestResponse::text(
+                200,
+                format!(
+                    "# TYPE http_requests_total counter\n\
+                     http_requests_total{{status=\"200\"}} {}\n\
+                     http_requests_total{{status=\"500\"}} {}\n",
+                    c.ok.load(Ordering::SeqCst),
+                    c.errors.load(Ordering::SeqCst)
+                ),
+            ),
+            (_, None) => TestResponse::text(503, "no release"),
+            (_, Some((v, rate))) => {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                let fails = (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor();
+                if fails {
+                    c.errors.fetch_add(1, Ordering::SeqCst);
+                    TestResponse::text(500, "injected error")
+                } else {
+                    c.ok.fetch_add(1, Ordering::SeqCst);
+                    TestResponse::text(200, v)
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    ReleaseApp { server, counters }
+}
+
+/// The current weights of `servers` in backend `app`, read from haproxy.
+pub async fn haproxy_weights(
+    h: &deploy::haproxy::testing::HaproxyFixture,
+    servers: &[&str],
+) -> Vec<u32> {
+    let client = h.client();
+    let mut out = Vec::new();
+    for s in servers {
+        out.push(client.get_weight("app", s).await.unwrap().0);
+    }
+    out
+}
+
+/// Put every target of `engine` on `release` (prepare + activate), as a previous deploy would.
+pub async fn install(engine: &deploy::Engine, release: &deploy::Release) {
+    for t in engine.environment().targets() {
+        t.prepare(release).await.unwrap();
+        t.activate(&release.version).await.unwrap();
+    }
+}
+
+/// A TOML string literal for a path.
+pub fn q(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// Wait (at most 10 s) until haproxy's checks see every server of `servers` in backend `app` UP.
+pub async fn haproxy_wait_up(h: &deploy::haproxy::testing::HaproxyFixture, servers: &[&str]) {
+    let client = h.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut up = true;
+        for s in servers {
+            let st = client.server_stat("app", s).await.unwrap();
+            up &= st.status.starts_with("UP");
+        }
+        if up {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "haproxy does not see {servers:?} UP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Two release-directory slots (`blue` live with weight 100, `green` idle) behind haproxy.
+pub async fn two_slots(
+    dir: &Path,
+) -> (
+    deploy::haproxy::testing::HaproxyFixture,
+    ReleaseApp,
+    ReleaseApp,
+) {
+    let blue = release_app(dir.join("blue")).await;
+    let green = release_app(dir.join("green")).await;
+    let h = deploy::haproxy::testing::HaproxyFixture::start(
+        deploy::haproxy::testing::FixtureConfig::new(vec![
+            deploy::haproxy::testing::ServerSpec::new("blue", blue.server.addr(), 100),
+            deploy::haproxy::testing::ServerSpec::new("green", green.server.addr(), 0),
+        ]),
+    )
+    .await
+    .unwrap();
+    (h, blue, green)
+}
+
+/// The plan file for the two slots behind `h`, with `strategy` and `version`.
+pub fn plan_text(
+    dir: &Path,
+    h: &deploy::haproxy::testing::HaproxyFixture,
+    blue: &ReleaseApp,
+    green: &ReleaseApp,
+    version: &str,
+    strategy: &str,
+) -> String {
+    format!(
+        r#"
+[environment]
+name = "e2e"
+state_dir = {state}
+
+[release]
+version = "{version}"
+artifact = {artifact}
+
+[strategy]
+{strategy}
+
+[policies.probe]
+interval = "50ms"
+deadline = "5s"
+
+[policies.analysis]
+interval = "400ms"
+
+[[targets]]
+id = "blue"
+root = {blue_root}
+endpoint = "{blue_url}"
+
+[[targets]]
+id = "green"
+root = {green_root}
+endpoint = "{green_url}"
+
+[probe]
+expect_fields = {{ status = "ok" }}
+version_field = "version"
+
+[switch]
+kind = "haproxy"
+socket = {socket}
+backend = "app"
+state_file = {state_file}
+drain_timeout = "5s"
+
+[[gates]]
+kind = "scrape"
+preset = "error_rate"
+max_error_rate = 0.01
+window = "300ms"
+
+[[smoke]]
+name = "health says ok"
+path = "/health"
+body_contains = ['"status":"ok"', '"version":"{version}"']
+
+"#,
+        state = q(&dir.join("state")),
+        artifact = q(&dir.join(format!("app-{version}"))),
+        blue_root = q(&dir.join("blue")),
+        green_root = q(&dir.join("green")),
+        blue_url = blue.server.url(""),
+        green_url = green.server.url(""),
+        socket = q(Path::new(&h.admin_socket().to_string())),
+        state_file = q(h.state_file()),
+    )
+}
+
+/// Health of `app`: the version it reports.
+pub async fn version_of(app: &ReleaseApp) -> String {
+    let body = get(&app.server.url("/health")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["version"].as_str().unwrap_or_default().to_owned()
+}
