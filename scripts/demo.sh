@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-servers.sh
-exec cargo run --release --example blue_green_local -- "$@"
+exec cargo run --release --example demo -- "$@"
