@@ -213,7 +213,10 @@ pub(crate) fn behaviour_of(source: &Source) -> Behaviour {
 }
 
 /// Serve on `listener` until killed.
-pub(crate) async fn serve_on(listener: tokio::net::TcpListener, source: Source) -> std::io::Result<()> {
+pub(crate) async fn serve_on(
+    listener: tokio::net::TcpListener,
+    source: Source,
+) -> std::io::Result<()> {
     let initial = behaviour_of(&source);
     let app = Arc::new(App {
         cached: Mutex::new((None, initial)),
