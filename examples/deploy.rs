@@ -1,7 +1,7 @@
 //! Run real deployments from a plan file.
 //!
 //! ```text
-//! cargo run --example deploy -- plan     examples/plans/blue-green.toml [--json] [--check]
+//! cargo run --example deploy -- plan     examples/plans/blue-green.toml [--json]
 //! cargo run --example deploy -- run      examples/plans/blue-green.toml [--report report.json]
 //! cargo run --example deploy -- resume   examples/plans/blue-green.toml   # finish a killed run
 //! cargo run --example deploy -- rollback examples/plans/blue-green.toml   # undo a killed run
@@ -11,7 +11,9 @@
 //! ```
 //!
 //! The plan is checked before anything is touched, and every problem is reported at once with
-//! its key path. Ctrl-C during `run` or `resume` cancels the run, and the engine rolls back.
+//! its key path. `plan` also reads the live state (each target's version, the switch's weights,
+//! the schema, the maintenance page), so it checks that every socket, host and database named in
+//! the plan answers, and refuses destructive migrations in a zero-downtime strategy. Ctrl-C during `run` or `resume` cancels the run, and the engine rolls back.
 //! Exit code: 0 promoted (or nothing to do), 1 the plan or the environment is unusable, 2 rolled
 //! back, 3 failed (the rollback itself failed: see the report).
 
