@@ -908,9 +908,7 @@ impl<'e> Run<'e> {
 
     /// Run the steps from `from`; `Some(reason)` when the run must roll back.
     async fn forward(&mut self, from: usize, cancel: &CancellationToken) -> Option<String> {
-        let engine = self.engine;
-        let deadline = engine.policies.deadline.map(|d| self.start + d);
-        let control = self.engine.control.clone();
+        let deadline = self.engine.policies.deadline.map(|d| self.start + d);
         if from == 0
             && let Err(reason) = self.run_hooks(HookPoint::Before, None).await
         {
@@ -918,107 +916,11 @@ impl<'e> Run<'e> {
         }
         let mut index = from;
         while index < self.plan.steps.len() {
-            let group = self.batch_end(index);
-            if group - index > 1 {
-                if let Some(reason) = self.forward_batch(index, group, cancel, deadline).await {
-                    return Some(reason);
-                }
-                index = group;
-                continue;
+            let end = self.batch_end(index);
+            if let Some(reason) = self.forward_batch(index, end, cancel, deadline).await {
+                return Some(reason);
             }
-            let step = self.plan.steps[index].clone();
-            if cancel.is_cancelled() {
-                return Some("cancelled".to_owned());
-            }
-            if control.inner.abort.is_cancelled() {
-                return Some(control.abort_reason());
-            }
-            let started_at = SystemTime::now();
-            let t0 = Instant::now();
-            self.engine.emit(&Event::StepStarted {
-                index,
-                step: step.clone(),
-            });
-            let span = tracing::info_span!("step", index = index + 1, op = step.op());
-            if let Err(reason) = self.run_hooks(HookPoint::Before, Some(&step)).await {
-                self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
-                return Some(format!(
-                    "step {} ({step}) stopped before it acted: {reason}",
-                    index + 1
-                ));
-            }
-            // Record the inverse before acting (unless a previous process already did: the
-            // state it saw is the one to return to).
-            if !self.recorded.contains(&index) {
-                let inverse = match self.inverse_of(&step).instrument(span.clone()).await {
-                    Ok(inv) => inv,
-                    Err(f) => {
-                        self.finish_step(index, &step, started_at, t0, Some(f.0.clone()));
-                        return Some(format!("step {} ({step}) failed: {}", index + 1, f.0));
-                    }
-                };
-                let journaled = self.record(&Record::StepStarted {
-                    index,
-                    inverse: inverse.clone(),
-                });
-                if !journaled {
-                    self.finish_step(
-                        index,
-                        &step,
-                        started_at,
-                        t0,
-                        Some("journal not writable".to_owned()),
-                    );
-                    return Some(format!(
-                        "step {} ({step}) not started: its inverse could not be journaled",
-                        index + 1
-                    ));
-                }
-                self.recorded.insert(index);
-                self.inverses.push((index, inverse));
-            }
-            let result = {
-                let act = self.act(&step).instrument(span);
-                tokio::pin!(act);
-                let until_deadline = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => Err(Failure("cancelled".to_owned())),
-                    () = control.inner.abort.cancelled() => Err(Failure(control.abort_reason())),
-                    () = until_deadline => Err(Failure(format!(
-                        "the run's deadline of {} passed",
-                        humantime::format_duration(engine.policies.deadline.unwrap_or_default())
-                    ))),
-                    r = &mut act => r,
-                }
-            };
-            match result {
-                Ok(()) => match self.run_hooks(HookPoint::After, Some(&step)).await {
-                    Ok(()) => self.finish_step(index, &step, started_at, t0, None),
-                    Err(reason) => {
-                        self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
-                        return Some(format!("step {} ({step}) done, but {reason}", index + 1));
-                    }
-                },
-                Err(Failure(reason)) => {
-                    self.finish_step(index, &step, started_at, t0, Some(reason.clone()));
-                    let why = if reason == "cancelled"
-                        || reason.starts_with("the run's deadline")
-                        || control.inner.abort.is_cancelled()
-                    {
-                        format!("{reason} during step {} ({step})", index + 1)
-                    } else {
-                        format!("step {} ({step}) failed: {reason}", index + 1)
-                    };
-                    return Some(why);
-                }
-            }
-            index += 1;
+            index = end;
         }
         if let Err(reason) = self.run_hooks(HookPoint::After, None).await {
             return Some(format!("every step done, but {reason}"));
@@ -1029,6 +931,7 @@ impl<'e> Run<'e> {
     /// The end (exclusive) of the batch of steps starting at `index` that may run together:
     /// consecutive steps of the same kind, each touching one distinct target (prepare,
     /// activate, stop, start, await healthy, drain), at most `policies.parallelism` of them.
+    /// Any other step is a batch of its own.
     fn batch_end(&self, index: usize) -> usize {
         let steps = &self.plan.steps;
         let limit = self.engine.policies.parallelism.max(1);
@@ -1050,8 +953,11 @@ impl<'e> Run<'e> {
         end
     }
 
-    /// Run the steps `start..end` together: each step's hooks run and its inverse is journaled
-    /// before any of them acts; then they act concurrently; each is finished in plan order.
+    /// Run the steps `start..end`: each step's `before` hooks run and its inverse is computed
+    /// and journaled before any of them acts (unless a previous process already journaled it:
+    /// the state it saw is the one to return to); then they act — concurrently when there are
+    /// several — raced against cancellation, abort and the run's deadline; then each one's
+    /// `after` hooks run and it is finished, in plan order. `Some(reason)` to roll back.
     async fn forward_batch(
         &mut self,
         start: usize,
@@ -1078,7 +984,8 @@ impl<'e> Run<'e> {
             });
             let mut failure = self.run_hooks(HookPoint::Before, Some(step)).await.err();
             if failure.is_none() && !self.recorded.contains(&index) {
-                match self.inverse_of(step).await {
+                let span = tracing::info_span!("step", index = index + 1, op = step.op());
+                match self.inverse_of(step).instrument(span).await {
                     Ok(inverse) => {
                         if self.record(&Record::StepStarted {
                             index,
@@ -1103,60 +1010,65 @@ impl<'e> Run<'e> {
                     self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(why));
                 }
                 return Some(format!(
-                    "step {} ({step}) failed before it acted: {reason}",
+                    "step {} ({step}) stopped before it acted: {reason}",
                     index + 1
                 ));
             }
             begun.push((index, started_at, t0));
         }
-        let results: Vec<Result<Vec<String>, Failure>> = {
+        let guard = Interrupts {
+            cancel,
+            control: &control,
+            deadline,
+            run_deadline: engine.policies.deadline,
+        };
+        let results: Vec<Result<Vec<String>, Failure>> = if let [step] = steps.as_slice() {
+            let span = tracing::info_span!("step", index = start + 1, op = step.op());
+            match guard.race(self.act(step).instrument(span)).await {
+                Ok(r) => vec![r.map(|()| Vec::new())],
+                Err(why) => vec![Err(Failure(why))],
+            }
+        } else {
             let this = &*self;
-            let acts = futures_util::future::join_all(steps.iter().map(|s| {
-                let span = tracing::info_span!("step", op = s.op());
-                this.act_shared(s).instrument(span)
-            }));
-            let until_deadline = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let stop = |why: String| steps.iter().map(|_| Err(Failure(why.clone()))).collect();
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => stop("cancelled".to_owned()),
-                () = control.inner.abort.cancelled() => stop(control.abort_reason()),
-                () = until_deadline => stop(format!(
-                    "the run's deadline of {} passed",
-                    humantime::format_duration(engine.policies.deadline.unwrap_or_default())
-                )),
-                r = acts => r,
+            let acts =
+                futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
+                    let span = tracing::info_span!("step", index = start + offset + 1, op = s.op());
+                    this.act_shared(s).instrument(span)
+                }));
+            match guard.race(acts).await {
+                Ok(r) => r,
+                Err(why) => steps.iter().map(|_| Err(Failure(why.clone()))).collect(),
             }
         };
         let mut first_failure: Option<String> = None;
         for ((step, (index, started_at, t0)), result) in steps.iter().zip(begun).zip(results) {
-            let error = match result {
+            let (error, why) = match result {
                 Ok(notes) => {
                     for n in notes {
                         self.note(n);
                     }
-                    self.run_hooks(HookPoint::After, Some(step)).await.err()
+                    match self.run_hooks(HookPoint::After, Some(step)).await {
+                        Ok(()) => (None, None),
+                        Err(reason) => {
+                            let why = format!("step {} ({step}) done, but {reason}", index + 1);
+                            (Some(reason), Some(why))
+                        }
+                    }
                 }
-                Err(Failure(reason)) => Some(reason),
-            };
-            if let Some(reason) = &error
-                && first_failure.is_none()
-            {
-                first_failure = Some(
-                    if reason == "cancelled"
+                Err(Failure(reason)) => {
+                    let why = if reason == "cancelled"
                         || reason.starts_with("the run's deadline")
                         || control.inner.abort.is_cancelled()
                     {
                         format!("{reason} during step {} ({step})", index + 1)
                     } else {
                         format!("step {} ({step}) failed: {reason}", index + 1)
-                    },
-                );
+                    };
+                    (Some(reason), Some(why))
+                }
+            };
+            if first_failure.is_none() {
+                first_failure = why;
             }
             self.finish_step(index, step, started_at, t0, error);
         }
@@ -1761,6 +1673,36 @@ impl<'e> Run<'e> {
             other => return Err(Failure(format!("{other} cannot run as part of a batch"))),
         }
         Ok(Vec::new())
+    }
+}
+
+/// What may interrupt a step: cancellation (Ctrl-C), the operator's abort, the run's deadline.
+struct Interrupts<'a> {
+    cancel: &'a CancellationToken,
+    control: &'a Control,
+    deadline: Option<Instant>,
+    run_deadline: Option<Duration>,
+}
+
+impl Interrupts<'_> {
+    /// Run `fut` unless interrupted first; `Err(why)` when interrupted.
+    async fn race<F: Future>(&self, fut: F) -> Result<F::Output, String> {
+        let until_deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err("cancelled".to_owned()),
+            () = self.control.inner.abort.cancelled() => Err(self.control.abort_reason()),
+            () = until_deadline => Err(format!(
+                "the run's deadline of {} passed",
+                humantime::format_duration(self.run_deadline.unwrap_or_default())
+            )),
+            out = fut => Ok(out),
+        }
     }
 }
 
