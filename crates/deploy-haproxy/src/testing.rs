@@ -164,11 +164,26 @@ struct Ports {
     tcp: SocketAddr,
 }
 
-fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind(("127.0.0.1", 0))
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))?;
-    l.local_addr()
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))
+/// `N` distinct free loopback ports. The listeners are held until all are chosen: chosen one
+/// by one, the kernel may hand out the same port twice, and HAProxy binds with SO_REUSEPORT, so
+/// the frontend and the admin socket would then share a port and split its connections.
+fn free_ports<const N: usize>() -> Result<[SocketAddr; N]> {
+    let err = |e| Error::io("find a free port", "127.0.0.1:0", e);
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)).map_err(err))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(err))
+        .collect::<Result<Vec<_>>>()?;
+    addrs.try_into().map_err(|_| {
+        Error::new(
+            ErrorKind::Other,
+            "find free ports",
+            "127.0.0.1",
+            "count mismatch",
+        )
+    })
 }
 
 fn haproxy_binary() -> Result<PathBuf> {
@@ -254,10 +269,8 @@ impl HaproxyFixture {
             state: d.join("server-state"),
             log: d.join("haproxy.log"),
         };
-        let ports = Ports {
-            frontend: free_port()?,
-            tcp: free_port()?,
-        };
+        let [frontend, tcp] = free_ports::<2>()?;
+        let ports = Ports { frontend, tcp };
         std::fs::write(&paths.config, config.render(&paths, &ports))
             .map_err(|e| Error::io("write", paths.config.display().to_string(), e))?;
         let log = std::fs::File::create(&paths.log)
