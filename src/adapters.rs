@@ -67,15 +67,7 @@ fn unknown<T>(path: &str, kind: &str, known: &[&str]) -> Result<T, Vec<Problem>>
 
 /// Deserialize a section with its key paths in the messages.
 fn section<T: DeserializeOwned>(path: &str, value: &toml::Value) -> Result<T, Vec<Problem>> {
-    serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." {
-            path.to_owned()
-        } else {
-            format!("{path}.{inner}")
-        };
-        problem(&full, e.into_inner().message().to_owned())
-    })
+    crate::plan_file::deserialize_at(path, value.clone()).map_err(|p| vec![p])
 }
 
 fn built<T>(path: &str, r: deploy_core::Result<T>) -> Result<T, Vec<Problem>> {

@@ -289,6 +289,25 @@ const KEYS: &[&str] = &[
     "notify",
 ];
 
+/// Deserialize the TOML `value` found at `path` into `T`; a problem names the full key path
+/// (`targets[1].restart`, `switch.drain_timeout`). Adapter factories use it for their sections.
+pub fn deserialize_at<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_owned()
+        } else if inner.starts_with('[') {
+            format!("{path}{inner}")
+        } else {
+            format!("{path}.{inner}")
+        };
+        Problem {
+            path: full,
+            message: e.into_inner().message().to_owned(),
+        }
+    })
+}
+
 struct Collector {
     problems: Vec<Problem>,
 }
@@ -303,18 +322,10 @@ impl Collector {
 
     /// Deserialize `value` (at `path`) into `T`, recording the problem with its full path.
     fn take<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
+        match deserialize_at(path, value) {
             Ok(v) => Some(v),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." || inner.is_empty() {
-                    path.to_owned()
-                } else if inner.starts_with('[') {
-                    format!("{path}{inner}")
-                } else {
-                    format!("{path}.{inner}")
-                };
-                self.push(full, e.into_inner().message().to_owned());
+            Err(p) => {
+                self.problems.push(p);
                 None
             }
         }

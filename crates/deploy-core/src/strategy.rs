@@ -226,6 +226,20 @@ impl Step {
         )
     }
 
+    /// The one target this step touches, if it touches exactly one (prepare, activate, stop,
+    /// start, await healthy, drain). Such steps of one kind on distinct targets may run together.
+    pub fn target(&self) -> Option<&TargetId> {
+        match self {
+            Self::Prepare { target, .. }
+            | Self::Activate { target, .. }
+            | Self::Stop { target }
+            | Self::Start { target }
+            | Self::AwaitHealthy { target, .. }
+            | Self::Drain { target } => Some(target),
+            _ => None,
+        }
+    }
+
     /// A stable short name for the kind of step (`activate`, `set_weights`...).
     pub fn op(&self) -> &'static str {
         match self {

@@ -138,19 +138,15 @@ impl Tools {
         self.run(&cmd, operation, &object).await
     }
 
-    /// Run a query whose single row and column is JSON, and decode it.
-    pub(crate) async fn query_json<T: DeserializeOwned>(
+    /// Run `cmd` (a psql printing one JSON value) and decode what it printed.
+    async fn run_json<T: DeserializeOwned>(
         &self,
         db: Option<&str>,
-        sql: &str,
+        cmd: &Command,
         operation: &str,
     ) -> Result<T> {
-        let cmd = self
-            .psql(db, QUERY_APP)
-            .args(["-t", "-A", "-c", sql])
-            .timeout(self.query_timeout);
         let object = format!("database {}", db.unwrap_or(&self.config.dbname));
-        let out = self.run(&cmd, operation, &object).await?;
+        let out = self.run(cmd, operation, &object).await?;
         let text = out.stdout_text();
         serde_json::from_str(text.trim()).map_err(|e| {
             Error::new(
@@ -165,6 +161,20 @@ impl Tools {
         })
     }
 
+    /// Run a query whose single row and column is JSON, and decode it.
+    pub(crate) async fn query_json<T: DeserializeOwned>(
+        &self,
+        db: Option<&str>,
+        sql: &str,
+        operation: &str,
+    ) -> Result<T> {
+        let cmd = self
+            .psql(db, QUERY_APP)
+            .args(["-t", "-A", "-c", sql])
+            .timeout(self.query_timeout);
+        self.run_json(db, &cmd, operation).await
+    }
+
     /// Run a psql script (meta-commands allowed) whose last output is one JSON value.
     pub(crate) async fn query_json_script<T: DeserializeOwned>(
         &self,
@@ -177,20 +187,7 @@ impl Tools {
             .args(["-t", "-A", "-f", "-"])
             .stdin(script.as_bytes().to_vec())
             .timeout(self.query_timeout);
-        let object = format!("database {}", db.unwrap_or(&self.config.dbname));
-        let out = self.run(&cmd, operation, &object).await?;
-        let text = out.stdout_text();
-        serde_json::from_str(text.trim()).map_err(|e| {
-            Error::new(
-                ErrorKind::Protocol,
-                operation.to_owned(),
-                object,
-                format!(
-                    "psql printed {:?}, not the expected JSON: {e}",
-                    shorten(text.trim())
-                ),
-            )
-        })
+        self.run_json(db, &cmd, operation).await
     }
 
     /// The psql program for the lock session, which runs on this machine.

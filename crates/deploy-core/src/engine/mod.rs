@@ -645,7 +645,7 @@ impl Engine {
             });
         }
         for s in &st.plan.steps {
-            if let Some(t) = step_target(s)
+            if let Some(t) = s.target()
                 && self.env.target(t).is_err()
             {
                 return Err(DeployError::Usage {
@@ -756,18 +756,6 @@ async fn with_timeout<T>(
             object.to_owned(),
             format!("no answer within {}", humantime::format_duration(timeout)),
         )),
-    }
-}
-
-fn step_target(step: &Step) -> Option<&TargetId> {
-    match step {
-        Step::Prepare { target, .. }
-        | Step::Activate { target, .. }
-        | Step::Stop { target }
-        | Step::Start { target }
-        | Step::AwaitHealthy { target, .. }
-        | Step::Drain { target } => Some(target),
-        _ => None,
     }
 }
 
@@ -938,14 +926,14 @@ impl<'e> Run<'e> {
         let Some(first) = steps.get(index) else {
             return index;
         };
-        let Some(t) = parallel_target(first) else {
+        let Some(t) = first.target() else {
             return index + 1;
         };
         let mut seen = HashSet::from([t.clone()]);
         let mut end = index + 1;
         while end < steps.len() && end - index < limit {
             let s = &steps[end];
-            match parallel_target(s) {
+            match s.target() {
                 Some(t) if s.op() == first.op() && seen.insert(t.clone()) => end += 1,
                 _ => break,
             }
@@ -1703,19 +1691,6 @@ impl Interrupts<'_> {
             )),
             out = fut => Ok(out),
         }
-    }
-}
-
-/// The one target a step touches, when it may run together with others of its kind.
-fn parallel_target(step: &Step) -> Option<&TargetId> {
-    match step {
-        Step::Prepare { target, .. }
-        | Step::Activate { target, .. }
-        | Step::Stop { target }
-        | Step::Start { target }
-        | Step::AwaitHealthy { target, .. }
-        | Step::Drain { target } => Some(target),
-        _ => None,
     }
 }
 
