@@ -218,14 +218,6 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether this step changes the world (and so records an inverse before it acts).
-    pub fn changes_world(&self) -> bool {
-        !matches!(
-            self,
-            Self::AwaitHealthy { .. } | Self::Analyze { .. } | Self::Pause { .. }
-        )
-    }
-
     /// The one target this step touches, if it touches exactly one (prepare, activate, stop,
     /// start, await healthy, drain). Such steps of one kind on distinct targets may run together.
     pub fn target(&self) -> Option<&TargetId> {
@@ -240,7 +232,26 @@ impl Step {
         }
     }
 
-    /// A stable short name for the kind of step (`activate`, `set_weights`...).
+    /// Every kind of step, as [`op`](Self::op) names them.
+    pub const KINDS: &'static [&'static str] = &[
+        "prepare",
+        "activate",
+        "stop",
+        "start",
+        "await_healthy",
+        "maintenance_on",
+        "maintenance_off",
+        "backup",
+        "migrate",
+        "revert_schema",
+        "drain",
+        "set_weights",
+        "analyze",
+        "pause",
+    ];
+
+    /// A stable short name for the kind of step (`activate`, `set_weights`...), one of
+    /// [`KINDS`](Self::KINDS).
     pub fn op(&self) -> &'static str {
         match self {
             Self::Prepare { .. } => "prepare",

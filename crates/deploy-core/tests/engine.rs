@@ -948,3 +948,62 @@ async fn a_batch_acts_on_its_targets_at_the_same_time() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_deploy_to_an_empty_slot_rolls_back_to_nothing_served() {
+    // green has never run anything.
+    let mut world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::failing("error-rate"));
+    let green = Arc::new(deploy_core::testing::FakeTarget::new("green"));
+    world.targets[1] = green.clone();
+    world.probe = Arc::new(deploy_core::testing::FakeProbe::new(world.targets.clone()));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(20),
+    };
+    let report = deploy(&engine, &strategy).await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert!(
+        report.rollback.as_ref().unwrap().mismatches.is_empty(),
+        "{report}"
+    );
+    assert!(!green.is_running(), "the undo stopped the new release");
+    assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_destructive_migration_that_appears_after_planning_is_refused_when_the_run_reaches_it() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_pending_migrations(&[(
+        "2",
+        "drop_legacy",
+        Some("DROP COLUMN"),
+    )]);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    // Planned while allowed (an old or hand-made plan), run while not.
+    let mut opts = PlanOptions::default();
+    opts.allow_destructive_migrations = true;
+    let mut plan = engine.plan(&strategy, &release(), &opts).await.unwrap();
+    plan.options.allow_destructive_migrations = false;
+    let before = world.state();
+    let report = engine.run(plan, &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert!(
+        report
+            .rollback
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("refused: destructive migration(s) 2 drop_legacy"),
+        "{report}"
+    );
+    assert_eq!(
+        world.migrations.faults.calls("migrate"),
+        0,
+        "nothing was migrated"
+    );
+    assert_eq!(world.state(), before);
+}

@@ -32,17 +32,12 @@ pub(crate) fn request_path(state_dir: &Path) -> PathBuf {
 /// Write `request` atomically where the running engine will find it.
 pub(crate) fn write_request(state_dir: &Path, request: &ControlRequest) -> Result<(), DeployError> {
     let path = request_path(state_dir);
-    let tmp = state_dir.join(format!(".control.json.tmp-{}", std::process::id()));
     let body = serde_json::to_vec(request).unwrap_or_default();
     std::fs::create_dir_all(state_dir)
-        .and_then(|()| std::fs::write(&tmp, body))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            DeployError::Journal {
-                path: path.clone(),
-                cause: format!("write control request: {e}"),
-            }
+        .and_then(|()| super::write_atomic(&path, &body))
+        .map_err(|e| DeployError::Journal {
+            path: path.clone(),
+            cause: format!("write control request: {e}"),
         })
 }
 

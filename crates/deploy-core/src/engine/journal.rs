@@ -423,7 +423,7 @@ pub(crate) fn lock_is_free(path: &Path) -> bool {
     }
 }
 
-fn read_holder(path: &Path) -> Option<Box<LockInfo>> {
+pub(crate) fn read_holder(path: &Path) -> Option<Box<LockInfo>> {
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

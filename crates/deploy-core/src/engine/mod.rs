@@ -395,14 +395,12 @@ impl Engine {
         };
         let mut targets = Vec::new();
         for target in &self.env.targets {
-            let current = with_timeout(
-                "read current version of",
-                target.id().as_str(),
-                t,
-                target.current(),
-            )
-            .await
-            .map_err(snap_err)?;
+            let current = self
+                .call("read current version of", target.id().as_str(), t, || {
+                    target.current()
+                })
+                .await
+                .map_err(snap_err)?;
             targets.push(TargetState::new(
                 target.id().clone(),
                 target.endpoint(),
@@ -411,7 +409,7 @@ impl Engine {
         }
         let weights = match &self.env.switch {
             Some(s) => Some(
-                with_timeout("read weights of", "the switch", t, s.weights())
+                self.call("read weights of", "the switch", t, || s.weights())
                     .await
                     .map_err(snap_err)?,
             ),
@@ -419,11 +417,11 @@ impl Engine {
         };
         let migrations = match &self.env.migrations {
             Some(m) => Some(
-                with_timeout(
+                self.call(
                     "read migration status of",
                     "the database",
                     self.policies.timeouts.long_call,
-                    m.status(),
+                    || m.status(),
                 )
                 .await
                 .map_err(snap_err)?,
@@ -432,9 +430,11 @@ impl Engine {
         };
         let maintenance = match &self.env.maintenance {
             Some(m) => Some(
-                with_timeout("read state of", "the maintenance page", t, m.is_enabled())
-                    .await
-                    .map_err(snap_err)?,
+                self.call("read state of", "the maintenance page", t, || {
+                    m.is_enabled()
+                })
+                .await
+                .map_err(snap_err)?,
             ),
             None => None,
         };
@@ -579,9 +579,7 @@ impl Engine {
             return Ok(None);
         };
         let lock_path = dir.join("lock");
-        let lock: Option<LockInfo> = std::fs::read(&lock_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let lock = journal::read_holder(&lock_path).map(|b| *b);
         let stale = lock.is_some() && journal::lock_is_free(&lock_path);
         Ok(Some(RunStatus::from_journal(path, &st, lock, stale)))
     }
@@ -787,6 +785,10 @@ struct Run<'e> {
     journal_failed: bool,
     /// A migrate step chose to keep its (additive) migrations on rollback.
     schema_kept: bool,
+    /// Targets that an undo stopped (they ran nothing before the run).
+    stopped_by_undo: HashSet<TargetId>,
+    /// The state read after rolling back, reused as the report's final state.
+    final_state: Option<Snapshot>,
 }
 
 impl<'e> Run<'e> {
@@ -814,6 +816,8 @@ impl<'e> Run<'e> {
             rollback_record: None,
             journal_failed: false,
             schema_kept: false,
+            stopped_by_undo: HashSet::new(),
+            final_state: None,
         }
     }
 
@@ -1154,13 +1158,20 @@ impl<'e> Run<'e> {
                 });
                 if error.is_none() {
                     self.undone.insert((*index, position));
+                    if let Step::Stop { target } = step {
+                        self.stopped_by_undo.insert(target.clone());
+                    }
                 }
                 undo_log.push((step.clone(), error));
             }
         }
         // Compare with the state before the run.
         let mismatches = match self.engine.snapshot().await {
-            Ok(now) => self.compare_with_before(&now),
+            Ok(now) => {
+                let m = self.compare_with_before(&now);
+                self.final_state = Some(now);
+                m
+            }
             Err(e) => vec![format!("could not read the state after rolling back: {e}")],
         };
         let outcome = if failed || !mismatches.is_empty() {
@@ -1181,7 +1192,10 @@ impl<'e> Run<'e> {
         let mut out = Vec::new();
         for t in &before.targets {
             let after = now.version_of(&t.id);
-            if after != t.current.as_ref() {
+            // A target that ran nothing before is back there once its undo stopped it (a
+            // release directory keeps its `current` link, but nothing serves it).
+            let stopped = t.current.is_none() && self.stopped_by_undo.contains(&t.id);
+            if after != t.current.as_ref() && !stopped {
                 out.push(format!(
                     "target {} runs {} but ran {} before",
                     t.id,
@@ -1240,7 +1254,10 @@ impl<'e> Run<'e> {
     async fn finish(mut self, outcome: Outcome) -> Report {
         self.record(&Record::Finished { outcome });
         self.engine.emit(&Event::RunFinished { outcome });
-        let final_state = self.engine.snapshot().await.ok();
+        let final_state = match self.final_state.take() {
+            Some(s) => Some(s),
+            None => self.engine.snapshot().await.ok(),
+        };
         let report = Report {
             run_id: self.run_id.clone(),
             environment: self.plan.environment.clone(),
@@ -1330,6 +1347,22 @@ impl<'e> Run<'e> {
                     )
                     .await?;
                 let destructive = status.destructive().count() > 0;
+                // Planning refuses this too, but a plan may be old (journaled, resumed, built by
+                // hand) and the schema may have changed since: check what is pending now.
+                if destructive
+                    && self.plan.strategy.is_zero_downtime()
+                    && !self.plan.options.allow_destructive_migrations
+                {
+                    let names: Vec<String> = status
+                        .destructive()
+                        .map(|m| format!("{} {}", m.version, m.name))
+                        .collect();
+                    return Err(Failure(format!(
+                        "refused: destructive migration(s) {} pending in a {} deploy (allow_destructive_migrations is off)",
+                        names.join(", "),
+                        self.plan.strategy.name()
+                    )));
+                }
                 if status.pending.is_empty() {
                     Vec::new()
                 } else if destructive || self.plan.options.schema_rollback == SchemaRollback::Revert

@@ -214,7 +214,6 @@ pub struct Policies {
     pub timeouts: Timeouts,
     /// How many steps of one kind on distinct targets (a rolling batch's drains, activations,
     /// health checks; a recreate's stops) run at the same time; 1 runs every step alone.
-    #[serde(default = "default_parallelism")]
     pub parallelism: usize,
     /// The whole run must finish within this, or it rolls back.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
