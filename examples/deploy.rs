@@ -213,14 +213,12 @@ async fn main_inner(cli: Cli) -> Result<i32, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{p}");
-            let r = engine
-                .run(p, &ctrl_c_cancels())
-                .await
-                .map_err(|e| e.to_string())?;
+            let r = engine.run(p, &ctrl_c_cancels()).await;
+            // Send what the notifier queued even when the run could not start.
             if let Some(n) = notifier {
                 n.close().await;
             }
-            finish(&r, report.as_deref())
+            finish(&r.map_err(|e| e.to_string())?, report.as_deref())
         }
         Cmd::Resume { plan } => recover(&plan, Recovery::Resume).await,
         Cmd::Rollback { plan } => recover(&plan, Recovery::Rollback).await,
@@ -264,14 +262,11 @@ async fn main_inner(cli: Cli) -> Result<i32, String> {
 async fn recover(plan: &Path, mode: Recovery) -> Result<i32, String> {
     let pf = load(plan)?;
     let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
-    let r = engine
-        .recover(mode, &ctrl_c_cancels())
-        .await
-        .map_err(|e| e.to_string())?;
+    let r = engine.recover(mode, &ctrl_c_cancels()).await;
     if let Some(n) = notifier {
         n.close().await;
     }
-    match r {
+    match r.map_err(|e| e.to_string())? {
         None => {
             println!(
                 "nothing to recover in {}",

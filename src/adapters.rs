@@ -271,8 +271,21 @@ impl AdapterFactory for Adapters {
                 if let Some(e) = s.escalate_to_maint {
                     b = b.escalate_to_maint(e);
                 }
-                if let (Some(i), Some(t)) = (s.check_interval, s.check_timeout) {
-                    b = b.checks(i, t);
+                match (s.check_interval, s.check_timeout) {
+                    (Some(i), Some(t)) => b = b.checks(i, t),
+                    (None, None) => {}
+                    (Some(_), None) => {
+                        return Err(problem(
+                            "switch.check_timeout",
+                            "give it with check_interval",
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(problem(
+                            "switch.check_interval",
+                            "give it with check_timeout",
+                        ));
+                    }
                 }
                 if let Some(f) = s.state_file {
                     b = b.state_file(f);

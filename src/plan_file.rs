@@ -54,8 +54,8 @@ use deploy_core::engine::{Policies, Severity};
 use deploy_core::{
     CommandHook, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch,
     Endpoint, Engine, Environment, Error, Hook, HookAction, HookPoint, HttpProbe, LocalHost,
-    PlanOptions, Release, ReleaseDirTarget, SmokeCheck, SmokeGate, Strategy, TargetId, Version,
-    WebhookHook,
+    PlanOptions, Release, ReleaseDirTarget, SmokeCheck, SmokeGate, Step, Strategy, TargetId,
+    Version, WebhookHook,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -196,6 +196,18 @@ pub struct ProbeSection {
     pub latency_budget: Option<Duration>,
 }
 
+impl Default for ProbeSection {
+    /// `GET /health`, any 2xx.
+    fn default() -> Self {
+        Self {
+            path: default_health_path(),
+            expect_fields: BTreeMap::new(),
+            version_field: None,
+            latency_budget: None,
+        }
+    }
+}
+
 fn default_health_path() -> String {
     "/health".to_owned()
 }
@@ -242,6 +254,8 @@ fn default_severity() -> Severity {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PlanFile {
+    /// The name the file was parsed under, for messages.
+    pub source_name: String,
     /// `[environment]`.
     pub environment: EnvironmentSection,
     /// `[release]`.
@@ -468,13 +482,13 @@ impl PlanFile {
                 }
                 _ => {}
             }
-            if !(h.on == "run" || STEP_KINDS.contains(&h.on.as_str())) {
+            if !(h.on == "run" || Step::KINDS.contains(&h.on.as_str())) {
                 c.push(
                     format!("hooks[{i}].on"),
                     format!(
                         "unknown step kind {:?} (expected run or one of: {})",
                         h.on,
-                        STEP_KINDS.join(", ")
+                        Step::KINDS.join(", ")
                     ),
                 );
             }
@@ -495,6 +509,7 @@ impl PlanFile {
         match (environment, release, strategy, options, policies) {
             (Some(environment), Some(release), Some(strategy), Some(options), Some(policies)) => {
                 Ok(Self {
+                    source_name: source_name.to_owned(),
                     environment,
                     release,
                     strategy,
@@ -592,12 +607,7 @@ impl PlanFile {
                 }),
             }
         }
-        let probe = self.probe.clone().unwrap_or(ProbeSection {
-            path: default_health_path(),
-            expect_fields: BTreeMap::new(),
-            version_field: None,
-            latency_budget: None,
-        });
+        let probe = self.probe.clone().unwrap_or_default();
         let mut pb = HttpProbe::builder().path(probe.path.clone());
         for (k, v) in &probe.expect_fields {
             pb = pb.expect_field(k.clone(), v.clone());
@@ -681,7 +691,7 @@ impl PlanFile {
             }
         }
         Err(PlanFileError {
-            source_name: self.environment.name.clone(),
+            source_name: self.source_name.clone(),
             problems,
         })
     }
@@ -693,23 +703,6 @@ impl PlanFile {
             .with_state_dir(self.environment.state_dir.clone()))
     }
 }
-
-/// The kinds of step a hook can be attached to.
-pub const STEP_KINDS: &[&str] = &[
-    "prepare",
-    "activate",
-    "stop",
-    "start",
-    "await_healthy",
-    "maintenance_on",
-    "maintenance_off",
-    "backup",
-    "migrate",
-    "drain",
-    "set_weights",
-    "analyze",
-    "pause",
-];
 
 #[cfg(test)]
 mod tests {
