@@ -1226,19 +1226,24 @@ impl MigrationRunner for PgMigrationRunner {
     }
 
     async fn revert(&self, to: Option<&SchemaVersion>, backup: Option<&BackupId>) -> Result<()> {
+        // The lock is held through the restore (its session is in the maintenance database), so
+        // no other runner migrates between the decision to restore and the swap.
         let lock = self.lock().await?;
-        let r = self.revert_locked(to, backup).await;
-        // A restore swaps the database under the lock session; release first.
-        lock.release().await;
-        if r? {
-            let backup = backup.expect("checked by revert_locked");
-            self.restore(
-                Path::new(&backup.0),
-                self.opts.restore_mode,
-                Some(to.map(|v| v.0.as_str())),
-            )
-            .await?;
+        let r = async {
+            if self.revert_locked(to, backup).await? {
+                let backup = backup.expect("checked by revert_locked");
+                self.restore(
+                    Path::new(&backup.0),
+                    self.opts.restore_mode,
+                    Some(to.map(|v| v.0.as_str())),
+                )
+                .await?;
+            }
+            Ok(())
         }
+        .await;
+        lock.release().await;
+        r?;
         self.verify(to).await
     }
 }

@@ -224,9 +224,13 @@ impl LockSession {
     ) -> Result<Self> {
         let db = tools.config.dbname.clone();
         let object = format!("database {db} (advisory lock {key})");
+        // The session lives in the maintenance database (the key names the database and the
+        // history table): a restore-and-swap terminates every session of the migrated database,
+        // and must be able to run while the lock is held.
+        let lock_db = tools.config.maintenance_db.clone();
         let mut cmd = tokio::process::Command::new(tools.local_psql());
         cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
-            .envs(tools.config.env(None))
+            .envs(tools.config.env(Some(&lock_db)))
             .env("PGAPPNAME", LOCK_APP)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

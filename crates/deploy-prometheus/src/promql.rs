@@ -416,8 +416,7 @@ pub(crate) fn judge_values(
             cond,
             source,
             format!(
-                "the value is NaN ({} of {} values; e.g. 0/0 with no requests in the window)",
-                values.len(),
+                "all {} values are NaN (e.g. 0/0 with no requests in the window)",
                 values.len()
             ),
         );

@@ -139,8 +139,8 @@ impl Raw {
     }
 
     /// Keep standard error (bounded), removing the wrapper's pid line once it is complete.
-    fn push_stderr(&mut self, data: &[u8]) {
-        let room = SshHost::MAX_CAPTURED_OUTPUT.saturating_sub(self.stderr.len());
+    fn push_stderr(&mut self, data: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.stderr.len());
         self.stderr.extend_from_slice(&data[..data.len().min(room)]);
         if self.header_scan {
             return;
@@ -498,7 +498,7 @@ impl SshHost {
                     }
                     Some(ChannelMsg::Data { data }) => raw.push_stdout(&data, limit),
                     Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                        raw.push_stderr(&data);
+                        raw.push_stderr(&data, limit);
                         if let Some(pid) = raw.pid {
                             pid_cell.store(pid, Ordering::Relaxed);
                         }
