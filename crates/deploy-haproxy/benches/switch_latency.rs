@@ -56,12 +56,7 @@ async fn marker(client: &RuntimeClient) -> bool {
         .unwrap_or(false)
 }
 
-async fn runtime_trials(
-    name: &'static str,
-    h: &HaproxyFixture,
-    load: &Load,
-    switch: &HaproxySwitch,
-) -> Row {
+async fn runtime_trials(name: &'static str, load: &Load, switch: &HaproxySwitch) -> Row {
     let (blue, green) = (
         TargetId::new("blue").unwrap(),
         TargetId::new("green").unwrap(),
@@ -100,7 +95,6 @@ async fn runtime_trials(
     }
     row.failed = load.failed() - failed0;
     row.requests = load.completed() - done0;
-    let _ = h;
     row
 }
 
@@ -135,7 +129,7 @@ async fn main() {
         .socket(h.admin_socket())
         .build()
         .unwrap();
-    let mut a = runtime_trials("Runtime API (set_weights + read-back)", &h, &load, &plain).await;
+    let mut a = runtime_trials("Runtime API (set_weights + read-back)", &load, &plain).await;
     a.survived = format!("yes (no reload): {}", yes(marker(&client).await));
 
     let durable = HaproxySwitch::builder("app")
@@ -143,9 +137,18 @@ async fn main() {
         .state_file(h.state_file())
         .build()
         .unwrap();
-    let mut b = runtime_trials("Runtime API + state file", &h, &load, &durable).await;
+    let mut b = runtime_trials("Runtime API + state file", &load, &durable).await;
     // The state file is written after each change: a reload keeps the marker and the weights.
+    // 30/70 is not in the config (which says 100/0), so only the state file can bring it back.
+    let runtime_only = Weights::new()
+        .with(TargetId::new("blue").unwrap(), 30)
+        .with(TargetId::new("green").unwrap(), 70);
+    durable.set_weights(&runtime_only).await.unwrap();
     let before = durable.weights().await.unwrap();
+    assert_eq!(
+        before.only(&runtime_only.0.keys().cloned().collect::<Vec<_>>()),
+        runtime_only
+    );
     h.reload().await.unwrap();
     let after = durable.weights().await.unwrap();
     b.survived = format!(
@@ -156,10 +159,6 @@ async fn main() {
 
     // The seeds' way: no state file, config rewritten, master-worker reload.
     std::fs::remove_file(h.state_file()).ok();
-    client
-        .set_server_state("static", "s1", AdminState::Maint)
-        .await
-        .unwrap();
     // Start from the config's weights (blue 100, green 0), as the runtime phase left them.
     h.rewrite_and_reload(&[("blue", 100), ("green", 0)])
         .await
