@@ -84,3 +84,155 @@ fn the_ssh_exec_example_runs_as_is() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SHA256:") && err.contains("not in"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haproxy_switch_example_runs_as_is_against_a_real_haproxy() {
+    use deploy::TrafficSwitch;
+    use deploy::haproxy::{HaproxySwitch, Socket, testing::HaproxyFixture};
+
+    let (h, _slots) = HaproxyFixture::blue_green().await.unwrap();
+    let Socket::Tcp(addr) = h.tcp_socket() else {
+        panic!("a TCP admin socket")
+    };
+    let socket = format!("ipv4@{addr}");
+    let switch = HaproxySwitch::builder("app")
+        .socket(h.admin_socket())
+        .build()
+        .unwrap();
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(example("haproxy_switch"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let base = |extra: &[&str]| {
+        let mut v = vec![
+            "--socket".to_owned(),
+            socket.clone(),
+            "--backend".to_owned(),
+            "app".to_owned(),
+        ];
+        v.extend(extra.iter().map(ToString::to_string));
+        v
+    };
+
+    let out = run(base(&["--to", "green"])).await;
+    assert!(out.contains("switched backend app to green"), "{out}");
+    assert_eq!(
+        switch.weights().await.unwrap().to_string(),
+        "blue=0,green=100"
+    );
+
+    run(base(&["--weights", "blue=95,green=5"])).await;
+    assert_eq!(
+        switch.weights().await.unwrap().to_string(),
+        "blue=95,green=5"
+    );
+
+    let out = run(base(&["--status"])).await;
+    assert!(out.contains("blue") && out.contains("green"), "{out}");
+
+    run(base(&["--drain", "blue", "--drain-timeout-secs", "5"])).await;
+    assert_eq!(
+        switch
+            .weights()
+            .await
+            .unwrap()
+            .get(&deploy::TargetId::new("blue").unwrap()),
+        Some(0)
+    );
+
+    // A server the backend lacks is refused with HAProxy's answer, and changes nothing.
+    let out = tokio::process::Command::new(example("haproxy_switch"))
+        .args(base(&["--to", "purple"]))
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(
+        switch.weights().await.unwrap().to_string(),
+        "blue=0,green=5"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_example_runs_as_is_against_a_real_nginx() {
+    use deploy::nginx::MaintenanceSnippet;
+    use deploy::nginx::testing::NginxServer;
+
+    let b = NginxServer::builder().unwrap();
+    let dir = b.dir().to_path_buf();
+    let flag = dir.join("shared/maintenance.on");
+    let snippet = MaintenanceSnippet::new(&flag, dir.join("page"))
+        .render()
+        .unwrap();
+    let nginx = b
+        .http(snippet.http.clone())
+        .server(snippet.server.clone())
+        .server("location / { return 200 \"the site\\n\"; }")
+        .file("shared/.keep", "")
+        .file("page/maintenance.html", snippet.page.clone())
+        .start()
+        .await
+        .unwrap();
+    let url = nginx.url("/");
+    let run = |cmd: &'static str| {
+        let (flag, url) = (flag.clone(), url.clone());
+        async move {
+            let out = tokio::process::Command::new(example("maintenance"))
+                .arg(cmd)
+                .arg("--flag")
+                .arg(&flag)
+                .arg("--url")
+                .arg(&url)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{cmd}\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let status_of = || async { reqwest::get(&url).await.unwrap().status().as_u16() };
+
+    assert!(run("status").await.contains("off"));
+    run("on").await;
+    assert!(flag.exists());
+    assert_eq!(status_of().await, 503, "users see the maintenance page");
+    assert!(run("status").await.contains("on"));
+    run("off").await;
+    assert!(!flag.exists());
+    assert_eq!(status_of().await, 200);
+
+    let out = std::process::Command::new(example("maintenance"))
+        .args([
+            "--print-snippet",
+            "--flag",
+            "/srv/app/shared/maintenance.on",
+            "--page-root",
+            "/srv/app/page",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/srv/app/shared/maintenance.on"));
+}

@@ -517,7 +517,8 @@ impl RuntimeClient {
             Weight::Percent(p) => {
                 let exact = u64::from(initial) * u64::from(p);
                 let down = u32::try_from(exact / 100).unwrap_or(u32::MAX);
-                if current == down || current == down.saturating_add(1) {
+                let rounded_up = exact % 100 != 0 && current == down.saturating_add(1);
+                if current == down || rounded_up {
                     current
                 } else {
                     down

@@ -38,7 +38,8 @@ async fn switching_under_load_fails_no_request() {
     let mut canary_shifts = 0;
     let mut switch_times = Vec::new();
     for i in 0..EVENTS {
-        // Spread the events over the load: event i once i/EVENTS of the requests completed.
+        // Spread the events over the load: event i once (i + 1)/(EVENTS + 5) of the requests
+        // completed, so the last one lands with load still running after it.
         let threshold = (i + 1) * REQUESTS / (EVENTS + 5);
         while load.completed() < threshold && !load.is_finished() {
             tokio::time::sleep(Duration::from_millis(1)).await;
