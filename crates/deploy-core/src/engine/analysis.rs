@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::call::{Failure, with_timeout};
 use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
 use super::report::{Event, VerdictRecord};
-use super::{Failure, Run, with_timeout};
+use super::run::Run;
 use crate::model::{TargetId, Verdict, VerdictKind};
 use crate::traits::GateContext;
 
@@ -205,7 +206,7 @@ impl Run<'_> {
 mod tests {
     use super::*;
 
-    fn policy() -> AnalysisPolicy {
+    pub(super) fn policy() -> AnalysisPolicy {
         AnalysisPolicy {
             failure_limit: 3,
             consecutive_failure_limit: Some(1),
@@ -216,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_failures_trip_before_the_total_limit() {
+    pub(super) fn consecutive_failures_trip_before_the_total_limit() {
         let p = policy();
         let mut t = Tally::default();
         assert_eq!(t.count(VerdictKind::Fail, &p), Decision::Continue);
@@ -228,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn total_failures_trip_the_failure_limit() {
+    pub(super) fn total_failures_trip_the_failure_limit() {
         let p = AnalysisPolicy {
             consecutive_failure_limit: None,
             ..policy()
@@ -244,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_reset_on_success_and_trip_when_consecutive() {
+    pub(super) fn errors_reset_on_success_and_trip_when_consecutive() {
         let p = policy();
         let mut t = Tally::default();
         assert_eq!(t.count(VerdictKind::Error, &p), Decision::Continue);
@@ -259,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn no_data_policy_maps_verdicts() {
+    pub(super) fn no_data_policy_maps_verdicts() {
         let v = Verdict::no_data("< 0.01", "q");
         assert_eq!(
             counted_kind(&v, NoDataPolicy::Inconclusive),

@@ -1,70 +1,14 @@
-//! Promote or abort a run from another process: a request file in the state directory that the
-//! running engine polls, and the status of the newest run read from its journal.
+//! Where the newest run of an environment stands, read from its journal and the lock.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::journal::{JournalState, LockInfo};
-use super::{Control, DeployError, Outcome};
+use super::Outcome;
+use super::journal::JournalState;
+use super::lock::LockInfo;
 use crate::model::Version;
 use crate::strategy::Step;
-
-/// What an operator asks of a run in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "snake_case")]
-pub enum ControlRequest {
-    /// End the current (or next) pause.
-    Promote,
-    /// Roll back.
-    Abort {
-        /// Why, for the report.
-        reason: String,
-    },
-}
-
-/// The request file of a state directory.
-pub(crate) fn request_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.json")
-}
-
-/// Write `request` atomically where the running engine will find it.
-pub(crate) fn write_request(state_dir: &Path, request: &ControlRequest) -> Result<(), DeployError> {
-    let path = request_path(state_dir);
-    let body = serde_json::to_vec(request).unwrap_or_default();
-    std::fs::create_dir_all(state_dir)
-        .and_then(|()| super::write_atomic(&path, &body))
-        .map_err(|e| DeployError::Journal {
-            path: path.clone(),
-            cause: format!("write control request: {e}"),
-        })
-}
-
-/// Poll the request file every `every` and apply what it asks to `control`; never returns.
-pub(crate) async fn watch(state_dir: PathBuf, control: Control, every: Duration) {
-    let path = request_path(&state_dir);
-    loop {
-        tokio::time::sleep(every).await;
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        let _ = std::fs::remove_file(&path);
-        match serde_json::from_slice::<ControlRequest>(&bytes) {
-            Ok(ControlRequest::Promote) => {
-                tracing::info!(target: "deploy", "promote requested through {}", path.display());
-                control.promote();
-            }
-            Ok(ControlRequest::Abort { reason }) => {
-                tracing::warn!(target: "deploy", "abort requested through {}: {reason}", path.display());
-                control.abort(format!("aborted by the operator: {reason}"));
-            }
-            Err(e) => {
-                tracing::warn!(target: "deploy", "ignored malformed control request {}: {e}", path.display())
-            }
-        }
-    }
-}
 
 /// Where the newest run of an environment stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,293 @@
+//! Doing one step: the calls to targets, switch, probe, runner and maintenance page.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::model::{Release, TargetId, Version};
+use crate::strategy::Step;
+use crate::traits::{DynMaintenance, DynMigrationRunner, DynTrafficSwitch, ProbeRequest};
+
+use super::call::{Failure, with_timeout};
+use super::policy::DrainTimeoutAction;
+use super::report::Event;
+use super::run::Run;
+
+impl<'e> Run<'e> {
+    pub(super) fn maintenance(&self) -> Result<&'e DynMaintenance, Failure> {
+        self.env()
+            .maintenance
+            .as_ref()
+            .ok_or_else(|| Failure("the environment has no maintenance page".to_owned()))
+    }
+
+    pub(super) fn migrations(&self) -> Result<&'e DynMigrationRunner, Failure> {
+        self.env()
+            .migrations
+            .as_ref()
+            .ok_or_else(|| Failure("the environment has no migration runner".to_owned()))
+    }
+
+    pub(super) fn switch(&self) -> Result<&'e DynTrafficSwitch, Failure> {
+        self.env()
+            .switch
+            .as_ref()
+            .ok_or_else(|| Failure("the environment has no traffic switch".to_owned()))
+    }
+
+    /// Do one step (forward or undo).
+    pub(super) async fn act(&mut self, step: &Step) -> Result<(), Failure> {
+        let engine = self.engine;
+        let t = engine.policies.timeouts.call;
+        let long = engine.policies.timeouts.long_call;
+        match step {
+            Step::Prepare { .. }
+            | Step::Activate { .. }
+            | Step::Stop { .. }
+            | Step::Start { .. }
+            | Step::AwaitHealthy { .. }
+            | Step::Drain { .. } => {
+                for note in self.act_shared(step).await? {
+                    self.note(note);
+                }
+            }
+            Step::MaintenanceOn => {
+                let m = self.maintenance()?;
+                engine
+                    .call("enable", "the maintenance page", t, || m.enable())
+                    .await?;
+            }
+            Step::MaintenanceOff => {
+                let m = self.maintenance()?;
+                engine
+                    .call("disable", "the maintenance page", t, || m.disable())
+                    .await?;
+            }
+            Step::Backup => {
+                let m = self.migrations()?;
+                let id = engine
+                    .call("back up", "the database", long, || m.backup())
+                    .await?;
+                self.note(format!("database backup {id}"));
+                self.backup = Some(id);
+            }
+            Step::Migrate => {
+                let m = self.migrations()?;
+                let reached = engine
+                    .call("migrate", "the database", long, || m.migrate())
+                    .await?;
+                engine
+                    .call("verify schema of", "the database", t, || {
+                        m.verify(reached.as_ref())
+                    })
+                    .await?;
+            }
+            Step::RevertSchema { to, backup } => {
+                let m = self.migrations()?;
+                engine
+                    .call("revert schema of", "the database", long, || {
+                        m.revert(to.as_ref(), backup.as_ref())
+                    })
+                    .await?;
+                engine
+                    .call("verify schema of", "the database", t, || {
+                        m.verify(to.as_ref())
+                    })
+                    .await?;
+            }
+            Step::SetWeights { weights } => {
+                let s = self.switch()?;
+                engine
+                    .call("set weights on", "the switch", t, || s.set_weights(weights))
+                    .await?;
+                let now = engine
+                    .call("read weights of", "the switch", t, || s.weights())
+                    .await?;
+                let names: Vec<TargetId> = weights.iter().map(|(t, _)| t.clone()).collect();
+                if &now.only(&names) != weights {
+                    return Err(Failure(format!(
+                        "the switch reports {} after setting {weights}",
+                        now.only(&names)
+                    )));
+                }
+                engine.emit(&Event::WeightsChanged { weights: now });
+            }
+            Step::Analyze {
+                name,
+                duration,
+                canary,
+                baseline,
+            } => {
+                self.analyze(name, *duration, canary, baseline).await?;
+            }
+            Step::Pause { duration: Some(d) } => {
+                engine.emit(&Event::Paused {
+                    reason: format!("for {} (promote to skip)", humantime::format_duration(*d)),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(*d) => {}
+                    () = engine.control.promoted() => {}
+                }
+            }
+            Step::Pause { duration: None } => {
+                engine.emit(&Event::Paused {
+                    reason: "until promoted".to_owned(),
+                });
+                engine.control.promoted().await;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn await_healthy(
+        &self,
+        target: &TargetId,
+        version: Option<&Version>,
+    ) -> Result<(), Failure> {
+        let engine = self.engine;
+        let Some(probe) = &self.env().probe else {
+            return Ok(());
+        };
+        let tg = self.env().target(target)?;
+        let p = &engine.policies.probe;
+        let request = ProbeRequest::new(target.clone(), tg.endpoint(), version.cloned());
+        let deadline = Instant::now() + p.deadline;
+        let mut healthy_in_a_row = 0;
+        let mut checks = 0u32;
+        loop {
+            checks += 1;
+            let (healthy, reason) = match with_timeout(
+                "probe",
+                target.as_str(),
+                p.timeout,
+                probe.check(&request),
+            )
+            .await
+            {
+                Ok(h) => (h.healthy, h.reason),
+                Err(e) => (false, e.chain()),
+            };
+            engine.emit(&Event::HealthChecked {
+                target: target.clone(),
+                healthy,
+                reason: reason.clone(),
+            });
+            if healthy {
+                healthy_in_a_row += 1;
+                if healthy_in_a_row >= p.healthy_threshold.max(1) {
+                    return Ok(());
+                }
+            } else {
+                healthy_in_a_row = 0;
+            }
+            if Instant::now() + p.interval > deadline {
+                return Err(Failure(format!(
+                    "{target} not healthy within {} ({checks} checks); last: {reason}",
+                    humantime::format_duration(p.deadline)
+                )));
+            }
+            tokio::time::sleep(p.interval).await;
+        }
+    }
+
+    pub(super) async fn drain(&self, target: &TargetId) -> Result<Vec<String>, Failure> {
+        let engine = self.engine;
+        let s = self.switch()?;
+        let t = engine.policies.timeouts.call;
+        let p = &engine.policies.drain;
+        let t0 = Instant::now();
+        engine
+            .call("drain", target.as_str(), t, || s.drain(target))
+            .await?;
+        let deadline = t0 + p.timeout;
+        let left = loop {
+            let n = engine
+                .call("read sessions of", target.as_str(), t, || {
+                    s.active_sessions(target)
+                })
+                .await?;
+            if n == 0 || Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(
+                p.poll_interval
+                    .min(deadline.saturating_duration_since(Instant::now()))
+                    .max(Duration::from_millis(1)),
+            )
+            .await;
+        };
+        let duration = t0.elapsed();
+        engine.emit(&Event::Drained {
+            target: target.clone(),
+            duration,
+            sessions_left: left,
+        });
+        if left > 0 {
+            let msg = format!(
+                "{target} still had {left} session(s) after the drain timeout of {}",
+                humantime::format_duration(p.timeout)
+            );
+            return match p.on_timeout {
+                DrainTimeoutAction::Proceed => Ok(vec![format!("{msg}; carried on")]),
+                DrainTimeoutAction::Fail => Err(Failure(msg)),
+            };
+        }
+        Ok(Vec::new())
+    }
+
+    /// Do a step that touches one target only; needs no `&mut self`, so the steps of one batch
+    /// run concurrently. Returns notes for the report.
+    pub(super) async fn act_shared(&self, step: &Step) -> Result<Vec<String>, Failure> {
+        let engine = self.engine;
+        let env = self.env();
+        let t = engine.policies.timeouts.call;
+        let long = engine.policies.timeouts.long_call;
+        match step {
+            Step::Prepare { target, version } => {
+                let tg = env.target(target)?;
+                let release = if version == &self.plan.release.version {
+                    self.plan.release.clone()
+                } else {
+                    Release::new(version.clone())
+                };
+                engine
+                    .call(
+                        &format!("prepare {version} on"),
+                        target.as_str(),
+                        long,
+                        || tg.prepare(&release),
+                    )
+                    .await?;
+            }
+            Step::Activate { target, version } => {
+                let tg = env.target(target)?;
+                engine
+                    .call(
+                        &format!("activate {version} on"),
+                        target.as_str(),
+                        t,
+                        || tg.activate(version),
+                    )
+                    .await?;
+            }
+            Step::Stop { target } => {
+                let tg = env.target(target)?;
+                engine
+                    .call("stop", target.as_str(), t, || tg.stop())
+                    .await?;
+            }
+            Step::Start { target } => {
+                let tg = env.target(target)?;
+                engine
+                    .call("start", target.as_str(), t, || tg.start())
+                    .await?;
+            }
+            Step::AwaitHealthy { target, version } => {
+                self.await_healthy(target, version.as_ref()).await?
+            }
+            Step::Drain { target } => return self.drain(target).await,
+            other => return Err(Failure(format!("{other} cannot run as part of a batch"))),
+        }
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,68 @@
+//! Why the engine could not run, as opposed to a run that rolled back.
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::strategy::PlanError;
+
+use super::lock::LockInfo;
+
+/// Why the engine could not run (as opposed to a run that rolled back, which is a [`Report`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The strategy could not plan.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The state of the environment could not be read before planning.
+    #[error("read the state of environment {environment}: {source}")]
+    Snapshot {
+        /// The environment.
+        environment: String,
+        /// The failing call.
+        #[source]
+        source: Error,
+    },
+    /// Another deploy holds the environment's lock.
+    #[error("lock environment {environment} at {}: held by {}", .path.display(), .holder.as_ref().map_or("an unknown holder".to_owned(), ToString::to_string))]
+    Locked {
+        /// The environment.
+        environment: String,
+        /// The lock file.
+        path: PathBuf,
+        /// Its holder, when readable.
+        holder: Option<Box<LockInfo>>,
+    },
+    /// A dead deploy left its lock behind; resume or roll it back, or take the lock over.
+    #[error(
+        "lock environment {environment} at {}: a stale lock of {} is left (that process is gone); \
+         resume or roll back its run, or take the lock over explicitly",
+        .path.display(), .holder.as_ref().map_or("an unknown run".to_owned(), ToString::to_string)
+    )]
+    StaleLock {
+        /// The environment.
+        environment: String,
+        /// The lock file.
+        path: PathBuf,
+        /// Its holder, when readable.
+        holder: Option<Box<LockInfo>>,
+    },
+    /// The journal could not be written or read.
+    #[error("journal {}: {cause}", .path.display())]
+    Journal {
+        /// The journal (or lock) file.
+        path: PathBuf,
+        /// What failed.
+        cause: String,
+    },
+    /// The engine was asked to do something that needs a state directory, a run, etc.
+    #[error("{operation} for environment {environment}: {cause}")]
+    Usage {
+        /// What was asked.
+        operation: &'static str,
+        /// The environment.
+        environment: String,
+        /// Why it cannot be done.
+        cause: String,
+    },
+}

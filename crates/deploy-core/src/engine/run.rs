@@ -1,0 +1,452 @@
+//! One run in progress: the forward path, batch by batch, with hooks and the journal.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::hooks::{HookContext, HookPoint};
+use crate::model::{BackupId, TargetId};
+use crate::strategy::{Plan, Snapshot, Step};
+
+use super::call::Failure;
+use super::control::{self, Control};
+use super::files::write_atomic;
+use super::journal::{Journal, Record};
+use super::report::{Event, Outcome, Report, RollbackRecord, StepRecord, VerdictRecord};
+use super::{DeployError, Engine, Environment};
+
+/// One run in progress.
+pub(super) struct Run<'e> {
+    pub(super) engine: &'e Engine,
+    pub(super) run_id: String,
+    pub(super) plan: Plan,
+    pub(super) journal: Option<Journal>,
+    pub(super) started_at: SystemTime,
+    pub(super) start: Instant,
+    pub(super) steps: Vec<StepRecord>,
+    pub(super) verdicts: Vec<VerdictRecord>,
+    pub(super) notes: Vec<String>,
+    pub(super) inverses: Vec<(usize, Vec<Step>)>,
+    pub(super) recorded: HashSet<usize>,
+    pub(super) undone: HashSet<(usize, usize)>,
+    pub(super) backup: Option<BackupId>,
+    pub(super) rollback_record: Option<RollbackRecord>,
+    pub(super) journal_failed: bool,
+    /// A migrate step chose to keep its (additive) migrations on rollback.
+    pub(super) schema_kept: bool,
+    /// Targets that an undo stopped (they ran nothing before the run).
+    pub(super) stopped_by_undo: HashSet<TargetId>,
+    /// The state read after rolling back, reused as the report's final state.
+    pub(super) final_state: Option<Snapshot>,
+}
+
+impl<'e> Run<'e> {
+    pub(super) fn new(
+        engine: &'e Engine,
+        run_id: String,
+        plan: Plan,
+        journal: Option<Journal>,
+        started_at: SystemTime,
+    ) -> Self {
+        Self {
+            engine,
+            run_id,
+            plan,
+            journal,
+            started_at,
+            start: Instant::now(),
+            steps: Vec::new(),
+            verdicts: Vec::new(),
+            notes: Vec::new(),
+            inverses: Vec::new(),
+            recorded: HashSet::new(),
+            undone: HashSet::new(),
+            backup: None,
+            rollback_record: None,
+            journal_failed: false,
+            schema_kept: false,
+            stopped_by_undo: HashSet::new(),
+            final_state: None,
+        }
+    }
+
+    pub(super) fn env(&self) -> &'e Environment {
+        &self.engine.env
+    }
+
+    pub(super) fn note(&mut self, note: String) {
+        tracing::info!(target: "deploy", "note: {note}");
+        self.notes.push(note);
+    }
+
+    /// Append to the journal. A failure is noted (once) and reported as `false`; it never stops
+    /// an undo in progress.
+    pub(super) fn record(&mut self, record: &Record) -> bool {
+        let Some(j) = &mut self.journal else {
+            return true;
+        };
+        match j.append(record) {
+            Ok(()) => true,
+            Err(e) => {
+                if !self.journal_failed {
+                    self.journal_failed = true;
+                    self.note(format!(
+                        "{e}; this run cannot be recovered from its journal"
+                    ));
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) async fn execute(
+        mut self,
+        from: usize,
+        cancel: &CancellationToken,
+        forced_rollback: Option<String>,
+    ) -> Result<Report, DeployError> {
+        let span = tracing::info_span!("deploy", run = %self.run_id, env = %self.plan.environment, version = %self.plan.release.version);
+        async move {
+            self.engine.emit(&Event::RunStarted {
+                run_id: self.run_id.clone(),
+                environment: self.plan.environment.clone(),
+                version: self.plan.release.version.clone(),
+                strategy: self.plan.strategy.name().to_owned(),
+                steps: self.plan.steps.len(),
+            });
+            let failure = match forced_rollback {
+                Some(reason) => Some(reason),
+                None => {
+                    // Another process may ask to promote or abort through the state directory.
+                    let watcher = async {
+                        match &self.engine.state_dir {
+                            Some(dir) => {
+                                control::watch(
+                                    dir.clone(),
+                                    self.engine.control.clone(),
+                                    Duration::from_millis(250),
+                                )
+                                .await
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        failure = self.forward(from, cancel) => failure,
+                        () = watcher => None,
+                    }
+                }
+            };
+            let outcome = match failure {
+                None => Outcome::Promoted,
+                Some(reason) => self.rollback(reason).await,
+            };
+            Ok(self.finish(outcome).await)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Run the steps from `from`; `Some(reason)` when the run must roll back.
+    pub(super) async fn forward(
+        &mut self,
+        from: usize,
+        cancel: &CancellationToken,
+    ) -> Option<String> {
+        let deadline = self.engine.policies.deadline.map(|d| self.start + d);
+        if from == 0
+            && let Err(reason) = self.run_hooks(HookPoint::Before, None).await
+        {
+            return Some(format!("stopped before the first step: {reason}"));
+        }
+        let mut index = from;
+        while index < self.plan.steps.len() {
+            let end = self.batch_end(index);
+            if let Some(reason) = self.forward_batch(index, end, cancel, deadline).await {
+                return Some(reason);
+            }
+            index = end;
+        }
+        if let Err(reason) = self.run_hooks(HookPoint::After, None).await {
+            return Some(format!("every step done, but {reason}"));
+        }
+        None
+    }
+
+    /// The end (exclusive) of the batch of steps starting at `index` that may run together:
+    /// consecutive steps of the same kind, each touching one distinct target (prepare,
+    /// activate, stop, start, await healthy, drain), at most `policies.parallelism` of them.
+    /// Any other step is a batch of its own.
+    pub(super) fn batch_end(&self, index: usize) -> usize {
+        let steps = &self.plan.steps;
+        let limit = self.engine.policies.parallelism.max(1);
+        let Some(first) = steps.get(index) else {
+            return index;
+        };
+        let Some(t) = first.target() else {
+            return index + 1;
+        };
+        let mut seen = HashSet::from([t.clone()]);
+        let mut end = index + 1;
+        while end < steps.len() && end - index < limit {
+            let s = &steps[end];
+            match s.target() {
+                Some(t) if s.op() == first.op() && seen.insert(t.clone()) => end += 1,
+                _ => break,
+            }
+        }
+        end
+    }
+
+    /// Run the steps `start..end`: each step's `before` hooks run and its inverse is computed
+    /// and journaled before any of them acts (unless a previous process already journaled it:
+    /// the state it saw is the one to return to); then they act — concurrently when there are
+    /// several — raced against cancellation, abort and the run's deadline; then each one's
+    /// `after` hooks run and it is finished, in plan order. `Some(reason)` to roll back.
+    pub(super) async fn forward_batch(
+        &mut self,
+        start: usize,
+        end: usize,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Option<String> {
+        let engine = self.engine;
+        let control = engine.control.clone();
+        if cancel.is_cancelled() {
+            return Some("cancelled".to_owned());
+        }
+        if control.inner.abort.is_cancelled() {
+            return Some(control.abort_reason());
+        }
+        let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
+        let mut begun: Vec<(usize, SystemTime, Instant)> = Vec::new();
+        for (offset, step) in steps.iter().enumerate() {
+            let index = start + offset;
+            let (started_at, t0) = (SystemTime::now(), Instant::now());
+            engine.emit(&Event::StepStarted {
+                index,
+                step: step.clone(),
+            });
+            let mut failure = self.run_hooks(HookPoint::Before, Some(step)).await.err();
+            if failure.is_none() && !self.recorded.contains(&index) {
+                let span = tracing::info_span!("step", index = index + 1, op = step.op());
+                match self.inverse_of(step).instrument(span).await {
+                    Ok(inverse) => {
+                        if self.record(&Record::StepStarted {
+                            index,
+                            inverse: inverse.clone(),
+                        }) {
+                            self.recorded.insert(index);
+                            self.inverses.push((index, inverse));
+                        } else {
+                            failure = Some("its inverse could not be journaled".to_owned());
+                        }
+                    }
+                    Err(f) => failure = Some(f.0),
+                }
+            }
+            if let Some(reason) = failure {
+                self.finish_step(index, step, started_at, t0, Some(reason.clone()));
+                for (i, at, t) in begun {
+                    let why = format!(
+                        "not run: step {} of its batch failed before acting",
+                        index + 1
+                    );
+                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(why));
+                }
+                return Some(format!(
+                    "step {} ({step}) stopped before it acted: {reason}",
+                    index + 1
+                ));
+            }
+            begun.push((index, started_at, t0));
+        }
+        let guard = Interrupts {
+            cancel,
+            control: &control,
+            deadline,
+            run_deadline: engine.policies.deadline,
+        };
+        let results: Vec<Result<Vec<String>, Failure>> = if let [step] = steps.as_slice() {
+            let span = tracing::info_span!("step", index = start + 1, op = step.op());
+            match guard.race(self.act(step).instrument(span)).await {
+                Ok(r) => vec![r.map(|()| Vec::new())],
+                Err(why) => vec![Err(Failure(why))],
+            }
+        } else {
+            let this = &*self;
+            let acts =
+                futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
+                    let span = tracing::info_span!("step", index = start + offset + 1, op = s.op());
+                    this.act_shared(s).instrument(span)
+                }));
+            match guard.race(acts).await {
+                Ok(r) => r,
+                Err(why) => steps.iter().map(|_| Err(Failure(why.clone()))).collect(),
+            }
+        };
+        let mut first_failure: Option<String> = None;
+        for ((step, (index, started_at, t0)), result) in steps.iter().zip(begun).zip(results) {
+            let (error, why) = match result {
+                Ok(notes) => {
+                    for n in notes {
+                        self.note(n);
+                    }
+                    match self.run_hooks(HookPoint::After, Some(step)).await {
+                        Ok(()) => (None, None),
+                        Err(reason) => {
+                            let why = format!("step {} ({step}) done, but {reason}", index + 1);
+                            (Some(reason), Some(why))
+                        }
+                    }
+                }
+                Err(Failure(reason)) => {
+                    let why = if reason == "cancelled"
+                        || reason.starts_with("the run's deadline")
+                        || control.inner.abort.is_cancelled()
+                    {
+                        format!("{reason} during step {} ({step})", index + 1)
+                    } else {
+                        format!("step {} ({step}) failed: {reason}", index + 1)
+                    };
+                    (Some(reason), Some(why))
+                }
+            };
+            if first_failure.is_none() {
+                first_failure = why;
+            }
+            self.finish_step(index, step, started_at, t0, error);
+        }
+        first_failure
+    }
+
+    /// Run the hooks of `point` of `step` (or of the run), in order; the first failure stops.
+    pub(super) async fn run_hooks(
+        &mut self,
+        point: HookPoint,
+        step: Option<&Step>,
+    ) -> Result<(), String> {
+        let env = self.env();
+        for hook in env.hooks.iter().filter(|h| h.applies(point, step)) {
+            let ctx = HookContext {
+                run_id: self.run_id.clone(),
+                environment: self.plan.environment.clone(),
+                version: self.plan.release.version.clone(),
+                point,
+                step: step.cloned(),
+            };
+            let result = hook.run(&ctx).await;
+            let error = result.as_ref().err().map(Error::chain);
+            self.engine.emit(&Event::HookRan {
+                hook: hook.name().to_owned(),
+                point,
+                step: step.cloned(),
+                error: error.clone(),
+            });
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish_step(
+        &mut self,
+        index: usize,
+        step: &Step,
+        started_at: SystemTime,
+        t0: Instant,
+        error: Option<String>,
+    ) {
+        let duration = t0.elapsed();
+        let backup = if matches!(step, Step::Backup) && error.is_none() {
+            self.backup.clone()
+        } else {
+            None
+        };
+        self.record(&Record::StepFinished {
+            index,
+            error: error.clone(),
+            backup,
+        });
+        self.engine.emit(&Event::StepFinished {
+            index,
+            step: step.clone(),
+            duration,
+            error: error.clone(),
+        });
+        self.steps.push(StepRecord {
+            index,
+            step: step.clone(),
+            started_at,
+            duration,
+            error,
+        });
+    }
+
+    pub(super) async fn finish(mut self, outcome: Outcome) -> Report {
+        self.record(&Record::Finished { outcome });
+        self.engine.emit(&Event::RunFinished { outcome });
+        let final_state = match self.final_state.take() {
+            Some(s) => Some(s),
+            None => self.engine.snapshot().await.ok(),
+        };
+        let report = Report {
+            run_id: self.run_id.clone(),
+            environment: self.plan.environment.clone(),
+            version: self.plan.release.version.clone(),
+            strategy: self.plan.strategy.name().to_owned(),
+            outcome,
+            started_at: self.started_at,
+            duration: self.start.elapsed(),
+            steps: std::mem::take(&mut self.steps),
+            verdicts: std::mem::take(&mut self.verdicts),
+            rollback: self.rollback_record.take(),
+            notes: std::mem::take(&mut self.notes),
+            final_state,
+        };
+        if let Some(j) = &self.journal {
+            let path = j.path().with_extension("report.json");
+            let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+            if let Err(e) = write_atomic(&path, &body) {
+                tracing::warn!(target: "deploy", "write report {}: {e}", path.display());
+            }
+        }
+        report
+    }
+}
+
+/// What may interrupt a step: cancellation (Ctrl-C), the operator's abort, the run's deadline.
+pub(super) struct Interrupts<'a> {
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) control: &'a Control,
+    pub(super) deadline: Option<Instant>,
+    pub(super) run_deadline: Option<Duration>,
+}
+
+impl Interrupts<'_> {
+    /// Run `fut` unless interrupted first; `Err(why)` when interrupted.
+    pub(super) async fn race<F: Future>(&self, fut: F) -> Result<F::Output, String> {
+        let until_deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err("cancelled".to_owned()),
+            () = self.control.inner.abort.cancelled() => Err(self.control.abort_reason()),
+            () = until_deadline => Err(format!(
+                "the run's deadline of {} passed",
+                humantime::format_duration(self.run_deadline.unwrap_or_default())
+            )),
+            out = fut => Ok(out),
+        }
+    }
+}
