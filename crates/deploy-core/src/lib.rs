@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod difference;
 pub mod engine;
 pub mod error;
 pub mod hooks;
@@ -9,6 +10,7 @@ pub mod smoke;
 pub mod strategy;
 pub mod traits;
 
+pub use difference::Difference;
 pub use engine::{
     Control, DeployError, Engine, Environment, EnvironmentBuilder, Event, Observer, Outcome,
     Policies, Recovery, Report,

@@ -488,6 +488,22 @@ pub enum PlanError {
         /// The destructive migrations.
         migrations: Vec<MigrationInfo>,
     },
+    /// A gate cannot measure what an analysis of the plan asks of it.
+    #[error(
+        "plan {strategy} deploy of {version}: gate {gate} cannot judge the analysis \"{analysis}\": {reason}"
+    )]
+    GateCannotMeasure {
+        /// The strategy.
+        strategy: &'static str,
+        /// The version.
+        version: Version,
+        /// The gate.
+        gate: String,
+        /// The analysis.
+        analysis: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What planning needs to know about the environment besides its snapshot.

@@ -182,12 +182,28 @@ impl GateContext {
 ///   both as an Error verdict and applies its error limit.
 /// - No data at all is `Inconclusive` with `no_data = true`; the engine's no-data policy decides.
 /// - The engine owns interval, count and limits; one call is one measurement.
+/// - A gate says what one measurement needs ([`MetricGate::evaluation_time`],
+///   [`MetricGate::lookback`]); the engine derives its time limits from that and refuses at
+///   planning an analysis too short to measure.
 #[async_trait]
 pub trait MetricGate: fmt::Debug + Send + Sync + 'static {
     /// A short name for reports ("error-rate", "p99-latency").
     fn name(&self) -> &str;
     /// Measure once.
     async fn evaluate(&self, ctx: &GateContext) -> Result<Verdict>;
+    /// How long one evaluation takes by its nature, beside the time its calls take: a gate
+    /// that scrapes twice, a window apart, takes the window. The engine's time limit of one
+    /// evaluation is this plus the analysis policy's `timeout`, so a measurement is never cut
+    /// short by a limit shorter than what it needs. Zero by default.
+    fn evaluation_time(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// How far back one measurement looks (a PromQL range such as `[5m]`). An analysis shorter
+    /// than this would judge traffic from before it began, so planning refuses it. Zero by
+    /// default (the gate judges only what happens during its own evaluation).
+    fn lookback(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Turns a maintenance page on and off.

@@ -683,14 +683,38 @@ async fn no_data_and_inconclusive_policies() {
     assert_eq!(report.outcome, Outcome::RolledBack);
     assert!(report.rollback.unwrap().reason.contains("inconclusive"));
 
-    // Ignore: no-data measurements are not counted, the analysis passes.
-    let world = FakeWorld::slots("1.0.0", "0.9.0")
-        .with_gate(FakeGate::sequence("rate", &[VerdictKind::Inconclusive]));
+    // Ignore: no-data measurements are not counted; one passing measurement is the evidence.
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::sequence(
+        "rate",
+        &[
+            VerdictKind::Inconclusive,
+            VerdictKind::Inconclusive,
+            VerdictKind::Pass,
+        ],
+    ));
     let mut p = policies();
     p.analysis.no_data = deploy_core::engine::NoDataPolicy::Ignore;
-    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let engine = Engine::new(world.environment("prod")).with_policies(p.clone());
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+
+    // Ignore, and no measurement ever had data: silence is no evidence, so it rolls back.
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_gate(FakeGate::sequence("rate", &[VerdictKind::Inconclusive]));
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let report = deploy(&engine, &strategy).await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert!(
+        report
+            .rollback
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("no evidence that the release is good: gate(s) rate (6 without data, not counted) never passed"),
+        "{report}"
+    );
+    assert_eq!(world.state(), before);
 
     // Pause on inconclusive: the operator promotes and the deploy carries on.
     let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::sequence(
@@ -872,7 +896,10 @@ async fn a_second_deploy_of_the_same_environment_is_locked_out() {
         other => panic!("expected Locked, got {other}"),
     }
     assert!(err.to_string().contains("held by run"), "{err}");
-    engine.control().promote();
+    // A promotion only ends a pause the run is in: wait for it.
+    while !engine.control().promote() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let report = handle.await.unwrap().unwrap();
     assert_eq!(report.outcome, Outcome::Promoted);
     assert!(!dir.path().join("lock").exists(), "the lock is released");

@@ -435,7 +435,9 @@ async fn another_process_promotes_or_aborts_a_paused_run_and_reads_its_status() 
         };
         let text = status.to_string();
         assert!(
-            text.contains("of 6 steps done; at: pause until promoted; locked by run"),
+            text.contains(
+                "of 6 steps done; at: pause until promoted; PAUSED (until promoted); locked by run"
+            ),
             "{text}"
         );
         assert_eq!(status.lock.as_ref().unwrap().pid, std::process::id());

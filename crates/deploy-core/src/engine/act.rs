@@ -121,19 +121,15 @@ impl<'e> Run<'e> {
                 self.analyze(name, *duration, canary, baseline).await?;
             }
             Step::Pause { duration: Some(d) } => {
-                engine.emit(&Event::Paused {
-                    reason: format!("for {} (promote to skip)", humantime::format_duration(*d)),
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(*d) => {}
-                    () = engine.control.promoted() => {}
-                }
+                let reason = format!(
+                    "for {}; promote to end the pause early",
+                    humantime::format_duration(*d)
+                );
+                self.wait_for_operator(reason, Some(*d)).await;
             }
             Step::Pause { duration: None } => {
-                engine.emit(&Event::Paused {
-                    reason: "until promoted".to_owned(),
-                });
-                engine.control.promoted().await;
+                self.wait_for_operator("until promoted".to_owned(), None)
+                    .await;
             }
         }
         Ok(())

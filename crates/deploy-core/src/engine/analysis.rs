@@ -11,6 +11,24 @@ use super::run::Run;
 use crate::model::{TargetId, Verdict, VerdictKind};
 use crate::traits::GateContext;
 
+/// What an analysis takes: how many measurements, how far apart, how long the slowest gate
+/// needs for one, and the wall time all that adds up to (time spent in calls comes on top).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct AnalysisTime {
+    /// Measurements per gate (0 without gates: the analysis only waits).
+    pub measurements: u32,
+    /// Time between the ends of two measurements, as the policy asks.
+    #[serde(with = "humantime_serde")]
+    pub spacing: Duration,
+    /// What the slowest gate needs for one measurement (a scrape window).
+    #[serde(with = "humantime_serde")]
+    pub evaluation: Duration,
+    /// The whole analysis.
+    #[serde(with = "humantime_serde")]
+    pub wall: Duration,
+}
+
 /// Counters of one gate during one analysis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tally {
@@ -80,6 +98,50 @@ impl Tally {
     }
 }
 
+/// What one gate measured during one analysis, whatever the limits did: the evidence.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Evidence {
+    pub(crate) passes: u32,
+    pub(crate) failures: u32,
+    pub(crate) inconclusive: u32,
+    pub(crate) errors: u32,
+    pub(crate) uncounted: u32,
+}
+
+impl Evidence {
+    fn add(&mut self, kind: Option<VerdictKind>) {
+        match kind {
+            Some(VerdictKind::Pass) => self.passes += 1,
+            Some(VerdictKind::Fail) => self.failures += 1,
+            Some(VerdictKind::Inconclusive) => self.inconclusive += 1,
+            Some(VerdictKind::Error) => self.errors += 1,
+            None => self.uncounted += 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.passes, "passed"),
+            (self.failures, "failed"),
+            (self.inconclusive, "inconclusive"),
+            (self.errors, "could not measure"),
+            (self.uncounted, "without data, not counted"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if parts.is_empty() {
+            f.write_str("no measurement")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 /// The kind a verdict counts as under the no-data policy; `None` means "not counted".
 pub(crate) fn counted_kind(verdict: &Verdict, policy: NoDataPolicy) -> Option<VerdictKind> {
     if !verdict.no_data {
@@ -94,6 +156,14 @@ pub(crate) fn counted_kind(verdict: &Verdict, policy: NoDataPolicy) -> Option<Ve
 }
 
 impl Run<'_> {
+    /// Measure every gate `measurements` times over `duration` and apply the limits. The
+    /// gates of one measurement run together, each started so that it ends when the
+    /// measurement is due (a gate that needs a window starts a window early), and each within
+    /// its own time limit: the policy's timeout plus what the gate needs.
+    ///
+    /// The analysis passes only on evidence: every gate must have passed at least once and no
+    /// limit may have been crossed. A gate that only erred, or only found nothing, leaves the
+    /// analysis inconclusive, which goes to `on_inconclusive` (rollback by default).
     pub(super) async fn analyze(
         &mut self,
         name: &str,
@@ -110,11 +180,7 @@ impl Run<'_> {
             return Ok(());
         }
         let n = policy.measurements(duration);
-        let wait = if policy.count.is_some() {
-            policy.interval
-        } else {
-            duration / n
-        };
+        let spacing = policy.spacing(duration);
         let mut ctx = GateContext::new(
             self.plan.release.version.clone(),
             canary.to_vec(),
@@ -127,24 +193,35 @@ impl Run<'_> {
             ctx.baseline_endpoints.push(env.target(t)?.endpoint());
         }
         let mut tallies = vec![Tally::default(); env.gates.len()];
+        let mut evidence = vec![Evidence::default(); env.gates.len()];
         let t0 = Instant::now();
-        for _ in 0..n {
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            ctx.elapsed = t0.elapsed();
-            for (gate, tally) in env.gates.iter().zip(tallies.iter_mut()) {
-                let verdict = match with_timeout(
-                    "evaluate gate",
-                    gate.name(),
-                    policy.timeout,
-                    gate.evaluate(&ctx),
-                )
-                .await
-                {
-                    Ok(v) => v,
-                    Err(e) => Verdict::new(VerdictKind::Error, None, "", gate.name(), e.chain()),
-                };
+        for k in 1..=n {
+            let due = t0 + spacing.saturating_mul(k);
+            let verdicts = futures_util::future::join_all(env.gates.iter().map(|gate| {
+                let mut ctx = ctx.clone();
+                async move {
+                    let need = gate.evaluation_time();
+                    let start = due.checked_sub(need).unwrap_or(t0).max(Instant::now());
+                    tokio::time::sleep_until(start).await;
+                    ctx.elapsed = t0.elapsed();
+                    match with_timeout(
+                        "evaluate gate",
+                        gate.name(),
+                        policy.timeout.saturating_add(need),
+                        gate.evaluate(&ctx),
+                    )
+                    .await
+                    {
+                        Ok(v) => v,
+                        Err(e) => {
+                            Verdict::new(VerdictKind::Error, None, "", gate.name(), e.chain())
+                        }
+                    }
+                }
+            }))
+            .await;
+            for (i, verdict) in verdicts.into_iter().enumerate() {
+                let gate = &env.gates[i];
                 engine.emit(&Event::GateVerdict {
                     gate: gate.name().to_owned(),
                     analysis: name.to_owned(),
@@ -155,10 +232,12 @@ impl Run<'_> {
                     analysis: name.to_owned(),
                     verdict: verdict.clone(),
                 });
-                let Some(kind) = counted_kind(&verdict, policy.no_data) else {
+                let kind = counted_kind(&verdict, policy.no_data);
+                evidence[i].add(kind);
+                let Some(kind) = kind else {
                     continue;
                 };
-                match tally.count(kind, policy) {
+                match tallies[i].count(kind, policy) {
                     Decision::Continue => {}
                     Decision::Fail(why) => {
                         return Err(Failure(format!(
@@ -177,28 +256,45 @@ impl Run<'_> {
                             "gate {} is inconclusive ({why}); last verdict: {verdict}",
                             gate.name()
                         );
-                        match policy.on_inconclusive {
-                            InconclusiveAction::Rollback => return Err(Failure(msg)),
-                            InconclusiveAction::Proceed => {
-                                self.note(format!("{msg}; carried on (on_inconclusive = proceed)"));
-                                *tally = Tally::default();
-                            }
-                            InconclusiveAction::Pause => {
-                                engine.emit(&Event::Paused {
-                                    reason: format!(
-                                        "{msg}; promote to carry on, abort to roll back"
-                                    ),
-                                });
-                                engine.control.promoted().await;
-                                self.note(format!("{msg}; promoted by the operator"));
-                                *tally = Tally::default();
-                            }
-                        }
+                        self.inconclusive(msg).await?;
+                        tallies[i] = Tally::default();
                     }
                 }
             }
         }
+        let silent: Vec<String> = env
+            .gates
+            .iter()
+            .zip(&evidence)
+            .filter(|(_, e)| e.passes == 0)
+            .map(|(g, e)| format!("{} ({e})", g.name()))
+            .collect();
+        if !silent.is_empty() {
+            let msg = format!(
+                "no evidence that the release is good: gate(s) {} never passed in {n} measurement(s)",
+                silent.join(", ")
+            );
+            self.inconclusive(msg).await?;
+        }
         Ok(())
+    }
+
+    /// An analysis is inconclusive: roll back, carry on, or wait for the operator, as the
+    /// policy says.
+    async fn inconclusive(&mut self, msg: String) -> Result<(), Failure> {
+        match self.engine.policies.analysis.on_inconclusive {
+            InconclusiveAction::Rollback => Err(Failure(msg)),
+            InconclusiveAction::Proceed => {
+                self.note(format!("{msg}; carried on (on_inconclusive = proceed)"));
+                Ok(())
+            }
+            InconclusiveAction::Pause => {
+                let reason = format!("{msg}; promote to carry on, abort to roll back");
+                self.wait_for_operator(reason, None).await;
+                self.note(format!("{msg}; promoted by the operator"));
+                Ok(())
+            }
+        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Calls to adapters: each with a time limit, retried when the error says it may be.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use crate::error::{Error, ErrorKind};
 
@@ -16,7 +20,12 @@ impl Engine {
             Severity::Info => tracing::info!(target: "deploy", "{event}"),
         }
         for o in &self.observers {
-            o.on_event(event);
+            // An observer that panics must not stop the run (or its rollback) half-way.
+            if let Err(panic) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| o.on_event(event)))
+            {
+                tracing::error!(target: "deploy", "observer {o:?} panicked on {event}: {}", panic_message(&*panic));
+            }
         }
     }
 
@@ -52,19 +61,47 @@ impl Engine {
     }
 }
 
+/// Await `fut` within `timeout`. A panic inside it (a bug in an adapter, a gate, a hook) is
+/// contained: it becomes an error of this call, so the step fails and the run rolls back
+/// instead of the process dying with traffic half-moved.
 pub(super) async fn with_timeout<T>(
     operation: &str,
     object: &str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
+    let fut = AssertUnwindSafe(fut).catch_unwind();
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => Err(Error::new(
+            ErrorKind::Other,
+            operation.to_owned(),
+            object.to_owned(),
+            format!("panicked: {}", panic_message(&*panic)),
+        )),
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             operation.to_owned(),
             object.to_owned(),
             format!("no answer within {}", humantime::format_duration(timeout)),
+        )),
+    }
+}
+
+/// Await `fut` with no time limit of its own (it has one inside, as a hook does), containing
+/// a panic as [`with_timeout`] does.
+pub(super) async fn contained<T>(
+    operation: &str,
+    object: &str,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => Err(Error::new(
+            ErrorKind::Other,
+            operation.to_owned(),
+            object.to_owned(),
+            format!("panicked: {}", panic_message(&*panic)),
         )),
     }
 }
@@ -75,5 +112,16 @@ pub(super) struct Failure(pub(super) String);
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Self(e.chain())
+    }
+}
+
+/// The message a panic was raised with.
+pub(super) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }

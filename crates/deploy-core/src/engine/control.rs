@@ -1,14 +1,15 @@
 //! Promote or abort a run: in process through [`Control`], from another process through a
 //! request file in the state directory that the running engine polls.
+//!
+//! A request belongs to one run: it names the run (and, for a promotion, the pause it ends).
+//! The running engine applies only requests addressed to it and discards any other, so a
+//! request that found no run, or a run that has ended since, can never act on a later run.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ use super::DeployError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum ControlRequest {
-    /// End the current (or next) pause.
+    /// End the pause the run is in.
     Promote,
     /// Roll back.
     Abort {
@@ -27,25 +28,54 @@ pub enum ControlRequest {
     },
 }
 
+/// A request as written to the state directory: addressed to one run, and for a promotion to
+/// one pause of it (the index of its step).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AddressedRequest {
+    pub(crate) run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pause: Option<usize>,
+    #[serde(flatten)]
+    pub(crate) request: ControlRequest,
+}
+
 /// The request file of a state directory.
 pub(crate) fn request_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.json")
 }
 
 /// Write `request` atomically where the running engine will find it.
-pub(crate) fn write_request(state_dir: &Path, request: &ControlRequest) -> Result<(), DeployError> {
+pub(crate) fn write_request(
+    state_dir: &Path,
+    request: &AddressedRequest,
+) -> Result<(), DeployError> {
     let path = request_path(state_dir);
     let body = serde_json::to_vec(request).unwrap_or_default();
-    std::fs::create_dir_all(state_dir)
-        .and_then(|()| super::files::write_atomic(&path, &body))
-        .map_err(|e| DeployError::Journal {
-            path: path.clone(),
-            cause: format!("write control request: {e}"),
-        })
+    super::files::write_atomic(&path, &body).map_err(|e| DeployError::Journal {
+        path: path.clone(),
+        cause: format!("write control request: {e}"),
+    })
 }
 
-/// Poll the request file every `every` and apply what it asks to `control`; never returns.
-pub(crate) async fn watch(state_dir: PathBuf, control: Control, every: Duration) {
+/// Remove the request file if it is not addressed to a run in progress (`run_id`), or
+/// unconditionally when `run_id` is `None`.
+pub(crate) fn discard_request(state_dir: &Path, keep_for: Option<&str>) {
+    let path = request_path(state_dir);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let keep = keep_for.is_some_and(|run| {
+        serde_json::from_slice::<AddressedRequest>(&bytes).is_ok_and(|r| r.run_id == run)
+    });
+    if !keep {
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(target: "deploy", "discarded a control request that no run in progress is addressed by: {}", String::from_utf8_lossy(&bytes));
+    }
+}
+
+/// Poll the request file every `every` and apply to `control` what is addressed to `run_id`;
+/// never returns.
+pub(crate) async fn watch(state_dir: PathBuf, run_id: String, control: Control, every: Duration) {
     let path = request_path(&state_dir);
     loop {
         tokio::time::sleep(every).await;
@@ -53,12 +83,28 @@ pub(crate) async fn watch(state_dir: PathBuf, control: Control, every: Duration)
             continue;
         };
         let _ = std::fs::remove_file(&path);
-        match serde_json::from_slice::<ControlRequest>(&bytes) {
-            Ok(ControlRequest::Promote) => {
-                tracing::info!(target: "deploy", "promote requested through {}", path.display());
-                control.promote();
+        match serde_json::from_slice::<AddressedRequest>(&bytes) {
+            Ok(r) if r.run_id != run_id => {
+                tracing::warn!(target: "deploy", "discarded a control request for run {} (this is run {run_id})", r.run_id);
             }
-            Ok(ControlRequest::Abort { reason }) => {
+            Ok(AddressedRequest {
+                request: ControlRequest::Promote,
+                pause,
+                ..
+            }) => {
+                let now = control.paused_at();
+                if pause.is_some() && pause != now {
+                    tracing::warn!(target: "deploy", "discarded a promotion of a pause that has ended (step {})", pause.map_or(0, |p| p + 1));
+                } else if control.promote() {
+                    tracing::info!(target: "deploy", "promoted through {}", path.display());
+                } else {
+                    tracing::warn!(target: "deploy", "discarded a promotion: the run is not paused");
+                }
+            }
+            Ok(AddressedRequest {
+                request: ControlRequest::Abort { reason },
+                ..
+            }) => {
                 tracing::warn!(target: "deploy", "abort requested through {}: {reason}", path.display());
                 control.abort(format!("aborted by the operator: {reason}"));
             }
@@ -69,18 +115,33 @@ pub(crate) async fn watch(state_dir: PathBuf, control: Control, every: Duration)
     }
 }
 
-/// Lets another task promote a paused run or abort a run.
+/// Lets another task promote a paused run or abort a run in progress.
+///
+/// Both act only on a run in progress: [`Control::promote`] ends the pause the run is in now
+/// (and does nothing when it is not paused), [`Control::abort`] rolls back the run in progress
+/// (and does nothing between runs). Neither is remembered for a later pause or run.
 #[derive(Debug, Clone, Default)]
 pub struct Control {
-    pub(super) inner: Arc<ControlInner>,
+    inner: Arc<ControlInner>,
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ControlInner {
-    pub(super) promoted: AtomicBool,
-    pub(super) notify: Notify,
-    pub(super) abort: CancellationToken,
-    pub(super) abort_reason: Mutex<Option<String>>,
+struct ControlInner {
+    state: Mutex<ControlState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    /// The run in progress.
+    run: Option<String>,
+    /// The step whose pause the run is in.
+    paused: Option<usize>,
+    /// The current pause was ended by the operator.
+    promoted: bool,
+    /// Cancelled when the run in progress is aborted; a fresh token per run.
+    abort: CancellationToken,
+    abort_reason: Option<String>,
 }
 
 impl Control {
@@ -89,40 +150,151 @@ impl Control {
         Self::default()
     }
 
-    /// End the current (or next) pause and carry on.
-    pub fn promote(&self) {
-        self.inner.promoted.store(true, Ordering::SeqCst);
+    fn state(&self) -> MutexGuard<'_, ControlState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// End the pause the run is in now. Returns `false`, and changes nothing, when no run is
+    /// paused.
+    pub fn promote(&self) -> bool {
+        let mut s = self.state();
+        if s.paused.is_none() || s.promoted {
+            return false;
+        }
+        s.promoted = true;
+        drop(s);
         self.inner.notify.notify_waiters();
+        true
     }
 
-    /// Stop the run and roll back.
-    pub fn abort(&self, reason: impl Into<String>) {
-        *self
-            .inner
-            .abort_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
-        self.inner.abort.cancel();
+    /// Stop the run in progress and roll it back. Returns `false`, and changes nothing, when no
+    /// run is in progress.
+    pub fn abort(&self, reason: impl Into<String>) -> bool {
+        let mut s = self.state();
+        if s.run.is_none() {
+            return false;
+        }
+        s.abort_reason.get_or_insert_with(|| reason.into());
+        s.abort.cancel();
+        true
     }
 
-    pub(super) async fn promoted(&self) {
+    /// The run in progress, if any.
+    pub fn running(&self) -> Option<String> {
+        self.state().run.clone()
+    }
+
+    /// The index of the step whose pause the run is in, if it is paused.
+    pub fn paused_at(&self) -> Option<usize> {
+        self.state().paused
+    }
+
+    /// A run starts: nothing asked before it applies to it.
+    pub(super) fn begin_run(&self, run_id: &str) {
+        let mut s = self.state();
+        *s = ControlState {
+            run: Some(run_id.to_owned()),
+            ..ControlState::default()
+        };
+    }
+
+    /// The run ended (its rollback included).
+    pub(super) fn end_run(&self) {
+        let mut s = self.state();
+        s.run = None;
+        s.paused = None;
+        s.promoted = false;
+    }
+
+    /// Wait in the pause of step `index` until the operator promotes.
+    pub(super) async fn pause(&self, index: usize) {
+        {
+            let mut s = self.state();
+            s.paused = Some(index);
+            s.promoted = false;
+        }
+        let _left = PauseGuard(self);
         loop {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.inner.promoted.swap(false, Ordering::SeqCst) {
+            if self.state().promoted {
                 return;
             }
             notified.await;
         }
     }
 
+    /// The abort token of the run in progress.
+    pub(super) fn abort_token(&self) -> CancellationToken {
+        self.state().abort.clone()
+    }
+
+    pub(super) fn is_aborted(&self) -> bool {
+        self.state().abort.is_cancelled()
+    }
+
     pub(super) fn abort_reason(&self) -> String {
-        self.inner
+        self.state()
             .abort_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .unwrap_or_else(|| "aborted".to_owned())
+    }
+}
+
+/// Leaves the pause however the wait ends (promoted, timer, abort, cancellation).
+struct PauseGuard<'a>(&'a Control);
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state();
+        s.paused = None;
+        s.promoted = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn promote_and_abort_act_only_on_a_run_in_progress() {
+        let c = Control::new();
+        assert!(!c.promote(), "no run is paused");
+        assert!(!c.abort("no run"), "no run is in progress");
+        c.begin_run("r1");
+        assert!(!c.is_aborted(), "an abort between runs is not remembered");
+        assert!(!c.promote(), "the run is not paused");
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.pause(3).await })
+        };
+        while c.paused_at() != Some(3) {
+            tokio::task::yield_now().await;
+        }
+        assert!(c.promote());
+        waiter.await.unwrap();
+        assert_eq!(c.paused_at(), None);
+        assert!(!c.promote(), "a promotion is not kept for the next pause");
+        assert!(c.abort("stop"));
+        assert!(c.is_aborted());
+        assert_eq!(c.abort_reason(), "stop");
+        c.end_run();
+        c.begin_run("r2");
+        assert!(!c.is_aborted(), "the next run starts clean");
+    }
+
+    #[test]
+    fn requests_on_disk_name_their_run_and_pause() {
+        let r = AddressedRequest {
+            run_id: "r1".into(),
+            pause: Some(4),
+            request: ControlRequest::Promote,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"run_id":"r1","pause":4,"request":"promote"}"#);
+        assert_eq!(serde_json::from_str::<AddressedRequest>(&text).unwrap(), r);
+        // A request without a run (as older versions wrote them) is never applied.
+        assert!(serde_json::from_str::<AddressedRequest>(r#"{"request":"promote"}"#).is_err());
     }
 }

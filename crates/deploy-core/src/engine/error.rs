@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::difference::Difference;
 use crate::error::Error;
 use crate::strategy::PlanError;
 
@@ -46,6 +47,29 @@ pub enum DeployError {
         path: PathBuf,
         /// Its holder, when readable.
         holder: Option<Box<LockInfo>>,
+    },
+    /// The plan was made from a state the environment is no longer in (another deploy, or a
+    /// person, changed it since): running it could act on the wrong slot. Plan again.
+    #[error(
+        "run plan for environment {environment}: the environment changed since the plan was made ({}); plan again",
+        crate::difference::describe(.differences)
+    )]
+    StalePlan {
+        /// The environment.
+        environment: String,
+        /// How the live state differs from the state the plan was made from.
+        differences: Vec<Difference>,
+    },
+    /// A request that does not fit the state of the environment: a promotion with no paused
+    /// run, an abort with no run in progress. Nothing was changed or left behind.
+    #[error("{operation} in environment {environment}: {cause}")]
+    Refused {
+        /// What was asked.
+        operation: &'static str,
+        /// The environment.
+        environment: String,
+        /// Why it does not apply.
+        cause: String,
     },
     /// The journal could not be written or read.
     #[error("journal {}: {cause}", .path.display())]

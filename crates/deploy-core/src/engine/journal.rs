@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -68,21 +68,39 @@ pub enum Record {
         /// `None` on success, the reason otherwise.
         error: Option<String>,
     },
-    /// The run ended.
+    /// The run ended (a failed run whose rollback is retried ends again).
     Finished {
         /// How.
         outcome: Outcome,
     },
+    /// The run waits for the operator in step `index` (a pause, or an inconclusive analysis).
+    PauseStarted {
+        /// The step.
+        index: usize,
+        /// Why it waits.
+        reason: String,
+    },
+    /// The wait of step `index` ended (promoted, timed out, aborted).
+    PauseEnded {
+        /// The step.
+        index: usize,
+    },
 }
 
 /// An open journal file that records are appended to.
+///
+/// A record that cannot be written whole (disk full, file-size limit, I/O error) is cut off
+/// again, so the journal never holds a torn line in its middle, and the journal is *broken*:
+/// every later append fails at once with the first error. The engine then stops acting and
+/// rolls back from what it holds in memory.
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
     file: File,
+    broken: Option<String>,
 }
 
-fn journal_err(path: &Path, what: &str, err: std::io::Error) -> super::DeployError {
+fn journal_err(path: &Path, what: &str, err: impl std::fmt::Display) -> super::DeployError {
     super::DeployError::Journal {
         path: path.to_owned(),
         cause: format!("{what}: {err}"),
@@ -106,18 +124,28 @@ impl Journal {
         Ok(Self {
             path: path.to_owned(),
             file,
+            broken: None,
         })
     }
 
-    /// Reopen an existing journal to append to it.
+    /// Reopen an existing journal to append to it, cutting off a torn last line first (so the
+    /// next record starts on a line of its own).
     pub(crate) fn reopen(path: &Path) -> Result<Self, super::DeployError> {
+        let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)
             .map_err(|e| journal_err(path, "open", e))?;
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            file.set_len(whole as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| journal_err(path, "cut off the torn last line", e))?;
+        }
         Ok(Self {
             path: path.to_owned(),
             file,
+            broken: None,
         })
     }
 
@@ -125,22 +153,37 @@ impl Journal {
     /// `step_started`, `rollback_started`, `finished`). A `step_finished` or `undo_finished` lost
     /// in a crash only makes recovery repeat an idempotent step, and the next fsync covers it.
     pub(crate) fn append(&mut self, record: &Record) -> Result<(), super::DeployError> {
+        if let Some(first) = &self.broken {
+            return Err(journal_err(
+                &self.path,
+                "append",
+                format!("the journal is broken since an earlier write failed ({first})"),
+            ));
+        }
         let mut line = serde_json::to_vec(record).map_err(|e| super::DeployError::Journal {
             path: self.path.clone(),
             cause: format!("serialise record: {e}"),
         })?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(|e| journal_err(&self.path, "append", e))?;
+        let before = self.file.metadata().map(|m| m.len());
         let durable = !matches!(
             record,
-            Record::StepFinished { .. } | Record::UndoFinished { .. }
+            Record::StepFinished { .. } | Record::UndoFinished { .. } | Record::PauseEnded { .. }
         );
-        if durable {
-            self.file
-                .sync_data()
-                .map_err(|e| journal_err(&self.path, "fsync", e))?;
+        let written = self.file.write_all(&line).and_then(|()| {
+            if durable {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // Cut the partial record off again; whatever happens, write nothing more.
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+            self.broken = Some(e.to_string());
+            return Err(journal_err(&self.path, "append", e));
         }
         Ok(())
     }
@@ -177,31 +220,33 @@ pub struct JournalState {
     pub backup: Option<BackupId>,
     /// How the run ended, if it did.
     pub outcome: Option<Outcome>,
+    /// The step whose pause the run is waiting in, and why, when it is waiting for the
+    /// operator.
+    pub paused: Option<(usize, String)>,
 }
 
 impl JournalState {
-    /// Read and replay the journal at `path`. A torn last line (the process died while writing
-    /// it) is ignored; any other malformed line is an error.
+    /// Read and replay the journal at `path`. A torn last line (the process died, or the disk
+    /// filled, while writing it — cut anywhere, inside a UTF-8 sequence too) is ignored; any
+    /// other malformed line is an error.
     pub fn read(path: &Path) -> Result<Self, super::DeployError> {
-        let file = File::open(path).map_err(|e| journal_err(path, "open", e))?;
-        let mut lines: Vec<String> = Vec::new();
-        for line in BufReader::new(file).lines() {
-            lines.push(line.map_err(|e| journal_err(path, "read", e))?);
-        }
+        let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
         let bad = |n: usize, cause: String| super::DeployError::Journal {
             path: path.to_owned(),
             cause: format!("line {n}: {cause}"),
         };
+        let lines: Vec<(usize, &[u8])> = bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.trim_ascii().is_empty())
+            .collect();
         let mut records = Vec::new();
         let count = lines.len();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Record>(line) {
+        for (i, (n, line)) in lines.iter().enumerate() {
+            match serde_json::from_slice::<Record>(line) {
                 Ok(r) => records.push(r),
                 Err(_) if i + 1 == count => break, // torn write at the end
-                Err(e) => return Err(bad(i + 1, e.to_string())),
+                Err(e) => return Err(bad(n + 1, e.to_string())),
             }
         }
         let mut it = records.into_iter();
@@ -226,6 +271,7 @@ impl JournalState {
             rollback_reason: None,
             backup: None,
             outcome: None,
+            paused: None,
         };
         for r in it {
             match r {
@@ -250,7 +296,11 @@ impl JournalState {
                         Some(e) => st.failed = Some((index, e)),
                     }
                 }
-                Record::RollbackStarted { reason } => st.rollback_reason = Some(reason),
+                Record::RollbackStarted { reason } => {
+                    // Also a retried rollback of a run that ended `failed`.
+                    st.rollback_reason = Some(reason);
+                    st.outcome = None;
+                }
                 Record::UndoFinished {
                     index,
                     position,
@@ -260,6 +310,8 @@ impl JournalState {
                 }
                 Record::UndoFinished { .. } => {}
                 Record::Finished { outcome } => st.outcome = Some(outcome),
+                Record::PauseStarted { index, reason } => st.paused = Some((index, reason)),
+                Record::PauseEnded { .. } => st.paused = None,
             }
         }
         st.next_index = (0..st.plan.steps.len())
@@ -272,4 +324,22 @@ impl JournalState {
     pub fn resumable(&self) -> bool {
         self.outcome.is_none() && self.failed.is_none() && self.rollback_reason.is_none()
     }
+}
+
+/// The journals in `runs`, oldest first. Run ids begin with the time the run started
+/// (`20261121T234912123Z-…`), so the order of their names is the order the runs started, even
+/// when a journal cannot be read.
+pub(crate) fn journals(runs: &Path) -> Result<Vec<PathBuf>, super::DeployError> {
+    let entries = match std::fs::read_dir(runs) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(journal_err(runs, "list", e)),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("jsonl"))
+        .collect();
+    out.sort();
+    Ok(out)
 }

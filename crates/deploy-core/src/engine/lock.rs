@@ -133,8 +133,22 @@ impl EnvLock {
     }
 }
 
+impl EnvLock {
+    /// Let go of the OS lock but leave the file: the lock is stale, so the next deploy is told
+    /// that a run needs recovering.
+    pub(crate) fn leave(mut self) {
+        drop(self.file.take());
+    }
+}
+
 impl Drop for EnvLock {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The run did not end as it should: leave the holder in the file. Once the OS
+            // lock is gone with the file handle, the lock is stale, and the next deploy is told
+            // to resume or roll back this run instead of starting on an unknown state.
+            return;
+        }
         if let Some(file) = self.file.take() {
             // Remove while still holding the OS lock, so no one sees an empty-but-unlocked file
             // as someone else's.

@@ -28,13 +28,14 @@ mod status;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::model::Release;
-use crate::strategy::{Plan, PlanOptions, Snapshot, Strategy, TargetState};
+use crate::strategy::{Plan, PlanError, PlanOptions, Snapshot, Step, Strategy, TargetState};
 
+pub use analysis::AnalysisTime;
 pub use control::{Control, ControlRequest};
 pub use environment::{Environment, EnvironmentBuilder};
 pub use error::DeployError;
@@ -188,7 +189,8 @@ impl Engine {
     }
 
     /// Plan a deploy of `release` with `strategy` from the environment's live state, without
-    /// changing anything (a dry run prints this).
+    /// changing anything (a dry run prints this). Refuses an analysis that a gate cannot
+    /// judge (one shorter than the gate's lookback).
     pub async fn plan(
         &self,
         strategy: &Strategy,
@@ -196,16 +198,76 @@ impl Engine {
         options: &PlanOptions,
     ) -> Result<Plan, DeployError> {
         let snapshot = self.snapshot().await?;
-        Ok(strategy.plan(
+        let plan = strategy.plan(
             &self.env.name,
             release,
             &snapshot,
             self.env.capabilities(),
             options,
-        )?)
+        )?;
+        self.check_gates(&plan)?;
+        Ok(plan)
     }
 
-    /// Plan and run.
+    /// Every analysis of `plan` can be judged by every gate: none is shorter than what a gate
+    /// looks back over (it would judge traffic from before the analysis began).
+    fn check_gates(&self, plan: &Plan) -> Result<(), PlanError> {
+        for step in &plan.steps {
+            let Step::Analyze { name, duration, .. } = step else {
+                continue;
+            };
+            for gate in &self.env.gates {
+                let lookback = gate.lookback();
+                if lookback > *duration {
+                    return Err(PlanError::GateCannotMeasure {
+                        strategy: plan.strategy.name(),
+                        version: plan.release.version.clone(),
+                        gate: gate.name().to_owned(),
+                        analysis: name.clone(),
+                        reason: format!(
+                            "it looks back over {} but the analysis lasts {}, so it would judge \
+                             traffic from before the analysis began; make the analysis at least \
+                             {} long or the gate's range shorter",
+                            humantime::format_duration(lookback),
+                            humantime::format_duration(*duration),
+                            humantime::format_duration(lookback),
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What an analysis of `duration` takes with this engine's gates and analysis policy:
+    /// `plan` shows it, because a gate that needs a window per measurement stretches it.
+    pub fn analysis_time(&self, duration: Duration) -> AnalysisTime {
+        let policy = &self.policies.analysis;
+        let evaluation = self
+            .env
+            .gates
+            .iter()
+            .map(|g| g.evaluation_time())
+            .max()
+            .unwrap_or_default();
+        AnalysisTime {
+            measurements: if self.env.gates.is_empty() {
+                0
+            } else {
+                policy.measurements(duration)
+            },
+            spacing: policy.spacing(duration),
+            evaluation,
+            wall: if self.env.gates.is_empty() {
+                duration
+            } else {
+                policy.wall_time(duration, evaluation)
+            },
+        }
+    }
+
+    /// Plan and run, holding the environment's lock from before the live state is read until
+    /// the run has ended, so that nothing can change the environment between plan and run.
     pub async fn deploy(
         &self,
         strategy: &Strategy,
@@ -213,8 +275,10 @@ impl Engine {
         options: &PlanOptions,
         cancel: &CancellationToken,
     ) -> Result<Report, DeployError> {
+        let run_id = new_run_id();
+        let lock = self.lock_for(&run_id)?;
         let plan = self.plan(strategy, release, options).await?;
-        self.run(plan, cancel).await
+        self.start(run_id, plan, lock, cancel).await
     }
 
     fn lock_info(&self, run_id: &str) -> LockInfo {
@@ -227,8 +291,23 @@ impl Engine {
         }
     }
 
+    /// Take the environment's lock for run `run_id` (nothing without a state directory).
+    fn lock_for(&self, run_id: &str) -> Result<Option<EnvLock>, DeployError> {
+        match &self.state_dir {
+            Some(dir) => Ok(Some(EnvLock::acquire(
+                &self.env.name,
+                &dir.join("lock"),
+                &self.lock_info(run_id),
+                Takeover::Never,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
     /// Run `plan`. Returns a report whatever the outcome; `Err` only when the run could not
-    /// start (lock held, journal not writable).
+    /// start: the lock is held, the journal cannot be written, or the plan is stale — the
+    /// environment is no longer in the state the plan was made from
+    /// ([`DeployError::StalePlan`]), which is checked under the lock before the first step.
     pub async fn run(&self, plan: Plan, cancel: &CancellationToken) -> Result<Report, DeployError> {
         if plan.environment != self.env.name {
             return Err(DeployError::Usage {
@@ -238,14 +317,35 @@ impl Engine {
             });
         }
         let run_id = new_run_id();
-        let (lock, journal) = match &self.state_dir {
+        let lock = self.lock_for(&run_id)?;
+        self.check_gates(&plan)?;
+        let live = self.snapshot().await?;
+        let differences = plan.snapshot.differences(&live);
+        if !differences.is_empty() {
+            return Err(DeployError::StalePlan {
+                environment: self.env.name.clone(),
+                differences,
+            });
+        }
+        self.start(run_id, plan, lock, cancel).await
+    }
+
+    async fn start(
+        &self,
+        run_id: String,
+        plan: Plan,
+        lock: Option<EnvLock>,
+        cancel: &CancellationToken,
+    ) -> Result<Report, DeployError> {
+        if let Some(other) = self.control.running() {
+            return Err(DeployError::Usage {
+                operation: "run plan",
+                environment: self.env.name.clone(),
+                cause: format!("this engine is already running run {other}"),
+            });
+        }
+        let journal = match &self.state_dir {
             Some(dir) => {
-                let lock = EnvLock::acquire(
-                    &self.env.name,
-                    &dir.join("lock"),
-                    &self.lock_info(&run_id),
-                    Takeover::Never,
-                )?;
                 let mut journal =
                     Journal::create(&dir.join("runs").join(format!("{run_id}.jsonl")))?;
                 journal.append(&Record::Started {
@@ -255,9 +355,9 @@ impl Engine {
                     pid: std::process::id(),
                     host: lock::host_name(),
                 })?;
-                (Some(lock), Some(journal))
+                Some(journal)
             }
-            None => (None, None),
+            None => None,
         };
         let run = Run::new(self, run_id, plan, journal, SystemTime::now());
         let report = run.execute(0, cancel, None).await;

@@ -124,6 +124,25 @@ impl AnalysisPolicy {
         let n = duration.as_nanos() / self.interval.as_nanos();
         u32::try_from(n).unwrap_or(u32::MAX).max(1)
     }
+
+    /// The time between the ends of two measurements of an analysis of `duration`: the
+    /// interval when a count is set, otherwise the duration shared out evenly.
+    pub fn spacing(&self, duration: Duration) -> Duration {
+        if self.count.is_some() {
+            self.interval
+        } else {
+            duration / self.measurements(duration)
+        }
+    }
+
+    /// How long an analysis of `duration` really takes when its slowest gate needs
+    /// `evaluation` for one measurement (a scrape window): measurements cannot end closer
+    /// together than that. Time spent in calls comes on top.
+    pub fn wall_time(&self, duration: Duration, evaluation: Duration) -> Duration {
+        self.spacing(duration)
+            .max(evaluation)
+            .saturating_mul(self.measurements(duration))
+    }
 }
 
 /// Retries of calls that failed with a retryable error.
@@ -280,8 +299,15 @@ mod tests {
         };
         assert_eq!(a.measurements(Duration::from_secs(60)), 6);
         assert_eq!(a.measurements(Duration::from_secs(5)), 1);
+        assert_eq!(a.spacing(Duration::from_secs(60)), Duration::from_secs(10));
+        // A 30 s scrape window makes each of the six measurements take 30 s.
+        assert_eq!(
+            a.wall_time(Duration::from_secs(60), Duration::from_secs(30)),
+            Duration::from_secs(180)
+        );
         a.count = Some(3);
         assert_eq!(a.measurements(Duration::from_secs(60)), 3);
+        assert_eq!(a.spacing(Duration::from_secs(60)), Duration::from_secs(10));
     }
 
     #[test]

@@ -23,7 +23,12 @@ impl Run<'_> {
         let inverses = self.inverses.clone();
         for (index, inverse) in inverses.iter().rev() {
             for (position, step) in inverse.iter().enumerate() {
-                if self.undone.contains(&(*index, position)) {
+                // An undo recorded as done is skipped; when recovering a run another process
+                // left, only if the world confirms it (what was undone may have been changed
+                // again since).
+                if self.undone.contains(&(*index, position))
+                    && (!self.recovering || self.undo_already_done(step).await)
+                {
                     continue;
                 }
                 let span = tracing::info_span!("undo", index = index + 1, op = step.op());
@@ -70,71 +75,56 @@ impl Run<'_> {
         outcome
     }
 
+    /// How the live state differs from the state before the run, leaving out what the
+    /// rollback meant to leave: additive migrations kept (`schema_kept`), and a target that ran
+    /// nothing before and that its undo stopped (a release directory keeps its `current` link,
+    /// but nothing serves it).
     pub(super) fn compare_with_before(&self, now: &Snapshot) -> Vec<String> {
-        let before = &self.plan.snapshot;
-        let mut out = Vec::new();
-        for t in &before.targets {
-            let after = now.version_of(&t.id);
-            // A target that ran nothing before is back there once its undo stopped it (a
-            // release directory keeps its `current` link, but nothing serves it).
-            let stopped = t.current.is_none() && self.stopped_by_undo.contains(&t.id);
-            if after != t.current.as_ref() && !stopped {
-                out.push(format!(
-                    "target {} runs {} but ran {} before",
-                    t.id,
-                    after.map_or("nothing".to_owned(), ToString::to_string),
-                    t.current
-                        .as_ref()
-                        .map_or("nothing".to_owned(), ToString::to_string)
-                ));
+        let mut before = self.plan.snapshot.clone();
+        for t in &mut before.targets {
+            if t.current.is_none() && self.stopped_by_undo.contains(&t.id) {
+                t.current = now.version_of(&t.id).cloned();
             }
         }
-        if let (Some(b), Some(a)) = (&before.weights, &now.weights) {
-            let b = b.only(
-                &before
-                    .targets
-                    .iter()
-                    .map(|t| t.id.clone())
-                    .collect::<Vec<_>>(),
-            );
-            let a = a.only(
-                &before
-                    .targets
-                    .iter()
-                    .map(|t| t.id.clone())
-                    .collect::<Vec<_>>(),
-            );
-            if a != b {
-                out.push(format!("weights are {a} but were {b} before"));
-            }
+        if self.schema_kept {
+            before.migrations = None;
         }
-        if let (Some(b), Some(a)) = (&before.migrations, &now.migrations)
-            && !self.schema_kept
-            && a.current != b.current
-        {
-            out.push(format!(
-                "schema is at {} but was at {} before",
-                a.current
-                    .as_ref()
-                    .map_or("empty".to_owned(), ToString::to_string),
-                b.current
-                    .as_ref()
-                    .map_or("empty".to_owned(), ToString::to_string)
-            ));
-        }
-        if let (Some(b), Some(a)) = (before.maintenance, now.maintenance)
-            && a != b
-        {
-            out.push(format!(
-                "maintenance page is {} but was {} before",
-                on_off(a),
-                on_off(b)
-            ));
-        }
-        out
+        before
+            .differences(now)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
-}
 
-fn on_off(b: bool) -> &'static str {
-    if b { "on" } else { "off" }
+    /// When recovering a run another process left: whether the world still shows `undo`, which
+    /// the journal records as done, so that it need not act again (an activation restarts a
+    /// service). Only undo steps whose effect can be read are confirmed; the others are
+    /// idempotent and run again.
+    async fn undo_already_done(&self, undo: &Step) -> bool {
+        let t = self.engine.policies.timeouts.call;
+        let env = self.env();
+        match undo {
+            Step::Activate { target, version } => match env.target(target) {
+                Ok(tg) => self
+                    .engine
+                    .call("read current version of", target.as_str(), t, || {
+                        tg.current()
+                    })
+                    .await
+                    .is_ok_and(|v| v.as_ref() == Some(version)),
+                Err(_) => false,
+            },
+            Step::SetWeights { weights } => match &env.switch {
+                Some(s) => {
+                    let names: Vec<_> = weights.iter().map(|(t, _)| t.clone()).collect();
+                    self.engine
+                        .call("read weights of", "the switch", t, || s.weights())
+                        .await
+                        .is_ok_and(|now| &now.only(&names) == weights)
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
 }

@@ -2,8 +2,10 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -13,7 +15,7 @@ use crate::hooks::{HookContext, HookPoint};
 use crate::model::{BackupId, TargetId};
 use crate::strategy::{Plan, Snapshot, Step};
 
-use super::call::Failure;
+use super::call::{Failure, contained, panic_message};
 use super::control::{self, Control};
 use super::files::write_atomic;
 use super::journal::{Journal, Record};
@@ -36,7 +38,14 @@ pub(super) struct Run<'e> {
     pub(super) undone: HashSet<(usize, usize)>,
     pub(super) backup: Option<BackupId>,
     pub(super) rollback_record: Option<RollbackRecord>,
-    pub(super) journal_failed: bool,
+    /// The first failed journal write: from then on the run acts no further and rolls back
+    /// from memory.
+    pub(super) journal_error: Option<String>,
+    /// The step being run (pauses journal which step waits).
+    pub(super) current_index: usize,
+    /// Recovering a run another process left: the journal says what was attempted, the world
+    /// says what is, so an undo is checked against the world before it acts.
+    pub(super) recovering: bool,
     /// A migrate step chose to keep its (additive) migrations on rollback.
     pub(super) schema_kept: bool,
     /// Targets that an undo stopped (they ran nothing before the run).
@@ -68,7 +77,9 @@ impl<'e> Run<'e> {
             undone: HashSet::new(),
             backup: None,
             rollback_record: None,
-            journal_failed: false,
+            journal_error: None,
+            current_index: 0,
+            recovering: false,
             schema_kept: false,
             stopped_by_undo: HashSet::new(),
             final_state: None,
@@ -84,8 +95,9 @@ impl<'e> Run<'e> {
         self.notes.push(note);
     }
 
-    /// Append to the journal. A failure is noted (once) and reported as `false`; it never stops
-    /// an undo in progress.
+    /// Append to the journal. A failure is noted (once) and reported as `false`; the forward
+    /// path then stops before its next step and rolls back from memory, while an undo in
+    /// progress carries on.
     pub(super) fn record(&mut self, record: &Record) -> bool {
         let Some(j) = &mut self.journal else {
             return true;
@@ -93,10 +105,11 @@ impl<'e> Run<'e> {
         match j.append(record) {
             Ok(()) => true,
             Err(e) => {
-                if !self.journal_failed {
-                    self.journal_failed = true;
+                if self.journal_error.is_none() {
+                    self.journal_error = Some(e.to_string());
                     self.note(format!(
-                        "{e}; this run cannot be recovered from its journal"
+                        "{e}; the run acted no further, rolled back from memory, and its journal \
+                         ends before this point (recovery reads the live state to know where it stands)"
                     ));
                 }
                 false
@@ -119,16 +132,24 @@ impl<'e> Run<'e> {
                 strategy: self.plan.strategy.name().to_owned(),
                 steps: self.plan.steps.len(),
             });
-            let failure = match forced_rollback {
+            let control = self.engine.control.clone();
+            control.begin_run(&self.run_id);
+            if let Some(dir) = &self.engine.state_dir {
+                // A request left behind by an operator when no run was there is not for us.
+                control::discard_request(dir, None);
+            }
+            let mut failure = match forced_rollback {
                 Some(reason) => Some(reason),
                 None => {
                     // Another process may ask to promote or abort through the state directory.
+                    let (state_dir, run_id) = (self.engine.state_dir.clone(), self.run_id.clone());
                     let watcher = async {
-                        match &self.engine.state_dir {
+                        match state_dir {
                             Some(dir) => {
                                 control::watch(
-                                    dir.clone(),
-                                    self.engine.control.clone(),
+                                    dir,
+                                    run_id,
+                                    control.clone(),
                                     Duration::from_millis(250),
                                 )
                                 .await
@@ -136,20 +157,79 @@ impl<'e> Run<'e> {
                             None => std::future::pending().await,
                         }
                     };
+                    // A panic in the engine itself is contained like one in an adapter: the
+                    // run rolls back instead of leaving the world half-changed.
+                    let forward = AssertUnwindSafe(self.forward(from, cancel)).catch_unwind();
                     tokio::select! {
-                        failure = self.forward(from, cancel) => failure,
+                        failure = forward => failure.unwrap_or_else(|panic| Some(format!(
+                            "the engine panicked: {}", panic_message(&*panic)
+                        ))),
                         () = watcher => None,
                     }
                 }
             };
+            if failure.is_none() {
+                failure = self.verify_end_state().await;
+            }
             let outcome = match failure {
                 None => Outcome::Promoted,
                 Some(reason) => self.rollback(reason).await,
             };
-            Ok(self.finish(outcome).await)
+            let engine = self.engine;
+            let report = self.finish(outcome).await;
+            control.end_run();
+            if let Some(dir) = &engine.state_dir {
+                control::discard_request(dir, None);
+            }
+            Ok(report)
         }
         .instrument(span)
         .await
+    }
+
+    /// Wait in the current step until the operator promotes (or `limit` passes); journaled, so
+    /// that another process can tell the run is paused and address its promotion to this
+    /// pause.
+    pub(super) async fn wait_for_operator(&mut self, reason: String, limit: Option<Duration>) {
+        let index = self.current_index;
+        self.engine.emit(&Event::Paused {
+            reason: reason.clone(),
+        });
+        self.record(&Record::PauseStarted { index, reason });
+        let control = self.engine.control.clone();
+        match limit {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep(d) => {}
+                    () = control.pause(index) => {}
+                }
+            }
+            None => control.pause(index).await,
+        }
+        self.record(&Record::PauseEnded { index });
+    }
+
+    /// Before a run is called promoted: read the live state and compare it with the state the
+    /// plan ends in. `Some(reason)` (a rollback) when they differ or the state cannot be read.
+    async fn verify_end_state(&mut self) -> Option<String> {
+        let expected = self.plan.expected_end();
+        match self.engine.snapshot().await {
+            Ok(live) => {
+                let differences = expected.differences(&live);
+                self.final_state = Some(live);
+                if differences.is_empty() {
+                    None
+                } else {
+                    Some(format!(
+                        "every step was done, but the live state is not the plan's end state: {}",
+                        crate::difference::describe(&differences)
+                    ))
+                }
+            }
+            Err(e) => Some(format!(
+                "every step was done, but the live state could not be read to confirm it: {e}"
+            )),
+        }
     }
 
     /// Run the steps from `from`; `Some(reason)` when the run must roll back.
@@ -220,9 +300,13 @@ impl<'e> Run<'e> {
         if cancel.is_cancelled() {
             return Some("cancelled".to_owned());
         }
-        if control.inner.abort.is_cancelled() {
+        if control.is_aborted() {
             return Some(control.abort_reason());
         }
+        if let Some(e) = &self.journal_error {
+            return Some(format!("the journal could not be written ({e})"));
+        }
+        self.current_index = start;
         let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
         let mut begun: Vec<(usize, SystemTime, Instant)> = Vec::new();
         for (offset, step) in steps.iter().enumerate() {
@@ -308,7 +392,7 @@ impl<'e> Run<'e> {
                 Err(Failure(reason)) => {
                     let why = if reason == "cancelled"
                         || reason.starts_with("the run's deadline")
-                        || control.inner.abort.is_cancelled()
+                        || control.is_aborted()
                     {
                         format!("{reason} during step {} ({step})", index + 1)
                     } else {
@@ -340,7 +424,7 @@ impl<'e> Run<'e> {
                 point,
                 step: step.cloned(),
             };
-            let result = hook.run(&ctx).await;
+            let result = contained("run hook", hook.name(), hook.run(&ctx)).await;
             let error = result.as_ref().err().map(Error::chain);
             self.engine.emit(&Event::HookRan {
                 hook: hook.name().to_owned(),
@@ -432,6 +516,7 @@ pub(super) struct Interrupts<'a> {
 impl Interrupts<'_> {
     /// Run `fut` unless interrupted first; `Err(why)` when interrupted.
     pub(super) async fn race<F: Future>(&self, fut: F) -> Result<F::Output, String> {
+        let abort = self.control.abort_token();
         let until_deadline = async {
             match self.deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -441,7 +526,7 @@ impl Interrupts<'_> {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Err("cancelled".to_owned()),
-            () = self.control.inner.abort.cancelled() => Err(self.control.abort_reason()),
+            () = abort.cancelled() => Err(self.control.abort_reason()),
             () = until_deadline => Err(format!(
                 "the run's deadline of {} passed",
                 humantime::format_duration(self.run_deadline.unwrap_or_default())

@@ -32,8 +32,10 @@ pub struct RunStatus {
     pub outcome: Option<Outcome>,
     /// Who holds the environment's lock now; `None` when nobody does.
     pub lock: Option<LockInfo>,
-    /// Whether the lock file is stale (its process died): the run needs `recover`.
+    /// Whether the lock file is stale (its process died): the run needs recovering.
     pub lock_stale: bool,
+    /// Why the run waits for the operator, when it is paused.
+    pub paused: Option<String>,
     /// The journal.
     pub journal: PathBuf,
 }
@@ -56,6 +58,7 @@ impl RunStatus {
             outcome: st.outcome,
             lock,
             lock_stale,
+            paused: st.paused.as_ref().map(|(_, why)| why.clone()),
             journal,
         }
     }
@@ -78,9 +81,24 @@ impl std::fmt::Display for RunStatus {
         {
             write!(f, "; at: {s}")?;
         }
+        if let Some(why) = &self.paused {
+            write!(f, "; PAUSED ({why})")?;
+        }
         match (&self.lock, self.lock_stale) {
             (Some(l), false) => write!(f, "; locked by {l}")?,
-            (Some(l), true) => write!(f, "; STALE lock of {l}: its process is gone, run recover")?,
+            (Some(l), true) => write!(
+                f,
+                "; STALE lock of {l}: its process is gone; resume the run or roll it back"
+            )?,
+            (None, _) if self.outcome.is_none() => write!(
+                f,
+                "; no process holds the lock: the run stopped before it could finish its journal; \
+                 resume it or roll it back"
+            )?,
+            (None, _) if self.outcome == Some(Outcome::Failed) => write!(
+                f,
+                "; undoing it failed: roll it back again once the cause is fixed"
+            )?,
             (None, _) => {}
         }
         Ok(())

@@ -39,6 +39,8 @@ pub enum FaultAction {
     HangAfter,
     /// Wait this long before acting.
     Delay(Duration),
+    /// Panic before acting (a bug in an adapter), to test that the engine contains it.
+    Panic,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,11 @@ impl Faults {
         self.add(method, call.max(1), 1, FaultAction::HangAfter);
     }
 
+    /// Make call `call` of `method` panic before acting.
+    pub fn panic_on(&self, method: &str, call: u32) {
+        self.add(method, call.max(1), 1, FaultAction::Panic);
+    }
+
     /// Delay every call of `method`.
     pub fn delay(&self, method: &str, delay: Duration) {
         self.add(method, 0, u32::MAX, FaultAction::Delay(delay));
@@ -169,6 +176,7 @@ impl Faults {
                 FaultAction::Delay(d) => tokio::time::sleep(d).await,
                 FaultAction::Hang => std::future::pending::<()>().await,
                 FaultAction::HangAfter => after = After::Hang,
+                FaultAction::Panic => panic!("{method} on {object}: scripted panic"),
                 FaultAction::Fail { kind, retryable } => {
                     let e = Error::new(
                         kind,
@@ -689,17 +697,35 @@ pub struct FakeGate {
     name: String,
     script: Mutex<VecDeque<VerdictKind>>,
     last: Mutex<VerdictKind>,
+    evaluation_time: Duration,
+    lookback: Duration,
     /// Scripted failures.
     pub faults: Faults,
 }
 
 impl FakeGate {
+    /// Each evaluation takes `d` (as a scrape gate waits its window), and says so through
+    /// [`MetricGate::evaluation_time`].
+    pub fn with_evaluation_time(mut self, d: Duration) -> Self {
+        self.evaluation_time = d;
+        self
+    }
+
+    /// Say through [`MetricGate::lookback`] that each measurement looks back over `d` (as a
+    /// PromQL range does).
+    pub fn with_lookback(mut self, d: Duration) -> Self {
+        self.lookback = d;
+        self
+    }
+
     /// A gate answering `kinds` in order, then the last one forever.
     pub fn sequence(name: &str, kinds: &[VerdictKind]) -> Self {
         Self {
             name: name.to_owned(),
             script: Mutex::new(kinds.iter().copied().collect()),
             last: Mutex::new(kinds.last().copied().unwrap_or(VerdictKind::Pass)),
+            evaluation_time: Duration::ZERO,
+            lookback: Duration::ZERO,
             faults: Faults::new(),
         }
     }
@@ -726,8 +752,17 @@ impl MetricGate for FakeGate {
         &self.name
     }
 
+    fn evaluation_time(&self) -> Duration {
+        self.evaluation_time
+    }
+
+    fn lookback(&self) -> Duration {
+        self.lookback
+    }
+
     async fn evaluate(&self, _ctx: &GateContext) -> Result<Verdict> {
         let after = self.faults.enter(&self.name, "evaluate").await?;
+        tokio::time::sleep(self.evaluation_time).await;
         let kind = lock(&self.script).pop_front().unwrap_or(*lock(&self.last));
         let (value, no_data) = match kind {
             VerdictKind::Pass => (Some(0.001), false),
