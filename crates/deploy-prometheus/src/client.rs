@@ -331,62 +331,59 @@ impl PrometheusClient {
             )
             .with_source(e)
         })?;
-        let envelope: Option<Envelope> = serde_json::from_slice(&body).ok();
-        // Prometheus answers errors as JSON with 400/422/503; prefer its words.
-        if let Some(env) = &envelope
-            && env.status == "error"
-        {
-            let kind = if status.is_server_error() {
-                ErrorKind::Unavailable
-            } else {
-                ErrorKind::Rejected
-            };
-            return Err(Error::new(
-                kind,
-                operation,
-                object(),
-                format!(
-                    "Prometheus answered HTTP {} {}: {}",
-                    status.as_u16(),
-                    env.error_type.as_deref().unwrap_or("error"),
-                    env.error.as_deref().unwrap_or("(no message)")
-                ),
-            ));
-        }
-        if !status.is_success() {
-            let kind = match status.as_u16() {
-                401 | 403 => ErrorKind::PermissionDenied,
-                404 => ErrorKind::NotFound,
-                s if s >= 500 => ErrorKind::Unavailable,
-                _ => ErrorKind::Rejected,
-            };
-            let text = String::from_utf8_lossy(&body);
-            let snippet: String = text.trim().chars().take(200).collect();
-            return Err(Error::new(
-                kind,
-                operation,
-                object(),
-                format!("HTTP {status}: {snippet}"),
-            ));
-        }
-        let protocol = |cause: String| Error::new(ErrorKind::Protocol, operation, object(), cause);
-        let Some(env) = envelope else {
-            let err = serde_json::from_slice::<Envelope>(&body)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(protocol(format!(
-                "the answer is not Prometheus API JSON: {err}"
-            )));
-        };
-        if env.status != "success" {
-            return Err(protocol(format!("unknown status {:?}", env.status)));
-        }
-        let data = env
-            .data
-            .ok_or_else(|| protocol("the answer has no `data`".into()))?;
-        parse_result(&data.result_type, data.result).map_err(protocol)
+        read_answer(status, &body)
+            .map_err(|(kind, cause)| Error::new(kind, operation, object(), cause))
     }
+}
+
+/// What an answer of the HTTP API says: the result, or the kind of failure and its cause.
+/// Any bytes are read without panicking: Prometheus' JSON, its error JSON with any status, or
+/// whatever a proxy in front of it answers.
+fn read_answer(
+    status: reqwest::StatusCode,
+    body: &[u8],
+) -> std::result::Result<QueryResult, (ErrorKind, String)> {
+    let envelope: std::result::Result<Envelope, _> = serde_json::from_slice(body);
+    // Prometheus answers errors as JSON with 400/422/503; prefer its words.
+    if let Ok(env) = &envelope
+        && env.status == "error"
+    {
+        let kind = if status.is_server_error() {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Rejected
+        };
+        return Err((
+            kind,
+            format!(
+                "Prometheus answered HTTP {} {}: {}",
+                status.as_u16(),
+                env.error_type.as_deref().unwrap_or("error"),
+                env.error.as_deref().unwrap_or("(no message)")
+            ),
+        ));
+    }
+    if !status.is_success() {
+        let kind = match status.as_u16() {
+            401 | 403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            s if s >= 500 => ErrorKind::Unavailable,
+            _ => ErrorKind::Rejected,
+        };
+        let text = String::from_utf8_lossy(body);
+        let snippet: String = text.trim().chars().take(200).collect();
+        return Err((kind, format!("HTTP {status}: {snippet}")));
+    }
+    let protocol = |cause: String| (ErrorKind::Protocol, cause);
+    let env =
+        envelope.map_err(|e| protocol(format!("the answer is not Prometheus API JSON: {e}")))?;
+    if env.status != "success" {
+        return Err(protocol(format!("unknown status {:?}", env.status)));
+    }
+    let data = env
+        .data
+        .ok_or_else(|| protocol("the answer has no `data`".into()))?;
+    parse_result(&data.result_type, data.result).map_err(protocol)
 }
 
 fn parse_result(
@@ -525,5 +522,196 @@ mod tests {
         assert!(parse_result("vector", serde_json::json!({"x": 1})).is_err());
         assert!(parse_result("vector", serde_json::json!([{"value": [1, "abc"]}])).is_err());
         assert!(parse_result("weird", serde_json::json!([])).is_err());
+    }
+
+    // ---- property tests of the answer reader ----
+
+    use proptest::prelude::*;
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+
+    /// A sample value as Prometheus writes it (Go's `FormatFloat(v, 'f', -1, 64)` spelling of
+    /// the specials).
+    fn prom_value(v: f64) -> String {
+        if v.is_nan() {
+            "NaN".into()
+        } else if v == f64::INFINITY {
+            "+Inf".into()
+        } else if v == f64::NEG_INFINITY {
+            "-Inf".into()
+        } else {
+            format!("{v}")
+        }
+    }
+
+    fn same(a: f64, b: f64) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            ".*".prop_map(Value::String),
+            prop_oneof![
+                Just("NaN"),
+                Just("+Inf"),
+                Just("1.5"),
+                Just("vector"),
+                Just("success")
+            ]
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("metric".to_owned()),
+                        Just("value".to_owned()),
+                        Just("values".to_owned()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn status() -> impl Strategy<Value = StatusCode> {
+        prop_oneof![
+            Just(StatusCode::OK),
+            (100u16..600).prop_map(|s| StatusCode::from_u16(s).unwrap()),
+        ]
+    }
+
+    fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+        proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,6}", any::<String>(), 0..4)
+    }
+
+    fn values() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_a_result_or_a_clear_error(
+            status in status(),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if let Err((kind, cause)) = read_answer(status, &body) {
+                prop_assert!(!cause.is_empty());
+                if status.is_success() {
+                    prop_assert_eq!(kind, ErrorKind::Protocol, "{}", cause);
+                }
+            }
+        }
+
+        #[test]
+        fn hostile_json_is_a_result_or_a_clear_error(
+            status in status(),
+            result_type in prop_oneof![
+                Just("vector".to_owned()),
+                Just("matrix".to_owned()),
+                Just("scalar".to_owned()),
+                Just("string".to_owned()),
+                ".{0,8}",
+            ],
+            result in any_json(),
+            whole in any_json(),
+            wrap in any::<bool>(),
+        ) {
+            let body = if wrap {
+                json!({"status": "success", "data": {"resultType": result_type, "result": result}})
+            } else {
+                whole
+            };
+            if let Err((_, cause)) = read_answer(status, body.to_string().as_bytes()) {
+                prop_assert!(!cause.is_empty());
+            }
+        }
+
+        #[test]
+        fn valid_answers_parse_exactly(
+            vector in proptest::collection::vec((labels(), -1e10..1e10f64, values()), 0..5),
+            matrix in proptest::collection::vec(
+                (labels(), proptest::collection::vec((0i64..4_000_000_000_000, values()), 0..5)),
+                0..4,
+            ),
+            scalar in values(),
+        ) {
+            let body = json!({"status": "success", "data": {"resultType": "vector", "result":
+                vector.iter().map(|(l, t, v)| json!({"metric": l, "value": [t, prom_value(*v)]})).collect::<Vec<_>>()
+            }});
+            let Ok(QueryResult::Vector(got)) = read_answer(StatusCode::OK, body.to_string().as_bytes()) else {
+                return Err(TestCaseError::fail(format!("not a vector: {body}")));
+            };
+            prop_assert_eq!(got.len(), vector.len());
+            for (g, (l, _, v)) in got.iter().zip(&vector) {
+                prop_assert_eq!(&g.labels, l);
+                prop_assert!(same(g.value, *v), "{} != {}", g.value, v);
+            }
+
+            let body = json!({"status": "success", "data": {"resultType": "matrix", "result":
+                matrix.iter().map(|(l, pts)| json!({"metric": l, "values":
+                    pts.iter().map(|(t, v)| json!([*t as f64 / 1000.0, prom_value(*v)])).collect::<Vec<_>>()
+                })).collect::<Vec<_>>()
+            }});
+            let Ok(QueryResult::Matrix(got)) = read_answer(StatusCode::OK, body.to_string().as_bytes()) else {
+                return Err(TestCaseError::fail(format!("not a matrix: {body}")));
+            };
+            prop_assert_eq!(got.len(), matrix.len());
+            for (g, (l, pts)) in got.iter().zip(&matrix) {
+                prop_assert_eq!(&g.labels, l);
+                prop_assert_eq!(g.points.len(), pts.len());
+                for (gp, p) in g.points.iter().zip(pts) {
+                    // Timestamps are seconds with milliseconds; serde_json reads them to
+                    // within a microsecond (its default float parsing is not exact).
+                    prop_assert!((gp.0 - p.0 as f64 / 1000.0).abs() < 1e-6, "{} vs {}", gp.0, p.0);
+                    prop_assert!(same(gp.1, p.1));
+                }
+            }
+
+            let body = json!({"status": "success", "data": {"resultType": "scalar", "result": [1.5, prom_value(scalar)]}});
+            let Ok(QueryResult::Scalar(got)) = read_answer(StatusCode::OK, body.to_string().as_bytes()) else {
+                return Err(TestCaseError::fail(format!("not a scalar: {body}")));
+            };
+            prop_assert!(same(got, scalar));
+        }
+    }
+
+    #[test]
+    fn deeply_nested_or_huge_answers_are_errors_not_crashes() {
+        let deep = format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let (kind, cause) = read_answer(StatusCode::OK, deep.as_bytes()).unwrap_err();
+        assert_eq!(kind, ErrorKind::Protocol);
+        assert!(cause.contains("recursion limit"), "{cause}");
+        let (kind, cause) = read_answer(StatusCode::OK, b"").unwrap_err();
+        assert_eq!(kind, ErrorKind::Protocol);
+        assert!(cause.contains("not Prometheus API JSON"), "{cause}");
+        let e = read_answer(
+            StatusCode::BAD_GATEWAY,
+            "<html>\u{0}\u{202e}".repeat(1000).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, ErrorKind::Unavailable);
+        assert!(e.1.chars().count() < 250, "{}", e.1);
     }
 }

@@ -11,10 +11,10 @@ use deploy_core::{
 
 use crate::Condition;
 use crate::client::PrometheusClient;
-use crate::promql::error_verdict;
+use crate::promql::{error_verdict, variables};
 use crate::scrape::{ScrapeMeasure, Scraper};
 use crate::stats::{Alternative, mann_whitney};
-use crate::template::{Template, ids_regex, promql_duration};
+use crate::template::{Template, query_lookback};
 
 /// Which change of the canary against the baseline is a regression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +99,8 @@ pub struct Judge {
     confidence: f64,
     min_effect: f64,
     min_samples: usize,
+    /// The largest range of the rendered query (Prometheus judges), computed when built.
+    query_lookback: Duration,
 }
 
 /// Builds a [`Judge`].
@@ -209,11 +211,7 @@ impl Judge {
                 let end = SystemTime::now();
                 let start = end.checked_sub(*lookback).unwrap_or(SystemTime::UNIX_EPOCH);
                 let render = |ids: &[TargetId]| {
-                    let mut v = vars.clone();
-                    v.insert("target".into(), ids_regex(ids));
-                    v.insert("baseline".into(), ids_regex(&ctx.baseline));
-                    v.insert("version".into(), ctx.version.to_string());
-                    v.insert("window".into(), promql_duration(*window));
+                    let v = variables(vars, *window, ids, &ctx.baseline, ctx.version.as_str());
                     query.render(&v)
                 };
                 let (cq, bq) = (render(&ctx.canary), render(&ctx.baseline));
@@ -259,14 +257,12 @@ impl Judge {
                     let now = tokio::time::Instant::now();
                     let n = cu.len();
                     let m = |range: std::ops::Range<usize>| {
-                        measure
-                            .measure(&prev[range.clone()], &cur[range], now - at)
-                            .value
+                        measure.measure(&prev[range.clone()], &cur[range], now - at)
                     };
-                    if let Some(v) = m(0..n) {
+                    if let Some(v) = m(0..n)?.value {
                         c.push(v);
                     }
-                    if let Some(v) = m(n..all.len()) {
+                    if let Some(v) = m(n..all.len())?.value {
                         b.push(v);
                     }
                     prev = cur;
@@ -527,6 +523,15 @@ impl JudgeBuilder {
         };
         match source {
             Some(source) if problems.is_empty() => Ok(Judge {
+                query_lookback: match &source {
+                    Source::Prometheus {
+                        query,
+                        window,
+                        vars,
+                        ..
+                    } => query_lookback(&query.render(&variables(vars, *window, &[], &[], ""))),
+                    Source::Scrape { .. } => Duration::ZERO,
+                },
                 name: self.name,
                 source,
                 direction: self.direction,
@@ -548,6 +553,27 @@ impl JudgeBuilder {
 impl MetricGate for Judge {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A scrape judge takes its samples one interval apart: samples × interval. A Prometheus
+    /// judge asks two range queries: zero.
+    fn evaluation_time(&self) -> Duration {
+        match &self.source {
+            Source::Prometheus { .. } => Duration::ZERO,
+            Source::Scrape {
+                samples, interval, ..
+            } => interval.saturating_mul(u32::try_from(*samples).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// A Prometheus judge reads points over its [lookback](JudgeBuilder::lookback), each of
+    /// which looks back over the query's own largest range: their sum. A scrape judge reads
+    /// only what happens while it samples: zero.
+    fn lookback(&self) -> Duration {
+        match &self.source {
+            Source::Prometheus { lookback, .. } => lookback.saturating_add(self.query_lookback),
+            Source::Scrape { .. } => Duration::ZERO,
+        }
     }
 
     async fn evaluate(&self, ctx: &GateContext) -> Result<Verdict> {

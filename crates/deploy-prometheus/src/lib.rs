@@ -2,6 +2,7 @@
 
 mod client;
 mod condition;
+mod exposition;
 mod judge;
 mod metrics;
 mod promql;

@@ -11,7 +11,7 @@ use deploy_core::{
 use crate::client::{PrometheusClient, QueryResult};
 use crate::condition::Condition;
 use crate::metrics::HttpMetrics;
-use crate::template::{Template, ids_regex, promql_duration};
+use crate::template::{Template, ids_regex, promql_duration, query_lookback};
 
 /// How a gate turns several values (series of a vector, points of a range) into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +103,8 @@ pub struct PromQlGate {
     min_samples: usize,
     floor: Option<Floor>,
     range: Option<(Duration, Duration)>,
+    /// How far back one evaluation looks, computed when built (see [`MetricGate::lookback`]).
+    lookback: Duration,
 }
 
 /// Builds a [`PromQlGate`]; [`build`](PromQlGateBuilder::build) checks everything at once.
@@ -242,18 +244,32 @@ impl PromQlGateBuilder {
             ));
         }
         match (query, condition, problems.is_empty()) {
-            (Some(query), Some(condition), true) => Ok(PromQlGate {
-                name: self.name,
-                client: self.client,
-                query,
-                condition,
-                window: self.window,
-                vars: self.vars,
-                reduce: self.reduce,
-                min_samples: self.min_samples.max(1),
-                floor,
-                range: self.range,
-            }),
+            (Some(query), Some(condition), true) => {
+                // Every variable but the targets and the version is known now, and those
+                // render inside label matchers, where no range is.
+                let vars = variables(&self.vars, self.window, &[], &[], "");
+                let range = self.range.map_or(Duration::ZERO, |(lookback, _)| lookback);
+                let lookback = range
+                    .saturating_add(query_lookback(&query.render(&vars)))
+                    .max(
+                        floor
+                            .as_ref()
+                            .map_or(Duration::ZERO, |f| query_lookback(&f.query.render(&vars))),
+                    );
+                Ok(PromQlGate {
+                    name: self.name,
+                    client: self.client,
+                    query,
+                    condition,
+                    window: self.window,
+                    vars: self.vars,
+                    reduce: self.reduce,
+                    min_samples: self.min_samples.max(1),
+                    floor,
+                    range: self.range,
+                    lookback,
+                })
+            }
             _ => Err(Error::new(
                 ErrorKind::InvalidInput,
                 "build",
@@ -358,12 +374,13 @@ impl PromQlGate {
     }
 
     fn variables(&self, ctx: &GateContext, targets: &[TargetId]) -> BTreeMap<String, String> {
-        let mut vars = self.vars.clone();
-        vars.insert("target".into(), ids_regex(targets));
-        vars.insert("baseline".into(), ids_regex(&ctx.baseline));
-        vars.insert("version".into(), ctx.version.to_string());
-        vars.insert("window".into(), promql_duration(self.window));
-        vars
+        variables(
+            &self.vars,
+            self.window,
+            targets,
+            &ctx.baseline,
+            ctx.version.as_str(),
+        )
     }
 
     /// Values of `query`: series of the vector or the scalar (instant), or every point (range).
@@ -391,6 +408,22 @@ impl PromQlGate {
             )),
         }
     }
+}
+
+/// The values of a template's variables: the custom ones, then the built-in ones.
+pub(crate) fn variables(
+    custom: &BTreeMap<String, String>,
+    window: Duration,
+    targets: &[TargetId],
+    baseline: &[TargetId],
+    version: &str,
+) -> BTreeMap<String, String> {
+    let mut vars = custom.clone();
+    vars.insert("target".into(), ids_regex(targets));
+    vars.insert("baseline".into(), ids_regex(baseline));
+    vars.insert("version".into(), version.to_owned());
+    vars.insert("window".into(), promql_duration(window));
+    vars
 }
 
 /// Judge `values` by `condition`: the shared tail of both gates.
@@ -470,6 +503,19 @@ pub(crate) fn error_verdict(condition: &Condition, source: &str, e: &Error) -> V
 impl MetricGate for PromQlGate {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Zero: an evaluation is one or two queries, limited by the client's timeout.
+    fn evaluation_time(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// The largest range of the rendered query (`[5m]`, with any `offset` and subquery),
+    /// plus the [range](PromQlGateBuilder::range) of a range gate, or the traffic floor's
+    /// range if that is larger: an analysis shorter than this would judge traffic from before
+    /// it began.
+    fn lookback(&self) -> Duration {
+        self.lookback
     }
 
     async fn evaluate(&self, ctx: &GateContext) -> Result<Verdict> {

@@ -11,60 +11,117 @@ use regex::Regex;
 
 use crate::client::error_chain;
 use crate::condition::Condition;
+use crate::exposition;
 use crate::metrics::HttpMetrics;
 use crate::promql::{Reduce, error_verdict, judge_values};
 
 /// A series' labels, sorted by name.
 type LabelSet = Vec<(String, String)>;
 
-/// One parsed scrape of one target: counter-like values and histograms, by series.
+/// Checks one value of a series: `(snapshot, metric, labels, value)`.
+type Check = fn(&Snapshot, &str, &[(String, String)], f64) -> Result<()>;
+
+/// One parsed scrape of one target: every sample's value, by series.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Snapshot {
-    /// Counters, gauges and untyped samples (histogram `_sum`/`_count` included), keyed by
-    /// metric name and then by the series' sorted labels.
+    /// Where the page came from (its URL), for messages.
+    source: String,
+    /// Values keyed by metric name (`x_bucket`, `x_sum` as written) and then by the series'
+    /// sorted labels.
     values: HashMap<String, BTreeMap<LabelSet, f64>>,
-    /// Histogram buckets `(le, cumulative count)`, keyed by base name and labels without `le`.
-    histograms: HashMap<String, BTreeMap<LabelSet, Vec<(f64, f64)>>>,
 }
 
 impl Snapshot {
-    /// Parse the Prometheus text format.
-    pub(crate) fn parse(text: &str) -> Self {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            // Reading from an in-memory iterator of `Ok` lines cannot fail.
-            .unwrap_or(prometheus_parse::Scrape {
-                docs: HashMap::new(),
-                samples: Vec::new(),
-            });
-        let mut snap = Self::default();
-        for s in scrape.samples {
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            labels.sort();
-            use prometheus_parse::Value as V;
-            match s.value {
-                V::Counter(v) | V::Gauge(v) | V::Untyped(v) => {
-                    snap.values.entry(s.metric).or_default().insert(labels, v);
-                }
-                V::Histogram(buckets) => {
-                    let b = buckets.iter().map(|h| (h.less_than, h.count)).collect();
-                    snap.histograms
-                        .entry(s.metric)
-                        .or_default()
-                        .insert(labels, b);
-                }
-                V::Summary(_) => {}
+    /// Read a page in the Prometheus text format served at `source`. A page that breaks the
+    /// format, or that holds one series twice, is refused: its values cannot be trusted.
+    pub(crate) fn parse(source: &str, text: &str) -> std::result::Result<Self, String> {
+        let page = exposition::parse(text).map_err(|e| e.to_string())?;
+        let mut values: HashMap<String, BTreeMap<LabelSet, f64>> = HashMap::new();
+        for sample in page.samples {
+            let mut labels = sample.labels;
+            labels.sort_unstable();
+            if !values.contains_key(&sample.name) {
+                values.insert(sample.name.clone(), BTreeMap::new());
             }
+            let Some(series) = values.get_mut(&sample.name) else {
+                continue;
+            };
+            if series.contains_key(&labels) {
+                return Err(format!(
+                    "line {}: the series {} appears a second time",
+                    sample.line,
+                    series_name(&sample.name, &labels)
+                ));
+            }
+            series.insert(labels, sample.value);
         }
-        snap
+        Ok(Self {
+            source: source.to_owned(),
+            values,
+        })
+    }
+
+    /// The number of series read.
+    #[cfg(feature = "testing")]
+    pub(crate) fn len(&self) -> usize {
+        self.values.values().map(BTreeMap::len).sum()
     }
 }
 
-/// The increase of a counter between two readings, as PromQL's `increase` sees a reset: a
-/// value lower than before means the counter restarted from 0.
+/// `name{a="x",b="y"}`, label values escaped as the exposition format writes them.
+fn series_name(name: &str, labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return name.to_owned();
+    }
+    let inner: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    format!("{name}{{{}}}", inner.join(","))
+}
+
+/// A value that no counter can have (negative, NaN, infinite) is nonsense: refuse it rather
+/// than judge it.
+fn check_counter(snap: &Snapshot, name: &str, labels: &[(String, String)], v: f64) -> Result<()> {
+    let why = if v.is_nan() {
+        "is NaN"
+    } else if v.is_infinite() {
+        "is infinite"
+    } else if v < 0.0 {
+        "is negative"
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        ErrorKind::Protocol,
+        "read counter",
+        format!("{} from {}", series_name(name, labels), snap.source),
+        format!("its value {v} {why}, which a counter never is"),
+    ))
+}
+
+/// A histogram's `_sum` may go down (negative observations) but must be a number.
+fn check_finite(snap: &Snapshot, name: &str, labels: &[(String, String)], v: f64) -> Result<()> {
+    if v.is_finite() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Protocol,
+        "read sum",
+        format!("{} from {}", series_name(name, labels), snap.source),
+        format!("its value {v} is not a finite number"),
+    ))
+}
+
+/// The increase of a counter between two readings, as Prometheus' `increase` reads each
+/// series: a value lower than before means the counter restarted from 0, so all of the new
+/// value is increase. A series new in the second reading counts from 0.
 fn counter_increase(prev: Option<f64>, cur: f64) -> f64 {
     match prev {
         Some(p) if cur >= p => cur - p,
@@ -73,13 +130,14 @@ fn counter_increase(prev: Option<f64>, cur: f64) -> f64 {
 }
 
 /// The summed increase of every series of `metric` whose labels satisfy `keep`, and whether the
-/// metric exists at all in the current scrapes. Series new in `cur` count from 0.
+/// metric exists at all in the current scrapes. Each value must be a valid counter (`check`).
 fn increase(
     prev: &[Snapshot],
     cur: &[Snapshot],
     metric: &str,
     keep: impl Fn(&[(String, String)]) -> bool,
-) -> (f64, bool) {
+    check: Check,
+) -> Result<(f64, bool)> {
     let mut total = 0.0;
     let mut found = false;
     for (p, c) in prev.iter().zip(cur) {
@@ -90,53 +148,80 @@ fn increase(
         for (labels, v) in series {
             if keep(labels) {
                 let before = p.values.get(metric).and_then(|m| m.get(labels)).copied();
+                check(c, metric, labels, *v)?;
+                if let Some(b) = before {
+                    check(p, metric, labels, b)?;
+                }
                 total += counter_increase(before, *v);
             }
         }
     }
-    (total, found)
+    Ok((total, found))
 }
 
-/// The increase of every bucket of histogram `name`, summed over series and targets:
-/// `(le, cumulative count)` sorted by `le`, or `None` if the histogram does not exist.
-fn histogram_increase(prev: &[Snapshot], cur: &[Snapshot], name: &str) -> Option<Vec<(f64, f64)>> {
+/// The increase of every bucket of histogram `name` between the scrapes, summed over series and
+/// targets by upper bound, as `sum by (le) (increase(name_bucket[...]))`: `(le, increase)` in
+/// no particular order, or `None` if the histogram does not exist. Each bucket series is its
+/// own counter, so a reset is detected per bucket, as Prometheus does; bucket series without a
+/// numeric `le` are skipped, as `histogram_quantile` skips them. Refused: counts that no counter
+/// can have, and a histogram without its `+Inf` bucket.
+fn histogram_increase(
+    prev: &[Snapshot],
+    cur: &[Snapshot],
+    name: &str,
+) -> Result<Option<Vec<(f64, f64)>>> {
+    let metric = format!("{name}_bucket");
     let mut sum: Vec<(f64, f64)> = Vec::new();
     let mut found = false;
     for (p, c) in prev.iter().zip(cur) {
-        let Some(series) = c.histograms.get(name) else {
+        let Some(series) = c.values.get(&metric) else {
             continue;
         };
-        found = true;
-        for (labels, buckets) in series {
-            let before = p.histograms.get(name).and_then(|m| m.get(labels));
-            let total = |b: &[(f64, f64)]| b.iter().map(|x| x.1).fold(0.0, f64::max);
-            // A histogram whose total went down was reset: count from 0.
-            let reset = before.is_some_and(|b| total(b) > total(buckets));
-            for &(le, count) in buckets {
-                let prev_count = if reset {
-                    None
-                } else {
-                    before
-                        .and_then(|b| b.iter().find(|x| x.0 == le))
-                        .map(|x| x.1)
-                };
-                let d = counter_increase(prev_count, count);
-                match sum.iter_mut().find(|x| x.0 == le) {
-                    Some(x) => x.1 += d,
-                    None => sum.push((le, d)),
-                }
+        // Each histogram of this target (its labels without `le`): has it a `+Inf` bucket?
+        let mut has_inf: BTreeMap<LabelSet, bool> = BTreeMap::new();
+        for (labels, count) in series {
+            let Some(le) = labels
+                .iter()
+                .find(|(k, _)| k == "le")
+                .and_then(|(_, v)| exposition::parse_go_float(v))
+                .filter(|le| !le.is_nan())
+            else {
+                continue;
+            };
+            found = true;
+            let group: LabelSet = labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+            *has_inf.entry(group).or_default() |= le == f64::INFINITY;
+            let before = p.values.get(&metric).and_then(|m| m.get(labels)).copied();
+            check_counter(c, &metric, labels, *count)?;
+            if let Some(b) = before {
+                check_counter(p, &metric, labels, b)?;
+            }
+            let d = counter_increase(before, *count);
+            match sum.iter_mut().find(|x| x.0 == le) {
+                Some(x) => x.1 += d,
+                None => sum.push((le, d)),
             }
         }
+        if let Some((g, _)) = has_inf.iter().find(|(_, inf)| !**inf) {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "read histogram",
+                format!("{} from {}", series_name(name, g), c.source),
+                "it has no bucket with le=\"+Inf\", so its total is unknown",
+            ));
+        }
     }
-    sum.sort_by(|a, b| a.0.total_cmp(&b.0));
-    found.then_some(sum)
+    Ok(found.then_some(sum))
 }
 
-/// The `q`-quantile of a histogram given as `(upper bound, cumulative count)` pairs, by linear
-/// interpolation within the bucket, exactly as PromQL's `histogram_quantile` computes it
-/// (Prometheus 2.x `bucketQuantile`): NaN without a `+Inf` bucket, with fewer than two buckets
-/// or with no observations; the upper bound of the last finite bucket when the rank falls in
-/// `+Inf`; a lower bound of 0 for the first bucket.
+/// The `q`-quantile of a histogram given as `(upper bound, cumulative count)` pairs in any
+/// order, exactly as Prometheus 2.42's `histogram_quantile` computes it (`bucketQuantile`):
+/// sort by bound, merge equal bounds, make the counts monotonic (each count at least the one
+/// before it), then interpolate linearly within the bucket where the rank falls. NaN without a
+/// `+Inf` bucket, with fewer than two buckets or with no observations; the upper bound of the
+/// last finite bucket when the rank falls in `+Inf`; a lower bound of 0 for the first bucket
+/// (or its own bound if that is not positive). Never panics, whatever the input: callers
+/// refuse NaN and negative counts before, as nonsense.
 pub(crate) fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
@@ -152,7 +237,7 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
     if b.last().is_none_or(|x| x.0 != f64::INFINITY) {
         return f64::NAN;
     }
-    // Merge equal bounds, then make the counts monotonic (Prometheus does both).
+    // coalesceBuckets: equal bounds are one bucket.
     let mut merged: Vec<(f64, f64)> = Vec::with_capacity(b.len());
     for (le, c) in b {
         match merged.last_mut() {
@@ -160,12 +245,15 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
             _ => merged.push((le, c)),
         }
     }
-    let mut max = f64::NEG_INFINITY;
-    for x in &mut merged {
-        if x.1 < max {
-            x.1 = max;
-        } else {
+    // ensureMonotonic (Prometheus 2.42): a count below the largest before it is raised to it.
+    // The maximum starts at the first count, so a NaN there disables the fix, and a NaN later
+    // is left alone without moving the maximum (both checked against Prometheus in the tests).
+    let mut max = merged.first().map_or(f64::NAN, |x| x.1);
+    for x in merged.iter_mut().skip(1) {
+        if x.1 > max {
             max = x.1;
+        } else if x.1 < max {
+            x.1 = max;
         }
     }
     let n = merged.len();
@@ -177,7 +265,18 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
         return f64::NAN;
     }
     let mut rank = q * observations;
-    let i = merged.partition_point(|x| x.1 < rank);
+    // Go's `sort.Search(n-1, count >= rank)`, probe for probe: the answer is at most n - 1
+    // even when the counts are not sorted (NaN) or the rank is above every count (negative).
+    let (mut lo, mut hi) = (0, n - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if merged[mid].1 >= rank {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let i = lo;
     if i == n - 1 {
         return merged[n - 2].0;
     }
@@ -304,40 +403,44 @@ impl ScrapeMeasure {
         prev: &[Snapshot],
         cur: &[Snapshot],
         elapsed: Duration,
-    ) -> Measured {
+    ) -> Result<Measured> {
         let secs = elapsed.as_secs_f64().max(1e-9);
-        match &self.0 {
+        Ok(match &self.0 {
             Measure::ErrorRatio {
                 requests_total,
                 status_label,
                 error_status,
             } => {
-                let (all, found) = increase(prev, cur, requests_total, |_| true);
-                let (errors, _) = increase(prev, cur, requests_total, |labels| {
+                let (all, found) = increase(prev, cur, requests_total, |_| true, check_counter)?;
+                let is_error = |labels: &[(String, String)]| {
                     labels
                         .iter()
                         .find(|(k, _)| k == status_label)
                         .is_some_and(|(_, v)| error_status.is_match(v))
-                });
+                };
+                let (errors, _) = increase(prev, cur, requests_total, is_error, check_counter)?;
                 Measured {
                     value: found.then(|| if all > 0.0 { errors / all } else { f64::NAN }),
                     traffic: all / secs,
                 }
             }
-            Measure::Quantile { histogram, q } => match histogram_increase(prev, cur, histogram) {
+            Measure::Quantile { histogram, q } => match histogram_increase(prev, cur, histogram)? {
                 None => Measured {
                     value: None,
                     traffic: 0.0,
                 },
                 Some(b) => Measured {
                     value: Some(bucket_quantile(*q, &b)),
-                    traffic: b.last().map_or(0.0, |x| x.1) / secs,
+                    // Every observation is in the +Inf bucket (checked to exist).
+                    traffic: b.iter().find(|x| x.0 == f64::INFINITY).map_or(0.0, |x| x.1) / secs,
                 },
             },
             Measure::Mean { histogram } => {
-                let (sum, found_sum) = increase(prev, cur, &format!("{histogram}_sum"), |_| true);
-                let (count, found_count) =
-                    increase(prev, cur, &format!("{histogram}_count"), |_| true);
+                let all = |_: &[(String, String)]| true;
+                let sum_name = format!("{histogram}_sum");
+                let count_name = format!("{histogram}_count");
+                let (sum, found_sum) = increase(prev, cur, &sum_name, all, check_finite)?;
+                let (count, found_count) = increase(prev, cur, &count_name, all, check_counter)?;
                 Measured {
                     value: (found_sum && found_count)
                         .then(|| if count > 0.0 { sum / count } else { f64::NAN }),
@@ -345,13 +448,13 @@ impl ScrapeMeasure {
                 }
             }
             Measure::RequestRate { requests_total } => {
-                let (all, found) = increase(prev, cur, requests_total, |_| true);
+                let (all, found) = increase(prev, cur, requests_total, |_| true, check_counter)?;
                 Measured {
                     value: found.then_some(all / secs),
                     traffic: all / secs,
                 }
             }
-        }
+        })
     }
 }
 
@@ -407,16 +510,52 @@ impl Scraper {
                 format!("HTTP {status}"),
             ));
         }
-        let text = resp.text().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Protocol,
+        // We ask for the text format 0.0.4; a server that answers another format anyway would
+        // be misread by this parser, so say so rather than guess.
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if content_type.starts_with("application/openmetrics-text")
+            || content_type.starts_with("application/vnd.google.protobuf")
+        {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
                 op,
                 url.to_owned(),
-                format!("reading the page failed: {e}"),
+                format!(
+                    "the page is {content_type:?}; only the Prometheus text format (text/plain; version=0.0.4) is read"
+                ),
+            ));
+        }
+        let body = resp.bytes().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Unavailable
+            };
+            Error::new(
+                kind,
+                op,
+                url.to_owned(),
+                format!("reading the page failed: {}", error_chain(&e)),
             )
             .with_source(e)
         })?;
-        Ok(Snapshot::parse(&text))
+        let protocol = |cause: String| Error::new(ErrorKind::Protocol, op, url.to_owned(), cause);
+        let text = std::str::from_utf8(&body).map_err(|e| {
+            protocol(format!(
+                "the page is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ))
+        })?;
+        Snapshot::parse(url, text).map_err(|e| {
+            protocol(format!(
+                "the page is not in the Prometheus text format: {e}"
+            ))
+        })
     }
 
     /// Scrape every URL concurrently, in order.
@@ -437,19 +576,24 @@ impl Scraper {
     }
 }
 
-/// A metric gate without a Prometheus server: scrapes each canary target's `/metrics`
-/// (`prometheus-parse`), waits the window, scrapes again, and judges what happened in between:
-/// counter increases (a counter lower than before restarted from 0), error ratios from the
-/// status label, histogram quantiles interpolated within buckets as `histogram_quantile` does.
+/// A metric gate without a Prometheus server: scrapes each canary target's `/metrics` (the
+/// Prometheus text format 0.0.4, read as its specification says), waits the window, scrapes
+/// again, and judges what happened in between: counter increases (each series that went down
+/// restarted from 0, as Prometheus' `increase` reads it), error ratios from the status label,
+/// histogram quantiles exactly as `histogram_quantile` computes them.
 ///
 /// The targets are the explicit [`url`](ScrapeGateBuilder::url)s if any, otherwise the canary
 /// endpoints of the [`GateContext`] with the [metrics path](ScrapeGateBuilder::metrics_path).
-/// Values are summed over targets as `sum(rate(...))` would. One evaluation takes the window.
+/// Values are summed over targets as `sum(rate(...))` would. One evaluation takes the window
+/// ([`MetricGate::evaluation_time`]), so the engine's time limit for it is the window plus the
+/// analysis timeout.
 ///
 /// Outcomes as [`PromQlGate`](crate::PromQlGate): Pass/Fail by the condition; Inconclusive
 /// when the metric is absent (`no_data`), nothing happened between the scrapes (NaN), or the
 /// traffic is below [`min_traffic`](ScrapeGateBuilder::min_traffic); Error when a target cannot
-/// be scraped.
+/// be scraped, when its page breaks the text format (the line and the reason are given), or when
+/// the values measured are nonsense (a negative or NaN counter or bucket count, a histogram
+/// without its `+Inf` bucket).
 ///
 /// ```no_run
 /// # async fn demo() -> deploy_core::Result<()> {
@@ -643,6 +787,16 @@ impl MetricGate for ScrapeGate {
         &self.name
     }
 
+    /// The window: one evaluation scrapes, waits the window and scrapes again.
+    fn evaluation_time(&self) -> Duration {
+        self.window
+    }
+
+    /// Zero: the gate judges only what happens between its own two scrapes.
+    fn lookback(&self) -> Duration {
+        Duration::ZERO
+    }
+
     async fn evaluate(&self, ctx: &GateContext) -> Result<Verdict> {
         let urls = self.urls(ctx);
         let source = format!(
@@ -674,7 +828,10 @@ impl MetricGate for ScrapeGate {
             Ok(s) => s,
             Err(e) => return Ok(error_verdict(&self.condition, &source, &e)),
         };
-        let m = self.measure.measure(&first, &second, started.elapsed());
+        let m = match self.measure.measure(&first, &second, started.elapsed()) {
+            Ok(m) => m,
+            Err(e) => return Ok(error_verdict(&self.condition, &source, &e)),
+        };
         let verdict = match m.value {
             None => judge_values(
                 &[],
@@ -737,6 +894,18 @@ http_request_duration_seconds_sum 20
 http_request_duration_seconds_count 100
 "#;
 
+    fn snap(text: &str) -> Snapshot {
+        Snapshot::parse("http://test/metrics", text).unwrap()
+    }
+
+    fn one(m: &ScrapeMeasure, prev: &Snapshot, cur: &Snapshot, secs: u64) -> Result<Measured> {
+        m.measure(
+            std::slice::from_ref(prev),
+            std::slice::from_ref(cur),
+            Duration::from_secs(secs),
+        )
+    }
+
     #[test]
     fn histogram_quantile_matches_prometheus() {
         // Cumulative buckets as Prometheus stores them.
@@ -757,16 +926,28 @@ http_request_duration_seconds_count 100
         assert_eq!(bucket_quantile(0.9, &b2), 1.0);
         assert!(bucket_quantile(0.5, &[(0.1, 1.0)]).is_nan());
         assert!(bucket_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]).is_nan());
+        assert!(bucket_quantile(0.5, &[]).is_nan());
         assert_eq!(bucket_quantile(-1.0, &b), f64::NEG_INFINITY);
         assert_eq!(bucket_quantile(2.0, &b), f64::INFINITY);
-        // Non-monotonic counts are clamped upwards as Prometheus does.
+        // Non-monotonic counts are raised as Prometheus does; equal bounds are merged.
         let b3 = [(1.0, 10.0), (2.0, 8.0), (f64::INFINITY, 10.0)];
         assert_eq!(bucket_quantile(0.5, &b3), 0.5);
+        let b4 = [(f64::INFINITY, 4.0), (1.0, 1.0), (1.0, 1.0)];
+        assert_eq!(bucket_quantile(0.25, &b4), 0.5);
+        // A first bucket with a bound <= 0 answers its bound.
+        assert_eq!(
+            bucket_quantile(0.1, &[(-1.0, 5.0), (f64::INFINITY, 10.0)]),
+            -1.0
+        );
+        // What made the gate panic: negative counts (an int32 counter that wrapped). Now an
+        // answer (Prometheus' own), and the gate refuses such counts before asking.
+        let wrapped = [(0.1, -5.0), (0.5, -2.0), (1.0, -1.0), (f64::INFINITY, -1.0)];
+        assert_eq!(bucket_quantile(0.99, &wrapped), 1.0);
     }
 
     #[test]
     fn error_ratio_and_quantile_between_scrapes_with_a_reset() {
-        let first = Snapshot::parse(PAGE1);
+        let first = snap(PAGE1);
         // 40 more 200s, 10 more 503s, and a new series of 500s.
         let page2 = PAGE1
             .replace("{status=\"200\"} 90", "{status=\"200\"} 130")
@@ -774,20 +955,16 @@ http_request_duration_seconds_count 100
                 "{status=\"503\"} 10",
                 "{status=\"503\"} 20\nhttp_requests_total{status=\"500\"} 5",
             );
-        let second = Snapshot::parse(&page2);
+        let second = snap(&page2);
         let m = ScrapeMeasure::error_ratio(&HttpMetrics::default()).unwrap();
-        let r = m.measure(
-            std::slice::from_ref(&first),
-            std::slice::from_ref(&second),
-            Duration::from_secs(5),
-        );
+        let r = one(&m, &first, &second, 5).unwrap();
         assert_eq!(r.value, Some(15.0 / 55.0));
         assert_eq!(r.traffic, 11.0);
         // A restarted process: counters lower than before count from 0.
-        let restarted = Snapshot::parse(
+        let restarted = snap(
             "# TYPE http_requests_total counter\nhttp_requests_total{status=\"200\"} 3\nhttp_requests_total{status=\"503\"} 1\n",
         );
-        let r = m.measure(&[second], &[restarted], Duration::from_secs(1));
+        let r = one(&m, &second, &restarted, 1).unwrap();
         assert_eq!(r.value, Some(0.25));
         // Histogram: the increase is 100 -> 200 with every new observation in (0.5, 1].
         let page3 = PAGE1
@@ -795,67 +972,261 @@ http_request_duration_seconds_count 100
             .replace("le=\"+Inf\"} 100", "le=\"+Inf\"} 200")
             .replace("_sum 20", "_sum 100")
             .replace("_count 100", "_count 200");
-        let third = Snapshot::parse(&page3);
+        let third = snap(&page3);
         let q = ScrapeMeasure::quantile(&HttpMetrics::default(), 0.99);
-        let r = q.measure(
-            std::slice::from_ref(&first),
-            std::slice::from_ref(&third),
-            Duration::from_secs(10),
-        );
+        let r = one(&q, &first, &third, 10).unwrap();
         assert!((r.value.unwrap() - 0.995).abs() < 1e-12, "{r:?}");
         assert_eq!(r.traffic, 10.0);
         let mean = ScrapeMeasure::mean_latency(&HttpMetrics::default());
-        assert_eq!(
-            mean.measure(
-                std::slice::from_ref(&first),
-                &[third],
-                Duration::from_secs(1)
-            )
-            .value,
-            Some(0.8)
-        );
+        assert_eq!(one(&mean, &first, &third, 1).unwrap().value, Some(0.8));
         // Nothing happened: NaN; metric absent: None.
-        assert!(
-            m.measure(
-                std::slice::from_ref(&first),
-                std::slice::from_ref(&first),
-                Duration::from_secs(1)
-            )
-            .value
-            .unwrap()
-            .is_nan()
-        );
+        assert!(one(&m, &first, &first, 1).unwrap().value.unwrap().is_nan());
         let other =
             ScrapeMeasure::request_rate(&HttpMetrics::default().requests_total("nope_total"));
-        assert_eq!(
-            other
-                .measure(
-                    std::slice::from_ref(&first),
-                    std::slice::from_ref(&first),
-                    Duration::from_secs(1)
-                )
-                .value,
-            None
+        assert_eq!(one(&other, &first, &first, 1).unwrap().value, None);
+    }
+
+    #[test]
+    fn nonsense_values_are_errors_naming_the_series_and_the_url() {
+        let m = ScrapeMeasure::error_ratio(&HttpMetrics::default()).unwrap();
+        let ok = snap("http_requests_total{status=\"200\"} 5\n");
+        for bad in ["-1", "NaN", "+Inf"] {
+            let page = snap(&format!("http_requests_total{{status=\"200\"}} {bad}\n"));
+            let e = one(&m, &ok, &page, 1).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Protocol);
+            let text = e.to_string();
+            assert!(
+                text.contains("http_requests_total{status=\"200\"} from http://test/metrics"),
+                "{text}"
+            );
+            // Also when the earlier scrape had it.
+            assert!(one(&m, &page, &ok, 1).is_err());
+        }
+        let q = ScrapeMeasure::quantile(&HttpMetrics::default(), 0.5);
+        let no_inf = snap("http_request_duration_seconds_bucket{le=\"1\",route=\"/a\"} 5\n");
+        let e = one(&q, &no_inf, &no_inf, 1).unwrap_err();
+        assert!(e.to_string().contains("le=\"+Inf\""), "{e}");
+        assert!(e.to_string().contains("route=\"/a\""), "{e}");
+        let nan_sum =
+            snap("http_request_duration_seconds_sum NaN\nhttp_request_duration_seconds_count 1\n");
+        let mean = ScrapeMeasure::mean_latency(&HttpMetrics::default());
+        assert!(one(&mean, &nan_sum, &nan_sum, 1).is_err());
+        // A series twice on one page is refused when the page is read.
+        let e = Snapshot::parse("u", "x{a=\"1\",b=\"2\"} 1\nx{b=\"2\",a=\"1\"} 2\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("x{a=\"1\",b=\"2\"}"),
+            "{e}"
         );
     }
 
+    /// `histogram_quantile` as Prometheus 2.42 defines it, written plainly (a linear search) as
+    /// an oracle for valid input: non-negative finite counts, finite bounds and `+Inf`.
+    fn reference_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+        let mut b = buckets.to_vec();
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut m: Vec<(f64, f64)> = Vec::new();
+        for (le, c) in b {
+            if let Some(last) = m.last_mut().filter(|l| l.0 == le) {
+                last.1 += c;
+            } else {
+                m.push((le, c));
+            }
+        }
+        for i in 1..m.len() {
+            m[i].1 = m[i].1.max(m[i - 1].1);
+        }
+        if m.len() < 2 || m.last().unwrap().0 != f64::INFINITY || m.last().unwrap().1 == 0.0 {
+            return f64::NAN;
+        }
+        let total = m.last().unwrap().1;
+        let rank = q * total;
+        let b = (0..m.len() - 1)
+            .find(|&i| m[i].1 >= rank)
+            .unwrap_or(m.len() - 1);
+        if b == m.len() - 1 {
+            return m[m.len() - 2].0;
+        }
+        if b == 0 && m[0].0 <= 0.0 {
+            return m[0].0;
+        }
+        let (lo, lo_count) = if b == 0 { (0.0, 0.0) } else { m[b - 1] };
+        lo + (m[b].0 - lo) * ((rank - lo_count) / (m[b].1 - lo_count))
+    }
+
+    fn valid_buckets() -> impl Strategy<Value = Vec<(f64, f64)>> {
+        (
+            proptest::collection::vec(
+                (
+                    prop_oneof![(-5i32..20).prop_map(|i| f64::from(i) * 0.25), -1e6..1e6f64],
+                    prop_oneof![(0u32..100).prop_map(f64::from), 0.0..1e9f64],
+                ),
+                1..10,
+            ),
+            prop_oneof![(0u32..100).prop_map(f64::from), 0.0..1e9f64],
+        )
+            .prop_map(|(mut b, inf)| {
+                b.push((f64::INFINITY, inf));
+                b
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
         #[test]
-        fn quantiles_are_monotonic_and_within_bounds(
-            counts in proptest::collection::vec(0u32..100, 1..8),
+        fn quantiles_of_arbitrary_buckets_never_panic(
+            q in prop_oneof![any::<f64>(), 0.0..=1.0f64],
+            buckets in proptest::collection::vec((any::<f64>(), any::<f64>()), 0..10),
+            with_inf in any::<bool>(),
+        ) {
+            let mut b = buckets;
+            if with_inf {
+                b.push((f64::INFINITY, 1.0));
+            }
+            let _ = bucket_quantile(q, &b);
+        }
+
+        #[test]
+        fn quantiles_of_valid_buckets_are_prometheus_and_within_the_bounds(
+            b in valid_buckets(),
             q1 in 0.0f64..=1.0,
             q2 in 0.0f64..=1.0,
         ) {
-            let mut cum = 0.0;
-            let mut b: Vec<(f64, f64)> = counts.iter().enumerate().map(|(i, c)| {
-                cum += f64::from(*c);
-                ((i + 1) as f64 * 0.1, cum)
-            }).collect();
-            b.push((f64::INFINITY, cum + 1.0));
             let (lo, hi) = if q1 <= q2 { (q1, q2) } else { (q2, q1) };
             let (a, z) = (bucket_quantile(lo, &b), bucket_quantile(hi, &b));
-            prop_assert!(a <= z + 1e-12, "q{lo} = {a} > q{hi} = {z}");
-            prop_assert!((0.0..=counts.len() as f64 * 0.1 + 1e-9).contains(&z));
+            for (q, got) in [(lo, a), (hi, z)] {
+                let want = reference_quantile(q, &b);
+                prop_assert!(
+                    (got.is_nan() && want.is_nan()) || (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "q{q}: {got} vs {want} for {b:?}"
+                );
+            }
+            if a.is_nan() {
+                // Only when nothing was observed (or everything fell at one bound).
+                prop_assert!(z.is_nan() || b.iter().all(|x| x.1 == 0.0) || z == a);
+            } else {
+                let finite = b.iter().map(|x| x.0).filter(|x| x.is_finite());
+                let top = finite.clone().fold(f64::NEG_INFINITY, f64::max);
+                let bottom = finite.fold(0.0, f64::min);
+                prop_assert!(a <= z + 1e-9 * z.abs().max(1.0), "q{lo} = {a} > q{hi} = {z}");
+                prop_assert!((bottom..=top).contains(&a) && (bottom..=top).contains(&z),
+                    "{a}, {z} outside [{bottom}, {top}] for {b:?}");
+            }
+        }
+
+        #[test]
+        fn measuring_arbitrary_histogram_pages_never_panics(
+            before in proptest::collection::vec(any::<f64>(), 4),
+            after in proptest::collection::vec(prop_oneof![any::<f64>(), (0u32..1000).prop_map(f64::from)], 4),
+            drop_inf in any::<bool>(),
+        ) {
+            let page = |counts: &[f64]| {
+                let mut s = String::new();
+                for (le, c) in ["0.1", "0.5", "1", "+Inf"].iter().zip(counts) {
+                    if drop_inf && *le == "+Inf" {
+                        continue;
+                    }
+                    let v = if c.is_nan() { "NaN".to_owned() } else if c.is_infinite() {
+                        if *c > 0.0 { "+Inf".to_owned() } else { "-Inf".to_owned() }
+                    } else { format!("{c:e}") };
+                    s.push_str(&format!("http_request_duration_seconds_bucket{{le=\"{le}\"}} {v}\n"));
+                }
+                snap(&s)
+            };
+            let q = ScrapeMeasure::quantile(&HttpMetrics::default(), 0.99);
+            let (p, c) = (page(&before), page(&after));
+            match one(&q, &p, &c, 1) {
+                Ok(m) => {
+                    let v = m.value.unwrap();
+                    prop_assert!(!drop_inf);
+                    prop_assert!(before.iter().chain(&after).all(|x| x.is_finite() && *x >= 0.0));
+                    prop_assert!(v.is_nan() || (0.0..=1.0).contains(&v), "{v}");
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    prop_assert!(text.contains("http://test/metrics"), "{text}");
+                    prop_assert!(drop_inf || before.iter().chain(&after).any(|x| !x.is_finite() || *x < 0.0), "{text}");
+                }
+            }
+        }
+    }
+
+    /// The same bucket sets through a real Prometheus 2.42's `histogram_quantile`: the buckets
+    /// are built in PromQL (`label_replace(vector(count), "le", bound, "", "")`), one `case`
+    /// label per set, so one query answers every set for one q.
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn quantiles_agree_with_a_real_prometheus() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let prom = crate::testing::PrometheusServer::start(&[]).await.unwrap();
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+        );
+        // Valid sets, plus unsorted and non-monotonic ones, negative and NaN counts.
+        let strategy = proptest::collection::vec(
+            (
+                (-4i32..12).prop_map(|i| f64::from(i) * 0.25),
+                prop_oneof![
+                    6 => (0u32..50).prop_map(f64::from),
+                    1 => (-20i32..0).prop_map(f64::from),
+                    1 => Just(f64::NAN),
+                ],
+            ),
+            1..7,
+        );
+        let mut sets: Vec<Vec<(f64, f64)>> = Vec::new();
+        for _ in 0..40 {
+            let mut b = strategy.new_tree(&mut runner).unwrap().current();
+            b.push((f64::INFINITY, f64::from(sets.len() as u32 % 60)));
+            sets.push(b);
+        }
+        let promql_number = |v: f64| {
+            if v.is_nan() {
+                "NaN".to_owned()
+            } else {
+                format!("{v}")
+            }
+        };
+        // A bound repeated in a set is spelled with more decimals each time ("0.50", "0.500"):
+        // distinct series for PromQL, one bound once parsed, which Prometheus then merges.
+        let mut parts = Vec::new();
+        for (case, set) in sets.iter().enumerate() {
+            let mut seen: Vec<f64> = Vec::new();
+            for (le, count) in set {
+                let repeats = seen.iter().filter(|x| *x == le).count();
+                seen.push(*le);
+                let bound = if le.is_infinite() {
+                    "+Inf".to_owned()
+                } else {
+                    format!("{le:.prec$}", prec = 2 + repeats)
+                };
+                parts.push(format!(
+                    r#"label_replace(label_replace(vector({}), "le", "{bound}", "", ""), "case", "{case}", "", "")"#,
+                    promql_number(*count),
+                ));
+            }
+        }
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            let query = format!("histogram_quantile({q}, {})", parts.join(" or "));
+            let crate::QueryResult::Vector(answer) = prom.client().query(&query).await.unwrap()
+            else {
+                panic!("not a vector");
+            };
+            assert_eq!(answer.len(), sets.len(), "{answer:?}");
+            for sample in answer {
+                let case: usize = sample.labels["case"].parse().unwrap();
+                let ours = bucket_quantile(q, &sets[case]);
+                let theirs = sample.value;
+                assert!(
+                    (ours.is_nan() && theirs.is_nan())
+                        || ours == theirs
+                        || (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0),
+                    "q = {q}, buckets {:?}: Prometheus says {theirs}, we say {ours}",
+                    sets[case]
+                );
+            }
         }
     }
 }

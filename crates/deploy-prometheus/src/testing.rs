@@ -283,6 +283,23 @@ impl Drop for PrometheusServer {
     }
 }
 
+/// Read a `/metrics` page exactly as the scrape gate reads each scrape (the text format 0.0.4,
+/// every series indexed by name and labels) and return the number of samples, or the error the
+/// gate would report, naming the line: to check an exporter's page in your own tests, and for
+/// the crate's parser benchmark.
+pub fn parse_metrics_page(text: &str) -> Result<usize> {
+    crate::scrape::Snapshot::parse("the page", text)
+        .map(|s| s.len())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                "parse",
+                "a metrics page",
+                format!("not in the Prometheus text format: {e}"),
+            )
+        })
+}
+
 /// The upper bounds of the test app's latency histogram (the client libraries' defaults).
 pub const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -542,6 +559,14 @@ mod tests {
             e.to_string().contains("$PROMETHEUS_BIN is /nonexistent/p"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pages_are_checked_as_the_gate_reads_them() {
+        assert_eq!(parse_metrics_page("a{x=\"1,}\"} 1\nb 2\n").unwrap(), 2);
+        let e = parse_metrics_page("a 1\na 2\n").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]
