@@ -394,12 +394,12 @@ impl RuntimeClient {
 
     async fn stat_lines(&self, line: &str) -> Result<Vec<StatRow>> {
         let text = self.command(line, Expect::Prefix("# pxname")).await?;
-        parse_stat(&text).ok_or_else(|| {
+        parse_stat(&text).map_err(|why| {
             Error::new(
                 ErrorKind::Protocol,
                 format!("`{line}`"),
                 self.object(),
-                "the answer is not the `show stat` CSV",
+                format!("the answer is not the `show stat` CSV: {why}"),
             )
         })
     }
@@ -432,12 +432,12 @@ impl RuntimeClient {
             None => "show servers state".to_owned(),
         };
         let text = self.command(&line, Expect::NotAnError).await?;
-        parse_servers_state(&text).ok_or_else(|| {
+        parse_servers_state(&text).map_err(|why| {
             Error::new(
                 ErrorKind::Protocol,
                 format!("`{line}`"),
                 self.object(),
-                "the answer is not a `show servers state` dump",
+                format!("the answer is not a `show servers state` dump: {why}"),
             )
         })
     }

@@ -146,20 +146,34 @@ fn opt_num<T: std::str::FromStr>(fields: &BTreeMap<String, String>, name: &str) 
     fields.get(name).and_then(|v| v.trim().parse().ok())
 }
 
-/// Parse `show stat` CSV. `None` when there is no `# pxname,...` header (not a CSV answer).
-pub(crate) fn parse_stat(text: &str) -> Option<Vec<StatRow>> {
+/// Parse `show stat` CSV. An error (saying why) when there is no `# pxname,...` header (not a
+/// CSV answer) or a row does not have the header's number of fields: HAProxy writes every
+/// field of every row, so a short row is an answer cut off (a worker stopping mid-answer), and
+/// reading it would take its missing weight or status for absent.
+pub(crate) fn parse_stat(text: &str) -> Result<Vec<StatRow>, String> {
     let mut lines = text.lines();
-    let header = lines.next()?.strip_prefix("# ")?;
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or("it does not start with a `# pxname,...` header")?;
     let names = split_csv(header);
     if names.first().map(String::as_str) != Some("pxname") {
-        return None;
+        return Err("its header does not start with `pxname`".into());
     }
     let mut rows = Vec::new();
-    for line in lines {
+    for (i, line) in lines.enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let values = split_csv(line);
+        if values.len() != names.len() {
+            return Err(format!(
+                "line {} has {} fields where the header has {} (a cut-off answer?)",
+                i + 2,
+                values.len(),
+                names.len()
+            ));
+        }
         let fields: BTreeMap<String, String> = names
             .iter()
             .zip(values)
@@ -169,10 +183,14 @@ pub(crate) fn parse_stat(text: &str) -> Option<Vec<StatRow>> {
         let (Some(proxy), Some(name)) = (fields.get("pxname"), fields.get("svname")) else {
             continue;
         };
-        let kind = match (name.as_str(), fields.get("type").map(String::as_str)) {
-            ("FRONTEND", _) | (_, Some("0")) => RowKind::Frontend,
-            ("BACKEND", _) | (_, Some("1")) => RowKind::Backend,
-            (_, Some("3")) => RowKind::Listener,
+        // `type` says what the row is; a server may well be named BACKEND or FRONTEND.
+        let kind = match (fields.get("type").map(|t| t.trim()), name.as_str()) {
+            (Some("0"), _) => RowKind::Frontend,
+            (Some("1"), _) => RowKind::Backend,
+            (Some("2"), _) => RowKind::Server,
+            (Some("3"), _) => RowKind::Listener,
+            (_, "FRONTEND") => RowKind::Frontend,
+            (_, "BACKEND") => RowKind::Backend,
             _ => RowKind::Server,
         };
         let raw_check = fields.get("check_status").map(String::as_str).unwrap_or("");
@@ -201,7 +219,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<Vec<StatRow>> {
             fields,
         });
     }
-    Some(rows)
+    Ok(rows)
 }
 
 /// One server line of `show servers state` (format version 1).
@@ -254,23 +272,41 @@ pub struct ServersState {
     pub raw: String,
 }
 
-/// Parse `show servers state`. `None` when the first two lines are not a version and a header.
-pub(crate) fn parse_servers_state(text: &str) -> Option<ServersState> {
+/// Parse `show servers state`. An error (saying why) when the first two lines are not a
+/// version and a header naming `be_name` and `srv_name`, or a server line does not have the
+/// header's number of fields (a cut-off answer: its weights would be read as absent).
+pub(crate) fn parse_servers_state(text: &str) -> Result<ServersState, String> {
     let mut lines = text.lines();
-    let version: u32 = lines.next()?.trim().parse().ok()?;
-    let header = lines.next()?.strip_prefix('#')?;
+    let first = lines.next().unwrap_or("");
+    let version: u32 = first
+        .trim()
+        .parse()
+        .map_err(|_| format!("its first line {first:?} is not a format version"))?;
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix('#'))
+        .ok_or("its second line is not a `# be_id be_name ...` header")?;
     let names: Vec<&str> = header.split_whitespace().collect();
     if !names.contains(&"be_name") || !names.contains(&"srv_name") {
-        return None;
+        return Err("its header names no be_name or no srv_name".into());
     }
     let mut rows = Vec::new();
-    for line in lines {
+    for (i, line) in lines.enumerate() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
+        let values: Vec<&str> = line.split_whitespace().collect();
+        if values.len() != names.len() {
+            return Err(format!(
+                "line {} has {} fields where the header has {} (a cut-off answer?)",
+                i + 3,
+                values.len(),
+                names.len()
+            ));
+        }
         let fields: BTreeMap<String, String> = names
             .iter()
-            .zip(line.split_whitespace())
+            .zip(values)
             .map(|(n, v)| ((*n).to_owned(), v.to_owned()))
             .collect();
         let (Some(backend), Some(server)) = (fields.get("be_name"), fields.get("srv_name")) else {
@@ -288,7 +324,7 @@ pub(crate) fn parse_servers_state(text: &str) -> Option<ServersState> {
             fields,
         });
     }
-    Some(ServersState {
+    Ok(ServersState {
         version,
         rows,
         raw: text.to_owned(),
@@ -395,26 +431,328 @@ app,BACKEND,0,0,3,0,,7,UP,17,,,,1,17,,-,5,,\n\n";
         assert_eq!((r.uweight, r.iweight, r.port), (9, 100, Some(19992)));
         assert!(r.in_drain() && !r.in_maint());
         assert_eq!(r.fields.get("future").map(String::as_str), Some("z"));
-        assert!(parse_servers_state("No such backend.\n\n").is_none());
+        assert!(parse_servers_state("No such backend.\n\n").is_err());
 
         let info = parse_info("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 42\n\n").unwrap();
         assert_eq!(info.version_number(), Some((2, 6)));
         assert_eq!(info.pid(), Some(42));
         assert!(parse_info("Unknown command\n").is_none());
-        assert!(parse_stat("Permission denied\n\n").is_none());
+        assert!(parse_stat("Permission denied\n\n").is_err());
+    }
+
+    /// `type` decides what a row is: HAProxy accepts a server named BACKEND (it was read as the
+    /// backend's aggregate row before, found by `generated_stat_replies_parse_back`).
+    #[test]
+    fn a_server_named_backend_is_a_server() {
+        let text = "# pxname,svname,status,weight,type,\napp,BACKEND,UP,5,2,\napp,FRONTEND,UP,5,2,\napp,BACKEND,UP,10,1,\n";
+        let kinds: Vec<RowKind> = parse_stat(text).unwrap().iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [RowKind::Server, RowKind::Server, RowKind::Backend]);
+        // Without a `type` column the name is all there is.
+        let rows = parse_stat("# pxname,svname\napp,BACKEND\napp,FRONTEND\napp,x\n").unwrap();
+        let kinds: Vec<RowKind> = rows.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [RowKind::Backend, RowKind::Frontend, RowKind::Server]
+        );
+    }
+
+    /// An answer cut off in the middle of a row is an error, not a row whose weight is missing.
+    #[test]
+    fn a_cut_off_answer_is_an_error() {
+        let cut = &STAT[..STAT.find("MAINT,7").unwrap() + 5];
+        let e = parse_stat(cut).unwrap_err();
+        assert!(
+            e.contains("line 3 has 9 fields where the header has 20"),
+            "{e}"
+        );
+        let e = parse_servers_state(
+            "1\n# be_id be_name srv_id srv_name srv_uweight\n3 app 1 blue 10\n3 app 2 gre",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 4 has 4 fields where the header has 5"),
+            "{e}"
+        );
+        assert!(
+            parse_stat("# svname,pxname\n")
+                .unwrap_err()
+                .contains("pxname")
+        );
+        assert!(
+            parse_servers_state("x\n")
+                .unwrap_err()
+                .contains("format version")
+        );
+        assert!(
+            parse_servers_state("1\n# be_id srv_id\n")
+                .unwrap_err()
+                .contains("be_name")
+        );
+    }
+
+    /// One generated `show stat` row: what the typed fields should read.
+    #[derive(Debug, Clone)]
+    struct GenStat {
+        proxy: String,
+        name: String,
+        kind: RowKind,
+        status: String,
+        weight: Option<u32>,
+        uweight: Option<u32>,
+        counters: [u64; 7],
+        check_status: String,
+        check_in_progress: bool,
+        check_code: Option<u16>,
+        addr: String,
+        extra: Vec<String>,
+    }
+
+    /// The optional columns the typed fields read, in HAProxy's order.
+    const STAT_COLUMNS: [&str; 14] = [
+        "qcur",
+        "scur",
+        "stot",
+        "econ",
+        "eresp",
+        "status",
+        "weight",
+        "type",
+        "check_status",
+        "check_code",
+        "hrsp_2xx",
+        "hrsp_5xx",
+        "addr",
+        "uweight",
+    ];
+    const COUNTERS: [&str; 7] = [
+        "qcur", "scur", "stot", "econ", "eresp", "hrsp_2xx", "hrsp_5xx",
+    ];
+
+    /// Names as HAProxy allows them, arbitrary text (quoted in the CSV), or the words of the
+    /// aggregate rows.
+    fn haproxy_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[A-Za-z0-9_.:-]{1,16}",
+            1 => "[^\r\n]{1,12}",
+            1 => prop::sample::select(vec!["BACKEND".to_owned(), "FRONTEND".to_owned()]),
+        ]
+    }
+
+    fn gen_stat(extra_columns: usize) -> impl Strategy<Value = GenStat> {
+        (
+            (haproxy_name(), haproxy_name()),
+            prop::sample::select(vec![
+                RowKind::Frontend,
+                RowKind::Backend,
+                RowKind::Server,
+                RowKind::Listener,
+            ]),
+            prop::sample::select(vec![
+                "UP",
+                "DOWN",
+                "MAINT",
+                "DRAIN",
+                "no check",
+                "UP 1/3",
+                "DOWN 1/2",
+                "MAINT (via app/x)",
+                "OPEN",
+                "NOLB",
+            ]),
+            (
+                proptest::option::of(0u32..=256),
+                proptest::option::of(0u32..=256),
+            ),
+            prop::array::uniform7(any::<u64>()),
+            (
+                prop::sample::select(vec![
+                    "", "L4OK", "L6OK", "L7OK", "L7OKC", "L4CON", "L7STS", "INI", "SOCKERR",
+                ]),
+                any::<bool>(),
+            ),
+            proptest::option::of(100u16..600),
+            prop::sample::select(vec!["127.0.0.1:8080", "[::1]:443", "10.0.0.1:1", ""]),
+            prop::collection::vec("[^\r\n]{0,10}", extra_columns),
+        )
+            .prop_map(
+                |(
+                    (proxy, name),
+                    kind,
+                    status,
+                    (weight, uweight),
+                    counters,
+                    (check, running),
+                    check_code,
+                    addr,
+                    extra,
+                )| GenStat {
+                    proxy,
+                    name,
+                    kind,
+                    status: status.to_owned(),
+                    weight,
+                    uweight,
+                    counters,
+                    check_in_progress: running && !check.is_empty(),
+                    check_status: check.to_owned(),
+                    check_code,
+                    addr: addr.to_owned(),
+                    extra,
+                },
+            )
+    }
+
+    /// A field as HAProxy writes it: quoted when it holds a comma or a quote, or when `quote`.
+    fn csv_field(v: &str, quote: bool) -> String {
+        if quote || v.contains([',', '"']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_owned()
+        }
+    }
+
+    fn stat_value(r: &GenStat, column: &str) -> String {
+        let opt = |v: Option<u32>| v.map(|w| w.to_string()).unwrap_or_default();
+        match column {
+            "pxname" => r.proxy.clone(),
+            "svname" => r.name.clone(),
+            "status" => r.status.clone(),
+            "weight" => opt(r.weight),
+            "uweight" => opt(r.uweight),
+            "type" => match r.kind {
+                RowKind::Frontend => "0",
+                RowKind::Backend => "1",
+                RowKind::Server => "2",
+                RowKind::Listener => "3",
+            }
+            .to_owned(),
+            "check_status" if r.check_in_progress => format!("* {}", r.check_status),
+            "check_status" => r.check_status.clone(),
+            "check_code" => r.check_code.map(|c| c.to_string()).unwrap_or_default(),
+            "addr" => r.addr.clone(),
+            "-" => "-".to_owned(),
+            "" => String::new(),
+            c => match COUNTERS.iter().position(|n| *n == c) {
+                Some(i) => r.counters[i].to_string(),
+                None => r.extra[c[2..].parse::<usize>().unwrap()].clone(),
+            },
+        }
+    }
+
+    /// One generated `show servers state` row.
+    #[derive(Debug, Clone)]
+    struct GenState {
+        backend: String,
+        server: String,
+        addr: String,
+        port: Option<u16>,
+        numbers: [u32; 4],
+        other: Vec<String>,
+    }
+
+    const STATE_COLUMNS: [&str; 21] = [
+        "be_id",
+        "srv_id",
+        "srv_addr",
+        "srv_op_state",
+        "srv_admin_state",
+        "srv_uweight",
+        "srv_iweight",
+        "srv_time_since_last_change",
+        "srv_check_status",
+        "srv_check_result",
+        "srv_check_health",
+        "srv_check_state",
+        "srv_agent_state",
+        "bk_f_forced_id",
+        "srv_f_forced_id",
+        "srv_fqdn",
+        "srv_port",
+        "srvrecord",
+        "srv_use_ssl",
+        "srv_check_port",
+        "future_column",
+    ];
+
+    fn gen_state() -> impl Strategy<Value = GenState> {
+        (
+            ("[A-Za-z0-9_.:-]{1,16}", "[A-Za-z0-9_.:-]{1,16}"),
+            prop::sample::select(vec!["127.0.0.1", "::1", "10.1.2.3", "-"]),
+            proptest::option::of(any::<u16>()),
+            (0u32..4, 0u32..128, 0u32..=256, 0u32..=256),
+            prop::collection::vec("[!-~]{1,8}", STATE_COLUMNS.len()),
+        )
+            .prop_map(
+                |((backend, server), addr, port, (op, admin, uw, iw), other)| GenState {
+                    backend,
+                    server,
+                    addr: addr.to_owned(),
+                    port,
+                    numbers: [op, admin, uw, iw],
+                    other,
+                },
+            )
+    }
+
+    fn state_value(r: &GenState, column: &str, i: usize) -> String {
+        match column {
+            "be_name" => r.backend.clone(),
+            "srv_name" => r.server.clone(),
+            "srv_addr" => r.addr.clone(),
+            "srv_port" => r.port.map_or("-".to_owned(), |p| p.to_string()),
+            "srv_op_state" => r.numbers[0].to_string(),
+            "srv_admin_state" => r.numbers[1].to_string(),
+            "srv_uweight" => r.numbers[2].to_string(),
+            "srv_iweight" => r.numbers[3].to_string(),
+            _ => r.other[i % r.other.len()].clone(),
+        }
+    }
+
+    /// A `Transport` answering every command with one text.
+    #[derive(Debug)]
+    struct Answer(String);
+
+    #[async_trait::async_trait]
+    impl crate::Transport for Answer {
+        fn describe(&self) -> String {
+            "scripted.sock".into()
+        }
+
+        async fn exchange(&self, _line: &str) -> deploy_core::Result<String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Answers that look like the real ones for a while.
+    fn answer() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,200}",
+            "[ -~\n]{0,200}",
+            "# pxname,svname,status,weight,type[a-z,\n\"0-9]{0,200}",
+            "1\n# be_id be_name srv_id srv_name srv_uweight[a-z 0-9\n]{0,200}",
+            "Name: HAProxy\nVersion: [0-9.a-z\n:]{0,40}",
+        ]
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
         #[test]
-        fn stat_parser_never_panics(s in ".{0,400}") {
+        fn stat_parser_never_panics(s in ".{0,400}", cut in any::<prop::sample::Index>()) {
             let _ = parse_stat(&s);
             let _ = parse_stat(&format!("# pxname,svname,scur,weight\n{s}"));
+            // Any prefix of a real answer: rows, or an error saying which line is short.
+            let end = STAT.char_indices().map(|(i, _)| i).nth(cut.index(STAT.chars().count())).unwrap_or(0);
+            match parse_stat(&STAT[..end]) {
+                Ok(rows) => prop_assert!(rows.iter().all(|r| r.proxy == "app")),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
         }
 
         #[test]
         fn stat_rows_survive_random_cells(cells in proptest::collection::vec("[^\n]{0,12}", 0..12)) {
             let text = format!("# pxname,svname,scur,weight,uweight,check_status,type\n{}\n", cells.join(","));
-            if let Some(rows) = parse_stat(&text) {
+            if let Ok(rows) = parse_stat(&text) {
                 for r in rows {
                     let _ = (r.base_status(), r.in_transition(), r.has_checks(), r.check_passed());
                 }
@@ -427,6 +765,145 @@ app,BACKEND,0,0,3,0,,7,UP,17,,,,1,17,,-,5,,\n\n";
             let _ = parse_servers_state(&format!("1\n# be_name srv_name srv_admin_state\n{s}"));
             if let Some(i) = parse_info(&s) {
                 let _ = (i.version_number(), i.pid());
+            }
+        }
+
+        /// Generated replies (arbitrary names, weights, states and checks, optional columns
+        /// left out, columns in any order, unknown ones, quoted fields) read back exactly.
+        #[test]
+        fn generated_stat_replies_parse_back(
+            present in prop::collection::vec(any::<bool>(), STAT_COLUMNS.len()),
+            extra in 0usize..3,
+            rows in prop::collection::vec(gen_stat(3), 0..5),
+            order in Just((0..20).collect::<Vec<usize>>()).prop_shuffle(),
+            quote_all in any::<bool>(),
+            separator in any::<bool>(),
+            trailing_comma in any::<bool>(),
+        ) {
+            let mut columns: Vec<String> = STAT_COLUMNS
+                .iter()
+                .zip(&present)
+                .filter(|(_, p)| **p)
+                .map(|(c, _)| (*c).to_owned())
+                .chain((0..extra).map(|i| format!("x_{i}")))
+                .chain(separator.then(|| "-".to_owned()))
+                .collect();
+            // Any order, but `pxname` first (that is how the answer is recognised).
+            let mut ordered: Vec<String> = order.iter().filter_map(|i| columns.get(*i).cloned()).collect();
+            ordered.extend(columns.drain(..).filter(|c| !ordered.contains(c)).collect::<Vec<_>>());
+            let mut header = vec!["pxname".to_owned(), "svname".to_owned()];
+            header.extend(ordered);
+            if trailing_comma {
+                header.push(String::new());
+            }
+            let mut text = format!("# {}\n", header.join(","));
+            for r in &rows {
+                let line: Vec<String> = header.iter().map(|c| csv_field(&stat_value(r, c), quote_all)).collect();
+                text.push_str(&line.join(","));
+                text.push('\n');
+            }
+            text.push('\n');
+
+            let parsed = parse_stat(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            prop_assert_eq!(parsed.len(), rows.len());
+            let has = |c: &str| header.iter().any(|h| h == c);
+            for (got, r) in parsed.iter().zip(&rows) {
+                let kind = if has("type") {
+                    r.kind
+                } else {
+                    match r.name.as_str() {
+                        "FRONTEND" => RowKind::Frontend,
+                        "BACKEND" => RowKind::Backend,
+                        _ => RowKind::Server,
+                    }
+                };
+                let counter = |name: &str| if has(name) { r.counters[COUNTERS.iter().position(|c| *c == name).unwrap()] } else { 0 };
+                prop_assert_eq!(&got.proxy, &r.proxy);
+                prop_assert_eq!(&got.name, &r.name);
+                prop_assert_eq!(got.kind, kind);
+                prop_assert_eq!(&got.status, if has("status") { &r.status } else { "" });
+                prop_assert_eq!(got.weight, r.weight.filter(|_| has("weight")));
+                prop_assert_eq!(got.uweight, r.uweight.filter(|_| has("uweight")));
+                prop_assert_eq!(
+                    [got.qcur, got.scur, got.stot, got.econ, got.eresp, got.hrsp_2xx, got.hrsp_5xx],
+                    COUNTERS.map(counter)
+                );
+                prop_assert_eq!(&got.check_status, if has("check_status") { &r.check_status } else { "" });
+                prop_assert_eq!(got.check_in_progress, r.check_in_progress && has("check_status"));
+                prop_assert_eq!(got.check_code, r.check_code.filter(|_| has("check_code")));
+                prop_assert_eq!(&got.addr, if has("addr") { &r.addr } else { "" });
+                let fields: BTreeMap<String, String> = header
+                    .iter()
+                    .filter(|c| !c.is_empty() && c.as_str() != "-")
+                    .map(|c| (c.clone(), stat_value(r, c)))
+                    .collect();
+                prop_assert_eq!(&got.fields, &fields);
+            }
+        }
+
+        #[test]
+        fn generated_servers_states_parse_back(
+            present in prop::collection::vec(any::<bool>(), STATE_COLUMNS.len()),
+            rows in prop::collection::vec(gen_state(), 0..5),
+            version in 1u32..3,
+        ) {
+            let mut header = vec!["be_name", "srv_name"];
+            header.extend(STATE_COLUMNS.iter().zip(&present).filter(|(_, p)| **p).map(|(c, _)| *c));
+            let mut text = format!("{version}\n# {}\n", header.join(" "));
+            for r in &rows {
+                let line: Vec<String> = header.iter().enumerate().map(|(i, c)| state_value(r, c, i)).collect();
+                text.push_str(&line.join(" "));
+                text.push('\n');
+            }
+            text.push('\n');
+
+            let s = parse_servers_state(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            prop_assert_eq!(s.version, version);
+            prop_assert_eq!(&s.raw, &text);
+            prop_assert_eq!(s.rows.len(), rows.len());
+            let has = |c: &str| header.contains(&c);
+            for (got, r) in s.rows.iter().zip(&rows) {
+                prop_assert_eq!(&got.backend, &r.backend);
+                prop_assert_eq!(&got.server, &r.server);
+                prop_assert_eq!(&got.addr, if has("srv_addr") { &r.addr } else { "" });
+                prop_assert_eq!(got.port, r.port.filter(|_| has("srv_port")));
+                let n = |c: &str, v: u32| if has(c) { v } else { 0 };
+                prop_assert_eq!(
+                    [got.op_state, got.admin_state, got.uweight, got.iweight],
+                    [n("srv_op_state", r.numbers[0]), n("srv_admin_state", r.numbers[1]), n("srv_uweight", r.numbers[2]), n("srv_iweight", r.numbers[3])]
+                );
+                prop_assert_eq!(got.in_maint(), has("srv_admin_state") && r.numbers[1] & 0x67 != 0);
+                let fields: BTreeMap<String, String> = header
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ((*c).to_owned(), state_value(r, c, i)))
+                    .collect();
+                prop_assert_eq!(&got.fields, &fields);
+            }
+        }
+    }
+
+    proptest! {
+        // Each case builds a runtime: fewer of them.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Through the client, any answer is rows or an error naming the command and the socket.
+        #[test]
+        fn any_answer_is_a_result_or_a_clear_error(text in answer()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let client = crate::RuntimeClient::new(Answer(text));
+            let (stat, state, info) = rt.block_on(async {
+                (client.show_stat(None).await, client.show_servers_state(None).await, client.show_info().await)
+            });
+            for (what, e) in [
+                ("`show stat`", stat.err()),
+                ("`show servers state`", state.err()),
+                ("`show info`", info.err()),
+            ] {
+                if let Some(e) = e {
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(what) && msg.contains("scripted.sock"), "{}", msg);
+                }
             }
         }
     }

@@ -333,15 +333,40 @@ impl<'a> Entry<'a> {
 }
 
 /// `*` and `?` glob matching, case-insensitive as OpenSSH does for host names.
+///
+/// Iterative, with one saved position: on a mismatch only the last `*` seen takes one more
+/// byte (earlier stars never need to, since the last one can absorb whatever they would). At
+/// most `pattern.len() * name.len()` steps and no recursion, so a line of many `*` (or of `*a`
+/// repeated) neither overflows the stack nor backtracks exponentially.
 fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
-        Some((b'?', rest)) => !name.is_empty() && wildcard(rest, &name[1..]),
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, tail)| n.eq_ignore_ascii_case(c) && wildcard(rest, tail)),
+    let (mut p, mut n) = (0, 0);
+    // The pattern index just after the last `*`, and the first name byte it does not cover yet.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                p += 1;
+                star = Some((p, n));
+            }
+            Some(b'?') => {
+                p += 1;
+                n += 1;
+            }
+            Some(c) if c.eq_ignore_ascii_case(&name[n]) => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((after_star, covered)) => {
+                    p = after_star;
+                    n = covered + 1;
+                    star = Some((after_star, n));
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -422,6 +447,194 @@ mod tests {
                 assert!(msg.contains(&fingerprint(&key(KEY_B))), "{msg}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// What `*`, `?` and literal bytes mean, as a table: `row[j]` says whether the pattern so
+    /// far matches `name[..j]`. Obviously right and O(n·m), for checking [`wildcard`] against.
+    fn reference(pattern: &[u8], name: &[u8]) -> bool {
+        let mut row = vec![false; name.len() + 1];
+        row[0] = true;
+        for &pc in pattern {
+            let mut next = vec![false; name.len() + 1];
+            next[0] = pc == b'*' && row[0];
+            for j in 1..=name.len() {
+                next[j] = match pc {
+                    b'*' => row[j] || next[j - 1],
+                    b'?' => row[j - 1],
+                    c => row[j - 1] && c.eq_ignore_ascii_case(&name[j - 1]),
+                };
+            }
+            row = next;
+        }
+        row[name.len()]
+    }
+
+    /// OpenSSH's rule for a comma-separated list: no negated pattern matches and some other does.
+    fn reference_list(hosts: &str, name: &str) -> bool {
+        let patterns: Vec<&str> = hosts.split(',').collect();
+        let negated = patterns.iter().any(|p| {
+            p.strip_prefix('!')
+                .is_some_and(|n| reference(n.as_bytes(), name.as_bytes()))
+        });
+        let positive = patterns
+            .iter()
+            .any(|p| !p.starts_with('!') && reference(p.as_bytes(), name.as_bytes()));
+        !negated && positive
+    }
+
+    fn entry(hosts: &str) -> String {
+        format!("{hosts} ssh-ed25519 {KEY_A}")
+    }
+
+    /// Before the iterative matcher, the first line aborted the test process (stack overflow:
+    /// one recursion per `*`) and the second did not finish in a minute (each `*` retried every
+    /// split of the name).
+    #[test]
+    fn many_stars_neither_overflow_the_stack_nor_backtrack() {
+        let stars = "*".repeat(100_000);
+        let line = entry(&stars);
+        let e = Entry::parse(&line).unwrap();
+        assert!(e.matches("web.example"));
+        assert!(e.matches("[10.0.0.1]:2200"));
+        assert!(e.matches(""));
+        let line = entry(&format!("{stars}x"));
+        assert!(!Entry::parse(&line).unwrap().matches(&"a".repeat(10_000)));
+        assert!(
+            Entry::parse(&line)
+                .unwrap()
+                .matches(&format!("{}X", "a".repeat(10_000)))
+        );
+        let line = entry(&format!("{}b", "*a".repeat(2_000)));
+        let e = Entry::parse(&line).unwrap();
+        assert!(!e.matches(&"a".repeat(4_000)));
+        assert!(e.matches(&format!("{}b", "a".repeat(4_000))));
+
+        // The same through the file, as a connection checks it.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("known_hosts");
+        std::fs::write(&p, format!("{}\n{}\n", entry(&stars), line)).unwrap();
+        assert!(matches!(
+            check(&p, "web.example", 22, &key(KEY_A)),
+            Check::Known
+        ));
+    }
+
+    #[test]
+    fn wildcard_semantics() {
+        for (pattern, name, expected) in [
+            ("", "", true),
+            ("", "a", false),
+            ("*", "", true),
+            ("?", "", false),
+            ("?", "a", true),
+            ("a*b", "ab", true),
+            ("a*b", "axxb", true),
+            ("a*b", "axxbx", false),
+            ("a*b*", "axxbx", true),
+            ("*.example", "WEB.Example", true),
+            ("*.example", "example", false),
+            ("10.0.0.?", "10.0.0.1", true),
+            ("10.0.0.?", "10.0.0.10", false),
+            ("[10.0.0.1]:22?0", "[10.0.0.1]:2200", true),
+            ("**a**", "a", true),
+            ("*?*", "", false),
+        ] {
+            assert_eq!(
+                wildcard(pattern.as_bytes(), name.as_bytes()),
+                expected,
+                "{pattern:?} {name:?}"
+            );
+            assert_eq!(reference(pattern.as_bytes(), name.as_bytes()), expected);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_matcher_agrees_with_the_reference(
+            pattern in "[abAB.*?]{0,14}",
+            name in "[abAB.]{0,14}",
+        ) {
+            proptest::prop_assert_eq!(
+                wildcard(pattern.as_bytes(), name.as_bytes()),
+                reference(pattern.as_bytes(), name.as_bytes())
+            );
+        }
+
+        #[test]
+        fn host_lists_agree_with_the_reference(
+            patterns in proptest::collection::vec(("!?", "[ab.*?\\[\\]:2]{0,8}"), 1..5),
+            name in "[ab.\\[\\]:2]{0,10}",
+        ) {
+            let hosts: Vec<String> = patterns.iter().map(|(neg, p)| format!("{neg}{p}")).collect();
+            let hosts = hosts.join(",");
+            let line = entry(&hosts);
+            match Entry::parse(&line) {
+                // A list that is empty or all commas still parses (an empty pattern matches "").
+                Some(e) => proptest::prop_assert_eq!(e.matches(&name), reference_list(&hosts, &name)),
+                None => proptest::prop_assert!(hosts.is_empty()),
+            }
+        }
+
+        #[test]
+        fn hashed_entries_match_their_host_and_port_only(
+            host in "[a-z0-9.-]{1,20}",
+            other in "[a-z0-9.-]{1,20}",
+            port in 1u16..,
+            salt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let name = host_entry_name(&host, port);
+            let line = entry(&hash_host(&name, &salt));
+            let e = Entry::parse(&line).unwrap();
+            proptest::prop_assert!(e.matches(&name));
+            proptest::prop_assert_eq!(e.matches(&host_entry_name(&other, port)), other == host);
+            if port != 22 {
+                proptest::prop_assert!(!e.matches(&host));
+                proptest::prop_assert!(Entry::parse(&entry(&name)).unwrap().matches(&name));
+            }
+        }
+
+        #[test]
+        fn arbitrary_lines_never_panic(
+            line in "(@revoked |@cert-authority |@x )?(\\|1\\|)?[ \t|!*?,=/+#@\\[\\]:a-zA-Z0-9-]{0,60}",
+            any_line in ".{0,120}",
+            name in ".{0,20}",
+        ) {
+            for l in [&line, &any_line] {
+                if let Some(e) = Entry::parse(l) {
+                    let _ = (e.matches(&name), format!("{e:?}"));
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        // Each case writes a file: fewer of them.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn checking_arbitrary_files_never_panics(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    ".{0,80}",
+                    "(@revoked )?[*?a-z.!,]{1,10} ssh-ed25519 [A-Za-z0-9+/=]{0,80}",
+                    proptest::strategy::Just(format!("* ssh-ed25519 {KEY_B}")),
+                    proptest::strategy::Just(format!("@revoked web ssh-ed25519 {KEY_A}")),
+                ],
+                0..8,
+            ),
+            host in "[a-z.]{0,10}",
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("known_hosts");
+            std::fs::write(&p, lines.join("\n")).unwrap();
+            let verdict = check(&p, &host, port, &key(KEY_A));
+            if let Check::Refused(e) = verdict {
+                proptest::prop_assert!(e.to_string().contains("known_hosts"), "{}", e);
+            }
         }
     }
 }
