@@ -227,15 +227,18 @@ pub struct JournalState {
 
 impl JournalState {
     /// Read and replay the journal at `path`. A torn last line (the process died, or the disk
-    /// filled, while writing it — cut anywhere, inside a UTF-8 sequence too) is ignored; any
-    /// other malformed line is an error.
+    /// filled, while writing it — cut anywhere, inside a UTF-8 sequence too, or just before its
+    /// newline) is ignored; any other malformed line is an error.
     pub fn read(path: &Path) -> Result<Self, super::DeployError> {
         let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
         let bad = |n: usize, cause: String| super::DeployError::Journal {
             path: path.to_owned(),
             cause: format!("line {n}: {cause}"),
         };
-        let lines: Vec<(usize, &[u8])> = bytes
+        // A record counts once its line is whole, newline included: what follows the last
+        // newline is a write that did not finish (and `reopen` cuts it off).
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let lines: Vec<(usize, &[u8])> = bytes[..whole]
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, l)| !l.trim_ascii().is_empty())

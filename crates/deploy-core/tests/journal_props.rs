@@ -1,0 +1,118 @@
+//! Property tests of journal reading: whatever bytes a journal holds, reading it never panics;
+//! a journal cut at any byte (a crash, a full disk) reads as the records whose lines are whole.
+
+use std::time::{Duration, SystemTime};
+
+use deploy_core::engine::{JournalState, Record};
+use deploy_core::strategy::{Capabilities, TargetState};
+use deploy_core::{
+    CanaryStep, Endpoint, PlanOptions, Release, Snapshot, Step, Strategy as Rollout, TargetId,
+    Version, Weights,
+};
+use proptest::prelude::*;
+
+fn plan() -> deploy_core::Plan {
+    let id = |s: &str| TargetId::new(s).unwrap();
+    let snapshot = Snapshot::new(
+        vec![
+            TargetState::new(
+                id("blue"),
+                Endpoint::http("127.0.0.1", 1),
+                Some(Version::new("1.0.0").unwrap()),
+            ),
+            TargetState::new(id("green"), Endpoint::http("127.0.0.1", 2), None),
+        ],
+        Some(Weights::new().with(id("blue"), 100).with(id("green"), 0)),
+        None,
+        None,
+    );
+    Rollout::Canary {
+        steps: vec![
+            CanaryStep::SetWeight(10),
+            CanaryStep::Analyze(Duration::from_secs(60)),
+            CanaryStep::PauseUntilPromoted,
+        ],
+    }
+    .plan(
+        "prod",
+        &Release::new(Version::new("2.0.0").unwrap()),
+        &snapshot,
+        Capabilities::new(true, false, false),
+        &PlanOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Records after `started`, with free text where the engine puts reasons (any Unicode).
+fn record() -> impl Strategy<Value = Record> {
+    let text = "\\PC{0,40}";
+    prop_oneof![
+        (0usize..8).prop_map(|index| Record::StepStarted {
+            index,
+            inverse: vec![Step::Pause { duration: None }],
+        }),
+        (0usize..8, proptest::option::of(text)).prop_map(|(index, error)| {
+            Record::StepFinished {
+                index,
+                error,
+                backup: None,
+            }
+        }),
+        text.prop_map(|reason| Record::RollbackStarted { reason }),
+        (0usize..8, text).prop_map(|(index, reason)| Record::PauseStarted { index, reason }),
+        (0usize..8).prop_map(|index| Record::PauseEnded { index }),
+    ]
+}
+
+fn line(r: &Record) -> Vec<u8> {
+    let mut l = serde_json::to_vec(r).unwrap();
+    l.push(b'\n');
+    l
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_bytes_read_as_a_journal_or_a_clear_error(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        std::fs::write(&path, &bytes).unwrap();
+        if let Err(e) = JournalState::read(&path) {
+            prop_assert!(e.to_string().contains("j.jsonl"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_journal_cut_at_any_byte_reads_as_its_whole_lines(
+        records in proptest::collection::vec(record(), 0..12),
+        cut_at in any::<proptest::sample::Index>(),
+    ) {
+        let started = Record::Started {
+            run_id: "r".into(),
+            plan: Box::new(plan()),
+            at: SystemTime::UNIX_EPOCH,
+            pid: 1,
+            host: "h".into(),
+        };
+        let mut bytes = line(&started);
+        let first = bytes.len();
+        let mut ends = Vec::new();
+        for r in &records {
+            bytes.extend(line(r));
+            ends.push(bytes.len());
+        }
+        // Cut anywhere after the `started` record (inside a UTF-8 sequence too).
+        let cut = first + cut_at.index(bytes.len() - first + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let torn = dir.path().join("torn.jsonl");
+        std::fs::write(&torn, &bytes[..cut]).unwrap();
+        let whole = ends.iter().filter(|e| **e <= cut).count();
+        let expected = dir.path().join("whole.jsonl");
+        let end = if whole == 0 { first } else { ends[whole - 1] };
+        std::fs::write(&expected, &bytes[..end]).unwrap();
+        let got = JournalState::read(&torn).unwrap();
+        let want = JournalState::read(&expected).unwrap();
+        prop_assert_eq!(got, want);
+    }
+}
