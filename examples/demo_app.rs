@@ -61,6 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             version: args.version,
             error_rate: args.error_rate,
             latency: Duration::from_millis(args.latency_ms),
+            error_label: None,
+            histogram_wrapping: false,
         }),
     };
     let version = app::behaviour_of(&source).version;

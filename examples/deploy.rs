@@ -8,14 +8,21 @@
 //! cargo run --example deploy -- promote  examples/plans/canary.toml       # end a canary's pause
 //! cargo run --example deploy -- abort    examples/plans/canary.toml --reason "p99 too high"
 //! cargo run --example deploy -- status   examples/plans/canary.toml [--json]
+//! cargo run --example deploy -- unlock   examples/plans/canary.toml       # break a stale lock
 //! ```
 //!
 //! The plan is checked before anything is touched, and every problem is reported at once with
 //! its key path. `plan` also reads the live state (each target's version, the switch's weights,
 //! the schema, the maintenance page), so it checks that every socket, host and database named in
 //! the plan answers, and refuses destructive migrations in a zero-downtime strategy. Ctrl-C during `run` or `resume` cancels the run, and the engine rolls back.
+//! `promote` and `abort` address the run in progress by its id (and `promote` the pause it is
+//! in); with no such run they are refused and leave nothing behind. `resume` and `rollback`
+//! read the live state first and go from where the world is, not only from what the journal
+//! says; `rollback` also retries a rollback that failed.
+//!
 //! Exit code: 0 promoted (or nothing to do), 1 the plan or the environment is unusable, 2 rolled
-//! back, 3 failed (the rollback itself failed: see the report).
+//! back, 3 failed (the rollback itself failed: see the report, then `rollback` again), 4 refused
+//! (a promotion with no paused run, an abort with no run, a live lock not broken).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -23,10 +30,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+/// A line on standard output. A closed or full output (`deploy run | head`, a full disk) must
+/// not stop a deploy half-way, so write errors are ignored rather than panicking as `println!`
+/// does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Text on standard output without a line end; errors ignored as for [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
 use deploy::adapters::Adapters;
-use deploy::engine::{ControlRequest, Event, Observer, Outcome, Recovery, Report, Severity};
+use deploy::engine::{
+    ControlRequest, DeployError, Event, Observer, Outcome, Recovery, Report, Severity,
+};
 use deploy::plan_file::PlanFile;
-use deploy::{Engine, WebhookNotifier};
+use deploy::{Engine, Plan, Step, WebhookNotifier};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -77,6 +104,11 @@ enum Cmd {
         #[arg(long, default_value = "aborted from the command line")]
         reason: String,
     },
+    /// Show who holds the environment's lock; break it if its process is gone.
+    Unlock {
+        /// The plan file.
+        plan: PathBuf,
+    },
     /// Where the newest run stands.
     Status {
         /// The plan file.
@@ -114,10 +146,50 @@ impl Observer for Progress {
                 }
                 Severity::Info => "",
             };
-            println!("\x1b[2m[{t:>7.2}s]\x1b[0m {colour}{event}\x1b[0m");
+            out!("\x1b[2m[{t:>7.2}s]\x1b[0m {colour}{event}\x1b[0m");
         } else {
-            println!("[{t:>7.2}s] {event}");
+            out!("[{t:>7.2}s] {event}");
         }
+    }
+}
+
+/// Why the command stops: a message, and the exit code it means.
+#[derive(Debug)]
+struct Stop {
+    code: i32,
+    message: String,
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Self {
+        Self { code: 1, message }
+    }
+}
+
+/// An engine error as the operator should read it: a refusal exits 4, and a stale lock says
+/// which commands deal with it.
+fn deploy_error(plan: &Path, e: DeployError) -> Stop {
+    let p = plan.display();
+    match e {
+        DeployError::Refused { .. } => Stop {
+            code: 4,
+            message: e.to_string(),
+        },
+        DeployError::StaleLock { .. } => Stop {
+            code: 1,
+            message: format!(
+                "{e}\n  `deploy resume {p}` finishes that run, `deploy rollback {p}` undoes it, \
+                 `deploy unlock {p}` only discards the lock"
+            ),
+        },
+        DeployError::Locked { .. } => Stop {
+            code: 4,
+            message: format!("{e}\n  `deploy status {p}` shows where that run stands"),
+        },
+        other => Stop {
+            code: 1,
+            message: other.to_string(),
+        },
     }
 }
 
@@ -177,16 +249,48 @@ fn ctrl_c_cancels() -> CancellationToken {
 }
 
 fn finish(report: &Report, extra: Option<&Path>) -> Result<i32, String> {
-    println!("\n{report}");
+    out!("\n{report}");
     if let Some(path) = extra {
         let body = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
         std::fs::write(path, body).map_err(|e| format!("write report {}: {e}", path.display()))?;
-        println!("report: {}", path.display());
+        out!("report: {}", path.display());
     }
     Ok(exit_code(report.outcome))
 }
 
-async fn main_inner(cli: Cli) -> Result<i32, String> {
+/// What each analysis of `plan` really takes: its measurements, and the wall time a gate that
+/// needs a window per measurement stretches it to.
+fn analysis_times(engine: &Engine, plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Step::Analyze { name, duration, .. } => {
+                let t = engine.analysis_time(*duration);
+                let d = |d| humantime::format_duration(d).to_string();
+                Some(if t.measurements == 0 {
+                    format!("step {}: {name}: no gates, waits {}", i + 1, d(*duration))
+                } else {
+                    format!(
+                        "step {}: {name}: {} measurement(s) per gate, one every {}{}; takes about {}",
+                        i + 1,
+                        t.measurements,
+                        d(t.spacing),
+                        if t.evaluation > t.spacing {
+                            format!(" but each needs {} (the gate's window)", d(t.evaluation))
+                        } else {
+                            String::new()
+                        },
+                        d(t.wall)
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn main_inner(cli: Cli) -> Result<i32, Stop> {
     match cli.command {
         Cmd::Plan { plan, json } => {
             let pf = load(&plan)?;
@@ -194,14 +298,21 @@ async fn main_inner(cli: Cli) -> Result<i32, String> {
             let p = engine
                 .plan(&pf.strategy, &pf.release(), &pf.options)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| deploy_error(&plan, e))?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?
                 );
             } else {
-                print!("{p}");
+                out_raw!("{p}");
+                let times = analysis_times(&engine, &p);
+                if !times.is_empty() {
+                    out!("Analyses:");
+                    for t in times {
+                        out!("  {t}");
+                    }
+                }
             }
             Ok(0)
         }
@@ -211,70 +322,106 @@ async fn main_inner(cli: Cli) -> Result<i32, String> {
             let p = engine
                 .plan(&pf.strategy, &pf.release(), &pf.options)
                 .await
-                .map_err(|e| e.to_string())?;
-            println!("{p}");
+                .map_err(|e| deploy_error(&plan, e))?;
+            out!("{p}");
             let r = engine.run(p, &ctrl_c_cancels()).await;
             // Send what the notifier queued even when the run could not start.
             if let Some(n) = notifier {
                 n.close().await;
             }
-            finish(&r.map_err(|e| e.to_string())?, report.as_deref())
+            Ok(finish(
+                &r.map_err(|e| deploy_error(&plan, e))?,
+                report.as_deref(),
+            )?)
         }
         Cmd::Resume { plan } => recover(&plan, Recovery::Resume).await,
         Cmd::Rollback { plan } => recover(&plan, Recovery::Rollback).await,
         Cmd::Promote { plan } => {
             let pf = load(&plan)?;
-            engine(&pf)?
+            let run = engine(&pf)?
                 .request(&ControlRequest::Promote)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "asked the run in {} to promote",
-                pf.environment.state_dir.display()
-            );
+                .map_err(|e| deploy_error(&plan, e))?;
+            out!("asked run {run} to end its pause and carry on");
             Ok(0)
         }
         Cmd::Abort { plan, reason } => {
             let pf = load(&plan)?;
-            engine(&pf)?
+            let run = engine(&pf)?
                 .request(&ControlRequest::Abort { reason })
-                .map_err(|e| e.to_string())?;
-            println!(
-                "asked the run in {} to abort",
-                pf.environment.state_dir.display()
-            );
+                .map_err(|e| deploy_error(&plan, e))?;
+            out!("asked run {run} to stop and roll back");
+            Ok(0)
+        }
+        Cmd::Unlock { plan } => {
+            let pf = load(&plan)?;
+            match engine(&pf)?
+                .break_stale_lock()
+                .map_err(|e| deploy_error(&plan, e))?
+            {
+                None => out!(
+                    "environment {} is not locked ({})",
+                    pf.environment.name,
+                    pf.environment.state_dir.display()
+                ),
+                Some(holder) => {
+                    out!("broke the stale lock of {holder}");
+                    if let Ok(Some(s)) = engine(&pf)?.status()
+                        && s.outcome.is_none()
+                    {
+                        out!(
+                            "run {} did not finish: `deploy resume {p}` finishes it, `deploy rollback {p}` undoes it",
+                            s.run_id,
+                            p = plan.display()
+                        );
+                    }
+                }
+            }
             Ok(0)
         }
         Cmd::Status { plan, json } => {
             let pf = load(&plan)?;
-            match engine(&pf)?.status().map_err(|e| e.to_string())? {
-                None => println!("no run yet in {}", pf.environment.state_dir.display()),
-                Some(s) if json => println!(
+            match engine(&pf)?.status().map_err(|e| deploy_error(&plan, e))? {
+                None => out!("no run yet in {}", pf.environment.state_dir.display()),
+                Some(s) if json => out!(
                     "{}",
                     serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
                 ),
-                Some(s) => println!("{s}"),
+                Some(s) => out!("{s}"),
             }
             Ok(0)
         }
     }
 }
 
-async fn recover(plan: &Path, mode: Recovery) -> Result<i32, String> {
+async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
     let pf = load(plan)?;
     let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
+    // A stale lock whose run finished is cleared by the recovery: say so.
+    let stale = engine
+        .status()
+        .ok()
+        .flatten()
+        .filter(|s| s.lock_stale)
+        .and_then(|s| s.lock);
     let r = engine.recover(mode, &ctrl_c_cancels()).await;
     if let Some(n) = notifier {
         n.close().await;
     }
-    match r.map_err(|e| e.to_string())? {
+    match r.map_err(|e| deploy_error(plan, e))? {
         None => {
-            println!(
-                "nothing to recover in {}",
-                pf.environment.state_dir.display()
-            );
+            match stale {
+                Some(l) => out!(
+                    "nothing to recover: run {} had finished; cleared the stale lock it left",
+                    l.run_id
+                ),
+                None => out!(
+                    "nothing to recover in {}",
+                    pf.environment.state_dir.display()
+                ),
+            }
             Ok(0)
         }
-        Some(report) => finish(&report, None),
+        Some(report) => Ok(finish(&report, None)?),
     }
 }
 
@@ -283,9 +430,9 @@ async fn main() {
     let cli = Cli::parse();
     let code = match main_inner(cli).await {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            1
+        Err(stop) => {
+            eprintln!("error: {}", stop.message);
+            stop.code
         }
     };
     std::process::exit(code);

@@ -4,7 +4,6 @@
 //! and the final state read back from haproxy and the apps.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deploy::adapters::Adapters;
@@ -14,63 +13,18 @@ use deploy::{Engine, Release, Step, Version};
 
 mod common;
 use common::{
-    ReleaseApp, app_release, haproxy_wait_up, haproxy_weights, install, plan_text, two_slots,
-    version_of,
+    Killed, ReleaseApp, app_release, deploy_cli, haproxy_wait_up, haproxy_weights, install,
+    plan_text, spawn_deploy, two_slots, version_of,
 };
 
-fn deploy_binary() -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/deploy
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/deploy");
-    assert!(
-        bin.exists(),
-        "{} is not built (cargo test builds examples)",
-        bin.display()
-    );
-    bin
+/// `deploy <args> <plan>` in the background, its output in `log`.
+fn spawn(args: &[&str], plan: &Path, log: &Path) -> Killed {
+    spawn_deploy(args, plan, log)
 }
 
-/// `deploy <args>` in the background, its output in `log`.
-fn spawn(args: &[&str], plan: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).unwrap();
-    Command::new(deploy_binary())
-        .args(args)
-        .arg(plan)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// `deploy <args>` to the end: its exit code and output.
+/// `deploy <args> <plan>` to the end: its exit code and output.
 fn run(args: &[&str], plan: &Path) -> (i32, String) {
-    let out = Command::new(deploy_binary())
-        .args(args)
-        .arg(plan)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
-/// Kills the child on drop (a failed assertion must not leave a deploy running).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    deploy_cli(args, plan)
 }
 
 /// Wait until the run journaled in the state dir is paused for promotion, held by `pid`.
@@ -137,7 +91,7 @@ async fn killed_mid_canary() -> Setup {
     let load = Load::start(h.frontend(), config, &["1.0.0", "2.0.0"]);
 
     let log = dir.join("run.log");
-    let mut child = Killed(spawn(&["run"], &plan_path, &log));
+    let mut child = spawn(&["run"], &plan_path, &log);
     wait_paused(&engine, child.0.id(), &log).await;
     assert_eq!(
         haproxy_weights(&h, &["blue", "green"]).await,
@@ -212,7 +166,7 @@ async fn kill_9_mid_canary_then_rollback_restores_the_old_release_and_weights() 
 async fn kill_9_mid_canary_then_resume_and_promote_finishes_the_deploy() {
     let s = killed_mid_canary().await;
     let log = s.dir.join("resume.log");
-    let mut resumed = Killed(spawn(&["resume"], &s.plan, &log));
+    let mut resumed = spawn(&["resume"], &s.plan, &log);
     wait_paused(&s.engine, resumed.0.id(), &log).await;
     assert_eq!(
         haproxy_weights(&s.h, &["blue", "green"]).await,

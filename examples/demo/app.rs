@@ -10,6 +10,12 @@
 //! fixed values ([`Source::Fixed`]) or from `DIR/app.conf` (`version=`, `error_rate=`,
 //! `latency_ms=`), re-read whenever the link `DIR` points at another release
 //! ([`Source::ReleaseDir`]).
+//!
+//! Two faults of real exporters can be injected through `app.conf`, for the fault tests:
+//! `error_label=TEXT` adds the label `reason="TEXT"` (escaped as the text format says) to the
+//! 5xx series — route templates and error texts hold `,`, `{` and `}` — and
+//! `histogram=wrapping` renders bucket counts as a 32-bit counter that wraps to negative values,
+//! so that they go down between scrapes.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -30,6 +36,10 @@ pub(crate) struct Behaviour {
     pub(crate) version: String,
     pub(crate) error_rate: f64,
     pub(crate) latency: Duration,
+    /// A `reason` label on the 5xx series.
+    pub(crate) error_label: Option<String>,
+    /// Bucket counts rendered as a 32-bit counter near its wrap.
+    pub(crate) histogram_wrapping: bool,
 }
 
 /// Where the behaviour comes from.
@@ -48,6 +58,8 @@ impl Behaviour {
             version: "unknown".to_owned(),
             error_rate: 0.0,
             latency: Duration::ZERO,
+            error_label: None,
+            histogram_wrapping: false,
         };
         if let Ok(text) = std::fs::read_to_string(dir.join("app.conf")) {
             for line in text.lines() {
@@ -57,6 +69,8 @@ impl Behaviour {
                     Some(("latency_ms", v)) => {
                         b.latency = Duration::from_millis(v.parse().unwrap_or(0));
                     }
+                    Some(("error_label", v)) => b.error_label = Some(v.to_owned()),
+                    Some(("histogram", "wrapping")) => b.histogram_wrapping = true,
                     _ => {}
                 }
             }
@@ -99,28 +113,44 @@ impl Metrics {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn render(&self) -> String {
+    fn render(&self, b: &Behaviour) -> String {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // A 32-bit counter that started 40 below its maximum wraps after 40 requests.
+        let bucket = |a: &AtomicU64| {
+            let n = load(a);
+            if b.histogram_wrapping {
+                i64::from((n as i64 + i64::from(i32::MAX) - 40) as i32)
+            } else {
+                n as i64
+            }
+        };
+        let reason = b.error_label.as_ref().map_or(String::new(), |r| {
+            let escaped = r
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!(",reason=\"{escaped}\"")
+        });
         let mut s = String::from(
             "# HELP http_requests_total Requests served, by status.\n\
              # TYPE http_requests_total counter\n",
         );
         s += &format!("http_requests_total{{status=\"200\"}} {}\n", load(&self.ok));
         s += &format!(
-            "http_requests_total{{status=\"500\"}} {}\n",
+            "http_requests_total{{status=\"500\"{reason}}} {}\n",
             load(&self.errors)
         );
         s += "# HELP http_request_duration_seconds Request latency.\n\
               # TYPE http_request_duration_seconds histogram\n";
-        for (bucket, le) in self.buckets.iter().zip(BUCKETS) {
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
             s += &format!(
                 "http_request_duration_seconds_bucket{{le=\"{le}\"}} {}\n",
-                load(bucket)
+                bucket(b)
             );
         }
         s += &format!(
             "http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-            load(&self.count)
+            bucket(&self.count)
         );
         s += &format!(
             "http_request_duration_seconds_sum {}\n",
@@ -165,7 +195,7 @@ impl App {
                 200,
                 format!("{{\"status\":\"ok\",\"version\":\"{}\"}}", b.version),
             ),
-            "/metrics" => (200, self.metrics.render()),
+            "/metrics" => (200, self.metrics.render(&b)),
             _ => {
                 if !b.latency.is_zero() {
                     tokio::time::sleep(b.latency).await;

@@ -290,3 +290,125 @@ pub async fn version_of(app: &ReleaseApp) -> String {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["version"].as_str().unwrap_or_default().to_owned()
 }
+
+/// An example binary built by `cargo test` (`target/<profile>/examples/<name>`).
+pub fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// `deploy <args> <plan>` to the end: its exit code and its output (stdout, then stderr).
+pub fn deploy_cli(args: &[&str], plan: &Path) -> (i32, String) {
+    let out = std::process::Command::new(example("deploy"))
+        .args(args)
+        .arg(plan)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `deploy <args> <plan>` in the background, its output in `log`; killed on drop.
+pub fn spawn_deploy(args: &[&str], plan: &Path, log: &Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        std::process::Command::new(example("deploy"))
+            .args(args)
+            .arg(plan)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A child process killed on drop (a failed assertion must not leave it running).
+pub struct Killed(pub std::process::Child);
+
+impl Killed {
+    /// Wait at most `limit` for it to exit; its exit code.
+    pub async fn exit_code(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not end within {limit:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo application (`examples/demo_app.rs`) serving the release under the link
+/// `<root>/current`, on a free loopback port; killed on drop.
+pub struct DemoApp {
+    /// The process.
+    pub process: Killed,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its standard output, kept open so that it never writes into a closed pipe.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl DemoApp {
+    /// Start it for the release root `root`.
+    pub fn start(root: &Path) -> Self {
+        use std::io::BufRead;
+        std::fs::create_dir_all(root).unwrap();
+        let mut child = std::process::Command::new(example("demo_app"))
+            .arg("--release-dir")
+            .arg(root.join("current"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first).unwrap();
+        // "demo_app listening on http://127.0.0.1:PORT (version …)"
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("demo_app said: {first}"));
+        Self {
+            process: Killed(child),
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    /// A URL on it.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
