@@ -1,73 +1,21 @@
 //! Property tests of `PlanFile::parse`: it never panics, on arbitrary text and on the shipped
 //! plans of `examples/plans/` with random edits (characters deleted and inserted, lines
-//! dropped, repeated and swapped, values replaced), and every problem it reports names a key
-//! path or a line.
+//! dropped, repeated and swapped, values replaced), and every problem it reports names the file
+//! and a key path or a line.
 //!
-//! The root package has no property-testing dependency, so the cases come from a small seeded
-//! generator: each run draws a new seed (printed with any failure, with the smallest failing
-//! input found), `PLAN_PROPS_SEED=<n>` replays one, and `PLAN_PROPS_CASES=<n>` sets how many
-//! cases each test runs (default 256, a fraction of a second).
+//! The cases come from proptest (256 per property, a fraction of a second): a failure is shrunk
+//! to a small input and its seed saved in `tests/plan_file_props.proptest-regressions`, which
+//! later runs replay first.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use deploy::plan_file::{PlanFile, PlanFileError};
+use proptest::prelude::*;
+use proptest::sample::{Index, select};
+use proptest::test_runner::FileFailurePersistence;
 
-/// SplitMix64: small, seedable, good enough to pick edits.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("PLAN_PROPS_SEED") {
-        Ok(s) => s.parse().expect("PLAN_PROPS_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    }
-}
-
-fn cases() -> usize {
-    std::env::var("PLAN_PROPS_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
-}
-
-/// What is wrong with the outcome of parsing `text`, if anything: a panic, or a problem that
+/// What is wrong with a parse error, if anything: no problems, no file name, or a problem that
 /// names neither a key path nor a line.
-fn violation(text: &str) -> Option<String> {
-    match catch_unwind(AssertUnwindSafe(|| PlanFile::parse("plan.toml", text))) {
-        Err(panic) => Some(format!(
-            "parse panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)")
-        )),
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => unlocated(&e),
-    }
-}
-
 fn unlocated(e: &PlanFileError) -> Option<String> {
     if e.problems.is_empty() {
         return Some(format!("an error without problems: {e}"));
@@ -81,51 +29,40 @@ fn unlocated(e: &PlanFileError) -> Option<String> {
         .map(|p| format!("a problem names no key path and no line: {p:?}"))
 }
 
-/// The smallest text (by deleting runs of characters) that still shows a violation.
-fn shrink(text: &str) -> String {
-    let mut chars: Vec<char> = text.chars().collect();
-    let mut run = chars.len() / 2;
-    while run > 0 {
-        let mut start = 0;
-        while start < chars.len() {
-            let mut candidate = chars.clone();
-            candidate.drain(start..(start + run).min(chars.len()));
-            if violation(&candidate.iter().collect::<String>()).is_some() {
-                chars = candidate;
-            } else {
-                start += run;
-            }
-        }
-        run /= 2;
+/// Parse `text` (a panic fails the case: proptest catches it and shrinks the input) and check
+/// that every problem is located.
+fn check(text: &str) -> Result<(), TestCaseError> {
+    if let Err(e) = PlanFile::parse("plan.toml", text) {
+        prop_assert_eq!(unlocated(&e), None, "input: {:?}", text);
     }
-    chars.into_iter().collect()
+    Ok(())
 }
 
-/// Run `case` on `cases()` texts drawn with one seed; fail with the seed and a shrunk input.
-fn check(name: &str, mut case: impl FnMut(&mut Rng) -> String) {
-    let seed = seed();
-    let mut rng = Rng(seed);
-    for i in 0..cases() {
-        let text = case(&mut rng);
-        if let Some(why) = violation(&text) {
-            let small = shrink(&text);
-            panic!(
-                "{name}, case {i} (PLAN_PROPS_SEED={seed}): {}\nsmallest input: {small:?}\ninput: {text:?}",
-                violation(&small).unwrap_or(why)
-            );
-        }
+/// A shipped plan; its `Debug` is its file name, so a failure shows the name and the edits.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ShippedPlan {
+    name: String,
+    text: String,
+}
+
+impl std::fmt::Debug for ShippedPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
     }
 }
 
-fn shipped_plans() -> Vec<(String, String)> {
+fn shipped_plans() -> Vec<ShippedPlan> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plans");
-    let mut plans: Vec<(String, String)> = std::fs::read_dir(&dir)
+    let mut plans: Vec<ShippedPlan> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            (p.display().to_string(), text)
+            ShippedPlan {
+                name: p.display().to_string(),
+                text,
+            }
         })
         .collect();
     plans.sort();
@@ -206,57 +143,145 @@ const VALUES: &[&str] = &[
     "1979-05-27T07:32:00Z",
 ];
 
-/// One random edit of `text`.
-fn edit(rng: &mut Rng, text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    let at = rng.below(chars.len() + 1);
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    let line = rng.below(lines.len());
-    match rng.below(7) {
-        0 => {
-            let end = (at + 1 + rng.below(20)).min(chars.len());
-            chars[..at].iter().chain(&chars[end..]).collect()
-        }
-        1 | 2 => {
-            let piece = *rng.pick(PIECES);
-            let mut s: String = chars[..at].iter().collect();
-            s.push_str(piece);
-            s.extend(&chars[at..]);
-            s
-        }
-        3 => {
-            lines.remove(line);
-            lines.join("\n")
-        }
-        4 => {
-            lines.insert(line, lines[line]);
-            lines.join("\n")
-        }
-        5 => {
-            let other = rng.below(lines.len());
-            lines.swap(line, other);
-            lines.join("\n")
-        }
-        _ => {
-            // Replace the value of some `key = value` line.
-            let keyed: Vec<usize> = (0..lines.len())
-                .filter(|i| lines[*i].contains(" = "))
-                .collect();
-            if keyed.is_empty() {
-                return text.to_owned();
+/// One edit of a text. Positions are `Index`es, resolved against the text when the edit is
+/// applied (so they stay in range whatever the edits before did, and shrink towards 0).
+#[derive(Debug, Clone)]
+enum Edit {
+    /// Delete 1 to 20 characters from a position.
+    Delete {
+        at: Index,
+        len: usize,
+    },
+    /// Insert a piece of TOML at a position.
+    Insert {
+        at: Index,
+        piece: &'static str,
+    },
+    DropLine {
+        line: Index,
+    },
+    RepeatLine {
+        line: Index,
+    },
+    SwapLines {
+        line: Index,
+        other: Index,
+    },
+    /// Replace the value of some `key = value` line.
+    ReplaceValue {
+        keyed: Index,
+        value: &'static str,
+    },
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        1 => (any::<Index>(), 1..=20usize).prop_map(|(at, len)| Edit::Delete { at, len }),
+        2 => (any::<Index>(), select(PIECES)).prop_map(|(at, piece)| Edit::Insert { at, piece }),
+        1 => any::<Index>().prop_map(|line| Edit::DropLine { line }),
+        1 => any::<Index>().prop_map(|line| Edit::RepeatLine { line }),
+        1 => (any::<Index>(), any::<Index>())
+            .prop_map(|(line, other)| Edit::SwapLines { line, other }),
+        1 => (any::<Index>(), select(VALUES))
+            .prop_map(|(keyed, value)| Edit::ReplaceValue { keyed, value }),
+    ]
+}
+
+impl Edit {
+    fn apply(&self, text: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        match self {
+            Edit::Delete { at, len } => {
+                let at = at.index(chars.len() + 1);
+                let end = (at + len).min(chars.len());
+                chars[..at].iter().chain(&chars[end..]).collect()
             }
-            let i = *rng.pick(&keyed);
-            let key = lines[i].split(" = ").next().unwrap_or("");
-            let replaced = format!("{key} = {}", rng.pick(VALUES));
-            lines[i] = &replaced;
-            lines.join("\n")
+            Edit::Insert { at, piece } => {
+                let at = at.index(chars.len() + 1);
+                let mut s: String = chars[..at].iter().collect();
+                s.push_str(piece);
+                s.extend(&chars[at..]);
+                s
+            }
+            Edit::DropLine { line } => {
+                lines.remove(line.index(lines.len()));
+                lines.join("\n")
+            }
+            Edit::RepeatLine { line } => {
+                let line = line.index(lines.len());
+                lines.insert(line, lines[line]);
+                lines.join("\n")
+            }
+            Edit::SwapLines { line, other } => {
+                let (line, other) = (line.index(lines.len()), other.index(lines.len()));
+                lines.swap(line, other);
+                lines.join("\n")
+            }
+            Edit::ReplaceValue { keyed, value } => {
+                let keyed_lines: Vec<usize> = (0..lines.len())
+                    .filter(|i| lines[*i].contains(" = "))
+                    .collect();
+                if keyed_lines.is_empty() {
+                    return text.to_owned();
+                }
+                let i = keyed_lines[keyed.index(keyed_lines.len())];
+                let key = lines[i].split(" = ").next().unwrap_or("");
+                let replaced = format!("{key} = {value}");
+                lines[i] = &replaced;
+                lines.join("\n")
+            }
         }
+    }
+}
+
+/// Arbitrary text: any characters at all, characters that mean something in TOML, or pieces
+/// of TOML and of plan files.
+fn arbitrary_text() -> impl Strategy<Value = String> {
+    let alphabet: Vec<char> = "abz_09 =\"'[]{},.#\n\t\\-+:é\u{0}".chars().collect();
+    prop_oneof![
+        prop::collection::vec(any::<char>(), 0..200).prop_map(String::from_iter),
+        prop::collection::vec(select(alphabet), 0..200).prop_map(String::from_iter),
+        prop::collection::vec(select(PIECES), 0..50).prop_map(|p| p.concat()),
+    ]
+}
+
+/// A shipped plan and 1 to 5 edits of it.
+fn edited_plan() -> impl Strategy<Value = (ShippedPlan, Vec<Edit>)> {
+    (
+        select(shipped_plans()),
+        prop::collection::vec(edit(), 1..=5),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        // Next to this file: the root package's tests have no `lib.rs` beside them for the
+        // default `SourceParallel` to find.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn arbitrary_text_never_panics_and_every_problem_is_located(text in arbitrary_text()) {
+        check(&text)?;
+    }
+
+    #[test]
+    fn edited_shipped_plans_never_panic_and_every_problem_is_located(
+        (plan, edits) in edited_plan(),
+    ) {
+        let text = edits.iter().fold(plan.text, |text, e| e.apply(&text));
+        check(&text)?;
     }
 }
 
 #[test]
 fn the_shipped_plans_parse() {
-    for (name, text) in shipped_plans() {
+    for ShippedPlan { name, text } in shipped_plans() {
         if let Err(e) = PlanFile::parse(&name, &text) {
             panic!("{e}");
         }
@@ -264,43 +289,13 @@ fn the_shipped_plans_parse() {
 }
 
 #[test]
-fn arbitrary_text_never_panics_and_every_problem_is_located() {
-    let alphabet: Vec<char> = "abz_09 =\"'[]{},.#\n\t\\-+:é\u{0}".chars().collect();
-    check("arbitrary text", |rng| {
-        let len = rng.below(200);
-        match rng.below(3) {
-            // Any characters at all.
-            0 => (0..len)
-                .filter_map(|_| char::from_u32(rng.next() as u32 % 0x11_0000))
-                .collect(),
-            // Characters that mean something in TOML.
-            1 => (0..len).map(|_| *rng.pick(&alphabet)).collect(),
-            // Pieces of TOML and of plan files.
-            _ => (0..len / 4).map(|_| *rng.pick(PIECES)).collect(),
-        }
-    });
-}
-
-#[test]
-fn edited_shipped_plans_never_panic_and_every_problem_is_located() {
-    let plans = shipped_plans();
-    check("edited plan", |rng| {
-        let (_, text) = rng.pick(&plans);
-        let mut text = text.clone();
-        for _ in 0..1 + rng.below(5) {
-            text = edit(rng, &text);
-        }
-        text
-    });
-}
-
-#[test]
 fn problems_in_an_edited_plan_name_their_key_paths() {
     // Deterministic edits whose problems have a known place.
-    let (_, canary) = shipped_plans()
+    let canary = shipped_plans()
         .into_iter()
-        .find(|(n, _)| n.ends_with("canary.toml"))
-        .unwrap();
+        .find(|p| p.name.ends_with("canary.toml"))
+        .unwrap()
+        .text;
     for (from, to, path) in [
         (
             "interval = \"1s\"",
