@@ -14,8 +14,9 @@
 //! Two faults of real exporters can be injected through `app.conf`, for the fault tests:
 //! `error_label=TEXT` adds the label `reason="TEXT"` (escaped as the text format says) to the
 //! 5xx series — route templates and error texts hold `,`, `{` and `}` — and
-//! `histogram=wrapping` renders bucket counts as a 32-bit counter that wraps to negative values,
-//! so that they go down between scrapes.
+//! `histogram=wrapping` renders bucket counts as a 32-bit counter near its maximum at the first
+//! scrape and wrapped to negative values from the second on, so that they go down between
+//! scrapes.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -90,6 +91,8 @@ struct Metrics {
     buckets: [AtomicU64; 11],
     sum_micros: AtomicU64,
     count: AtomicU64,
+    /// `/metrics` pages rendered.
+    renders: AtomicU64,
 }
 
 impl Metrics {
@@ -115,13 +118,15 @@ impl Metrics {
 
     fn render(&self, b: &Behaviour) -> String {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // A 32-bit counter that started 40 below its maximum wraps after 40 requests.
+        // A 32-bit counter close to its maximum at the first scrape, wrapped to negative
+        // values from the second scrape on.
+        let first_render = self.renders.fetch_add(1, Ordering::Relaxed) == 0;
         let bucket = |a: &AtomicU64| {
-            let n = load(a);
-            if b.histogram_wrapping {
-                i64::from((n as i64 + i64::from(i32::MAX) - 40) as i32)
-            } else {
-                n as i64
+            let n = load(a) as i64;
+            match (b.histogram_wrapping, first_render) {
+                (false, _) => n,
+                (true, true) => i64::from(i32::MAX) - 1_000 + n,
+                (true, false) => i64::from(i32::MIN) + n,
             }
         };
         let reason = b.error_label.as_ref().map_or(String::new(), |r| {
