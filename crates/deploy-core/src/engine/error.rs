@@ -8,7 +8,8 @@ use crate::strategy::PlanError;
 
 use super::lock::LockInfo;
 
-/// Why the engine could not run (as opposed to a run that rolled back, which is a [`Report`]).
+/// Why the engine could not run (as opposed to a run that rolled back, which is a
+/// [`Report`](super::Report)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeployError {
