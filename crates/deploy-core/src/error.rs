@@ -1,19 +1,23 @@
-//! The one error type every trait in this crate returns, with an explicit retry decision.
+//! The error type every trait of this crate returns, built the way OpenDAL builds its own: an
+//! operation, key–value context, a message, a kind and a retry status, and the underlying error
+//! as its source. Wrapping an error in an outer operation adds to the same error instead of
+//! nesting a copy of its text, so a message never says the same thing twice.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// A boxed error kept as the source of an [`Error`].
+use serde::{Deserialize, Serialize};
+
+/// A boxed error, for sources.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Result with this crate's [`Error`].
+/// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong, in classes the engine and the caller can act on.
-///
-/// The class decides the default retry decision ([`ErrorKind::is_retryable_by_default`]); an
-/// adapter can override it per error with [`Error::retryable`] / [`Error::permanent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// What kind of failure an error is; the engine decides what to do from it and from the retry
+/// status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -79,30 +83,93 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Whether trying the same call again may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorStatus {
+    /// It will fail the same way again.
+    Permanent,
+    /// It may succeed if tried again (a connection refused during a reload).
+    Temporary,
+    /// It was temporary, but the retries allowed ran out.
+    Persistent,
+}
+
+impl fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Permanent => "permanent",
+            Self::Temporary => "temporary",
+            Self::Persistent => "persistent",
+        })
+    }
+}
+
 /// An error from a deployment operation: what was attempted, on what, and why.
 ///
-/// Displayed as `"<operation> <object>: <cause>"`, e.g.
-/// `set weights on haproxy /run/haproxy/admin.sock: HAProxy answered 'No such server.'`.
-/// The underlying error, if any, is kept as [`std::error::Error::source`]. One pointer wide, so
-/// `Result<T, Error>` stays small.
+/// Displayed as `"<operation> <object>: <message>: <source>"`, e.g.
+/// `set weights on haproxy /run/haproxy/admin.sock: HAProxy answered 'No such server.'` — the
+/// message is this crate's words, the source (kept as [`std::error::Error::source`]) says the
+/// rest, and each is printed once. An error wrapped by an outer operation
+/// ([`Error::context`]) prints that operation first: `prepare 2.0.0 on target green: upload
+/// /srv/app/releases/2.0.0.tar on host web-1: …`. Further context ([`Error::with_context`])
+/// follows in brackets. One pointer wide, so `Result<T, Error>` stays small.
 pub struct Error(Box<Inner>);
 
 struct Inner {
     kind: ErrorKind,
+    status: ErrorStatus,
     operation: Cow<'static, str>,
     object: String,
-    cause: String,
-    retryable: bool,
+    /// Outer operations and their objects, outermost first.
+    outer: Vec<(Cow<'static, str>, String)>,
+    context: Vec<(&'static str, String)>,
+    message: String,
     source: Option<BoxError>,
+}
+
+/// `operation object`, or whichever of the two is not empty.
+fn frame(operation: &str, object: &str) -> String {
+    match (operation.is_empty(), object.is_empty()) {
+        (false, false) => format!("{operation} {object}"),
+        (false, true) => operation.to_owned(),
+        (true, _) => object.to_owned(),
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.0.operation, self.0.object, self.0.cause
-        )
+        let e = &self.0;
+        let mut parts: Vec<String> = e
+            .outer
+            .iter()
+            .map(|(operation, object)| frame(operation, object))
+            .chain(std::iter::once(frame(&e.operation, &e.object)))
+            .filter(|p| !p.is_empty())
+            .collect();
+        if !e.message.is_empty() {
+            parts.push(e.message.clone());
+        }
+        f.write_str(&parts.join(": "))?;
+        if !e.context.is_empty() {
+            f.write_str(" [")?;
+            for (i, (k, v)) in e.context.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{k}: {v}")?;
+            }
+            f.write_str("]")?;
+        }
+        let mut source = e
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 
@@ -120,10 +187,16 @@ impl fmt::Debug for Error {
         let e = &self.0;
         let mut d = f.debug_struct("Error");
         d.field("kind", &e.kind)
+            .field("status", &e.status)
             .field("operation", &e.operation)
-            .field("object", &e.object)
-            .field("cause", &e.cause)
-            .field("retryable", &e.retryable);
+            .field("object", &e.object);
+        if !e.outer.is_empty() {
+            d.field("outer", &e.outer);
+        }
+        if !e.context.is_empty() {
+            d.field("context", &e.context);
+        }
+        d.field("message", &e.message);
         if let Some(source) = &e.source {
             d.field("source", &source.to_string());
         }
@@ -133,59 +206,77 @@ impl fmt::Debug for Error {
 
 impl Error {
     /// A new error of `kind` for `operation` (a verb phrase: "activate 2.1.0") on `object`
-    /// (what it acted on: "target blue", "/srv/app/current"), because of `cause`.
+    /// (what it acted on: "target blue", "/srv/app/current"), because of `message` (this
+    /// crate's words; keep the underlying error's own text for [`Error::with_source`]).
     pub fn new(
         kind: ErrorKind,
         operation: impl Into<Cow<'static, str>>,
         object: impl Into<String>,
-        cause: impl Into<String>,
+        message: impl Into<String>,
     ) -> Self {
         Self(Box::new(Inner {
             kind,
+            status: if kind.is_retryable_by_default() {
+                ErrorStatus::Temporary
+            } else {
+                ErrorStatus::Permanent
+            },
             operation: operation.into(),
             object: object.into(),
-            cause: cause.into(),
-            retryable: kind.is_retryable_by_default(),
+            outer: Vec::new(),
+            context: Vec::new(),
+            message: message.into(),
             source: None,
         }))
     }
 
-    /// Keep `source` as the underlying error.
+    /// Keep `source` as the underlying error; its text follows this error's message.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.0.source = Some(source.into());
         self
     }
 
+    /// Add a fact about the failure (`"status"`, `"503"`), shown after the message.
+    pub fn with_context(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.0.context.push((key, value.into()));
+        self
+    }
+
     /// Mark this error as worth retrying, whatever its kind.
     pub fn retryable(mut self) -> Self {
-        self.0.retryable = true;
+        self.0.status = ErrorStatus::Temporary;
         self
     }
 
     /// Mark this error as final, whatever its kind.
     pub fn permanent(mut self) -> Self {
-        self.0.retryable = false;
+        self.0.status = ErrorStatus::Permanent;
         self
     }
 
-    /// Wrap this error in an outer operation (`"prepare 2.0.0 on"`, `"target blue"`): the new
-    /// error keeps this one's kind and retry decision, says this one's message as its cause, and
-    /// keeps this one as its source.
+    /// Say that this temporary error stayed after every retry allowed: it is no longer worth
+    /// retrying, and reports show that retries ran.
+    pub fn persistent(mut self) -> Self {
+        if self.0.status == ErrorStatus::Temporary {
+            self.0.status = ErrorStatus::Persistent;
+        }
+        self
+    }
+
+    /// Say which outer operation this error happened in (`"prepare 2.0.0 on"`, `"target
+    /// blue"`): the same error, with that operation printed before its own. Kind, status,
+    /// message and source are kept.
     pub fn context(
-        self,
+        mut self,
         operation: impl Into<Cow<'static, str>>,
         object: impl Into<String>,
     ) -> Self {
-        let kind = self.0.kind;
-        let retryable = self.0.retryable;
-        let cause = self.to_string();
-        let mut e = Self::new(kind, operation, object, cause);
-        e.0.retryable = retryable;
-        e.0.source = Some(Box::new(self));
-        e
+        self.0.outer.insert(0, (operation.into(), object.into()));
+        self
     }
 
-    /// Build an error from an I/O error, classifying it by [`std::io::ErrorKind`].
+    /// An error from an I/O error, classified by [`std::io::ErrorKind`]; the I/O error is the
+    /// source and says why.
     pub fn io(
         operation: impl Into<Cow<'static, str>>,
         object: impl Into<String>,
@@ -206,13 +297,13 @@ impl Error {
             K::AlreadyExists => ErrorKind::Conflict,
             _ => ErrorKind::Io,
         };
-        let cause = err.to_string();
-        let mut e = Self::new(kind, operation, object, cause).with_source(err);
+        let e = Self::new(kind, operation, object, "").with_source(err);
         if kind == ErrorKind::Conflict {
             // An existing file will still exist on the next attempt.
-            e.0.retryable = false;
+            e.permanent()
+        } else {
+            e
         }
-        e
     }
 
     /// The class of this error.
@@ -222,7 +313,12 @@ impl Error {
 
     /// Whether retrying the same call may succeed. The engine's retry policy reads only this.
     pub fn is_retryable(&self) -> bool {
-        self.0.retryable
+        self.0.status == ErrorStatus::Temporary
+    }
+
+    /// Whether it may succeed later, and whether retries already ran.
+    pub fn status(&self) -> ErrorStatus {
+        self.0.status
     }
 
     /// The operation that failed ("activate 2.1.0").
@@ -235,24 +331,73 @@ impl Error {
         &self.0.object
     }
 
-    /// Why it failed, in words.
-    pub fn cause(&self) -> &str {
-        &self.0.cause
+    /// Why it failed, in this crate's words (the source's text is not part of it).
+    pub fn message(&self) -> &str {
+        &self.0.message
     }
 
-    /// This error's message followed by every source in the chain, joined by ": ".
+    /// The facts added with [`Error::with_context`].
+    pub fn context_values(&self) -> &[(&'static str, String)] {
+        &self.0.context
+    }
+
+    /// The whole message: outer operations, this operation, the message, the context and
+    /// every source, each once (the same as `Display`).
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            let text = s.to_string();
-            if !out.contains(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            src = s.source();
+        self.to_string()
+    }
+
+    /// This error as data, for reports and journals.
+    pub fn record(&self) -> ErrorRecord {
+        let mut context = BTreeMap::new();
+        if !self.0.object.is_empty() {
+            context.insert("object".to_owned(), self.0.object.clone());
         }
-        out
+        for (k, v) in &self.0.context {
+            context.insert((*k).to_owned(), v.clone());
+        }
+        ErrorRecord {
+            kind: self.0.kind,
+            status: self.0.status,
+            operation: self.0.operation.to_string(),
+            context,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// An error as data: what a report stores of a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErrorRecord {
+    /// Its kind.
+    pub kind: ErrorKind,
+    /// Whether trying again could help, and whether retries ran.
+    pub status: ErrorStatus,
+    /// The operation that failed.
+    pub operation: String,
+    /// Facts about it: the object it acted on (`object`) and any others.
+    pub context: BTreeMap<String, String>,
+    /// The whole message, as an operator reads it.
+    pub message: String,
+}
+
+impl ErrorRecord {
+    /// Whether trying again could help.
+    pub fn is_retryable(&self) -> bool {
+        self.status == ErrorStatus::Temporary
+    }
+}
+
+impl fmt::Display for ErrorRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&Error> for ErrorRecord {
+    fn from(e: &Error) -> Self {
+        e.record()
     }
 }
 
@@ -276,13 +421,9 @@ mod tests {
     }
 
     #[test]
-    fn context_keeps_kind_and_retryability() {
-        let inner = Error::new(
-            ErrorKind::Unavailable,
-            "connect to",
-            "/run/haproxy.sock",
-            "refused",
-        );
+    fn context_adds_the_outer_operation_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let inner = Error::io("connect to", "/run/haproxy.sock", io);
         let outer = inner.context("drain", "app/green");
         assert_eq!(outer.kind(), ErrorKind::Unavailable);
         assert!(outer.is_retryable());
@@ -290,7 +431,17 @@ mod tests {
             outer.to_string(),
             "drain app/green: connect to /run/haproxy.sock: refused"
         );
-        assert!(std::error::Error::source(&outer).is_some());
+        assert_eq!(outer.chain(), outer.to_string(), "nothing is repeated");
+        // The source is the I/O error itself, not a copy of the inner error.
+        assert_eq!(
+            std::error::Error::source(&outer).unwrap().to_string(),
+            "refused"
+        );
+        let twice = outer.context("deploy 2.0.0 to", "production");
+        assert_eq!(
+            twice.to_string(),
+            "deploy 2.0.0 to production: drain app/green: connect to /run/haproxy.sock: refused"
+        );
     }
 
     #[test]
@@ -300,7 +451,38 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.is_retryable());
         assert!(std::error::Error::source(&e).is_some());
-        let e = e.permanent();
+        assert_eq!(e.message(), "");
+        let e = e.persistent();
         assert!(!e.is_retryable());
+        assert_eq!(e.status(), ErrorStatus::Persistent);
+        assert_eq!(e.permanent().status(), ErrorStatus::Permanent);
+    }
+
+    #[test]
+    fn context_values_follow_the_message_and_the_record_holds_them_as_data() {
+        let e = Error::new(
+            ErrorKind::Protocol,
+            "query",
+            "prometheus http://p:9090",
+            "bad answer",
+        )
+        .with_context("status", "502")
+        .with_context("query", "up");
+        assert_eq!(
+            e.to_string(),
+            "query prometheus http://p:9090: bad answer [status: 502, query: up]"
+        );
+        let r = e.record();
+        assert_eq!(r.kind, ErrorKind::Protocol);
+        assert_eq!(r.status, ErrorStatus::Permanent);
+        assert_eq!(r.operation, "query");
+        assert_eq!(r.context["object"], "prometheus http://p:9090");
+        assert_eq!(r.context["status"], "502");
+        assert_eq!(r.context["query"], "up");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""kind":"protocol","status":"permanent""#),
+            "{json}"
+        );
     }
 }

@@ -209,26 +209,10 @@ impl fmt::Debug for WebhookHook {
         // Header values may be tokens.
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("WebhookHook")
-            .field("url", &redact_url(&self.url))
+            .field("url", &crate::redact::url(&self.url))
             .field("headers", &names)
             .finish()
     }
-}
-
-/// `https://user:secret@host/x?token=y` → `https://***@host/x?***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
-    };
-    let path = match path.split_once('?') {
-        Some((p, _)) => format!("{p}?***"),
-        None => path.to_owned(),
-    };
-    let sep = if scheme.is_empty() { "" } else { "://" };
-    format!("{scheme}{sep}{authority}/{path}")
 }
 
 impl WebhookHook {
@@ -239,22 +223,12 @@ impl WebhookHook {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "build webhook hook",
-                redact_url(&url),
+                crate::redact::url(&url),
                 "the URL must start with http:// or https://",
             ));
         }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    "build webhook hook",
-                    redact_url(&url),
-                    e.to_string(),
-                )
-            })?;
+        // No time limit of its own: the hook's limit applies to the whole call.
+        let client = crate::http::client(None, "build webhook hook", &crate::redact::url(&url))?;
         Ok(Self {
             url,
             client,
@@ -276,20 +250,11 @@ impl HookAction for WebhookHook {
         for (n, v) in &self.headers {
             req = req.header(n, v);
         }
-        let object = redact_url(&self.url);
-        let resp = req.send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Unavailable
-            };
-            Error::new(
-                kind,
-                "post hook to",
-                object.clone(),
-                e.without_url().to_string(),
-            )
-        })?;
+        let object = crate::redact::url(&self.url);
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| crate::http::request_error("post hook to", &self.url, None, e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -308,18 +273,6 @@ impl HookAction for WebhookHook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("https://u:p@hooks.example/x?token=1"),
-            "https://***@hooks.example/x?***"
-        );
-        assert_eq!(
-            redact_url("http://127.0.0.1:9/hook"),
-            "http://127.0.0.1:9/hook"
-        );
-    }
 
     #[test]
     fn placeholders_are_substituted() {

@@ -3,9 +3,12 @@
 mod difference;
 pub mod engine;
 pub mod error;
+pub mod fs;
 pub mod hooks;
+pub mod http;
 pub mod model;
 pub mod notify;
+pub mod redact;
 pub mod smoke;
 pub mod strategy;
 pub mod traits;
@@ -15,7 +18,7 @@ pub use engine::{
     Control, DeployError, Engine, Environment, EnvironmentBuilder, Event, Observer, Outcome,
     Policies, Recovery, Report,
 };
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorKind, ErrorRecord, ErrorStatus, Result};
 pub use hooks::{CommandHook, Hook, HookAction, HookContext, HookPoint, WebhookHook};
 pub use model::{
     BackupId, Endpoint, Health, MigrationInfo, MigrationStatus, Release, SchemaVersion, TargetId,

@@ -1,9 +1,8 @@
 //! [`LocalHost`]: the machine this process runs on, as a [`Host`].
 
-use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -93,21 +92,17 @@ fn write_atomic(
     mode: Option<u32>,
 ) -> Result<()> {
     let err = |e: io::Error| Error::io(operation, on_local(path), e);
-    let name = path.file_name().ok_or_else(|| {
-        Error::new(
+    if path.file_name().is_none() {
+        return Err(Error::new(
             ErrorKind::InvalidInput,
             operation,
             on_local(path),
             "the path has no file name",
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+        ));
+    }
 
     // Open the source first, so that a missing source leaves nothing behind.
-    let (mut reader, source_mode): (Box<dyn Read>, Option<u32>) = match source {
+    let (reader, source_mode): (Box<dyn Read>, Option<u32>) = match source {
         Source::Bytes(b) => (Box::new(io::Cursor::new(b)), None),
         Source::File(local) => {
             let f = fs::File::open(&local).map_err(|e| {
@@ -134,35 +129,7 @@ fn write_atomic(
         _ => None,
     });
 
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", unique_suffix()));
-    let tmp = dir.join(tmp_name);
-
-    // With a mode to set, create the file 0o600 first so that nobody can open it with wider
-    // rights before the content arrives; otherwise let the umask decide, as `create` does.
-    let create_mode = if mode.is_some() { 0o600 } else { 0o666 };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(create_mode)
-        .open(&tmp)
-        .map_err(err)?;
-    let mut finish = |f: &mut fs::File| -> io::Result<()> {
-        if let Some(m) = mode {
-            f.set_permissions(fs::Permissions::from_mode(m))?;
-        }
-        io::copy(&mut reader, f)?;
-        f.flush()?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        fs::File::open(&dir)?.sync_all()
-    };
-    finish(&mut f).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        err(e)
-    })
+    crate::fs::write_atomic(path, reader, mode).map_err(err)
 }
 
 /// How long output is still read after the command exited, for what its background children
@@ -230,14 +197,12 @@ impl Capture {
 
 /// Kill the process group led by `pid` (best effort: the leader itself is killed by the caller).
 async fn kill_group(pid: u32) {
-    // Without `unsafe` (forbidden here) there is no `kill(2)`; the `kill` program does it.
-    let _ = tokio::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
 }
 
 #[async_trait]
@@ -288,7 +253,7 @@ impl Host for LocalHost {
             };
             let cause = match kind {
                 ErrorKind::NotFound => format!("program {program:?} not found"),
-                _ => format!("cannot start program {program:?}: {e}"),
+                _ => format!("cannot start program {program:?}"),
             };
             Error::new(kind, operation(), "on local", cause).with_source(e)
         })?;

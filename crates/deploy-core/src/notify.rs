@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Event, Observer, Severity};
 use crate::error::{Error, ErrorKind, Result};
-use crate::hooks::redact_url;
 
 /// What a notification looks like on the wire.
 #[derive(Debug, Serialize)]
@@ -36,7 +35,7 @@ pub struct WebhookNotifier {
 impl fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookNotifier")
-            .field("url", &redact_url(&self.url))
+            .field("url", &crate::redact::url(&self.url))
             .field("environment", &self.environment)
             .field("min_severity", &self.min_severity)
             .finish_non_exhaustive()
@@ -72,22 +71,15 @@ impl WebhookNotifier {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "start notifier for",
-                redact_url(&url),
+                crate::redact::url(&url),
                 "the URL must start with http:// or https://",
             ));
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    "start notifier for",
-                    redact_url(&url),
-                    e.to_string(),
-                )
-            })?;
+        let client = crate::http::client(
+            Some(timeout),
+            "start notifier for",
+            &crate::redact::url(&url),
+        )?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let target = url.clone();
         let task = tokio::spawn(async move {
@@ -110,10 +102,10 @@ impl WebhookNotifier {
                             break;
                         }
                         Ok(resp) => {
-                            tracing::warn!(target: "deploy", "notify {}: HTTP {}", redact_url(&target), resp.status())
+                            tracing::warn!(target: "deploy", "notify {}: HTTP {}", crate::redact::url(&target), resp.status())
                         }
                         Err(e) => {
-                            tracing::warn!(target: "deploy", "notify {}: {}", redact_url(&target), e.without_url())
+                            tracing::warn!(target: "deploy", "notify {}: {}", crate::redact::url(&target), e.without_url())
                         }
                     }
                 }

@@ -222,20 +222,7 @@ impl HttpProbeBuilder {
                 problems.join("; "),
             ));
         }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(self.timeout)
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    "build",
-                    "HTTP probe",
-                    format!("HTTP client: {e}"),
-                )
-                .with_source(e)
-            })?;
+        let client = crate::http::client(Some(self.timeout), "build", "HTTP probe")?;
         Ok(HttpProbe {
             client,
             path: self.path,

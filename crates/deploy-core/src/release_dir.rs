@@ -125,19 +125,7 @@ impl ReleaseDirTarget {
 
     /// `err` with the operation and this target in front, keeping kind and retry decision.
     fn wrap(&self, operation: String, err: Error) -> Error {
-        let retryable = err.is_retryable();
-        let e = Error::new(
-            err.kind(),
-            operation,
-            format!("on target {}", self.id),
-            err.to_string(),
-        )
-        .with_source(err);
-        if retryable {
-            e.retryable()
-        } else {
-            e.permanent()
-        }
+        err.context(operation, format!("on target {}", self.id))
     }
 
     /// Whether `releases/<version>` exists and carries the completion marker.

@@ -156,18 +156,7 @@ impl SmokeGate {
                 problems.join("; "),
             ));
         }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    "build smoke gate",
-                    name.clone(),
-                    e.to_string(),
-                )
-            })?;
+        let client = crate::http::client(None, "build smoke gate", &name)?;
         Ok(Self {
             name,
             checks,

@@ -63,7 +63,11 @@ pub trait Target: fmt::Debug + Send + Sync + 'static {
 /// - [`drain`](TrafficSwitch::drain) stops sending *new* traffic to the target; established
 ///   sessions may finish. Afterwards its weight reads 0. Idempotent.
 /// - [`active_sessions`](TrafficSwitch::active_sessions) is the number of sessions the balancer
-///   still has on the target; "drained" means it reached 0.
+///   still has on the target; "drained" means it reached 0. Unknown targets are `NotFound`.
+/// - [`cut_sessions`](TrafficSwitch::cut_sessions) closes the sessions a drain left open (the
+///   engine calls it past the drain timeout when its policy says `cut`); afterwards
+///   `active_sessions` reads 0 and the target takes no traffic until a weight > 0 is set. A
+///   balancer that cannot do it says `Unsupported`.
 #[async_trait]
 pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
     /// Current weights of every target.
@@ -74,6 +78,16 @@ pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
     async fn drain(&self, target: &TargetId) -> Result<()>;
     /// Sessions still open on `target`.
     async fn active_sessions(&self, target: &TargetId) -> Result<u64>;
+    /// Close the sessions still open on `target`, by the balancer's own means (HAProxy puts the
+    /// server in maintenance and shuts its sessions down).
+    async fn cut_sessions(&self, target: &TargetId) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "cut the sessions of",
+            target.to_string(),
+            format!("{self:?} cannot close sessions; drain without `on_timeout = \"cut\"`"),
+        ))
+    }
 }
 
 /// What a probe is asked to check.

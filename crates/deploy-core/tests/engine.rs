@@ -638,6 +638,7 @@ async fn probe_deadline_fails_the_step_after_the_deadline() {
         step.error
             .as_ref()
             .unwrap()
+            .message
             .contains("not healthy within 10s (11 checks); last: HTTP 500"),
         "{:?}",
         step.error
@@ -814,9 +815,11 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
         "10 sessions closing 2 per 1 s poll"
     );
 
-    // Sessions that never close: proceed (default) with a note, or fail and roll back.
+    // Sessions that never close: proceed (default) with a note, cut them through the switch, or
+    // fail and roll back.
     for (action, outcome) in [
         (DrainTimeoutAction::Proceed, Outcome::Promoted),
+        (DrainTimeoutAction::Cut, Outcome::Promoted),
         (DrainTimeoutAction::Fail, Outcome::RolledBack),
     ] {
         let mut w = FakeWorld::fleet(2, "1.0.0");
@@ -838,6 +841,16 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
                     .notes
                     .iter()
                     .any(|n| n.contains("still had 3 session(s)")),
+                "{:?}",
+                report.notes
+            );
+        }
+        if action == DrainTimeoutAction::Cut {
+            assert!(
+                report
+                    .notes
+                    .iter()
+                    .any(|n| n.contains("cut them through the switch (0 left)")),
                 "{:?}",
                 report.notes
             );

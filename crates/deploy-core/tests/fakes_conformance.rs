@@ -66,12 +66,13 @@ async fn fake_gate_and_maintenance_conform() {
         vec![id("green")],
         vec![id("blue")],
     );
-    for g in [
-        FakeGate::passing("a"),
-        FakeGate::failing("b"),
-        FakeGate::sequence("c", &[deploy_core::VerdictKind::Inconclusive]),
+    use deploy_core::VerdictKind::{Fail, Inconclusive, Pass};
+    for (g, kind) in [
+        (FakeGate::passing("a"), Pass),
+        (FakeGate::failing("b"), Fail),
+        (FakeGate::sequence("c", &[Inconclusive]), Inconclusive),
     ] {
-        conformance::metric_gate(&g, &ctx).await;
+        conformance::metric_gate(&g, &ctx, kind).await;
     }
     let m = FakeMaintenance::new();
     conformance::maintenance(&m).await;

@@ -254,7 +254,8 @@ async fn smoke_gate_passes_and_fails_with_reasons() {
     let v = good.evaluate(&ctx).await.unwrap();
     assert_eq!(v.kind, VerdictKind::Pass, "{v}");
     assert_eq!(v.value, Some(2.0));
-    deploy_core::testing::conformance::metric_gate(&good, &ctx).await;
+    deploy_core::testing::conformance::metric_gate(&good, &ctx, deploy_core::VerdictKind::Pass)
+        .await;
 
     let bad = SmokeGate::new(
         "smoke",

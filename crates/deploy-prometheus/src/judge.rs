@@ -678,7 +678,7 @@ mod tests {
         let v = j.evaluate(&ctx).await.unwrap();
         assert_eq!(v.kind, VerdictKind::Inconclusive);
         assert!(v.reason.contains("no canary endpoint"), "{}", v.reason);
-        deploy_core::testing::conformance::metric_gate(&j, &ctx).await;
+        deploy_core::testing::conformance::metric_gate(&j, &ctx, VerdictKind::Inconclusive).await;
     }
 
     #[test]

@@ -65,9 +65,8 @@ async fn error_rate_gate_passes_at_0_and_fails_at_5_percent_and_the_scrape_gate_
         .build()
         .unwrap();
     let ctx = ctx(&[("green", &app)], &[]);
-    conformance::metric_gate(&gate, &ctx).await;
-
     let pass = poll_until(&gate, &ctx, VerdictKind::Pass, Duration::from_secs(20)).await;
+    conformance::metric_gate(&gate, &ctx, VerdictKind::Pass).await;
     assert_eq!(pass.value, Some(0.0), "{pass}");
     assert_eq!(pass.condition, "<= 0.01");
     assert!(
@@ -86,7 +85,7 @@ async fn error_rate_gate_passes_at_0_and_fails_at_5_percent_and_the_scrape_gate_
         .window(Duration::from_secs(3))
         .build()
         .unwrap();
-    conformance::metric_gate(&scrape, &ctx).await;
+    conformance::metric_gate(&scrape, &ctx, VerdictKind::Fail).await;
     let (p, s) = tokio::join!(gate.evaluate(&ctx), scrape.evaluate(&ctx));
     let (p, s) = (p.unwrap(), s.unwrap());
     assert_eq!(
@@ -245,7 +244,6 @@ async fn a_stopped_prometheus_is_an_error_verdict() {
             .starts_with("query `up` on Prometheus http://127.0.0.1:"),
         "{e}"
     );
-    conformance::metric_gate(&gate, &ctx).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +279,6 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
         .unwrap();
     let slow_ctx = ctx(&[("slow", &slow)], &[("blue", &base)]);
     let same_ctx = ctx(&[("same", &same)], &[("blue", &base)]);
-    conformance::metric_gate(&judge, &slow_ctx).await;
     let v = poll_until(
         &judge,
         &slow_ctx,
@@ -293,6 +290,7 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
     let ratio = v.value.unwrap();
     assert!((2.5..3.5).contains(&ratio), "{v}");
     assert!(v.reason.contains("p = "), "{v}");
+    conformance::metric_gate(&judge, &slow_ctx, VerdictKind::Fail).await;
     // The equal canary's range may still lack a point or two: poll as well.
     let v = poll_until(
         &judge,
@@ -323,7 +321,7 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
     println!("scrape judge, 3x slower canary: {s}\nscrape judge, equal canary: {e}");
     assert_eq!(s.kind, VerdictKind::Fail, "{s}");
     assert_eq!(e.kind, VerdictKind::Pass, "{e}");
-    conformance::metric_gate(&scrape_judge, &same_ctx).await;
+    conformance::metric_gate(&scrape_judge, &same_ctx, VerdictKind::Pass).await;
 
     // Too few samples: a range shorter than the minimum.
     let short = Judge::prometheus("short", prom.client(), mean)

@@ -12,27 +12,34 @@ use super::call::{Failure, with_timeout};
 use super::policy::DrainTimeoutAction;
 use super::report::Event;
 use super::run::Run;
+use crate::error::{Error, ErrorKind};
 
 impl<'e> Run<'e> {
     pub(super) fn maintenance(&self) -> Result<&'e DynMaintenance, Failure> {
-        self.env()
-            .maintenance
-            .as_ref()
-            .ok_or_else(|| Failure("the environment has no maintenance page".to_owned()))
+        self.env().maintenance.as_ref().ok_or_else(|| {
+            Failure::engine(
+                ErrorKind::InvalidInput,
+                "the environment has no maintenance page",
+            )
+        })
     }
 
     pub(super) fn migrations(&self) -> Result<&'e DynMigrationRunner, Failure> {
-        self.env()
-            .migrations
-            .as_ref()
-            .ok_or_else(|| Failure("the environment has no migration runner".to_owned()))
+        self.env().migrations.as_ref().ok_or_else(|| {
+            Failure::engine(
+                ErrorKind::InvalidInput,
+                "the environment has no migration runner",
+            )
+        })
     }
 
     pub(super) fn switch(&self) -> Result<&'e DynTrafficSwitch, Failure> {
-        self.env()
-            .switch
-            .as_ref()
-            .ok_or_else(|| Failure("the environment has no traffic switch".to_owned()))
+        self.env().switch.as_ref().ok_or_else(|| {
+            Failure::engine(
+                ErrorKind::InvalidInput,
+                "the environment has no traffic switch",
+            )
+        })
     }
 
     /// Do one step (forward or undo).
@@ -105,9 +112,11 @@ impl<'e> Run<'e> {
                     .await?;
                 let names: Vec<TargetId> = weights.iter().map(|(t, _)| t.clone()).collect();
                 if &now.only(&names) != weights {
-                    return Err(Failure(format!(
-                        "the switch reports {} after setting {weights}",
-                        now.only(&names)
+                    return Err(Failure::from(Error::new(
+                        ErrorKind::Protocol,
+                        "set weights on",
+                        "the switch",
+                        format!("it reports {} after setting {weights}", now.only(&names)),
                     )));
                 }
                 engine.emit(&Event::WeightsChanged { weights: now });
@@ -177,9 +186,14 @@ impl<'e> Run<'e> {
                 healthy_in_a_row = 0;
             }
             if Instant::now() + p.interval > deadline {
-                return Err(Failure(format!(
-                    "{target} not healthy within {} ({checks} checks); last: {reason}",
-                    humantime::format_duration(p.deadline)
+                return Err(Failure::from(Error::new(
+                    ErrorKind::Timeout,
+                    "wait until healthy:",
+                    target.to_string(),
+                    format!(
+                        "not healthy within {} ({checks} checks); last: {reason}",
+                        humantime::format_duration(p.deadline)
+                    ),
                 )));
             }
             tokio::time::sleep(p.interval).await;
@@ -225,7 +239,22 @@ impl<'e> Run<'e> {
             );
             return match p.on_timeout {
                 DrainTimeoutAction::Proceed => Ok(vec![format!("{msg}; carried on")]),
-                DrainTimeoutAction::Fail => Err(Failure(msg)),
+                DrainTimeoutAction::Fail => Err(Failure::engine(ErrorKind::Timeout, msg)),
+                DrainTimeoutAction::Cut => {
+                    engine
+                        .call("cut the sessions of", target.as_str(), t, || {
+                            s.cut_sessions(target)
+                        })
+                        .await?;
+                    let after = engine
+                        .call("read sessions of", target.as_str(), t, || {
+                            s.active_sessions(target)
+                        })
+                        .await?;
+                    Ok(vec![format!(
+                        "{msg}; cut them through the switch ({after} left)"
+                    )])
+                }
             };
         }
         Ok(Vec::new())
@@ -282,7 +311,12 @@ impl<'e> Run<'e> {
                 self.await_healthy(target, version.as_ref()).await?
             }
             Step::Drain { target } => return self.drain(target).await,
-            other => return Err(Failure(format!("{other} cannot run as part of a batch"))),
+            other => {
+                return Err(Failure::engine(
+                    ErrorKind::Other,
+                    format!("{other} cannot run as part of a batch"),
+                ));
+            }
         }
         Ok(Vec::new())
     }

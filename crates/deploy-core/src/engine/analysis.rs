@@ -8,6 +8,7 @@ use super::call::{Failure, with_timeout};
 use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
 use super::report::{Event, VerdictRecord};
 use super::run::Run;
+use crate::error::ErrorKind;
 use crate::model::{TargetId, Verdict, VerdictKind};
 use crate::traits::GateContext;
 
@@ -240,16 +241,22 @@ impl Run<'_> {
                 match tallies[i].count(kind, policy) {
                     Decision::Continue => {}
                     Decision::Fail(why) => {
-                        return Err(Failure(format!(
-                            "gate {} failed ({why}); last verdict: {verdict}",
-                            gate.name()
-                        )));
+                        return Err(Failure::engine(
+                            ErrorKind::Rejected,
+                            format!(
+                                "gate {} failed ({why}); last verdict: {verdict}",
+                                gate.name()
+                            ),
+                        ));
                     }
                     Decision::Error(why) => {
-                        return Err(Failure(format!(
-                            "gate {} could not measure ({why}); last verdict: {verdict}",
-                            gate.name()
-                        )));
+                        return Err(Failure::engine(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "gate {} could not measure ({why}); last verdict: {verdict}",
+                                gate.name()
+                            ),
+                        ));
                     }
                     Decision::Inconclusive(why) => {
                         let msg = format!(
@@ -283,7 +290,7 @@ impl Run<'_> {
     /// policy says.
     async fn inconclusive(&mut self, msg: String) -> Result<(), Failure> {
         match self.engine.policies.analysis.on_inconclusive {
-            InconclusiveAction::Rollback => Err(Failure(msg)),
+            InconclusiveAction::Rollback => Err(Failure::engine(ErrorKind::Other, msg)),
             InconclusiveAction::Proceed => {
                 self.note(format!("{msg}; carried on (on_inconclusive = proceed)"));
                 Ok(())

@@ -52,9 +52,11 @@ impl Engine {
                         attempt,
                         error: e.chain(),
                     });
-                    tokio::time::sleep(self.policies.retry.backoff(attempt)).await;
+                    tokio::time::sleep(self.policies.retry.jittered_backoff(attempt)).await;
                     attempt += 1;
                 }
+                // Retries ran out: say so, and that it is no longer worth retrying.
+                Err(e) if e.is_retryable() && attempts > 1 => return Err(e.persistent()),
                 Err(e) => return Err(e),
             }
         }
@@ -106,12 +108,34 @@ pub(super) async fn contained<T>(
     }
 }
 
-/// Why a step failed.
-pub(super) struct Failure(pub(super) String);
+/// Why a step failed: the error, and whether the run was interrupted (cancelled, aborted, past
+/// its deadline) rather than the step failing by itself.
+pub(super) struct Failure {
+    pub(super) error: Error,
+    pub(super) interrupted: bool,
+}
+
+impl Failure {
+    /// A failure the engine finds itself (no adapter call failed): of `kind`, in `message`.
+    pub(super) fn engine(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::from(Error::new(kind, "", "", message))
+    }
+
+    /// The run was interrupted while the step ran.
+    pub(super) fn interrupted(error: Error) -> Self {
+        Self {
+            error,
+            interrupted: true,
+        }
+    }
+}
 
 impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Self(e.chain())
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            interrupted: false,
+        }
     }
 }
 

@@ -125,7 +125,7 @@ impl EnvironmentBuilder {
         let env = self.env;
         let mut problems = Vec::new();
         if let Err(e) = Version::new(env.name.clone()) {
-            problems.push(format!("name: {}", e.cause()));
+            problems.push(format!("name: {}", e.message()));
         }
         if env.targets.is_empty() {
             problems.push("no targets".to_owned());

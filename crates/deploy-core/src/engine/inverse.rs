@@ -5,6 +5,7 @@ use crate::strategy::{SchemaRollback, Step};
 
 use super::call::Failure;
 use super::run::Run;
+use crate::error::ErrorKind;
 
 impl<'e> Run<'e> {
     /// Work out what undoes `step`, from the live state.
@@ -82,11 +83,14 @@ impl<'e> Run<'e> {
                         .destructive()
                         .map(|m| format!("{} {}", m.version, m.name))
                         .collect();
-                    return Err(Failure(format!(
-                        "refused: destructive migration(s) {} pending in a {} deploy (allow_destructive_migrations is off)",
-                        names.join(", "),
-                        self.plan.strategy.name()
-                    )));
+                    return Err(Failure::engine(
+                        ErrorKind::Rejected,
+                        format!(
+                            "refused: destructive migration(s) {} pending in a {} deploy (allow_destructive_migrations is off)",
+                            names.join(", "),
+                            self.plan.strategy.name()
+                        ),
+                    ));
                 }
                 if status.pending.is_empty() {
                     Vec::new()
@@ -112,9 +116,10 @@ impl<'e> Run<'e> {
                     .call("read weights of", "the switch", t, || s.weights())
                     .await?;
                 let w = weights.get(target).ok_or_else(|| {
-                    Failure(format!(
-                        "the switch does not know target {target} (it knows {weights})"
-                    ))
+                    Failure::engine(
+                        ErrorKind::NotFound,
+                        format!("the switch does not know target {target} (it knows {weights})"),
+                    )
                 })?;
                 vec![Step::SetWeights {
                     weights: Weights::new().with(target.clone(), w),
@@ -134,10 +139,10 @@ impl<'e> Run<'e> {
                         .filter(|n| before.get(n).is_none())
                         .map(ToString::to_string)
                         .collect();
-                    return Err(Failure(format!(
-                        "the switch does not know target(s) {}",
-                        missing.join(", ")
-                    )));
+                    return Err(Failure::engine(
+                        ErrorKind::NotFound,
+                        format!("the switch does not know target(s) {}", missing.join(", ")),
+                    ));
                 }
                 vec![Step::SetWeights { weights: before }]
             }

@@ -46,7 +46,8 @@ pub use policy::{
     ProbePolicy, RetryPolicy, Timeouts,
 };
 pub use report::{
-    Event, Observer, Outcome, Report, RollbackRecord, Severity, StepRecord, VerdictRecord,
+    Event, Observer, Outcome, Report, RollbackRecord, Severity, StepRecord, UndoRecord,
+    VerdictRecord,
 };
 pub use status::RunStatus;
 

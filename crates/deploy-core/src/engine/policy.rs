@@ -171,12 +171,27 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `retry` (1-based).
+    /// The longest wait before retry number `retry` (1-based): the initial backoff doubled
+    /// each time, up to the maximum.
     pub fn backoff(&self, retry: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry.saturating_sub(1));
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+
+    /// The wait before retry number `retry`, with jitter: between half of
+    /// [`RetryPolicy::backoff`] and all of it, drawn at random, so that several deploys (or
+    /// the steps of one batch) that failed together do not retry in lock-step.
+    pub fn jittered_backoff(&self, retry: u32) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let cap = self.backoff(retry);
+        // A fresh `RandomState` is seeded from the OS: enough randomness for spreading retries.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let fraction = 0.5 + 0.5 * (r as f64 / u64::MAX as f64);
+        cap.mul_f64(fraction)
     }
 }
 
@@ -189,6 +204,11 @@ pub enum DrainTimeoutAction {
     Proceed,
     /// Fail the step, which rolls back.
     Fail,
+    /// Close the remaining sessions through the switch ([`TrafficSwitch::cut_sessions`]: HAProxy
+    /// puts the server in maintenance and shuts its sessions down), then carry on.
+    ///
+    /// [`TrafficSwitch::cut_sessions`]: crate::traits::TrafficSwitch::cut_sessions
+    Cut,
 }
 
 /// How targets are drained.
@@ -289,6 +309,17 @@ mod tests {
         assert_eq!(r.backoff(1), Duration::from_millis(200));
         assert_eq!(r.backoff(2), Duration::from_millis(400));
         assert_eq!(r.backoff(10), Duration::from_secs(5));
+        let waits: Vec<Duration> = (0..50).map(|_| r.jittered_backoff(2)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_millis(200) && *w <= Duration::from_millis(400)),
+            "{waits:?}"
+        );
+        assert!(
+            waits.iter().any(|w| *w != waits[0]),
+            "jitter varies: {waits:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ErrorRecord;
 use crate::model::{TargetId, Verdict, Version, Weights};
 use crate::strategy::{Snapshot, Step};
 
@@ -310,8 +311,18 @@ pub struct StepRecord {
     /// How long it took.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
-    /// `None` on success, the reason otherwise.
-    pub error: Option<String>,
+    /// `None` on success, the error otherwise (as data: kind, retry status, context).
+    pub error: Option<ErrorRecord>,
+}
+
+/// One undo step of a rollback in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UndoRecord {
+    /// The step that undid something.
+    pub step: Step,
+    /// `None` on success, the error otherwise.
+    pub error: Option<ErrorRecord>,
 }
 
 /// One verdict in a report.
@@ -332,8 +343,8 @@ pub struct VerdictRecord {
 pub struct RollbackRecord {
     /// Why the run rolled back.
     pub reason: String,
-    /// Each undo step with `None` on success or the reason it failed.
-    pub steps: Vec<(Step, Option<String>)>,
+    /// Each undo step, in the order it ran, with its error if it failed.
+    pub steps: Vec<UndoRecord>,
     /// Differences between the state after rolling back and the state before the run (empty when
     /// the environment is back where it was).
     pub mismatches: Vec<String>,
@@ -386,7 +397,7 @@ impl fmt::Display for Report {
         for s in &self.steps {
             let status = s
                 .error
-                .as_deref()
+                .as_ref()
                 .map_or("ok".to_owned(), |e| format!("FAILED: {e}"));
             writeln!(
                 f,
@@ -410,8 +421,11 @@ impl fmt::Display for Report {
         }
         if let Some(r) = &self.rollback {
             writeln!(f, "  rolled back because: {}", r.reason)?;
-            for (step, err) in &r.steps {
-                writeln!(f, "    undo {step}: {}", err.as_deref().unwrap_or("ok"))?;
+            for u in &r.steps {
+                match &u.error {
+                    None => writeln!(f, "    undo {}: ok", u.step)?,
+                    Some(e) => writeln!(f, "    undo {}: {e}", u.step)?,
+                }
             }
             for m in &r.mismatches {
                 writeln!(f, "    MISMATCH: {m}")?;

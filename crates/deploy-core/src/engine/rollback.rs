@@ -6,7 +6,7 @@ use tracing::Instrument;
 use crate::strategy::{Snapshot, Step};
 
 use super::journal::Record;
-use super::report::{Event, Outcome, RollbackRecord};
+use super::report::{Event, Outcome, RollbackRecord, UndoRecord};
 use super::run::Run;
 
 impl Run<'_> {
@@ -33,16 +33,17 @@ impl Run<'_> {
                 }
                 let span = tracing::info_span!("undo", index = index + 1, op = step.op());
                 let result = self.act(step).instrument(span).await;
-                let error = result.err().map(|f| f.0);
+                let error = result.err().map(|f| f.error);
                 failed |= error.is_some();
+                let text = error.as_ref().map(crate::error::Error::chain);
                 self.record(&Record::UndoFinished {
                     index: *index,
                     position,
-                    error: error.clone(),
+                    error: text.clone(),
                 });
                 self.engine.emit(&Event::RollbackStep {
                     step: step.clone(),
-                    error: error.clone(),
+                    error: text,
                 });
                 if error.is_none() {
                     self.undone.insert((*index, position));
@@ -50,7 +51,10 @@ impl Run<'_> {
                         self.stopped_by_undo.insert(target.clone());
                     }
                 }
-                undo_log.push((step.clone(), error));
+                undo_log.push(UndoRecord {
+                    step: step.clone(),
+                    error: error.as_ref().map(crate::error::Error::record),
+                });
             }
         }
         // Compare with the state before the run.

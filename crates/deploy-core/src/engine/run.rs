@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::hooks::{HookContext, HookPoint};
 use crate::model::{BackupId, TargetId};
 use crate::strategy::{Plan, Snapshot, Step};
@@ -316,7 +316,8 @@ impl<'e> Run<'e> {
                 index,
                 step: step.clone(),
             });
-            let mut failure = self.run_hooks(HookPoint::Before, Some(step)).await.err();
+            let mut failure: Option<Error> =
+                self.run_hooks(HookPoint::Before, Some(step)).await.err();
             if failure.is_none() && !self.recorded.contains(&index) {
                 let span = tracing::info_span!("step", index = index + 1, op = step.op());
                 match self.inverse_of(step).instrument(span).await {
@@ -328,20 +329,30 @@ impl<'e> Run<'e> {
                             self.recorded.insert(index);
                             self.inverses.push((index, inverse));
                         } else {
-                            failure = Some("its inverse could not be journaled".to_owned());
+                            failure = Some(Error::new(
+                                ErrorKind::Io,
+                                "",
+                                "",
+                                "its inverse could not be journaled",
+                            ));
                         }
                     }
-                    Err(f) => failure = Some(f.0),
+                    Err(f) => failure = Some(f.error),
                 }
             }
             if let Some(reason) = failure {
-                self.finish_step(index, step, started_at, t0, Some(reason.clone()));
+                self.finish_step(index, step, started_at, t0, Some(&reason));
                 for (i, at, t) in begun {
-                    let why = format!(
-                        "not run: step {} of its batch failed before acting",
-                        index + 1
+                    let why = Error::new(
+                        ErrorKind::Cancelled,
+                        "",
+                        "",
+                        format!(
+                            "not run: step {} of its batch failed before acting",
+                            index + 1
+                        ),
                     );
-                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(why));
+                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(&why));
                 }
                 return Some(format!(
                     "step {} ({step}) stopped before it acted: {reason}",
@@ -360,7 +371,7 @@ impl<'e> Run<'e> {
             let span = tracing::info_span!("step", index = start + 1, op = step.op());
             match guard.race(self.act(step).instrument(span)).await {
                 Ok(r) => vec![r.map(|()| Vec::new())],
-                Err(why) => vec![Err(Failure(why))],
+                Err(why) => vec![Err(Failure::interrupted(why.error()))],
             }
         } else {
             let this = &*self;
@@ -371,7 +382,10 @@ impl<'e> Run<'e> {
                 }));
             match guard.race(acts).await {
                 Ok(r) => r,
-                Err(why) => steps.iter().map(|_| Err(Failure(why.clone()))).collect(),
+                Err(why) => steps
+                    .iter()
+                    .map(|_| Err(Failure::interrupted(why.error())))
+                    .collect(),
             }
         };
         let mut first_failure: Option<String> = None;
@@ -389,22 +403,19 @@ impl<'e> Run<'e> {
                         }
                     }
                 }
-                Err(Failure(reason)) => {
-                    let why = if reason == "cancelled"
-                        || reason.starts_with("the run's deadline")
-                        || control.is_aborted()
-                    {
-                        format!("{reason} during step {} ({step})", index + 1)
+                Err(Failure { error, interrupted }) => {
+                    let why = if interrupted {
+                        format!("{error} during step {} ({step})", index + 1)
                     } else {
-                        format!("step {} ({step}) failed: {reason}", index + 1)
+                        format!("step {} ({step}) failed: {error}", index + 1)
                     };
-                    (Some(reason), Some(why))
+                    (Some(error), Some(why))
                 }
             };
             if first_failure.is_none() {
                 first_failure = why;
             }
-            self.finish_step(index, step, started_at, t0, error);
+            self.finish_step(index, step, started_at, t0, error.as_ref());
         }
         first_failure
     }
@@ -414,7 +425,7 @@ impl<'e> Run<'e> {
         &mut self,
         point: HookPoint,
         step: Option<&Step>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let env = self.env();
         for hook in env.hooks.iter().filter(|h| h.applies(point, step)) {
             let ctx = HookContext {
@@ -425,16 +436,13 @@ impl<'e> Run<'e> {
                 step: step.cloned(),
             };
             let result = contained("run hook", hook.name(), hook.run(&ctx)).await;
-            let error = result.as_ref().err().map(Error::chain);
             self.engine.emit(&Event::HookRan {
                 hook: hook.name().to_owned(),
                 point,
                 step: step.cloned(),
-                error: error.clone(),
+                error: result.as_ref().err().map(Error::chain),
             });
-            if let Some(e) = error {
-                return Err(e);
-            }
+            result?;
         }
         Ok(())
     }
@@ -445,7 +453,7 @@ impl<'e> Run<'e> {
         step: &Step,
         started_at: SystemTime,
         t0: Instant,
-        error: Option<String>,
+        error: Option<&Error>,
     ) {
         let duration = t0.elapsed();
         let backup = if matches!(step, Step::Backup) && error.is_none() {
@@ -453,23 +461,24 @@ impl<'e> Run<'e> {
         } else {
             None
         };
+        let text = error.map(Error::chain);
         self.record(&Record::StepFinished {
             index,
-            error: error.clone(),
+            error: text.clone(),
             backup,
         });
         self.engine.emit(&Event::StepFinished {
             index,
             step: step.clone(),
             duration,
-            error: error.clone(),
+            error: text,
         });
         self.steps.push(StepRecord {
             index,
             step: step.clone(),
             started_at,
             duration,
-            error,
+            error: error.map(Error::record),
         });
     }
 
@@ -505,6 +514,17 @@ impl<'e> Run<'e> {
     }
 }
 
+/// Why a step was interrupted: its kind (cancelled, or timed out at the run's deadline) and
+/// the reason.
+#[derive(Debug, Clone)]
+pub(super) struct Interruption(ErrorKind, String);
+
+impl Interruption {
+    fn error(&self) -> Error {
+        Error::new(self.0, "", "", self.1.clone())
+    }
+}
+
 /// What may interrupt a step: cancellation (Ctrl-C), the operator's abort, the run's deadline.
 pub(super) struct Interrupts<'a> {
     pub(super) cancel: &'a CancellationToken,
@@ -515,7 +535,7 @@ pub(super) struct Interrupts<'a> {
 
 impl Interrupts<'_> {
     /// Run `fut` unless interrupted first; `Err(why)` when interrupted.
-    pub(super) async fn race<F: Future>(&self, fut: F) -> Result<F::Output, String> {
+    pub(super) async fn race<F: Future>(&self, fut: F) -> Result<F::Output, Interruption> {
         let abort = self.control.abort_token();
         let until_deadline = async {
             match self.deadline {
@@ -525,12 +545,12 @@ impl Interrupts<'_> {
         };
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => Err("cancelled".to_owned()),
-            () = abort.cancelled() => Err(self.control.abort_reason()),
-            () = until_deadline => Err(format!(
+            () = self.cancel.cancelled() => Err(Interruption(ErrorKind::Cancelled, "cancelled".to_owned())),
+            () = abort.cancelled() => Err(Interruption(ErrorKind::Cancelled, self.control.abort_reason())),
+            () = until_deadline => Err(Interruption(ErrorKind::Timeout, format!(
                 "the run's deadline of {} passed",
                 humantime::format_duration(self.run_deadline.unwrap_or_default())
-            )),
+            ))),
             out = fut => Ok(out),
         }
     }

@@ -95,9 +95,10 @@ pub async fn target(target: &dyn Target, release: &Release) {
     );
 }
 
-/// Check a [`TrafficSwitch`] that manages (at least) `a` and `b`: read-back equals what was set,
-/// only named targets change, unknown targets are `NotFound` and change nothing, drain reads 0 and
-/// is idempotent, a weight > 0 brings a drained target back. The weights are restored at the end.
+/// Check a [`TrafficSwitch`] that manages (at least) `a` and `b`, with no traffic on them:
+/// read-back equals what was set, only named targets change, unknown targets are `NotFound` and
+/// change nothing, drain reads 0, is idempotent and reaches 0 sessions, a weight > 0 brings a
+/// drained target back. The weights are restored at the end.
 pub async fn traffic_switch(switch: &dyn TrafficSwitch, a: &TargetId, b: &TargetId) {
     let original = switch.weights().await.expect("weights() works");
     assert!(
@@ -142,10 +143,27 @@ pub async fn traffic_switch(switch: &dyn TrafficSwitch, a: &TargetId, b: &Target
         "a drained target reads weight 0"
     );
     switch.drain(a).await.expect("drain is idempotent");
-    let _sessions = switch
-        .active_sessions(a)
+    // The suite sends no traffic, so a drained target reaches 0 sessions promptly.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = switch
+            .active_sessions(a)
+            .await
+            .expect("active_sessions works");
+        if n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a drained target with no traffic reaches 0 sessions: {a} still has {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let err = switch
+        .active_sessions(&ghost)
         .await
-        .expect("active_sessions works");
+        .expect_err("the sessions of an unknown target must be refused");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "unknown target: {err}");
 
     switch
         .set_weights(&Weights::new().with(a.clone(), 50))
@@ -259,13 +277,21 @@ pub async fn migration_runner(runner: &dyn MigrationRunner) {
     );
 }
 
-/// Check a [`MetricGate`]: it has a name, and each verdict carries its condition and source; an
-/// inconclusive no-data verdict has no value.
-pub async fn metric_gate(gate: &dyn MetricGate, ctx: &GateContext) {
+/// Check a [`MetricGate`] given a context whose data it can read and judge as `expected`: it has
+/// a name; each of two measurements is `Ok` with the expected kind (an `Err` or `Error` verdict
+/// on readable data fails the suite: a gate that only errs would never be evidence), carrying
+/// its condition and source, a value for Pass and Fail, and no-data only as Inconclusive.
+pub async fn metric_gate(gate: &dyn MetricGate, ctx: &GateContext, expected: VerdictKind) {
     assert!(!gate.name().is_empty(), "a gate has a name");
     for _ in 0..2 {
         match gate.evaluate(ctx).await {
             Ok(v) => {
+                assert_eq!(
+                    v.kind,
+                    expected,
+                    "{} measured data it can read: {v}",
+                    gate.name()
+                );
                 assert!(
                     !v.source.is_empty(),
                     "verdict of {} names its source",
@@ -289,7 +315,10 @@ pub async fn metric_gate(gate: &dyn MetricGate, ctx: &GateContext) {
                     );
                 }
             }
-            Err(e) => assert!(!e.to_string().is_empty()),
+            Err(e) => panic!(
+                "{} failed to measure data it can read (a gate that only errs is never evidence): {e}",
+                gate.name()
+            ),
         }
     }
 }

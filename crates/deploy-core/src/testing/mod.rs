@@ -5,6 +5,7 @@ pub mod conformance;
 mod fakes;
 mod host_conformance;
 mod http_server;
+pub mod process;
 mod world;
 
 pub use fakes::{
