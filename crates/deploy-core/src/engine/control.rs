@@ -53,7 +53,8 @@ pub(crate) fn write_request(
     let body = serde_json::to_vec(request).unwrap_or_default();
     super::files::write_atomic(&path, &body).map_err(|e| DeployError::Journal {
         path: path.clone(),
-        cause: format!("write control request: {e}"),
+        cause: "write control request".to_owned(),
+        source: Some(e),
     })
 }
 

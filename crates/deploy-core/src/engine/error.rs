@@ -72,14 +72,23 @@ pub enum DeployError {
         /// Why it does not apply.
         cause: String,
     },
-    /// The journal could not be written or read.
-    #[error("journal {}: {cause}", .path.display())]
+    /// The journal, the lock or another file of the state directory could not be written or
+    /// read.
+    #[error(
+        "journal {}: {cause}{}",
+        .path.display(),
+        .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    )]
     Journal {
-        /// The journal (or lock) file.
+        /// The journal (or lock, or request) file.
         path: PathBuf,
         /// What failed.
         cause: String,
+        /// The I/O error behind it, when there is one.
+        #[source]
+        source: Option<std::io::Error>,
     },
+
     /// The engine was asked to do something that needs a state directory, a run, etc.
     #[error("{operation} for environment {environment}: {cause}")]
     Usage {

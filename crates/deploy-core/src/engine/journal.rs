@@ -100,10 +100,19 @@ pub(crate) struct Journal {
     broken: Option<String>,
 }
 
-fn journal_err(path: &Path, what: &str, err: impl std::fmt::Display) -> super::DeployError {
+fn journal_err(path: &Path, what: &str, err: std::io::Error) -> super::DeployError {
     super::DeployError::Journal {
         path: path.to_owned(),
-        cause: format!("{what}: {err}"),
+        cause: what.to_owned(),
+        source: Some(err),
+    }
+}
+
+fn journal_problem(path: &Path, what: String) -> super::DeployError {
+    super::DeployError::Journal {
+        path: path.to_owned(),
+        cause: what,
+        source: None,
     }
 }
 
@@ -154,16 +163,13 @@ impl Journal {
     /// in a crash only makes recovery repeat an idempotent step, and the next fsync covers it.
     pub(crate) fn append(&mut self, record: &Record) -> Result<(), super::DeployError> {
         if let Some(first) = &self.broken {
-            return Err(journal_err(
+            return Err(journal_problem(
                 &self.path,
-                "append",
-                format!("the journal is broken since an earlier write failed ({first})"),
+                format!("append: the journal is broken since an earlier write failed ({first})"),
             ));
         }
-        let mut line = serde_json::to_vec(record).map_err(|e| super::DeployError::Journal {
-            path: self.path.clone(),
-            cause: format!("serialise record: {e}"),
-        })?;
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| journal_problem(&self.path, format!("serialise record: {e}")))?;
         line.push(b'\n');
         let before = self.file.metadata().map(|m| m.len());
         let durable = !matches!(
@@ -231,10 +237,7 @@ impl JournalState {
     /// newline) is ignored; any other malformed line is an error.
     pub fn read(path: &Path) -> Result<Self, super::DeployError> {
         let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
-        let bad = |n: usize, cause: String| super::DeployError::Journal {
-            path: path.to_owned(),
-            cause: format!("line {n}: {cause}"),
-        };
+        let bad = |n: usize, cause: String| journal_problem(path, format!("line {n}: {cause}"));
         // A record counts once its line is whole, newline included: what follows the last
         // newline is a write that did not finish (and `reopen` cuts it off).
         let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);

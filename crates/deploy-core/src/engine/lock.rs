@@ -176,7 +176,8 @@ pub(crate) fn read_holder(path: &Path) -> Option<Box<LockInfo>> {
 fn lock_err(environment: &str, path: &Path, what: &str, err: std::io::Error) -> super::DeployError {
     super::DeployError::Journal {
         path: path.to_owned(),
-        cause: format!("{what} the lock of environment {environment}: {err}"),
+        cause: format!("{what} the lock of environment {environment}"),
+        source: Some(err),
     }
 }
 

@@ -28,7 +28,8 @@ impl Engine {
             Err(e) => {
                 return Err(DeployError::Journal {
                     path,
-                    cause: format!("read lock: {e}"),
+                    cause: "read lock".to_owned(),
+                    source: Some(e),
                 });
             }
         };
