@@ -85,7 +85,7 @@ pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
             ErrorKind::Unsupported,
             "cut the sessions of",
             target.to_string(),
-            format!("{self:?} cannot close sessions; drain without `on_timeout = \"cut\"`"),
+            "this switch cannot close sessions: drain with `on_timeout = \"proceed\"` or `\"fail\"`",
         ))
     }
 }
