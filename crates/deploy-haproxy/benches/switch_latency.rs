@@ -1,5 +1,5 @@
 //! Switch latency, side by side against one real haproxy under one keep-alive load: the Runtime
-//! API (`set_weights`) vs the seeds' way (rewrite the config, reload the master-worker).
+//! API (`set_weights`) vs the reload way (rewrite the config, reload the master-worker).
 //!
 //! For each trial: the time from the call to the first request served by the new slot, failed
 //! requests, and whether earlier runtime state survived. Prints a table.
@@ -157,7 +157,7 @@ async fn main() {
         if before == after { "kept" } else { "lost" }
     );
 
-    // The seeds' way: no state file, config rewritten, master-worker reload.
+    // The reload way: no state file, config rewritten, master-worker reload.
     std::fs::remove_file(h.state_file()).ok();
     // Start from the config's weights (blue 100, green 0), as the runtime phase left them.
     h.rewrite_and_reload(&[("blue", 100), ("green", 0)])

@@ -211,7 +211,8 @@ impl RuntimeClient {
         framed.push_str(line);
         framed.push('\n');
         match tokio::time::timeout(self.timeout, self.transport.exchange(&framed)).await {
-            Ok(r) => r.map_err(|e| e.context(format!("send `{line}`"), self.object())),
+            // The transport's error names the socket already.
+            Ok(r) => r.map_err(|e| e.context(format!("send `{line}` to HAProxy"), "")),
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!("send `{line}`"),
@@ -529,6 +530,42 @@ impl RuntimeClient {
             Ok(())
         } else {
             Err(self.readback_error(&line, format!("the weight reads {current}, not {expected}")))
+        }
+    }
+
+    /// `shutdown sessions server B/S`: close every session the server holds, confirmed by
+    /// reading `scur` back until it is 0.
+    ///
+    /// HAProxy closes the sessions asynchronously, so the command is repeated until `scur`
+    /// reads 0, for at most the client's timeout (`Timeout` past it, naming what was left). Put
+    /// the server in `maint` first ([`set_server_state`](Self::set_server_state)), or new
+    /// sessions keep arriving. The server side is freed at once. On HAProxy 2.6 a client still
+    /// waiting for the response headers is answered `502` only when its frontend's
+    /// `timeout client` strikes (up to that long after the cut); with `retry-on
+    /// empty-response` its request is replayed on another server instead.
+    pub async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<()> {
+        check_name("backend", backend)?;
+        check_name("server", server)?;
+        let line = format!("shutdown sessions server {backend}/{server}");
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            self.command(&line, Expect::Empty).await?;
+            let left = self.server_stat(backend, server).await?.scur;
+            if left == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("confirm `{line}`"),
+                    self.object(),
+                    format!(
+                        "{left} session(s) still open after {:?}; a server not in maint takes new ones",
+                        self.timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -1,13 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod config;
 mod parse;
 mod switch;
 mod transport;
 
 pub use client::{AdminState, RuntimeClient, Weight};
+pub use config::{HaproxySwitchBuilder, HaproxySwitchConfig, KIND};
 pub use parse::{Info, RowKind, ServerStateRow, ServersState, StatRow};
-pub use switch::{DrainReport, HaproxySwitch, HaproxySwitchBuilder, MAX_WEIGHT, SwitchConfig};
+pub use switch::{DrainReport, HaproxySwitch, MAX_WEIGHT};
 pub use transport::{HostSocket, Socket, Transport};
 
 #[cfg(feature = "testing")]

@@ -4,93 +4,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    DynHealthProbe, DynHost, Endpoint, Error, ErrorKind, LocalHost, ProbeRequest, Result, TargetId,
+    DynHealthProbe, DynHost, Endpoint, Error, ErrorKind, ProbeRequest, Result, TargetId,
     TrafficSwitch, Weights,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::client::{AdminState, RuntimeClient, check_name};
+use crate::client::{AdminState, RuntimeClient};
+use crate::config::{HaproxySwitchBuilder, HaproxySwitchConfig};
 use crate::parse::StatRow;
-use crate::transport::Socket;
 
 /// HAProxy's largest server weight.
 pub const MAX_WEIGHT: u32 = 256;
-
-/// What a [`HaproxySwitch`] manages and how it waits. Serde, so it can live in a deploy file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct SwitchConfig {
-    /// The backend whose servers are the targets.
-    pub backend: String,
-    /// Target → server name in the backend. Empty: every server of the backend is a target of
-    /// the same name.
-    #[serde(default)]
-    pub servers: BTreeMap<TargetId, String>,
-    /// How long [`HaproxySwitch::drain_and_wait`] waits for the sessions to reach 0.
-    #[serde(with = "humantime_serde", default = "defaults::drain_timeout")]
-    pub drain_timeout: Duration,
-    /// How often the session count is read while draining.
-    #[serde(with = "humantime_serde", default = "defaults::poll")]
-    pub poll_interval: Duration,
-    /// Past the drain deadline, put the server in `maint` (sessions held by cookie or stick
-    /// persistence would otherwise keep a drained server busy forever).
-    #[serde(default = "defaults::yes")]
-    pub escalate_to_maint: bool,
-    /// The servers' health-check interval (`inter`, 2 s by default in HAProxy): after `ready`, a
-    /// server is trusted only once a check completed after it, i.e. after this long.
-    #[serde(with = "humantime_serde", default = "defaults::check_interval")]
-    pub check_interval: Duration,
-    /// How long to wait for HAProxy's own check to pass when bringing a server back.
-    #[serde(with = "humantime_serde", default = "defaults::check_wait")]
-    pub check_timeout: Duration,
-    /// Where to write `show servers state` after each change, when the config loads it back
-    /// (`server-state-file PATH` in `global`, `load-server-state-from-file global` in
-    /// `defaults`). Without it, a reload resets the weights to the config's.
-    #[serde(default)]
-    pub state_file: Option<PathBuf>,
-}
-
-mod defaults {
-    use std::time::Duration;
-    pub(super) fn drain_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub(super) fn poll() -> Duration {
-        Duration::from_millis(100)
-    }
-    pub(super) fn yes() -> bool {
-        true
-    }
-    pub(super) fn check_interval() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub(super) fn check_wait() -> Duration {
-        Duration::from_secs(20)
-    }
-}
-
-impl SwitchConfig {
-    /// Defaults for `backend`: every server a target, drain for 30 s polling every 100 ms then
-    /// escalate to `maint`, checks every 2 s, no state file.
-    pub fn new(backend: impl Into<String>) -> Self {
-        Self {
-            backend: backend.into(),
-            servers: BTreeMap::new(),
-            drain_timeout: defaults::drain_timeout(),
-            poll_interval: defaults::poll(),
-            escalate_to_maint: true,
-            check_interval: defaults::check_interval(),
-            check_timeout: defaults::check_wait(),
-            state_file: None,
-        }
-    }
-}
 
 /// How a [`HaproxySwitch::drain_and_wait`] ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,171 +27,17 @@ impl SwitchConfig {
 pub struct DrainReport {
     /// The target drained.
     pub target: TargetId,
-    /// How long it took, from `state drain` to 0 sessions or to the deadline.
+    /// How long it took, from `state drain` to 0 sessions or to the timeout.
     #[serde(with = "humantime_serde")]
     pub took: Duration,
     /// Sessions still open at the end (0 when drained).
     pub sessions_left: u64,
-    /// Whether the server was put in `maint` after the deadline.
-    pub escalated_to_maint: bool,
 }
 
 impl DrainReport {
     /// Whether the sessions reached 0.
     pub fn drained(&self) -> bool {
         self.sessions_left == 0
-    }
-}
-
-/// Builds a [`HaproxySwitch`].
-///
-/// ```no_run
-/// # async fn demo() -> deploy_core::Result<()> {
-/// use deploy_core::{TargetId, TrafficSwitch, Weights};
-/// use deploy_haproxy::HaproxySwitch;
-/// let switch = HaproxySwitch::builder("app")
-///     .socket("/run/haproxy/admin.sock".parse()?)
-///     .state_file("/var/lib/haproxy/server-state")
-///     .build()?;
-/// let (blue, green) = (TargetId::new("blue")?, TargetId::new("green")?);
-/// switch.set_weights(&Weights::new().with(blue, 0).with(green, 100)).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-#[must_use]
-pub struct HaproxySwitchBuilder {
-    config: SwitchConfig,
-    client: Option<RuntimeClient>,
-    probe: Option<DynHealthProbe>,
-    endpoints: BTreeMap<TargetId, Endpoint>,
-    host: Option<DynHost>,
-}
-
-impl HaproxySwitchBuilder {
-    /// A builder for `backend` with [`SwitchConfig::new`]'s defaults.
-    pub fn new(backend: impl Into<String>) -> Self {
-        Self::from_config(SwitchConfig::new(backend))
-    }
-
-    /// A builder from a whole config.
-    pub fn from_config(config: SwitchConfig) -> Self {
-        Self {
-            config,
-            client: None,
-            probe: None,
-            endpoints: BTreeMap::new(),
-            host: None,
-        }
-    }
-
-    /// Talk to HAProxy through this client.
-    pub fn client(mut self, client: RuntimeClient) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Talk to HAProxy through this local socket.
-    pub fn socket(self, socket: Socket) -> Self {
-        self.client(RuntimeClient::new(socket))
-    }
-
-    /// Map `target` to the server `server` of the backend (by default a target is the server of
-    /// the same name, and every server is a target).
-    pub fn target(mut self, target: TargetId, server: impl Into<String>) -> Self {
-        self.config.servers.insert(target, server.into());
-        self
-    }
-
-    /// Probe a server with `probe` before bringing it back from `maint` (the issue's "re-enable"
-    /// sequence). Without a probe, only HAProxy's own checks are awaited.
-    pub fn probe(mut self, probe: DynHealthProbe) -> Self {
-        self.probe = Some(probe);
-        self
-    }
-
-    /// Where `target` serves, for the probe (default: the server's `addr` in `show stat`).
-    pub fn endpoint(mut self, target: TargetId, endpoint: Endpoint) -> Self {
-        self.endpoints.insert(target, endpoint);
-        self
-    }
-
-    /// Drain deadline (default 30 s).
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.config.drain_timeout = timeout;
-        self
-    }
-
-    /// Poll interval while draining and waiting for checks (default 100 ms).
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.config.poll_interval = interval;
-        self
-    }
-
-    /// Whether to put a server in `maint` past the drain deadline (default yes).
-    pub fn escalate_to_maint(mut self, escalate: bool) -> Self {
-        self.config.escalate_to_maint = escalate;
-        self
-    }
-
-    /// The servers' check interval and how long to wait for a passing check on bring-back.
-    pub fn checks(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.config.check_interval = interval;
-        self.config.check_timeout = timeout;
-        self
-    }
-
-    /// Write `show servers state` to `path` after each change (see [`SwitchConfig::state_file`]).
-    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.state_file = Some(path.into());
-        self
-    }
-
-    /// Write the state file on this host (default: the local machine).
-    pub fn state_host(mut self, host: DynHost) -> Self {
-        self.host = Some(host);
-        self
-    }
-
-    /// Check everything and build the switch; every problem found is reported at once.
-    pub fn build(self) -> Result<HaproxySwitch> {
-        let mut problems = Vec::new();
-        if let Err(e) = check_name("backend", &self.config.backend) {
-            problems.push(e.to_string());
-        }
-        for (t, s) in &self.config.servers {
-            if let Err(e) = check_name("server", s) {
-                problems.push(format!("target {t}: {e}"));
-            }
-        }
-        if self.client.is_none() {
-            problems.push("no socket: call .socket(..) or .client(..)".to_owned());
-        }
-        if self.config.poll_interval.is_zero() {
-            problems.push("poll_interval must be > 0".to_owned());
-        }
-        if self
-            .config
-            .state_file
-            .as_ref()
-            .is_some_and(|p| !p.is_absolute())
-        {
-            problems.push("state_file must be an absolute path".to_owned());
-        }
-        let Some(client) = self.client.filter(|_| problems.is_empty()) else {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "build",
-                format!("HAProxy switch of backend {:?}", self.config.backend),
-                problems.join("; "),
-            ));
-        };
-        Ok(HaproxySwitch {
-            config: self.config,
-            client,
-            probe: self.probe,
-            endpoints: self.endpoints,
-            host: self.host.unwrap_or_else(|| Arc::new(LocalHost::new())),
-        })
     }
 }
 
@@ -274,8 +49,11 @@ impl HaproxySwitchBuilder {
 ///   A server in `maint` is brought back safely first (probe → weight 0 + `ready` → a passing
 ///   HAProxy check → the weight); a draining one is made `ready`.
 /// - `weights` reads `show stat`: the user weight, or 0 for a server in `DRAIN` or `MAINT`.
-/// - `drain` is `state drain`; [`drain_and_wait`](Self::drain_and_wait) also waits for `scur`
-///   to reach 0 and escalates to `maint` past its deadline.
+/// - `drain` is `state drain`: no new traffic, established sessions go on.
+/// - `cut_sessions` puts the server in `maint` and sends `shutdown sessions server B/S`, then
+///   reads `scur` back until it is 0 (see [`RuntimeClient::shutdown_sessions`] for how clients
+///   see it); a later weight > 0 brings the server back as above.
+/// - `active_sessions` is the server's `scur`.
 /// - With a state file, every change is followed by a dump of `show servers state`, so a reload
 ///   keeps the weights.
 ///
@@ -283,11 +61,16 @@ impl HaproxySwitchBuilder {
 /// not count in `active_sessions`.
 #[derive(Debug)]
 pub struct HaproxySwitch {
-    config: SwitchConfig,
-    client: RuntimeClient,
-    probe: Option<DynHealthProbe>,
-    endpoints: BTreeMap<TargetId, Endpoint>,
-    host: DynHost,
+    pub(crate) backend: String,
+    pub(crate) servers: BTreeMap<TargetId, String>,
+    pub(crate) check_interval: Duration,
+    pub(crate) check_timeout: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) state_file: Option<PathBuf>,
+    pub(crate) client: RuntimeClient,
+    pub(crate) probe: Option<DynHealthProbe>,
+    pub(crate) endpoints: BTreeMap<TargetId, Endpoint>,
+    pub(crate) host: DynHost,
 }
 
 impl HaproxySwitch {
@@ -296,18 +79,20 @@ impl HaproxySwitch {
         HaproxySwitchBuilder::new(backend)
     }
 
+    /// The switch a plan file's `[switch]` section describes (see [`HaproxySwitchConfig`]);
+    /// every problem in it is reported at once, naming its key.
+    pub fn from_config(config: HaproxySwitchConfig) -> Result<Self> {
+        HaproxySwitchBuilder::from_config(config).build()
+    }
+
     /// The client it talks through.
     pub fn client(&self) -> &RuntimeClient {
         &self.client
     }
 
-    /// Its configuration.
-    pub fn config(&self) -> &SwitchConfig {
-        &self.config
-    }
-
-    fn backend(&self) -> &str {
-        &self.config.backend
+    /// The backend whose servers are its targets.
+    pub fn backend(&self) -> &str {
+        &self.backend
     }
 
     fn object(&self) -> String {
@@ -319,11 +104,10 @@ impl HaproxySwitch {
     }
 
     fn server_name<'a>(&'a self, target: &'a TargetId) -> Result<&'a str> {
-        if self.config.servers.is_empty() {
+        if self.servers.is_empty() {
             return Ok(target.as_str());
         }
-        self.config
-            .servers
+        self.servers
             .get(target)
             .map(String::as_str)
             .ok_or_else(|| self.unknown(target))
@@ -361,14 +145,14 @@ impl HaproxySwitch {
 
     fn weights_of(&self, rows: &[StatRow]) -> Result<Weights> {
         let mut w = Weights::new();
-        if self.config.servers.is_empty() {
+        if self.servers.is_empty() {
             for r in rows.iter().filter(|r| r.proxy == self.backend()) {
                 if let Ok(t) = TargetId::new(r.name.as_str()) {
                     w.set(t, Self::effective(r));
                 }
             }
         } else {
-            for t in self.config.servers.keys() {
+            for t in self.servers.keys() {
                 w.set(t.clone(), Self::effective(self.row(rows, t)?));
             }
         }
@@ -377,19 +161,15 @@ impl HaproxySwitch {
 
     /// Write `show servers state` to the state file, if one is configured.
     pub async fn persist_state(&self) -> Result<()> {
-        let Some(path) = &self.config.state_file else {
+        let Some(path) = &self.state_file else {
             return Ok(());
         };
         let state = self.client.show_servers_state(None).await?;
+        // The host's error names the file.
         self.host
             .write_file(path, state.raw.as_bytes(), Some(0o600))
             .await
-            .map_err(|e| {
-                e.context(
-                    "write the HAProxy server-state-file",
-                    path.display().to_string(),
-                )
-            })
+            .map_err(|e| e.context("save the server state of", self.object()))
     }
 
     fn command(&self, server: &str, rest: &str) -> String {
@@ -446,11 +226,11 @@ impl HaproxySwitch {
             }
             let elapsed = started.elapsed();
             let up = now.base_status() == "UP" && !now.in_transition() && now.check_passed();
-            if up && elapsed >= self.config.check_interval {
+            if up && elapsed >= self.check_interval {
                 return Ok(());
             }
             let down = now.base_status() == "DOWN";
-            if down || elapsed >= self.config.check_timeout {
+            if down || elapsed >= self.check_timeout {
                 // Leave it as it was: no traffic, no checks.
                 let _ = self
                     .client
@@ -470,45 +250,41 @@ impl HaproxySwitch {
                     ),
                 ));
             }
-            tokio::time::sleep(self.config.poll_interval.min(Duration::from_millis(50))).await;
+            tokio::time::sleep(self.poll_interval.min(Duration::from_millis(50))).await;
         }
     }
 
-    /// Drain `target` and wait until its sessions reach 0, at most the drain timeout; past it,
-    /// escalate to `maint` when configured. The report says how long it took and what was left.
-    pub async fn drain_and_wait(&self, target: &TargetId) -> Result<DrainReport> {
+    /// Drain `target` and wait until its sessions reach 0, for at most `timeout`: for tools that
+    /// drain without the engine (the engine drains with its own `[policies.drain]`, calling
+    /// [`drain`](TrafficSwitch::drain) and [`active_sessions`](TrafficSwitch::active_sessions)).
+    /// Nothing else happens past `timeout`: the server stays in `DRAIN` and the report says how
+    /// many sessions were left; [`cut_sessions`](TrafficSwitch::cut_sessions) closes them.
+    pub async fn drain_and_wait(
+        &self,
+        target: &TargetId,
+        timeout: Duration,
+    ) -> Result<DrainReport> {
         let started = Instant::now();
         self.drain(target).await?;
         let server = self.server_name(target)?.to_owned();
-        let deadline = started + self.config.drain_timeout;
+        let deadline = started + timeout;
         loop {
-            let row = self.client.server_stat(self.backend(), &server).await?;
-            let left = row.scur;
-            if left == 0 {
-                return Ok(DrainReport {
-                    target: target.clone(),
-                    took: started.elapsed(),
-                    sessions_left: 0,
-                    escalated_to_maint: false,
-                });
-            }
-            if Instant::now() >= deadline {
-                let escalated = self.config.escalate_to_maint;
-                if escalated {
-                    self.client
-                        .set_server_state(self.backend(), &server, AdminState::Maint)
-                        .await?;
-                    self.persist_state().await?;
+            let left = self.client.server_stat(self.backend(), &server).await?.scur;
+            if left == 0 || Instant::now() >= deadline {
+                if left > 0 {
+                    tracing::warn!(%target, sessions = left, "drain timeout passed");
                 }
-                tracing::warn!(%target, sessions = left, escalated, "drain deadline passed");
                 return Ok(DrainReport {
                     target: target.clone(),
                     took: started.elapsed(),
                     sessions_left: left,
-                    escalated_to_maint: escalated,
                 });
             }
-            tokio::time::sleep(self.config.poll_interval).await;
+            tokio::time::sleep(
+                self.poll_interval
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 }
@@ -596,6 +372,26 @@ impl TrafficSwitch for HaproxySwitch {
         let rows = self.status().await?;
         Ok(self.row(&rows, target)?.scur)
     }
+
+    async fn cut_sessions(&self, target: &TargetId) -> Result<()> {
+        let rows = self.status().await?;
+        let server = self.row(&rows, target)?.name.clone();
+        let within = |e: Error| e.context("cut the sessions of", format!("target {target}"));
+        self.client
+            .set_server_state(self.backend(), &server, AdminState::Maint)
+            .await
+            .map_err(within)?;
+        let cut = self
+            .client
+            .shutdown_sessions(self.backend(), &server)
+            .await
+            .map_err(within);
+        // The server is in maint whether or not the sessions closed: keep that across reloads.
+        let saved = self.persist_state().await;
+        cut?;
+        tracing::info!(backend = self.backend(), %target, "sessions cut, server in maint");
+        saved
+    }
 }
 
 impl fmt::Display for HaproxySwitch {
@@ -606,10 +402,10 @@ impl fmt::Display for HaproxySwitch {
 
 #[cfg(test)]
 mod tests {
-    //! The drain deadline and escalation logic under tokio's paused clock, over a scripted
+    //! `drain_and_wait`'s timeout and `cut_sessions` under tokio's paused clock, over a scripted
     //! transport (the real-server tests cover the same paths with real time).
 
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::transport::Transport;
@@ -642,6 +438,9 @@ mod tests {
                      app,blue,0,UP,100,100,L7OK,2\napp,green,{scur},{status},0,0,L7OK,2\n\n"
                 ));
             }
+            if line.starts_with("show servers state") {
+                return Ok("1\n# be_id be_name srv_id srv_name\n1 app 1 green\n\n".to_owned());
+            }
             let mut answer = String::new();
             for cmd in line.split("; ") {
                 if let Some(state) = cmd.strip_prefix("set server app/green state ") {
@@ -652,19 +451,20 @@ mod tests {
                     }
                     .to_owned();
                 }
+                if cmd == "shutdown sessions server app/green" {
+                    *self.scur.lock().unwrap() = vec![0];
+                }
                 answer.push('\n');
             }
             Ok(answer)
         }
     }
 
-    fn switch(script: &Arc<Scripted>, escalate: bool) -> HaproxySwitch {
+    fn switch(script: &Arc<Scripted>) -> HaproxySwitch {
         *script.status.lock().unwrap() = "UP".to_owned();
         HaproxySwitch::builder("app")
             .client(RuntimeClient::new(Arc::clone(script)))
-            .drain_timeout(Duration::from_secs(30))
             .poll_interval(Duration::from_secs(1))
-            .escalate_to_maint(escalate)
             .build()
             .unwrap()
     }
@@ -678,10 +478,12 @@ mod tests {
         let script = Arc::new(Scripted::default());
         // drain() reads twice (state, then its confirmation); then one poll a second: 3, 2, 1, 0.
         *script.scur.lock().unwrap() = vec![3, 3, 3, 2, 1, 0];
-        let s = switch(&script, true);
-        let report = s.drain_and_wait(&green()).await.unwrap();
+        let s = switch(&script);
+        let report = s
+            .drain_and_wait(&green(), Duration::from_secs(30))
+            .await
+            .unwrap();
         assert!(report.drained());
-        assert!(!report.escalated_to_maint);
         assert_eq!(report.took, Duration::from_secs(3));
         let sent = script.sent.lock().unwrap().clone();
         assert!(sent.contains(&"set server app/green state drain".to_owned()));
@@ -689,45 +491,77 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_escalates_to_maint_at_its_deadline() {
+    async fn drain_and_wait_stops_at_its_timeout_and_leaves_the_server_draining() {
         let script = Arc::new(Scripted::default());
         *script.scur.lock().unwrap() = vec![2];
-        let s = switch(&script, true);
-        let report = s.drain_and_wait(&green()).await.unwrap();
+        let s = switch(&script);
+        let report = s
+            .drain_and_wait(&green(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(!report.drained());
         assert_eq!(report.sessions_left, 2);
-        assert!(report.escalated_to_maint);
         assert_eq!(report.took, Duration::from_secs(30));
-        assert_eq!(script.status.lock().unwrap().as_str(), "MAINT");
+        assert_eq!(script.status.lock().unwrap().as_str(), "DRAIN");
+        let sent = script.sent.lock().unwrap().clone();
+        assert!(
+            !sent
+                .iter()
+                .any(|l| l.contains("maint") || l.starts_with("shutdown")),
+            "{sent:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_without_escalation_leaves_the_server_draining() {
+    async fn drain_and_wait_stops_at_a_timeout_between_two_polls() {
         let script = Arc::new(Scripted::default());
         *script.scur.lock().unwrap() = vec![1];
-        let s = switch(&script, false);
-        let report = s.drain_and_wait(&green()).await.unwrap();
-        assert_eq!(
-            (report.sessions_left, report.escalated_to_maint),
-            (1, false)
-        );
-        assert_eq!(report.took, Duration::from_secs(30));
+        let s = switch(&script);
+        let report = s
+            .drain_and_wait(&green(), Duration::from_millis(2_500))
+            .await
+            .unwrap();
+        assert_eq!(report.sessions_left, 1);
+        assert_eq!(report.took, Duration::from_millis(2_500));
         assert_eq!(script.status.lock().unwrap().as_str(), "DRAIN");
     }
 
-    #[test]
-    fn config_is_serde_with_humantime_durations() {
-        let c: SwitchConfig = serde_json::from_str(
-            r#"{"backend":"app","drain_timeout":"45s","servers":{"blue":"app-blue-1"}}"#,
-        )
-        .unwrap();
-        assert_eq!(c.drain_timeout, Duration::from_secs(45));
-        assert_eq!(c.poll_interval, Duration::from_millis(100));
-        assert!(c.escalate_to_maint);
-        assert_eq!(
-            c.servers
-                .get(&TargetId::new("blue").unwrap())
-                .map(String::as_str),
-            Some("app-blue-1")
+    #[tokio::test(start_paused = true)]
+    async fn cut_sessions_puts_the_server_in_maint_then_shuts_its_sessions() {
+        let script = Arc::new(Scripted::default());
+        *script.scur.lock().unwrap() = vec![2];
+        let s = switch(&script);
+        s.drain(&green()).await.unwrap();
+        s.cut_sessions(&green()).await.unwrap();
+        assert_eq!(script.status.lock().unwrap().as_str(), "MAINT");
+        assert_eq!(s.active_sessions(&green()).await.unwrap(), 0);
+        assert_eq!(s.weights().await.unwrap().get(&green()), Some(0));
+        let sent = script.sent.lock().unwrap().clone();
+        let maint = sent
+            .iter()
+            .position(|l| l == "set server app/green state maint")
+            .expect("maint sent");
+        let shut = sent
+            .iter()
+            .position(|l| l == "shutdown sessions server app/green")
+            .expect("shutdown sent");
+        assert!(
+            maint < shut,
+            "maint first, so no new session arrives: {sent:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cut_sessions_of_an_unknown_target_is_not_found_and_sends_nothing() {
+        let script = Arc::new(Scripted::default());
+        *script.scur.lock().unwrap() = vec![0];
+        let s = switch(&script);
+        let e = s
+            .cut_sessions(&TargetId::new("nosuch").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        let sent = script.sent.lock().unwrap().clone();
+        assert!(sent.iter().all(|l| l.starts_with("show")), "{sent:?}");
     }
 }

@@ -1,5 +1,6 @@
-//! A real HAProxy for tests, two slot servers that answer with their name, and a keep-alive load
-//! generator that counts which slot answered. Compiled under the `testing` feature.
+//! A real HAProxy for tests, two slot servers that answer with their name, a keep-alive load
+//! generator that counts which slot answered, and a single request held open to see how it
+//! ends. Compiled under the `testing` feature.
 //!
 //! ```no_run
 //! # async fn demo() -> deploy_core::Result<()> {
@@ -13,13 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use deploy_core::testing::process::{ChildGuard, free_ports};
 use deploy_core::testing::{TestHttpServer, TestResponse};
 use deploy_core::{Error, ErrorKind, Result};
 use http_body_util::{BodyExt, Empty};
@@ -71,6 +73,10 @@ pub struct FixtureConfig {
     pub check_interval: Option<Duration>,
     /// `server-state-file` + `load-server-state-from-file global`.
     pub state_file: bool,
+    /// `retry-on` of `defaults` (`conn-failure empty-response`); empty: no `retry-on` line.
+    pub retry_on: String,
+    /// `timeout client` of `defaults` (30 s).
+    pub client_timeout: Duration,
     /// The haproxy binary; `None`: `HAPROXY_BIN`, then `/usr/sbin/haproxy`, ..., then `PATH`.
     pub binary: Option<PathBuf>,
 }
@@ -84,6 +90,8 @@ impl FixtureConfig {
             servers,
             check_interval: Some(Duration::from_millis(100)),
             state_file: true,
+            retry_on: "conn-failure empty-response".to_owned(),
+            client_timeout: Duration::from_secs(30),
             binary: None,
         }
     }
@@ -116,9 +124,13 @@ impl FixtureConfig {
                 paths.state.display()
             ));
         }
-        c.push_str(
-            "\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n    retries 3\n    option redispatch\n    retry-on conn-failure empty-response\n",
-        );
+        c.push_str(&format!(
+            "\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client {}ms\n    timeout server 30s\n    timeout http-keep-alive 30s\n    retries 3\n    option redispatch\n",
+            self.client_timeout.as_millis().max(1)
+        ));
+        if !self.retry_on.is_empty() {
+            c.push_str(&format!("    retry-on {}\n", self.retry_on));
+        }
         if self.state_file {
             c.push_str("    load-server-state-from-file global\n");
         }
@@ -164,28 +176,6 @@ struct Ports {
     tcp: SocketAddr,
 }
 
-/// `N` distinct free loopback ports. The listeners are held until all are chosen: chosen one
-/// by one, the kernel may hand out the same port twice, and HAProxy binds with SO_REUSEPORT, so
-/// the frontend and the admin socket would then share a port and split its connections.
-fn free_ports<const N: usize>() -> Result<[SocketAddr; N]> {
-    let err = |e| Error::io("find a free port", "127.0.0.1:0", e);
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)).map_err(err))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr().map_err(err))
-        .collect::<Result<Vec<_>>>()?;
-    addrs.try_into().map_err(|_| {
-        Error::new(
-            ErrorKind::Other,
-            "find free ports",
-            "127.0.0.1",
-            "count mismatch",
-        )
-    })
-}
-
 fn haproxy_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("HAPROXY_BIN") {
         return Ok(PathBuf::from(p));
@@ -222,19 +212,20 @@ fn haproxy_binary() -> Result<PathBuf> {
 /// admin TCP socket, an `operator`-level socket (to test refusals), a master CLI socket, and a
 /// `static-rr` backend `static` (to test the static-algorithm refusals).
 pub struct HaproxyFixture {
-    // Dropped last: holds the sockets and the config.
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    // Dropped first (fields drop in order): TERM to the master, which stops its workers.
+    child: ChildGuard,
     paths: Paths,
     ports: Ports,
     config: FixtureConfig,
+    // Dropped last: holds the sockets and the config.
+    dir: tempfile::TempDir,
 }
 
 impl fmt::Debug for HaproxyFixture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HaproxyFixture")
             .field("dir", &self.dir.path())
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("pid", &self.child.id())
             .field("frontend", &self.ports.frontend)
             .field("admin", &self.paths.admin)
             .finish()
@@ -289,15 +280,15 @@ impl HaproxyFixture {
             .stderr(log2)
             .spawn()
             .map_err(|e| {
-                Error::io("start", bin.display().to_string(), e)
-                    .context("start haproxy", INSTALL_HINT)
+                Error::io("start haproxy", bin.display().to_string(), e)
+                    .with_context("hint", INSTALL_HINT)
             })?;
         let mut fixture = Self {
-            dir,
-            child: Some(child),
+            child: ChildGuard::new(child),
             paths,
             ports,
             config,
+            dir,
         };
         fixture.wait_ready(None).await?;
         Ok(fixture)
@@ -318,9 +309,7 @@ impl HaproxyFixture {
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Ok(Some(status)) = self.child.child().try_wait() {
                 return Err(Error::new(
                     ErrorKind::CommandFailed,
                     "start haproxy",
@@ -394,7 +383,7 @@ impl HaproxyFixture {
 
     /// The master process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        Some(self.child.id())
     }
 
     /// Reload through the master CLI (`reload`) and wait until a new worker answers on the admin
@@ -425,7 +414,7 @@ impl HaproxyFixture {
         Ok(started.elapsed())
     }
 
-    /// The seeds' way: rewrite the config with these server weights (atomically: temp file +
+    /// The reload way: rewrite the config with these server weights (atomically: temp file +
     /// rename), then [`reload`](Self::reload).
     pub async fn rewrite_and_reload(&mut self, weights: &[(&str, u32)]) -> Result<Duration> {
         let started = Instant::now();
@@ -435,35 +424,10 @@ impl HaproxyFixture {
             }
         }
         let text = self.config.render(&self.paths, &self.ports);
-        let tmp = self.paths.config.with_extension("cfg.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::io("write", tmp.display().to_string(), e))?;
-        std::fs::rename(&tmp, &self.paths.config)
-            .map_err(|e| Error::io("rename", self.paths.config.display().to_string(), e))?;
+        deploy_core::fs::write_atomic(&self.paths.config, text.as_bytes(), None)
+            .map_err(|e| Error::io("write", self.paths.config.display().to_string(), e))?;
         self.reload().await?;
         Ok(started.elapsed())
-    }
-}
-
-impl Drop for HaproxyFixture {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SIGTERM lets the master stop its workers too; SIGKILL only if it does not exit.
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -530,6 +494,87 @@ impl Slot {
     /// Requests received so far (health checks included).
     pub fn requests(&self) -> u64 {
         self.server.requests()
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own, sent at once and read until the connection
+/// closes: a session held open on a slow path (`/slow?ms=30000`), to see how and when it ends.
+#[derive(Debug)]
+pub struct HeldRequest {
+    task: tokio::task::JoinHandle<HeldOutcome>,
+}
+
+/// How a [`HeldRequest`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeldOutcome {
+    /// From sending the request to the connection's end.
+    pub after: Duration,
+    /// The status of the response, if one came (`502` from HAProxy for a cut request).
+    pub status: Option<u16>,
+    /// Everything received, as text.
+    pub received: String,
+    /// The read error, if the connection was reset rather than closed.
+    pub error: Option<String>,
+}
+
+impl HeldRequest {
+    /// Connect to `addr` and send `GET path`; the answer is read in the background.
+    pub async fn send(addr: SocketAddr, path: &str) -> Result<Self> {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::io("connect to", addr.to_string(), e))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| Error::io("send a request to", addr.to_string(), e))?;
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let mut received = Vec::new();
+            let error = stream
+                .read_to_end(&mut received)
+                .await
+                .err()
+                .map(|e| e.to_string());
+            let received = String::from_utf8_lossy(&received).into_owned();
+            let status = received
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|c| c.parse().ok());
+            HeldOutcome {
+                after: started.elapsed(),
+                status,
+                received,
+                error,
+            }
+        });
+        Ok(Self { task })
+    }
+
+    /// Whether the connection has ended.
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Wait at most `limit` for the connection to end; `Timeout` if it is still open.
+    pub async fn ended(self, limit: Duration) -> Result<HeldOutcome> {
+        match tokio::time::timeout(limit, self.task).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Other,
+                "read",
+                "a held request",
+                "the reading task failed",
+            )
+            .with_source(e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                "wait for the end of",
+                "a held request",
+                format!("still open after {limit:?}"),
+            )),
+        }
     }
 }
 

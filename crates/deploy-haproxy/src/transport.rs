@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use deploy_core::{Command, DynHost, Error, ErrorKind, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Carries one Runtime API command line to HAProxy and brings back its whole answer.
@@ -75,7 +76,7 @@ impl Socket {
             kind,
             "connect to the HAProxy Runtime API socket",
             self.to_string(),
-            format!("{err}; {fix}"),
+            fix,
         )
         .with_source(err);
         if kind == ErrorKind::PermissionDenied {
@@ -130,6 +131,21 @@ impl FromStr for Socket {
         s.parse().map(Self::Tcp).map_err(|_| {
             bad("expected a socket path, unix@PATH, ipv4@IP:PORT, ipv6@[IP]:PORT or IP:PORT")
         })
+    }
+}
+
+/// As the text a `stats socket` line would hold (`/run/haproxy/admin.sock`, `ipv4@127.0.0.1:9999`).
+impl Serialize for Socket {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// From any spelling [`Socket`]'s `FromStr` accepts.
+impl<'de> Deserialize<'de> for Socket {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|e: Error| serde::de::Error::custom(e))
     }
 }
 

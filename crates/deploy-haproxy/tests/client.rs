@@ -215,6 +215,57 @@ async fn addr_health_and_dynamic_servers() {
 }
 
 #[tokio::test]
+async fn shutdown_sessions_closes_what_a_server_holds_and_reads_it_back() {
+    use deploy_haproxy::testing::HeldRequest;
+    let (h, _slots) = fixture().await;
+    let c = h.client();
+    let held = HeldRequest::send(h.frontend(), "/slow?ms=30000")
+        .await
+        .unwrap();
+    deploy_core::testing::process::wait_until(
+        "a session on blue",
+        std::time::Duration::from_secs(5),
+        || async { c.server_stat("app", "blue").await.unwrap().scur == 1 },
+    )
+    .await
+    .unwrap();
+    c.set_server_state("app", "blue", AdminState::Maint)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.server_stat("app", "blue").await.unwrap().scur,
+        1,
+        "maint cuts nothing"
+    );
+    c.shutdown_sessions("app", "blue").await.unwrap();
+    assert_eq!(c.server_stat("app", "blue").await.unwrap().scur, 0);
+    // With nothing left, it is a no-op.
+    c.shutdown_sessions("app", "blue").await.unwrap();
+    drop(held);
+
+    let e = c.shutdown_sessions("app", "nosuch").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let msg = e.to_string();
+    for part in ["shutdown sessions server app/nosuch", "'No such server.'"] {
+        assert!(msg.contains(part), "{msg} lacks {part}");
+    }
+    let e = c.shutdown_sessions("nobackend", "blue").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("No such backend."), "{e}");
+    let e = RuntimeClient::new(h.operator_socket())
+        .shutdown_sessions("app", "blue")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let e = c.shutdown_sessions("app", "blue; x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    // Without a server name HAProxy answers "Require 'backend/server'.".
+    let e = c.run("shutdown sessions server blue").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert!(e.to_string().contains("Require 'backend/server'."), "{e}");
+}
+
+#[tokio::test]
 async fn error_answers_become_typed_errors_naming_command_server_socket_and_text() {
     let (h, _slots) = fixture().await;
     let c = h.client();

@@ -1,12 +1,16 @@
 //! The HAProxy TrafficSwitch against a real haproxy: conformance, blue-green and canary counted
-//! by real HTTP requests, drain with a request in flight, bring-back, durability across reloads.
+//! by real HTTP requests, drain with a request in flight, sessions cut, bring-back, durability
+//! across reloads.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::testing::conformance;
+use deploy_core::testing::process::wait_until;
 use deploy_core::{ErrorKind, HttpProbe, TargetId, TrafficSwitch, Weights};
-use deploy_haproxy::testing::{FixtureConfig, HaproxyFixture, Load, LoadConfig, ServerSpec, Slot};
+use deploy_haproxy::testing::{
+    FixtureConfig, HaproxyFixture, HeldRequest, Load, LoadConfig, ServerSpec, Slot,
+};
 use deploy_haproxy::{AdminState, HaproxySwitch};
 
 fn ids() -> (TargetId, TargetId) {
@@ -20,7 +24,8 @@ fn switch(h: &HaproxyFixture) -> HaproxySwitch {
     HaproxySwitch::builder("app")
         .socket(h.admin_socket())
         .poll_interval(Duration::from_millis(20))
-        .checks(Duration::from_millis(300), Duration::from_secs(5))
+        .check_interval(Duration::from_millis(300))
+        .check_timeout(Duration::from_secs(5))
         .state_file(h.state_file())
         .build()
         .unwrap()
@@ -52,8 +57,8 @@ async fn passes_the_traffic_switch_conformance_suite() {
     // Also through the TCP socket, with explicit target → server names.
     let tcp = HaproxySwitch::builder("app")
         .socket(h.tcp_socket())
-        .target(TargetId::new("slot-a").unwrap(), "blue")
-        .target(TargetId::new("slot-b").unwrap(), "green")
+        .server(TargetId::new("slot-a").unwrap(), "blue")
+        .server(TargetId::new("slot-b").unwrap(), "green")
         .build()
         .unwrap();
     let (a, bb) = (
@@ -135,10 +140,12 @@ async fn drain_waits_for_a_long_request_which_completes_with_200() {
     }
     assert_eq!(sessions, 1, "the slow request is on green");
     s.set_weights(&w(100, 0)).await.unwrap();
-    let report = s.drain_and_wait(&green).await.unwrap();
+    let report = s
+        .drain_and_wait(&green, Duration::from_secs(30))
+        .await
+        .unwrap();
     println!("drain: {report:?}");
     assert!(report.drained());
-    assert!(!report.escalated_to_maint);
     assert!(report.took >= Duration::from_millis(1_000), "{report:?}");
     assert_eq!(s.active_sessions(&green).await.unwrap(), 0);
     let row = h.client().server_stat("app", "green").await.unwrap();
@@ -149,12 +156,11 @@ async fn drain_waits_for_a_long_request_which_completes_with_200() {
 }
 
 #[tokio::test]
-async fn drain_past_its_deadline_escalates_to_maint_and_reports_what_was_left() {
+async fn drain_and_wait_past_its_timeout_reports_what_was_left_and_cuts_nothing() {
     let (h, _slots) = HaproxyFixture::blue_green().await.unwrap();
     let s = HaproxySwitch::builder("app")
         .socket(h.admin_socket())
         .poll_interval(Duration::from_millis(20))
-        .drain_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let (_, green) = ids();
@@ -166,12 +172,92 @@ async fn drain_past_its_deadline_escalates_to_maint_and_reports_what_was_left() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.set_weights(&w(100, 0)).await.unwrap();
-    let report = s.drain_and_wait(&green).await.unwrap();
-    println!("drain past deadline: {report:?}");
+    let report = s
+        .drain_and_wait(&green, Duration::from_millis(300))
+        .await
+        .unwrap();
+    println!("drain past its timeout: {report:?}");
     assert!(!report.drained());
     assert_eq!(report.sessions_left, 1);
-    assert!(report.escalated_to_maint);
     assert!(report.took >= Duration::from_millis(300));
+    // No policy of its own past the timeout: still draining, the request goes on.
+    let row = h.client().server_stat("app", "green").await.unwrap();
+    assert_eq!(row.base_status(), "DRAIN", "{}", row.status);
+    let r = slow.finish().await;
+    assert_eq!((r.ok, r.failed), (1, 0), "{r:?}");
+}
+
+/// Backend `app` with slots `blue` (weight 0) and `green` (weight 100); no retry of an empty
+/// response (a cut request would be replayed on another server) and a short `timeout client`
+/// (on 2.6 the client of a cut request is answered when it strikes).
+async fn cut_fixture() -> (HaproxyFixture, [Slot; 2]) {
+    let blue = Slot::start("blue").await.unwrap();
+    let green = Slot::start("green").await.unwrap();
+    let mut config = FixtureConfig::new(vec![
+        ServerSpec::new("blue", blue.addr(), 0),
+        ServerSpec::new("green", green.addr(), 100),
+    ]);
+    config.retry_on = "conn-failure".into();
+    config.client_timeout = Duration::from_secs(2);
+    (HaproxyFixture::start(config).await.unwrap(), [blue, green])
+}
+
+/// The `srv_admin_state` of `server` in a `show servers state` dump.
+fn admin_state(dump: &str, server: &str) -> Option<u32> {
+    let mut lines = dump.lines().skip(1);
+    let header: Vec<&str> = lines
+        .next()?
+        .trim_start_matches('#')
+        .split_whitespace()
+        .collect();
+    let name = header.iter().position(|c| *c == "srv_name")?;
+    let admin = header.iter().position(|c| *c == "srv_admin_state")?;
+    lines
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(name) == Some(&server))
+        .and_then(|f| f.get(admin)?.parse().ok())
+}
+
+#[tokio::test]
+async fn cut_sessions_closes_a_held_request_and_a_weight_brings_the_server_back() {
+    let (h, _slots) = cut_fixture().await;
+    let s = switch(&h);
+    let (_, green) = ids();
+    assert_eq!(s.weights().await.unwrap(), w(0, 100));
+
+    // A request green answers only after 30 s holds a session there.
+    let held = HeldRequest::send(h.frontend(), "/slow?ms=30000")
+        .await
+        .unwrap();
+    wait_until(
+        "the held session on green",
+        Duration::from_secs(5),
+        || async { s.active_sessions(&green).await.unwrap() == 1 },
+    )
+    .await
+    .unwrap();
+
+    // A drain lets it go on.
+    s.drain(&green).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.active_sessions(&green).await.unwrap(),
+        1,
+        "drain cuts nothing"
+    );
+    assert!(!held.has_ended());
+
+    // The cut closes it.
+    let started = std::time::Instant::now();
+    s.cut_sessions(&green).await.unwrap();
+    let took = started.elapsed();
+    println!("cut_sessions took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "read back promptly: {took:?}"
+    );
+    assert_eq!(s.active_sessions(&green).await.unwrap(), 0);
+    assert_eq!(s.weights().await.unwrap(), w(0, 0));
     assert!(
         h.client()
             .server_stat("app", "green")
@@ -179,9 +265,45 @@ async fn drain_past_its_deadline_escalates_to_maint_and_reports_what_was_left() 
             .unwrap()
             .is_maint()
     );
-    // maint does not cut the request in flight.
-    let r = slow.finish().await;
-    assert_eq!((r.ok, r.failed), (1, 0), "{r:?}");
+    let saved = std::fs::read_to_string(h.state_file()).unwrap();
+    assert_eq!(
+        admin_state(&saved, "green"),
+        Some(0x01),
+        "maint saved: {saved}"
+    );
+
+    // The client is not left hanging until the 30 s answer: HAProxy 2.6 answers it 502 when
+    // `timeout client` (2 s here) strikes.
+    let outcome = held.ended(Duration::from_secs(10)).await.unwrap();
+    println!("held request: {outcome:?}");
+    assert_ne!(outcome.status, Some(200), "{outcome:?}");
+    assert!(!outcome.received.contains("green"), "{outcome:?}");
+    assert!(outcome.after < Duration::from_secs(8), "{outcome:?}");
+
+    // A weight > 0 brings it back (probe-less: after a passing HAProxy check), and it serves.
+    s.set_weights(&w(0, 100)).await.unwrap();
+    assert_eq!(s.weights().await.unwrap(), w(0, 100));
+    let row = h.client().server_stat("app", "green").await.unwrap();
+    assert_eq!(row.base_status(), "UP", "{}", row.status);
+    assert_eq!(count(&h, 200).await, (0, 200, 0));
+    let saved = std::fs::read_to_string(h.state_file()).unwrap();
+    assert_eq!(
+        admin_state(&saved, "green"),
+        Some(0),
+        "ready saved: {saved}"
+    );
+}
+
+#[tokio::test]
+async fn cut_sessions_of_an_unknown_target_is_not_found_and_changes_nothing() {
+    let (h, _slots) = HaproxyFixture::blue_green().await.unwrap();
+    let s = switch(&h);
+    let e = s
+        .cut_sessions(&TargetId::new("nosuch").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(s.weights().await.unwrap(), w(100, 0));
 }
 
 #[tokio::test]
@@ -191,7 +313,8 @@ async fn bring_back_from_maint_probes_and_waits_for_haproxys_check() {
     let s = HaproxySwitch::builder("app")
         .socket(h.admin_socket())
         .poll_interval(Duration::from_millis(20))
-        .checks(Duration::from_millis(300), Duration::from_secs(5))
+        .check_interval(Duration::from_millis(300))
+        .check_timeout(Duration::from_secs(5))
         .probe(probe)
         .build()
         .unwrap();
@@ -231,7 +354,8 @@ async fn bring_back_fails_when_haproxys_own_check_fails_and_leaves_maint() {
     let s = HaproxySwitch::builder("app")
         .socket(h.admin_socket())
         .poll_interval(Duration::from_millis(20))
-        .checks(Duration::from_millis(300), Duration::from_secs(5))
+        .check_interval(Duration::from_millis(300))
+        .check_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let c = h.client();
