@@ -13,7 +13,8 @@ pub enum Reload {
     /// `nginx -s reload` with the same `-p`/`-e`/`-c` as the tests: nginx parses the
     /// configuration, reads the pid file it names and sends `SIGHUP` to the master.
     Signal,
-    /// `kill -HUP <pid>`, the pid read from this file (the `pid` directive of the config).
+    /// `kill -HUP <pid>`, the pid read from this file (the `pid` directive of the config). Both
+    /// run as commands on the [`Host`], which may be another machine.
     Hup {
         /// The master's pid file.
         pid_file: PathBuf,
@@ -138,10 +139,7 @@ impl Nginx {
     /// Run `nginx -t` on `config` (a main configuration file).
     pub(crate) async fn test_file(&self, host: &dyn Host, config: &Path) -> Result<()> {
         let cmd = self.command(config, &["-t", "-q"]);
-        let out = host
-            .run(&cmd)
-            .await
-            .map_err(|e| not_found_hint(e, &self.binary))?;
+        let out = host.run(&cmd).await.map_err(not_found_hint)?;
         if out.success() {
             return Ok(());
         }
@@ -183,10 +181,13 @@ impl Nginx {
                     .timeout(self.command_timeout)
             }
         };
-        let out = host
-            .run(&cmd)
-            .await
-            .map_err(|e| not_found_hint(e, &self.binary).context("reload nginx", object.clone()))?;
+        let out = host.run(&cmd).await.map_err(|e| {
+            let e = match self.reload {
+                Reload::Signal => not_found_hint(e),
+                Reload::Hup { .. } => e,
+            };
+            e.context("reload nginx", object.clone())
+        })?;
         if out.success() {
             return Ok(());
         }
@@ -268,15 +269,10 @@ pub(crate) fn nginx_message(stderr: &str) -> String {
     }
 }
 
-fn not_found_hint(e: Error, binary: &Path) -> Error {
+/// A missing nginx binary, with the hint how to install it.
+fn not_found_hint(e: Error) -> Error {
     if e.kind() == ErrorKind::NotFound {
-        Error::new(
-            ErrorKind::NotFound,
-            "run nginx",
-            binary.display().to_string(),
-            format!("{e}; install it with `apt-get install nginx`"),
-        )
-        .with_source(e)
+        e.with_context("hint", "install nginx: `apt-get install nginx`")
     } else {
         e
     }

@@ -1,26 +1,24 @@
 //! [`NginxServer`]: a real nginx on a free loopback port in a temporary directory, for tests of
 //! this crate and of pipelines that use it. Stopped when dropped.
+//!
+//! Free ports, waiting and stopping the master go through
+//! [`deploy_core::testing::process`], like every real-server fixture of the workspace.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use deploy_core::testing::process::{self, ChildGuard, Signal};
 use deploy_core::{Error, ErrorKind, Result};
 
 use crate::nginx::Nginx;
 
-pub use deploy_core::testing::conformance;
-
-/// A free TCP port on `127.0.0.1` (bound once, then released for the server to take).
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))
-}
+/// How long the master gets to stop after `SIGTERM` before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a start may take until the port accepts connections.
+const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// The nginx binary: `$NGINX_BIN`, else `/usr/sbin/nginx` if present, else `nginx` from `PATH`.
 pub fn nginx_binary() -> PathBuf {
@@ -166,8 +164,6 @@ impl NginxServerBuilder {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // Its own process group: stopping it can also reach workers orphaned by a crash.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::new(
@@ -182,7 +178,7 @@ impl NginxServerBuilder {
             }
         })?;
         let mut server = NginxServer {
-            child: Some(child),
+            master: Some(ChildGuard::new(child).grace(STOP_GRACE)),
             port: self.port,
             nginx,
             dir: self.dir,
@@ -204,8 +200,9 @@ fn running_as_root() -> bool {
 }
 
 /// A real nginx master (non-daemon, `master_process on`) with its prefix in a temporary
-/// directory, listening on `127.0.0.1:<port>`. Dropping it stops the master it started
-/// (`SIGTERM`, then `SIGKILL` to its process group after 5 s) and removes the directory.
+/// directory, listening on `127.0.0.1:<port>`. Dropping it stops the master it started by its
+/// pid (`SIGTERM`, then `SIGKILL` after 5 s, and then the workers that master had left), and
+/// removes the directory.
 ///
 /// ```no_run
 /// # async fn demo() -> deploy_core::Result<()> {
@@ -218,7 +215,7 @@ fn running_as_root() -> bool {
 /// # Ok(()) }
 /// ```
 pub struct NginxServer {
-    child: Option<Child>,
+    master: Option<ChildGuard>,
     port: u16,
     nginx: Nginx,
     dir: tempfile::TempDir,
@@ -243,7 +240,7 @@ impl NginxServer {
             .map_err(|e| Error::io("create temporary directory", "for nginx", e))?;
         Ok(NginxServerBuilder {
             dir,
-            port: free_port()?,
+            port: process::free_port()?,
             workers: 1,
             http: Vec::new(),
             server: Vec::new(),
@@ -252,36 +249,30 @@ impl NginxServer {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(Error::new(
-                    ErrorKind::CommandFailed,
-                    "start nginx",
-                    format!("in {}", self.dir.path().display()),
-                    format!("nginx exited with {status}: {}", self.log_tail()),
-                ));
-            }
-            if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "start nginx",
-                    format!("in {}", self.dir.path().display()),
-                    format!(
-                        "port {} not open after 10 s: {}",
-                        self.port,
-                        self.log_tail()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let addr = self.addr();
+        let mut exited = None;
+        let master = self.master.as_mut().expect("held until stopped");
+        let ready = process::wait_until(&format!("nginx on {addr}"), START_LIMIT, || {
+            exited = master.child().try_wait().ok().flatten();
+            let gone = exited.is_some();
+            async move { gone || process::accepts(addr).await }
+        })
+        .await;
+        let object = format!("in {}", self.dir.path().display());
+        if let Some(status) = exited {
+            self.master = None;
+            return Err(Error::new(
+                ErrorKind::CommandFailed,
+                "start nginx",
+                object,
+                format!("nginx exited with {status}"),
+            )
+            .with_context("log", self.log_tail()));
         }
+        ready.map_err(|e| {
+            e.context("start nginx", object)
+                .with_context("log", self.log_tail())
+        })
     }
 
     fn log_tail(&self) -> String {
@@ -327,7 +318,7 @@ impl NginxServer {
 
     /// The master's pid, while it runs.
     pub fn master_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.master.as_ref().map(ChildGuard::id)
     }
 
     /// The pids of the master's worker processes, with their titles
@@ -357,33 +348,28 @@ impl NginxServer {
         self.shutdown();
     }
 
+    /// `SIGTERM` to the master (a fast shutdown: it stops its workers), `SIGKILL` after the grace
+    /// period; then `SIGKILL` to any of its workers still running, which only a killed master
+    /// leaves behind.
     fn shutdown(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let workers: Vec<u32> = self.workers().into_iter().map(|(pid, _)| pid).collect();
+        let Some(mut master) = self.master.take() else {
             return;
         };
-        let pid = child.id().to_string();
-        // Fast shutdown of the master we started; it stops its workers.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        master.stop();
+        for pid in workers {
+            if is_nginx_worker(pid) {
+                let _ = process::signal(pid, Signal::Kill);
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        // The group is the one this fixture created for the master (process_group(0)).
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// Whether `pid` is (still) an nginx worker, so that a pid reused by another process is left
+/// alone.
+fn is_nginx_worker(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
 }
 
 impl Drop for NginxServer {

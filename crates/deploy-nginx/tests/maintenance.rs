@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{get, site, w};
+use deploy_core::testing::conformance;
 use deploy_core::{ErrorKind, LocalHost, Maintenance};
-use deploy_nginx::testing::conformance;
 use deploy_nginx::{MAINTENANCE_MARKER, MaintenancePage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Load, get, site, t, w};
+use deploy_core::testing::conformance;
 use deploy_core::{ErrorKind, LocalHost, TrafficSwitch, Weights};
 use deploy_nginx::UpstreamSwitch;
-use deploy_nginx::testing::conformance;
 use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use deploy_core::testing::process::free_port;
 use deploy_core::testing::{TestHttpServer, TestResponse};
 use deploy_core::{LocalHost, TargetId, Weights};
-use deploy_nginx::testing::{NginxServer, free_port};
+use deploy_nginx::testing::NginxServer;
 use deploy_nginx::{MaintenancePage, MaintenanceSnippet, UpstreamSwitch};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
