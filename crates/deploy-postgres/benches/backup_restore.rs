@@ -287,8 +287,9 @@ async fn main() {
         *raw_gunzip.iter().min().unwrap(),
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "\nload average at the end (2-core machine): {}",
+        "\nload average at the end ({cpus} CPUs): {}",
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()

@@ -1,363 +1,414 @@
-//! Connection settings: from a URL or the `PG*` environment, handed to the client tools through
-//! their environment so that the password never reaches a command line.
+//! The plan-file section of this crate (`[migrations]` with `kind = "postgres"`) and the one
+//! constructor that builds a runner from it, [`PgMigrationRunner::from_config`].
 
-use std::ffi::OsString;
+use std::env::VarError;
 use std::fmt;
 use std::path::PathBuf;
 
 use deploy_core::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
 
-/// How to reach one database.
+use crate::connection::PgConfig;
+use crate::runner::{PgMigrationRunner, RestoreMode};
+
+/// The `kind` that names this crate's runner in a plan file's `[migrations]` section.
+pub const KIND: &str = "postgres";
+
+/// The environment variable read for the database URL when `database_url_env` is not given.
+const DEFAULT_URL_ENV: &str = "DATABASE_URL";
+
+/// A plan file's `[migrations]` section with `kind = "postgres"` (the `kind` key itself is the
+/// plan file's, and is not part of this type). Unknown keys are refused.
 ///
-/// Every field goes to the client tools (`psql`, `pg_dump`, `pg_restore`) as a libpq environment
-/// variable (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`,
-/// `PGSSLMODE`), never as an argument: command lines are visible to every user of the host in
-/// `ps`. `Debug` shows the password as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PgConfig {
-    /// Host name, IP address, or a directory holding the Unix socket; `None` lets libpq decide.
-    pub host: Option<String>,
-    /// Port; `None` lets libpq decide (5432).
-    pub port: Option<u16>,
-    /// Role to connect as.
-    pub user: Option<String>,
-    /// The database the migrations apply to (required).
-    pub dbname: String,
-    password: Option<String>,
-    /// A pgpass file to read the password from (`PGPASSFILE`).
-    pub passfile: Option<PathBuf>,
-    /// `sslmode` (`disable`, `require`, `verify-full`...).
-    pub sslmode: Option<String>,
-    /// The database to connect to for `CREATE DATABASE` and renames during a restore
-    /// (default `postgres`).
-    pub maintenance_db: String,
+/// ```toml
+/// [migrations]
+/// kind = "postgres"
+/// database_url_env = "DATABASE_URL"
+/// dir = "/srv/shop/migrations"
+/// backup_dir = "/var/backups/shop"
+/// keep_backups = 10
+/// history_table = "schema_version"
+/// restore_mode = "swap"
+/// ```
+///
+/// Build the runner with [`PgMigrationRunner::from_config`]. `Debug` never shows the password
+/// of `url`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PgMigrationRunnerConfig {
+    /// `database_url_env`: the name of the environment variable holding the database URL
+    /// (default `DATABASE_URL`), read when the runner is built. When that variable is not set,
+    /// the `PG*` variables are used ([`PgConfig::from_env`]). Not together with `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url_env: Option<String>,
+    /// `url`: the database URL itself (`postgres://app@127.0.0.1:5432/shop`), only for a
+    /// database reached without a password (peer or trust authentication, or a `passfile`
+    /// parameter): a URL holding a password is refused, since a plan file is no place for a
+    /// secret; put it in the variable `database_url_env` names. Not together with
+    /// `database_url_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `dir`: the migrations folder, on this machine (required).
+    pub dir: PathBuf,
+    /// `backup_dir`: where backups are written, on the database host (needed for backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<PathBuf>,
+    /// `keep_backups`: how many backups of this database to keep (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_backups: Option<usize>,
+    /// `history_table`: the history table, optionally schema-qualified (default
+    /// `schema_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_table: Option<String>,
+    /// `bin_dir`: the folder holding `psql`, `pg_dump` and `pg_restore` (default: `PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+    /// `restore_mode`: how a revert restores a backup, `swap` (default: into a fresh database,
+    /// swapped in once verified) or `in_place` (drop and recreate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_mode: Option<RestoreMode>,
 }
 
-impl fmt::Debug for PgConfig {
+impl fmt::Debug for PgMigrationRunnerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("dbname", &self.dbname)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("passfile", &self.passfile)
-            .field("sslmode", &self.sslmode)
-            .field("maintenance_db", &self.maintenance_db)
+        f.debug_struct("PgMigrationRunnerConfig")
+            .field("database_url_env", &self.database_url_env)
+            .field("url", &self.url.as_deref().map(deploy_core::redact::url))
+            .field("dir", &self.dir)
+            .field("backup_dir", &self.backup_dir)
+            .field("keep_backups", &self.keep_backups)
+            .field("history_table", &self.history_table)
+            .field("bin_dir", &self.bin_dir)
+            .field("restore_mode", &self.restore_mode)
             .finish()
     }
 }
 
-impl fmt::Display for PgConfig {
-    /// `postgres://user@host:port/db`, without the password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("postgres://")?;
-        if let Some(u) = &self.user {
-            write!(f, "{u}@")?;
-        }
-        if let Some(h) = &self.host {
-            if h.contains(':') {
-                write!(f, "[{h}]")?;
-            } else {
-                f.write_str(h)?;
-            }
-        }
-        if let Some(p) = self.port {
-            write!(f, ":{p}")?;
-        }
-        write!(f, "/{}", self.dbname)
-    }
-}
-
-fn bad_url(cause: impl Into<String>) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        "parse",
-        "database URL (password not shown)",
-        cause,
-    )
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad_url("a '%' is not followed by two hex digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_url("a percent-encoded part is not UTF-8"))
-}
-
-impl PgConfig {
-    /// Settings for `dbname`, everything else left to libpq's defaults.
-    pub fn new(dbname: impl Into<String>) -> Self {
+impl PgMigrationRunnerConfig {
+    /// A configuration for the migrations in `dir`, every other key left at its default.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
-            host: None,
-            port: None,
-            user: None,
-            dbname: dbname.into(),
-            password: None,
-            passfile: None,
-            sslmode: None,
-            maintenance_db: "postgres".to_owned(),
+            database_url_env: None,
+            url: None,
+            dir: dir.into(),
+            backup_dir: None,
+            keep_backups: None,
+            history_table: None,
+            bin_dir: None,
+            restore_mode: None,
         }
     }
+}
 
-    /// Parse `postgres://user:password@host:port/dbname?sslmode=require&host=/run/postgresql`.
-    ///
-    /// Errors never repeat the URL, which may hold a password.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or_else(|| bad_url("must start with postgres:// or postgresql://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.split_once('/') {
-            Some((a, p)) => (a, p),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let mut cfg = Self::new(percent_decode(path)?);
-        if let Some(ui) = userinfo {
-            let (u, p) = match ui.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (ui, None),
-            };
-            if !u.is_empty() {
-                cfg.user = Some(percent_decode(u)?);
-            }
-            if let Some(p) = p {
-                cfg.password = Some(percent_decode(p)?);
-            }
+impl PgMigrationRunner {
+    /// The runner a plan file's `[migrations]` section describes, on this machine
+    /// ([`LocalHost`](deploy_core::LocalHost)): the database from `url`, else from the URL in
+    /// the variable `database_url_env` names (`DATABASE_URL` by default), else from the `PG*`
+    /// variables. Every problem (`url` and `database_url_env` both given, a URL that does not
+    /// parse, a password in `url`, `keep_backups = 0`, a bad `history_table`, ...) is reported
+    /// at once, in one `InvalidInput` error naming each key. A URL's password never appears in
+    /// an error. Nothing connects yet.
+    pub fn from_config(config: PgMigrationRunnerConfig) -> Result<PgMigrationRunner> {
+        from_config_with_env(config, |name| std::env::var(name))
+    }
+}
+
+/// [`PgMigrationRunner::from_config`] with the environment read through `env`.
+fn from_config_with_env(
+    config: PgMigrationRunnerConfig,
+    env: impl Fn(&str) -> std::result::Result<String, VarError>,
+) -> Result<PgMigrationRunner> {
+    let mut problems = Vec::new();
+    let connection = match connection(&config, &env) {
+        Ok(c) => Some(c),
+        Err(p) => {
+            problems.push(p);
+            None
         }
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h
-                .split_once(']')
-                .ok_or_else(|| bad_url("an IPv6 host lacks its closing ']'"))?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if !host.is_empty() {
-            cfg.host = Some(percent_decode(host)?);
+    };
+    let known = connection.is_some();
+    // Without usable connection settings the other keys are still checked, on stand-in
+    // settings whose own checks pass.
+    let mut b = PgMigrationRunner::builder(
+        connection.unwrap_or_else(|| PgConfig::new("postgres")),
+        config.dir,
+    );
+    if let Some(d) = config.backup_dir {
+        b = b.backup_dir(d);
+    }
+    if let Some(n) = config.keep_backups {
+        b = b.keep_backups(n);
+    }
+    if let Some(t) = config.history_table {
+        b = b.history_table(t);
+    }
+    if let Some(d) = config.bin_dir {
+        b = b.bin_dir(d);
+    }
+    if let Some(m) = config.restore_mode {
+        b = b.restore_mode(m);
+    }
+    if known {
+        return b.build();
+    }
+    problems.extend(b.problems());
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "configure",
+        "PostgreSQL migration runner",
+        problems.join("; "),
+    ))
+}
+
+/// The connection settings the section names, or the problem, starting with its key. Only our
+/// words and the URL parser's (which never repeat the URL) are used, so no password shows.
+fn connection(
+    config: &PgMigrationRunnerConfig,
+    env: &impl Fn(&str) -> std::result::Result<String, VarError>,
+) -> std::result::Result<PgConfig, String> {
+    if let Some(url) = &config.url {
+        if let Some(var) = &config.database_url_env {
+            return Err(format!(
+                "url: give url or database_url_env ({var}), not both"
+            ));
         }
-        if let Some(p) = port {
-            cfg.port = Some(
-                p.parse()
-                    .map_err(|_| bad_url(format!("port {p:?} is not a number from 1 to 65535")))?,
+        let c = PgConfig::from_url(url).map_err(|e| format!("url: {}", e.message()))?;
+        if c.has_password() {
+            return Err(
+                "url: holds a password, and a plan file is no place for one; put the \
+                        URL in an environment variable and name it with database_url_env"
+                    .to_owned(),
             );
         }
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
-            match k {
-                "sslmode" => cfg.sslmode = Some(v),
-                "host" => cfg.host = Some(v),
-                "port" => {
-                    cfg.port = Some(v.parse().map_err(|_| {
-                        bad_url(format!("port {v:?} is not a number from 1 to 65535"))
-                    })?)
-                }
-                "user" => cfg.user = Some(v),
-                "dbname" => cfg.dbname = v,
-                "passfile" => cfg.passfile = Some(PathBuf::from(v)),
-                "password" => cfg.password = Some(v),
-                other => {
-                    return Err(bad_url(format!(
-                        "unsupported parameter {other:?} (supported: sslmode, host, port, user, dbname, passfile, password)"
-                    )));
-                }
-            }
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        return Ok(c);
     }
-
-    /// Settings from the `PG*` environment of this process (`PGHOST`, `PGPORT`, `PGUSER`,
-    /// `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`, `PGSSLMODE`).
-    pub fn from_env() -> Result<Self> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let dbname = var("PGDATABASE").ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                "read",
-                "PG* environment",
-                "PGDATABASE is not set",
+    let var = config
+        .database_url_env
+        .as_deref()
+        .unwrap_or(DEFAULT_URL_ENV);
+    match env(var) {
+        Ok(url) => PgConfig::from_url(&url)
+            .map_err(|e| format!("database_url_env: the URL in {var}: {}", e.message())),
+        Err(VarError::NotUnicode(_)) => Err(format!(
+            "database_url_env: the environment variable {var} is not valid UTF-8"
+        )),
+        Err(VarError::NotPresent) => PgConfig::from_env_with(|k| env(k).ok()).map_err(|e| {
+            format!(
+                "database_url_env: {var} is not set, and the PG* variables do not name a \
+                     database: {}",
+                e.message()
             )
-        })?;
-        let mut cfg = Self::new(dbname);
-        cfg.host = var("PGHOST");
-        cfg.user = var("PGUSER");
-        cfg.password = var("PGPASSWORD");
-        cfg.passfile = var("PGPASSFILE").map(PathBuf::from);
-        cfg.sslmode = var("PGSSLMODE");
-        if let Some(p) = var("PGPORT") {
-            cfg.port = Some(p.parse().map_err(|_| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    "read",
-                    "PG* environment",
-                    format!("PGPORT {p:?} is not a number from 1 to 65535"),
-                )
-            })?);
-        }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Set the password (passed to the tools as `PGPASSWORD`).
-    pub fn with_password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
-        self
-    }
-
-    /// Set host and port.
-    pub fn with_host(mut self, host: impl Into<String>, port: u16) -> Self {
-        self.host = Some(host.into());
-        self.port = Some(port);
-        self
-    }
-
-    /// Set the role.
-    pub fn with_user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
-        self
-    }
-
-    /// Whether a password is set.
-    pub fn has_password(&self) -> bool {
-        self.password.is_some()
-    }
-
-    /// The same server, another database.
-    pub fn for_database(&self, dbname: impl Into<String>) -> Self {
-        let mut c = self.clone();
-        c.dbname = dbname.into();
-        c
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        let bad = |cause: String| {
-            Err(Error::new(
-                ErrorKind::InvalidInput,
-                "validate",
-                format!("connection settings {self}"),
-                cause,
-            ))
-        };
-        if self.dbname.is_empty() {
-            return bad("the database name is empty".into());
-        }
-        if self.dbname.len() > 63 {
-            return bad("the database name is longer than 63 bytes".into());
-        }
-        if self.port == Some(0) {
-            return bad("port 0 is not a valid port".into());
-        }
-        Ok(())
-    }
-
-    /// The libpq environment for a tool connecting to `dbname` (the configured database when
-    /// `None`).
-    pub(crate) fn env(&self, dbname: Option<&str>) -> Vec<(OsString, OsString)> {
-        let mut env: Vec<(OsString, OsString)> = Vec::new();
-        let mut push = |k: &str, v: &str| env.push((k.into(), v.into()));
-        if let Some(h) = &self.host {
-            push("PGHOST", h);
-        }
-        if let Some(p) = self.port {
-            push("PGPORT", &p.to_string());
-        }
-        if let Some(u) = &self.user {
-            push("PGUSER", u);
-        }
-        push("PGDATABASE", dbname.unwrap_or(&self.dbname));
-        if let Some(p) = &self.password {
-            push("PGPASSWORD", p);
-        }
-        if let Some(p) = &self.passfile {
-            push("PGPASSFILE", &p.to_string_lossy());
-        }
-        if let Some(s) = &self.sslmode {
-            push("PGSSLMODE", s);
-        }
-        push("PGCONNECT_TIMEOUT", "10");
-        env
-    }
-
-    /// The password, for redacting it from text that tools printed.
-    pub(crate) fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
+    fn parse(json: serde_json::Value) -> PgMigrationRunnerConfig {
+        serde_json::from_value(json).expect("the section parses")
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> std::result::Result<String, VarError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| vars.get(k).cloned().ok_or(VarError::NotPresent)
+    }
+
+    fn error(config: PgMigrationRunnerConfig, vars: &[(&str, &str)]) -> Error {
+        from_config_with_env(config, env(vars)).expect_err("the section is refused")
+    }
+
     #[test]
-    fn url_is_parsed_and_password_never_shown() {
-        let c =
-            PgConfig::from_url("postgres://app:p%40ss%3Aw0rd@db.example:6543/shop?sslmode=require")
-                .unwrap();
-        assert_eq!(c.user.as_deref(), Some("app"));
-        assert_eq!(c.password(), Some("p@ss:w0rd"));
-        assert_eq!(c.host.as_deref(), Some("db.example"));
-        assert_eq!(c.port, Some(6543));
-        assert_eq!(c.dbname, "shop");
-        assert_eq!(c.sslmode.as_deref(), Some("require"));
-        let shown = format!("{c:?} {c}");
-        assert!(!shown.contains("p@ss"), "{shown}");
-        assert!(shown.contains("<redacted>"));
-        let env = c.env(None);
-        assert!(
-            env.iter()
-                .any(|(k, v)| k == "PGPASSWORD" && v == "p@ss:w0rd")
+    fn a_section_with_every_key_builds_the_runner_it_describes() {
+        let config = parse(serde_json::json!({
+            "database_url_env": "SHOP_DB",
+            "dir": "/srv/shop/migrations",
+            "backup_dir": "/var/backups/shop",
+            "keep_backups": 10,
+            "history_table": "ops.migrations",
+            "bin_dir": "/usr/lib/postgresql/15/bin",
+            "restore_mode": "in_place",
+        }));
+        assert_eq!(config.restore_mode, Some(RestoreMode::InPlace));
+        let runner = from_config_with_env(
+            config,
+            env(&[("SHOP_DB", "postgres://app:s3cret@db.example:6543/shop")]),
+        )
+        .unwrap();
+        let c = runner.config();
+        assert_eq!(
+            (
+                c.host.as_deref(),
+                c.port,
+                c.user.as_deref(),
+                c.dbname.as_str()
+            ),
+            (Some("db.example"), Some(6543), Some("app"), "shop")
+        );
+        assert!(c.has_password(), "the password came from the variable");
+        let shown = format!("{runner:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("ops.migrations"), "{shown}");
+        assert!(shown.contains("/var/backups/shop"), "{shown}");
+        assert!(shown.contains("keep_backups: 10"), "{shown}");
+        assert!(shown.contains("InPlace"), "{shown}");
+        assert!(shown.contains("/usr/lib/postgresql/15/bin"), "{shown}");
+    }
+
+    #[test]
+    fn a_url_without_a_password_is_taken_as_is() {
+        let config = parse(serde_json::json!({
+            "url": "postgres://app@127.0.0.1:5432/shop",
+            "dir": "/srv/migrations",
+        }));
+        let runner = from_config_with_env(config, env(&[])).unwrap();
+        assert_eq!(
+            runner.config().to_string(),
+            "postgres://app@127.0.0.1:5432/shop"
         );
     }
 
     #[test]
-    fn bad_urls_are_typed_errors_without_the_password() {
-        for url in [
-            "mysql://u:secretpw@h/db",
-            "postgres://u:secretpw@h:notaport/db",
-            "postgres://u:secretpw@h/",
-            "postgres://u:secretpw@h/db?bogus=1",
-            "postgres://u:secret%zz@h/db",
+    fn database_url_is_the_default_variable_and_pg_variables_the_fallback() {
+        let config = PgMigrationRunnerConfig::new("/srv/migrations");
+        let runner = from_config_with_env(
+            config.clone(),
+            env(&[("DATABASE_URL", "postgres://u@h/from_url")]),
+        )
+        .unwrap();
+        assert_eq!(runner.config().dbname, "from_url");
+        let runner = from_config_with_env(
+            config.clone(),
+            env(&[
+                ("PGDATABASE", "from_pg"),
+                ("PGHOST", "pg.example"),
+                ("PGPORT", "5433"),
+            ]),
+        )
+        .unwrap();
+        let c = runner.config();
+        assert_eq!(
+            (c.dbname.as_str(), c.host.as_deref(), c.port),
+            ("from_pg", Some("pg.example"), Some(5433))
+        );
+        let e = error(config, &[]);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains(
+                "database_url_env: DATABASE_URL is not set, and the PG* variables do not name a \
+                 database: PGDATABASE is not set"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn url_and_database_url_env_are_exclusive() {
+        let mut config = PgMigrationRunnerConfig::new("/srv/migrations");
+        config.url = Some("postgres://app@127.0.0.1:5432/shop".into());
+        config.database_url_env = Some("DATABASE_URL".into());
+        let e = error(config, &[("DATABASE_URL", "postgres://u@h/db")]);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "configure PostgreSQL migration runner: url: give url or database_url_env \
+             (DATABASE_URL), not both"
+        );
+    }
+
+    #[test]
+    fn no_password_is_ever_shown_and_a_password_in_url_is_refused() {
+        let mut config = PgMigrationRunnerConfig::new("/srv/migrations");
+        config.url = Some("postgres://app:hunter2@127.0.0.1:5432/shop".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let e = error(config.clone(), &[]);
+        assert!(e.to_string().contains("url: holds a password"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+
+        for bad in [
+            "mysql://app:hunter2@h/db",
+            "postgres://app:hunter2@h:port/db",
+            "postgres://app:hunter2@h/db?bogus=1",
         ] {
-            let e = PgConfig::from_url(url).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}");
-            assert!(!e.to_string().contains("secret"), "{e}");
+            config.url = Some(bad.into());
+            let e = error(config.clone(), &[]);
+            assert!(e.to_string().contains(": url: "), "{e}");
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+            let mut from_env = PgMigrationRunnerConfig::new("/srv/migrations");
+            from_env.database_url_env = Some("SHOP_DB".into());
+            let e = error(from_env, &[("SHOP_DB", bad)]);
+            assert!(
+                e.to_string()
+                    .contains("database_url_env: the URL in SHOP_DB: "),
+                "{e}"
+            );
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
         }
     }
 
     #[test]
-    fn ipv6_and_socket_hosts() {
-        let c = PgConfig::from_url("postgresql://[::1]:5433/db").unwrap();
-        assert_eq!(c.host.as_deref(), Some("::1"));
-        assert_eq!(c.port, Some(5433));
-        let c = PgConfig::from_url("postgres:///db?host=/run/postgresql").unwrap();
-        assert_eq!(c.host.as_deref(), Some("/run/postgresql"));
-        assert_eq!(c.to_string(), "postgres:///run/postgresql/db");
+    fn every_problem_is_reported_at_once_naming_its_key() {
+        let config = parse(serde_json::json!({
+            "url": "mysql://x",
+            "dir": "/srv/migrations",
+            "keep_backups": 0,
+            "history_table": "Bad Table",
+        }));
+        let text = error(config, &[]).to_string();
+        for key in ["url: ", "keep_backups: ", "history_table \"Bad Table\": "] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        // With a usable URL, the builder's own error names the keys too.
+        let config = parse(serde_json::json!({
+            "url": "postgres://app@127.0.0.1/shop",
+            "dir": "/srv/migrations",
+            "keep_backups": 0,
+        }));
+        let text = error(config, &[]).to_string();
+        assert!(text.contains("keep_backups: must be at least 1"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_a_kind_key_are_refused() {
+        for key in ["kind", "password", "keep_backup"] {
+            let e = serde_json::from_value::<PgMigrationRunnerConfig>(serde_json::json!({
+                "dir": "/srv/migrations",
+                key: "x",
+            }))
+            .unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{key}: {e}");
+        }
+        let e = serde_json::from_value::<PgMigrationRunnerConfig>(serde_json::json!({
+            "url": "postgres://app@h/db",
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("missing field `dir`"), "{e}");
+        let e = serde_json::from_value::<PgMigrationRunnerConfig>(serde_json::json!({
+            "dir": "/srv/migrations",
+            "restore_mode": "sideways",
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn a_config_round_trips_through_serde() {
+        let config = parse(serde_json::json!({
+            "database_url_env": "SHOP_DB",
+            "dir": "/srv/shop/migrations",
+            "keep_backups": 3,
+            "restore_mode": "swap",
+        }));
+        let again: PgMigrationRunnerConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod connection;
 mod migrations;
 mod runner;
 mod tools;
@@ -8,9 +9,10 @@ mod tools;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::PgConfig;
-pub use migrations::{Classification, Layout, MigrationVersion, NO_TRANSACTION_MARKER, checksum};
+pub use config::{KIND, PgMigrationRunnerConfig};
+pub use connection::PgConfig;
+pub use migrations::{Classification, Layout, NO_TRANSACTION_MARKER};
 pub use runner::{
-    AppliedMigration, BASELINE_NAME, Drift, PendingMigration, PgMigrationRunner, PgRunnerBuilder,
-    RepairReport, RestoreMode, RestoreReport, SchemaReport,
+    AppliedMigration, BASELINE_NAME, Drift, PendingMigration, PgMigrationRunner,
+    PgMigrationRunnerBuilder, RepairReport, RestoreMode, RestoreReport, SchemaReport,
 };

@@ -15,11 +15,11 @@ pub const NO_TRANSACTION_MARKER: &str = "-- deploy:no-transaction";
 /// A migration's version: dot-separated numbers (`7`, `1.2`, `20261121093000`), ordered
 /// numerically part by part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MigrationVersion(Vec<u64>);
+pub(crate) struct MigrationVersion(Vec<u64>);
 
 impl MigrationVersion {
     /// Parse `7`, `1.2`, `1_2` (Flyway) or `2026-11-21-093000` (diesel; dashes dropped).
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         let s: String = s.chars().filter(|c| *c != '-').collect();
         let parts: Option<Vec<u64>> = s
             .split(['.', '_'])
@@ -35,7 +35,7 @@ impl MigrationVersion {
     }
 
     /// The single number, when the version has one part.
-    pub fn as_number(&self) -> Option<u64> {
+    pub(crate) fn as_number(&self) -> Option<u64> {
         match self.0.as_slice() {
             [n] => Some(*n),
             _ => None,
@@ -118,7 +118,7 @@ pub(crate) struct Migration {
 
 /// SHA-256 (lowercase hex) of `sql` with a leading BOM dropped and CRLF/CR turned into LF, so
 /// that a checkout with other line endings is not drift.
-pub fn checksum(sql: &str) -> String {
+pub(crate) fn checksum(sql: &str) -> String {
     let s = sql.strip_prefix('\u{feff}').unwrap_or(sql);
     let normalised = s.replace("\r\n", "\n").replace('\r', "\n");
     let digest = Sha256::digest(normalised.as_bytes());

@@ -11,13 +11,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use deploy_core::testing::process::{ChildGuard, Signal, free_port};
 use deploy_core::{Error, ErrorKind, Result};
 
-use crate::config::PgConfig;
+use crate::connection::PgConfig;
 
 /// The role the fixture's `pg_hba.conf` authenticates with a password (scram-sha-256) on
 /// loopback; every other role is trusted on loopback (and only there).
@@ -94,19 +95,11 @@ fn as_server_user(root: bool, program: &Path) -> std::process::Command {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))
-}
-
 /// A PostgreSQL server owned by this test: stopped (fast shutdown, then kill) and its data
 /// directory removed on drop.
 #[derive(Debug)]
 pub struct PgServer {
-    child: Child,
+    server: ChildGuard,
     port: u16,
     bin_dir: PathBuf,
     socket_dir: PathBuf,
@@ -126,7 +119,7 @@ impl PgServer {
     pub async fn start_with(bin_dir: Option<PathBuf>) -> Result<Self> {
         tokio::task::spawn_blocking(move || Self::start_blocking(bin_dir))
             .await
-            .map_err(|e| fixture_err("start", format!("the start task failed: {e}")))?
+            .map_err(|e| fixture_err("start", "the start task failed").with_source(e))?
     }
 
     fn start_blocking(bin_dir: Option<PathBuf>) -> Result<Self> {
@@ -176,7 +169,7 @@ impl PgServer {
                 "trust",
             ])
             .output()
-            .map_err(|e| fixture_err("run initdb", format!("{e}; {INSTALL_HINT}")))?;
+            .map_err(|e| fixture_err("run initdb", INSTALL_HINT).with_source(e))?;
         if !out.status.success() {
             return Err(fixture_err(
                 "run initdb",
@@ -204,7 +197,7 @@ impl PgServer {
             let log_err = log_file
                 .try_clone()
                 .map_err(|e| Error::io("open", log.display().to_string(), e))?;
-            let mut child = as_server_user(root, &bin_dir.join("postgres"))
+            let child = as_server_user(root, &bin_dir.join("postgres"))
                 .arg("-D")
                 .arg(&data)
                 .arg("-p")
@@ -229,10 +222,12 @@ impl PgServer {
                 .stdout(Stdio::from(log_file))
                 .stderr(Stdio::from(log_err))
                 .spawn()
-                .map_err(|e| fixture_err("start postgres", format!("{e}; {INSTALL_HINT}")))?;
+                .map_err(|e| fixture_err("start postgres", INSTALL_HINT).with_source(e))?;
+            // Stopped by its PID if it does not come up.
+            let mut server = ChildGuard::new(child).grace(Duration::from_secs(1));
             let started = Instant::now();
             loop {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(status)) = server.child().try_wait() {
                     let text = fs::read_to_string(&log).unwrap_or_default();
                     last_err = Some(fixture_err(
                         "start postgres",
@@ -247,7 +242,7 @@ impl PgServer {
                     .unwrap_or(false);
                 if ready {
                     return Ok(Self {
-                        child,
+                        server,
                         port,
                         bin_dir,
                         socket_dir,
@@ -257,8 +252,7 @@ impl PgServer {
                     });
                 }
                 if started.elapsed() > Duration::from_secs(30) {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    server.stop();
                     return Err(fixture_err(
                         "start postgres",
                         format!(
@@ -350,7 +344,7 @@ impl PgServer {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| fixture_err("run psql", format!("{e}; {INSTALL_HINT}")))?;
+            .map_err(|e| fixture_err("run psql", INSTALL_HINT).with_source(e))?;
         if !out.status.success() {
             return Err(Error::new(
                 ErrorKind::CommandFailed,
@@ -365,21 +359,14 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // Fast shutdown (SIGINT) of the postmaster we started, then SIGKILL if it lingers.
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        // Fast shutdown (SIGINT) of the postmaster this fixture started; if it lingers, the
+        // guard's TERM, then KILL.
+        if self.server.signal(Signal::Int).unwrap_or(false) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !self.server.exited() {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop();
     }
 }

@@ -9,7 +9,7 @@ use deploy_core::{Command, DynHost, Error, ErrorKind, Output, Result};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::config::PgConfig;
+use crate::connection::PgConfig;
 
 /// `application_name` of the sessions that apply migrations: a runner that holds the lock
 /// terminates such sessions left by a runner that died (their transaction then rolls back).
@@ -154,10 +154,11 @@ impl Tools {
                 operation.to_owned(),
                 object,
                 format!(
-                    "psql printed {:?}, not the expected JSON: {e}",
+                    "psql printed {:?}, not the expected JSON",
                     shorten(text.trim())
                 ),
             )
+            .with_source(e)
         })
     }
 

@@ -7,9 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use deploy_core::testing::process::{ChildGuard, Signal};
 use deploy_core::{BackupId, ErrorKind, MigrationRunner, SchemaVersion};
 use deploy_postgres::testing::{PASSWORD_ROLE, PgServer};
-use deploy_postgres::{Classification, Layout, PgConfig, RestoreMode};
+use deploy_postgres::{
+    Classification, Layout, PgConfig, PgMigrationRunner, PgMigrationRunnerConfig, RestoreMode,
+};
 
 /// Poll `sql` (a count) in `db` until it answers 1, for at most 30 s.
 async fn wait_for(server: &PgServer, db: &str, sql: &str) {
@@ -240,7 +243,8 @@ async fn a_second_runner_gives_up_at_its_deadline_with_a_clear_error() {
     )]);
     let a = runner(&server, &config, dir.path());
     let b = builder(&server, &config, dir.path())
-        .lock_wait(Duration::from_millis(600), Duration::from_millis(100))
+        .lock_wait(Duration::from_millis(600))
+        .lock_poll(Duration::from_millis(100))
         .build()
         .unwrap();
     let first = tokio::spawn(async move { a.migrate().await });
@@ -270,7 +274,8 @@ async fn lock_timeouts_are_retried() {
         "ALTER TABLE busy ADD COLUMN note text;\n",
     )]);
     let runner = builder(&server, &config, dir.path())
-        .lock_timeout(Duration::from_millis(200), 6)
+        .lock_timeout(Duration::from_millis(200))
+        .lock_retries(6)
         .build()
         .unwrap();
     // Another session holds an ACCESS EXCLUSIVE lock for 1.5 s.
@@ -334,6 +339,15 @@ async fn a_failed_concurrently_migration_reports_and_drops_its_invalid_index() {
     let e = runner.migrate().await.unwrap_err();
     assert!(
         e.to_string().contains("invalid indexes: public.u_email"),
+        "{e}"
+    );
+    // One error: psql's failure is told once, with the indexes it left as a fact.
+    assert_eq!(e.to_string().matches("exited with code").count(), 1, "{e}");
+    assert_eq!(
+        e.to_string()
+            .matches("could not create unique index")
+            .count(),
+        1,
         "{e}"
     );
     // Its row says it did not finish; status shows it; migrate refuses until repaired.
@@ -848,6 +862,37 @@ async fn the_password_is_used_and_never_shown() {
     assert!(!shown.contains(password), "the password leaked: {shown}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_built_from_its_plan_file_section_migrates_and_backs_up() {
+    let (server, config) = setup().await;
+    let dir = folder(&[("V1__a.sql", "CREATE TABLE a (id int);\n")]);
+    let backups = server.dir().join("section-backups");
+    let section: PgMigrationRunnerConfig = serde_json::from_value(serde_json::json!({
+        "url": format!("postgres://postgres@127.0.0.1:{}/{}", server.port(), config.dbname),
+        "dir": dir.path(),
+        "backup_dir": backups,
+        "keep_backups": 1,
+        "history_table": "ops.migrations",
+        "restore_mode": "swap",
+    }))
+    .unwrap();
+    let r = PgMigrationRunner::from_config(section).unwrap();
+    let first = r.backup().await.unwrap();
+    assert_eq!(r.migrate().await.unwrap(), Some(v("1")));
+    r.verify(Some(&v("1"))).await.unwrap();
+    assert_eq!(
+        server
+            .query(&config.dbname, "SELECT version FROM ops.migrations")
+            .await
+            .unwrap(),
+        "1"
+    );
+    // keep_backups = 1: the second backup replaced the first.
+    let second = r.backup().await.unwrap();
+    assert_ne!(first, second);
+    assert!(!Path::new(&first.0).exists() && Path::new(&second.0).exists());
+}
+
 /// Not a test on its own: the process that `kill_9_during_a_long_migration_then_rerun` starts
 /// and kills. Without its environment it returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -884,7 +929,7 @@ async fn kill_9_during_a_long_migration_then_rerun_is_consistent() {
         server.port(),
         config.dbname
     );
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "helper_runner_process_to_be_killed",
             "--exact",
@@ -899,6 +944,8 @@ async fn kill_9_during_a_long_migration_then_rerun_is_consistent() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Stopped by its PID whatever happens below.
+    let mut child = ChildGuard::new(child);
     // Wait until V2 is running (sleeping inside its transaction).
     let mut running = false;
     for _ in 0..600 {
@@ -913,11 +960,11 @@ async fn kill_9_during_a_long_migration_then_rerun_is_consistent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(running, "V2 started in the helper process");
-    std::process::Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+    assert!(
+        child.signal(Signal::Kill).unwrap(),
+        "the helper was running"
+    );
+    child.child().wait().unwrap();
     // V1 committed, V2 did not.
     assert_eq!(history(&server, &config.dbname).await, ["1:true"]);
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deploy_postgres::testing::PgServer;
-use deploy_postgres::{PgConfig, PgMigrationRunner, PgRunnerBuilder};
+use deploy_postgres::{PgConfig, PgMigrationRunner, PgMigrationRunnerBuilder};
 
 /// Write `files` (relative path, content) under a new temporary folder.
 pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -24,10 +24,11 @@ pub fn write(dir: &Path, name: &str, content: &str) {
     std::fs::write(p, content).unwrap();
 }
 
-pub fn builder(server: &PgServer, config: &PgConfig, dir: &Path) -> PgRunnerBuilder {
+pub fn builder(server: &PgServer, config: &PgConfig, dir: &Path) -> PgMigrationRunnerBuilder {
     PgMigrationRunner::builder(config.clone(), dir)
         .backup_dir(server.dir().join("backups"))
-        .lock_wait(Duration::from_secs(30), Duration::from_millis(50))
+        .lock_wait(Duration::from_secs(30))
+        .lock_poll(Duration::from_millis(50))
 }
 
 pub fn runner(server: &PgServer, config: &PgConfig, dir: &Path) -> PgMigrationRunner {

@@ -1,47 +1,20 @@
-//! [`PgMigrationRunner`]: status, backup, migrate, verify, revert, repair, baseline, restore.
+//! Migrating: reading the folder and the history table (status, drift, classification),
+//! applying each migration with its history row, repair, baseline, verify, and reverting by
+//! down migrations.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use deploy_core::{
-    BackupId, DynHost, Error, ErrorKind, FileKind, LocalHost, MigrationInfo, MigrationRunner,
-    MigrationStatus, Result, SchemaVersion,
-};
+use deploy_core::{BackupId, Error, ErrorKind, Result, SchemaVersion};
 use serde::{Deserialize, Serialize};
 
-use crate::config::PgConfig;
+use super::PgMigrationRunner;
 use crate::migrations::{self, Classification, Layout, LoadOptions, Migration, MigrationVersion};
-use crate::tools::{self, APPLY_APP, LockSession, Tools, ident, literal};
+use crate::tools::{self, APPLY_APP, ident, literal};
 
 /// The name of the history row that [`PgMigrationRunner::baseline`] writes.
 pub const BASELINE_NAME: &str = "<< baseline >>";
-
-/// How [`PgMigrationRunner::restore`] puts a backup back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestoreMode {
-    /// Restore into a fresh database, verify it, then swap names; the replaced database is kept
-    /// as `<db>_failed_<stamp>` for inspection. Needs room for a second copy.
-    #[default]
-    Swap,
-    /// Drop the database (terminating its sessions), create it again and restore into it. The
-    /// current content is lost, and a failed restore leaves an incomplete database.
-    InPlace,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreReport {
-    /// The database now serving the restored content.
-    pub database: String,
-    /// Where the replaced database was kept (swap mode).
-    pub kept_as: Option<String>,
-    /// The schema version of the restored database.
-    pub version: Option<String>,
-}
 
 /// One row of the history table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,192 +89,6 @@ pub struct RepairReport {
     pub restamped: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Options {
-    dir: PathBuf,
-    table: String,
-    backup_dir: Option<PathBuf>,
-    keep_backups: usize,
-    jobs: u32,
-    compression: Option<u8>,
-    lock_wait: Duration,
-    lock_poll: Duration,
-    lock_timeout: Duration,
-    lock_retries: u32,
-    allow_gaps: bool,
-    allow_destructive: bool,
-    drop_invalid_indexes: bool,
-    restore_mode: RestoreMode,
-}
-
-/// Builds a [`PgMigrationRunner`]; [`build`](PgRunnerBuilder::build) validates everything.
-#[derive(Debug, Clone)]
-pub struct PgRunnerBuilder {
-    config: PgConfig,
-    host: Option<DynHost>,
-    bin_dir: Option<PathBuf>,
-    query_timeout: Duration,
-    opts: Options,
-}
-
-impl PgRunnerBuilder {
-    /// Run the tools on `host` (default: [`LocalHost`]).
-    pub fn host(mut self, host: DynHost) -> Self {
-        self.host = Some(host);
-        self
-    }
-
-    /// Take `psql`, `pg_dump`, `pg_restore` from `dir` instead of `PATH`.
-    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.bin_dir = Some(dir.into());
-        self
-    }
-
-    /// The history table, optionally schema-qualified (default `schema_version`).
-    pub fn history_table(mut self, table: impl Into<String>) -> Self {
-        self.opts.table = table.into();
-        self
-    }
-
-    /// Where backups are written, on the host (required for [`MigrationRunner::backup`]).
-    pub fn backup_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.opts.backup_dir = Some(dir.into());
-        self
-    }
-
-    /// Keep the newest `n` backups of this database (default 5).
-    pub fn keep_backups(mut self, n: usize) -> Self {
-        self.opts.keep_backups = n;
-        self
-    }
-
-    /// Parallel `pg_restore` jobs (default 2).
-    pub fn restore_jobs(mut self, jobs: u32) -> Self {
-        self.opts.jobs = jobs;
-        self
-    }
-
-    /// `pg_dump -Z` level 0–9 (default: pg_dump's own, 6 with gzip).
-    pub fn compression(mut self, level: u8) -> Self {
-        self.opts.compression = Some(level);
-        self
-    }
-
-    /// How long a second runner waits for the migration lock (default 60 s), polling every
-    /// `poll` (default 500 ms).
-    pub fn lock_wait(mut self, wait: Duration, poll: Duration) -> Self {
-        self.opts.lock_wait = wait;
-        self.opts.lock_poll = poll;
-        self
-    }
-
-    /// `lock_timeout` for migration DDL (default 5 s) and how often a migration that hit it is
-    /// retried (default 3).
-    pub fn lock_timeout(mut self, timeout: Duration, retries: u32) -> Self {
-        self.opts.lock_timeout = timeout;
-        self.opts.lock_retries = retries;
-        self
-    }
-
-    /// Accept sequence numbers with gaps (default: a gap is an error).
-    pub fn allow_gaps(mut self, allow: bool) -> Self {
-        self.opts.allow_gaps = allow;
-        self
-    }
-
-    /// Whether `migrate` runs destructive migrations (default true; the engine already refuses
-    /// them in zero-downtime strategies at planning). `false` makes the runner refuse them too.
-    pub fn allow_destructive(mut self, allow: bool) -> Self {
-        self.opts.allow_destructive = allow;
-        self
-    }
-
-    /// Drop the invalid indexes a failed no-transaction migration left (default: report only).
-    pub fn drop_invalid_indexes(mut self, drop: bool) -> Self {
-        self.opts.drop_invalid_indexes = drop;
-        self
-    }
-
-    /// How `revert` restores a backup (default [`RestoreMode::Swap`]).
-    pub fn restore_mode(mut self, mode: RestoreMode) -> Self {
-        self.opts.restore_mode = mode;
-        self
-    }
-
-    /// Time limit of each bookkeeping query (default 60 s; migrations themselves have none).
-    pub fn query_timeout(mut self, timeout: Duration) -> Self {
-        self.query_timeout = timeout;
-        self
-    }
-
-    /// Check the settings and build the runner.
-    pub fn build(self) -> Result<PgMigrationRunner> {
-        self.config.validate()?;
-        let mut problems = Vec::new();
-        let t = &self.opts.table;
-        let parts: Vec<&str> = t.split('.').collect();
-        let ok_ident = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 63
-                && p.chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        if parts.len() > 2 || !parts.iter().all(|p| ok_ident(p)) {
-            problems.push(format!(
-                "history table {t:?} must be [schema.]name in lower-case letters, digits and '_'"
-            ));
-        }
-        if self.opts.keep_backups == 0 {
-            problems.push("keep_backups must be at least 1".into());
-        }
-        if self.opts.jobs == 0 {
-            problems.push("restore_jobs must be at least 1".into());
-        }
-        if self.opts.compression.is_some_and(|c| c > 9) {
-            problems.push("compression must be 0 to 9".into());
-        }
-        if self.opts.lock_poll.is_zero() {
-            problems.push("the lock poll interval must not be zero".into());
-        }
-        if self.config.dbname.contains('$') {
-            problems.push("the database name must not contain '$'".into());
-        }
-        if !problems.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "build",
-                format!("migration runner for {}", self.config),
-                problems.join("; "),
-            ));
-        }
-        let tools = Tools {
-            host: self.host.unwrap_or_else(|| Arc::new(LocalHost::new())),
-            config: self.config,
-            bin_dir: self.bin_dir,
-            query_timeout: self.query_timeout,
-        };
-        Ok(PgMigrationRunner {
-            tools,
-            opts: self.opts,
-        })
-    }
-}
-
-/// A [`MigrationRunner`] over `psql`, `pg_dump` and `pg_restore` run through a
-/// [`Host`](deploy_core::Host).
-///
-/// Migration files are read on this machine; SQL reaches the host through psql's standard
-/// input, so the host needs the client tools only. The advisory lock is held by a `psql` session
-/// started on this machine (see the crate documentation).
-#[derive(Debug, Clone)]
-pub struct PgMigrationRunner {
-    tools: Tools,
-    opts: Options,
-}
-
 #[derive(Debug, Deserialize)]
 struct HistoryRow {
     version: String,
@@ -319,59 +106,6 @@ struct Inspection {
 }
 
 impl PgMigrationRunner {
-    /// A builder for the database `config` with migrations in `dir`.
-    pub fn builder(config: PgConfig, dir: impl Into<PathBuf>) -> PgRunnerBuilder {
-        PgRunnerBuilder {
-            config,
-            host: None,
-            bin_dir: None,
-            query_timeout: Duration::from_secs(60),
-            opts: Options {
-                dir: dir.into(),
-                table: "schema_version".into(),
-                backup_dir: None,
-                keep_backups: 5,
-                jobs: 2,
-                compression: None,
-                lock_wait: Duration::from_secs(60),
-                lock_poll: Duration::from_millis(500),
-                lock_timeout: Duration::from_secs(5),
-                lock_retries: 3,
-                allow_gaps: false,
-                allow_destructive: true,
-                drop_invalid_indexes: false,
-                restore_mode: RestoreMode::Swap,
-            },
-        }
-    }
-
-    /// The connection settings.
-    pub fn config(&self) -> &PgConfig {
-        &self.tools.config
-    }
-
-    fn db(&self) -> &str {
-        &self.tools.config.dbname
-    }
-
-    fn table_sql(&self) -> String {
-        self.opts
-            .table
-            .split('.')
-            .map(ident)
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-
-    fn object(&self) -> String {
-        format!("database {}", self.db())
-    }
-
-    async fn lock(&self) -> Result<LockSession> {
-        let key = tools::lock_key(self.db(), &self.opts.table);
-        LockSession::acquire(&self.tools, key, self.opts.lock_wait, self.opts.lock_poll).await
-    }
-
     /// The history rows, oldest first; none when the table does not exist. One psql call: the
     /// existence check and the read are one script (`\gset`, `\if`).
     async fn history(&self, db: Option<&str>) -> Result<Vec<HistoryRow>> {
@@ -409,7 +143,7 @@ impl PgMigrationRunner {
             .map(drop)
     }
 
-    fn load(&self) -> Result<(Layout, Vec<Migration>)> {
+    pub(super) fn load(&self) -> Result<(Layout, Vec<Migration>)> {
         migrations::load(
             &self.opts.dir,
             LoadOptions {
@@ -549,7 +283,7 @@ impl PgMigrationRunner {
         self.current_in(None).await
     }
 
-    async fn current_in(&self, db: Option<&str>) -> Result<Option<String>> {
+    pub(super) async fn current_in(&self, db: Option<&str>) -> Result<Option<String>> {
         let rows = self.history(db).await?;
         Ok(rows
             .iter()
@@ -644,23 +378,25 @@ impl PgMigrationRunner {
             .args(["-f", "-"])
             .stdin(m.up_sql.as_bytes().to_vec());
         if let Err(e) = self.tools.run(&cmd, &operation, &self.object()).await {
+            // The same error, with the indexes the failure left (a failed CONCURRENTLY build).
             let invalid = self.invalid_indexes().await.unwrap_or_default();
-            let mut cause = e.to_string();
-            if !invalid.is_empty() {
-                if self.opts.drop_invalid_indexes {
-                    self.drop_invalid_indexes().await?;
-                    cause.push_str(&format!(
-                        "; dropped the invalid indexes it left: {}",
-                        invalid.join(", ")
-                    ));
-                } else {
-                    cause.push_str(&format!(
-                        "; it left invalid indexes: {} (drop them with drop_invalid_indexes)",
-                        invalid.join(", ")
-                    ));
-                }
+            if invalid.is_empty() {
+                return Err(e);
             }
-            return Err(Error::new(e.kind(), operation, self.object(), cause).with_source(e));
+            let names = invalid.join(", ");
+            if !self.opts.drop_invalid_indexes {
+                return Err(e.with_context(
+                    "invalid indexes",
+                    format!("{names} (it left them; drop them with drop_invalid_indexes)"),
+                ));
+            }
+            return Err(match self.drop_invalid_indexes().await {
+                Ok(_) => e.with_context("dropped the invalid indexes it left", names),
+                Err(d) => e.with_context(
+                    "invalid indexes",
+                    format!("{names} (it left them; dropping them failed: {d})"),
+                ),
+            });
         }
         let done = format!(
             "UPDATE {t} SET success = true, execution_ms = {} WHERE version = {v};",
@@ -696,7 +432,7 @@ impl PgMigrationRunner {
         Ok(names)
     }
 
-    async fn migrate_locked(&self) -> Result<Option<String>> {
+    pub(super) async fn migrate_locked(&self) -> Result<Option<String>> {
         self.terminate_orphans().await?;
         self.ensure_history().await?;
         let Inspection { report, migrations } = self.inspect().await?;
@@ -841,226 +577,7 @@ impl PgMigrationRunner {
         r
     }
 
-    /// Take a `pg_dump -Fc` backup: created 0600 under a temporary name, checked with
-    /// `pg_restore -l`, renamed into place; older backups beyond the retention are removed.
-    pub async fn take_backup(&self) -> Result<PathBuf> {
-        let dir = self.opts.backup_dir.clone().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                "back up",
-                self.object(),
-                "no backup directory is configured (PgRunnerBuilder::backup_dir)",
-            )
-        })?;
-        let host = &self.tools.host;
-        host.create_dir_all(&dir).await?;
-        let name = format!("{}-{}.dump", self.db(), tools::utc_stamp());
-        let path = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.partial"));
-        host.write_file(&tmp, b"", Some(0o600)).await?;
-        let object = format!("database {} to {}", self.db(), path.display());
-        let mut dump = self
-            .tools
-            .command("pg_dump", None, "deploy-postgres:backup")
-            .args(["-Fc", "-f"])
-            .arg(tmp.as_os_str());
-        if let Some(z) = self.opts.compression {
-            dump = dump.arg(format!("-Z{z}"));
-        }
-        let result = async {
-            self.tools.run(&dump, "back up", &object).await?;
-            self.check_archive(&tmp).await
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = host.remove(&tmp).await;
-            return Err(e);
-        }
-        host.rename(&tmp, &path).await?;
-        self.prune_backups(&dir).await?;
-        Ok(path)
-    }
-
-    async fn check_archive(&self, path: &Path) -> Result<()> {
-        let cmd = self
-            .tools
-            .command("pg_restore", None, "deploy-postgres:check")
-            .arg("-l")
-            .arg(path.as_os_str());
-        let out = self
-            .tools
-            .run(&cmd, "read the backup archive", &path.display().to_string())
-            .await?;
-        if !out.stdout_text().contains("Archive created at") {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                "read the backup archive",
-                path.display().to_string(),
-                "pg_restore -l printed no table of contents",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn prune_backups(&self, dir: &Path) -> Result<()> {
-        let prefix = format!("{}-", self.db());
-        let mut ours: Vec<String> = self
-            .tools
-            .host
-            .list_dir(dir)
-            .await?
-            .into_iter()
-            .filter(|(n, k)| *k == FileKind::File && n.starts_with(&prefix) && n.ends_with(".dump"))
-            .map(|(n, _)| n)
-            .filter(|n| {
-                // `<db>-<stamp>.dump` exactly, so `app-2-…` backups of database `app-2` are not
-                // taken for `app`'s.
-                let stamp = &n[prefix.len()..n.len() - 5];
-                stamp.len() == 19 && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T'
-            })
-            .collect();
-        ours.sort();
-        let excess = ours.len().saturating_sub(self.opts.keep_backups);
-        for n in &ours[..excess] {
-            self.tools.host.remove(&dir.join(n)).await?;
-        }
-        Ok(())
-    }
-
-    /// Restore `backup` with `mode`, and check that the restored history table is at
-    /// `expected` when given (`Some(None)`: an empty schema).
-    pub async fn restore(
-        &self,
-        backup: &Path,
-        mode: RestoreMode,
-        expected: Option<Option<&str>>,
-    ) -> Result<RestoreReport> {
-        let backup_s = backup.display().to_string();
-        match self.tools.host.file_kind(backup).await? {
-            Some(FileKind::File) => {}
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    "restore",
-                    format!("backup {backup_s}"),
-                    "no such file on the host",
-                ));
-            }
-        }
-        // In place, the live database is dropped first: make sure the archive reads before.
-        // Swapping, a bad archive fails pg_restore into the fresh copy, which is dropped.
-        if mode == RestoreMode::InPlace {
-            self.check_archive(backup).await?;
-        }
-        let db = self.db().to_owned();
-        let stamp: String = tools::utc_stamp()
-            .chars()
-            .filter(|c| c.is_ascii_digit())
-            .collect();
-        let base: String = db.chars().take(30).collect();
-        let maint = self.tools.config.maintenance_db.clone();
-        let target = match mode {
-            RestoreMode::Swap => format!("{base}_restore_{stamp}"),
-            RestoreMode::InPlace => db.clone(),
-        };
-        // One psql call: read the owner, (drop in place,) create the new database owned alike.
-        let drop_live = if mode == RestoreMode::InPlace {
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE);\n", ident(&db))
-        } else {
-            String::new()
-        };
-        let create = format!(
-            "SELECT coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}), \
-             current_user) AS db_owner \\gset\n{drop_live}\
-             CREATE DATABASE {} TEMPLATE template0 OWNER :\"db_owner\";\n",
-            literal(&db),
-            ident(&target),
-        );
-        self.tools
-            .exec(Some(&maint), &create, "create the restore database")
-            .await?;
-        let drop_target = || async {
-            if mode == RestoreMode::Swap {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", ident(&target));
-                let _ = self
-                    .tools
-                    .exec(Some(&maint), &sql, "drop the restore database")
-                    .await;
-            }
-        };
-        let restore = self
-            .tools
-            .command("pg_restore", Some(&target), "deploy-postgres:restore")
-            .arg(format!("--jobs={}", self.opts.jobs))
-            .arg("--exit-on-error")
-            .arg(format!("--dbname={target}"))
-            .arg(backup.as_os_str());
-        let object = format!("backup {backup_s} into database {target}");
-        if let Err(e) = self.tools.run(&restore, "restore", &object).await {
-            drop_target().await;
-            return Err(e);
-        }
-        let version = match self.current_in(Some(&target)).await {
-            Ok(v) => v,
-            Err(e) => {
-                drop_target().await;
-                return Err(e);
-            }
-        };
-        if let Some(exp) = expected
-            && version.as_deref() != exp
-        {
-            drop_target().await;
-            return Err(Error::new(
-                ErrorKind::Rejected,
-                "verify the restore of",
-                format!("backup {backup_s}"),
-                format!(
-                    "the restored schema is at {}, expected {}",
-                    version.as_deref().unwrap_or("no version"),
-                    exp.unwrap_or("no version")
-                ),
-            ));
-        }
-        if mode == RestoreMode::InPlace {
-            return Ok(RestoreReport {
-                database: db,
-                kept_as: None,
-                version,
-            });
-        }
-        let kept = format!("{base}_failed_{stamp}");
-        // Both renames in one transaction: the name `db` always points at a whole database.
-        // Sessions are terminated and the rename retried while they go away.
-        let swap = format!(
-            "DO $swap$\nDECLARE tries int := 0;\nBEGIN\n  LOOP\n    BEGIN\n      \
-             PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ({}, {}) AND pid <> pg_backend_pid();\n      \
-             ALTER DATABASE {} RENAME TO {};\n      ALTER DATABASE {} RENAME TO {};\n      EXIT;\n    \
-             EXCEPTION WHEN object_in_use THEN\n      tries := tries + 1;\n      IF tries > 100 THEN RAISE; END IF;\n      \
-             PERFORM pg_sleep(0.05);\n    END;\n  END LOOP;\nEND\n$swap$;\n",
-            literal(&db),
-            literal(&target),
-            ident(&db),
-            ident(&kept),
-            ident(&target),
-            ident(&db)
-        );
-        if let Err(e) = self
-            .tools
-            .exec(Some(&maint), &swap, "swap in the restored database for")
-            .await
-        {
-            drop_target().await;
-            return Err(e);
-        }
-        Ok(RestoreReport {
-            database: db,
-            kept_as: Some(kept),
-            version,
-        })
-    }
-
-    async fn revert_locked(
+    pub(super) async fn revert_locked(
         &self,
         to: Option<&SchemaVersion>,
         backup: Option<&BackupId>,
@@ -1167,7 +684,7 @@ impl PgMigrationRunner {
     }
 
     /// Check that the schema is at `expected`.
-    async fn verify_at(&self, expected: Option<&str>) -> Result<()> {
+    pub(super) async fn verify_at(&self, expected: Option<&str>) -> Result<()> {
         let current = self.current_version().await?;
         if current.as_deref() == expected {
             return Ok(());
@@ -1186,64 +703,4 @@ impl PgMigrationRunner {
 
 fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
-}
-
-#[async_trait]
-impl MigrationRunner for PgMigrationRunner {
-    async fn status(&self) -> Result<MigrationStatus> {
-        let r = self.report().await?;
-        Ok(MigrationStatus::new(
-            r.current.map(SchemaVersion),
-            r.pending
-                .into_iter()
-                .map(|p| {
-                    MigrationInfo::new(
-                        p.version,
-                        p.name,
-                        p.classification.reason().map(str::to_owned),
-                    )
-                })
-                .collect(),
-        ))
-    }
-
-    async fn backup(&self) -> Result<BackupId> {
-        let path = self.take_backup().await?;
-        Ok(BackupId(path.display().to_string()))
-    }
-
-    async fn migrate(&self) -> Result<Option<SchemaVersion>> {
-        // A bad folder fails before anything touches the database.
-        self.load()?;
-        let lock = self.lock().await?;
-        let r = self.migrate_locked().await;
-        lock.release().await;
-        Ok(r?.map(SchemaVersion))
-    }
-
-    async fn verify(&self, expected: Option<&SchemaVersion>) -> Result<()> {
-        self.verify_at(expected.map(|v| v.0.as_str())).await
-    }
-
-    async fn revert(&self, to: Option<&SchemaVersion>, backup: Option<&BackupId>) -> Result<()> {
-        // The lock is held through the restore (its session is in the maintenance database), so
-        // no other runner migrates between the decision to restore and the swap.
-        let lock = self.lock().await?;
-        let r = async {
-            if self.revert_locked(to, backup).await? {
-                let backup = backup.expect("checked by revert_locked");
-                self.restore(
-                    Path::new(&backup.0),
-                    self.opts.restore_mode,
-                    Some(to.map(|v| v.0.as_str())),
-                )
-                .await?;
-            }
-            Ok(())
-        }
-        .await;
-        lock.release().await;
-        r?;
-        self.verify(to).await
-    }
 }

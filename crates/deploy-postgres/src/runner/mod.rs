@@ -1,0 +1,145 @@
+//! [`PgMigrationRunner`], in rooms: [`builder`] (settings and their checks), [`migrate`]
+//! (status, migrate, verify, repair, baseline, revert by down files) and [`backup`] (pg_dump,
+//! pg_restore, restore-and-swap). This module holds the runner itself, what every room shares,
+//! and the [`MigrationRunner`] contract.
+
+mod backup;
+mod builder;
+mod migrate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{
+    BackupId, MigrationInfo, MigrationRunner, MigrationStatus, Result, SchemaVersion,
+};
+
+pub use backup::{RestoreMode, RestoreReport};
+pub use builder::PgMigrationRunnerBuilder;
+pub use migrate::{
+    AppliedMigration, BASELINE_NAME, Drift, PendingMigration, RepairReport, SchemaReport,
+};
+
+use crate::connection::PgConfig;
+use crate::tools::{self, LockSession, Tools, ident};
+
+/// The runner's settings, as the builder checked them.
+#[derive(Debug, Clone)]
+struct Options {
+    dir: PathBuf,
+    table: String,
+    backup_dir: Option<PathBuf>,
+    keep_backups: usize,
+    jobs: u32,
+    compression: Option<u8>,
+    lock_wait: Duration,
+    lock_poll: Duration,
+    lock_timeout: Duration,
+    lock_retries: u32,
+    allow_gaps: bool,
+    allow_destructive: bool,
+    drop_invalid_indexes: bool,
+    restore_mode: RestoreMode,
+}
+
+/// A [`MigrationRunner`] over `psql`, `pg_dump` and `pg_restore` run through a
+/// [`Host`](deploy_core::Host).
+///
+/// Migration files are read on this machine; SQL reaches the host through psql's standard
+/// input, so the host needs the client tools only. The advisory lock is held by a `psql` session
+/// started on this machine (see the crate documentation).
+#[derive(Debug, Clone)]
+pub struct PgMigrationRunner {
+    tools: Tools,
+    opts: Options,
+}
+
+impl PgMigrationRunner {
+    /// The connection settings.
+    pub fn config(&self) -> &PgConfig {
+        &self.tools.config
+    }
+
+    fn db(&self) -> &str {
+        &self.tools.config.dbname
+    }
+
+    fn table_sql(&self) -> String {
+        self.opts
+            .table
+            .split('.')
+            .map(ident)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    fn object(&self) -> String {
+        format!("database {}", self.db())
+    }
+
+    async fn lock(&self) -> Result<LockSession> {
+        let key = tools::lock_key(self.db(), &self.opts.table);
+        LockSession::acquire(&self.tools, key, self.opts.lock_wait, self.opts.lock_poll).await
+    }
+}
+
+#[async_trait]
+impl MigrationRunner for PgMigrationRunner {
+    async fn status(&self) -> Result<MigrationStatus> {
+        let r = self.report().await?;
+        Ok(MigrationStatus::new(
+            r.current.map(SchemaVersion),
+            r.pending
+                .into_iter()
+                .map(|p| {
+                    MigrationInfo::new(
+                        p.version,
+                        p.name,
+                        p.classification.reason().map(str::to_owned),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    async fn backup(&self) -> Result<BackupId> {
+        let path = self.take_backup().await?;
+        Ok(BackupId(path.display().to_string()))
+    }
+
+    async fn migrate(&self) -> Result<Option<SchemaVersion>> {
+        // A bad folder fails before anything touches the database.
+        self.load()?;
+        let lock = self.lock().await?;
+        let r = self.migrate_locked().await;
+        lock.release().await;
+        Ok(r?.map(SchemaVersion))
+    }
+
+    async fn verify(&self, expected: Option<&SchemaVersion>) -> Result<()> {
+        self.verify_at(expected.map(|v| v.0.as_str())).await
+    }
+
+    async fn revert(&self, to: Option<&SchemaVersion>, backup: Option<&BackupId>) -> Result<()> {
+        // The lock is held through the restore (its session is in the maintenance database), so
+        // no other runner migrates between the decision to restore and the swap.
+        let lock = self.lock().await?;
+        let r = async {
+            if self.revert_locked(to, backup).await? {
+                let backup = backup.expect("checked by revert_locked");
+                self.restore(
+                    Path::new(&backup.0),
+                    self.opts.restore_mode,
+                    Some(to.map(|v| v.0.as_str())),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        lock.release().await;
+        r?;
+        self.verify(to).await
+    }
+}
