@@ -251,7 +251,8 @@ async fn main() {
         r#"sum(rate(http_request_duration_seconds_sum{target=~"{{target}}"}[{{window}}])) / sum(rate(http_request_duration_seconds_count{target=~"{{target}}"}[{{window}}]))"#,
     )
     .window(Duration::from_secs(3))
-    .lookback(Duration::from_secs(5), Duration::from_millis(100))
+    .lookback(Duration::from_secs(5))
+        .step(Duration::from_millis(100))
     .build()
     .unwrap();
     let r = measure(&judge, &ctx, RUNS).await;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deploy_core::{Error, ErrorKind, Result};
+use deploy_core::{Error, ErrorKind, Result, http, redact};
 use reqwest::Url;
 use serde::Deserialize;
 
@@ -166,15 +166,17 @@ impl PrometheusClient {
     /// `https://host/prometheus/`), with a 10 s time limit per request. Credentials in the URL
     /// (`http://user:pass@host`) become basic authentication and are removed from the URL.
     pub fn new(base_url: &str) -> Result<Self> {
+        const OPERATION: &str = "configure Prometheus client for";
         let bad = |cause: String| {
             Error::new(
                 ErrorKind::InvalidInput,
-                "configure Prometheus client for",
-                redact_url(base_url),
+                OPERATION,
+                redact::url(base_url),
                 cause,
             )
         };
-        let mut base = Url::parse(base_url).map_err(|e| bad(e.to_string()))?;
+        let mut base =
+            Url::parse(base_url).map_err(|e| bad("not a valid URL".to_owned()).with_source(e))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(bad(format!(
                 "scheme {:?} is not http or https",
@@ -198,9 +200,8 @@ impl PrometheusClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| bad(e.to_string()).with_source(e))?;
+        // Each request gets its own time limit (`with_timeout`), so the client has none.
+        let http = http::client(None, OPERATION, &redact::url(base_url))?;
         Ok(Self {
             base,
             http,
@@ -229,6 +230,12 @@ impl PrometheusClient {
     /// The time limit per request.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How it authenticates.
+    #[cfg(test)]
+    pub(crate) fn auth(&self) -> Option<&Auth> {
+        self.auth.as_ref()
     }
 
     /// Evaluate `query` at the current time (`/api/v1/query`).
@@ -290,10 +297,15 @@ impl PrometheusClient {
         form: Vec<(&'static str, String)>,
     ) -> Result<QueryResult> {
         let object = || self.object(query);
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, operation, object(), e.to_string()))?;
+        let url = self.base.join(path).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                operation,
+                object(),
+                "cannot form the API URL",
+            )
+            .with_source(e)
+        })?;
         tracing::debug!(%url, query, "Prometheus {operation}");
         let mut req = self.http.post(url).timeout(self.timeout).form(&form);
         match &self.auth {
@@ -304,32 +316,23 @@ impl PrometheusClient {
             None => {}
         }
         let resp = req.send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Unavailable
-            };
-            let cause = if e.is_timeout() {
-                format!("no answer within {:?}", self.timeout)
-            } else {
-                format!("cannot reach Prometheus: {}", error_chain(&e))
-            };
-            Error::new(kind, operation, object(), cause).with_source(e)
+            request_failed(
+                operation,
+                object(),
+                self.timeout,
+                "cannot reach Prometheus",
+                e,
+            )
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Unavailable
-            };
-            Error::new(
-                kind,
+            request_failed(
                 operation,
                 object(),
-                format!("reading the answer failed: {e}"),
+                self.timeout,
+                "reading the answer failed",
+                e,
             )
-            .with_source(e)
         })?;
         read_answer(status, &body)
             .map_err(|(kind, cause)| Error::new(kind, operation, object(), cause))
@@ -441,32 +444,26 @@ fn parse_result(
     }
 }
 
-/// `e` and its sources, joined by ": " (reqwest hides the useful part, "connection refused",
-/// in the chain).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
+/// A request that got no usable answer, as an error of `operation` on `object`: its kind by the
+/// workspace's one mapping ([`http::error_kind`]); a timeout says the limit, anything else says
+/// `why` (this crate's words) and keeps reqwest's error, without its URL, as the source.
+pub(crate) fn request_failed(
+    operation: &'static str,
+    object: String,
+    timeout: Duration,
+    why: &str,
+    e: reqwest::Error,
+) -> Error {
+    let kind = http::error_kind(&e);
+    if kind == ErrorKind::Timeout {
+        return Error::new(
+            kind,
+            operation,
+            object,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        );
     }
-    out
-}
-
-/// `url` with any password replaced, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => url.chars().filter(|c| !c.is_control()).take(200).collect(),
-    }
+    Error::new(kind, operation, object, why).with_source(e.without_url())
 }
 
 #[cfg(test)]

@@ -86,7 +86,8 @@ enum Source {
 ///     r#"sum(rate(http_request_duration_seconds_sum{target=~"{{target}}"}[1m]))
 ///        / sum(rate(http_request_duration_seconds_count{target=~"{{target}}"}[1m]))"#,
 /// )
-/// .lookback(Duration::from_secs(600), Duration::from_secs(10))
+/// .lookback(Duration::from_secs(600))
+/// .step(Duration::from_secs(10))
 /// .direction(Direction::Increase)
 /// .build()?;
 /// # let _ = judge; Ok(()) }
@@ -95,70 +96,156 @@ enum Source {
 pub struct Judge {
     name: String,
     source: Source,
-    direction: Direction,
-    confidence: f64,
-    min_effect: f64,
-    min_samples: usize,
+    comparison: Comparison,
     /// The largest range of the rendered query (Prometheus judges), computed when built.
     query_lookback: Duration,
 }
 
-/// Builds a [`Judge`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct JudgeBuilder {
-    name: String,
-    query: Option<String>,
-    client: Option<PrometheusClient>,
-    measure: Option<ScrapeMeasure>,
-    lookback: Duration,
-    step: Duration,
-    window: Duration,
-    vars: BTreeMap<String, String>,
-    samples: usize,
-    interval: Duration,
-    metrics_path: String,
-    timeout: Duration,
+/// How a judge compares the two samples: the settings both kinds of judge share.
+#[derive(Debug, Clone, Copy)]
+struct Comparison {
     direction: Direction,
     confidence: f64,
     min_effect: f64,
     min_samples: usize,
+}
+
+impl Default for Comparison {
+    fn default() -> Self {
+        Self {
+            direction: Direction::Increase,
+            confidence: 0.98,
+            min_effect: 0.1,
+            min_samples: 10,
+        }
+    }
+}
+
+impl Comparison {
+    fn check(&self, problems: &mut Vec<String>) {
+        if !(self.confidence > 0.0 && self.confidence < 1.0) {
+            problems.push(format!("confidence {} is not in (0, 1)", self.confidence));
+        }
+        if !(self.min_effect.is_finite() && self.min_effect >= 0.0) {
+            problems.push(format!(
+                "min effect {} is not a number >= 0",
+                self.min_effect
+            ));
+        }
+        if self.min_samples < 2 {
+            problems.push(format!("min samples {} is below 2", self.min_samples));
+        }
+    }
+}
+
+/// The setters of [`Comparison`], the same on both builders.
+macro_rules! comparison_setters {
+    () => {
+        /// Which change is a regression (default [`Direction::Increase`]).
+        pub fn direction(mut self, direction: Direction) -> Self {
+            self.comparison.direction = direction;
+            self
+        }
+
+        /// Confidence of the test, in `(0, 1)` (default 0.98): fail only when
+        /// p < 1 - confidence.
+        pub fn confidence(mut self, confidence: f64) -> Self {
+            self.comparison.confidence = confidence;
+            self
+        }
+
+        /// Minimum effect size as a relative change of the mean (default 0.1, i.e. the
+        /// canary's mean must be at least 10 % worse to fail).
+        pub fn min_effect(mut self, min_effect: f64) -> Self {
+            self.comparison.min_effect = min_effect;
+            self
+        }
+
+        /// Fewer samples than `n` in either group is Inconclusive (default 10; Kayenta's docs
+        /// advise 50).
+        pub fn min_samples(mut self, n: usize) -> Self {
+            self.comparison.min_samples = n;
+            self
+        }
+    };
+}
+
+/// Builds a [`Judge`] over Prometheus ([`Judge::prometheus`]); [`build`](Self::build) checks
+/// everything at once.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PromQlJudgeBuilder {
+    name: String,
+    client: PrometheusClient,
+    query: String,
+    lookback: Duration,
+    step: Duration,
+    window: Duration,
+    vars: BTreeMap<String, String>,
+    comparison: Comparison,
+}
+
+/// Builds a [`Judge`] from repeated scrapes ([`Judge::scrape`]); [`build`](Self::build) checks
+/// everything at once.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ScrapeJudgeBuilder {
+    name: String,
+    measure: ScrapeMeasure,
+    samples: usize,
+    interval: Duration,
+    metrics_path: String,
+    timeout: Duration,
+    comparison: Comparison,
 }
 
 impl Judge {
     /// A judge over Prometheus: `query` is a template whose `{{target}}` is rendered once with
     /// the canary ids and once with the baseline ids; every point of its range over the
-    /// lookback is a sample.
+    /// [lookback](PromQlJudgeBuilder::lookback) is a sample.
     pub fn prometheus(
         name: impl Into<String>,
         client: PrometheusClient,
         query: impl Into<String>,
-    ) -> JudgeBuilder {
-        let mut b = JudgeBuilder::new(name.into());
-        b.client = Some(client);
-        b.query = Some(query.into());
-        b
+    ) -> PromQlJudgeBuilder {
+        PromQlJudgeBuilder {
+            name: name.into(),
+            client,
+            query: query.into(),
+            lookback: Duration::from_secs(600),
+            step: Duration::from_secs(10),
+            window: Duration::from_secs(60),
+            vars: BTreeMap::new(),
+            comparison: Comparison::default(),
+        }
     }
 
     /// A judge without Prometheus: scrapes the canary and the baseline endpoints
-    /// [`samples`](JudgeBuilder::samples) + 1 times, [`interval`](JudgeBuilder::interval) apart;
-    /// each value of `measure` between two consecutive scrapes is a sample.
-    pub fn scrape(name: impl Into<String>, measure: ScrapeMeasure) -> JudgeBuilder {
-        let mut b = JudgeBuilder::new(name.into());
-        b.measure = Some(measure);
-        b
+    /// [`samples`](ScrapeJudgeBuilder::samples) + 1 times,
+    /// [`interval`](ScrapeJudgeBuilder::interval) apart; each value of `measure` between two
+    /// consecutive scrapes is a sample.
+    pub fn scrape(name: impl Into<String>, measure: ScrapeMeasure) -> ScrapeJudgeBuilder {
+        ScrapeJudgeBuilder {
+            name: name.into(),
+            measure,
+            samples: 20,
+            interval: Duration::from_secs(5),
+            metrics_path: "/metrics".to_owned(),
+            timeout: Duration::from_secs(5),
+            comparison: Comparison::default(),
+        }
     }
 
     fn condition(&self) -> String {
-        let alt = match self.direction {
+        let alt = match self.comparison.direction {
             Direction::Increase => "higher",
             Direction::Decrease => "lower",
             Direction::Either => "different",
         };
         format!(
             "canary not significantly {alt} than baseline (Mann-Whitney U at confidence {}, min effect {}%)",
-            self.confidence,
-            self.min_effect * 100.0
+            self.comparison.confidence,
+            self.comparison.min_effect * 100.0
         )
     }
 
@@ -296,7 +383,7 @@ impl Judge {
         } else {
             mc / mb
         };
-        if c.len() < self.min_samples || b.len() < self.min_samples {
+        if c.len() < self.comparison.min_samples || b.len() < self.comparison.min_samples {
             return Verdict::new(
                 VerdictKind::Inconclusive,
                 Some(ratio),
@@ -306,11 +393,11 @@ impl Judge {
                     "too few samples: {} canary and {} baseline, at least {} each are needed",
                     c.len(),
                     b.len(),
-                    self.min_samples
+                    self.comparison.min_samples
                 ),
             );
         }
-        let alt = match self.direction {
+        let alt = match self.comparison.direction {
             Direction::Increase => Alternative::Greater,
             Direction::Decrease => Alternative::Less,
             Direction::Either => Alternative::TwoSided,
@@ -319,11 +406,12 @@ impl Judge {
         let Some(t) = mann_whitney(&c, &b, alt) else {
             return Verdict::no_data(cond, source);
         };
-        let alpha = 1.0 - self.confidence;
+        let alpha = 1.0 - self.comparison.confidence;
         let significant = t.p < alpha;
-        let up = ratio >= 1.0 + self.min_effect;
-        let down = ratio <= 1.0 - self.min_effect || (self.min_effect >= 1.0 && ratio == 0.0);
-        let large = match self.direction {
+        let up = ratio >= 1.0 + self.comparison.min_effect;
+        let down = ratio <= 1.0 - self.comparison.min_effect
+            || (self.comparison.min_effect >= 1.0 && ratio == 0.0);
+        let large = match self.comparison.direction {
             Direction::Increase => up,
             Direction::Decrease => down,
             Direction::Either => up || down,
@@ -368,185 +456,164 @@ fn join(ids: &[TargetId]) -> String {
         .join(",")
 }
 
-impl JudgeBuilder {
-    fn new(name: String) -> Self {
-        Self {
-            name,
-            query: None,
-            client: None,
-            measure: None,
-            lookback: Duration::from_secs(600),
-            step: Duration::from_secs(10),
-            window: Duration::from_secs(60),
-            vars: BTreeMap::new(),
-            samples: 20,
-            interval: Duration::from_secs(5),
-            metrics_path: "/metrics".to_owned(),
-            timeout: Duration::from_secs(5),
-            direction: Direction::Increase,
-            confidence: 0.98,
-            min_effect: 0.1,
-            min_samples: 10,
-        }
+impl PromQlJudgeBuilder {
+    /// Read the points of the last `lookback` (default 10 min).
+    pub fn lookback(mut self, lookback: Duration) -> Self {
+        self.lookback = lookback;
+        self
     }
 
-    /// Prometheus judges: the range `[now - lookback, now]` and its step (default 10 min, 10 s).
-    pub fn lookback(mut self, lookback: Duration, step: Duration) -> Self {
-        self.lookback = lookback;
+    /// The time between two points of the range (default 10 s).
+    pub fn step(mut self, step: Duration) -> Self {
         self.step = step;
         self
     }
 
-    /// Prometheus judges: the value of `{{window}}` (default 1 min).
+    /// The value of `{{window}}` (default 1 min).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
     }
 
-    /// Prometheus judges: a custom template variable.
+    /// A custom template variable `{{name}}`.
     pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.vars.insert(name.into(), value.into());
         self
     }
 
-    /// Scrape judges: how many samples to take (default 20).
-    pub fn samples(mut self, n: usize) -> Self {
-        self.samples = n;
-        self
-    }
+    comparison_setters!();
 
-    /// Scrape judges: time between scrapes (default 5 s).
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
-
-    /// Scrape judges: the metrics path on each endpoint (default `/metrics`).
-    pub fn metrics_path(mut self, path: impl Into<String>) -> Self {
-        self.metrics_path = path.into();
-        self
-    }
-
-    /// Scrape judges: time limit of each scrape (default 5 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Which change is a regression (default [`Direction::Increase`]).
-    pub fn direction(mut self, direction: Direction) -> Self {
-        self.direction = direction;
-        self
-    }
-
-    /// Confidence of the test, in `(0, 1)` (default 0.98): fail only when p < 1 - confidence.
-    pub fn confidence(mut self, confidence: f64) -> Self {
-        self.confidence = confidence;
-        self
-    }
-
-    /// Minimum effect size as a relative change of the mean (default 0.1, i.e. the canary's
-    /// mean must be at least 10 % worse to fail).
-    pub fn min_effect(mut self, min_effect: f64) -> Self {
-        self.min_effect = min_effect;
-        self
-    }
-
-    /// Fewer samples than `n` in either group is Inconclusive (default 10; Kayenta's docs
-    /// advise 50).
-    pub fn min_samples(mut self, n: usize) -> Self {
-        self.min_samples = n;
-        self
-    }
-
-    /// Check everything and build the judge.
+    /// Check everything and build the judge; the error lists every problem found.
     pub fn build(self) -> Result<Judge> {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push("the name is empty".to_owned());
         }
-        if !(self.confidence > 0.0 && self.confidence < 1.0) {
-            problems.push(format!("confidence {} is not in (0, 1)", self.confidence));
+        self.comparison.check(&mut problems);
+        for k in self.vars.keys() {
+            if crate::template::BUILTIN.contains(&k.as_str()) {
+                problems.push(format!("variable `{k}` is built in and cannot be set"));
+            }
         }
-        if !(self.min_effect.is_finite() && self.min_effect >= 0.0) {
+        if self.step.is_zero() || self.lookback < self.step {
             problems.push(format!(
-                "min effect {} is not a number >= 0",
-                self.min_effect
+                "lookback {:?} and step {:?}: the step must be > 0 and <= the lookback",
+                self.lookback, self.step
             ));
         }
-        if self.min_samples < 2 {
-            problems.push(format!("min samples {} is below 2", self.min_samples));
+        if self.window.is_zero() {
+            problems.push("the window is 0".to_owned());
         }
-        let source = match (self.client, self.query, self.measure) {
-            (Some(client), Some(query), None) => {
-                let custom: Vec<String> = self.vars.keys().cloned().collect();
-                if self.step.is_zero() || self.lookback < self.step {
-                    problems.push(format!(
-                        "lookback {:?} and step {:?}: the step must be > 0 and <= the lookback",
-                        self.lookback, self.step
-                    ));
-                }
-                match Template::parse(&query, &custom) {
-                    Ok(query) => Some(Source::Prometheus {
-                        client,
+        let query = Template::parse(&self.query, self.vars.keys())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        match query {
+            Some(query) if problems.is_empty() => {
+                // Every variable but the targets and the version is known now, and those
+                // render inside label matchers, where no range is.
+                let query_lookback = query_lookback(&query.render(&variables(
+                    &self.vars,
+                    self.window,
+                    &[],
+                    &[],
+                    "",
+                )));
+                Ok(Judge {
+                    name: self.name,
+                    source: Source::Prometheus {
+                        client: self.client,
                         query,
                         lookback: self.lookback,
                         step: self.step,
                         window: self.window,
                         vars: self.vars,
-                    }),
-                    Err(e) => {
-                        problems.push(e.to_string());
-                        None
-                    }
-                }
+                    },
+                    comparison: self.comparison,
+                    query_lookback,
+                })
             }
-            (None, None, Some(measure)) => {
-                if self.samples < 2 {
-                    problems.push(format!("{} samples is below 2", self.samples));
-                }
-                if self.interval.is_zero() {
-                    problems.push("the scrape interval is 0".to_owned());
-                }
-                Some(Source::Scrape {
-                    measure,
+            _ => Err(build_error(&self.name, &problems)),
+        }
+    }
+}
+
+impl ScrapeJudgeBuilder {
+    /// How many samples to take (default 20).
+    pub fn samples(mut self, n: usize) -> Self {
+        self.samples = n;
+        self
+    }
+
+    /// Time between scrapes (default 5 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The metrics path on each endpoint (default `/metrics`).
+    pub fn metrics_path(mut self, path: impl Into<String>) -> Self {
+        self.metrics_path = path.into();
+        self
+    }
+
+    /// Time limit of each scrape (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    comparison_setters!();
+
+    /// Check everything and build the judge; the error lists every problem found.
+    pub fn build(self) -> Result<Judge> {
+        let mut problems = Vec::new();
+        if self.name.trim().is_empty() {
+            problems.push("the name is empty".to_owned());
+        }
+        self.comparison.check(&mut problems);
+        if self.samples < 2 {
+            problems.push(format!("{} samples is below 2", self.samples));
+        }
+        if self.interval.is_zero() {
+            problems.push("the scrape interval is 0".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("the scrape timeout is 0".to_owned());
+        }
+        if !self.metrics_path.starts_with('/') {
+            problems.push(format!(
+                "metrics path {:?} does not start with '/'",
+                self.metrics_path
+            ));
+        }
+        let scraper = Scraper::new(self.timeout)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        match scraper {
+            Some(scraper) if problems.is_empty() => Ok(Judge {
+                name: self.name,
+                source: Source::Scrape {
+                    measure: self.measure,
                     samples: self.samples,
                     interval: self.interval,
                     metrics_path: self.metrics_path,
-                    scraper: Scraper::new(self.timeout),
-                })
-            }
-            _ => {
-                problems.push("a judge reads either Prometheus or scrapes".to_owned());
-                None
-            }
-        };
-        match source {
-            Some(source) if problems.is_empty() => Ok(Judge {
-                query_lookback: match &source {
-                    Source::Prometheus {
-                        query,
-                        window,
-                        vars,
-                        ..
-                    } => query_lookback(&query.render(&variables(vars, *window, &[], &[], ""))),
-                    Source::Scrape { .. } => Duration::ZERO,
+                    scraper,
                 },
-                name: self.name,
-                source,
-                direction: self.direction,
-                confidence: self.confidence,
-                min_effect: self.min_effect,
-                min_samples: self.min_samples,
+                comparison: self.comparison,
+                query_lookback: Duration::ZERO,
             }),
-            _ => Err(Error::new(
-                ErrorKind::InvalidInput,
-                "build",
-                format!("judge {:?}", self.name),
-                problems.join("; "),
-            )),
+            _ => Err(build_error(&self.name, &problems)),
         }
     }
+}
+
+fn build_error(name: &str, problems: &[String]) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "build",
+        format!("judge {name:?}"),
+        problems.join("; "),
+    )
 }
 
 #[async_trait]
@@ -566,7 +633,7 @@ impl MetricGate for Judge {
         }
     }
 
-    /// A Prometheus judge reads points over its [lookback](JudgeBuilder::lookback), each of
+    /// A Prometheus judge reads points over its [lookback](PromQlJudgeBuilder::lookback), each of
     /// which looks back over the query's own largest range: their sum. A scrape judge reads
     /// only what happens while it samples: zero.
     fn lookback(&self) -> Duration {
@@ -679,6 +746,36 @@ mod tests {
         assert_eq!(v.kind, VerdictKind::Inconclusive);
         assert!(v.reason.contains("no canary endpoint"), "{}", v.reason);
         deploy_core::testing::conformance::metric_gate(&j, &ctx, VerdictKind::Inconclusive).await;
+    }
+
+    #[test]
+    fn a_prometheus_judge_checks_its_own_parameters() {
+        let client = PrometheusClient::new("http://127.0.0.1:9").unwrap();
+        let e = Judge::prometheus("p", client.clone(), "rate(x{a=\"{{nope}}\"}[1m])")
+            .lookback(Duration::from_secs(5))
+            .step(Duration::from_secs(10))
+            .window(Duration::ZERO)
+            .var("target", "x")
+            .confidence(0.0)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let msg = e.to_string();
+        for part in [
+            "unknown variable",
+            "the step must be > 0 and <= the lookback",
+            "window is 0",
+            "`target` is built in",
+            "confidence 0",
+        ] {
+            assert!(msg.contains(part), "{part} missing from {msg}");
+        }
+        let j = Judge::prometheus("p", client, "rate(x[{{window}}])")
+            .lookback(Duration::from_secs(60))
+            .step(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        assert_eq!(j.lookback(), Duration::from_secs(120));
     }
 
     #[test]

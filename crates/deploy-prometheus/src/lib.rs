@@ -2,6 +2,7 @@
 
 mod client;
 mod condition;
+mod config;
 mod exposition;
 mod judge;
 mod metrics;
@@ -12,11 +13,11 @@ mod template;
 
 pub use client::{Auth, PrometheusClient, QueryResult, Sample, Series};
 pub use condition::Condition;
-pub use judge::{Direction, Judge, JudgeBuilder};
+pub use config::{PROMQL_KIND, Preset, PromQlGateConfig, SCRAPE_KIND, ScrapeGateConfig};
+pub use judge::{Direction, Judge, PromQlJudgeBuilder, ScrapeJudgeBuilder};
 pub use metrics::HttpMetrics;
 pub use promql::{PromQlGate, PromQlGateBuilder, Reduce};
 pub use scrape::{ScrapeGate, ScrapeGateBuilder, ScrapeMeasure};
-pub use template::promql_duration;
 
 #[cfg(feature = "testing")]
 pub mod testing;

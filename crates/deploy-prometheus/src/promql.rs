@@ -119,9 +119,14 @@ pub struct PromQlGateBuilder {
     vars: BTreeMap<String, String>,
     reduce: Reduce,
     min_samples: usize,
-    floor: Option<(String, f64)>,
-    range: Option<(Duration, Duration)>,
+    floor: Option<String>,
+    min_traffic: Option<f64>,
+    range: Option<Duration>,
+    range_step: Option<Duration>,
 }
+
+/// The step of a range gate unless [`range_step`](PromQlGateBuilder::range_step) says otherwise.
+const DEFAULT_RANGE_STEP: Duration = Duration::from_secs(10);
 
 impl PromQlGateBuilder {
     /// The PromQL query template (required).
@@ -167,25 +172,31 @@ impl PromQlGateBuilder {
         self
     }
 
-    /// A precondition: `query` (a template, answering one number such as requests per second)
-    /// must be at least `min` and above 0, otherwise the verdict is Inconclusive.
-    pub fn traffic_floor(mut self, query: impl Into<String>, min: f64) -> Self {
-        self.floor = Some((query.into(), min));
+    /// A precondition: `query` (a template answering one number, such as requests per second)
+    /// must be above 0 and at least [`min_traffic`](Self::min_traffic), otherwise the verdict
+    /// is Inconclusive. The presets set one.
+    pub fn traffic_floor(mut self, query: impl Into<String>) -> Self {
+        self.floor = Some(query.into());
         self
     }
 
-    /// Change the minimum of the traffic floor the preset set (requests per second).
+    /// The least traffic the [traffic floor](Self::traffic_floor) accepts (default: anything
+    /// above 0), in its query's unit (requests per second for the presets).
     pub fn min_traffic(mut self, min: f64) -> Self {
-        if let Some(f) = &mut self.floor {
-            f.1 = min;
-        }
+        self.min_traffic = Some(min);
         self
     }
 
-    /// Judge every point of `query_range` over the last `lookback`, every `step`, instead of
-    /// one instant value.
-    pub fn range(mut self, lookback: Duration, step: Duration) -> Self {
-        self.range = Some((lookback, step));
+    /// Judge every point of `query_range` over the last `lookback` instead of one instant
+    /// value; the points are [`range_step`](Self::range_step) apart.
+    pub fn range(mut self, lookback: Duration) -> Self {
+        self.range = Some(lookback);
+        self
+    }
+
+    /// The time between the points of a [range](Self::range) gate (default 10 s).
+    pub fn range_step(mut self, step: Duration) -> Self {
+        self.range_step = Some(step);
         self
     }
 
@@ -221,35 +232,48 @@ impl PromQlGateBuilder {
             }
             Some(Ok(c)) => Some(c),
         };
+        let min = self.min_traffic.unwrap_or(0.0);
+        if !min.is_finite() || min < 0.0 {
+            problems.push(format!("min traffic {min} is not a number >= 0"));
+        }
         let floor = match &self.floor {
-            None => None,
-            Some((q, min)) => {
-                if !min.is_finite() || *min < 0.0 {
-                    problems.push(format!("traffic floor {min} is not a number >= 0"));
+            None => {
+                if self.min_traffic.is_some() {
+                    problems.push("min traffic is set, but there is no traffic floor".to_owned());
                 }
-                Template::parse(q, &custom)
-                    .map_err(|e| problems.push(e.to_string()))
-                    .ok()
-                    .map(|query| Floor { query, min: *min })
+                None
             }
+            Some(q) => Template::parse(q, &custom)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+                .map(|query| Floor { query, min }),
         };
         if self.window.is_zero() {
             problems.push("the window is 0".to_owned());
         }
-        if let Some((lookback, step)) = self.range
-            && (step.is_zero() || lookback < step)
-        {
-            problems.push(format!(
-                "range lookback {lookback:?} and step {step:?}: the step must be > 0 and <= the lookback"
-            ));
-        }
+        let range = match (self.range, self.range_step) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                problems.push("a range step is set, but no range".to_owned());
+                None
+            }
+            (Some(lookback), step) => {
+                let step = step.unwrap_or(DEFAULT_RANGE_STEP);
+                if step.is_zero() || lookback < step {
+                    problems.push(format!(
+                        "range {lookback:?} and step {step:?}: the step must be > 0 and <= the range"
+                    ));
+                }
+                Some((lookback, step))
+            }
+        };
         match (query, condition, problems.is_empty()) {
             (Some(query), Some(condition), true) => {
                 // Every variable but the targets and the version is known now, and those
                 // render inside label matchers, where no range is.
                 let vars = variables(&self.vars, self.window, &[], &[], "");
-                let range = self.range.map_or(Duration::ZERO, |(lookback, _)| lookback);
                 let lookback = range
+                    .map_or(Duration::ZERO, |(lookback, _)| lookback)
                     .saturating_add(query_lookback(&query.render(&vars)))
                     .max(
                         floor
@@ -266,7 +290,7 @@ impl PromQlGateBuilder {
                     reduce: self.reduce,
                     min_samples: self.min_samples.max(1),
                     floor,
-                    range: self.range,
+                    range,
                     lookback,
                 })
             }
@@ -293,12 +317,14 @@ impl PromQlGate {
             reduce: Reduce::Worst,
             min_samples: 1,
             floor: None,
+            min_traffic: None,
             range: None,
+            range_step: None,
         }
     }
 
-    /// The seeds' error-rate rule as a gate named `error-rate`: the share of requests with an
-    /// error status over `{{window}}` must be at most `max` (the alert
+    /// The usual error-rate alert rule as a gate named `error-rate`: the share of requests with
+    /// an error status over `{{window}}` must be at most `max` (the alert
     /// `rate(errors[5m]) / rate(requests[5m]) > max` fires exactly when this gate fails). The
     /// error rate is `or vector(0)`, because client libraries create the error series only at
     /// the first error: without it, a service with no errors would have no data. No requests
@@ -321,10 +347,10 @@ impl PromQlGate {
                 metrics.requests_total
             ))
             .condition_is(Condition::AtMost(max))
-            .traffic_floor(total, 0.0)
+            .traffic_floor(total)
     }
 
-    /// The seeds' latency rule as a gate named `p99-latency`: the 99th percentile of the
+    /// The usual latency alert rule as a gate named `p99-latency`: the 99th percentile of the
     /// latency histogram over `{{window}}` must be at most `max` (in seconds, as the histogram
     /// records them). No requests in the window is Inconclusive.
     pub fn p99_latency_below(
@@ -350,7 +376,7 @@ impl PromQlGate {
                 "histogram_quantile({q}, sum by (le) (rate({h}_bucket{sel}[{{{{window}}}}])))"
             ))
             .condition_is(Condition::AtMost(max.as_secs_f64()))
-            .traffic_floor(format!("sum(rate({h}_count{sel}[{{{{window}}}}]))"), 0.0)
+            .traffic_floor(format!("sum(rate({h}_count{sel}[{{{{window}}}}]))"))
     }
 
     /// The query template as configured.
@@ -589,7 +615,7 @@ mod tests {
     }
 
     #[test]
-    fn presets_render_the_seed_rules_for_the_canary() {
+    fn presets_render_the_alert_rules_for_the_canary() {
         let ctx = GateContext::new(
             Version::new("2.1.0").unwrap(),
             vec![TargetId::new("green").unwrap()],
@@ -643,6 +669,36 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("unknown variable"), "{e}");
+        // A minimum without a floor, a step without a range: settings that would do nothing.
+        let e = PromQlGate::builder("x", client())
+            .query("up")
+            .condition("< 1")
+            .min_traffic(2.0)
+            .range_step(Duration::from_secs(1))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no traffic floor") && e.contains("no range"),
+            "{e}"
+        );
+        let e = PromQlGate::builder("x", client())
+            .query("up")
+            .condition("< 1")
+            .range(Duration::from_secs(5))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the step must be > 0 and <= the range"), "{e}");
+        let g = PromQlGate::builder("x", client())
+            .query("rate(up[1m])")
+            .condition("< 1")
+            .traffic_floor("sum(rate(requests[2m]))")
+            .min_traffic(0.5)
+            .range(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        assert_eq!(g.lookback(), Duration::from_secs(120));
     }
 
     #[test]

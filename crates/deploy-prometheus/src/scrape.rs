@@ -6,10 +6,12 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::{Error, ErrorKind, GateContext, MetricGate, Result, Verdict, VerdictKind};
+use deploy_core::{
+    Error, ErrorKind, GateContext, MetricGate, Result, Verdict, VerdictKind, http, redact,
+};
 use regex::Regex;
 
-use crate::client::error_chain;
+use crate::client::request_failed;
 use crate::condition::Condition;
 use crate::exposition;
 use crate::metrics::HttpMetrics;
@@ -337,8 +339,9 @@ impl ScrapeMeasure {
                 ErrorKind::InvalidInput,
                 "compile",
                 format!("error status pattern {:?}", metrics.error_status),
-                e.to_string(),
+                "not a regular expression",
             )
+            .with_source(e)
         })?;
         Ok(Self(Measure::ErrorRatio {
             requests_total: metrics.requests_total.clone(),
@@ -466,15 +469,15 @@ pub(crate) struct Scraper {
 }
 
 impl Scraper {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            timeout,
-        }
+    pub(crate) fn new(timeout: Duration) -> Result<Self> {
+        // Each request gets the time limit, so the client has none.
+        let http = http::client(None, "configure", "the scrape client")?;
+        Ok(Self { http, timeout })
     }
 
     pub(crate) async fn scrape(&self, url: &str) -> Result<Snapshot> {
         let op = "scrape metrics from";
+        let shown = redact::url(url);
         let resp = self
             .http
             .get(url)
@@ -482,20 +485,7 @@ impl Scraper {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| {
-                let (kind, cause) = if e.is_timeout() {
-                    (
-                        ErrorKind::Timeout,
-                        format!("no answer within {:?}", self.timeout),
-                    )
-                } else {
-                    (
-                        ErrorKind::Unavailable,
-                        format!("cannot connect: {}", error_chain(&e)),
-                    )
-                };
-                Error::new(kind, op, url.to_owned(), cause).with_source(e)
-            })?;
+            .map_err(|e| request_failed(op, shown.clone(), self.timeout, "cannot connect", e))?;
         let status = resp.status();
         if !status.is_success() {
             let kind = if status.is_server_error() {
@@ -503,12 +493,7 @@ impl Scraper {
             } else {
                 ErrorKind::Rejected
             };
-            return Err(Error::new(
-                kind,
-                op,
-                url.to_owned(),
-                format!("HTTP {status}"),
-            ));
+            return Err(Error::new(kind, op, shown, format!("HTTP {status}")));
         }
         // We ask for the text format 0.0.4; a server that answers another format anyway would
         // be misread by this parser, so say so rather than guess.
@@ -524,34 +509,29 @@ impl Scraper {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 op,
-                url.to_owned(),
+                shown,
                 format!(
                     "the page is {content_type:?}; only the Prometheus text format (text/plain; version=0.0.4) is read"
                 ),
             ));
         }
         let body = resp.bytes().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Unavailable
-            };
-            Error::new(
-                kind,
+            request_failed(
                 op,
-                url.to_owned(),
-                format!("reading the page failed: {}", error_chain(&e)),
+                shown.clone(),
+                self.timeout,
+                "reading the page failed",
+                e,
             )
-            .with_source(e)
         })?;
-        let protocol = |cause: String| Error::new(ErrorKind::Protocol, op, url.to_owned(), cause);
+        let protocol = |cause: String| Error::new(ErrorKind::Protocol, op, shown.clone(), cause);
         let text = std::str::from_utf8(&body).map_err(|e| {
             protocol(format!(
                 "the page is not UTF-8 text (invalid byte at offset {})",
                 e.valid_up_to()
             ))
         })?;
-        Snapshot::parse(url, text).map_err(|e| {
+        Snapshot::parse(&shown, text).map_err(|e| {
             protocol(format!(
                 "the page is not in the Prometheus text format: {e}"
             ))
@@ -568,7 +548,13 @@ impl Scraper {
         let mut out: Vec<Option<Snapshot>> = vec![None; urls.len()];
         while let Some(joined) = set.join_next().await {
             let (i, r) = joined.map_err(|e| {
-                Error::new(ErrorKind::Other, "scrape metrics", "task", e.to_string())
+                Error::new(
+                    ErrorKind::Other,
+                    "scrape metrics",
+                    "",
+                    "a scrape task did not finish",
+                )
+                .with_source(e)
             })?;
             out[i] = Some(r?);
         }
@@ -704,10 +690,7 @@ impl ScrapeGateBuilder {
         for u in &self.urls {
             match reqwest::Url::parse(u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                _ => problems.push(format!(
-                    "{:?} is not an http(s) URL",
-                    crate::client::redact_url(u)
-                )),
+                _ => problems.push(format!("{} is not an http(s) URL", redact::url(u))),
             }
         }
         if !self.min_traffic.is_finite() || self.min_traffic < 0.0 {
@@ -716,8 +699,14 @@ impl ScrapeGateBuilder {
                 self.min_traffic
             ));
         }
-        match condition {
-            Some(condition) if problems.is_empty() => Ok(ScrapeGate {
+        if self.timeout.is_zero() {
+            problems.push("the scrape timeout is 0".to_owned());
+        }
+        let scraper = Scraper::new(self.timeout)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        match (condition, scraper) {
+            (Some(condition), Some(scraper)) if problems.is_empty() => Ok(ScrapeGate {
                 name: self.name,
                 measure: self.measure,
                 condition,
@@ -725,7 +714,7 @@ impl ScrapeGateBuilder {
                 urls: self.urls,
                 metrics_path: self.metrics_path,
                 min_traffic: self.min_traffic,
-                scraper: Scraper::new(self.timeout),
+                scraper,
             }),
             _ => Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -806,7 +795,10 @@ impl MetricGate for ScrapeGate {
             if urls.is_empty() {
                 "(no endpoints)".to_owned()
             } else {
-                urls.join(", ")
+                urls.iter()
+                    .map(|u| redact::url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
         if urls.is_empty() {

@@ -112,7 +112,7 @@ pub(crate) fn ids_regex(ids: &[TargetId]) -> String {
 }
 
 /// A duration as PromQL writes it: `250ms`, `10s`, `5m`, `1h`.
-pub fn promql_duration(d: Duration) -> String {
+pub(crate) fn promql_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");

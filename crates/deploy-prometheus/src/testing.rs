@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use deploy_core::testing::process::{ChildGuard, free_port, wait_until};
 use deploy_core::testing::{TestHttpServer, TestResponse};
-use deploy_core::{Endpoint, Error, ErrorKind, Result};
+use deploy_core::{Endpoint, Error, ErrorKind, Result, http};
 
 use crate::client::PrometheusClient;
 
@@ -91,24 +92,14 @@ impl ScrapeTarget {
 
 /// A real `prometheus` on a free `127.0.0.1` port, with a generated configuration (scrape
 /// interval 1 s unless told otherwise, one static config per target with a `target` label) and
-/// its storage in a temporary directory. Killed when dropped.
+/// its storage in a temporary directory. Stopped (TERM, then KILL) when dropped.
 #[derive(Debug)]
 pub struct PrometheusServer {
-    child: Option<Child>,
+    // Dropped first: the process stops before its directory is removed.
+    child: ChildGuard,
     port: u16,
     log: PathBuf,
-    // Kept for the process' lifetime; removed on drop, after the kill.
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))?;
-    let port = l
-        .local_addr()
-        .map_err(|e| Error::io("find a free port", "127.0.0.1:0", e))?
-        .port();
-    Ok(port)
 }
 
 impl PrometheusServer {
@@ -178,7 +169,7 @@ impl PrometheusServer {
             .spawn()
             .map_err(|e| Error::io("start", bin.display().to_string(), e))?;
         let mut server = Self {
-            child: Some(child),
+            child: ChildGuard::new(child),
             port,
             log,
             dir,
@@ -188,13 +179,11 @@ impl PrometheusServer {
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = http::client(Some(Duration::from_secs(1)), "start", "prometheus")?;
         let url = format!("{}/-/ready", self.url());
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Ok(Some(status)) = self.child.child().try_wait() {
                 return Err(Error::new(
                     ErrorKind::CommandFailed,
                     "start",
@@ -202,7 +191,7 @@ impl PrometheusServer {
                     format!("it exited with {status}: {}", self.log_tail()),
                 ));
             }
-            if let Ok(r) = http.get(&url).timeout(Duration::from_secs(1)).send().await
+            if let Ok(r) = http.get(&url).send().await
                 && r.status().is_success()
             {
                 return Ok(());
@@ -245,41 +234,25 @@ impl PrometheusServer {
     /// Wait until `query` returns at least one non-NaN value, for at most `limit`.
     pub async fn wait_for_data(&self, query: &str, limit: Duration) -> Result<()> {
         let client = self.client();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Ok(crate::QueryResult::Vector(v)) = client.query(query).await
-                && v.iter().any(|s| !s.value.is_nan())
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "wait for data of",
-                    format!("`{query}` on {}", self.url()),
-                    format!("no data within {limit:?}"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_until(
+            &format!("data of `{query}` on {}", self.url()),
+            limit,
+            || async {
+                let ready = matches!(client.query(query).await,
+                    Ok(crate::QueryResult::Vector(v)) if v.iter().any(|s| !s.value.is_nan()));
+                if !ready {
+                    // Ask Prometheus about five times a second, not fifty.
+                    tokio::time::sleep(Duration::from_millis(180)).await;
+                }
+                ready
+            },
+        )
+        .await
     }
 
-    /// Kill the server and wait until it has exited.
+    /// Stop the server (TERM, then KILL) and wait until it has exited.
     pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.stop();
     }
 }
 
@@ -483,7 +456,7 @@ impl Load {
         let failed = Arc::new(AtomicU64::new(0));
         let (ok2, failed2) = (Arc::clone(&ok), Arc::clone(&failed));
         let task = tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = http::client_builder().build().unwrap_or_default();
             let period = Duration::from_secs_f64(1.0 / f64::from(rps.max(1)));
             let max = (f64::from(rps) * limit.as_secs_f64()).ceil() as u64;
             let mut ticker = tokio::time::interval(period);

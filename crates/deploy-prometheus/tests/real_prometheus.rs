@@ -6,7 +6,9 @@ use std::time::Duration;
 use deploy_core::testing::conformance;
 use deploy_core::{GateContext, MetricGate, TargetId, Verdict, VerdictKind, Version};
 use deploy_prometheus::testing::{PrometheusServer, ScrapeTarget, TestApp};
-use deploy_prometheus::{HttpMetrics, Judge, PromQlGate, ScrapeGate, ScrapeMeasure};
+use deploy_prometheus::{
+    HttpMetrics, Judge, PromQlGate, PromQlGateConfig, ScrapeGate, ScrapeGateConfig, ScrapeMeasure,
+};
 
 fn id(s: &str) -> TargetId {
     TargetId::new(s).unwrap()
@@ -68,6 +70,14 @@ async fn error_rate_gate_passes_at_0_and_fails_at_5_percent_and_the_scrape_gate_
     let pass = poll_until(&gate, &ctx, VerdictKind::Pass, Duration::from_secs(20)).await;
     conformance::metric_gate(&gate, &ctx, VerdictKind::Pass).await;
     assert_eq!(pass.value, Some(0.0), "{pass}");
+    // A query of one's own, judged by its condition: the canary serves about 50 requests/s.
+    let requests = PromQlGate::builder("requests", prom.client())
+        .query(r#"sum(rate(http_requests_total{target=~"{{target}}"}[{{window}}]))"#)
+        .condition("> 10")
+        .window(WINDOW)
+        .build()
+        .unwrap();
+    conformance::metric_gate(&requests, &ctx, VerdictKind::Pass).await;
     assert_eq!(pass.condition, "<= 0.01");
     assert!(
         pass.source.contains(r#"status=~"5..",target=~"green""#),
@@ -102,7 +112,8 @@ async fn error_rate_gate_passes_at_0_and_fails_at_5_percent_and_the_scrape_gate_
     // The same rule judged over every point of a range instead of one instant value.
     let ranged = PromQlGate::error_rate_below(prom.client(), 0.01, &HttpMetrics::default())
         .window(WINDOW)
-        .range(Duration::from_secs(3), Duration::from_secs(1))
+        .range(Duration::from_secs(3))
+        .range_step(Duration::from_secs(1))
         .min_samples(3)
         .build()
         .unwrap();
@@ -113,6 +124,7 @@ async fn error_rate_gate_passes_at_0_and_fails_at_5_percent_and_the_scrape_gate_
         v.reason.contains("over 4 samples") || v.reason.contains("over 3 samples"),
         "{v}"
     );
+    conformance::metric_gate(&ranged, &ctx, VerdictKind::Fail).await;
     let (ok, failed) = load.stop().await;
     assert!(ok > 100 && failed > 0, "load {ok} ok, {failed} failed");
 }
@@ -136,16 +148,19 @@ async fn p99_gate_fails_when_slow_requests_push_p99_over_2s() {
     let pass = poll_until(&gate, &ctx, VerdictKind::Pass, Duration::from_secs(20)).await;
     // 10 ms ± 20 %: p99 interpolates inside the (0.01, 0.025] bucket.
     assert!(pass.value.unwrap() <= 0.025, "{pass}");
+    conformance::metric_gate(&gate, &ctx, VerdictKind::Pass).await;
 
     // 5 % of requests take 2.5 s: p99 = 1 + 1.5 × (0.99 − 0.95) / 0.05 = 2.2 s.
     app.set_slow(0.05, Duration::from_millis(2500));
     let fail = poll_until(&gate, &ctx, VerdictKind::Fail, Duration::from_secs(20)).await;
     assert!(fail.value.unwrap() > 2.0, "{fail}");
+    conformance::metric_gate(&gate, &ctx, VerdictKind::Fail).await;
     tokio::time::sleep(WINDOW + Duration::from_secs(1)).await;
     let scrape = ScrapeGate::p99_latency_below(Duration::from_secs(2), &HttpMetrics::default())
         .window(Duration::from_secs(3))
         .build()
         .unwrap();
+    conformance::metric_gate(&scrape, &ctx, VerdictKind::Fail).await;
     let (p, s) = tokio::join!(gate.evaluate(&ctx), scrape.evaluate(&ctx));
     let (p, s) = (p.unwrap(), s.unwrap());
     assert_eq!(
@@ -183,6 +198,7 @@ async fn no_traffic_is_inconclusive() {
     // The request counter was never created: no data at all.
     assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
     assert!(v.no_data, "{v}");
+    conformance::metric_gate(&errors, &ctx, VerdictKind::Inconclusive).await;
     let p99 = PromQlGate::p99_latency_below(prom.client(), Duration::from_secs(2), &m)
         .window(WINDOW)
         .build()
@@ -191,6 +207,7 @@ async fn no_traffic_is_inconclusive() {
     // The histogram exists, with nothing in it: traffic 0 is below the floor.
     assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
     assert!(!v.no_data && v.reason.contains("below the floor"), "{v}");
+    conformance::metric_gate(&p99, &ctx, VerdictKind::Inconclusive).await;
     // Without the floor, histogram_quantile over empty buckets is NaN.
     let bare = PromQlGate::builder("p99-bare", prom.client())
         .query(p99.query_template())
@@ -201,21 +218,22 @@ async fn no_traffic_is_inconclusive() {
     let v = bare.evaluate(&ctx).await.unwrap();
     assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
     assert!(v.reason.contains("NaN"), "{v}");
+    conformance::metric_gate(&bare, &ctx, VerdictKind::Inconclusive).await;
     let scrape = ScrapeGate::p99_latency_below(Duration::from_secs(2), &m)
         .window(Duration::from_millis(300))
         .build()
         .unwrap();
     let v = scrape.evaluate(&ctx).await.unwrap();
     assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
-    let v = ScrapeGate::error_rate_below(0.01, &m)
+    conformance::metric_gate(&scrape, &ctx, VerdictKind::Inconclusive).await;
+    let scrape_errors = ScrapeGate::error_rate_below(0.01, &m)
         .unwrap()
         .window(Duration::from_millis(300))
         .build()
-        .unwrap()
-        .evaluate(&ctx)
-        .await
         .unwrap();
+    let v = scrape_errors.evaluate(&ctx).await.unwrap();
     assert!(v.no_data && v.kind == VerdictKind::Inconclusive, "{v}");
+    conformance::metric_gate(&scrape_errors, &ctx, VerdictKind::Inconclusive).await;
     assert_eq!(app.served(), 0);
 }
 
@@ -273,7 +291,8 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
         / sum(rate(http_request_duration_seconds_count{target=~"{{target}}"}[{{window}}]))"#;
     let judge = Judge::prometheus("latency-vs-baseline", prom.client(), mean)
         .window(Duration::from_secs(3))
-        .lookback(Duration::from_secs(6), Duration::from_millis(500))
+        .lookback(Duration::from_secs(6))
+        .step(Duration::from_millis(500))
         .min_samples(8)
         .build()
         .unwrap();
@@ -302,6 +321,7 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
     println!("PromQL judge, equal canary: {v}");
     assert_eq!(v.kind, VerdictKind::Pass, "{v}");
     assert!((0.9..1.1).contains(&v.value.unwrap()), "{v}");
+    conformance::metric_gate(&judge, &same_ctx, VerdictKind::Pass).await;
 
     // The same judgement from repeated scrapes, without Prometheus.
     let scrape_judge = Judge::scrape(
@@ -322,15 +342,60 @@ async fn the_judge_fails_a_3x_slower_canary_and_passes_an_equal_one() {
     assert_eq!(s.kind, VerdictKind::Fail, "{s}");
     assert_eq!(e.kind, VerdictKind::Pass, "{e}");
     conformance::metric_gate(&scrape_judge, &same_ctx, VerdictKind::Pass).await;
+    conformance::metric_gate(&scrape_judge, &slow_ctx, VerdictKind::Fail).await;
 
     // Too few samples: a range shorter than the minimum.
     let short = Judge::prometheus("short", prom.client(), mean)
         .window(Duration::from_secs(3))
-        .lookback(Duration::from_secs(3), Duration::from_secs(1))
+        .lookback(Duration::from_secs(3))
+        .step(Duration::from_secs(1))
         .min_samples(8)
         .build()
         .unwrap();
     let v = short.evaluate(&slow_ctx).await.unwrap();
     assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
     assert!(v.reason.contains("too few samples"), "{v}");
+}
+
+/// A plan-file section, `kind` removed as the facade does, as the config it is.
+fn section<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    let mut table: toml::Table = toml::from_str(text).unwrap();
+    table.remove("kind");
+    table.try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_built_from_plan_file_sections_judge_the_real_server() {
+    let app = TestApp::start().await.unwrap();
+    let prom = PrometheusServer::start(&[ScrapeTarget::new("green", app.addr())])
+        .await
+        .unwrap();
+    let load = app.load(50, Duration::from_secs(60));
+    let ctx = ctx(&[("green", &app)], &[]);
+    let promql = PromQlGate::from_config(section::<PromQlGateConfig>(&format!(
+        "kind = \"promql\"\nprometheus = \"{}\"\npreset = \"p99_latency\"\n\
+         max_latency = \"500ms\"\nwindow = \"4s\"\nmin_traffic = 5\ntarget_label = \"target\"",
+        prom.url()
+    )))
+    .unwrap();
+    let pass = poll_until(&promql, &ctx, VerdictKind::Pass, Duration::from_secs(20)).await;
+    assert_eq!(promql.name(), "p99-latency");
+    assert!(pass.value.unwrap() <= 0.025, "{pass}");
+    conformance::metric_gate(&promql, &ctx, VerdictKind::Pass).await;
+    let scrape = ScrapeGate::from_config(section::<ScrapeGateConfig>(
+        "kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01\nwindow = \"1s\"\nmin_traffic = 5",
+    ))
+    .unwrap();
+    assert_eq!(scrape.name(), "error-rate");
+    conformance::metric_gate(&scrape, &ctx, VerdictKind::Pass).await;
+    // Above the traffic floor only: 50 requests/s is not 100.
+    let picky = ScrapeGate::from_config(section::<ScrapeGateConfig>(
+        "kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01\nwindow = \"1s\"\nmin_traffic = 100",
+    ))
+    .unwrap();
+    let v = picky.evaluate(&ctx).await.unwrap();
+    assert_eq!(v.kind, VerdictKind::Inconclusive, "{v}");
+    assert!(v.reason.contains("below the floor"), "{v}");
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 50 && failed == 0, "load {ok} ok, {failed} failed");
 }

@@ -192,14 +192,16 @@ fn gates_say_how_long_a_measurement_takes_and_how_far_back_it_looks() {
     // A range gate looks back over its range, and each point over the query's own range.
     let ranged = PromQlGate::error_rate_below(client.clone(), 0.01, &m)
         .window(Duration::from_secs(60))
-        .range(Duration::from_secs(600), Duration::from_secs(10))
+        .range(Duration::from_secs(600))
+        .range_step(Duration::from_secs(10))
         .build()
         .unwrap();
     assert_eq!(ranged.lookback(), Duration::from_secs(660));
 
     let judge = Judge::prometheus("j", client, "rate(x[{{window}}])")
         .window(Duration::from_secs(120))
-        .lookback(Duration::from_secs(600), Duration::from_secs(10))
+        .lookback(Duration::from_secs(600))
+        .step(Duration::from_secs(10))
         .build()
         .unwrap();
     assert_eq!(judge.evaluation_time(), Duration::ZERO);
