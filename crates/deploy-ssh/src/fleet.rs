@@ -15,7 +15,9 @@ use futures::StreamExt;
 pub struct HostResult<T> {
     /// The host's name ([`Host::name`]) or the target's id.
     pub host: String,
-    /// The operation's value, or its error (which names the host).
+    /// The operation's value, or its error as the operation returned it. The errors of
+    /// [`SshHost`](crate::SshHost) name the host and those of `ReleaseDirTarget` the target; a
+    /// per-host time limit's error names the host.
     pub result: Result<T>,
     /// How long it took on this host.
     pub elapsed: Duration,
@@ -45,7 +47,9 @@ impl<T> FleetReport<T> {
             .collect()
     }
 
-    /// Every value, or one error naming every host that failed.
+    /// Every value, or one error with the message of every failure, in the fleet's order (the
+    /// errors of [`SshHost`](crate::SshHost) name their host). Retryable only if every failure
+    /// is.
     pub fn into_result(self) -> Result<Vec<T>> {
         let failed = self.failures().len();
         if failed == 0 {
@@ -112,14 +116,6 @@ where
                     },
                     None => op(item).await,
                 };
-                // Every error says which host it came from.
-                let result = result.map_err(|e| {
-                    if e.to_string().contains(&name) {
-                        e
-                    } else {
-                        e.context("on host", name.clone())
-                    }
-                });
                 (
                     i,
                     HostResult {

@@ -16,7 +16,7 @@ use russh::keys::PrivateKeyWithHashAlg;
 use russh::{ChannelMsg, Sig};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::config::{Auth, Config, SshHostBuilder};
+use crate::config::{Auth, Settings, SshHostBuilder};
 use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
 use crate::quote::{self, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
 
@@ -29,9 +29,10 @@ use crate::quote::{self, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
 ///   not have finished on the host).
 /// - **Host keys** are verified against an OpenSSH `known_hosts` file (hashed entries too) under
 ///   a [`HostKeyPolicy`]; a changed key is always refused, naming the host and both fingerprints.
-/// - **Commands** are argument vectors: [`shell_quote`](crate::shell_quote) turns them into the
-///   single string SSH carries, for the remote user's POSIX login shell. The command's exit code
-///   or the signal that ended it is reported as is. At most
+/// - **Commands** are argument vectors: one audited quoting function turns them into the single
+///   string SSH carries, for the remote user's POSIX login shell (POSIX single quotes, `'` as
+///   `'\''`; NUL and environment names that are not identifiers are refused). The command's
+///   exit code or the signal that ended it is reported as is. At most
 ///   [`SshHost::MAX_CAPTURED_OUTPUT`] bytes of standard output and of standard error are kept;
 ///   standard input is streamed with SSH flow control, then closed. On timeout the command's
 ///   whole process group is killed on the host (over a second channel) and the call fails with
@@ -50,7 +51,7 @@ pub struct SshHost {
 }
 
 struct Inner {
-    config: Config,
+    config: Settings,
     name: String,
     connection: Mutex<Option<Arc<Handle<Client>>>>,
     channels: Arc<Semaphore>,
@@ -189,7 +190,12 @@ impl Drop for KillOnDrop {
 enum RawError {
     /// Ran out of time; the pid if known, to kill the group.
     Timeout(Option<u32>),
-    Other(Error),
+    /// The connection dropped before the command started or while it ran (the words say when).
+    Dropped(&'static str),
+    /// The server refused the exec request.
+    Refused,
+    /// Connecting or opening a channel failed; the error names the host.
+    Connection(Error),
 }
 
 impl SshHost {
@@ -202,7 +208,7 @@ impl SshHost {
         SshHostBuilder::new(host)
     }
 
-    pub(crate) fn from_config(config: Config) -> Self {
+    pub(crate) fn with_settings(config: Settings) -> Self {
         let name = format!("{}@{}:{}", config.user, config.host, config.port);
         let channels = Arc::new(Semaphore::new(config.max_channels));
         Self {
@@ -213,6 +219,12 @@ impl SshHost {
                 channels,
             }),
         }
+    }
+
+    /// What the host was built with.
+    #[cfg(test)]
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.config
     }
 
     /// Open the connection now (it is otherwise opened by the first command): checks the host
@@ -254,12 +266,26 @@ impl SshHost {
                 u32::from_str_radix(out.stdout_text().trim(), 8).ok()
             }
         };
+        let object = format!(
+            "{} to {}",
+            self.located(&path.display().to_string()),
+            local.display()
+        );
         let local = local.to_path_buf();
-        let remote = format!("{} on {}", path.display(), self.name());
-        tokio::task::spawn_blocking(move || write_local(&local, &bytes, mode))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, "download", remote.clone(), e.to_string()))?
-            .map_err(|e| Error::io("download", remote, e))
+        tokio::task::spawn_blocking(move || {
+            deploy_core::fs::write_atomic(&local, bytes.as_slice(), mode)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                "download",
+                object.clone(),
+                "the local write stopped",
+            )
+            .with_source(e)
+        })?
+        .map_err(|e| Error::io("download", object, e))
     }
 
     /// The open connection, opening one if there is none or it was closed.
@@ -325,14 +351,10 @@ impl SshHost {
                     .unwrap_or_else(PoisonError::into_inner)
                     .take()
                 {
-                    return Err(Error::new(
-                        ErrorKind::Rejected,
-                        "connect to",
-                        name,
-                        hk.to_string(),
-                    )
-                    .with_source(hk)
-                    .permanent());
+                    // The refusal says why, with fingerprints and what to do.
+                    return Err(Error::new(ErrorKind::Rejected, "connect to", name, "")
+                        .with_source(hk)
+                        .permanent());
                 }
                 return Err(russh_error("connect to", name, e));
             }
@@ -358,7 +380,8 @@ impl SshHost {
         .permanent())
     }
 
-    /// Try one method; `Ok(false)` when the server refused it.
+    /// Try one method; `Ok(false)` when the server refused it. The error's words follow the
+    /// method's name ([`auth_name`]), so they do not repeat the key or the socket.
     async fn authenticate(
         &self,
         handle: &mut Handle<Client>,
@@ -369,11 +392,10 @@ impl SshHost {
             Auth::KeyFile { path, passphrase } => {
                 let key = russh::keys::load_secret_key(path, passphrase.as_deref()).map_err(
                     |e| match e {
-                        russh::keys::Error::KeyIsEncrypted => format!(
-                            "{} is encrypted: give its passphrase (key_file_with_passphrase)",
-                            path.display()
-                        ),
-                        e => format!("cannot load {}: {e}", path.display()),
+                        russh::keys::Error::KeyIsEncrypted => "it is encrypted: give its \
+                            passphrase (key_file_with_passphrase; key_passphrase_env in a plan)"
+                            .to_owned(),
+                        e => format!("cannot load it: {e}"),
                     },
                 )?;
                 let hash = if key.algorithm().is_rsa() {
@@ -401,11 +423,11 @@ impl SshHost {
                 };
                 let mut agent = russh::keys::agent::client::AgentClient::connect_uds(&socket)
                     .await
-                    .map_err(|e| format!("cannot reach the agent at {}: {e}", socket.display()))?;
+                    .map_err(|e| format!("cannot reach it: {e}"))?;
                 let ids = agent
                     .request_identities()
                     .await
-                    .map_err(|e| format!("the agent at {}: {e}", socket.display()))?;
+                    .map_err(|e| format!("cannot list its keys: {e}"))?;
                 for id in ids {
                     let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
                         continue;
@@ -441,32 +463,24 @@ impl SshHost {
         limit: usize,
     ) -> std::result::Result<Raw, RawError> {
         let name = &self.inner.name;
-        let handle = self.connection().await.map_err(RawError::Other)?;
+        let handle = self.connection().await.map_err(RawError::Connection)?;
         let channel = match handle.channel_open_session().await {
             Ok(ch) => ch,
             Err(_) => {
-                // The connection may have died while idle: one fresh attempt (opening a channel
-                // has no effect on the host).
+                // The connection may have died while idle: one fresh attempt, at once (opening a
+                // channel has no effect on the host, and a new connection is not a retry of
+                // the same one: there is nothing to back off from).
                 self.forget(&handle).await;
-                let handle = self.connection().await.map_err(RawError::Other)?;
+                let handle = self.connection().await.map_err(RawError::Connection)?;
                 handle.channel_open_session().await.map_err(|e| {
-                    RawError::Other(russh_error("open a channel to", name.clone(), e))
+                    RawError::Connection(russh_error("open a channel to", name.clone(), e))
                 })?
             }
-        };
-        let dropped = |what: &str| {
-            Error::new(
-                ErrorKind::Unavailable,
-                "run a command on",
-                name.clone(),
-                format!("the connection dropped {what}; the command may or may not have run"),
-            )
-            .retryable()
         };
         channel
             .exec(true, line)
             .await
-            .map_err(|_| RawError::Other(dropped("before the command started")))?;
+            .map_err(|_| RawError::Dropped("before the command started"))?;
         let (mut read, write) = channel.split();
         let mut raw = Raw::default();
         let pid_cell = Arc::new(AtomicU32::new(0));
@@ -488,14 +502,7 @@ impl SshHost {
                 };
                 match msg {
                     Some(ChannelMsg::Success) => accepted = true,
-                    Some(ChannelMsg::Failure) if !accepted => {
-                        return Err(Error::new(
-                            ErrorKind::Rejected,
-                            "run a command on",
-                            name.clone(),
-                            "the server refused the exec request",
-                        ));
-                    }
+                    Some(ChannelMsg::Failure) if !accepted => return Err(RawError::Refused),
                     Some(ChannelMsg::Data { data }) => raw.push_stdout(&data, limit),
                     Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                         raw.push_stderr(&data, limit);
@@ -546,39 +553,64 @@ impl SshHost {
         let Some(result) = result else {
             return Err(RawError::Timeout(raw.pid));
         };
-        result.map_err(RawError::Other)?;
+        result?;
         if !raw.ended {
             if handle.is_closed() {
                 self.forget(&handle).await;
             }
-            return Err(RawError::Other(dropped("while the command ran")));
+            return Err(RawError::Dropped("while the command ran"));
         }
         Ok(raw)
     }
 
-    /// Run `command`, interpreting the wrapper's marks; the core of [`Host::run`].
-    async fn exec(&self, command: &Command, input: Input<'_>, limit: usize) -> Result<Output> {
-        let operation = || format!("run `{}`", command.display());
-        let line = quote::command_line(command)?;
+    /// Run `command`, interpreting the wrapper's marks; the core of [`Host::run`] and of every
+    /// file operation. Its errors are those of `operation` on `object` (a path, or `""` for a
+    /// plain command) on this host; an error of the connection, which names the host itself,
+    /// gets `operation` and `object` in front.
+    async fn exec(
+        &self,
+        command: &Command,
+        input: Input<'_>,
+        limit: usize,
+        operation: &str,
+        object: &str,
+    ) -> Result<Output> {
+        let fail = |kind: ErrorKind, message: String| {
+            Error::new(kind, operation.to_owned(), self.located(object), message)
+        };
+        let line = quote::command_line(command, operation, &self.located(object))?;
         let timeout = command.timeout.or(self.inner.config.command_timeout);
         let permit = Arc::clone(&self.inner.channels)
             .acquire_owned()
             .await
-            .map_err(|_| Error::new(ErrorKind::Cancelled, operation(), self.on(), "closed"))?;
+            .map_err(|_| fail(ErrorKind::Cancelled, "the host was closed".to_owned()))?;
         let r = self.exec_raw(line, input, timeout, limit).await;
         drop(permit);
         let raw = match r {
             Ok(raw) => raw,
-            Err(RawError::Other(e)) => return Err(e.context(operation(), self.on())),
+            Err(RawError::Connection(e)) => {
+                return Err(e.context(operation.to_owned(), object.to_owned()));
+            }
+            Err(RawError::Dropped(when)) => {
+                return Err(fail(
+                    ErrorKind::Unavailable,
+                    format!("the connection dropped {when}; the command may or may not have run"),
+                )
+                .retryable());
+            }
+            Err(RawError::Refused) => {
+                return Err(fail(
+                    ErrorKind::Rejected,
+                    "the server refused the exec request".to_owned(),
+                ));
+            }
             Err(RawError::Timeout(pid)) => {
                 if let Some(pid) = pid {
                     self.kill_group(pid).await;
                 }
                 let limit = timeout.unwrap_or_default();
-                return Err(Error::new(
+                return Err(fail(
                     ErrorKind::Timeout,
-                    operation(),
-                    self.on(),
                     format!(
                         "killed after {} (process group {})",
                         humantime::format_duration(limit),
@@ -589,18 +621,14 @@ impl SshHost {
         };
         if raw.code == Some(127) {
             if raw.stderr.ends_with(NOT_FOUND_MARK) {
-                return Err(Error::new(
+                return Err(fail(
                     ErrorKind::NotFound,
-                    operation(),
-                    self.on(),
                     format!("program {:?} not found", command.program.to_string_lossy()),
                 ));
             }
             if raw.stderr.ends_with(NO_CWD_MARK) {
-                return Err(Error::new(
+                return Err(fail(
                     ErrorKind::NotFound,
-                    operation(),
-                    self.on(),
                     format!(
                         "working directory {} does not exist",
                         command.cwd.as_deref().unwrap_or(Path::new("")).display()
@@ -617,16 +645,25 @@ impl SshHost {
             format!("kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0")
                 .into_bytes();
         let _permit = Arc::clone(&self.inner.channels).acquire_owned().await;
-        if let Err(RawError::Other(e)) = self
+        let error = match self
             .exec_raw(line, Input::Empty, Some(Duration::from_secs(10)), 1024)
             .await
         {
-            tracing::warn!(host = %self.inner.name, pid, error = %e, "could not kill a timed-out command");
-        }
+            Ok(_) | Err(RawError::Timeout(_)) => return,
+            Err(RawError::Connection(e)) => e.to_string(),
+            Err(RawError::Dropped(when)) => format!("the connection dropped {when}"),
+            Err(RawError::Refused) => "the server refused the exec request".to_owned(),
+        };
+        tracing::warn!(host = %self.inner.name, pid, %error, "could not kill a timed-out command");
     }
 
-    fn on(&self) -> String {
-        format!("on {}", self.inner.name)
+    /// `object on HOST`, or `on HOST` without an object: what an error acted on.
+    fn located(&self, object: &str) -> String {
+        if object.is_empty() {
+            format!("on {}", self.inner.name)
+        } else {
+            format!("{object} on {}", self.inner.name)
+        }
     }
 
     /// Run `sh -c SCRIPT sh ARGS…` for a file operation and map its failures: exit 44 is
@@ -658,16 +695,13 @@ impl SshHost {
         input: Input<'_>,
         limit: usize,
     ) -> Result<Output> {
-        let object = || format!("{} on {}", path.display(), self.inner.name);
+        let object = path.display().to_string();
         let cmd = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("sh")
             .args(args.iter().copied());
-        let out = self
-            .exec(&cmd, input, limit)
-            .await
-            .map_err(|e| e.context(operation, object()))?;
+        let out = self.exec(&cmd, input, limit, operation, &object).await?;
         if out.success() {
             return Ok(out);
         }
@@ -689,7 +723,7 @@ impl SshHost {
         } else {
             tail
         };
-        Err(Error::new(kind, operation, object(), cause).permanent())
+        Err(Error::new(kind, operation, self.located(&object), cause).permanent())
     }
 
     /// Write `input` (`size` bytes) atomically to `path`.
@@ -705,7 +739,7 @@ impl SshHost {
             Error::new(
                 ErrorKind::InvalidInput,
                 operation,
-                format!("{} on {}", path.display(), self.inner.name),
+                self.located(&path.display().to_string()),
                 "the path has no file name",
             )
         })?;
@@ -764,27 +798,8 @@ sync -- "$tmp" 2>/dev/null
 mv -f -T -- "$tmp" "$final" || exit 1
 "#;
 
-fn write_local(local: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match local.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".deploy-download-")
-        .tempfile_in(&dir)?;
-    tmp.write_all(bytes)?;
-    if let Some(m) = mode {
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(m))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(local).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// A `select!` arm that never completes returns this to satisfy the types.
-fn unreachable_ok() -> Result<()> {
+fn unreachable_ok() -> std::result::Result<(), RawError> {
     Ok(())
 }
 
@@ -796,13 +811,14 @@ fn auth_name(a: &Auth) -> String {
     }
 }
 
+/// An error of the SSH session; russh's error is the source and says what happened.
 fn russh_error(operation: &'static str, object: String, e: russh::Error) -> Error {
     match e {
         russh::Error::IO(io) => Error::io(operation, object, io),
         russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => {
-            Error::new(ErrorKind::Timeout, operation, object, e.to_string()).with_source(e)
+            Error::new(ErrorKind::Timeout, operation, object, "").with_source(e)
         }
-        e => Error::new(ErrorKind::Unavailable, operation, object, e.to_string())
+        e => Error::new(ErrorKind::Unavailable, operation, object, "")
             .with_source(e)
             .retryable(),
     }
@@ -890,7 +906,9 @@ impl Host for SshHost {
             Some(b) => Input::Bytes(b),
             None => Input::Empty,
         };
-        self.exec(command, input, Self::MAX_CAPTURED_OUTPUT).await
+        let operation = format!("run `{}`", command.display());
+        self.exec(command, input, Self::MAX_CAPTURED_OUTPUT, &operation, "")
+            .await
     }
 
     async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {

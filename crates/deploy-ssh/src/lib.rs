@@ -6,11 +6,10 @@ mod host;
 mod known_hosts;
 mod quote;
 
-pub use config::SshHostBuilder;
+pub use config::{SshHostBuilder, SshHostConfig};
 pub use fleet::{Fleet, FleetReport, HostResult, RollingOptions, RollingReport, rolling_deploy};
 pub use host::SshHost;
 pub use known_hosts::{HostKeyError, HostKeyPolicy};
-pub use quote::shell_quote;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -13,16 +13,12 @@ use std::os::unix::ffi::OsStrExt;
 
 use deploy_core::{Command, Error, ErrorKind, Result};
 
-/// Quote one argument for a POSIX shell: the shell turns the result back into exactly `arg`.
+/// Quote one argument for a POSIX shell: the shell turns the result back into exactly `arg`
+/// (`it's` becomes `'it'\''s'`, the empty argument `''`).
 ///
-/// `arg` must not contain NUL: no program can receive one ([`SshHost`](crate::SshHost) refuses
-/// such arguments with `InvalidInput` before anything is sent).
-///
-/// ```
-/// assert_eq!(deploy_ssh::shell_quote(b"it's $(here)"), b"'it'\\''s $(here)'".to_vec());
-/// assert_eq!(deploy_ssh::shell_quote(b""), b"''".to_vec());
-/// ```
-pub fn shell_quote(arg: &[u8]) -> Vec<u8> {
+/// `arg` must not contain NUL: no program can receive one ([`command_line`] refuses such
+/// arguments with `InvalidInput` before anything is sent).
+pub(crate) fn shell_quote(arg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(arg.len() + 2);
     out.push(b'\'');
     for &b in arg {
@@ -49,23 +45,31 @@ fn is_identifier(name: &[u8]) -> bool {
         && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
-fn refuse(command: &Command, cause: String) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        format!("quote `{}`", command.display()),
-        "for a remote shell",
-        cause,
-    )
+/// The operation and object a refusal names: the caller's (`run `…`` on a host, `write file
+/// PATH` on a host), since quoting is a step of it.
+struct Refuse<'a> {
+    operation: &'a str,
+    object: &'a str,
 }
 
-fn check_no_nul(command: &Command, what: &str, s: &OsStr) -> Result<()> {
-    if s.as_bytes().contains(&0) {
-        return Err(refuse(
-            command,
-            format!("{what} {s:?} contains a NUL byte, which no program can receive"),
-        ));
+impl Refuse<'_> {
+    fn because(&self, problem: String) -> Error {
+        Error::new(
+            ErrorKind::InvalidInput,
+            self.operation.to_owned(),
+            self.object.to_owned(),
+            problem,
+        )
     }
-    Ok(())
+
+    fn nul(&self, what: &str, s: &OsStr) -> Result<()> {
+        if s.as_bytes().contains(&0) {
+            return Err(self.because(format!(
+                "{what} {s:?} contains a NUL byte, which no program can receive"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The string sent in the SSH `exec` request for `command`.
@@ -75,21 +79,23 @@ fn check_no_nul(command: &Command, what: &str, s: &OsStr) -> Result<()> {
 /// missing program is told apart from a program exiting 127), and `exec`s the program with the
 /// quoted arguments — so the process that ends is the program itself, and its exit status or
 /// signal is what the server reports. Every piece of input is quoted by [`shell_quote`]; nothing
-/// from the command is ever placed in the string unquoted.
-pub(crate) fn command_line(command: &Command) -> Result<Vec<u8>> {
-    check_no_nul(command, "the program", &command.program)?;
+/// from the command is ever placed in the string unquoted. A command that cannot be sent is an
+/// `InvalidInput` error of `operation` on `object`.
+pub(crate) fn command_line(command: &Command, operation: &str, object: &str) -> Result<Vec<u8>> {
+    let refuse = Refuse { operation, object };
+    refuse.nul("the program", &command.program)?;
     if command.program.is_empty() {
-        return Err(refuse(command, "the program name is empty".into()));
+        return Err(refuse.because("the program name is empty".into()));
     }
     for a in &command.args {
-        check_no_nul(command, "argument", a)?;
+        refuse.nul("argument", a)?;
     }
     let mut s: Vec<u8> = Vec::with_capacity(256);
     s.extend_from_slice(b"printf '");
     s.extend_from_slice(PID_HEADER);
     s.extend_from_slice(b"%s\\n' \"$$\" >&2 || exit 127\n");
     if let Some(cwd) = &command.cwd {
-        check_no_nul(command, "the working directory", cwd.as_os_str())?;
+        refuse.nul("the working directory", cwd.as_os_str())?;
         s.extend_from_slice(b"cd -- ");
         s.extend_from_slice(&shell_quote(cwd.as_os_str().as_bytes()));
         s.extend_from_slice(b" 2>/dev/null || { printf '%s\\n' '");
@@ -98,12 +104,11 @@ pub(crate) fn command_line(command: &Command) -> Result<Vec<u8>> {
     }
     for (k, v) in &command.env {
         if !is_identifier(k.as_bytes()) {
-            return Err(refuse(
-                command,
-                format!("environment variable name {k:?} is not a shell identifier"),
-            ));
+            return Err(refuse.because(format!(
+                "environment variable name {k:?} is not a shell identifier"
+            )));
         }
-        check_no_nul(command, "the value of environment variable", v)?;
+        refuse.nul("the value of environment variable", v)?;
         // `k` is an identifier (checked above), so it needs no quoting.
         s.extend_from_slice(b"export ");
         s.extend_from_slice(k.as_bytes());
@@ -174,7 +179,7 @@ mod tests {
             let cmd = Command::new("printf")
                 .arg("%s\\0")
                 .args(args.iter().map(|a| std::ffi::OsString::from_vec(a.clone())));
-            let line = command_line(&cmd).unwrap();
+            let line = command_line(&cmd, "run", "here").unwrap();
             let mut want = Vec::new();
             for a in &args {
                 want.extend_from_slice(a);
@@ -198,19 +203,25 @@ mod tests {
     #[test]
     fn nul_and_bad_env_names_are_refused() {
         let c = Command::new("printf").arg(OsStr::from_bytes(b"a\0b"));
-        let e = command_line(&c).unwrap_err();
+        let e = command_line(&c, "run", "here").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains("NUL"), "{e}");
         let c = Command::new("true").env("A;B", "x");
-        let e = command_line(&c).unwrap_err();
+        let e = command_line(&c, "run", "here").unwrap_err();
         assert!(e.to_string().contains("not a shell identifier"), "{e}");
-        assert!(command_line(&Command::new("")).is_err());
+        assert!(command_line(&Command::new(""), "run", "here").is_err());
+    }
+
+    #[test]
+    fn single_quotes_are_closed_escaped_and_reopened() {
+        assert_eq!(shell_quote(b"it's $(here)"), b"'it'\\''s $(here)'".to_vec());
+        assert_eq!(shell_quote(b""), b"''".to_vec());
     }
 
     #[test]
     fn the_program_and_arguments_are_quoted() {
         let c = Command::new("printf").arg("%s").arg("$(reboot)");
-        let line = String::from_utf8(command_line(&c).unwrap()).unwrap();
+        let line = String::from_utf8(command_line(&c, "run", "here").unwrap()).unwrap();
         assert!(line.ends_with("exec 'printf' '%s' '$(reboot)'\n"), "{line}");
     }
 }

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
+use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
+use deploy_core::testing::process::{ChildGuard, Signal, free_port, signal};
 use deploy_core::{Error, ErrorKind, Result};
 
 use crate::SshHostBuilder;
@@ -18,7 +19,8 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 /// A real `sshd -D -e` on a free `127.0.0.1` port, with its own configuration, a generated
 /// ed25519 host key, a generated client key (authorized for the user running the tests, which
 /// must be root: `PermitRootLogin prohibit-password`) and a `known_hosts` file listing the host
-/// key, all in a temporary directory. The server is killed when the fixture is dropped.
+/// key, all in a temporary directory. The server is stopped when the fixture is dropped (its
+/// session processes killed, then the listener stopped by its pid).
 ///
 /// Sessions get `SHLVL=1` (sshd's `SetEnv`): bash, started by sshd as the login shell, then does
 /// not source `~/.bashrc`, whose output and run time (a `pyenv init`, say) belong to the
@@ -36,7 +38,7 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 pub struct SshdFixture {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     user: String,
 }
 
@@ -45,13 +47,18 @@ impl fmt::Debug for SshdFixture {
         f.debug_struct("SshdFixture")
             .field("dir", &self.dir.path())
             .field("port", &self.port)
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("pid", &self.child.as_ref().map(ChildGuard::id))
             .finish()
     }
 }
 
-fn fixture_error(cause: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Unavailable, "start", "test sshd", cause)
+fn fixture_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unavailable, "start", "test sshd", message)
+}
+
+/// A fixture error caused by `source`, which says what went wrong.
+fn fixture_failure(message: impl Into<String>, source: std::io::Error) -> Error {
+    fixture_error(message).with_source(source)
 }
 
 /// Run `ssh-keygen` with `args`.
@@ -61,9 +68,10 @@ pub fn ssh_keygen(args: &[&str]) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
-            fixture_error(format!(
-                "cannot run ssh-keygen ({e}); install it with `apt-get install openssh-client`"
-            ))
+            fixture_failure(
+                "cannot run ssh-keygen (install it with `apt-get install openssh-client`)",
+                e,
+            )
         })?;
     if !out.status.success() {
         return Err(fixture_error(format!(
@@ -75,37 +83,27 @@ pub fn ssh_keygen(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| fixture_error(format!("no free loopback port: {e}")))?;
-    let port = l
-        .local_addr()
-        .map_err(|e| fixture_error(e.to_string()))?
-        .port();
-    Ok(port)
-}
-
 impl SshdFixture {
     /// Start a server; fails with the install command if sshd is missing.
     pub fn start() -> Result<Self> {
         if !Path::new(SSHD).exists() {
             return Err(fixture_error(format!(
-                "{SSHD} is missing; install it with `apt-get install openssh-server` (or `bash scripts/install-servers.sh`)"
+                "{SSHD} is missing; install it with `apt-get install openssh-server`"
             )));
         }
         // sshd refuses to start without its privilege separation directory.
         std::fs::create_dir_all("/run/sshd")
-            .map_err(|e| fixture_error(format!("cannot create /run/sshd: {e}")))?;
+            .map_err(|e| fixture_failure("cannot create /run/sshd", e))?;
         let dir = tempfile::Builder::new()
             .prefix("deploy-sshd-")
             .tempdir()
-            .map_err(|e| fixture_error(format!("temp dir: {e}")))?;
+            .map_err(|e| fixture_failure("cannot create its temporary directory", e))?;
         let d = dir.path();
         let p = |name: &str| d.join(name).to_string_lossy().into_owned();
         ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("host_ed25519")])?;
         ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("client_ed25519")])?;
         std::fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys"))
-            .map_err(|e| fixture_error(format!("authorized_keys: {e}")))?;
+            .map_err(|e| fixture_failure("cannot write authorized_keys", e))?;
         let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         let mut fixture = Self {
             dir,
@@ -150,10 +148,10 @@ impl SshdFixture {
         );
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config)
-            .map_err(|e| fixture_error(format!("sshd_config: {e}")))?;
+            .map_err(|e| fixture_failure("cannot write sshd_config", e))?;
         let log = std::fs::File::create(d.join("sshd.log"))
-            .map_err(|e| fixture_error(format!("sshd.log: {e}")))?;
-        let mut child = StdCommand::new(SSHD)
+            .map_err(|e| fixture_failure("cannot create sshd.log", e))?;
+        let child = StdCommand::new(SSHD)
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -162,10 +160,12 @@ impl SshdFixture {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| fixture_error(format!("cannot run {SSHD}: {e}")))?;
+            .map_err(|e| fixture_failure(format!("cannot run {SSHD}"), e))?;
+        // Stopped by its pid if it does not come up (TERM, then KILL).
+        let mut child = ChildGuard::new(child).grace(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.child().try_wait() {
                 let log = std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default();
                 return Err(fixture_error(format!(
                     "{SSHD} exited with {status} on port {port}: {}",
@@ -180,8 +180,7 @@ impl SshdFixture {
                 }
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.stop();
                 return Err(fixture_error(format!(
                     "{SSHD} did not answer on port {port} within 10 s"
                 )));
@@ -195,13 +194,13 @@ impl SshdFixture {
 
     fn write_known_hosts(&self) -> Result<()> {
         let key = std::fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
-            .map_err(|e| fixture_error(format!("host key: {e}")))?;
+            .map_err(|e| fixture_failure("cannot read the host key", e))?;
         let key: Vec<&str> = key.split_whitespace().take(2).collect();
         std::fs::write(
             self.known_hosts(),
             format!("[127.0.0.1]:{} {}\n", self.port, key.join(" ")),
         )
-        .map_err(|e| fixture_error(format!("known_hosts: {e}")))
+        .map_err(|e| fixture_failure("cannot write known_hosts", e))
     }
 
     /// The port sshd listens on (127.0.0.1).
@@ -238,12 +237,18 @@ impl SshdFixture {
     pub fn authorize(&self, public_key: &Path) -> Result<()> {
         use std::io::Write;
         let key = std::fs::read_to_string(public_key)
-            .map_err(|e| fixture_error(format!("{}: {e}", public_key.display())))?;
+            .map_err(|e| Error::io("authorize", format!("key {}", public_key.display()), e))?;
         std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.path().join("authorized_keys"))
             .and_then(|mut f| f.write_all(key.as_bytes()))
-            .map_err(|e| fixture_error(format!("authorized_keys: {e}")))
+            .map_err(|e| {
+                Error::io(
+                    "authorize",
+                    format!("key {} in authorized_keys", public_key.display()),
+                    e,
+                )
+            })
     }
 
     /// A builder for this server with user, port, the client key and the known_hosts file set.
@@ -266,18 +271,11 @@ impl SshdFixture {
         let Some(child) = &self.child else {
             return 0;
         };
-        let parent = child.id();
-        let mut killed = 0;
-        for pid in children_of(parent) {
-            // Only descendants of the sshd this fixture started.
-            let ok = StdCommand::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            killed += usize::from(ok);
-        }
-        killed
+        // Only children of the sshd this fixture started, by pid.
+        children_of(child.id())
+            .into_iter()
+            .filter(|&pid| signal(pid, Signal::Kill).unwrap_or(false))
+            .count()
     }
 }
 
@@ -311,13 +309,9 @@ impl Drop for SshdFixture {
         if let Some(mut child) = self.child.take() {
             // Session processes first: they would outlive the listener.
             for pid in children_of(child.id()) {
-                let _ = StdCommand::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+                let _ = signal(pid, Signal::Kill);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            child.stop();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Release directories and fleets over real sshd servers on loopback: `ReleaseDirTarget` over
-//! `SshHost`, the engine's rolling strategy across 8 hosts with a failure on host 5, `Fleet`
-//! concurrency, time limits and per-host results, and `rolling_deploy`'s concurrent batches.
+//! `SshHost` (deploy-core's target conformance suite, rollback, pruning), the engine's rolling
+//! strategy across 8 hosts with a failure on host 5, `Fleet` concurrency, time limits and
+//! per-host results, and `rolling_deploy`'s concurrent batches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use deploy_core::engine::Outcome;
 use deploy_core::testing::FakeSwitch;
+use deploy_core::testing::conformance;
+use deploy_core::testing::process::free_port;
 use deploy_core::{
     BatchSize, Command, DynTarget, Endpoint, Engine, Environment, ErrorKind, Host, HostExt,
     PlanOptions, Release, ReleaseDirTarget, Strategy, Target, TargetId, Version,
@@ -52,6 +55,68 @@ fn target(name: &str, host: SshHost, root: &Path) -> ReleaseDirTarget {
     .command_timeout(Duration::from_secs(30))
     .build()
     .unwrap()
+}
+
+/// deploy-core's `Target` contract, on the real implementation over a real sshd: a fresh root
+/// (nothing current), then a second release (the rollback branch of the suite), with stop and
+/// start commands that leave their mark on the "remote" side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_dir_target_over_ssh_passes_the_target_conformance_suite() {
+    let sshd = SshdFixture::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv/app");
+    let lifecycle = |what: &str| {
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo \"{what} $2\" >> \"$1/lifecycle\""),
+            "sh".to_owned(),
+            "{root}".to_owned(),
+            "{version}".to_owned(),
+        ]
+    };
+    let t = ReleaseDirTarget::builder(
+        TargetId::new("web-1").unwrap(),
+        Arc::new(sshd.host().unwrap()),
+        root.clone(),
+        Endpoint::http("127.0.0.1", 9),
+    )
+    .restart(lifecycle("restart"))
+    .stop_command(lifecycle("stop"))
+    .start_command(lifecycle("start"))
+    .command_timeout(Duration::from_secs(30))
+    .build()
+    .unwrap();
+
+    conformance::target(&t, &release(tmp.path(), "1.0.0")).await;
+    assert_eq!(link(&root), Path::new("releases/1.0.0"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/VERSION")).unwrap(),
+        "1.0.0"
+    );
+    conformance::target(&t, &release(tmp.path(), "2.0.0")).await;
+    assert_eq!(link(&root), Path::new("releases/2.0.0"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/bin/app")).unwrap(),
+        "#!/bin/sh\necho app\n"
+    );
+    // Every restart, stop and start ran on the host, in the suite's order: activate twice (the
+    // second is idempotent and restarts again, or not), roll back to 1.0.0 and forward again.
+    let log = std::fs::read_to_string(root.join("lifecycle")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.contains(&"restart 1.0.0"), "{log}");
+    assert!(lines.contains(&"restart 2.0.0"), "{log}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("stop ")).count(),
+        4,
+        "{log}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("start ")).count(),
+        4,
+        "{log}"
+    );
+    assert_eq!(lines.last(), Some(&"start 2.0.0"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,11 +331,7 @@ async fn fleet_bounds_concurrency_limits_time_and_names_failed_hosts() {
         .map(|s| Arc::new(s.host().unwrap()))
         .collect();
     // A host nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     hosts.push(Arc::new(
         servers[0]
             .host_builder()

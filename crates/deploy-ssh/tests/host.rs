@@ -5,14 +5,15 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_core::testing::host_conformance;
+use deploy_core::testing::process::ChildGuard;
 use deploy_core::{Command, ErrorKind, Host, HostExt};
 use deploy_ssh::testing::{SshdFixture, ssh_keygen};
-use deploy_ssh::{HostKeyError, HostKeyPolicy, SshHost};
+use deploy_ssh::{HostKeyError, HostKeyPolicy, SshHost, SshHostConfig};
 
 fn fingerprint(pub_file: &Path) -> String {
     let out = std::process::Command::new("ssh-keygen")
@@ -405,21 +406,13 @@ async fn rsa_ecdsa_and_passphrase_keys_authenticate() {
     );
 }
 
-/// An ssh-agent this test started, killed on drop.
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_running_ssh_agent_authenticate() {
     let sshd = SshdFixture::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
-    let _agent = Agent(
+    // Stopped by its pid when the test ends.
+    let _agent = ChildGuard::new(
         std::process::Command::new("ssh-agent")
             .args(["-D", "-a"])
             .arg(&sock)
@@ -451,6 +444,81 @@ async fn keys_from_a_running_ssh_agent_authenticate() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"via agent\n");
+}
+
+/// A plan file's `ssh` table, built by `SshHost::from_config`, reaches the real server, and its
+/// errors say each thing once: the host key refusal, a connection refused, a dropped command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_from_its_config_runs_commands_and_its_errors_say_each_thing_once() {
+    let sshd = SshdFixture::start().unwrap();
+    let mut config = SshHostConfig::new("127.0.0.1");
+    config.port = Some(sshd.port());
+    config.user = Some(sshd.user().to_owned());
+    config.key_file = Some(sshd.client_key());
+    config.known_hosts = Some(sshd.known_hosts());
+    config.connect_timeout = Some(Duration::from_secs(5));
+    let host = SshHost::from_config(config.clone()).unwrap();
+    let out = host
+        .run(&Command::from_argv(["echo", "from config"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"from config\n");
+
+    // The variable holding the passphrase is not set: refused, naming the key and the variable.
+    let mut locked = config.clone();
+    locked.key_passphrase_env = Some("DEPLOY_SSH_TEST_UNSET_PASSPHRASE".into());
+    let e = SshHost::from_config(locked).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("key_passphrase_env") && msg.contains("DEPLOY_SSH_TEST_UNSET_PASSPHRASE"),
+        "{msg}"
+    );
+
+    // Unknown host: the refusal is the source, printed once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut strict = config.clone();
+    strict.known_hosts = Some(dir.path().join("known_hosts"));
+    let e = SshHost::from_config(strict)
+        .unwrap()
+        .run(&Command::new("true"))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(
+        msg.matches("host key verification failed").count(),
+        1,
+        "{msg}"
+    );
+    assert_eq!(msg.matches(host.name()).count(), 1, "{msg}");
+
+    // Nobody listening: the host once, the OS error once.
+    let mut dead = config.clone();
+    dead.port = Some(deploy_core::testing::process::free_port().unwrap());
+    let dead = SshHost::from_config(dead).unwrap();
+    let e = dead.run(&Command::new("true")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let msg = e.to_string();
+    assert_eq!(msg.matches(dead.name()).count(), 1, "{msg}");
+    assert_eq!(msg.matches("refused").count(), 1, "{msg}");
+    let e = dead
+        .write_file(Path::new("/tmp/x"), b"x", None)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("write file /tmp/x: connect to"), "{msg}");
+    assert_eq!(msg.matches(dead.name()).count(), 1, "{msg}");
+
+    // A command whose connection drops: the host once.
+    let h = host.clone();
+    let running =
+        tokio::spawn(async move { h.run(&Command::from_argv(["sleep", "5"]).unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sshd.kill_connections() >= 1);
+    let e = running.await.unwrap().unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(msg.matches(host.name()).count(), 1, "{msg}");
+    assert!(msg.contains("connection dropped"), "{msg}");
 }
 
 /// Bytes that mean something to a shell, plus plain and non-UTF-8 ones (never NUL).
