@@ -512,7 +512,8 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
 
     check(&cancel)?;
 
-    // The gates: the seeds' two alert rules, over a short window for the demo.
+    // The gates: the runbook's two alert rules (error rate < 1 %, p99 < 2 s), over a short
+    // window for the demo.
     let metrics = HttpMetrics::default();
     // 5 s: at least two scrapes, and shorter than the bake, so that the canary's slot (the
     // blue-green's old slot, idle since the switch) is judged on the canary's requests alone.

@@ -2,7 +2,7 @@
 //! `/metrics` pages directly, and print the verdicts.
 //!
 //! ```text
-//! # the seeds' error-rate rule over the last 5 minutes, for the target labelled green
+//! # the runbook's error-rate rule (< 1 %) over the last 5 minutes, for the target labelled green
 //! cargo run --example gate -- --prometheus http://127.0.0.1:9090 --target green
 //! # p99 <= 2 s, by scraping two instances every 10 s, 6 times
 //! cargo run --example gate -- --scrape http://10.0.0.7:8080/metrics \

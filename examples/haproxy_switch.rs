@@ -1,5 +1,6 @@
-//! Move traffic in a running HAProxy through its Runtime API, without a reload: the seeds'
-//! `haproxy-switch.sh green` as a tool. Prints the backend's servers afterwards.
+//! Move traffic in a running HAProxy through its Runtime API, without a reload: the
+//! `haproxy-switch.sh green` script of a blue-green runbook, as a tool. Prints the backend's
+//! servers afterwards.
 //!
 //! ```text
 //! haproxy_switch --socket /run/haproxy/admin.sock --backend app --to green
@@ -40,6 +41,9 @@ struct Args {
     /// How long to wait for a drain, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Past the drain timeout, close the sessions left (maintenance + shutdown sessions).
+    #[arg(long)]
+    cut: bool,
     /// Only print the servers.
     #[arg(long)]
     status: bool,
@@ -88,9 +92,7 @@ fn print_table(rows: &[StatRow]) {
 }
 
 async fn run(args: Args) -> deploy_core::Result<()> {
-    let mut builder = HaproxySwitch::builder(args.backend.clone())
-        .socket(args.socket.clone())
-        .drain_timeout(Duration::from_secs(args.drain_timeout_secs));
+    let mut builder = HaproxySwitch::builder(args.backend.clone()).socket(args.socket.clone());
     if let Some(path) = &args.state_file {
         builder = builder.state_file(path);
     }
@@ -121,21 +123,22 @@ async fn run(args: Args) -> deploy_core::Result<()> {
         println!("set weights of backend {}: {w}", args.backend);
     } else if let Some(server) = &args.drain {
         let id = TargetId::new(server.as_str())?;
-        let report = switch.drain_and_wait(&id).await?;
+        let report = switch
+            .drain_and_wait(&id, Duration::from_secs(args.drain_timeout_secs))
+            .await?;
         println!(
-            "drained {id} in {:?}: {} session(s) left{}",
-            report.took,
-            report.sessions_left,
-            if report.escalated_to_maint {
-                ", put in maint"
-            } else {
-                ""
-            }
+            "drained {id} in {:?}: {} session(s) left",
+            report.took, report.sessions_left
         );
+        if report.sessions_left > 0 && args.cut {
+            switch.cut_sessions(&id).await?;
+            println!("cut the sessions left on {id}: it is in maintenance until given a weight");
+        }
     } else if !args.status {
         println!("nothing to do: give --to, --weights, --drain or --status");
     }
-    print_table(&switch.status().await?);
+    let rows = switch.status().await?;
+    print_table(&rows);
     Ok(())
 }
 

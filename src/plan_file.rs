@@ -304,7 +304,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// Deserialize the TOML `value` found at `path` into `T`; a problem names the full key path
-/// (`targets[1].restart`, `switch.drain_timeout`). Adapter factories use it for their sections.
+/// (`targets[1].restart`, `switch.check_interval`). Adapter factories use it for their sections.
 pub fn deserialize_at<T: DeserializeOwned>(path: &str, value: toml::Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let inner = e.path().to_string();
@@ -435,7 +435,7 @@ impl PlanFile {
         if let Some(env) = &environment
             && let Err(e) = Version::new(env.name.clone())
         {
-            c.push("environment.name", e.cause().to_owned());
+            c.push("environment.name", e.message().to_owned());
         }
         let mut seen = HashSet::new();
         for (i, t) in &targets {
@@ -603,7 +603,7 @@ impl PlanFile {
                 Ok(target) => b = b.target(Arc::new(target)),
                 Err(e) => problems.push(Problem {
                     path: format!("targets[{i}]"),
-                    message: e.cause().to_owned(),
+                    message: e.message().to_owned(),
                 }),
             }
         }
@@ -622,7 +622,7 @@ impl PlanFile {
             Ok(p) => b = b.probe(Arc::new(p)),
             Err(e) => problems.push(Problem {
                 path: "probe".into(),
-                message: e.cause().to_owned(),
+                message: e.message().to_owned(),
             }),
         }
         if let Some(s) = &self.switch {
@@ -642,7 +642,7 @@ impl PlanFile {
                 Ok(g) => b = b.gate(Arc::new(g)),
                 Err(e) => problems.push(Problem {
                     path: "smoke".into(),
-                    message: e.cause().to_owned(),
+                    message: e.message().to_owned(),
                 }),
             }
         }
@@ -677,7 +677,7 @@ impl PlanFile {
                 }
                 Err(e) => problems.push(Problem {
                     path: format!("hooks[{i}]"),
-                    message: e.cause().to_owned(),
+                    message: e.message().to_owned(),
                 }),
             }
         }
@@ -686,7 +686,7 @@ impl PlanFile {
                 Ok(env) => return Ok(env),
                 Err(e) => problems.push(Problem {
                     path: "environment".into(),
-                    message: e.cause().to_owned(),
+                    message: e.message().to_owned(),
                 }),
             }
         }

@@ -2,30 +2,13 @@
 //! it stops before its step changes anything, rolls back, exits 2, and the `[notify]` webhook
 //! receives the run's start, the rollback and the end (not the step-level noise).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use deploy::plan_file::PlanFile;
 use deploy::testing::{TestHttpServer, TestResponse};
 
 mod common;
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is not built (cargo test builds examples)",
-        path.display()
-    );
-    path
-}
+use common::example;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_json_and_a_run_stopped_by_its_pre_hook() {

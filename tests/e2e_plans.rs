@@ -54,6 +54,6 @@ fn every_example_plan_parses_and_there_is_one_per_strategy() {
     assert_eq!(
         presets,
         ["error_rate", "p99_latency"],
-        "the seeds' two alerts"
+        "the runbook's two alert rules: error rate and p99"
     );
 }

@@ -1,25 +1,9 @@
 //! The example binaries run as they are, as an operator would run them.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        dir.exists(),
-        "{} is not built (cargo test builds examples)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::example;
 
 #[test]
 fn the_blue_green_local_example_runs_as_is() {

@@ -259,7 +259,6 @@ kind = "haproxy"
 socket = {socket}
 backend = "app"
 state_file = {state_file}
-drain_timeout = "5s"
 
 [[gates]]
 kind = "scrape"
