@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use deploy_core::engine::{Event, Observer, Outcome, Policies};
+use deploy_core::event::{Event, Observer};
 use deploy_core::testing::{FakeGate, FakeSwitch, TestHttpServer, TestResponse};
 use deploy_core::{
     Endpoint, Engine, Environment, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget,
     Strategy, Target, TargetId, Version,
 };
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]

@@ -48,11 +48,12 @@ use deploy::postgres::PgMigrationRunner;
 use deploy::postgres::testing::PgServer;
 use deploy::prometheus::testing::{PrometheusServer, ScrapeTarget};
 use deploy::prometheus::{HttpMetrics, PromQlGate};
-use deploy_core::engine::{Event, Observer, Outcome, Policies, Report};
+use deploy_core::event::{Event, Observer};
 use deploy_core::{
     CanaryStep, Endpoint, Engine, Environment, HttpProbe, LocalHost, MigrationRunner, PlanOptions,
     Release, ReleaseDirTarget, Strategy, Target, TargetId, TrafficSwitch, VerdictKind, Version,
 };
+use deploy_core::{Outcome, Policies, Report};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 

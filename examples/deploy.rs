@@ -49,11 +49,11 @@ macro_rules! out_raw {
     }};
 }
 use deploy::adapters::Adapters;
-use deploy::engine::{
-    ControlRequest, DeployError, Event, Observer, Outcome, Recovery, Report, Severity,
-};
+use deploy::event::{Event, Observer, Severity};
+use deploy::notify::WebhookNotifier;
 use deploy::plan_file::PlanFile;
-use deploy::{Engine, Plan, Step, WebhookNotifier};
+use deploy::{ControlRequest, DeployError, Outcome, Recovery, Report};
+use deploy::{Engine, Plan, Step};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]

@@ -50,12 +50,14 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use deploy_core::engine::{Policies, Severity};
+use deploy_core::Policies;
+use deploy_core::event::Severity;
+use deploy_core::hooks::{CommandHook, Hook, HookAction, HookPoint, WebhookHook};
+use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::{
-    CommandHook, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch,
-    Endpoint, Engine, Environment, Error, Hook, HookAction, HookPoint, HttpProbe, LocalHost,
-    PlanOptions, Release, ReleaseDirTarget, SmokeCheck, SmokeGate, Step, Strategy, TargetId,
-    Version, WebhookHook,
+    DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine,
+    Environment, Error, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget, Step,
+    Strategy, TargetId, Version,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

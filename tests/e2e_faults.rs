@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deploy::adapters::Adapters;
-use deploy::engine::{DeployError, Outcome};
 use deploy::haproxy::testing::{FixtureConfig, HaproxyFixture, Load, LoadConfig, ServerSpec};
 use deploy::plan_file::PlanFile;
+use deploy::{DeployError, Outcome};
 use deploy::{Engine, Release, Version};
 use tokio_util::sync::CancellationToken;
 

@@ -149,7 +149,7 @@ async fn kill_9_mid_canary_then_rollback_restores_the_old_release_and_weights() 
         "the canary slot is back"
     );
     let st = s.engine.status().unwrap().unwrap();
-    assert_eq!(st.outcome, Some(deploy::engine::Outcome::RolledBack));
+    assert_eq!(st.outcome, Some(deploy::Outcome::RolledBack));
     assert!(st.lock.is_none() && !st.lock_stale, "{st}");
     let (code, out) = run(&["rollback"], &s.plan);
     assert_eq!(code, 0, "nothing left to recover\n{out}");
@@ -190,7 +190,7 @@ async fn kill_9_mid_canary_then_resume_and_promote_finishes_the_deploy() {
     assert_eq!(haproxy_weights(&s.h, &["blue", "green"]).await, [0, 100]);
     assert_eq!(version_of(&s.green).await, "2.0.0");
     let st = s.engine.status().unwrap().unwrap();
-    assert_eq!(st.outcome, Some(deploy::engine::Outcome::Promoted));
+    assert_eq!(st.outcome, Some(deploy::Outcome::Promoted));
     let r = finish_load(s, "kill -9 then resume + promote").await;
     assert_eq!(r.failed, 0, "{:?}", r.errors);
     assert!(r.by_slot["2.0.0"] > 0);

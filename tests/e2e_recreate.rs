@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use deploy::Outcome;
 use deploy::adapters::Adapters;
-use deploy::engine::Outcome;
 use deploy::nginx::testing::NginxServer;
 use deploy::nginx::{MAINTENANCE_MARKER, MaintenanceSnippet};
 use deploy::plan_file::PlanFile;

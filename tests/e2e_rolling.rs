@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use deploy::Outcome;
 use deploy::adapters::Adapters;
-use deploy::engine::Outcome;
 use deploy::haproxy::testing::{FixtureConfig, HaproxyFixture, Load, LoadConfig, ServerSpec};
 use deploy::plan_file::PlanFile;
 use deploy::ssh::testing::SshdFixture;

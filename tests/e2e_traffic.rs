@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use deploy::Outcome;
 use deploy::adapters::Adapters;
-use deploy::engine::Outcome;
 use deploy::haproxy::testing::{Load, LoadConfig};
 use deploy::plan_file::PlanFile;
 use deploy::{Release, Version};

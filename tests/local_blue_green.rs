@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy::engine::{Outcome, Policies};
 use deploy::testing::{FakeGate, FakeSwitch, TestHttpServer};
 use deploy::{
     Endpoint, Engine, Environment, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget,
     Strategy, Target, TargetId, Version,
 };
+use deploy::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 mod common;

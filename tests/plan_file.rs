@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use deploy::engine::Outcome;
+use deploy::Outcome;
 use deploy::plan_file::{AdapterFactory, PlanFile, Problem};
 use deploy::testing::FakeSwitch;
 use deploy::{DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch};

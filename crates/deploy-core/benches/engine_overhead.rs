@@ -6,9 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deploy_core::engine::{Event, Observer, Outcome, Policies};
+use deploy_core::event::{Event, Observer};
 use deploy_core::testing::{FakeGate, FakeWorld};
 use deploy_core::{CanaryStep, Engine, Plan, PlanOptions, Release, Strategy, Version};
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 const RUNS: usize = 300;

@@ -1,33 +1,44 @@
 #![doc = include_str!("../README.md")]
 
+// The contract (traits, model, errors) is kept apart from the strategies and the engine, so that
+// a split into a contract crate and an engine crate stays a move. Every public item has one path:
+// the crate root for what most users name, and a few small public modules for the rest.
+
 mod difference;
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
+mod local;
+mod model;
+mod probe;
+mod release_dir;
+mod strategy;
+mod traits;
+
 pub mod fs;
 pub mod hooks;
 pub mod http;
-pub mod model;
 pub mod notify;
 pub mod redact;
 pub mod smoke;
-pub mod strategy;
-pub mod traits;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use difference::Difference;
 pub use engine::{
-    Control, DeployError, Engine, Environment, EnvironmentBuilder, Event, Observer, Outcome,
+    Control, ControlRequest, DeployError, Engine, Environment, EnvironmentBuilder, Outcome,
     Policies, Recovery, Report,
 };
 pub use error::{BoxError, Error, ErrorKind, ErrorRecord, ErrorStatus, Result};
-pub use hooks::{CommandHook, Hook, HookAction, HookContext, HookPoint, WebhookHook};
+pub use local::LocalHost;
 pub use model::{
     BackupId, Endpoint, Health, MigrationInfo, MigrationStatus, Release, SchemaVersion, TargetId,
     Verdict, VerdictKind, Version, Weights,
 };
-pub use notify::{NotifierStats, WebhookNotifier};
-pub use smoke::{SmokeCheck, SmokeGate};
+pub use probe::{HttpProbe, HttpProbeBuilder, TcpProbe};
+pub use release_dir::{ReleaseDirTarget, ReleaseDirTargetBuilder};
 pub use strategy::{
-    BatchSize, CanaryStep, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot, Step, Strategy,
+    BatchSize, CanaryStep, Capabilities, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot,
+    Step, Strategy, TargetState,
 };
 pub use traits::{
     Command, DynHealthProbe, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTarget,
@@ -35,12 +46,28 @@ pub use traits::{
     MigrationRunner, Output, ProbeRequest, Target, TrafficSwitch,
 };
 
-mod local;
-mod probe;
-mod release_dir;
-pub use local::*;
-pub use probe::*;
-pub use release_dir::*;
+/// The engine's policies, one per concern: how health is awaited, how gates are analysed, how
+/// targets are drained, how calls are retried and timed out ([`Policies`] holds them all).
+pub mod policy {
+    pub use crate::engine::{
+        AnalysisPolicy, AnalysisTime, DrainPolicy, DrainTimeoutAction, InconclusiveAction,
+        NoDataPolicy, ProbePolicy, RetryPolicy, Timeouts,
+    };
+}
 
-#[cfg(feature = "testing")]
-pub mod testing;
+/// What a run tells the world as it happens: typed events, their severity, and the observer
+/// that receives them.
+pub mod event {
+    pub use crate::engine::{Event, Observer, Severity};
+}
+
+/// The parts of a [`Report`]: each step, each undo of a rollback, each gate verdict.
+pub mod report {
+    pub use crate::engine::{RollbackRecord, StepRecord, UndoRecord, VerdictRecord};
+}
+
+/// The state directory of an environment as another process reads it: journal records, the
+/// replayed state of a run, where the newest run stands, who holds the lock.
+pub mod journal {
+    pub use crate::engine::{JournalState, LockInfo, Record, RunStatus};
+}

@@ -4,12 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploy_core::engine::{AnalysisPolicy, DrainTimeoutAction, Event, Observer, Outcome, Policies};
+use deploy_core::event::{Event, Observer};
+use deploy_core::policy::{AnalysisPolicy, DrainTimeoutAction};
 use deploy_core::testing::{FakeGate, FakeWorld, WorldState};
 use deploy_core::{
     BatchSize, CanaryStep, DeployError, Engine, Plan, PlanOptions, Release, SchemaRollback, Step,
     Strategy, VerdictKind, Version,
 };
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 const NEW: &str = "2.0.0";
@@ -694,7 +696,7 @@ async fn no_data_and_inconclusive_policies() {
         ],
     ));
     let mut p = policies();
-    p.analysis.no_data = deploy_core::engine::NoDataPolicy::Ignore;
+    p.analysis.no_data = deploy_core::policy::NoDataPolicy::Ignore;
     let engine = Engine::new(world.environment("prod")).with_policies(p.clone());
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
@@ -723,7 +725,7 @@ async fn no_data_and_inconclusive_policies() {
         &[VerdictKind::Inconclusive, VerdictKind::Pass],
     ));
     let mut p = policies();
-    p.analysis.on_inconclusive = deploy_core::engine::InconclusiveAction::Pause;
+    p.analysis.on_inconclusive = deploy_core::policy::InconclusiveAction::Pause;
     let engine = Engine::new(world.environment("prod")).with_policies(p);
     let control = engine.control();
     tokio::spawn(async move {

@@ -4,12 +4,16 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploy_core::engine::{Outcome, Policies, Severity};
+use deploy_core::event::Severity;
+use deploy_core::hooks::{CommandHook, Hook, HookPoint, WebhookHook};
+use deploy_core::notify::WebhookNotifier;
+use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::testing::{FakeWorld, TestHttpServer, TestResponse};
 use deploy_core::{
-    CommandHook, Engine, GateContext, Hook, HookPoint, LocalHost, MetricGate, PlanOptions, Release,
-    SmokeCheck, SmokeGate, Strategy, TargetId, VerdictKind, Version, WebhookHook, WebhookNotifier,
+    Engine, GateContext, LocalHost, MetricGate, PlanOptions, Release, Strategy, TargetId,
+    VerdictKind, Version,
 };
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 fn policies() -> Policies {

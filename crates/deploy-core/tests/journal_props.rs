@@ -3,12 +3,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use deploy_core::engine::{JournalState, Record};
-use deploy_core::strategy::{Capabilities, TargetState};
+use deploy_core::journal::{JournalState, Record};
 use deploy_core::{
     CanaryStep, Endpoint, PlanOptions, Release, Snapshot, Step, Strategy as Rollout, TargetId,
     Version, Weights,
 };
+use deploy_core::{Capabilities, TargetState};
 use proptest::prelude::*;
 
 fn plan() -> deploy_core::Plan {

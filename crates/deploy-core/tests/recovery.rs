@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploy_core::engine::{Event, Observer, Outcome, Policies, Recovery};
+use deploy_core::event::{Event, Observer};
 use deploy_core::testing::{FakeGate, FakeWorld, Faults, WorldState};
 use deploy_core::{
     BatchSize, CanaryStep, Engine, PlanOptions, Release, SchemaRollback, Step, Strategy, Version,
 };
+use deploy_core::{Outcome, Policies, Recovery};
 use tokio_util::sync::CancellationToken;
 
 fn policies() -> Policies {
@@ -234,7 +235,7 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                         .unfinished_run()
                         .unwrap()
                         .unwrap_or_else(|| panic!("{cell}: no unfinished journal"));
-                    let st = deploy_core::engine::JournalState::read(&journal).unwrap();
+                    let st = deploy_core::journal::JournalState::read(&journal).unwrap();
                     // Steps of one batch finish together, so the journal points at the batch.
                     assert!(
                         st.next_index <= index && st.plan.steps[st.next_index].op() == step.op(),
@@ -376,18 +377,18 @@ fn a_torn_last_line_is_ignored_but_garbage_in_the_middle_is_an_error() {
     lines.pop(); // drop `finished`
     let torn = format!("{}\n{{\"record\":\"step_fin", lines.join("\n"));
     std::fs::write(&path, &torn).unwrap();
-    let st = deploy_core::engine::JournalState::read(&path).unwrap();
+    let st = deploy_core::journal::JournalState::read(&path).unwrap();
     assert!(st.outcome.is_none());
     let mut broken: Vec<String> = lines.iter().map(ToString::to_string).collect();
     broken.insert(2, "not json".into());
     std::fs::write(&path, broken.join("\n")).unwrap();
-    let err = deploy_core::engine::JournalState::read(&path).unwrap_err();
+    let err = deploy_core::journal::JournalState::read(&path).unwrap_err();
     assert!(err.to_string().contains("line 3"), "{err}");
 }
 
 #[tokio::test]
 async fn another_process_promotes_or_aborts_a_paused_run_and_reads_its_status() {
-    use deploy_core::engine::ControlRequest;
+    use deploy_core::ControlRequest;
     for request in [
         ControlRequest::Promote,
         ControlRequest::Abort {

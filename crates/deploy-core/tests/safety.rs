@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::engine::{ControlRequest, JournalState, Outcome, Policies, Recovery};
+use deploy_core::hooks::{Hook, HookAction, HookContext, HookPoint};
+use deploy_core::journal::JournalState;
 use deploy_core::testing::{FakeGate, FakeWorld};
 use deploy_core::{
-    CanaryStep, DeployError, Engine, Hook, HookAction, HookContext, HookPoint, PlanError,
-    PlanOptions, Release, Step, Strategy, Target, TargetId, TrafficSwitch, VerdictKind, Version,
-    Weights,
+    CanaryStep, DeployError, Engine, PlanError, PlanOptions, Release, Step, Strategy, Target,
+    TargetId, TrafficSwitch, VerdictKind, Version, Weights,
 };
+use deploy_core::{ControlRequest, Outcome, Policies, Recovery};
 use tokio_util::sync::CancellationToken;
 
 fn release() -> Release {

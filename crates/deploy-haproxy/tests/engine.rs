@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::engine::{DrainTimeoutAction, Outcome, Policies};
+use deploy_core::policy::DrainTimeoutAction;
 use deploy_core::testing::process::wait_until;
 use deploy_core::testing::{FakeGate, FakeProbe, FakeTarget};
 use deploy_core::{
     BatchSize, CanaryStep, Engine, Environment, PlanOptions, Release, Strategy, TargetId,
     TrafficSwitch, Version, Weights,
 };
+use deploy_core::{Outcome, Policies};
 use deploy_haproxy::HaproxySwitch;
 use deploy_haproxy::testing::{
     FixtureConfig, HaproxyFixture, HeldRequest, Load, LoadConfig, ServerSpec, Slot,

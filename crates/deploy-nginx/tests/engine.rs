@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{get, site, w};
-use deploy_core::engine::{Outcome, Policies};
 use deploy_core::testing::{FakeGate, FakeProbe, FakeTarget};
 use deploy_core::{Engine, Environment, PlanOptions, Release, Strategy, TrafficSwitch, Version};
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 fn policies() -> Policies {

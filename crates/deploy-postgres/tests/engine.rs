@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use deploy_core::engine::{Outcome, Policies};
 use deploy_core::testing::FakeWorld;
 use deploy_core::{Engine, PlanOptions, Release, Strategy, Version};
+use deploy_core::{Outcome, Policies};
 use tokio_util::sync::CancellationToken;
 
 fn policies() -> Policies {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_core::Host;
-use deploy_core::engine::Outcome;
+use deploy_core::Outcome;
 use deploy_core::testing::FakeSwitch;
 use deploy_core::{
     BatchSize, DynTarget, Endpoint, Engine, Environment, PlanOptions, Release, ReleaseDirTarget,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deploy_core::engine::Outcome;
+use deploy_core::Outcome;
 use deploy_core::testing::FakeSwitch;
 use deploy_core::testing::conformance;
 use deploy_core::testing::process::free_port;
