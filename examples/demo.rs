@@ -142,7 +142,7 @@ async fn supervise() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let pid = child.id().map(|p| p.to_string());
+    let pid = child.id();
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -154,9 +154,9 @@ async fn supervise() -> ExitCode {
             }
             Ok(()) = tokio::signal::ctrl_c() => {
                 eprintln!("\nCtrl-C: cancelling the deploy under way (the engine rolls back), then stopping everything");
-                if let Some(pid) = &pid {
+                if let Some(pid) = pid {
                     // Only the worker we started, by its id.
-                    let _ = std::process::Command::new("kill").args(["-INT", pid]).status();
+                    let _ = deploy::testing::process::signal(pid, deploy::testing::process::Signal::Int);
                 }
             }
         }
@@ -270,7 +270,7 @@ impl LoadGen {
                 let (stop, counts, sent, url) =
                     (stop.clone(), counts.clone(), sent.clone(), url.clone());
                 tokio::spawn(async move {
-                    let client = match reqwest::Client::builder()
+                    let client = match deploy::http::client_builder()
                         .timeout(Duration::from_secs(5))
                         .build()
                     {

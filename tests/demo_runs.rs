@@ -142,11 +142,9 @@ fn ctrl_c_during_a_deploy_rolls_back_and_stops_everything() {
     });
     let bake = rx.recv_timeout(Duration::from_secs(90));
     // Only the demo we started, by its id; it forwards the signal to its worker.
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
+    let sent = deploy::testing::process::signal(child.id(), deploy::testing::process::Signal::Int)
         .unwrap();
-    assert!(sent.success());
+    assert!(sent, "the demo is running");
     let status = child.wait().unwrap();
     let stdout = reader.join().unwrap();
     assert!(bake.is_ok(), "the bake never started:\n{stdout}");

@@ -39,7 +39,7 @@ struct Seen {
 
 /// GET `url` over keep-alive connections until `stop` (or 40 s, or 20 000 requests).
 async fn load(url: String, stop: Arc<AtomicBool>) -> Seen {
-    let client = reqwest::Client::builder()
+    let client = deploy::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -257,7 +257,7 @@ pub(crate) fn human_secs(d: Duration) -> String {
 
 /// Why a request failed, in words, naming `url`.
 fn describe_failure(err: &reqwest::Error, url: &str, timeout: Duration) -> String {
-    if err.is_timeout() {
+    if crate::http::error_kind(err) == crate::error::ErrorKind::Timeout {
         return format!("no answer within {} from {url}", human_secs(timeout));
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);

@@ -98,7 +98,7 @@ pub async fn site(initial: Weights, workers: u32) -> Site {
 
 /// A plain GET through a new connection (optionally from `from`): status, Retry-After, body.
 pub async fn get(url: &str, from: Option<IpAddr>) -> (u16, Option<String>, String) {
-    let mut c = reqwest::Client::builder()
+    let mut c = deploy_core::http::client_builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5));
     if let Some(ip) = from {
