@@ -47,16 +47,24 @@ fn canary_paused() -> Strategy {
     }
 }
 
-async fn deploy(engine: &Engine, strategy: &Strategy) -> deploy_core::Report {
+/// Deploy `version` with `strategy`.
+async fn deploy_version(
+    engine: &Engine,
+    strategy: &Strategy,
+    version: &str,
+) -> Result<deploy_core::Report, DeployError> {
     engine
         .deploy(
             strategy,
-            &release(),
+            &Release::new(Version::new(version).unwrap()),
             &PlanOptions::default(),
             &CancellationToken::new(),
         )
         .await
-        .unwrap()
+}
+
+async fn deploy(engine: &Engine, strategy: &Strategy) -> deploy_core::Report {
+    deploy_version(engine, strategy, "2.0.0").await.unwrap()
 }
 
 // ---- 1. Promoted on no evidence ---------------------------------------------------------------
@@ -199,16 +207,7 @@ async fn a_plan_made_before_another_deploy_changed_the_world_is_refused() {
         .await
         .unwrap();
     // Meanwhile another deploy made green live with 1.5.0.
-    let other = Release::new(Version::new("1.5.0").unwrap());
-    let report = engine
-        .deploy(
-            &bake(0),
-            &other,
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy_version(&engine, &bake(0), "1.5.0").await.unwrap();
     assert_eq!(report.outcome, Outcome::Promoted);
     let after_other = world.state();
     let err = engine
@@ -484,29 +483,12 @@ async fn a_stale_lock_left_behind_a_finished_run_is_cleared_by_recovery() {
         !dir.path().join("lock").exists(),
         "the stale lock is cleared"
     );
-    let other = Release::new(Version::new("3.0.0").unwrap());
-    let report = engine
-        .deploy(
-            &bake(0),
-            &other,
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = deploy_version(&engine, &bake(0), "3.0.0").await.unwrap();
     assert_eq!(report.outcome, Outcome::Promoted);
 }
 
 async fn deploy_err(engine: &Engine) -> DeployError {
-    engine
-        .deploy(
-            &bake(0),
-            &release(),
-            &PlanOptions::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err()
+    deploy_version(engine, &bake(0), "2.0.0").await.unwrap_err()
 }
 
 // ---- 3. Recovery reconciles with the world ---------------------------------------------------------
