@@ -36,6 +36,10 @@ pub use model::{
 };
 pub use probe::{HttpProbe, HttpProbeBuilder, TcpProbe};
 pub use release_dir::{ReleaseDirTarget, ReleaseDirTargetBuilder};
+/// Passwords, passphrases and tokens: kept out of `Debug`, `Display` and serialized output by
+/// the type, wiped from memory when dropped; read with [`ExposeSecret::expose_secret`] only
+/// where the secret is used.
+pub use secrecy::{ExposeSecret, SecretString};
 pub use strategy::{
     BatchSize, CanaryStep, Capabilities, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot,
     Step, Strategy, TargetState,

@@ -15,6 +15,23 @@
 /// assert_eq!(redact::url("http://127.0.0.1:9090/api/v1/query"), "http://127.0.0.1:9090/api/v1/query");
 /// ```
 pub fn url(url: &str) -> String {
+    shown(url, false)
+}
+
+/// `url` as [`url`] shows it, but with the whole path hidden (`https://hooks.example/***`): for
+/// URLs whose path is the secret (chat webhooks), whatever its segments look like.
+///
+/// ```
+/// assert_eq!(
+///     deploy_core::redact::url_without_path("https://hooks.example/services/abc/def?x=1"),
+///     "https://hooks.example/***?x=***"
+/// );
+/// ```
+pub fn url_without_path(url: &str) -> String {
+    shown(url, true)
+}
+
+fn shown(url: &str, hide_path: bool) -> String {
     let Ok(u) = url::Url::parse(url) else {
         return format!("<not a URL, {} characters>", url.chars().count());
     };
@@ -29,12 +46,17 @@ pub fn url(url: &str) -> String {
         out.push_str(&format!(":{port}"));
     }
     let segments: Vec<&str> = u.path_segments().map(Iterator::collect).unwrap_or_default();
-    for s in &segments {
-        out.push('/');
-        out.push_str(if plain_word(s) { s } else { "***" });
-    }
-    if segments.is_empty() {
-        out.push('/');
+    let path_empty = segments.iter().all(|s| s.is_empty());
+    if hide_path && !path_empty {
+        out.push_str("/***");
+    } else {
+        for s in &segments {
+            out.push('/');
+            out.push_str(if plain_word(s) { s } else { "***" });
+        }
+        if segments.is_empty() {
+            out.push('/');
+        }
     }
     if u.query().is_some() {
         let keys: Vec<String> = u
