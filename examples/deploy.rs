@@ -53,7 +53,7 @@ use deploy::event::{Event, Observer, Severity};
 use deploy::notify::WebhookNotifier;
 use deploy::plan_file::PlanFile;
 use deploy::{ControlRequest, DeployError, Outcome, Recovery, Report};
-use deploy::{Engine, Plan, Step};
+use deploy::{Engine, ExposeSecret, Plan, Step};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -193,10 +193,13 @@ fn deploy_error(plan: &Path, e: DeployError) -> Stop {
     }
 }
 
+/// Read and check the plan file (at most 1 MiB), and say what in it is unwise.
 fn load(path: &Path) -> Result<PlanFile, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("read plan file {}: {e}", path.display()))?;
-    PlanFile::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())
+    let plan = PlanFile::load(path).map_err(|e| e.to_string())?;
+    for w in &plan.warnings {
+        eprintln!("warning: {}: {w}", plan.source_name);
+    }
+    Ok(plan)
 }
 
 fn engine(plan: &PlanFile) -> Result<Engine, String> {
@@ -221,9 +224,14 @@ async fn observed(
     }));
     let mut notifier = None;
     if let Some(n) = &plan.notify {
+        let url = n
+            .webhook_source()
+            .ok_or("notify: no webhook")?
+            .read()
+            .map_err(|why| format!("{}: notify: {why}", plan.source_name))?;
         let w = Arc::new(
             WebhookNotifier::spawn_with(
-                &n.webhook,
+                url.expose_secret(),
                 &plan.environment.name,
                 n.min_severity,
                 std::time::Duration::from_secs(10),

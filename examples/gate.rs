@@ -105,7 +105,7 @@ fn build(args: &Args, prometheus: Option<&str>) -> deploy_core::Result<DynMetric
                     "the variable is not set",
                 )
             })?;
-            client = client.with_auth(Auth::Bearer(token));
+            client = client.with_auth(Auth::bearer(token));
         }
         let builder = match (&args.query, args.preset) {
             (Some(q), _) => PromQlGate::builder("custom", client)

@@ -1,13 +1,16 @@
 //! Run migrations, backups and restores against a PostgreSQL database.
 //!
 //! ```text
-//! cargo run --example migrate -- \
-//!     --database-url postgres://app@127.0.0.1:5432/shop --dir migrations status
+//! DATABASE_URL=postgres://app:secret@127.0.0.1:5432/shop \
+//!     cargo run --example migrate -- --dir migrations status
 //! ```
 //!
 //! Subcommands: `status`, `migrate`, `backup`, `restore BACKUP [--in-place] [--expect V]`,
-//! `repair`, `baseline N`. Without `--database-url`, the `PG*` environment is used. The
-//! password, in the URL or `PGPASSWORD`, reaches the tools through their environment only.
+//! `repair`, `baseline N`. The database URL comes from `DATABASE_URL` (or the environment
+//! variable `--database-url-env` names); without one, the `PG*` environment is used. A URL
+//! given on the command line with `--database-url` is visible to every user of this machine in
+//! the process list, so it is accepted only without a password (a warning says so otherwise).
+//! The password reaches the tools through their environment only, never their command line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,9 +24,13 @@ use deploy_postgres::{PgConfig, PgMigrationRunner, RestoreMode};
     about = "Migrations with a history table, backups and restores, through psql, pg_dump and pg_restore"
 )]
 struct Args {
-    /// postgres://user:password@host:port/db (default: the PG* environment).
+    /// postgres://user@host:port/db — without a password (a command line is visible to every
+    /// user of this machine); put a URL with a password in DATABASE_URL instead.
     #[arg(long)]
     database_url: Option<String>,
+    /// The environment variable holding the database URL.
+    #[arg(long, default_value = "DATABASE_URL")]
+    database_url_env: String,
     /// The migrations folder (Flyway, golang-migrate or diesel layout).
     #[arg(long)]
     dir: PathBuf,
@@ -72,9 +79,19 @@ enum Cmd {
 }
 
 async fn run(args: Args) -> deploy_core::Result<()> {
-    let config = match &args.database_url {
-        Some(url) => PgConfig::from_url(url)?,
-        None => PgConfig::from_env()?,
+    let config = match (&args.database_url, std::env::var(&args.database_url_env)) {
+        (Some(url), _) => {
+            if url::Url::parse(url).is_ok_and(|u| u.password().is_some()) {
+                eprintln!(
+                    "warning: --database-url holds a password, and every user of this machine \
+                     can read command lines; put the URL in {} instead",
+                    args.database_url_env
+                );
+            }
+            PgConfig::from_url(url)?
+        }
+        (None, Ok(url)) => PgConfig::from_url(&url)?,
+        (None, Err(_)) => PgConfig::from_env()?,
     };
     let mut builder = PgMigrationRunner::builder(config, &args.dir)
         .backup_dir(std::path::absolute(&args.backup_dir).unwrap_or(args.backup_dir.clone()))

@@ -27,7 +27,7 @@
 //! name = "announce"
 //! point = "before"
 //! on = "run"
-//! webhook = "https://chat.example/hooks/deploys"
+//! webhook_env = "DEPLOY_CHAT_WEBHOOK"
 //!
 //! [[smoke]]
 //! name = "front page"
@@ -50,7 +50,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use deploy_core::Policies;
 use deploy_core::event::Severity;
 use deploy_core::hooks::{CommandHook, Hook, HookAction, HookPoint, WebhookHook};
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
@@ -59,6 +58,7 @@ use deploy_core::{
     Environment, Error, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget, Step,
     Strategy, TargetId, Version,
 };
+use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -215,7 +215,7 @@ fn default_health_path() -> String {
 }
 
 /// One `[[hooks]]` entry: a command on this machine or a webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HookSection {
@@ -228,21 +228,125 @@ pub struct HookSection {
     /// A command (argv) to run.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// A URL to POST the hook's context to.
+    /// A URL to POST the hook's context to, written inline (accepted with a warning: such
+    /// URLs carry tokens).
     #[serde(default)]
     pub webhook: Option<String>,
+    /// The environment variable holding that URL.
+    #[serde(default)]
+    pub webhook_env: Option<String>,
+    /// A file holding that URL.
+    #[serde(default)]
+    pub webhook_file: Option<PathBuf>,
     /// Time limit.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
 }
 
+impl HookSection {
+    /// Where the webhook URL comes from, if this hook posts to one.
+    pub fn webhook_source(&self) -> Option<SecretSource> {
+        SecretSource::of(&self.webhook, &self.webhook_env, &self.webhook_file)
+    }
+}
+
+impl fmt::Debug for HookSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookSection")
+            .field("name", &self.name)
+            .field("point", &self.point)
+            .field("on", &self.on)
+            .field("command", &self.command)
+            .field("webhook", &self.webhook_source())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Where a secret of a plan file comes from.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecretSource {
+    /// Written in the plan file itself.
+    Inline(String),
+    /// The environment variable of this name.
+    Env(String),
+    /// This file (its content, without a trailing newline).
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(***)"),
+            Self::Env(v) => write!(f, "Env({v:?})"),
+            Self::File(p) => write!(f, "File({p:?})"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The longest secret file read (a URL or a token, not a document).
+    pub const MAX_FILE_SIZE: u64 = 64 * 1024;
+
+    fn of(
+        inline: &Option<String>,
+        env: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Option<SecretSource> {
+        inline
+            .clone()
+            .map(Self::Inline)
+            .or_else(|| env.clone().map(Self::Env))
+            .or_else(|| file.clone().map(Self::File))
+    }
+
+    /// Read the secret; an error (naming the variable or the file, never the value) says why it
+    /// cannot be had.
+    pub fn read(&self) -> Result<deploy_core::SecretString, String> {
+        match self {
+            Self::Inline(v) => Ok(v.clone().into()),
+            Self::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned().into()),
+                Ok(_) => Err(format!("environment variable {var} is empty")),
+                Err(std::env::VarError::NotPresent) => {
+                    Err(format!("environment variable {var} is not set"))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(format!("environment variable {var} is not valid UTF-8"))
+                }
+            },
+            Self::File(path) => {
+                let f = std::fs::File::open(path)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                let bytes = deploy_core::fs::read_limited(f, Self::MAX_FILE_SIZE)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+                let v = text.trim();
+                if v.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(v.to_owned().into())
+            }
+        }
+    }
+}
+
 /// `[notify]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NotifySection {
-    /// Where to POST events.
-    pub webhook: String,
+    /// Where to POST events, written inline (accepted with a warning: such URLs carry tokens).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// The environment variable holding that URL.
+    #[serde(default)]
+    pub webhook_env: Option<String>,
+    /// A file holding that URL.
+    #[serde(default)]
+    pub webhook_file: Option<PathBuf>,
     /// The lowest severity sent (run start/end and rollbacks are always sent).
     #[serde(default = "default_severity")]
     pub min_severity: Severity,
@@ -252,8 +356,41 @@ fn default_severity() -> Severity {
     Severity::Warning
 }
 
+impl NotifySection {
+    /// Where the webhook URL comes from.
+    pub fn webhook_source(&self) -> Option<SecretSource> {
+        SecretSource::of(&self.webhook, &self.webhook_env, &self.webhook_file)
+    }
+}
+
+impl fmt::Debug for NotifySection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifySection")
+            .field("webhook", &self.webhook_source())
+            .field("min_severity", &self.min_severity)
+            .finish()
+    }
+}
+
+/// `Debug` of a raw adapter section: its `kind` and key names, not its values (an adapter's
+/// section may hold a URL with a password).
+struct Keys<'a>(&'a toml::Value);
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_table() {
+            Some(t) => {
+                let kind = t.get("kind").and_then(toml::Value::as_str).unwrap_or("?");
+                let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+                write!(f, "{kind} {{ {} }}", keys.join(", "))
+            }
+            None => f.write_str("(not a table)"),
+        }
+    }
+}
+
 /// A parsed and checked plan file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PlanFile {
     /// The name the file was parsed under, for messages.
@@ -286,6 +423,31 @@ pub struct PlanFile {
     pub smoke: Vec<SmokeCheck>,
     /// `[notify]`.
     pub notify: Option<NotifySection>,
+    /// What is accepted but unwise (a secret written inline), with its key path.
+    pub warnings: Vec<Problem>,
+}
+
+impl fmt::Debug for PlanFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlanFile")
+            .field("source_name", &self.source_name)
+            .field("environment", &self.environment)
+            .field("release", &self.release)
+            .field("strategy", &self.strategy)
+            .field("options", &self.options)
+            .field("policies", &self.policies)
+            .field("targets", &self.targets)
+            .field("probe", &self.probe)
+            .field("switch", &self.switch.as_ref().map(Keys))
+            .field("gates", &self.gates.iter().map(Keys).collect::<Vec<_>>())
+            .field("migrations", &self.migrations.as_ref().map(Keys))
+            .field("maintenance", &self.maintenance.as_ref().map(Keys))
+            .field("hooks", &self.hooks)
+            .field("smoke", &self.smoke)
+            .field("notify", &self.notify)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 const KEYS: &[&str] = &[
@@ -368,7 +530,39 @@ impl Collector {
     }
 }
 
+/// The warning for a secret written in the plan file at `path` (`notify.webhook`).
+fn inline_secret(path: &str) -> Problem {
+    let key = path.rsplit_once('.').map_or(path, |(_, k)| k);
+    Problem {
+        path: path.to_owned(),
+        message: format!(
+            "a secret written in the plan file (whoever reads the file or its history has it); \
+             name an environment variable with {key}_env or a file with {key}_file instead"
+        ),
+    }
+}
+
 impl PlanFile {
+    /// The largest plan file read: 1 MiB (real plans are a few KiB).
+    pub const MAX_SIZE: u64 = 1024 * 1024;
+
+    /// Read the plan file at `path` (at most [`PlanFile::MAX_SIZE`]) and parse it.
+    pub fn load(path: &std::path::Path) -> Result<Self, PlanFileError> {
+        let name = path.display().to_string();
+        let fail = |message: String| PlanFileError {
+            source_name: name.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                message,
+            }],
+        };
+        let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let bytes = deploy_core::fs::read_limited(f, Self::MAX_SIZE)
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| fail("it is not UTF-8 text".to_owned()))?;
+        Self::parse(&name, &text)
+    }
+
     /// Parse and check `text`; `source_name` names it in messages.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, PlanFileError> {
         let err = |problems| PlanFileError {
@@ -472,17 +666,31 @@ impl PlanFile {
         {
             c.push("targets", "no targets");
         }
+        let mut warnings = Vec::new();
         for (i, h) in &hooks {
-            match (&h.command, &h.webhook) {
-                (Some(_), Some(_)) => c.push(
+            let sources = usize::from(h.webhook.is_some())
+                + usize::from(h.webhook_env.is_some())
+                + usize::from(h.webhook_file.is_some());
+            match (&h.command, sources) {
+                (Some(_), 1..) => c.push(
                     format!("hooks[{i}]"),
                     "give either command or webhook, not both",
                 ),
-                (None, None) => c.push(format!("hooks[{i}]"), "give a command or a webhook"),
-                (Some(argv), None) if argv.is_empty() => {
+                (None, 0) => c.push(
+                    format!("hooks[{i}]"),
+                    "give a command or a webhook (webhook_env, webhook_file)",
+                ),
+                (None, 2..) => c.push(
+                    format!("hooks[{i}]"),
+                    "give one of webhook, webhook_env, webhook_file",
+                ),
+                (Some(argv), 0) if argv.is_empty() => {
                     c.push(format!("hooks[{i}].command"), "the command is empty")
                 }
                 _ => {}
+            }
+            if h.webhook.is_some() {
+                warnings.push(inline_secret(&format!("hooks[{i}].webhook")));
             }
             if !(h.on == "run" || Step::KINDS.contains(&h.on.as_str())) {
                 c.push(
@@ -493,6 +701,17 @@ impl PlanFile {
                         Step::KINDS.join(", ")
                     ),
                 );
+            }
+        }
+        if let Some(n) = &notify {
+            let sources = usize::from(n.webhook.is_some())
+                + usize::from(n.webhook_env.is_some())
+                + usize::from(n.webhook_file.is_some());
+            match sources {
+                0 => c.push("notify", "give webhook_env, webhook_file or webhook"),
+                2.. => c.push("notify", "give one of webhook, webhook_env, webhook_file"),
+                _ if n.webhook.is_some() => warnings.push(inline_secret("notify.webhook")),
+                _ => {}
             }
         }
         if let Some(s) = &strategy
@@ -526,6 +745,7 @@ impl PlanFile {
                     hooks: hooks.into_iter().map(|(_, h)| h).collect(),
                     smoke: smoke.into_iter().map(|(_, s)| s).collect(),
                     notify,
+                    warnings,
                 })
             }
             _ => Err(err(vec![Problem {
@@ -661,12 +881,21 @@ impl PlanFile {
             }
         }
         for (i, h) in self.hooks.iter().enumerate() {
-            let action: Result<Arc<dyn HookAction>, Error> = match (&h.command, &h.webhook) {
+            let action: Result<Arc<dyn HookAction>, Error> = match (&h.command, h.webhook_source())
+            {
                 (Some(argv), None) => CommandHook::new(local.clone(), argv.clone())
                     .map(|c| Arc::new(c) as Arc<dyn HookAction>),
-                (None, Some(url)) => {
-                    WebhookHook::new(url.clone()).map(|w| Arc::new(w) as Arc<dyn HookAction>)
-                }
+                (None, Some(source)) => match source.read() {
+                    Ok(url) => WebhookHook::new(url.expose_secret())
+                        .map(|w| Arc::new(w) as Arc<dyn HookAction>),
+                    Err(why) => {
+                        problems.push(Problem {
+                            path: format!("hooks[{i}]"),
+                            message: why,
+                        });
+                        continue;
+                    }
+                },
                 _ => continue, // reported by `parse`
             };
             match action {

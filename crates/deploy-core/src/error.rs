@@ -295,6 +295,7 @@ impl Error {
             K::TimedOut => ErrorKind::Timeout,
             K::InvalidInput | K::InvalidData => ErrorKind::InvalidInput,
             K::AlreadyExists => ErrorKind::Conflict,
+            K::FileTooLarge => ErrorKind::InvalidInput,
             _ => ErrorKind::Io,
         };
         let e = Self::new(kind, operation, object, "").with_source(err);

@@ -41,6 +41,65 @@ pub fn write_atomic(path: &Path, mut content: impl Read, mode: Option<u32>) -> i
     sync_dir(dir)
 }
 
+/// How much a file or an answer from elsewhere may hold before it is refused, unless the caller
+/// says otherwise: 64 MiB.
+pub const DEFAULT_MAX_READ: u64 = 64 * 1024 * 1024;
+
+/// Read all of `source`, refusing more than `limit` bytes with an error of kind
+/// [`io::ErrorKind::FileTooLarge`] that says the limit (and without reading further than one
+/// byte past it).
+pub fn read_limited(source: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    source.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than the limit of {}", bytes(limit)),
+        ));
+    }
+    Ok(out)
+}
+
+/// `n` bytes in the largest binary unit that keeps it whole or readable (`16 MiB`, `1.5 KiB`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Create `dir` (and its parents) if needed and make it private to its owner (0700): a state
+/// directory holds journals and reports that say what was deployed where, and requests that
+/// steer a run.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(0o700))
+}
+
+/// Options that open (or create) a file readable by its owner only, never through a symbolic
+/// link at its path (`O_NOFOLLOW`): the engine's journal and lock.
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    o
+}
+
 /// fsync a directory, so that a file created or renamed in it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -61,6 +120,30 @@ mod tests {
         assert_eq!(mode, 0o600);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn reads_are_limited_and_the_limit_is_said() {
+        assert_eq!(read_limited(&b"12345"[..], 5).unwrap(), b"12345");
+        let e = read_limited(&b"123456"[..], 5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(e.to_string(), "larger than the limit of 5 bytes");
+        assert_eq!(bytes(16 * 1024 * 1024), "16 MiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        // An endless source is not read past the limit.
+        let e = read_limited(io::repeat(0), 1024).unwrap_err();
+        assert!(e.to_string().contains("1 KiB"), "{e}");
+    }
+
+    #[test]
+    fn a_private_dir_is_0700_even_when_it_existed_wider() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("state/runs");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, Permissions::from_mode(0o755)).unwrap();
+        private_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

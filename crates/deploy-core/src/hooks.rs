@@ -201,7 +201,7 @@ impl HookAction for CommandHook {
 pub struct WebhookHook {
     url: String,
     client: reqwest::Client,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, crate::SecretString)>,
 }
 
 impl fmt::Debug for WebhookHook {
@@ -209,7 +209,7 @@ impl fmt::Debug for WebhookHook {
         // Header values may be tokens.
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("WebhookHook")
-            .field("url", &crate::redact::url(&self.url))
+            .field("url", &crate::redact::url_without_path(&self.url))
             .field("headers", &names)
             .finish()
     }
@@ -223,12 +223,16 @@ impl WebhookHook {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "build webhook hook",
-                crate::redact::url(&url),
+                crate::redact::url_without_path(&url),
                 "the URL must start with http:// or https://",
             ));
         }
         // No time limit of its own: the hook's limit applies to the whole call.
-        let client = crate::http::client(None, "build webhook hook", &crate::redact::url(&url))?;
+        let client = crate::http::client(
+            None,
+            "build webhook hook",
+            &crate::redact::url_without_path(&url),
+        )?;
         Ok(Self {
             url,
             client,
@@ -238,7 +242,8 @@ impl WebhookHook {
 
     /// Send this header too (an authorisation token, say; it is never printed).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.headers
+            .push((name.into(), crate::SecretString::from(value.into())));
         self
     }
 }
@@ -248,13 +253,13 @@ impl HookAction for WebhookHook {
     async fn run(&self, ctx: &HookContext) -> Result<()> {
         let mut req = self.client.post(&self.url).json(ctx);
         for (n, v) in &self.headers {
-            req = req.header(n, v);
+            req = req.header(n, secrecy::ExposeSecret::expose_secret(v));
         }
-        let object = crate::redact::url(&self.url);
+        let object = crate::redact::url_without_path(&self.url);
         let resp = req
             .send()
             .await
-            .map_err(|e| crate::http::request_error("post hook to", &self.url, None, e))?;
+            .map_err(|e| crate::http::request_error_on("post hook to", object.clone(), None, e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());

@@ -54,17 +54,28 @@ pub fn error_kind(e: &reqwest::Error) -> ErrorKind {
     }
 }
 
-/// A failed request as an [`Error`] for `operation` on `url` (shown redacted): the kind from
-/// [`error_kind`], a message naming the timeout when there was one, and the request error
-/// (without its URL, which may hold secrets) as the source.
+/// A failed request as an [`Error`] for `operation` on `url` (shown as [`redact::url`] shows
+/// it): the kind from [`error_kind`], a message naming the timeout when there was one, and the
+/// request error (without its URL, which may hold secrets) as the source.
 pub fn request_error(
     operation: impl Into<std::borrow::Cow<'static, str>>,
     url: &str,
     timeout: Option<Duration>,
     e: reqwest::Error,
 ) -> Error {
+    request_error_on(operation, redact::url(url), timeout, e)
+}
+
+/// [`request_error`] for an object the caller names itself (a URL already redacted another
+/// way, `redact::url_without_path` for a webhook).
+pub fn request_error_on(
+    operation: impl Into<std::borrow::Cow<'static, str>>,
+    object: String,
+    timeout: Option<Duration>,
+    e: reqwest::Error,
+) -> Error {
     let kind = error_kind(&e);
-    let err = Error::new(kind, operation, redact::url(url), "");
+    let err = Error::new(kind, operation, object, "");
     match (kind, timeout) {
         (ErrorKind::Timeout, Some(t)) => Error::new(
             kind,

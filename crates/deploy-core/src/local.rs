@@ -30,10 +30,20 @@ use crate::traits::{Command, FileKind, Host, Output};
 ///   rename it into place and fsync the directory; on error the temporary file is removed.
 ///   Without a mode, `upload` copies the source file's permissions and `write_file` keeps those of
 ///   the file it replaces (a new file gets `0o666` less the umask).
+/// - [`read_file`](Host::read_file) reads at most [`LocalHost::with_max_read`] bytes (64 MiB by
+///   default) and refuses a larger file, naming it and the limit.
 /// - Relative paths are relative to this process's working directory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LocalHost {
-    _private: (),
+    max_read: u64,
+}
+
+impl Default for LocalHost {
+    fn default() -> Self {
+        Self {
+            max_read: crate::fs::DEFAULT_MAX_READ,
+        }
+    }
 }
 
 impl LocalHost {
@@ -45,6 +55,12 @@ impl LocalHost {
     /// The local machine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Read files of at most `bytes` (64 MiB by default).
+    pub fn with_max_read(mut self, bytes: u64) -> Self {
+        self.max_read = bytes;
+        self
     }
 }
 
@@ -326,9 +342,12 @@ impl Host for LocalHost {
     }
 
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
-        tokio::fs::read(path)
-            .await
-            .map_err(|e| Error::io("read file", on_local(path), e))
+        let (p, limit) = (path.to_path_buf(), self.max_read);
+        blocking("read file", path, move || {
+            let f = fs::File::open(&p).map_err(|e| Error::io("read file", on_local(&p), e))?;
+            crate::fs::read_limited(f, limit).map_err(|e| Error::io("read file", on_local(&p), e))
+        })
+        .await
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {

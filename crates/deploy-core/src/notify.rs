@@ -35,7 +35,7 @@ pub struct WebhookNotifier {
 impl fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookNotifier")
-            .field("url", &crate::redact::url(&self.url))
+            .field("url", &crate::redact::url_without_path(&self.url))
             .field("environment", &self.environment)
             .field("min_severity", &self.min_severity)
             .finish_non_exhaustive()
@@ -71,14 +71,14 @@ impl WebhookNotifier {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "start notifier for",
-                crate::redact::url(&url),
+                crate::redact::url_without_path(&url),
                 "the URL must start with http:// or https://",
             ));
         }
         let client = crate::http::client(
             Some(timeout),
             "start notifier for",
-            &crate::redact::url(&url),
+            &crate::redact::url_without_path(&url),
         )?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let target = url.clone();
@@ -102,10 +102,10 @@ impl WebhookNotifier {
                             break;
                         }
                         Ok(resp) => {
-                            tracing::warn!(target: "deploy", "notify {}: HTTP {}", crate::redact::url(&target), resp.status())
+                            tracing::warn!(target: "deploy", "notify {}: HTTP {}", crate::redact::url_without_path(&target), resp.status())
                         }
                         Err(e) => {
-                            tracing::warn!(target: "deploy", "notify {}: {}", crate::redact::url(&target), e.without_url())
+                            tracing::warn!(target: "deploy", "notify {}: {}", crate::redact::url_without_path(&target), e.without_url())
                         }
                     }
                 }

@@ -18,7 +18,7 @@ pub fn url(url: &str) -> String {
     shown(url, false)
 }
 
-/// `url` as [`url`] shows it, but with the whole path hidden (`https://hooks.example/***`): for
+/// `url` as [`url()`] shows it, but with the whole path hidden (`https://hooks.example/***`): for
 /// URLs whose path is the secret (chat webhooks), whatever its segments look like.
 ///
 /// ```

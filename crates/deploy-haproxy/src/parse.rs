@@ -718,7 +718,7 @@ app,BACKEND,0,0,3,0,,7,UP,17,,,,1,17,,-,5,,\n\n";
             "scripted.sock".into()
         }
 
-        async fn exchange(&self, _line: &str) -> deploy_core::Result<String> {
+        async fn exchange(&self, _line: &str, _limit: usize) -> deploy_core::Result<String> {
             Ok(self.0.clone())
         }
     }

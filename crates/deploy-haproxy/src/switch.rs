@@ -424,7 +424,7 @@ mod tests {
             "scripted".to_owned()
         }
 
-        async fn exchange(&self, line: &str) -> Result<String> {
+        async fn exchange(&self, line: &str, _limit: usize) -> Result<String> {
             let line = line.trim_end().to_owned();
             self.sent.lock().unwrap().push(line.clone());
             if line.starts_with("show stat") {

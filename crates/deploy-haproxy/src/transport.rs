@@ -17,8 +17,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// # Contract
 /// - One call is one exchange in HAProxy's non-interactive mode: the line (already terminated by
 ///   `\n`) is written, and everything HAProxy sends until it closes the connection is returned.
-/// - `Err` only when the exchange could not happen (socket missing, refused, closed early); an
-///   answer HAProxy gave, including its error texts, is `Ok` and classified by the client.
+/// - An answer of more than `limit` bytes is an error ([`ErrorKind::Protocol`], naming the
+///   socket and the limit), and the transport reads no more of it than `limit + 1` bytes: it
+///   stops there and closes the connection. (A transport that cannot stop early, such as a
+///   relay whose output arrives whole, refuses the answer once it has it. The client checks
+///   the length again either way.)
+/// - `Err` only when the exchange could not happen (socket missing, refused, closed early) or
+///   the answer is too large; an answer HAProxy gave, including its error texts, is `Ok` and
+///   classified by the client.
 /// - The client wraps each call in its own timeout, so an implementation need not.
 ///
 /// Implemented by [`Socket`] (local unix or TCP socket) and [`HostSocket`] (a socket on another
@@ -27,8 +33,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub trait Transport: fmt::Debug + Send + Sync + 'static {
     /// Where the socket is, for messages (`/run/haproxy/admin.sock`, `ipv4@127.0.0.1:9999`).
     fn describe(&self) -> String;
-    /// Send `line` and return the whole answer.
-    async fn exchange(&self, line: &str) -> Result<String>;
+    /// Send `line` and return the whole answer, refusing one of more than `limit` bytes.
+    async fn exchange(&self, line: &str, limit: usize) -> Result<String>;
+}
+
+/// `bytes` for messages: `16 MiB`, `512 KiB`, or `1000 bytes` when not a whole number of either.
+pub(crate) fn size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The error of an answer longer than `limit` bytes from the socket `socket`: no reading past
+/// it, since an answer that large is not one a Runtime API command gives a deploy tool.
+pub(crate) fn answer_too_large(socket: String, limit: usize) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        "read the answer of the HAProxy Runtime API socket",
+        socket,
+        format!(
+            "the answer is larger than the limit of {}, so it was not read further; \
+             raise the limit with `RuntimeClient::with_max_answer_size` if HAProxy really has that much to say",
+            match size(limit) {
+                s if s.ends_with(" bytes") => s,
+                s => format!("{s} ({limit} bytes)"),
+            }
+        ),
+    )
+    .permanent()
 }
 
 /// A local Runtime API socket: the address of a `stats socket` line.
@@ -149,15 +187,23 @@ impl<'de> Deserialize<'de> for Socket {
     }
 }
 
-async fn talk<S>(mut stream: S, line: &str) -> std::io::Result<String>
+/// What one exchange on a stream brought back: the answer, or `None` when it was longer than
+/// the limit.
+async fn talk<S>(mut stream: S, line: &str, limit: usize) -> std::io::Result<Option<String>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     stream.write_all(line.as_bytes()).await?;
     stream.flush().await?;
     let mut out = Vec::with_capacity(256);
-    stream.read_to_end(&mut out).await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    // One byte past the limit tells "too large" from "exactly the limit"; nothing more is read,
+    // and dropping the stream closes the connection on whatever HAProxy still has to send.
+    let most = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    (&mut stream).take(most).read_to_end(&mut out).await?;
+    if out.len() > limit {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8_lossy(&out).into_owned()))
 }
 
 #[async_trait]
@@ -166,7 +212,7 @@ impl Transport for Socket {
         self.to_string()
     }
 
-    async fn exchange(&self, line: &str) -> Result<String> {
+    async fn exchange(&self, line: &str, limit: usize) -> Result<String> {
         let io_err = |e: std::io::Error| {
             Error::io(
                 "exchange with the HAProxy Runtime API socket",
@@ -174,6 +220,8 @@ impl Transport for Socket {
                 e,
             )
         };
+        let answer =
+            |got: Option<String>| got.ok_or_else(|| answer_too_large(self.to_string(), limit));
         match self {
             Self::Unix(path) => {
                 #[cfg(unix)]
@@ -181,11 +229,14 @@ impl Transport for Socket {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
                         .map_err(|e| self.connect_error(e))?;
-                    talk(stream, line).await.map_err(io_err)
+                    talk(stream, line, limit)
+                        .await
+                        .map_err(io_err)
+                        .and_then(answer)
                 }
                 #[cfg(not(unix))]
                 {
-                    let _ = (path, line, io_err);
+                    let _ = (path, line, limit, io_err, answer);
                     Err(Error::new(
                         ErrorKind::Unsupported,
                         "connect to the HAProxy Runtime API socket",
@@ -199,7 +250,10 @@ impl Transport for Socket {
                     .await
                     .map_err(|e| self.connect_error(e))?;
                 let _ = stream.set_nodelay(true);
-                talk(stream, line).await.map_err(io_err)
+                talk(stream, line, limit)
+                    .await
+                    .map_err(io_err)
+                    .and_then(answer)
             }
         }
     }
@@ -252,12 +306,18 @@ impl Transport for HostSocket {
         format!("{} on {}", self.socket, self.host.name())
     }
 
-    async fn exchange(&self, line: &str) -> Result<String> {
+    /// The relay's output arrives whole (a `Host` returns a command's output when it ends), so
+    /// an answer over `limit` is refused once here, not cut off while it comes; how much a
+    /// host reads of a command's output is that host's own limit.
+    async fn exchange(&self, line: &str, limit: usize) -> Result<String> {
         let command = Command::from_argv(&self.relay)?
             .stdin(line.as_bytes().to_vec())
             .timeout(std::time::Duration::from_secs(10));
         let out = self.host.run(&command).await?;
         if out.success() {
+            if out.stdout.len() > limit {
+                return Err(answer_too_large(self.describe(), limit));
+            }
             return Ok(out.stdout_text());
         }
         let stderr = out.stderr_text();

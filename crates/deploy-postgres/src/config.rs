@@ -3,7 +3,9 @@
 
 use std::env::VarError;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use deploy_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
@@ -17,13 +19,16 @@ pub const KIND: &str = "postgres";
 /// The environment variable read for the database URL when `database_url_env` is not given.
 const DEFAULT_URL_ENV: &str = "DATABASE_URL";
 
+/// The largest `database_url_file` read: a URL is a line, not a file's worth.
+const MAX_URL_FILE: u64 = 64 * 1024;
+
 /// A plan file's `[migrations]` section with `kind = "postgres"` (the `kind` key itself is the
 /// plan file's, and is not part of this type). Unknown keys are refused.
 ///
 /// ```toml
 /// [migrations]
 /// kind = "postgres"
-/// database_url_env = "DATABASE_URL"
+/// database_url_env = "DATABASE_URL"   # or database_url_file = "/run/secrets/shop-db-url"
 /// dir = "/srv/shop/migrations"
 /// backup_dir = "/var/backups/shop"
 /// keep_backups = 10
@@ -38,15 +43,24 @@ const DEFAULT_URL_ENV: &str = "DATABASE_URL";
 #[non_exhaustive]
 pub struct PgMigrationRunnerConfig {
     /// `database_url_env`: the name of the environment variable holding the database URL
-    /// (default `DATABASE_URL`), read when the runner is built. When that variable is not set,
-    /// the `PG*` variables are used ([`PgConfig::from_env`]). Not together with `url`.
+    /// (default `DATABASE_URL`, when neither `url` nor `database_url_file` is given), read when
+    /// the runner is built. When that variable is not set, the `PG*` variables are used
+    /// ([`PgConfig::from_env`]). Not together with `url` or `database_url_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_url_env: Option<String>,
+    /// `database_url_file`: a file holding the database URL (surrounding whitespace and the
+    /// trailing newline dropped), read when the runner is built. It must be readable by its
+    /// owner only (mode 0600 or 0400): a file that group or others may read is refused, since
+    /// the URL holds the password. At most 64 KiB. Not together with `url` or
+    /// `database_url_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url_file: Option<PathBuf>,
     /// `url`: the database URL itself (`postgres://app@127.0.0.1:5432/shop`), only for a
     /// database reached without a password (peer or trust authentication, or a `passfile`
-    /// parameter): a URL holding a password is refused, since a plan file is no place for a
-    /// secret; put it in the variable `database_url_env` names. Not together with
-    /// `database_url_env`.
+    /// parameter). A URL holding a password is an error, not a warning: a plan file is
+    /// committed, copied and printed, and a password once written there has leaked whether or
+    /// not a warning was read; put the URL in the file `database_url_file` names or the
+    /// variable `database_url_env` names. Not together with either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// `dir`: the migrations folder, on this machine (required).
@@ -74,6 +88,7 @@ impl fmt::Debug for PgMigrationRunnerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgMigrationRunnerConfig")
             .field("database_url_env", &self.database_url_env)
+            .field("database_url_file", &self.database_url_file)
             .field("url", &self.url.as_deref().map(deploy_core::redact::url))
             .field("dir", &self.dir)
             .field("backup_dir", &self.backup_dir)
@@ -90,6 +105,7 @@ impl PgMigrationRunnerConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             database_url_env: None,
+            database_url_file: None,
             url: None,
             dir: dir.into(),
             backup_dir: None,
@@ -104,11 +120,12 @@ impl PgMigrationRunnerConfig {
 impl PgMigrationRunner {
     /// The runner a plan file's `[migrations]` section describes, on this machine
     /// ([`LocalHost`](deploy_core::LocalHost)): the database from `url`, else from the URL in
-    /// the variable `database_url_env` names (`DATABASE_URL` by default), else from the `PG*`
-    /// variables. Every problem (`url` and `database_url_env` both given, a URL that does not
-    /// parse, a password in `url`, `keep_backups = 0`, a bad `history_table`, ...) is reported
-    /// at once, in one `InvalidInput` error naming each key. A URL's password never appears in
-    /// an error. Nothing connects yet.
+    /// the file `database_url_file` names, else from the URL in the variable
+    /// `database_url_env` names (`DATABASE_URL` by default), else from the `PG*` variables.
+    /// Every problem (two of `url`, `database_url_file` and `database_url_env` given, a URL
+    /// that does not parse, a password in `url`, a URL file others may read, `keep_backups =
+    /// 0`, a bad `history_table`, ...) is reported at once, in one `InvalidInput` error naming
+    /// each key. No part of a URL appears in an error. Nothing connects yet.
     pub fn from_config(config: PgMigrationRunnerConfig) -> Result<PgMigrationRunner> {
         from_config_with_env(config, |name| std::env::var(name))
     }
@@ -167,6 +184,30 @@ fn connection(
     config: &PgMigrationRunnerConfig,
     env: &impl Fn(&str) -> std::result::Result<String, VarError>,
 ) -> std::result::Result<PgConfig, String> {
+    if let Some(file) = &config.database_url_file {
+        if config.url.is_some() {
+            return Err(format!(
+                "url: give url or database_url_file ({}), not both",
+                file.display()
+            ));
+        }
+        if let Some(var) = &config.database_url_env {
+            return Err(format!(
+                "database_url_file: give database_url_file ({}) or database_url_env ({var}), \
+                 not both",
+                file.display()
+            ));
+        }
+        let url = read_url_file(file)
+            .map_err(|why| format!("database_url_file {}: {why}", file.display()))?;
+        return PgConfig::from_url(&url).map_err(|e| {
+            format!(
+                "database_url_file: the URL in {}: {}",
+                file.display(),
+                e.message()
+            )
+        });
+    }
     if let Some(url) = &config.url {
         if let Some(var) = &config.database_url_env {
             return Err(format!(
@@ -177,7 +218,9 @@ fn connection(
         if c.has_password() {
             return Err(
                 "url: holds a password, and a plan file is no place for one; put the \
-                        URL in an environment variable and name it with database_url_env"
+                        URL in a file readable by its owner only and name it with \
+                        database_url_file, or in an environment variable and name it with \
+                        database_url_env"
                     .to_owned(),
             );
         }
@@ -201,6 +244,38 @@ fn connection(
             )
         }),
     }
+}
+
+/// The URL in `file`: refused when group or others may read it, or when it is not a regular
+/// file, longer than 64 KiB, not UTF-8 or empty. The reasons never quote the file.
+fn read_url_file(file: &Path) -> std::result::Result<String, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot inspect it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "its mode {mode:04o} lets group or others read the password in it; make it \
+             readable by its owner only (chmod 600)"
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_URL_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_URL_FILE {
+        return Err("larger than the limit of 64 KiB for a URL file".to_owned());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8".to_owned())?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    Ok(url.to_owned())
 }
 
 #[cfg(test)]
@@ -397,6 +472,79 @@ mod tests {
         }))
         .unwrap_err();
         assert!(e.to_string().contains("unknown variant"), "{e}");
+    }
+
+    /// `database_url_file`: a private file's URL is used; a file others may read, a missing or
+    /// oversized one, and a file given with another source are refused, naming the key and
+    /// the file, never its content.
+    #[test]
+    fn a_url_file_is_read_when_private_and_refused_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db-url");
+        std::fs::write(&file, "postgres://app:canary-pw-9Qz@db.example:6543/shop\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = parse(serde_json::json!({
+            "database_url_file": file,
+            "dir": "/srv/migrations",
+        }));
+        let runner = from_config_with_env(config.clone(), env(&[])).unwrap();
+        let c = runner.config();
+        assert_eq!(
+            (c.host.as_deref(), c.port, c.dbname.as_str()),
+            (Some("db.example"), Some(6543), "shop")
+        );
+        assert!(c.has_password());
+        assert!(!format!("{runner:?} {config:?}").contains("canary"));
+
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = error(config.clone(), &[]);
+            let msg = format!("{e} {e:?}");
+            assert!(
+                msg.contains("database_url_file")
+                    && msg.contains(&file.display().to_string())
+                    && msg.contains(&format!("{mode:04o}"))
+                    && msg.contains("chmod 600"),
+                "{msg}"
+            );
+            assert!(!msg.contains("canary"), "{msg}");
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(from_config_with_env(config.clone(), env(&[])).is_ok());
+
+        // A URL in the file that does not parse: the key and the file, not a byte of the URL.
+        let bad = dir.path().join("bad-url");
+        std::fs::write(&bad, "postgres://app:canary/pw@db.example/shop").unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = config.clone();
+        c.database_url_file = Some(bad.clone());
+        let e = error(c, &[]);
+        let msg = format!("{e} {e:?}");
+        assert!(
+            msg.contains(&format!("database_url_file: the URL in {}", bad.display())),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("canary") && !msg.contains("db.example"),
+            "{msg}"
+        );
+
+        // Oversized, missing, or given with another source.
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(70 * 1024)).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = config.clone();
+        c.database_url_file = Some(big);
+        assert!(error(c, &[]).to_string().contains("limit of 64 KiB"));
+        let mut c = config.clone();
+        c.database_url_file = Some(dir.path().join("missing"));
+        assert!(error(c, &[]).to_string().contains("cannot open it"));
+        let mut c = config.clone();
+        c.database_url_env = Some("SHOP_DB".into());
+        assert!(error(c, &[]).to_string().contains("not both"));
+        let mut c = config;
+        c.url = Some("postgres://app@h/db".into());
+        assert!(error(c, &[]).to_string().contains("not both"));
     }
 
     #[test]

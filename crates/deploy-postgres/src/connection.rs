@@ -5,15 +5,31 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-use deploy_core::{Error, ErrorKind, Result};
+use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString};
 
 /// How to reach one database.
 ///
 /// Every field goes to the client tools (`psql`, `pg_dump`, `pg_restore`) as a libpq environment
 /// variable (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`,
-/// `PGSSLMODE`), never as an argument: command lines are visible to every user of the host in
-/// `ps`. `Debug` shows the password as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
+/// `PGSSLMODE`) in [`Command::env`](deploy_core::Command::env), never as an argument: command lines
+/// are visible to every user of the host in `ps`. How the environment reaches the tool is the
+/// [`Host`](deploy_core::Host)'s part:
+///
+/// - [`LocalHost`](deploy_core::LocalHost) sets it in the child process's environment.
+/// - `deploy_ssh::SshHost` sends the variables' *values* on the SSH channel's standard input,
+///   ahead of the tool's own input; the remote shell reads them and exports them before it
+///   `exec`s the tool. The string SSH carries (the remote shell's command line) holds the
+///   names only.
+///
+/// Either way the password ends up in the tool's environment on the host where it runs
+/// (`/proc/PID/environ`, readable by the same user and root, not by other users), and on no
+/// command line. The advisory-lock session, a `psql` child of this process, gets the same
+/// environment locally. A `Host` of your own must likewise keep [`Command::env`](deploy_core::Command::env) off command
+/// lines; a password holding a newline cannot be sent by `SshHost` and is refused there.
+///
+/// The password is held as a [`SecretString`]: `Debug` shows it as `<redacted>`, `Display`
+/// leaves it out, and text the tools print has it replaced before it reaches an error.
+#[derive(Clone)]
 pub struct PgConfig {
     /// Host name, IP address, or a directory holding the Unix socket; `None` lets libpq decide.
     pub host: Option<String>,
@@ -23,7 +39,7 @@ pub struct PgConfig {
     pub user: Option<String>,
     /// The database the migrations apply to (required).
     pub dbname: String,
-    password: Option<String>,
+    password: Option<SecretString>,
     /// A pgpass file to read the password from (`PGPASSFILE`).
     pub passfile: Option<PathBuf>,
     /// `sslmode` (`disable`, `require`, `verify-full`...).
@@ -32,6 +48,21 @@ pub struct PgConfig {
     /// (default `postgres`).
     pub maintenance_db: String,
 }
+
+impl PartialEq for PgConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.host == other.host
+            && self.port == other.port
+            && self.user == other.user
+            && self.dbname == other.dbname
+            && self.password() == other.password()
+            && self.passfile == other.passfile
+            && self.sslmode == other.sslmode
+            && self.maintenance_db == other.maintenance_db
+    }
+}
+
+impl Eq for PgConfig {}
 
 impl fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,16 +100,20 @@ impl fmt::Display for PgConfig {
     }
 }
 
+/// What to do about a password that cut a URL short, in every message that may be about one.
+const ENCODE_HINT: &str = "if the password holds '@', '/', '?', '#', '&' or '%', percent-encode the \
+                           password (@ → %40, / → %2F, ? → %3F, # → %23, & → %26, % → %25)";
+
+/// An error about a database URL. `cause` is always this module's own words: nothing of the URL
+/// is ever quoted, since any part of it may hold bytes of a password that an unescaped
+/// character moved into another part.
 fn bad_url(cause: impl Into<String>) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        "parse",
-        "database URL (password not shown)",
-        cause,
-    )
+    Error::new(ErrorKind::InvalidInput, "parse", "database URL", cause)
 }
 
-fn percent_decode(s: &str) -> Result<String> {
+/// Strict percent-decoding, as libpq does it: a `%` must be followed by two hex digits, and the
+/// result must be UTF-8. `what` names the part in the error (never its text).
+fn percent_decode(s: &str, what: &str) -> Result<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -88,7 +123,11 @@ fn percent_decode(s: &str) -> Result<String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad_url("a '%' is not followed by two hex digits"))?;
+                .ok_or_else(|| {
+                    bad_url(format!(
+                        "in the {what}, a '%' is not followed by two hex digits; {ENCODE_HINT}"
+                    ))
+                })?;
             out.push(hex);
             i += 3;
         } else {
@@ -96,7 +135,20 @@ fn percent_decode(s: &str) -> Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| bad_url("a percent-encoded part is not UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| bad_url(format!("the {what} is not UTF-8 once percent-decoded")))
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`…
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 impl PgConfig {
@@ -114,82 +166,89 @@ impl PgConfig {
         }
     }
 
-    /// Parse `postgres://user:password@host:port/dbname?sslmode=require&host=/run/postgresql`.
+    /// Parse `postgres://user:password@host:port/dbname?sslmode=require&host=/run/postgresql`
+    /// with the [`url`] crate (WHATWG rules: the last `@` of the authority ends the user
+    /// information, so a password may hold a bare `@`), every part percent-decoded. Query
+    /// parameters: `sslmode`, `host`, `port`, `user`, `dbname`, `passfile`, `password`.
     ///
-    /// Errors never repeat the URL, which may hold a password.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let rest = url
+    /// A password must percent-encode `/`, `?` and `#` (they end the authority) and `%`. An
+    /// unescaped one moves the rest of the password into the port, the path or the query:
+    /// such URLs are refused — a database name holding `@` or `/` above all, which is what an
+    /// unescaped `@` followed by `/` makes, instead of silently taking part of the password for
+    /// the host name. **Errors never quote the URL or any part of it**: every message is this
+    /// crate's own words, and says how to percent-encode the password.
+    pub fn from_url(text: &str) -> Result<Self> {
+        let rest = text
             .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
+            .or_else(|| text.strip_prefix("postgresql://"))
             .ok_or_else(|| bad_url("must start with postgres:// or postgresql://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.split_once('/') {
-            Some((a, p)) => (a, p),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let mut cfg = Self::new(percent_decode(path)?);
-        if let Some(ui) = userinfo {
-            let (u, p) = match ui.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (ui, None),
-            };
-            if !u.is_empty() {
-                cfg.user = Some(percent_decode(u)?);
-            }
-            if let Some(p) = p {
-                cfg.password = Some(percent_decode(p)?);
-            }
+        let url = url::Url::parse(text).map_err(|e| {
+            // The url crate's words name the problem, never the input ("invalid port number").
+            bad_url(format!("it is not a valid URL ({e}); {ENCODE_HINT}"))
+        })?;
+        if url.fragment().is_some() {
+            return Err(bad_url(format!(
+                "it has a '#' part, which a database URL does not take; {ENCODE_HINT}"
+            )));
         }
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h
-                .split_once(']')
-                .ok_or_else(|| bad_url("an IPv6 host lacks its closing ']'"))?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if !host.is_empty() {
-            cfg.host = Some(percent_decode(host)?);
+        // The path as written: the url crate would resolve `..` segments in it.
+        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        let path = rest[..end].find('/').map_or("", |i| &rest[i + 1..end]);
+        if path.contains(['@', '/']) {
+            return Err(bad_url(
+                "the database name holds '@' or '/', as an unescaped '@' followed by '/' in the \
+                 password makes (the part of the password before them would be taken for the \
+                 host): percent-encode the password (@ → %40, / → %2F); a database name with \
+                 '@' or '/' is written %40 and %2F too",
+            ));
         }
-        if let Some(p) = port {
-            cfg.port = Some(
-                p.parse()
-                    .map_err(|_| bad_url(format!("port {p:?} is not a number from 1 to 65535")))?,
-            );
+        let mut cfg = Self::new(percent_decode(path, "database name")?);
+        if !url.username().is_empty() {
+            cfg.user = Some(percent_decode(url.username(), "user name")?);
         }
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        if let Some(p) = url.password() {
+            cfg.password = Some(SecretString::from(percent_decode(p, "password")?));
+        }
+        if let Some(h) = url.host_str().filter(|h| !h.is_empty()) {
+            let h = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            cfg.host = Some(percent_decode(h, "host name")?);
+        }
+        cfg.port = url.port();
+        let query = url.query().unwrap_or("");
+        for (n, pair) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
+            let place = format!("{} query parameter", ordinal(n + 1));
+            let v = percent_decode(v, &format!("value of the {place}"))?;
             match k {
                 "sslmode" => cfg.sslmode = Some(v),
                 "host" => cfg.host = Some(v),
                 "port" => {
                     cfg.port = Some(v.parse().map_err(|_| {
-                        bad_url(format!("port {v:?} is not a number from 1 to 65535"))
+                        bad_url("the port parameter is not a number from 1 to 65535")
                     })?)
                 }
                 "user" => cfg.user = Some(v),
                 "dbname" => cfg.dbname = v,
                 "passfile" => cfg.passfile = Some(PathBuf::from(v)),
-                "password" => cfg.password = Some(v),
-                other => {
+                "password" => cfg.password = Some(SecretString::from(v)),
+                _ => {
+                    // Its name is not shown: it may be part of a password cut at a '?' or '&'.
                     return Err(bad_url(format!(
-                        "unsupported parameter {other:?} (supported: sslmode, host, port, user, dbname, passfile, password)"
+                        "the {place} is not supported (supported: sslmode, host, port, user, \
+                         dbname, passfile, password); {ENCODE_HINT}"
                     )));
                 }
             }
         }
-        cfg.validate()?;
+        // Not `validate`: its error shows the settings, and a URL's parts may hold password
+        // bytes.
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            return Err(bad_url(problems.join("; ")));
+        }
         Ok(cfg)
     }
 
@@ -213,7 +272,7 @@ impl PgConfig {
         let mut cfg = Self::new(dbname);
         cfg.host = var("PGHOST");
         cfg.user = var("PGUSER");
-        cfg.password = var("PGPASSWORD");
+        cfg.password = var("PGPASSWORD").map(SecretString::from);
         cfg.passfile = var("PGPASSFILE").map(PathBuf::from);
         cfg.sslmode = var("PGSSLMODE");
         if let Some(p) = var("PGPORT") {
@@ -230,8 +289,8 @@ impl PgConfig {
         Ok(cfg)
     }
 
-    /// Set the password (passed to the tools as `PGPASSWORD`).
-    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+    /// Set the password (passed to the tools as `PGPASSWORD`; a `&str` or `String` converts).
+    pub fn with_password(mut self, password: impl Into<SecretString>) -> Self {
         self.password = Some(password.into());
         self
     }
@@ -305,7 +364,7 @@ impl PgConfig {
         }
         push("PGDATABASE", dbname.unwrap_or(&self.dbname));
         if let Some(p) = &self.password {
-            push("PGPASSWORD", p);
+            push("PGPASSWORD", p.expose_secret());
         }
         if let Some(p) = &self.passfile {
             push("PGPASSFILE", &p.to_string_lossy());
@@ -319,7 +378,7 @@ impl PgConfig {
 
     /// The password, for redacting it from text that tools printed.
     pub(crate) fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+        self.password.as_ref().map(ExposeSecret::expose_secret)
     }
 }
 
@@ -361,6 +420,82 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
+    }
+
+    /// The password of every case, cut into pieces by the characters an unescaped password
+    /// may hold; no piece may appear in an error.
+    const PIECES: [&str; 4] = ["Qx7", "Kv2", "Jw9", "Zm4"];
+
+    fn assert_no_piece(e: &Error, url: &str) {
+        let shown = format!("{e} {e:?} {}", e.message());
+        for piece in PIECES {
+            assert!(!shown.contains(piece), "{url}: {piece} in {shown}");
+        }
+    }
+
+    /// The issue's cases: an unescaped `/`, `?`, `#` in the password cut the URL short; the
+    /// error holds no byte of the password, and says how to encode it. An unescaped `&` is
+    /// harmless in the user information, but not in a `password` parameter.
+    #[test]
+    fn unescaped_characters_in_a_password_are_refused_without_a_byte_of_it() {
+        for url in [
+            "postgres://app:Qx7/Kv2@db.example:5432/shop",
+            "postgres://app:Qx7?Kv2@db.example/shop",
+            "postgres://app:Qx7#Kv2@db.example/shop",
+            "postgres://app:Qx7/Kv2?Jw9&Zm4@db.example/shop",
+            "postgres://app:123/Qx7Kv2@db.example/shop",
+            "postgres://app:123?Qx7Kv2=Jw9@db.example/shop",
+            "postgres://app:123#Qx7Kv2@db.example/shop",
+            "postgres://db.example/shop?password=Qx7&Kv2Jw9",
+            "postgres://app:Qx7%zzKv2@db.example/shop",
+        ] {
+            let e = PgConfig::from_url(url).expect_err(url);
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}");
+            assert_no_piece(&e, url);
+            assert!(e.to_string().contains("percent-encode"), "{url}: {e}");
+        }
+        let url = "postgres://app:Qx7%ffKv2@db.example/shop";
+        let e = PgConfig::from_url(url).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+        assert_no_piece(&e, url);
+        // `&` and `@` alone need no escape in the user information.
+        let c = PgConfig::from_url("postgres://app:Qx7&Kv2@db.example/shop").unwrap();
+        assert_eq!(c.password(), Some("Qx7&Kv2"));
+        assert_eq!(c.host.as_deref(), Some("db.example"));
+        let c = PgConfig::from_url("postgres://app:Qx7@Kv2@db.example/shop").unwrap();
+        assert_eq!(c.password(), Some("Qx7@Kv2"));
+        assert_eq!(
+            (c.host.as_deref(), c.dbname.as_str()),
+            (Some("db.example"), "shop")
+        );
+        // Encoded, every character is fine.
+        let c =
+            PgConfig::from_url("postgres://app:Qx7%2FKv2%3F%23%40%26%25@db.example/shop").unwrap();
+        assert_eq!(c.password(), Some("Qx7/Kv2?#@&%"));
+    }
+
+    /// An unescaped `@` followed by `/` would make part of the password the host name: the
+    /// database name then holds `@` or `/`, and the URL is refused, saying what to encode.
+    #[test]
+    fn an_unescaped_at_followed_by_a_slash_never_becomes_the_host() {
+        for url in [
+            "postgres://app:Qx7@Kv2/Jw9@db.example/shop",
+            "postgres://app:Qx7@Kv2/Jw9@db.example:5432/shop?sslmode=require",
+            "postgres://app:Qx7@Kv2/@db.example/shop",
+            "postgresql://app:Qx7@Kv2/Jw9/Zm4@db.example/shop",
+        ] {
+            let e = PgConfig::from_url(url).expect_err(url);
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}");
+            assert_no_piece(&e, url);
+            assert!(
+                e.to_string()
+                    .contains("percent-encode the password (@ → %40, / → %2F)"),
+                "{url}: {e}"
+            );
+        }
+        // A database name with '@' or '/' is percent-encoded too.
+        let c = PgConfig::from_url("postgres://app@db.example/a%40b%2Fc").unwrap();
+        assert_eq!(c.dbname, "a@b/c");
     }
 
     #[test]

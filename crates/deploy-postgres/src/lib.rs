@@ -9,6 +9,9 @@ mod tools;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(all(test, feature = "testing"))]
+mod scanner_against_postgres;
+
 pub use config::{KIND, PgMigrationRunnerConfig};
 pub use connection::PgConfig;
 pub use migrations::{Classification, Layout, NO_TRANSACTION_MARKER};

@@ -1071,11 +1071,64 @@ fn quoted_ident_text(text: &str) -> String {
     out
 }
 
+/// Where a statement is with respect to a SQL-standard routine body: `CREATE [OR REPLACE]
+/// FUNCTION|PROCEDURE … BEGIN ATOMIC stmt; stmt; END`. Its `;`s end the body's statements,
+/// not the `CREATE`: psql sends it whole (psqlscan.l counts `BEGIN`/`CASE`/`END` after such a
+/// start, outside parentheses), and the server's grammar takes it as one statement that runs
+/// none of the body. Found by the test against the real server.
+#[derive(Default)]
+struct RoutineBody {
+    /// The first four words of the statement (identifiers, upper-cased).
+    head: Vec<String>,
+    /// Parentheses open.
+    parens: usize,
+    /// Whether the last word was `BEGIN` (outside parentheses, in a routine).
+    after_begin: bool,
+    /// `BEGIN ATOMIC` and `CASE` opened, less `END`s: inside the body while above zero.
+    depth: usize,
+}
+
+impl RoutineBody {
+    fn is_routine(&self) -> bool {
+        let h: Vec<&str> = self.head.iter().map(String::as_str).collect();
+        matches!(
+            h.as_slice(),
+            ["CREATE", "FUNCTION" | "PROCEDURE", ..]
+                | ["CREATE", "OR", "REPLACE", "FUNCTION" | "PROCEDURE", ..]
+        )
+    }
+
+    fn token(&mut self, tok: Tok, text: &str) {
+        match (tok, text) {
+            (Tok::Other, "(") => self.parens += 1,
+            (Tok::Other, ")") => self.parens = self.parens.saturating_sub(1),
+            (Tok::Word, w) if w.as_bytes().first().is_some_and(|&c| is_ident_start(c)) => {
+                let w = w.to_ascii_uppercase();
+                if self.head.len() < 4 {
+                    self.head.push(w.clone());
+                }
+                if self.parens > 0 || !self.is_routine() {
+                    return;
+                }
+                match w.as_str() {
+                    "ATOMIC" if self.after_begin && self.depth == 0 => self.depth = 1,
+                    "CASE" if self.depth > 0 => self.depth += 1,
+                    "END" if self.depth > 0 => self.depth -= 1,
+                    _ => {}
+                }
+                self.after_begin = w == "BEGIN";
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The statements of `sql` as psql sends them and PostgreSQL runs them.
 pub(crate) fn scan(sql: &str) -> Vec<Statement> {
     let mut lexer = Lexer::new(sql);
     let mut out = Vec::new();
     let mut cur = StatementBuilder::default();
+    let mut routine = RoutineBody::default();
     while let Some((tok, range)) = lexer.next_token() {
         let text = &sql[range];
         if text.contains('\0') {
@@ -1088,8 +1141,12 @@ pub(crate) fn scan(sql: &str) -> Vec<Statement> {
                     .into(),
             );
         }
+        routine.token(tok, text);
         match tok {
+            // Inside a routine body a `;` ends one of the body's statements, not the CREATE.
+            Tok::Semicolon if routine.depth > 0 => cur.push(Tok::Other, ";"),
             Tok::Semicolon => {
+                routine = RoutineBody::default();
                 let copies = reads_copy_data(&cur.text);
                 cur.finish(&mut lexer, &mut out);
                 if copies
@@ -1109,6 +1166,7 @@ pub(crate) fn scan(sql: &str) -> Vec<Statement> {
                 }
                 cur.push(tok, text);
                 if sends {
+                    routine = RoutineBody::default();
                     cur.finish(&mut lexer, &mut out);
                 }
             }
@@ -1613,6 +1671,49 @@ mod tests {
                 "C"
             ]
         );
+    }
+
+    /// A SQL-standard routine body is part of its CREATE: its statements do not run when the
+    /// migration does (psql sends it whole; the server takes it as one statement).
+    #[test]
+    fn begin_atomic_bodies_belong_to_their_create() {
+        let sql = "CREATE OR REPLACE FUNCTION purge() RETURNS void LANGUAGE sql\n\
+                   BEGIN ATOMIC\n  DELETE FROM users WHERE CASE WHEN id > 0 THEN true ELSE false END;\n  \
+                   SELECT 1;\nEND;\nDROP TABLE orders;";
+        assert_eq!(
+            statements(sql),
+            [
+                "CREATE OR REPLACE FUNCTION PURGE ( ) RETURNS VOID LANGUAGE SQL BEGIN ATOMIC \
+                 DELETE FROM USERS WHERE CASE WHEN ID > 0 THEN TRUE ELSE FALSE END; SELECT 1; END",
+                "DROP TABLE ORDERS"
+            ]
+        );
+        assert!(class(sql).reason().unwrap().contains("drops a table"));
+        assert_eq!(
+            class("CREATE PROCEDURE p() BEGIN ATOMIC DELETE FROM users; END;"),
+            Classification::Additive
+        );
+        // Not a routine, or BEGIN without ATOMIC (a function named begin): `;` ends statements.
+        for (sql, n) in [
+            ("BEGIN; DELETE FROM users; END;", 3),
+            (
+                "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'SELECT 1'; DELETE FROM t;",
+                2,
+            ),
+            (
+                "CREATE FUNCTION f(begin int, atomic int) RETURNS int LANGUAGE sql RETURN 1; DELETE FROM t;",
+                2,
+            ),
+            ("CREATE TABLE atomic (begin int); DELETE FROM t;", 2),
+        ] {
+            assert_eq!(scan(sql).len(), n, "{sql}");
+            assert!(
+                class(sql)
+                    .reason()
+                    .is_some_and(|r| r.contains("deletes rows")),
+                "{sql}"
+            );
+        }
     }
 
     /// psql sends the lines after a `COPY ... FROM STDIN` as data, up to `\.`: a quote in

@@ -117,12 +117,23 @@ impl PgServer {
 
     /// As [`start`](Self::start), with the server binaries taken from `bin_dir` when given.
     pub async fn start_with(bin_dir: Option<PathBuf>) -> Result<Self> {
-        tokio::task::spawn_blocking(move || Self::start_blocking(bin_dir))
+        Self::start_with_settings(bin_dir, &[]).await
+    }
+
+    /// As [`start_with`](Self::start_with), with extra server settings (`-c name=value`), such
+    /// as `logging_collector`, which take effect only at start. A relative `log_directory` is
+    /// under [`data_dir`](Self::data_dir).
+    pub async fn start_with_settings(
+        bin_dir: Option<PathBuf>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tokio::task::spawn_blocking(move || Self::start_blocking(bin_dir, &settings))
             .await
             .map_err(|e| fixture_err("start", "the start task failed").with_source(e))?
     }
 
-    fn start_blocking(bin_dir: Option<PathBuf>) -> Result<Self> {
+    fn start_blocking(bin_dir: Option<PathBuf>, settings: &[String]) -> Result<Self> {
         let bin_dir = match bin_dir {
             Some(d) if d.join("initdb").is_file() => d,
             Some(d) => {
@@ -218,6 +229,7 @@ impl PgServer {
                     "-c",
                     "shared_buffers=32MB",
                 ])
+                .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log_file))
                 .stderr(Stdio::from(log_err))
@@ -290,6 +302,11 @@ impl PgServer {
     /// The server's temporary directory (also a good place for backups).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The server's data directory (`PGDATA`), under [`dir`](Self::dir).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Connection settings for `dbname` as the superuser `postgres` over TCP on loopback.

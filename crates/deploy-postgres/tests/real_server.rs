@@ -561,6 +561,12 @@ async fn backups_are_checked_kept_to_the_retention_and_never_half_written() {
         .map(|e| e.unwrap().path().display().to_string())
         .collect();
     left.sort();
+    // The directory it created is its owner's only; every backup in it is 0600.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&backups), 0o700, "the backup directory is private");
+    for b in &left {
+        assert_eq!(mode(Path::new(b)), 0o600, "{b}");
+    }
     assert_eq!(
         left,
         [ids[1].0.clone(), ids[2].0.clone()],
@@ -602,6 +608,27 @@ async fn backups_are_checked_kept_to_the_retention_and_never_half_written() {
     let e = r.backup().await.unwrap_err();
     assert!(e.to_string().contains("no_such_db"), "{e}");
     assert_eq!(std::fs::read_dir(&backups).unwrap().count(), 2);
+
+    // Missing parents are created too, the backup directory itself 0700; a directory that
+    // already exists (it may be shared, as /var/backups is) keeps its mode.
+    let nested = server.dir().join("a/b/backups");
+    let r = builder(&server, &config, dir.path())
+        .backup_dir(&nested)
+        .build()
+        .unwrap();
+    let id = r.backup().await.unwrap();
+    assert_eq!(mode(&nested), 0o700);
+    assert_eq!(mode(Path::new(&id.0)), 0o600);
+    let shared = server.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = builder(&server, &config, dir.path())
+        .backup_dir(&shared)
+        .build()
+        .unwrap();
+    let id = r.backup().await.unwrap();
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(mode(Path::new(&id.0)), 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deploy_core::{Error, ErrorKind, Result, http, redact};
+use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString, http, redact};
 use reqwest::Url;
 use serde::Deserialize;
 
-/// How the client authenticates to Prometheus (or the proxy in front of it). Never shown in
-/// `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
+/// How the client authenticates to Prometheus (or the proxy in front of it). The password and
+/// the token are [`SecretString`]s: `Debug` shows `[REDACTED]`, and they are exposed only
+/// when a request's `Authorization` header is made (a header reqwest marks sensitive).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Auth {
     /// HTTP basic authentication.
@@ -18,23 +19,171 @@ pub enum Auth {
         /// The user name.
         username: String,
         /// The password.
-        password: String,
+        password: SecretString,
     },
     /// `Authorization: Bearer <token>`.
-    Bearer(String),
+    Bearer(SecretString),
 }
 
-impl fmt::Debug for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Basic { username, .. } => f
-                .debug_struct("Basic")
-                .field("username", username)
-                .field("password", &"<redacted>")
-                .finish(),
-            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+impl Auth {
+    /// Basic authentication as `username` with `password`.
+    pub fn basic(username: impl Into<String>, password: impl Into<SecretString>) -> Self {
+        Self::Basic {
+            username: username.into(),
+            password: password.into(),
         }
     }
+
+    /// A bearer token.
+    pub fn bearer(token: impl Into<SecretString>) -> Self {
+        Self::Bearer(token.into())
+    }
+}
+
+/// Equal when the same kind of authentication carries the same credentials (for tests and
+/// configuration checks; nothing is shown).
+impl PartialEq for Auth {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Basic { username, password },
+                Self::Basic {
+                    username: u,
+                    password: p,
+                },
+            ) => username == u && password.expose_secret() == p.expose_secret(),
+            (Self::Bearer(a), Self::Bearer(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Auth {}
+
+impl Auth {
+    /// What a peer could echo back of these credentials: the password or token itself, and the
+    /// `user:password` pair as the basic `Authorization` header carries it (base64).
+    fn echoes(&self) -> Vec<String> {
+        match self {
+            Self::Basic { username, password } => {
+                let p = password.expose_secret();
+                if p.is_empty() {
+                    return Vec::new();
+                }
+                vec![p.to_owned(), base64(format!("{username}:{p}").as_bytes())]
+            }
+            Self::Bearer(token) => vec![token.expose_secret().to_owned()],
+        }
+    }
+}
+
+/// Standard base64 with padding, as HTTP basic authentication encodes `user:password`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// `bytes` for messages: `16 MiB`, `512 KiB`, or `1000 bytes` when not a whole number of either.
+pub(crate) fn size(bytes: u64) -> String {
+    for (unit, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// `16 MiB (16777216 bytes)`, or `1000 bytes` when that is all there is to say.
+pub(crate) fn size_exactly(bytes: u64) -> String {
+    let shown = size(bytes);
+    if shown.ends_with(" bytes") {
+        shown
+    } else {
+        format!("{shown} ({bytes} bytes)")
+    }
+}
+
+/// Why a body was not read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// It is longer than the limit (by its `Content-Length`, or by what arrived).
+    TooLarge,
+    /// Reading it failed.
+    Read(reqwest::Error),
+}
+
+/// Read `resp`'s body, chunk by chunk as it arrives, refusing it as soon as it is known to be
+/// longer than `limit` bytes: a `Content-Length` above the limit is refused before any of the
+/// body is read, and a body without one is read no further than the chunk that crosses the
+/// limit. Dropping the response then closes the connection instead of reading the rest.
+pub(crate) async fn read_body(
+    mut resp: reqwest::Response,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, BodyError> {
+    let declared = resp.content_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let capacity = declared.unwrap_or(0).min(limit).min(MIB);
+    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The message of a body over its limit: `what` (`page`, `answer`), the limit, and the
+/// setting (`key`) that raises it.
+pub(crate) fn too_large(what: &str, limit: u64, key: &str) -> String {
+    format!(
+        "the {what} is larger than the limit of {}, so it was not read further; \
+         raise `{key}` if it really is that large",
+        size_exactly(limit)
+    )
+}
+
+/// Percent-decoded URL user info; `None` when the bytes are not UTF-8.
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// One series of an instant vector: its labels and value.
@@ -84,12 +233,14 @@ impl QueryResult {
 }
 
 /// A client of Prometheus' HTTP API (`/api/v1/query`, `/api/v1/query_range`), over reqwest with
-/// rustls, with a time limit per request and optional basic or bearer authentication.
+/// rustls, with a time limit per request, a size limit per answer (64 MiB by default, read as
+/// it arrives and refused at the limit), and optional basic or bearer authentication.
 ///
-/// Errors name the operation, the query and the server and are typed by [`ErrorKind`]:
-/// `Unavailable` (cannot connect, HTTP 5xx; retryable), `Timeout`, `PermissionDenied` (401/403),
-/// `Rejected` (Prometheus answered `status: "error"`, e.g. a PromQL syntax error), `Protocol`
-/// (the answer is not the JSON Prometheus sends).
+/// Errors name the operation, the query and the server (its URL as `deploy_core::redact::url`
+/// shows it) and are typed by [`ErrorKind`]: `Unavailable` (cannot connect, HTTP 5xx;
+/// retryable), `Timeout`, `PermissionDenied` (401/403), `Rejected` (Prometheus answered
+/// `status: "error"`, e.g. a PromQL syntax error), `Protocol` (the answer is not the JSON
+/// Prometheus sends, or is larger than the limit).
 ///
 /// ```no_run
 /// # async fn demo() -> deploy_core::Result<()> {
@@ -103,16 +254,20 @@ impl QueryResult {
 #[derive(Clone)]
 pub struct PrometheusClient {
     base: Url,
+    /// `base` as messages, sources and `Debug` show it.
+    shown: String,
     http: reqwest::Client,
     timeout: Duration,
+    max_answer_size: u64,
     auth: Option<Auth>,
 }
 
 impl fmt::Debug for PrometheusClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrometheusClient")
-            .field("base", &self.base.as_str())
+            .field("base", &self.shown)
             .field("timeout", &self.timeout)
+            .field("max_answer_size", &self.max_answer_size)
             .field("auth", &self.auth)
             .finish()
     }
@@ -162,9 +317,17 @@ fn parse_value(s: &str) -> Option<f64> {
 }
 
 impl PrometheusClient {
+    /// The default limit of one answer: 64 MiB. A range query over a day at a 15 s step is
+    /// 5,760 points per series, about 150 KiB of JSON; 64 MiB holds some 400 such series, more
+    /// than any gate's query should return.
+    pub const DEFAULT_MAX_ANSWER_SIZE: u64 = 64 * MIB;
+
     /// A client of the Prometheus at `base_url` (`http://host:9090`, or with a path prefix
-    /// `https://host/prometheus/`), with a 10 s time limit per request. Credentials in the URL
-    /// (`http://user:pass@host`) become basic authentication and are removed from the URL.
+    /// `https://host/prometheus/`), with a 10 s time limit per request and a 64 MiB limit per
+    /// answer. Credentials in the URL (`http://user:pass@host`, percent-encoded) become basic
+    /// authentication and are removed from the URL; no error shows any part of them (a URL
+    /// with an `@` after its host, which an unescaped `/`, `?`, `#` or `@` in a password makes,
+    /// is refused without being shown).
     pub fn new(base_url: &str) -> Result<Self> {
         const OPERATION: &str = "configure Prometheus client for";
         let bad = |cause: String| {
@@ -177,6 +340,19 @@ impl PrometheusClient {
         };
         let mut base =
             Url::parse(base_url).map_err(|e| bad("not a valid URL".to_owned()).with_source(e))?;
+        // `http://user:pa/ss@host` parses with host `user`, port `pa`... or, with digits, with
+        // part of the password in the path, and `pa@ss/x@host` gives a host `ss` that is part
+        // of the password: no part of such a URL may be shown, its host included.
+        let after_host = [Some(base.path()), base.query(), base.fragment()];
+        if after_host.iter().flatten().any(|part| part.contains('@')) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                OPERATION,
+                "a URL not shown (it may hold part of a password)",
+                "it has an '@' after its host, which an unescaped '/', '?', '#' or '@' in a \
+                 password makes: percent-encode them in the password (%2F, %3F, %23, %40)",
+            ));
+        }
         if !matches!(base.scheme(), "http" | "https") {
             return Err(bad(format!(
                 "scheme {:?} is not http or https",
@@ -187,11 +363,16 @@ impl PrometheusClient {
             return Err(bad("the URL must not have a query or a fragment".into()));
         }
         let mut auth = None;
-        if !base.username().is_empty() {
-            auth = Some(Auth::Basic {
-                username: base.username().to_owned(),
-                password: base.password().unwrap_or("").to_owned(),
-            });
+        if !base.username().is_empty() || base.password().is_some() {
+            let (Some(username), Some(password)) = (
+                percent_decoded(base.username()),
+                percent_decoded(base.password().unwrap_or("")),
+            ) else {
+                return Err(bad(
+                    "the user name or password in the URL is not UTF-8 once percent-decoded".into(),
+                ));
+            };
+            auth = Some(Auth::basic(username, password));
             // Cannot fail for http(s) URLs.
             let _ = base.set_username("");
             let _ = base.set_password(None);
@@ -203,9 +384,11 @@ impl PrometheusClient {
         // Each request gets its own time limit (`with_timeout`), so the client has none.
         let http = http::client(None, OPERATION, &redact::url(base_url))?;
         Ok(Self {
+            shown: redact::url(base.as_str()),
             base,
             http,
             timeout: Duration::from_secs(10),
+            max_answer_size: Self::DEFAULT_MAX_ANSWER_SIZE,
             auth,
         })
     }
@@ -216,15 +399,34 @@ impl PrometheusClient {
         self
     }
 
-    /// Authenticate with `auth`.
+    /// Authenticate with `auth` (in place of credentials the URL held).
     pub fn with_auth(mut self, auth: Auth) -> Self {
         self.auth = Some(auth);
         self
     }
 
-    /// The base URL, without credentials.
+    /// Refuse an answer of more than `bytes` bytes (default
+    /// [`DEFAULT_MAX_ANSWER_SIZE`](Self::DEFAULT_MAX_ANSWER_SIZE), 64 MiB), reading no further
+    /// than that.
+    pub fn with_max_answer_size(mut self, bytes: u64) -> Self {
+        self.max_answer_size = bytes;
+        self
+    }
+
+    /// The limit of one answer, in bytes.
+    pub fn max_answer_size(&self) -> u64 {
+        self.max_answer_size
+    }
+
+    /// The base URL, without credentials (but with its whole path: to show it, use
+    /// `deploy_core::redact::url`, as this crate's messages do).
     pub fn base_url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// The base URL as messages, verdict sources and `Debug` show it.
+    pub(crate) fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     /// The time limit per request.
@@ -233,7 +435,6 @@ impl PrometheusClient {
     }
 
     /// How it authenticates.
-    #[cfg(test)]
     pub(crate) fn auth(&self) -> Option<&Auth> {
         self.auth.as_ref()
     }
@@ -286,7 +487,7 @@ impl PrometheusClient {
     }
 
     fn object(&self, query: &str) -> String {
-        format!("`{query}` on Prometheus {}", self.base)
+        format!("`{query}` on Prometheus {}", self.shown)
     }
 
     async fn call(
@@ -306,13 +507,13 @@ impl PrometheusClient {
             )
             .with_source(e)
         })?;
-        tracing::debug!(%url, query, "Prometheus {operation}");
+        tracing::debug!(url = %redact::url(url.as_str()), query, "Prometheus {operation}");
         let mut req = self.http.post(url).timeout(self.timeout).form(&form);
         match &self.auth {
             Some(Auth::Basic { username, password }) => {
-                req = req.basic_auth(username, Some(password));
+                req = req.basic_auth(username, Some(password.expose_secret()));
             }
-            Some(Auth::Bearer(token)) => req = req.bearer_auth(token),
+            Some(Auth::Bearer(token)) => req = req.bearer_auth(token.expose_secret()),
             None => {}
         }
         let resp = req.send().await.map_err(|e| {
@@ -325,26 +526,58 @@ impl PrometheusClient {
             )
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            request_failed(
-                operation,
-                object(),
-                self.timeout,
-                "reading the answer failed",
-                e,
-            )
-        })?;
-        read_answer(status, &body)
-            .map_err(|(kind, cause)| Error::new(kind, operation, object(), cause))
+        let body = read_body(resp, self.max_answer_size)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => Error::new(
+                    ErrorKind::Protocol,
+                    operation,
+                    object(),
+                    too_large("answer", self.max_answer_size, "max_answer_size"),
+                ),
+                BodyError::Read(e) => request_failed(
+                    operation,
+                    object(),
+                    self.timeout,
+                    "reading the answer failed",
+                    e,
+                ),
+            })?;
+        let scrub = |text: String| self.scrub(text);
+        read_answer_with(status, &body, &scrub)
+            .map_err(|(kind, cause)| Error::new(kind, operation, object(), self.scrub(cause)))
     }
+
+    /// `text` (what a server answered) without any echo of the credentials: a proxy that
+    /// quotes the request's `Authorization` header in its error page must not put the token
+    /// into an error message, a verdict or a report.
+    fn scrub(&self, mut text: String) -> String {
+        for echo in self.auth.iter().flat_map(Auth::echoes) {
+            if !echo.is_empty() && text.contains(&echo) {
+                text = text.replace(&echo, "[REDACTED]");
+            }
+        }
+        text
+    }
+}
+
+/// [`read_answer_with`] with nothing to scrub.
+#[cfg(test)]
+fn read_answer(
+    status: reqwest::StatusCode,
+    body: &[u8],
+) -> std::result::Result<QueryResult, (ErrorKind, String)> {
+    read_answer_with(status, body, &|text| text)
 }
 
 /// What an answer of the HTTP API says: the result, or the kind of failure and its cause.
 /// Any bytes are read without panicking: Prometheus' JSON, its error JSON with any status, or
-/// whatever a proxy in front of it answers.
-fn read_answer(
+/// whatever a proxy in front of it answers. The part of a non-JSON answer quoted in the cause
+/// goes through `scrub` first (whole, before it is shortened, so no part of a secret is left).
+fn read_answer_with(
     status: reqwest::StatusCode,
     body: &[u8],
+    scrub: &dyn Fn(String) -> String,
 ) -> std::result::Result<QueryResult, (ErrorKind, String)> {
     let envelope: std::result::Result<Envelope, _> = serde_json::from_slice(body);
     // Prometheus answers errors as JSON with 400/422/503; prefer its words.
@@ -373,8 +606,8 @@ fn read_answer(
             s if s >= 500 => ErrorKind::Unavailable,
             _ => ErrorKind::Rejected,
         };
-        let text = String::from_utf8_lossy(body);
-        let snippet: String = text.trim().chars().take(200).collect();
+        let text = scrub(String::from_utf8_lossy(body).trim().to_owned());
+        let snippet: String = text.chars().take(200).collect();
         return Err((kind, format!("HTTP {status}: {snippet}")));
     }
     let protocol = |cause: String| (ErrorKind::Protocol, cause);
@@ -479,6 +712,93 @@ mod tests {
         assert!(debug.contains("alice"), "{debug}");
         let c = c.with_auth(Auth::Bearer("tok-123".into()));
         assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn percent_encoded_credentials_are_decoded_and_a_password_is_never_shown() {
+        let c =
+            PrometheusClient::new("http://al%20ice:p%40ss%2Fw%3Fo%23rd@127.0.0.1:9090").unwrap();
+        assert_eq!(c.auth(), Some(&Auth::basic("al ice", "p@ss/w?o#rd")));
+        assert_eq!(c.base_url(), "http://127.0.0.1:9090/");
+        // A password alone (no user name) is basic authentication too.
+        let c = PrometheusClient::new("http://:Zq9CANARY@127.0.0.1:9090").unwrap();
+        assert_eq!(c.auth(), Some(&Auth::basic("", "Zq9CANARY")));
+        assert!(!format!("{c:?}").contains("Zq9CANARY"));
+        // Unescaped '/', '?', '#' or '@' in a password: refused, and no part of it (nor the
+        // host the parser would make of it) is in the error.
+        for (url, parts) in [
+            (
+                "http://alice:1234/Zq9CANARY@127.0.0.1:9090",
+                &["Zq9CANARY"][..],
+            ),
+            (
+                "http://alice:Zq9@CANARY/x@prom.internal:9090",
+                &["Zq9", "CANARY", "prom"],
+            ),
+            ("http://alice:1?Zq9CANARY@127.0.0.1:9090", &["Zq9CANARY"]),
+            ("http://alice:1#Zq9CANARY@127.0.0.1:9090", &["Zq9CANARY"]),
+            ("http://alice:Zq9/CANARY@127.0.0.1:9090", &["Zq9", "CANARY"]),
+            ("http://alice:Zq9?CANARY@127.0.0.1:9090", &["Zq9", "CANARY"]),
+            ("http://alice:%ff%fe@127.0.0.1:9090", &["%ff"]),
+        ] {
+            let e = PrometheusClient::new(url).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}");
+            let text = format!("{e} {e:?}");
+            for p in parts {
+                assert!(!text.contains(p), "{p} shown for {url}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_and_base64_are_written_as_expected() {
+        assert_eq!(size(16 * MIB), "16 MiB");
+        assert_eq!(size(64 * MIB), "64 MiB");
+        assert_eq!(size(2 * GIB), "2 GiB");
+        assert_eq!(size(1536), "1536 bytes");
+        assert_eq!(size(512 * KIB), "512 KiB");
+        assert_eq!(size(0), "0 bytes");
+        // RFC 4648's test vectors.
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn an_echo_of_the_credentials_in_an_answer_is_scrubbed_before_it_is_shortened() {
+        let c = PrometheusClient::new("http://alice:Zq9CANARY@127.0.0.1:9090").unwrap();
+        // A proxy quoting the request headers, the secret past the 200 characters shown.
+        let page = format!(
+            "{}Authorization: Basic {} pw=Zq9CANARY",
+            "x".repeat(190),
+            base64(b"alice:Zq9CANARY")
+        );
+        let scrub = |t: String| c.scrub(t);
+        let (_, cause) =
+            read_answer_with(StatusCode::UNAUTHORIZED, page.as_bytes(), &scrub).unwrap_err();
+        assert!(
+            !cause.contains("Zq9") && !cause.contains("YWxpY2U6"),
+            "{cause}"
+        );
+        let c = c.with_auth(Auth::bearer("tok-Zq9CANARY"));
+        let (_, cause) = read_answer_with(
+            StatusCode::BAD_GATEWAY,
+            b"upstream said: bad token tok-Zq9CANARY",
+            &|t| c.scrub(t),
+        )
+        .unwrap_err();
+        assert_eq!(
+            cause,
+            "HTTP 502 Bad Gateway: upstream said: bad token [REDACTED]"
+        );
     }
 
     #[test]

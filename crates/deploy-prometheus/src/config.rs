@@ -3,9 +3,11 @@
 //! constructor ([`PromQlGate::from_config`], [`ScrapeGate::from_config`]).
 
 use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deploy_core::{Error, ErrorKind, Result, redact};
+use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString, redact};
 use serde::Deserialize;
 
 use crate::client::{Auth, PrometheusClient};
@@ -59,6 +61,11 @@ impl Preset {
 /// window = "2m"
 /// min_traffic = 0.2
 /// ```
+///
+/// Secrets never stand in the plan itself: a bearer token comes from `bearer_token_env` or
+/// `bearer_token_file`, a basic-auth password from `basic_auth_password_env` or
+/// `basic_auth_password_file`. A password written into the `prometheus` URL is still accepted
+/// (and moved into basic authentication, never shown), with a warning.
 #[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -67,12 +74,27 @@ pub struct PromQlGateConfig {
     /// names its gate itself (`error-rate`, `p99-latency`), so a preset refuses it.
     pub name: Option<String>,
     /// `prometheus` (required): the base URL of the Prometheus server (`http://host:9090`, or
-    /// with a path prefix). Credentials in the URL (`http://user:pass@host`) become basic
-    /// authentication.
+    /// with a path prefix). Credentials in the URL (`http://user:pass@host`, percent-encoded)
+    /// become basic authentication; a password there draws a warning.
     pub prometheus: Option<String>,
     /// `bearer_token_env`: the environment variable holding a bearer token for Prometheus (or
     /// the proxy in front of it), read when the gate is built.
     pub bearer_token_env: Option<String>,
+    /// `bearer_token_file`: a file holding the bearer token (surrounding whitespace and the
+    /// final newline are not part of it), read when the gate is built; at most 64 KiB.
+    pub bearer_token_file: Option<PathBuf>,
+    /// `basic_auth_user`: the user name of basic authentication (or give it in the URL).
+    pub basic_auth_user: Option<String>,
+    /// `basic_auth_password_env`: the environment variable holding the basic-auth password.
+    pub basic_auth_password_env: Option<String>,
+    /// `basic_auth_password_file`: a file holding the basic-auth password (as
+    /// `bearer_token_file`).
+    pub basic_auth_password_file: Option<PathBuf>,
+    /// `max_answer_size`: the largest answer read from Prometheus, in bytes (`67108864`) or
+    /// with a unit (`"64 MiB"`, `"512 KiB"`, `"1 GiB"`); default 64 MiB. A larger answer is an
+    /// Error verdict, and is not read further.
+    #[serde(deserialize_with = "byte_size::option")]
+    pub max_answer_size: Option<u64>,
     /// `preset`: `error_rate` or `p99_latency`; give this or `query`.
     pub preset: Option<Preset>,
     /// `max_error_rate`: the `error_rate` preset's limit, a share (0.01 = 1 %).
@@ -103,6 +125,11 @@ impl fmt::Debug for PromQlGateConfig {
             .field("name", &self.name)
             .field("prometheus", &self.prometheus.as_deref().map(redact::url))
             .field("bearer_token_env", &self.bearer_token_env)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("basic_auth_user", &self.basic_auth_user)
+            .field("basic_auth_password_env", &self.basic_auth_password_env)
+            .field("basic_auth_password_file", &self.basic_auth_password_file)
+            .field("max_answer_size", &self.max_answer_size)
             .field("preset", &self.preset)
             .field("max_error_rate", &self.max_error_rate)
             .field("max_latency", &self.max_latency)
@@ -149,6 +176,11 @@ pub struct ScrapeGateConfig {
     /// `metrics_path`: the path of the metrics page on each canary endpoint (default
     /// `/metrics`).
     pub metrics_path: Option<String>,
+    /// `max_page_size`: the largest `/metrics` page read, in bytes (`16777216`) or with a unit
+    /// (`"16 MiB"`, `"512 KiB"`); default 16 MiB. A larger page is an Error verdict, and is
+    /// not read further.
+    #[serde(deserialize_with = "byte_size::option")]
+    pub max_page_size: Option<u64>,
 }
 
 impl fmt::Debug for ScrapeGateConfig {
@@ -162,7 +194,194 @@ impl fmt::Debug for ScrapeGateConfig {
             .field("min_traffic", &self.min_traffic)
             .field("urls", &urls)
             .field("metrics_path", &self.metrics_path)
+            .field("max_page_size", &self.max_page_size)
             .finish()
+    }
+}
+
+/// Sizes in a plan file: a number of bytes, or a string with a binary unit (`"16 MiB"`).
+mod byte_size {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// `text` as a number of bytes: digits, then optionally `B`, `KiB`, `MiB` or `GiB`.
+    pub(super) fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(digits);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} does not start with a number of bytes"))?;
+        let unit = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
+                ));
+            }
+        };
+        number
+            .checked_mul(unit)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+
+    struct Size;
+
+    impl Visitor<'_> for Size {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size in bytes (16777216) or with a unit (\"16 MiB\", \"512 KiB\")")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+
+    pub(super) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(Size).map(Some)
+    }
+}
+
+/// The most a secret file may hold: a token or a password, not a document.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// The secret in the file at `path` (plan key `key`): its text without surrounding whitespace.
+/// A problem names the key and the path, never the content.
+fn read_secret_file(key: &str, path: &Path) -> std::result::Result<SecretString, String> {
+    let problem = |why: String| format!("{key}: {}: {why}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot open it ({e})")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(format!("cannot read it ({e})")))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(problem(format!(
+            "it is larger than {} KiB, which no token or password is",
+            MAX_SECRET_FILE / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| problem("it is not UTF-8 text".into()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(problem("it is empty".into()));
+    }
+    Ok(SecretString::from(secret))
+}
+
+/// The secret in the environment variable `var` (plan key `key`).
+fn read_secret_env(key: &str, var: &str) -> std::result::Result<SecretString, String> {
+    match std::env::var(var) {
+        Ok(value) if value.is_empty() => {
+            Err(format!("{key}: the environment variable {var} is empty"))
+        }
+        Ok(value) => Ok(SecretString::from(value)),
+        Err(std::env::VarError::NotPresent) => {
+            Err(format!("{key}: the environment variable {var} is not set"))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "{key}: the environment variable {var} is not UTF-8"
+        )),
+    }
+}
+
+/// A secret given by one of the keys `*_env` and `*_file`, or by neither.
+fn read_secret(
+    (env_key, env): (&str, Option<&String>),
+    (file_key, file): (&str, Option<&PathBuf>),
+    problems: &mut Vec<String>,
+) -> Option<SecretString> {
+    let read = match (env, file) {
+        (Some(_), Some(_)) => Err(format!("{env_key}, {file_key}: give one of them, not both")),
+        (Some(var), None) => read_secret_env(env_key, var),
+        (None, Some(path)) => read_secret_file(file_key, path),
+        (None, None) => return None,
+    };
+    read.map_err(|p| problems.push(p)).ok()
+}
+
+/// How a promql section authenticates, from its keys and its URL's credentials (`url_auth`,
+/// already taken out of the URL by the client). `None` with problems when the keys conflict.
+fn section_auth(
+    c: &PromQlGateConfig,
+    url_auth: Option<Auth>,
+    problems: &mut Vec<String>,
+) -> Option<Auth> {
+    let bearer = read_secret(
+        ("bearer_token_env", c.bearer_token_env.as_ref()),
+        ("bearer_token_file", c.bearer_token_file.as_ref()),
+        problems,
+    );
+    let password = read_secret(
+        (
+            "basic_auth_password_env",
+            c.basic_auth_password_env.as_ref(),
+        ),
+        (
+            "basic_auth_password_file",
+            c.basic_auth_password_file.as_ref(),
+        ),
+        problems,
+    );
+    let password_key_given =
+        c.basic_auth_password_env.is_some() || c.basic_auth_password_file.is_some();
+    let (url_user, url_password) = match url_auth {
+        Some(Auth::Basic { username, password }) => (Some(username), Some(password)),
+        _ => (None, None),
+    };
+    let url_password = url_password.filter(|p| !p.expose_secret().is_empty());
+    if c.basic_auth_user.is_some() && url_user.as_deref().is_some_and(|u| !u.is_empty()) {
+        problems.push("basic_auth_user: the prometheus URL names a user already".into());
+    }
+    if password_key_given && url_password.is_some() {
+        problems.push(
+            "basic_auth_password_env, basic_auth_password_file: the prometheus URL holds a password already"
+                .into(),
+        );
+    }
+    let user = c
+        .basic_auth_user
+        .clone()
+        .or(url_user)
+        .filter(|u| !u.is_empty());
+    let basic_given = user.is_some() || password_key_given || url_password.is_some();
+    let bearer_given = c.bearer_token_env.is_some() || c.bearer_token_file.is_some();
+    if basic_given && bearer_given {
+        problems.push(
+            "bearer_token_env, bearer_token_file: give a bearer token or basic authentication (a user and a password), not both"
+                .into(),
+        );
+        return None;
+    }
+    if bearer_given {
+        return bearer.map(Auth::Bearer);
+    }
+    if password_key_given && user.is_none() {
+        problems.push(
+            "basic_auth_user: basic authentication needs a user name (here or in the prometheus URL)"
+                .into(),
+        );
+        return None;
+    }
+    let user = user?;
+    match password.or(url_password) {
+        Some(p) => Some(Auth::basic(user, p)),
+        // A user without a password, as the URL `http://user@host` says.
+        None if !password_key_given => Some(Auth::basic(user, "")),
+        None => None,
     }
 }
 
@@ -224,9 +443,10 @@ fn config_error(kind: &str, name: &str, problems: &[String]) -> Error {
 impl PromQlGate {
     /// The gate a `kind = "promql"` plan-file section describes: a preset
     /// ([`error_rate_below`](Self::error_rate_below), [`p99_latency_below`](Self::p99_latency_below))
-    /// or a query with its condition, asking the Prometheus at `prometheus`, with the bearer
-    /// token read from `bearer_token_env` now. Every problem is reported at once, as an
-    /// `InvalidInput` error naming each key.
+    /// or a query with its condition, asking the Prometheus at `prometheus`, with the secrets
+    /// (a bearer token, or a basic-auth password) read from their `*_env` or `*_file` keys now.
+    /// Every problem is reported at once, as an `InvalidInput` error naming each key; no
+    /// message shows a secret. A password written in the URL draws a warning (`tracing`).
     pub fn from_config(config: PromQlGateConfig) -> Result<Self> {
         let c = config;
         let mut problems = Vec::new();
@@ -283,7 +503,19 @@ impl PromQlGate {
                 None
             }
             Some(url) => match PrometheusClient::new(url) {
-                Ok(client) => Some(client),
+                Ok(client) => {
+                    if client
+                        .auth()
+                        .is_some_and(|a| matches!(a, Auth::Basic { password, .. } if !password.expose_secret().is_empty()))
+                    {
+                        tracing::warn!(
+                            prometheus = %redact::url(url),
+                            "the prometheus URL of promql gate {name:?} holds a password, so the plan file holds a secret; \
+                             use basic_auth_password_env or basic_auth_password_file"
+                        );
+                    }
+                    Some(client)
+                }
                 Err(e) => {
                     problems.push(match std::error::Error::source(&e) {
                         Some(source) => format!("prometheus: {}: {source}", e.message()),
@@ -293,24 +525,20 @@ impl PromQlGate {
                 }
             },
         };
-        let client = match (client, &c.bearer_token_env) {
-            (Some(client), Some(var)) => match std::env::var(var) {
-                Ok(token) => Some(client.with_auth(Auth::Bearer(token))),
-                Err(std::env::VarError::NotPresent) => {
-                    problems.push(format!(
-                        "bearer_token_env: the environment variable {var} is not set"
-                    ));
-                    None
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    problems.push(format!(
-                        "bearer_token_env: the environment variable {var} is not UTF-8"
-                    ));
-                    None
-                }
-            },
-            (client, _) => client,
-        };
+        let url_auth = client.as_ref().and_then(|c| c.auth().cloned());
+        let auth = section_auth(&c, url_auth, &mut problems);
+        if c.max_answer_size == Some(0) {
+            problems.push("max_answer_size: 0 bytes lets no answer through".into());
+        }
+        let client = client.map(|mut client| {
+            if let Some(auth) = auth {
+                client = client.with_auth(auth);
+            }
+            if let Some(limit) = c.max_answer_size {
+                client = client.with_max_answer_size(limit);
+            }
+            client
+        });
         let metrics = match c.target_label.as_deref() {
             Some("") => HttpMetrics::new().without_target_label(),
             Some(label) => HttpMetrics::new().target_label(label),
@@ -388,6 +616,9 @@ impl ScrapeGate {
             }
             if let Some(p) = c.metrics_path {
                 b = b.metrics_path(p);
+            }
+            if let Some(limit) = c.max_page_size {
+                b = b.max_page_size(limit);
             }
             match b.build() {
                 Ok(gate) if problems.is_empty() => return Ok(gate),
@@ -551,6 +782,9 @@ condition = "> 0.3""#,
             "query = \"up\"",
             "condition = \"< 1\"",
             "bearer_token_env = \"T\"",
+            "bearer_token_file = \"/t\"",
+            "basic_auth_password_env = \"T\"",
+            "max_answer_size = 1",
             "kind = \"scrape\"",
         ] {
             let text =
@@ -568,7 +802,12 @@ condition = "> 0.3""#,
             let name = key.split(' ').next().unwrap();
             assert!(e.contains(&format!("unknown field `{name}`")), "{key}: {e}");
         }
-        for key in ["urls = []", "metrics_path = \"/metrics\"", "maximum = 1"] {
+        for key in [
+            "urls = []",
+            "metrics_path = \"/metrics\"",
+            "maximum = 1",
+            "max_page_size = 1",
+        ] {
             let text = format!(
                 "kind = \"promql\"\nprometheus = \"http://127.0.0.1:9090\"\npreset = \"error_rate\"\n\
                  max_error_rate = 0.01\n{key}"
@@ -685,6 +924,195 @@ condition = "> 0.3""#,
             e.contains("max_latency: the p99_latency preset needs it"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sizes_in_a_section_are_bytes_or_a_binary_unit() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("\"2 MiB\"", 2 << 20),
+            ("\"512KiB\"", 512 << 10),
+            ("\"1 GiB\"", 1 << 30),
+            ("\"100 B\"", 100),
+        ] {
+            let g = promql(&format!(
+                "kind = \"promql\"\nprometheus = \"http://h:9090\"\nquery = \"up\"\n\
+                 condition = \"< 1\"\nmax_answer_size = {text}"
+            ))
+            .unwrap();
+            assert_eq!(g.client().max_answer_size(), bytes, "{text}");
+        }
+        let g = promql(
+            "kind = \"promql\"\nprometheus = \"http://h:9090\"\nquery = \"up\"\ncondition = \"< 1\"",
+        )
+        .unwrap();
+        assert_eq!(g.client().max_answer_size(), 64 << 20);
+        let g = scrape(
+            "kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01\nmax_page_size = \"1 KiB\"",
+        )
+        .unwrap();
+        assert!(format!("{g:?}").contains("max_page_size: 1024"), "{g:?}");
+        for (bad, said) in [
+            ("\"16 MB\"", "unknown unit \"MB\""),
+            ("-1", "cannot be negative"),
+            ("\"lots\"", "does not start with a number"),
+            ("\"99999999999 GiB\"", "too large"),
+            ("1.5", "a size in bytes"),
+        ] {
+            let text = format!(
+                "kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01\nmax_page_size = {bad}"
+            );
+            let e = section::<ScrapeGateConfig>(SCRAPE_KIND, &text).unwrap_err();
+            assert!(
+                e.contains(said) && e.contains("max_page_size"),
+                "{bad}: {e}"
+            );
+        }
+        let e = scrape(
+            "kind = \"scrape\"\npreset = \"error_rate\"\nmax_error_rate = 0.01\nmax_page_size = 0",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("page size limit is 0"), "{e}");
+        let e = promql(
+            "kind = \"promql\"\nprometheus = \"http://h:9090\"\nquery = \"up\"\ncondition = \"< 1\"\n\
+             max_answer_size = 0",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_answer_size: 0 bytes"), "{e}");
+    }
+
+    /// A promql section asking `http://h:9090` (or `url`) with `keys` added.
+    fn promql_with(url: &str, keys: &str) -> Result<PromQlGate> {
+        promql(&format!(
+            "kind = \"promql\"\nprometheus = \"{url}\"\nquery = \"up\"\ncondition = \"< 1\"\n{keys}"
+        ))
+    }
+
+    fn toml_path(p: &Path) -> String {
+        format!("{:?}", p.display().to_string())
+    }
+
+    #[test]
+    fn secrets_come_from_an_environment_variable_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  tok-Zq9CANARY\n").unwrap();
+        let g = promql_with(
+            "http://h:9090",
+            &format!("bearer_token_file = {}", toml_path(&token)),
+        )
+        .unwrap();
+        assert_eq!(g.client().auth(), Some(&Auth::bearer("tok-Zq9CANARY")));
+        assert!(!format!("{g:?}").contains("Zq9CANARY"), "{g:?}");
+
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw-Zq9CANARY").unwrap();
+        let g = promql_with(
+            "http://h:9090",
+            &format!(
+                "basic_auth_user = \"alice\"\nbasic_auth_password_file = {}",
+                toml_path(&password)
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            g.client().auth(),
+            Some(&Auth::basic("alice", "pw-Zq9CANARY"))
+        );
+        // The user may be in the URL, the password from the environment.
+        let g = promql_with(
+            "http://bob@h:9090",
+            "basic_auth_password_env = \"CARGO_PKG_NAME\"",
+        )
+        .unwrap();
+        assert_eq!(
+            g.client().auth(),
+            Some(&Auth::basic("bob", "deploy-prometheus"))
+        );
+        assert_eq!(g.client().base_url(), "http://h:9090/");
+        // A password written in the URL still works (with a warning).
+        let g = promql_with("http://bob:pw-Zq9CANARY@h:9090", "").unwrap();
+        assert_eq!(g.client().auth(), Some(&Auth::basic("bob", "pw-Zq9CANARY")));
+    }
+
+    #[test]
+    fn every_problem_of_the_secret_keys_is_named_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, "Zq9CANARY".repeat(10_000)).unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, b"Zq9CANARY\xff").unwrap();
+        let missing = dir.path().join("missing");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-Zq9CANARY").unwrap();
+        for (url, keys, said) in [
+            (
+                "http://h:9090",
+                format!("bearer_token_file = {}", toml_path(&big)),
+                format!("bearer_token_file: {}: it is larger than 64 KiB", big.display()),
+            ),
+            (
+                "http://h:9090",
+                format!("bearer_token_file = {}", toml_path(&empty)),
+                format!("bearer_token_file: {}: it is empty", empty.display()),
+            ),
+            (
+                "http://h:9090",
+                format!("basic_auth_user = \"a\"\nbasic_auth_password_file = {}", toml_path(&binary)),
+                format!("basic_auth_password_file: {}: it is not UTF-8", binary.display()),
+            ),
+            (
+                "http://h:9090",
+                format!("bearer_token_file = {}", toml_path(&missing)),
+                format!("bearer_token_file: {}: cannot open it", missing.display()),
+            ),
+            (
+                "http://h:9090",
+                format!(
+                    "bearer_token_file = {}\nbearer_token_env = \"CARGO_PKG_NAME\"",
+                    toml_path(&token)
+                ),
+                "bearer_token_env, bearer_token_file: give one of them, not both".to_owned(),
+            ),
+            (
+                "http://alice:Zq9CANARY@h:9090",
+                "bearer_token_env = \"CARGO_PKG_NAME\"".to_owned(),
+                "give a bearer token or basic authentication".to_owned(),
+            ),
+            (
+                "http://h:9090",
+                "basic_auth_user = \"a\"\nbearer_token_env = \"CARGO_PKG_NAME\"".to_owned(),
+                "give a bearer token or basic authentication".to_owned(),
+            ),
+            (
+                "http://alice:Zq9CANARY@h:9090",
+                "basic_auth_password_env = \"CARGO_PKG_NAME\"".to_owned(),
+                "the prometheus URL holds a password already".to_owned(),
+            ),
+            (
+                "http://alice@h:9090",
+                "basic_auth_user = \"bob\"".to_owned(),
+                "basic_auth_user: the prometheus URL names a user already".to_owned(),
+            ),
+            (
+                "http://h:9090",
+                format!("basic_auth_password_file = {}", toml_path(&token)),
+                "basic_auth_user: basic authentication needs a user name".to_owned(),
+            ),
+            (
+                "http://h:9090",
+                "basic_auth_user = \"a\"\nbasic_auth_password_env = \"DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE\"".to_owned(),
+                "basic_auth_password_env: the environment variable DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE is not set".to_owned(),
+            ),
+        ] {
+            let e = promql_with(url, &keys).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            let text = format!("{e} {e:?}");
+            assert!(text.contains(&said), "{said:?} missing from {text}");
+            assert!(!text.contains("Zq9CANARY"), "{text}");
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub struct ScrapeJudgeBuilder {
     interval: Duration,
     metrics_path: String,
     timeout: Duration,
+    max_page_size: u64,
     comparison: Comparison,
 }
 
@@ -232,6 +233,7 @@ impl Judge {
             interval: Duration::from_secs(5),
             metrics_path: "/metrics".to_owned(),
             timeout: Duration::from_secs(5),
+            max_page_size: crate::ScrapeGate::DEFAULT_MAX_PAGE_SIZE,
             comparison: Comparison::default(),
         }
     }
@@ -264,7 +266,7 @@ impl Judge {
                 join(&ctx.baseline),
                 lookback,
                 step,
-                client.base_url()
+                client.shown_url()
             ),
             Source::Scrape {
                 measure,
@@ -562,6 +564,14 @@ impl ScrapeJudgeBuilder {
         self
     }
 
+    /// Refuse a page of more than `bytes` bytes (default
+    /// [`ScrapeGate::DEFAULT_MAX_PAGE_SIZE`](crate::ScrapeGate::DEFAULT_MAX_PAGE_SIZE),
+    /// 16 MiB), reading no further than that.
+    pub fn max_page_size(mut self, bytes: u64) -> Self {
+        self.max_page_size = bytes;
+        self
+    }
+
     comparison_setters!();
 
     /// Check everything and build the judge; the error lists every problem found.
@@ -580,13 +590,16 @@ impl ScrapeJudgeBuilder {
         if self.timeout.is_zero() {
             problems.push("the scrape timeout is 0".to_owned());
         }
+        if self.max_page_size == 0 {
+            problems.push("the page size limit is 0".to_owned());
+        }
         if !self.metrics_path.starts_with('/') {
             problems.push(format!(
                 "metrics path {:?} does not start with '/'",
                 self.metrics_path
             ));
         }
-        let scraper = Scraper::new(self.timeout)
+        let scraper = Scraper::new(self.timeout, self.max_page_size)
             .map_err(|e| problems.push(e.to_string()))
             .ok();
         match scraper {

@@ -547,7 +547,7 @@ impl MetricGate for PromQlGate {
     async fn evaluate(&self, ctx: &GateContext) -> Result<Verdict> {
         let vars = self.variables(ctx, &ctx.canary);
         let query = self.query.render(&vars);
-        let source = format!("{query} @ {}", self.client.base_url());
+        let source = format!("{query} @ {}", self.client.shown_url());
         if let Some(floor) = &self.floor {
             let fq = floor.query.render(&vars);
             let traffic = match self.client.query(&fq).await {

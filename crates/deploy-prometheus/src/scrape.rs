@@ -11,7 +11,7 @@ use deploy_core::{
 };
 use regex::Regex;
 
-use crate::client::request_failed;
+use crate::client::{BodyError, read_body, request_failed, too_large};
 use crate::condition::Condition;
 use crate::exposition;
 use crate::metrics::HttpMetrics;
@@ -461,18 +461,23 @@ impl ScrapeMeasure {
     }
 }
 
-/// Fetches and parses `/metrics` pages.
+/// Fetches and parses `/metrics` pages, each read up to a size limit.
 #[derive(Debug, Clone)]
 pub(crate) struct Scraper {
     http: reqwest::Client,
     timeout: Duration,
+    max_page_size: u64,
 }
 
 impl Scraper {
-    pub(crate) fn new(timeout: Duration) -> Result<Self> {
+    pub(crate) fn new(timeout: Duration, max_page_size: u64) -> Result<Self> {
         // Each request gets the time limit, so the client has none.
         let http = http::client(None, "configure", "the scrape client")?;
-        Ok(Self { http, timeout })
+        Ok(Self {
+            http,
+            timeout,
+            max_page_size,
+        })
     }
 
     pub(crate) async fn scrape(&self, url: &str) -> Result<Snapshot> {
@@ -515,15 +520,23 @@ impl Scraper {
                 ),
             ));
         }
-        let body = resp.bytes().await.map_err(|e| {
-            request_failed(
-                op,
-                shown.clone(),
-                self.timeout,
-                "reading the page failed",
-                e,
-            )
-        })?;
+        let body = read_body(resp, self.max_page_size)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => Error::new(
+                    ErrorKind::Protocol,
+                    op,
+                    shown.clone(),
+                    too_large("page", self.max_page_size, "max_page_size"),
+                ),
+                BodyError::Read(e) => request_failed(
+                    op,
+                    shown.clone(),
+                    self.timeout,
+                    "reading the page failed",
+                    e,
+                ),
+            })?;
         let protocol = |cause: String| Error::new(ErrorKind::Protocol, op, shown.clone(), cause);
         let text = std::str::from_utf8(&body).map_err(|e| {
             protocol(format!(
@@ -579,7 +592,10 @@ impl Scraper {
 /// traffic is below [`min_traffic`](ScrapeGateBuilder::min_traffic); Error when a target cannot
 /// be scraped, when its page breaks the text format (the line and the reason are given), or when
 /// the values measured are nonsense (a negative or NaN counter or bucket count, a histogram
-/// without its `+Inf` bucket).
+/// without its `+Inf` bucket), or when a page is larger than the
+/// [limit](ScrapeGateBuilder::max_page_size) (16 MiB by default; it is read as it arrives and
+/// refused there). URLs are shown as `deploy_core::redact::url` shows them, in messages,
+/// verdict sources and `Debug`.
 ///
 /// ```no_run
 /// # async fn demo() -> deploy_core::Result<()> {
@@ -591,7 +607,7 @@ impl Scraper {
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScrapeGate {
     name: String,
     measure: ScrapeMeasure,
@@ -603,8 +619,28 @@ pub struct ScrapeGate {
     scraper: Scraper,
 }
 
+/// URLs as messages show them.
+fn shown_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| redact::url(u)).collect()
+}
+
+impl fmt::Debug for ScrapeGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrapeGate")
+            .field("name", &self.name)
+            .field("measure", &self.measure)
+            .field("condition", &self.condition)
+            .field("window", &self.window)
+            .field("urls", &shown_urls(&self.urls))
+            .field("metrics_path", &self.metrics_path)
+            .field("min_traffic", &self.min_traffic)
+            .field("scraper", &self.scraper)
+            .finish()
+    }
+}
+
 /// Builds a [`ScrapeGate`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct ScrapeGateBuilder {
     name: String,
@@ -615,6 +651,23 @@ pub struct ScrapeGateBuilder {
     metrics_path: String,
     min_traffic: f64,
     timeout: Duration,
+    max_page_size: u64,
+}
+
+impl fmt::Debug for ScrapeGateBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrapeGateBuilder")
+            .field("name", &self.name)
+            .field("measure", &self.measure)
+            .field("condition", &self.condition)
+            .field("window", &self.window)
+            .field("urls", &shown_urls(&self.urls))
+            .field("metrics_path", &self.metrics_path)
+            .field("min_traffic", &self.min_traffic)
+            .field("timeout", &self.timeout)
+            .field("max_page_size", &self.max_page_size)
+            .finish()
+    }
 }
 
 impl ScrapeGateBuilder {
@@ -661,6 +714,14 @@ impl ScrapeGateBuilder {
         self
     }
 
+    /// Refuse a page of more than `bytes` bytes (default
+    /// [`ScrapeGate::DEFAULT_MAX_PAGE_SIZE`], 16 MiB), reading no further than that: the
+    /// verdict is then Error, naming the URL and the limit.
+    pub fn max_page_size(mut self, bytes: u64) -> Self {
+        self.max_page_size = bytes;
+        self
+    }
+
     /// Check everything and build the gate.
     pub fn build(self) -> Result<ScrapeGate> {
         let mut problems = Vec::new();
@@ -702,7 +763,10 @@ impl ScrapeGateBuilder {
         if self.timeout.is_zero() {
             problems.push("the scrape timeout is 0".to_owned());
         }
-        let scraper = Scraper::new(self.timeout)
+        if self.max_page_size == 0 {
+            problems.push("the page size limit is 0".to_owned());
+        }
+        let scraper = Scraper::new(self.timeout, self.max_page_size)
             .map_err(|e| problems.push(e.to_string()))
             .ok();
         match (condition, scraper) {
@@ -727,6 +791,11 @@ impl ScrapeGateBuilder {
 }
 
 impl ScrapeGate {
+    /// The default limit of one `/metrics` page: 16 MiB. A large exporter (a busy
+    /// kube-state-metrics, a node exporter with many devices) serves a few MB; a page beyond
+    /// this is a misconfiguration or a peer that never stops, not metrics to judge.
+    pub const DEFAULT_MAX_PAGE_SIZE: u64 = 16 * 1024 * 1024;
+
     /// A builder for a gate named `name` measuring `measure`.
     pub fn builder(name: impl Into<String>, measure: ScrapeMeasure) -> ScrapeGateBuilder {
         ScrapeGateBuilder {
@@ -738,6 +807,7 @@ impl ScrapeGate {
             metrics_path: "/metrics".to_owned(),
             min_traffic: 0.0,
             timeout: Duration::from_secs(5),
+            max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
         }
     }
 
@@ -795,10 +865,7 @@ impl MetricGate for ScrapeGate {
             if urls.is_empty() {
                 "(no endpoints)".to_owned()
             } else {
-                urls.iter()
-                    .map(|u| redact::url(u))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                shown_urls(&urls).join(", ")
             }
         );
         if urls.is_empty() {

@@ -2,10 +2,12 @@
 
 use std::env::VarError;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deploy_core::{Error, ErrorKind, Result};
+use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::host::SshHost;
@@ -17,7 +19,7 @@ pub(crate) enum Auth {
     /// A private key file (OpenSSH or PEM; ed25519, RSA, ECDSA), with its passphrase if any.
     KeyFile {
         path: PathBuf,
-        passphrase: Option<String>,
+        passphrase: Option<SecretString>,
     },
     /// The keys of a running ssh-agent: the socket given, or `$SSH_AUTH_SOCK`.
     Agent { socket: Option<PathBuf> },
@@ -30,7 +32,7 @@ impl fmt::Debug for Auth {
                 .debug_struct("KeyFile")
                 .field("path", path)
                 // Never the passphrase itself.
-                .field("passphrase", &passphrase.as_ref().map(|_| "<redacted>"))
+                .field("passphrase", &passphrase.as_ref().map(|_| "[REDACTED]"))
                 .finish(),
             Self::Agent { socket } => f.debug_struct("Agent").field("socket", socket).finish(),
         }
@@ -51,6 +53,7 @@ pub(crate) struct Settings {
     pub(crate) command_timeout: Option<Duration>,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) max_channels: usize,
+    pub(crate) max_read: u64,
 }
 
 /// Builds an [`SshHost`]; see [`SshHost::builder`].
@@ -58,7 +61,9 @@ pub(crate) struct Settings {
 /// Defaults: port 22, user `$USER` (else `root`), no authentication method (add at least one),
 /// `~/.ssh/known_hosts` with [`HostKeyPolicy::Strict`], connect timeout 10 s, no command
 /// timeout (commands still honour their own), keep-alive every 15 s (3 unanswered close the
-/// connection), at most 8 channels at once on the connection (below OpenSSH's `MaxSessions 10`).
+/// connection), at most 8 channels at once on the connection (below OpenSSH's `MaxSessions 10`),
+/// files read whole ([`Host::read_file`](deploy_core::Host::read_file),
+/// [`SshHost::download`]) at most 64 MiB. `Debug` never shows a passphrase.
 #[derive(Debug, Clone)]
 pub struct SshHostBuilder {
     config: Settings,
@@ -82,6 +87,7 @@ impl SshHostBuilder {
                 command_timeout: None,
                 keepalive: Some(Duration::from_secs(15)),
                 max_channels: 8,
+                max_read: SshHost::DEFAULT_MAX_READ,
             },
         }
     }
@@ -107,11 +113,12 @@ impl SshHostBuilder {
         self
     }
 
-    /// Authenticate with the private key in `path`, encrypted with `passphrase`.
+    /// Authenticate with the private key in `path`, encrypted with `passphrase` (kept as a
+    /// [`SecretString`]: a `&str` or `String` converts).
     pub fn key_file_with_passphrase(
         mut self,
         path: impl Into<PathBuf>,
-        passphrase: impl Into<String>,
+        passphrase: impl Into<SecretString>,
     ) -> Self {
         self.config.auth.push(Auth::KeyFile {
             path: path.into(),
@@ -177,6 +184,15 @@ impl SshHostBuilder {
         self
     }
 
+    /// Read at most this many bytes of a file ([`Host::read_file`](deploy_core::Host::read_file),
+    /// [`SshHost::download`]; default [`SshHost::DEFAULT_MAX_READ`], 64 MiB). A longer file is
+    /// refused with an error naming its path and this limit, after at most one byte more than
+    /// the limit crossed the connection.
+    pub fn max_read(mut self, bytes: u64) -> Self {
+        self.config.max_read = bytes;
+        self
+    }
+
     /// Check the configuration (reporting every problem at once) and make the host. Nothing
     /// connects yet: the first command does.
     pub fn build(self) -> Result<SshHost> {
@@ -217,6 +233,9 @@ impl SshHostBuilder {
         if c.max_channels == 0 {
             problems.push("max_channels 0".to_owned());
         }
+        if c.max_read == 0 {
+            problems.push("max_read 0 (no file could be read)".to_owned());
+        }
         if !problems.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -239,7 +258,7 @@ impl SshHostBuilder {
 /// port = 22
 /// user = "deploy"
 /// key_file = "/home/deploy/.ssh/id_ed25519"
-/// key_passphrase_env = "DEPLOY_KEY_PASSPHRASE"
+/// key_passphrase_env = "DEPLOY_KEY_PASSPHRASE"    # or key_passphrase_file = "/run/secrets/key"
 /// known_hosts = "/home/deploy/.ssh/known_hosts"
 /// host_key_policy = "strict"
 /// connect_timeout = "10s"
@@ -264,8 +283,15 @@ pub struct SshHostConfig {
     pub key_file: Option<PathBuf>,
     /// `key_passphrase_env`: the name of the environment variable holding the passphrase of
     /// `key_file` (read when the host is built; the passphrase itself never appears in a plan).
+    /// Not together with `key_passphrase_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_passphrase_env: Option<String>,
+    /// `key_passphrase_file`: a file holding the passphrase of `key_file` (read when the host
+    /// is built; one trailing newline is dropped). It must be readable by its owner only
+    /// (`chmod 600`): a file that group or others may read is refused, as OpenSSH refuses such
+    /// a private key. At most 64 KiB. Not together with `key_passphrase_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_passphrase_file: Option<PathBuf>,
     /// `agent`: also try the keys of the ssh-agent at `$SSH_AUTH_SOCK` (after `key_file`).
     #[serde(default)]
     pub agent: bool,
@@ -304,6 +330,7 @@ impl SshHostConfig {
             user: None,
             key_file: None,
             key_passphrase_env: None,
+            key_passphrase_file: None,
             agent: false,
             known_hosts: None,
             host_key_policy: None,
@@ -315,10 +342,11 @@ impl SshHostConfig {
 
 impl SshHost {
     /// The host a plan file's `ssh` table describes: the passphrase of `key_file` is read from
-    /// the environment variable `key_passphrase_env` names, and every problem (an unset
-    /// variable, `key_passphrase_env` without `key_file`, a missing key file, a bad host name,
-    /// ...) is reported at once, in one `InvalidInput` error naming the keys. Nothing connects
-    /// yet.
+    /// the environment variable `key_passphrase_env` names, or from the file
+    /// `key_passphrase_file` names, and every problem (an unset variable, a passphrase file
+    /// that others may read, a passphrase without `key_file`, a missing key file, a bad host
+    /// name, ...) is reported at once, in one `InvalidInput` error naming the keys. No error
+    /// holds the passphrase. Nothing connects yet.
     pub fn from_config(config: SshHostConfig) -> Result<SshHost> {
         from_config_with_env(config, |name| std::env::var(name))
     }
@@ -337,17 +365,24 @@ fn from_config_with_env(
     if let Some(u) = config.user {
         b = b.user(u);
     }
-    match (config.key_file, config.key_passphrase_env) {
-        (Some(key), Some(var)) => match env(&var) {
+    let source = match (config.key_passphrase_env, config.key_passphrase_file) {
+        (Some(var), Some(file)) => {
+            problems.push(format!(
+                "key_passphrase_env ({var}) and key_passphrase_file ({}): give one of them",
+                file.display()
+            ));
+            None
+        }
+        (Some(var), None) => Some(PassphraseSource::Env(var)),
+        (None, Some(file)) => Some(PassphraseSource::File(file)),
+        (None, None) => None,
+    };
+    match (config.key_file, source) {
+        (Some(key), Some(source)) => match source.read(&env) {
             Ok(passphrase) => b = b.key_file_with_passphrase(key, passphrase),
-            Err(e) => {
-                let why = match e {
-                    VarError::NotPresent => "is not set",
-                    VarError::NotUnicode(_) => "is not valid UTF-8",
-                };
+            Err(why) => {
                 problems.push(format!(
-                    "key_passphrase_env: environment variable {var} {why} (it holds the \
-                     passphrase of key_file {})",
+                    "{why} (it holds the passphrase of key_file {})",
                     key.display()
                 ));
                 // The key is still checked (it may not exist either).
@@ -355,8 +390,9 @@ fn from_config_with_env(
             }
         },
         (Some(key), None) => b = b.key_file(key),
-        (None, Some(var)) => problems.push(format!(
-            "key_passphrase_env ({var}) needs key_file: it names the passphrase of a key file"
+        (None, Some(source)) => problems.push(format!(
+            "{} needs key_file: it names the passphrase of a key file",
+            source.key()
         )),
         (None, None) => {}
     }
@@ -376,6 +412,83 @@ fn from_config_with_env(
         b = b.command_timeout(t);
     }
     b.build_with(problems)
+}
+
+/// Where a plan's passphrase comes from.
+enum PassphraseSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// The largest passphrase file read (a passphrase is a line, not a file's worth).
+const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
+
+impl PassphraseSource {
+    /// The plan-file key and what it names, for messages.
+    fn key(&self) -> String {
+        match self {
+            Self::Env(var) => format!("key_passphrase_env ({var})"),
+            Self::File(file) => format!("key_passphrase_file ({})", file.display()),
+        }
+    }
+
+    /// The passphrase, or why it cannot be had (starting with the plan-file key; never the
+    /// passphrase).
+    fn read(
+        &self,
+        env: &impl Fn(&str) -> std::result::Result<String, VarError>,
+    ) -> std::result::Result<SecretString, String> {
+        match self {
+            Self::Env(var) => env(var).map(SecretString::from).map_err(|e| {
+                let why = match e {
+                    VarError::NotPresent => "is not set",
+                    VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                format!("key_passphrase_env: environment variable {var} {why}")
+            }),
+            Self::File(file) => read_passphrase_file(file)
+                .map_err(|why| format!("key_passphrase_file {}: {why}", file.display())),
+        }
+    }
+}
+
+/// The passphrase in `file`: refused when group or others may read it, or when it is not a
+/// regular file, longer than 64 KiB, not UTF-8 or empty. One trailing newline is dropped.
+fn read_passphrase_file(file: &Path) -> std::result::Result<SecretString, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot inspect it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "its mode {mode:04o} lets group or others read it; make it readable by its owner \
+             only (chmod 600)"
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_PASSPHRASE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_PASSPHRASE_FILE {
+        return Err(format!(
+            "larger than the limit of {} for a passphrase file",
+            crate::host::format_size(MAX_PASSPHRASE_FILE)
+        ));
+    }
+    let text = SecretString::from(
+        String::from_utf8(bytes).map_err(|_| "the passphrase is not valid UTF-8".to_owned())?,
+    );
+    let line = text.expose_secret();
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    Ok(SecretString::from(line))
 }
 
 #[cfg(test)]
@@ -431,7 +544,7 @@ mod tests {
         assert!(matches!(
             &s.auth[..],
             [Auth::KeyFile { path, passphrase: Some(p) }, Auth::Agent { socket: None }]
-                if path == &key && p == "s3cret pass"
+                if path == &key && p.expose_secret() == "s3cret pass"
         ));
         assert!(!format!("{host:?}").contains("s3cret"), "{host:?}");
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use deploy_core::{Command, Error, ErrorKind, FileKind, Host, Output, Result};
+use deploy_core::{Command, Error, ErrorKind, ExposeSecret, FileKind, Host, Output, Result};
 use russh::client::{self, Handle};
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::{ChannelMsg, Sig};
@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{Auth, Settings, SshHostBuilder};
 use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
-use crate::quote::{self, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
+use crate::quote::{self, ENV_MARK, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
 
 /// A remote machine reached over SSH (russh), as a [`Host`].
 ///
@@ -32,7 +32,15 @@ use crate::quote::{self, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
 /// - **Commands** are argument vectors: one audited quoting function turns them into the single
 ///   string SSH carries, for the remote user's POSIX login shell (POSIX single quotes, `'` as
 ///   `'\''`; NUL and environment names that are not identifiers are refused). The command's
-///   exit code or the signal that ended it is reported as is. At most
+///   exit code or the signal that ended it is reported as is.
+/// - **Environment values never reach a command line**: that string is the remote login
+///   shell's argument, which every user of the host sees in `ps`. It holds the variables'
+///   names only; their values travel on the channel's standard input, one line each ahead of
+///   the command's own input, read by the shell (`IFS= read -r NAME`, byte by byte, so the rest
+///   stays for the command) and exported before the command is `exec`ed. On the host they are
+///   then in the command's environment (`/proc/PID/environ`: its user and root only). A value
+///   holding a newline or NUL is refused with an `InvalidInput` error naming the variable, not
+///   the value. At most
 ///   [`SshHost::MAX_CAPTURED_OUTPUT`] bytes of standard output and of standard error are kept;
 ///   standard input is streamed with SSH flow control, then closed. On timeout the command's
 ///   whole process group is killed on the host (over a second channel) and the call fails with
@@ -200,8 +208,12 @@ enum RawError {
 
 impl SshHost {
     /// At most this many bytes of standard output, and as many of standard error, are kept per
-    /// command (16 MiB); the rest is read and discarded. ([`Host::read_file`] is not bounded.)
+    /// command (16 MiB); the rest is read and discarded. ([`Host::read_file`] has its own limit,
+    /// [`SshHostBuilder::max_read`], and refuses a longer file instead of cutting it.)
     pub const MAX_CAPTURED_OUTPUT: usize = 16 * 1024 * 1024;
+
+    /// The default of [`SshHostBuilder::max_read`]: files of up to 64 MiB are read.
+    pub const DEFAULT_MAX_READ: u64 = 64 * 1024 * 1024;
 
     /// A builder for the host `host` (a name or an address).
     pub fn builder(host: impl Into<String>) -> SshHostBuilder {
@@ -249,7 +261,9 @@ impl SshHost {
     }
 
     /// Copy the file `path` on this host to `local` on this machine, atomically (temporary name
-    /// next to `local`, renamed into place), with mode `mode` or the remote file's.
+    /// next to `local`, renamed into place), with mode `mode` or the remote file's. The file is
+    /// read whole first, so [`SshHostBuilder::max_read`] bounds it as it bounds
+    /// [`Host::read_file`].
     pub async fn download(&self, path: &Path, local: &Path, mode: Option<u32>) -> Result<()> {
         let bytes = self.read_file(path).await?;
         let mode = match mode {
@@ -390,14 +404,17 @@ impl SshHost {
         let user = self.inner.config.user.clone();
         match auth {
             Auth::KeyFile { path, passphrase } => {
-                let key = russh::keys::load_secret_key(path, passphrase.as_deref()).map_err(
-                    |e| match e {
-                        russh::keys::Error::KeyIsEncrypted => "it is encrypted: give its \
-                            passphrase (key_file_with_passphrase; key_passphrase_env in a plan)"
-                            .to_owned(),
-                        e => format!("cannot load it: {e}"),
-                    },
-                )?;
+                let key = russh::keys::load_secret_key(
+                    path,
+                    passphrase.as_ref().map(ExposeSecret::expose_secret),
+                )
+                .map_err(|e| match e {
+                    russh::keys::Error::KeyIsEncrypted => "it is encrypted: give its \
+                            passphrase (key_file_with_passphrase; key_passphrase_env or \
+                            key_passphrase_file in a plan)"
+                        .to_owned(),
+                    e => format!("cannot load it: {e}"),
+                })?;
                 let hash = if key.algorithm().is_rsa() {
                     handle
                         .best_supported_rsa_hash()
@@ -454,10 +471,12 @@ impl SshHost {
         }
     }
 
-    /// Run the command line `line` with `input` on its standard input.
+    /// Run the command line `line` with `env_input` (the environment values the line reads)
+    /// and then `input` on its standard input.
     async fn exec_raw(
         &self,
         line: Vec<u8>,
+        env_input: Vec<u8>,
         input: Input<'_>,
         timeout: Option<Duration>,
         limit: usize,
@@ -525,11 +544,20 @@ impl SshHost {
             Ok(())
         };
         let writing = async move {
-            let sent = match input {
-                Input::Empty => Ok(()),
-                Input::Bytes(b) => write.data(b).await,
-                Input::File(f) => write.data(f).await,
+            // The environment values first: the wrapper reads them before the command starts.
+            let mut sent = if env_input.is_empty() {
+                Ok(())
+            } else {
+                write.data(env_input.as_slice()).await
             };
+            drop(env_input);
+            if sent.is_ok() {
+                sent = match input {
+                    Input::Empty => Ok(()),
+                    Input::Bytes(b) => write.data(b).await,
+                    Input::File(f) => write.data(f).await,
+                };
+            }
             // A command that stops reading closes the channel: not an error of ours.
             if sent.is_ok() {
                 let _ = write.eof().await;
@@ -578,13 +606,15 @@ impl SshHost {
         let fail = |kind: ErrorKind, message: String| {
             Error::new(kind, operation.to_owned(), self.located(object), message)
         };
-        let line = quote::command_line(command, operation, &self.located(object))?;
+        let wire = quote::command_line(command, operation, &self.located(object))?;
         let timeout = command.timeout.or(self.inner.config.command_timeout);
         let permit = Arc::clone(&self.inner.channels)
             .acquire_owned()
             .await
             .map_err(|_| fail(ErrorKind::Cancelled, "the host was closed".to_owned()))?;
-        let r = self.exec_raw(line, input, timeout, limit).await;
+        let r = self
+            .exec_raw(wire.line, wire.env_input, input, timeout, limit)
+            .await;
         drop(permit);
         let raw = match r {
             Ok(raw) => raw,
@@ -626,6 +656,15 @@ impl SshHost {
                     format!("program {:?} not found", command.program.to_string_lossy()),
                 ));
             }
+            if let Some(name) = env_mark(&raw.stderr) {
+                return Err(fail(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the remote shell cannot set environment variable {name} (read-only \
+                         there, as bash's UID is)"
+                    ),
+                ));
+            }
             if raw.stderr.ends_with(NO_CWD_MARK) {
                 return Err(fail(
                     ErrorKind::NotFound,
@@ -646,7 +685,13 @@ impl SshHost {
                 .into_bytes();
         let _permit = Arc::clone(&self.inner.channels).acquire_owned().await;
         let error = match self
-            .exec_raw(line, Input::Empty, Some(Duration::from_secs(10)), 1024)
+            .exec_raw(
+                line,
+                Vec::new(),
+                Input::Empty,
+                Some(Duration::from_secs(10)),
+                1024,
+            )
             .await
         {
             Ok(_) | Err(RawError::Timeout(_)) => return,
@@ -798,9 +843,36 @@ sync -- "$tmp" 2>/dev/null
 mv -f -T -- "$tmp" "$final" || exit 1
 "#;
 
+/// The variable named by the wrapper's [`ENV_MARK`] line ending `stderr`, if it ends so.
+fn env_mark(stderr: &[u8]) -> Option<String> {
+    let body = stderr.strip_suffix(b"\n")?;
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let name = body[start..].strip_prefix(ENV_MARK)?;
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
 /// A `select!` arm that never completes returns this to satisfy the types.
 fn unreachable_ok() -> std::result::Result<(), RawError> {
     Ok(())
+}
+
+/// `64 MiB`, `1.5 KiB`, `300 bytes`: a size for messages.
+pub(crate) fn format_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn auth_name(a: &Auth) -> String {
@@ -945,17 +1017,35 @@ impl Host for SshHost {
             .await
     }
 
+    /// At most [`SshHostBuilder::max_read`] bytes (64 MiB by default): the host sends one
+    /// byte more than the limit at most (`head -c`), and a file that long is refused with an
+    /// `InvalidInput` error naming the path and the limit.
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let max = self.inner.config.max_read;
+        let probe = max.saturating_add(1).to_string();
         let out = self
             .script_with(
                 "read file",
                 path,
-                "if [ -e \"$1\" ] || [ -L \"$1\" ]; then exec cat -- \"$1\"; else exit 44; fi",
-                &[path.as_os_str()],
+                "if [ -e \"$1\" ] || [ -L \"$1\" ]; then exec head -c \"$2\" -- \"$1\"; else exit 44; fi",
+                &[path.as_os_str(), OsStr::new(&probe)],
                 Input::Empty,
-                usize::MAX,
+                usize::try_from(max.saturating_add(1)).unwrap_or(usize::MAX),
             )
             .await?;
+        if out.stdout.len() as u64 > max {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "read file",
+                self.located(&path.display().to_string()),
+                format!(
+                    "the file is larger than the limit of {} ({max} bytes; raise it with \
+                     SshHostBuilder::max_read)",
+                    format_size(max)
+                ),
+            )
+            .permanent());
+        }
         Ok(out.stdout)
     }
 

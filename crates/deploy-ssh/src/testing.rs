@@ -315,3 +315,114 @@ impl Drop for SshdFixture {
         }
     }
 }
+
+/// Watches the argument vector of every process on this machine (`/proc/*/cmdline`) for
+/// canary secrets, from a thread of its own, until stopped: the secrets harness's eye on the
+/// process lists. An [`SshdFixture`] runs on this machine, so its sessions — the remote login
+/// shells and the commands they `exec` — are in the same `/proc`: one watch covers the local
+/// and the "remote" host.
+///
+/// ```no_run
+/// use deploy_ssh::testing::ArgvWatch;
+/// let watch = ArgvWatch::start(vec![b"canary-3f9a".to_vec()], vec![b"psql".to_vec()]);
+/// // ... run commands that carry the canary in their environment ...
+/// let report = watch.stop();
+/// assert!(report.hits.is_empty(), "{:?}", report.hits);
+/// ```
+#[derive(Debug)]
+pub struct ArgvWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<ArgvReport>>,
+}
+
+/// What an [`ArgvWatch`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct ArgvReport {
+    /// Full passes over `/proc`.
+    pub passes: u64,
+    /// Command lines read, summed over the passes.
+    pub command_lines: u64,
+    /// Processes whose command line held a canary: pid and command line (NULs as spaces).
+    pub hits: Vec<(u32, String)>,
+    /// For each marker given to [`ArgvWatch::start`], how many command lines held it (a
+    /// process seen in several passes counts once per pass): evidence that the processes of
+    /// interest were running, and seen, while the watch ran.
+    pub markers: Vec<u64>,
+}
+
+impl ArgvWatch {
+    /// Start watching for any of `canaries`; count the command lines holding each of
+    /// `markers`. Processes of this test binary itself are skipped (its own argv holds test
+    /// names, not commands under test).
+    pub fn start(canaries: Vec<Vec<u8>>, markers: Vec<Vec<u8>>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let me = std::process::id();
+        let thread = std::thread::spawn(move || {
+            let contains = |hay: &[u8], needle: &[u8]| {
+                !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+            };
+            let mut report = ArgvReport {
+                markers: vec![0; markers.len()],
+                ..ArgvReport::default()
+            };
+            let mut seen_hits = std::collections::BTreeSet::new();
+            loop {
+                // One more full pass after the stop request, so the last moment is seen too.
+                let last = flag.load(std::sync::atomic::Ordering::Relaxed);
+                let Ok(entries) = std::fs::read_dir("/proc") else {
+                    break;
+                };
+                for e in entries.flatten() {
+                    let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                    else {
+                        continue;
+                    };
+                    if pid == me {
+                        continue;
+                    }
+                    let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
+                    report.command_lines += 1;
+                    for (i, m) in markers.iter().enumerate() {
+                        if contains(&cmdline, m) {
+                            report.markers[i] += 1;
+                        }
+                    }
+                    if canaries.iter().any(|c| contains(&cmdline, c)) && seen_hits.insert(pid) {
+                        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                        report.hits.push((pid, text));
+                    }
+                }
+                report.passes += 1;
+                if last {
+                    break;
+                }
+            }
+            report
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop watching (after one more full pass) and say what was seen.
+    pub fn stop(mut self) -> ArgvReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ArgvWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -187,8 +187,15 @@ async fn an_interrupted_upload_leaves_no_partial_file() {
     let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 
-    // And back down.
+    // And back down: 96 MiB is over the default read limit (64 MiB), so with a larger one.
     let back = local.path().join("back.bin");
+    let e = host.download(&dest, &back, None).await.unwrap_err();
+    assert!(e.to_string().contains("limit of 64 MiB"), "{e}");
+    let host = sshd
+        .host_builder()
+        .max_read(128 * 1024 * 1024)
+        .build()
+        .unwrap();
     host.download(&dest, &back, None).await.unwrap();
     assert!(std::fs::read(&back).unwrap() == content);
     assert_eq!(
@@ -609,9 +616,33 @@ fn hostile_arguments_arrive_byte_for_byte() {
             "PWNED in $HOME".into(),
         )?;
 
-        // The first argument as an environment value and as a working directory name.
+        // The first argument as an environment value and as a working directory name. A value
+        // with a newline cannot travel on standard input: refused, naming the variable only.
+        if args[0].contains(&b'\n') {
+            let cmd = Command::from_argv(["true"])
+                .unwrap()
+                .env("V", OsString::from_vec(args[0].clone()));
+            let e = rt.block_on(host.run(&cmd)).unwrap_err();
+            check(
+                e.kind() == ErrorKind::InvalidInput
+                    && e.to_string()
+                        .contains("environment variable V contains a newline"),
+                format!("newline in a value: {e}"),
+            )?;
+            let msg = e.to_string();
+            for part in args[0].split(|&b| b == b'\n').filter(|p| p.len() >= 6) {
+                check(
+                    !msg.as_bytes().windows(part.len()).any(|w| w == part),
+                    format!("the value shows in {msg}"),
+                )?;
+            }
+        }
         let name = OsString::from_vec(args[0].iter().copied().filter(|&b| b != b'/').collect());
-        if !name.is_empty() && name.as_bytes() != b"." && name.as_bytes() != b".." {
+        if !args[0].contains(&b'\n')
+            && !name.is_empty()
+            && name.as_bytes() != b"."
+            && name.as_bytes() != b".."
+        {
             let dir = scratch.path().join(&name);
             std::fs::create_dir(&dir).unwrap();
             let cmd = Command::from_argv(["sh", "-c", "printf %s \"$V\"; pwd >&2"])
@@ -635,4 +666,271 @@ fn hostile_arguments_arrive_byte_for_byte() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Environment values reach the command (bytes a shell would expand, a lone non-UTF-8 byte,
+/// spaces at both ends, an empty value), the command's own standard input follows them whole,
+/// a command given no input sees end of input, and a value with a newline is refused naming
+/// the variable and not the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_values_reach_the_command_and_its_stdin_follows() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let values: [(&str, &[u8]); 4] = [
+        ("PGPASSWORD", b"  c'a\"n$(x)`y`\\ry  "),
+        ("LC_ALL", b"C"),
+        ("ODD", b"\xc2"),
+        ("EMPTY", b""),
+    ];
+    let mut script = String::new();
+    for (n, _) in &values {
+        script.push_str(&format!("printf '%s\\0' \"${n}\"; "));
+    }
+    script.push_str("exec wc -c");
+    let input: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut cmd = Command::from_argv(["sh", "-c", &script])
+        .unwrap()
+        .stdin(input.clone());
+    for (n, v) in &values {
+        cmd = cmd.env(n, OsString::from_vec(v.to_vec()));
+    }
+    let out = host.run_checked(&cmd).await.unwrap();
+    let mut want = Vec::new();
+    for (_, v) in &values {
+        want.extend_from_slice(v);
+        want.push(0);
+    }
+    want.extend_from_slice(format!("{}\n", input.len()).as_bytes());
+    assert_eq!(out.stdout, want, "{:?}", out.stdout_text());
+
+    // The input arrives byte for byte after the values.
+    let out = host
+        .run_checked(
+            &Command::from_argv(["cat"])
+                .unwrap()
+                .env("A", "1")
+                .stdin(b"line one\n\xc2\nend".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"line one\n\xc2\nend");
+    // No input: the command sees the end of it at once.
+    let out = host
+        .run_checked(&Command::from_argv(["cat"]).unwrap().env("A", "1"))
+        .await
+        .unwrap();
+    assert!(out.stdout.is_empty());
+
+    let e = host
+        .run(&Command::new("true").env("PGPASSWORD", "hunter2\nsecond-line"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("environment variable PGPASSWORD contains a newline"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("hunter2") && !msg.contains("second-line"),
+        "{msg}"
+    );
+
+    // A name the login shell keeps read-only (bash's UID; the fixture's user logs in with
+    // bash): refused, naming the variable.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let login_shell_is_bash = passwd.lines().any(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        f.first() == Some(&sshd.user()) && f.last().is_some_and(|s| s.ends_with("/bash"))
+    });
+    if login_shell_is_bash {
+        let e = host
+            .run(&Command::new("true").env("UID", "12345"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot set environment variable UID"),
+            "{e}"
+        );
+    }
+}
+
+/// The secrets harness on the host's process list: while commands carrying a canary password
+/// in their environment run over SSH, every process's argv (`/proc/*/cmdline`, the remote
+/// host's process list: the fixture's sshd runs here) is polled, and the canary is in none. A
+/// canary deliberately put in an argument is found, so the watch does see those processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_environment_value_appears_in_any_process_argv() {
+    use deploy_ssh::testing::ArgvWatch;
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let canary = format!("canary-env-{}-q7Zt", std::process::id());
+    let control = format!("control-argv-{}-W3xk", std::process::id());
+    let watch = ArgvWatch::start(
+        vec![canary.clone().into_bytes()],
+        vec![b"deploy-ssh-wrapper".to_vec(), control.clone().into_bytes()],
+    );
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(3) || n < 60 {
+        let cmd = Command::from_argv(["sh", "-c", "sleep 0.02; printf %s \"$PGPASSWORD\""])
+            .unwrap()
+            .env("PGPASSWORD", &canary)
+            .env("PGUSER", "app");
+        let out = host.run_checked(&cmd).await.unwrap();
+        assert_eq!(out.stdout, canary.as_bytes());
+        n += 1;
+    }
+    // The positive control: an argument is visible to the watch.
+    host.run_checked(&Command::from_argv(["sh", "-c", "sleep 0.3", &control]).unwrap())
+        .await
+        .unwrap();
+    let report = watch.stop();
+    eprintln!(
+        "{n} commands; {} passes over /proc, {} command lines read, wrapper shells seen {} times, control seen {} times",
+        report.passes, report.command_lines, report.markers[0], report.markers[1]
+    );
+    assert!(report.hits.is_empty(), "canary in argv: {:?}", report.hits);
+    assert!(
+        report.markers[0] > 0,
+        "no wrapper shell was seen: {report:?}"
+    );
+    assert!(
+        report.markers[1] > 0,
+        "the control argument was not seen: {report:?}"
+    );
+}
+
+/// `read_file` (and `download`) read at most `max_read` bytes: a file of exactly the limit is
+/// read, one byte more is refused naming the path and the limit, and an endless file
+/// (`/dev/zero`) is refused after one byte more than the limit crossed the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_file_refuses_a_file_over_its_limit() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host_builder().max_read(1024).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact");
+    std::fs::write(&exact, vec![b'a'; 1024]).unwrap();
+    assert_eq!(host.read_file(&exact).await.unwrap().len(), 1024);
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 1025]).unwrap();
+    let e = host.read_file(&big).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&big.display().to_string()) && msg.contains("limit of 1 KiB"),
+        "{msg}"
+    );
+    let e = host
+        .download(&big, &dir.path().join("copy"), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("limit of 1 KiB"), "{e}");
+    assert!(!dir.path().join("copy").exists());
+
+    // The default limit, 64 MiB, on an endless file: refused, in bounded time.
+    let host = sshd.host().unwrap();
+    let started = Instant::now();
+    let e = host.read_file(Path::new("/dev/zero")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("/dev/zero") && e.to_string().contains("limit of 64 MiB"),
+        "{e}"
+    );
+    eprintln!("/dev/zero refused after {:?}", started.elapsed());
+    let e = sshd.host_builder().max_read(0).build().unwrap_err();
+    assert!(e.to_string().contains("max_read 0"), "{e}");
+}
+
+/// `key_passphrase_file`: a passphrase file readable by its owner only unlocks an encrypted key
+/// on the real server; one that group or others may read is refused, naming the file and its
+/// mode; no `Debug` (config, builder, host) and no error shows the passphrase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passphrase_file_unlocks_the_key_and_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let sshd = SshdFixture::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("locked");
+    let passphrase = "pass-canary-8Jd2 with spaces";
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        passphrase,
+        "-f",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
+    sshd.authorize(&dir.path().join("locked.pub")).unwrap();
+    let file = dir.path().join("passphrase");
+    std::fs::write(&file, format!("{passphrase}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let mut config = SshHostConfig::new("127.0.0.1");
+    config.port = Some(sshd.port());
+    config.user = Some(sshd.user().to_owned());
+    config.key_file = Some(key.clone());
+    config.key_passphrase_file = Some(file.clone());
+    config.known_hosts = Some(sshd.known_hosts());
+    let host = SshHost::from_config(config.clone()).unwrap();
+    let out = host
+        .run_checked(&Command::from_argv(["echo", "unlocked"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"unlocked\n");
+    let builder = SshHost::builder("127.0.0.1").key_file_with_passphrase(&key, passphrase);
+    for shown in [
+        format!("{config:?}"),
+        format!("{host:?}"),
+        format!("{builder:?}"),
+        format!("{:?}", builder.clone().build().unwrap()),
+    ] {
+        assert!(!shown.contains("canary"), "{shown}");
+    }
+
+    // Readable by group or others: refused, naming the file and its mode.
+    for mode in [0o640, 0o604, 0o644] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = SshHost::from_config(config.clone()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let msg = format!("{e} {e:?}");
+        assert!(
+            msg.contains("key_passphrase_file")
+                && msg.contains(&file.display().to_string())
+                && msg.contains(&format!("{mode:04o}"))
+                && msg.contains("chmod 600"),
+            "{msg}"
+        );
+        assert!(!msg.contains("canary"), "{msg}");
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(SshHost::from_config(config.clone()).is_ok());
+
+    // The wrong passphrase: the key cannot be loaded; no error shows what the file holds.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "wrong-canary-passphrase").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut bad = config.clone();
+    bad.key_passphrase_file = Some(wrong);
+    let e = SshHost::from_config(bad)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(!format!("{e} {e:?}").contains("canary"), "{e:?}");
+
+    // Both sources, or a file without a key: refused.
+    let mut both = config.clone();
+    both.key_passphrase_env = Some("DEPLOY_KEY_PASSPHRASE".into());
+    let e = SshHost::from_config(both).unwrap_err();
+    assert!(e.to_string().contains("give one of them"), "{e}");
+    let mut keyless = config.clone();
+    keyless.key_file = None;
+    keyless.agent = true;
+    let e = SshHost::from_config(keyless).unwrap_err();
+    assert!(e.to_string().contains("key_passphrase_file"), "{e}");
+    assert!(e.to_string().contains("needs key_file"), "{e}");
 }

@@ -5,7 +5,7 @@
 //! recorded before each step acted.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -120,9 +120,9 @@ impl Journal {
     /// Create a new journal at `path` (which must not exist).
     pub(crate) fn create(path: &Path) -> Result<Self, super::DeployError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| journal_err(dir, "create directory", e))?;
+            crate::fs::private_dir(dir).map_err(|e| journal_err(dir, "create directory", e))?;
         }
-        let file = OpenOptions::new()
+        let file = crate::fs::private_file()
             .append(true)
             .create_new(true)
             .open(path)
@@ -141,7 +141,7 @@ impl Journal {
     /// next record starts on a line of its own).
     pub(crate) fn reopen(path: &Path) -> Result<Self, super::DeployError> {
         let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
-        let file = OpenOptions::new()
+        let file = crate::fs::private_file()
             .append(true)
             .open(path)
             .map_err(|e| journal_err(path, "open", e))?;

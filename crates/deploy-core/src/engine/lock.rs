@@ -1,6 +1,6 @@
 //! The lock that keeps two deploys of one environment apart.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -65,13 +65,13 @@ impl EnvLock {
         use std::fs::TryLockError;
         use std::os::unix::fs::MetadataExt;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::fs::private_dir(dir)
                 .map_err(|e| lock_err(environment, path, "create directory", e))?;
         }
         let mut attempts = 0;
         let file = loop {
             attempts += 1;
-            let file = OpenOptions::new()
+            let file = crate::fs::private_file()
                 .read(true)
                 .write(true)
                 .create(true)

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deploy_core::{Error, ErrorKind, FileKind, Result};
+use deploy_core::{Command, Error, ErrorKind, FileKind, HostExt, Result};
 use serde::{Deserialize, Serialize};
 
 use super::PgMigrationRunner;
@@ -35,7 +35,8 @@ pub struct RestoreReport {
 
 impl PgMigrationRunner {
     /// Take a `pg_dump -Fc` backup: created 0600 under a temporary name, checked with
-    /// `pg_restore -l`, renamed into place; older backups beyond the retention are removed.
+    /// `pg_restore -l`, renamed into place; older backups beyond the retention are removed. A
+    /// backup directory that does not exist yet is created 0700.
     pub async fn take_backup(&self) -> Result<PathBuf> {
         let dir = self.opts.backup_dir.clone().ok_or_else(|| {
             Error::new(
@@ -46,7 +47,7 @@ impl PgMigrationRunner {
             )
         })?;
         let host = &self.tools.host;
-        host.create_dir_all(&dir).await?;
+        self.ensure_backup_dir(&dir).await?;
         let name = format!("{}-{}.dump", self.db(), tools::utc_stamp());
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.partial"));
@@ -72,6 +73,26 @@ impl PgMigrationRunner {
         host.rename(&tmp, &path).await?;
         self.prune_backups(&dir).await?;
         Ok(path)
+    }
+
+    /// Create the backup directory readable by its owner only (0700; missing parents with the
+    /// host's defaults), as `mkdir -p -m 700` on the host. A directory that exists is left as
+    /// it is: it may be shared (`/var/backups`), and the backups in it are 0600 whatever it is.
+    async fn ensure_backup_dir(&self, dir: &Path) -> Result<()> {
+        let host = &self.tools.host;
+        if matches!(
+            host.file_kind(dir).await?,
+            Some(FileKind::Dir | FileKind::Symlink)
+        ) {
+            return Ok(());
+        }
+        let mkdir = Command::new("mkdir")
+            .args(["-p", "-m", "700", "--"])
+            .arg(dir.as_os_str());
+        host.run_checked(&mkdir)
+            .await
+            .map(drop)
+            .map_err(|e| e.context("create the backup directory", dir.display().to_string()))
     }
 
     async fn check_archive(&self, path: &Path) -> Result<()> {
