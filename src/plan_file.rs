@@ -286,9 +286,6 @@ impl fmt::Debug for SecretSource {
 }
 
 impl SecretSource {
-    /// The longest secret file read (a URL or a token, not a document).
-    pub const MAX_FILE_SIZE: u64 = 64 * 1024;
-
     fn of(
         inline: &Option<String>,
         env: &Option<String>,
@@ -306,29 +303,8 @@ impl SecretSource {
     pub fn read(&self) -> Result<deploy_core::SecretString, String> {
         match self {
             Self::Inline(v) => Ok(v.clone().into()),
-            Self::Env(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned().into()),
-                Ok(_) => Err(format!("environment variable {var} is empty")),
-                Err(std::env::VarError::NotPresent) => {
-                    Err(format!("environment variable {var} is not set"))
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    Err(format!("environment variable {var} is not valid UTF-8"))
-                }
-            },
-            Self::File(path) => {
-                let f = std::fs::File::open(path)
-                    .map_err(|e| format!("read {}: {e}", path.display()))?;
-                let bytes = deploy_core::fs::read_limited(f, Self::MAX_FILE_SIZE)
-                    .map_err(|e| format!("read {}: {e}", path.display()))?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
-                let v = text.trim();
-                if v.is_empty() {
-                    return Err(format!("{} is empty", path.display()));
-                }
-                Ok(v.to_owned().into())
-            }
+            Self::Env(var) => deploy_core::secret::from_env(var),
+            Self::File(path) => deploy_core::secret::from_file(path),
         }
     }
 }

@@ -184,3 +184,75 @@ kind = "promql"
         assert!(text.contains(expected), "missing {expected:?} in {text}");
     }
 }
+
+#[test]
+fn a_plan_file_is_read_with_a_limit_and_an_endless_one_is_refused() {
+    let e = PlanFile::load(std::path::Path::new("/dev/zero")).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("/dev/zero") && text.contains("larger than the limit of 1 MiB"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 1024 * 1024 + 1]).unwrap();
+    assert!(
+        PlanFile::load(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than the limit of 1 MiB")
+    );
+}
+
+#[test]
+fn secrets_come_from_the_environment_or_a_file_and_inline_ones_are_warned_about() {
+    let base = r#"
+[environment]
+name = "prod"
+state_dir = "/var/lib/deploy/prod"
+
+[release]
+version = "2.0.0"
+
+[strategy]
+kind = "recreate"
+
+[[targets]]
+id = "web"
+root = "/srv/web"
+endpoint = "http://127.0.0.1:8080"
+"#;
+    let inline = format!(
+        "{base}\n[notify]\nwebhook = \"https://hooks.example/services/T1/B2/s3cr3tT0ken\"\n"
+    );
+    let p = PlanFile::parse("plan.toml", &inline).unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert_eq!(p.warnings[0].path, "notify.webhook");
+    assert!(
+        p.warnings[0].message.contains("webhook_env")
+            && p.warnings[0].message.contains("webhook_file"),
+        "{}",
+        p.warnings[0]
+    );
+    let debug = format!("{p:?}");
+    assert!(!debug.contains("s3cr3tT0ken"), "{debug}");
+    let from_env = format!("{base}\n[notify]\nwebhook_env = \"CHAT_WEBHOOK\"\n");
+    let p = PlanFile::parse("plan.toml", &from_env).unwrap();
+    assert!(p.warnings.is_empty());
+    let e = p
+        .notify
+        .unwrap()
+        .webhook_source()
+        .unwrap()
+        .read()
+        .unwrap_err();
+    assert_eq!(e, "environment variable CHAT_WEBHOOK is not set");
+    let both =
+        format!("{base}\n[notify]\nwebhook_env = \"A\"\nwebhook_file = \"/run/secrets/hook\"\n");
+    let e = PlanFile::parse("plan.toml", &both).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("give one of webhook, webhook_env, webhook_file"),
+        "{e}"
+    );
+}

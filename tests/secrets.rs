@@ -184,6 +184,11 @@ async fn no_canary_secret_leaves_its_place() {
         ),
     )
     .unwrap();
+    std::fs::set_permissions(
+        &hook_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
 
     // Releases: 1.0.0 everywhere; 2.0.0 fails half its requests, so its gate rolls it back.
     for (v, extra) in [("1.0.0", ""), ("2.0.0", "error_rate=0.5")] {

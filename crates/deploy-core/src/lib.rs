@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod http;
 pub mod notify;
 pub mod redact;
+pub mod secret;
 pub mod smoke;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -3,11 +3,9 @@
 
 use std::env::VarError;
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use deploy_core::{Error, ErrorKind, Result};
+use deploy_core::{Error, ErrorKind, ExposeSecret, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::connection::PgConfig;
@@ -18,9 +16,6 @@ pub const KIND: &str = "postgres";
 
 /// The environment variable read for the database URL when `database_url_env` is not given.
 const DEFAULT_URL_ENV: &str = "DATABASE_URL";
-
-/// The largest `database_url_file` read: a URL is a line, not a file's worth.
-const MAX_URL_FILE: u64 = 64 * 1024;
 
 /// A plan file's `[migrations]` section with `kind = "postgres"` (the `kind` key itself is the
 /// plan file's, and is not part of this type). Unknown keys are refused.
@@ -198,9 +193,9 @@ fn connection(
                 file.display()
             ));
         }
-        let url = read_url_file(file)
-            .map_err(|why| format!("database_url_file {}: {why}", file.display()))?;
-        return PgConfig::from_url(&url).map_err(|e| {
+        let url = deploy_core::secret::from_file(file)
+            .map_err(|why| format!("database_url_file: {why}"))?;
+        return PgConfig::from_url(url.expose_secret()).map_err(|e| {
             format!(
                 "database_url_file: the URL in {}: {}",
                 file.display(),
@@ -246,43 +241,12 @@ fn connection(
     }
 }
 
-/// The URL in `file`: refused when group or others may read it, or when it is not a regular
-/// file, longer than 64 KiB, not UTF-8 or empty. The reasons never quote the file.
-fn read_url_file(file: &Path) -> std::result::Result<String, String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("cannot inspect it: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_owned());
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "its mode {mode:04o} lets group or others read the password in it; make it \
-             readable by its owner only (chmod 600)"
-        ));
-    }
-    let mut bytes = Vec::new();
-    f.take(MAX_URL_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.len() as u64 > MAX_URL_FILE {
-        return Err("larger than the limit of 64 KiB for a URL file".to_owned());
-    }
-    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8".to_owned())?;
-    let url = text.trim();
-    if url.is_empty() {
-        return Err("it is empty".to_owned());
-    }
-    Ok(url.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn parse(json: serde_json::Value) -> PgMigrationRunnerConfig {
         serde_json::from_value(json).expect("the section parses")

@@ -3,8 +3,7 @@
 //! constructor ([`PromQlGate::from_config`], [`ScrapeGate::from_config`]).
 
 use std::fmt;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString, redact};
@@ -256,48 +255,6 @@ mod byte_size {
     }
 }
 
-/// The most a secret file may hold: a token or a password, not a document.
-const MAX_SECRET_FILE: u64 = 64 * 1024;
-
-/// The secret in the file at `path` (plan key `key`): its text without surrounding whitespace.
-/// A problem names the key and the path, never the content.
-fn read_secret_file(key: &str, path: &Path) -> std::result::Result<SecretString, String> {
-    let problem = |why: String| format!("{key}: {}: {why}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot open it ({e})")))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| problem(format!("cannot read it ({e})")))?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(problem(format!(
-            "it is larger than {} KiB, which no token or password is",
-            MAX_SECRET_FILE / 1024
-        )));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| problem("it is not UTF-8 text".into()))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(problem("it is empty".into()));
-    }
-    Ok(SecretString::from(secret))
-}
-
-/// The secret in the environment variable `var` (plan key `key`).
-fn read_secret_env(key: &str, var: &str) -> std::result::Result<SecretString, String> {
-    match std::env::var(var) {
-        Ok(value) if value.is_empty() => {
-            Err(format!("{key}: the environment variable {var} is empty"))
-        }
-        Ok(value) => Ok(SecretString::from(value)),
-        Err(std::env::VarError::NotPresent) => {
-            Err(format!("{key}: the environment variable {var} is not set"))
-        }
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-            "{key}: the environment variable {var} is not UTF-8"
-        )),
-    }
-}
-
 /// A secret given by one of the keys `*_env` and `*_file`, or by neither.
 fn read_secret(
     (env_key, env): (&str, Option<&String>),
@@ -306,8 +263,12 @@ fn read_secret(
 ) -> Option<SecretString> {
     let read = match (env, file) {
         (Some(_), Some(_)) => Err(format!("{env_key}, {file_key}: give one of them, not both")),
-        (Some(var), None) => read_secret_env(env_key, var),
-        (None, Some(path)) => read_secret_file(file_key, path),
+        (Some(var), None) => {
+            deploy_core::secret::from_env(var).map_err(|why| format!("{env_key}: {why}"))
+        }
+        (None, Some(path)) => {
+            deploy_core::secret::from_file(path).map_err(|why| format!("{file_key}: {why}"))
+        }
         (None, None) => return None,
     };
     read.map_err(|p| problems.push(p)).ok()
@@ -873,7 +834,7 @@ condition = "> 0.3""#,
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("bearer_token_env: the environment variable DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE is not set"),
+            e.contains("bearer_token_env: environment variable DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE is not set"),
             "{e}"
         );
         // What the builder finds is reported too: an unknown template variable, a zero window.
@@ -988,15 +949,22 @@ condition = "> 0.3""#,
         ))
     }
 
-    fn toml_path(p: &Path) -> String {
+    fn toml_path(p: &std::path::Path) -> String {
         format!("{:?}", p.display().to_string())
+    }
+
+    /// Write a secret file readable by its owner only, as secret files must be.
+    fn write_secret(p: &std::path::Path, content: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(p, content).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     #[test]
     fn secrets_come_from_an_environment_variable_or_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
-        std::fs::write(&token, "  tok-Zq9CANARY\n").unwrap();
+        write_secret(&token, "tok-Zq9CANARY\n");
         let g = promql_with(
             "http://h:9090",
             &format!("bearer_token_file = {}", toml_path(&token)),
@@ -1006,7 +974,7 @@ condition = "> 0.3""#,
         assert!(!format!("{g:?}").contains("Zq9CANARY"), "{g:?}");
 
         let password = dir.path().join("password");
-        std::fs::write(&password, "pw-Zq9CANARY").unwrap();
+        write_secret(&password, "pw-Zq9CANARY");
         let g = promql_with(
             "http://h:9090",
             &format!(
@@ -1039,19 +1007,25 @@ condition = "> 0.3""#,
     fn every_problem_of_the_secret_keys_is_named_without_the_secret() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big");
-        std::fs::write(&big, "Zq9CANARY".repeat(10_000)).unwrap();
+        write_secret(&big, "Zq9CANARY".repeat(10_000));
         let empty = dir.path().join("empty");
-        std::fs::write(&empty, " \n").unwrap();
+        write_secret(&empty, "\n");
+        let shared = dir.path().join("shared");
+        std::fs::write(&shared, "tok-Zq9CANARY").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         let binary = dir.path().join("binary");
-        std::fs::write(&binary, b"Zq9CANARY\xff").unwrap();
+        write_secret(&binary, b"Zq9CANARY\xff");
         let missing = dir.path().join("missing");
         let token = dir.path().join("token");
-        std::fs::write(&token, "tok-Zq9CANARY").unwrap();
+        write_secret(&token, "tok-Zq9CANARY");
         for (url, keys, said) in [
             (
                 "http://h:9090",
                 format!("bearer_token_file = {}", toml_path(&big)),
-                format!("bearer_token_file: {}: it is larger than 64 KiB", big.display()),
+                format!("bearer_token_file: {}: larger than the limit of 64 KiB for a secret file", big.display()),
             ),
             (
                 "http://h:9090",
@@ -1062,6 +1036,11 @@ condition = "> 0.3""#,
                 "http://h:9090",
                 format!("basic_auth_user = \"a\"\nbasic_auth_password_file = {}", toml_path(&binary)),
                 format!("basic_auth_password_file: {}: it is not UTF-8", binary.display()),
+            ),
+            (
+                "http://h:9090",
+                format!("bearer_token_file = {}", toml_path(&shared)),
+                format!("bearer_token_file: {}: its mode 0644 lets group or others read it", shared.display()),
             ),
             (
                 "http://h:9090",
@@ -1104,7 +1083,7 @@ condition = "> 0.3""#,
             (
                 "http://h:9090",
                 "basic_auth_user = \"a\"\nbasic_auth_password_env = \"DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE\"".to_owned(),
-                "basic_auth_password_env: the environment variable DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE is not set".to_owned(),
+                "basic_auth_password_env: environment variable DEPLOY_PROMETHEUS_TEST_NO_SUCH_VARIABLE is not set".to_owned(),
             ),
         ] {
             let e = promql_with(url, &keys).unwrap_err();

@@ -193,6 +193,12 @@ async fn a_bearer_token_from_a_file_is_sent_and_shown_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prometheus-token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    // Secret files must be readable by their owner only.
+    std::fs::set_permissions(
+        &file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let stub = Stub::start().await;
     let config: PromQlGateConfig = section(
         PROMQL_KIND,

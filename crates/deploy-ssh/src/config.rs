@@ -2,12 +2,10 @@
 
 use std::env::VarError;
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use deploy_core::{Error, ErrorKind, ExposeSecret, Result, SecretString};
+use deploy_core::{Error, ErrorKind, Result, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::host::SshHost;
@@ -420,9 +418,6 @@ enum PassphraseSource {
     File(PathBuf),
 }
 
-/// The largest passphrase file read (a passphrase is a line, not a file's worth).
-const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
-
 impl PassphraseSource {
     /// The plan-file key and what it names, for messages.
     fn key(&self) -> String {
@@ -446,49 +441,10 @@ impl PassphraseSource {
                 };
                 format!("key_passphrase_env: environment variable {var} {why}")
             }),
-            Self::File(file) => read_passphrase_file(file)
-                .map_err(|why| format!("key_passphrase_file {}: {why}", file.display())),
+            Self::File(file) => deploy_core::secret::from_file(file)
+                .map_err(|why| format!("key_passphrase_file: {why}")),
         }
     }
-}
-
-/// The passphrase in `file`: refused when group or others may read it, or when it is not a
-/// regular file, longer than 64 KiB, not UTF-8 or empty. One trailing newline is dropped.
-fn read_passphrase_file(file: &Path) -> std::result::Result<SecretString, String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("cannot inspect it: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_owned());
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "its mode {mode:04o} lets group or others read it; make it readable by its owner \
-             only (chmod 600)"
-        ));
-    }
-    let mut bytes = Vec::new();
-    f.take(MAX_PASSPHRASE_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.len() as u64 > MAX_PASSPHRASE_FILE {
-        return Err(format!(
-            "larger than the limit of {} for a passphrase file",
-            crate::host::format_size(MAX_PASSPHRASE_FILE)
-        ));
-    }
-    let text = SecretString::from(
-        String::from_utf8(bytes).map_err(|_| "the passphrase is not valid UTF-8".to_owned())?,
-    );
-    let line = text.expose_secret();
-    let line = line.strip_suffix('\n').unwrap_or(line);
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.is_empty() {
-        return Err("it is empty".to_owned());
-    }
-    Ok(SecretString::from(line))
 }
 
 #[cfg(test)]
@@ -496,6 +452,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use deploy_core::ExposeSecret;
 
     /// The environment of a test: `DEPLOY_KEY_PASSPHRASE` only.
     fn env(name: &str) -> std::result::Result<String, VarError> {
