@@ -105,12 +105,9 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_canary_secret_leaves_its_place() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-
-    // Two slots: `one` on this machine, `two` reached over SSH with a passphrase-protected key.
+/// Two slots behind haproxy (`one` serving, `two` idle): `one` on this machine, `two` reached
+/// over SSH with a key protected by [`SSH_PASSPHRASE`] (returned as its path).
+async fn two_slots(dir: &Path) -> (DemoApp, DemoApp, SshdFixture, PathBuf, HaproxyFixture) {
     let one = DemoApp::start(&dir.join("one"));
     let two = DemoApp::start(&dir.join("two"));
     let sshd = SshdFixture::start().unwrap();
@@ -132,6 +129,16 @@ async fn no_canary_secret_leaves_its_place() {
     ]))
     .await
     .unwrap();
+    (one, two, sshd, key, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_canary_secret_leaves_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+
+    // Two slots: `one` on this machine, `two` reached over SSH with a passphrase-protected key.
+    let (one, two, sshd, key, h) = two_slots(&dir).await;
     let prom = PrometheusServer::start(&[
         ScrapeTarget::new("one", one.addr),
         ScrapeTarget::new("two", two.addr),
@@ -444,27 +451,7 @@ async fn tracing_output_and_debug_hold_no_secret() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let one = DemoApp::start(&dir.join("one"));
-    let two = DemoApp::start(&dir.join("two"));
-    let sshd = SshdFixture::start().unwrap();
-    let key = dir.join("deploy_key");
-    ssh_keygen(&[
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        SSH_PASSPHRASE,
-        "-f",
-        &key.display().to_string(),
-    ])
-    .unwrap();
-    sshd.authorize(&key.with_extension("pub")).unwrap();
-    let h = HaproxyFixture::start(FixtureConfig::new(vec![
-        ServerSpec::new("one", one.addr, 100),
-        ServerSpec::new("two", two.addr, 0),
-    ]))
-    .await
-    .unwrap();
+    let (one, two, sshd, key, h) = two_slots(&dir).await;
     let pg = PgServer::start().await.unwrap();
     pg.create_password_role(DB_PASSWORD).await.unwrap();
     let db = pg.create_database().await.unwrap();
