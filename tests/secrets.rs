@@ -5,7 +5,8 @@
 //! real haproxy, PostgreSQL, Prometheus and sshd. No canary may appear in anything the tool
 //! shows or keeps: standard output and error, the journal, the report, the notifications it
 //! posts, `Debug` of the parsed plan, tracing output, or the command line of any process on
-//! this machine (which is also the SSH host) while the deploy runs.
+//! this machine (which is also the SSH host) while the deploy runs. The `migrate` example is
+//! held to the same rule through every subcommand, a failing migration and a wrong password.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -592,5 +593,110 @@ webhook_file = {hook}
         leaked(&traced).is_empty(),
         "tracing output holds {:?}",
         leaked(&traced)
+    );
+}
+
+/// `migrate` (the example) run as an operator runs it: `DATABASE_URL` holds the password, and
+/// `status`, `migrate`, `backup`, `restore`, a migration that fails and a wrong password all
+/// keep it to themselves; so does a URL with a password given on the command line, which is
+/// warned about (that process's own command line holds it by the operator's choice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_example_keeps_the_database_password_to_itself() {
+    const WRONG_PASSWORD: &str = "CanaryWrongPw4";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pg = PgServer::start().await.unwrap();
+    pg.create_password_role(DB_PASSWORD).await.unwrap();
+    let db = pg.create_database().await.unwrap();
+    let migrations = dir.join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("V1__notes.sql"),
+        "CREATE TABLE notes (id int);\nINSERT INTO notes VALUES (1);\n",
+    )
+    .unwrap();
+    let url = |password: &str| {
+        format!(
+            "postgres://{PASSWORD_ROLE}:{password}@127.0.0.1:{}/{}",
+            pg.port(),
+            db.dbname
+        )
+    };
+    let migrate = |args: &[&str], env_url: Option<&str>| {
+        let mut cmd = std::process::Command::new(example("migrate"));
+        cmd.arg("--dir")
+            .arg(&migrations)
+            .arg("--backup-dir")
+            .arg(dir.join("backups"))
+            .arg("--bin-dir")
+            .arg(pg.bin_dir())
+            .args(args)
+            .env_remove("DATABASE_URL");
+        if let Some(u) = env_url {
+            cmd.env("DATABASE_URL", u);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(leaked(&text).is_empty(), "migrate {args:?}: {text}");
+        assert!(!text.contains(WRONG_PASSWORD), "migrate {args:?}: {text}");
+        (out.status.code().unwrap_or(-1), text)
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_process_lists(stop.clone());
+    let good = url(DB_PASSWORD);
+    let (code, out) = migrate(&["status"], Some(&good));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1                notes"), "{out}");
+    let (code, out) = migrate(&["migrate"], Some(&good));
+    assert_eq!((code, out.trim()), (0, "schema at 1"), "{out}");
+    let (code, out) = migrate(&["backup"], Some(&good));
+    assert_eq!(code, 0, "{out}");
+    let backup = out.trim().to_owned();
+    // A migration that fails: refused by PostgreSQL, rolled back, the error names the file.
+    std::fs::write(
+        migrations.join("V2__broken.sql"),
+        "ALTER TABLE notes ADD COLUMN body text;\nALTER TABLE no_such_table ADD COLUMN x int;\n",
+    )
+    .unwrap();
+    let (code, out) = migrate(&["migrate"], Some(&good));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("V2__broken.sql") && out.contains("no_such_table"),
+        "{out}"
+    );
+    std::fs::remove_file(migrations.join("V2__broken.sql")).unwrap();
+    let (code, out) = migrate(&["restore", &backup, "--expect", "1"], Some(&good));
+    assert_eq!(code, 0, "{out}");
+    // The wrong password: refused by the server, shown nowhere.
+    let (code, out) = migrate(&["status"], Some(&url(WRONG_PASSWORD)));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("password authentication failed"), "{out}");
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert!(seen.is_empty(), "command lines holding a secret: {seen:?}");
+
+    // The live schema: version 1 only, the failed migration left no column behind.
+    let columns = pg
+        .query(
+            &db.dbname,
+            "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM \
+             information_schema.columns WHERE table_name = 'notes'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(columns.trim(), "id");
+
+    // A password on the command line works, with a warning naming the safer place.
+    let (code, out) = migrate(&["--database-url", &good, "status"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: --database-url holds a password")
+            && out.contains("put the URL in DATABASE_URL instead"),
+        "{out}"
     );
 }
