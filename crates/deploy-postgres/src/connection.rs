@@ -498,6 +498,45 @@ mod tests {
         assert_eq!(c.dbname, "a@b/c");
     }
 
+    proptest::proptest! {
+        /// Any password made of the pieces and the characters that end or split a URL's parts:
+        /// either it is read whole and the host, port and database stay what the URL says, or
+        /// the URL is refused with no piece of the password in the error.
+        #[test]
+        fn a_password_is_read_whole_or_refused_without_a_byte_of_it(
+            parts in proptest::collection::vec(
+                (proptest::sample::select(&PIECES[..]),
+                 proptest::sample::select(&["", "/", "?", "#", "&", "@", "%", ":", "=", "@/", "%2", "[", "]"][..])),
+                1..5,
+            ),
+            query in proptest::bool::ANY,
+        ) {
+            let password: String = parts.iter().map(|(p, sep)| format!("{p}{sep}")).collect();
+            let url = format!(
+                "postgres://app:{password}@db.example:5432/shop{}",
+                if query { "?sslmode=require" } else { "" }
+            );
+            match PgConfig::from_url(&url) {
+                Ok(c) => {
+                    proptest::prop_assert_eq!(c.host.as_deref(), Some("db.example"), "{}", url);
+                    proptest::prop_assert_eq!(c.port, Some(5432), "{}", url);
+                    proptest::prop_assert_eq!(c.dbname.as_str(), "shop", "{}", url);
+                    proptest::prop_assert_eq!(c.user.as_deref(), Some("app"), "{}", url);
+                    if !password.contains('%') {
+                        proptest::prop_assert_eq!(c.password(), Some(password.as_str()), "{}", url);
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}", url);
+                    let shown = format!("{e} {e:?} {}", e.message());
+                    for piece in PIECES {
+                        proptest::prop_assert!(!shown.contains(piece), "{}: {} in {}", url, piece, shown);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn ipv6_and_socket_hosts() {
         let c = PgConfig::from_url("postgresql://[::1]:5433/db").unwrap();
