@@ -39,6 +39,10 @@ const CANARIES: [&str; 6] = [
     PROMETHEUS_TOKEN,
 ];
 
+/// The tests here run one at a time: setting up, one passes the SSH passphrase to `ssh-keygen
+/// -N` (its only way without a terminal), which another test's process-list watch would catch.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every canary found in `text`.
 fn leaked(text: &str) -> Vec<&'static str> {
     CANARIES
@@ -135,6 +139,7 @@ async fn two_slots(dir: &Path) -> (DemoApp, DemoApp, SshdFixture, PathBuf, Hapro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_canary_secret_leaves_its_place() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
 
@@ -440,6 +445,7 @@ impl std::io::Write for Captured {
 /// the TRACE level: the tracing output and `Debug` of everything built hold none of them.
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_output_and_debug_hold_no_secret() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
@@ -602,6 +608,7 @@ webhook_file = {hook}
 /// warned about (that process's own command line holds it by the operator's choice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migrate_example_keeps_the_database_password_to_itself() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const WRONG_PASSWORD: &str = "CanaryWrongPw4";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

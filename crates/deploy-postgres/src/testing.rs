@@ -326,36 +326,64 @@ impl PgServer {
     }
 
     /// Create [`PASSWORD_ROLE`] (a superuser) with `password`; the server checks it on loopback.
+    /// The statement reaches psql on its standard input, so the password is on no command line
+    /// (tests watch the process list for it) and in no error.
     pub async fn create_password_role(&self, password: &str) -> Result<()> {
         let pw = password.replace('\'', "''");
-        self.query(
-            "postgres",
-            &format!("CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{pw}'"),
-        )
-        .await?;
+        let sql = format!("CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{pw}';\n");
+        let run = async {
+            let mut child = tokio::process::Command::from(self.psql("postgres"))
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, sql.as_bytes()).await?;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        let out = run
+            .await
+            .map_err(|e| fixture_err("run psql", INSTALL_HINT).with_source(e))?;
+        if !out.status.success() {
+            return Err(Error::new(
+                ErrorKind::CommandFailed,
+                format!("create the role {PASSWORD_ROLE} in"),
+                format!("the test server on port {}", self.port),
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
         Ok(())
+    }
+
+    /// psql as `postgres` on this server's loopback port, in `dbname`, quiet and unaligned.
+    fn psql(&self, dbname: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string())
+        .arg("-d")
+        .arg(dbname);
+        cmd
     }
 
     /// Run `sql` in `dbname` as `postgres` and return psql's unaligned, tuples-only output,
     /// trimmed (rows on lines, columns separated by `|`).
     pub async fn query(&self, dbname: &str, sql: &str) -> Result<String> {
-        let out = tokio::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-d")
-            .arg(dbname)
+        let out = tokio::process::Command::from(self.psql(dbname))
             .arg("-c")
             .arg(sql)
             .stdin(Stdio::null())
