@@ -14,8 +14,9 @@ mod scanner_against_postgres;
 
 pub use config::{KIND, PgMigrationRunnerConfig};
 pub use connection::PgConfig;
-pub use migrations::{Classification, Layout, NO_TRANSACTION_MARKER};
+pub use migrations::{Compatibility, Layout, NO_TRANSACTION_MARKER, Reversibility, Transaction};
 pub use runner::{
     AppliedMigration, BASELINE_NAME, Drift, PendingMigration, PgMigrationRunner,
-    PgMigrationRunnerBuilder, RepairReport, RestoreMode, RestoreReport, SchemaReport,
+    PgMigrationRunnerBuilder, RepairReport, RepeatableMigration, RepeatableState, RestoreMode,
+    RestoreReport, SchemaReport,
 };

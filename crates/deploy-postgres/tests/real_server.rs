@@ -11,7 +11,7 @@ use deploy_core::testing::process::{ChildGuard, Signal};
 use deploy_core::{BackupId, ErrorKind, MigrationRunner, SchemaVersion};
 use deploy_postgres::testing::{PASSWORD_ROLE, PgServer};
 use deploy_postgres::{
-    Classification, Layout, PgConfig, PgMigrationRunner, PgMigrationRunnerConfig, RestoreMode,
+    Compatibility, Layout, PgConfig, PgMigrationRunner, PgMigrationRunnerConfig, RestoreMode,
 };
 
 /// Poll `sql` (a count) in `db` until it answers 1, for at most 30 s.
@@ -334,8 +334,8 @@ async fn a_failed_concurrently_migration_reports_and_drops_its_invalid_index() {
     ]);
     let runner = runner(&server, &config, dir.path());
     let status = runner.report().await.unwrap();
-    assert!(status.pending[1].no_transaction);
-    assert_eq!(status.pending[1].classification, Classification::Additive);
+    assert!(status.pending[1].transaction.is_outside());
+    assert_eq!(status.pending[1].compatibility, Compatibility::Compatible);
     let e = runner.migrate().await.unwrap_err();
     assert!(
         e.to_string().contains("invalid indexes: public.u_email"),
@@ -486,15 +486,17 @@ async fn backup_destructive_migration_restore_and_swap_round_trip() {
     // Row for row as before the destructive migration.
     assert_eq!(server.query(&config.dbname, rows).await.unwrap(), before);
     assert_eq!(history(&server, &config.dbname).await, ["1:true"]);
-    // The failed database is kept under a dated name, as it was.
-    let kept = report.kept_as.unwrap();
-    assert!(kept.starts_with(&format!("{}_failed_", config.dbname)));
+    // A restore asked for (no failed migration) drops the database it replaced.
+    assert_eq!(report.kept_as, None);
     assert_eq!(
         server
-            .query(&kept, "SELECT count(*) FROM items")
+            .query(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname LIKE '%_failed_%' OR datname LIKE '%_replaced_%'"
+            )
             .await
             .unwrap(),
-        "1000"
+        "0"
     );
     // No restore database is left behind.
     assert_eq!(
@@ -653,6 +655,15 @@ async fn all_three_layouts() {
     let r = runner(&server, &config, golang.path());
     assert_eq!(r.report().await.unwrap().layout, Layout::GolangMigrate);
     assert_eq!(r.migrate().await.unwrap(), Some(v("2")));
+    // Its down drops a column with its values: refused without a backup...
+    let e = r.revert(Some(&v("1")), None).await.unwrap_err();
+    assert!(e.to_string().contains("DROP COLUMN name"), "{e}");
+    assert_eq!(history(&server, &config.dbname).await, ["1:true", "2:true"]);
+    // ...and run when data loss is allowed.
+    let r = builder(&server, &config, golang.path())
+        .allow_data_loss(true)
+        .build()
+        .unwrap();
     r.revert(Some(&v("1")), None).await.unwrap();
     assert_eq!(history(&server, &config.dbname).await, ["1:true"]);
     assert_eq!(
@@ -696,11 +707,15 @@ async fn all_three_layouts() {
     let r = runner(&server, &config, diesel.path());
     let report = r.report().await.unwrap();
     assert_eq!(report.layout, Layout::Diesel);
-    assert!(report.pending[2].no_transaction);
+    assert!(report.pending[2].transaction.is_outside());
     assert_eq!(r.migrate().await.unwrap(), Some(v("20261121101500")));
     assert_eq!(
         history(&server, &config.dbname).await,
-        ["0:true", "20261120093000:true", "20261121101500:true"]
+        [
+            "00000000000000:true",
+            "20261120093000:true",
+            "20261121101500:true"
+        ]
     );
 
     let config = server.create_database().await.unwrap();
@@ -740,7 +755,11 @@ async fn bad_folders_are_typed_errors_naming_the_file() {
         (vec![("Vx__a.sql", "x")], "Vx__a.sql"),
         (vec![("1_a.up.sql", "x"), ("V2__b.sql", "y")], "V2__b.sql"),
         (vec![("1_a.down.sql", "x")], "1_a.down.sql"),
-        (vec![("R__view.sql", "x")], "R__view.sql"),
+        (vec![("R__.sql", "x")], "R__.sql"),
+        (
+            vec![("1_a.up.sql", "x"), ("R__view.sql", "y")],
+            "R__view.sql",
+        ),
     ] {
         let dir = folder(&files);
         let r = runner(&server, &config, dir.path());

@@ -1,9 +1,150 @@
-//! What a migration does to the release that serves while it runs (compatibility).
+//! The two judgements of a migration, kept apart: its *compatibility* (can it run while the
+//! previous release serves — what zero-downtime strategies gate on) and its *reversibility*
+//! (does undoing it by its down file lose data — what `revert` gates on). A migration adding
+//! an index without `CONCURRENTLY` is incompatible (it blocks writes) yet reversible; one adding
+//! a column is compatible, yet its down file drops the column and whatever was written to it.
 
 use std::collections::HashSet;
 
-use super::Classification;
-use super::scan::{Statement, scan, shorten};
+use serde::{Deserialize, Serialize};
+
+use super::scan::{Statement, scan};
+
+/// Whether a migration can run while the previous release serves traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "compatibility", content = "why")]
+pub enum Compatibility {
+    /// The previous release keeps working while and after it runs.
+    Compatible,
+    /// It breaks the previous release or locks a table for long; why, quoting the statement
+    /// as written.
+    Incompatible(String),
+}
+
+impl Compatibility {
+    /// Why it is incompatible, if it is.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Compatible => None,
+            Self::Incompatible(r) => Some(r),
+        }
+    }
+}
+
+/// What undoing a migration by its down file does to data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reversibility", content = "why")]
+pub enum Reversibility {
+    /// Its down file undoes it and no data is lost (an index, a constraint, a view, a
+    /// function, a column default...).
+    Reversible,
+    /// It has no down file: only a backup undoes it.
+    NoDown,
+    /// Undoing it loses data: its down file drops or rewrites what holds data, or the
+    /// migration itself removed data its down file cannot bring back; why, quoting the
+    /// statement as written.
+    LosesData(String),
+}
+
+impl Reversibility {
+    /// Why its down file cannot undo it without loss, if it cannot.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Self::Reversible => None,
+            Self::NoDown => Some("it has no down migration".to_owned()),
+            Self::LosesData(why) => Some(why.clone()),
+        }
+    }
+}
+
+/// Judge undoing a migration whose up file is `up` by its down file `down`.
+pub(crate) fn reversibility(up: &str, down: Option<&str>) -> Reversibility {
+    let Some(down) = down else {
+        return Reversibility::NoDown;
+    };
+    if let Some(why) = loses_data(down) {
+        return Reversibility::LosesData(format!("its down migration {why}"));
+    }
+    if let Some(why) = loses_data(up) {
+        return Reversibility::LosesData(format!(
+            "it {why}, which its down migration cannot bring back"
+        ));
+    }
+    Reversibility::Reversible
+}
+
+/// Whether the statements of `sql` can lose data, and which one, if one can.
+fn loses_data(sql: &str) -> Option<String> {
+    for st in scan(sql) {
+        let s = st.text.as_str();
+        let quoted = || st.quoted(sql);
+        if let Some(why) = &st.opaque {
+            return Some(if s.is_empty() {
+                format!("{why}, so what it does to data cannot be judged")
+            } else {
+                format!(
+                    "{why}, so what it does to data cannot be judged: `{}`",
+                    quoted()
+                )
+            });
+        }
+        let words: Vec<&str> = s.split(' ').collect();
+        let starts = |p: &str| s == p || s.starts_with(&format!("{p} "));
+        let has = |p: &str| format!(" {s} ").contains(&format!(" {p} "));
+        let what = if starts("DROP TABLE") {
+            "drops a table and its rows"
+        } else if starts("DROP SCHEMA") {
+            "drops a schema and what it holds"
+        } else if starts("DROP DATABASE") || starts("DROP OWNED") {
+            "drops what holds data"
+        } else if starts("TRUNCATE") {
+            "empties a table"
+        } else if starts("DELETE") {
+            "deletes rows"
+        } else if starts("UPDATE") || starts("MERGE") {
+            "rewrites rows (what they held before is not kept)"
+        } else if starts("ALTER TABLE") && drops_column(&words) {
+            "drops a column and its values"
+        } else if starts("ALTER TABLE") && changes_column_type(&words) {
+            "changes a column's type (values may not convert back)"
+        } else if starts("DO") || starts("CALL") {
+            "runs code whose effect on data cannot be judged"
+        } else if (starts("WITH") || starts("INSERT")) && (has("DELETE") || has("UPDATE")) {
+            "rewrites or deletes rows"
+        } else {
+            continue;
+        };
+        return Some(format!("{what}: `{}`", quoted()));
+    }
+    None
+}
+
+/// Whether an `ALTER TABLE` (its upper-cased words) drops a column, not a constraint, a
+/// default, `NOT NULL`, an identity or an expression.
+fn drops_column(words: &[&str]) -> bool {
+    words.iter().enumerate().any(|(i, w)| {
+        if *w != "DROP" {
+            return false;
+        }
+        let next = words.get(i + 1).copied().unwrap_or("");
+        let column_action = (i >= 2 && words[i - 2] == "ALTER")
+            || (i >= 3 && words[i - 3] == "ALTER" && words[i - 2] == "COLUMN");
+        let keeps = matches!(
+            next,
+            "CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION"
+        );
+        !column_action && !keeps
+    })
+}
+
+/// Whether an `ALTER TABLE` (its upper-cased words) changes a column's type.
+fn changes_column_type(words: &[&str]) -> bool {
+    words.iter().enumerate().any(|(i, w)| {
+        *w == "TYPE"
+            && i >= 2
+            && (words[i - 2] == "ALTER" || words[i - 2] == "COLUMN" || words[i - 1] == "DATA")
+    })
+}
 
 /// The last part of a possibly qualified name (`public."Users"` → `"Users"`), as the name
 /// PostgreSQL means: unquoted parts lower-cased, a quoted one that is a plain lower-case
@@ -58,20 +199,23 @@ pub(crate) fn classify(
     sql: &str,
     created: &mut HashSet<String>,
     validated_not_null: &HashSet<String>,
-) -> Classification {
+) -> Compatibility {
     let mut validated_in_file = false;
-    for Statement { text: s, opaque } in scan(sql) {
+    for st in scan(sql) {
+        let Statement {
+            text: s, opaque, ..
+        } = &st;
         let words: Vec<&str> = s.split(' ').collect();
         let has = |p: &str| format!(" {s} ").contains(&format!(" {p} "));
         let starts = |p: &str| s.starts_with(p);
         let destructive =
-            |r: String| Classification::Destructive(format!("{r}: `{}`", shorten(&s)));
+            |r: String| Compatibility::Incompatible(format!("{r}: `{}`", st.quoted(sql)));
 
         if let Some(why) = opaque {
             return if s.is_empty() {
-                Classification::Destructive(why)
+                Compatibility::Incompatible(why.clone())
             } else {
-                destructive(why)
+                destructive(why.clone())
             };
         }
 
@@ -125,29 +269,15 @@ pub(crate) fn classify(
             if has("VALIDATE CONSTRAINT") {
                 validated_in_file = true;
             }
+            if drops_column(&words) {
+                return destructive(format!("drops a column of {table}"));
+            }
+            if changes_column_type(&words) {
+                return destructive(format!("changes a column type of {table}"));
+            }
             for (i, w) in words.iter().enumerate() {
                 let next = words.get(i + 1).copied().unwrap_or("");
                 match *w {
-                    "DROP" => {
-                        // `ALTER [COLUMN] c DROP NOT NULL / DEFAULT` changes a column, keeps it.
-                        let column_action = (i >= 2 && words[i - 2] == "ALTER")
-                            || (i >= 3 && words[i - 3] == "ALTER" && words[i - 2] == "COLUMN");
-                        let keeps = matches!(
-                            next,
-                            "CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION"
-                        );
-                        if !column_action && !keeps {
-                            return destructive(format!("drops a column of {table}"));
-                        }
-                    }
-                    "TYPE"
-                        if i >= 2
-                            && (words[i - 2] == "ALTER"
-                                || words[i - 2] == "COLUMN"
-                                || words[i - 1] == "DATA") =>
-                    {
-                        return destructive(format!("changes a column type of {table}"));
-                    }
                     "SET" if next == "NOT" && words.get(i + 2) == Some(&"NULL") && existing => {
                         let col = if i >= 1 {
                             unqualified(words[i - 1])
@@ -201,5 +331,5 @@ pub(crate) fn classify(
             }
         }
     }
-    Classification::Additive
+    Compatibility::Compatible
 }

@@ -23,6 +23,33 @@ pub(crate) struct Statement {
     /// than the scanner assumes: a meta-command such as `\gexec`, or a change of
     /// `standard_conforming_strings` or of the client encoding.
     pub(crate) opaque: Option<String>,
+    /// Where it is in the file: from its first token (comments and meta-commands before it
+    /// excluded) to the end of its `;` (or of its last token).
+    pub(crate) span: std::ops::Range<usize>,
+}
+
+impl Statement {
+    /// Its source as written, whitespace runs made single spaces, cut to 80 characters: for
+    /// messages, which quote a statement the way its author wrote it.
+    pub(crate) fn quoted(&self, sql: &str) -> String {
+        let text = sql.get(self.span.clone()).unwrap_or_default();
+        let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        shorten(one_line.trim_end_matches(';').trim_end())
+    }
+
+    /// The 1-based line of `sql` on which it starts.
+    pub(crate) fn line(&self, sql: &str) -> usize {
+        line_of(sql, self.span.start)
+    }
+}
+
+/// The 1-based line of `sql` holding byte `at`.
+pub(crate) fn line_of(sql: &str, at: usize) -> usize {
+    sql.as_bytes()[..at.min(sql.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// What a token is; see [`Lexer`].
@@ -502,6 +529,9 @@ const LEXICAL_SETTINGS: &[&str] = &["standard_conforming_strings", "client_encod
 struct StatementBuilder {
     text: String,
     opaque: Option<String>,
+    /// Where its first token starts, and where its last (or its `;`) ends.
+    start: Option<usize>,
+    end: usize,
     /// The first few words, names and values, lower-cased, for `SET` and `RESET`.
     head: Vec<String>,
     /// Whether a name is one of [`LEXICAL_SETTINGS`].
@@ -512,6 +542,15 @@ struct StatementBuilder {
 }
 
 impl StatementBuilder {
+    /// `tok` (whose text is `text`) at `at` in the file.
+    fn push_at(&mut self, tok: Tok, text: &str, at: std::ops::Range<usize>) {
+        if !matches!(tok, Tok::Space | Tok::Meta) {
+            self.start.get_or_insert(at.start);
+            self.end = at.end;
+        }
+        self.push(tok, text);
+    }
+
     fn push(&mut self, tok: Tok, text: &str) {
         match tok {
             Tok::Space | Tok::Semicolon | Tok::Meta => self.text.push(' '),
@@ -572,9 +611,11 @@ impl StatementBuilder {
             .collect::<Vec<_>>()
             .join(" ");
         if !text.is_empty() || b.opaque.is_some() {
+            let start = b.start.unwrap_or(b.end);
             out.push(Statement {
                 text,
                 opaque: b.opaque,
+                span: start..b.end.max(start),
             });
         }
     }
@@ -718,7 +759,7 @@ pub(crate) fn scan(sql: &str) -> Vec<Statement> {
     let mut cur = StatementBuilder::default();
     let mut routine = RoutineBody::default();
     while let Some((tok, range)) = lexer.next_token() {
-        let text = &sql[range];
+        let text = &sql[range.clone()];
         if text.contains('\0') {
             // psql reads lines as C strings: it drops the rest of the line, newline included.
             cur.set_opaque("holds a NUL byte, after which psql drops the rest of the line".into());
@@ -732,10 +773,13 @@ pub(crate) fn scan(sql: &str) -> Vec<Statement> {
         routine.token(tok, text);
         match tok {
             // Inside a routine body a `;` ends one of the body's statements, not the CREATE.
-            Tok::Semicolon if routine.depth > 0 => cur.push(Tok::Other, ";"),
+            Tok::Semicolon if routine.depth > 0 => cur.push_at(Tok::Other, ";", range),
             Tok::Semicolon => {
                 routine = RoutineBody::default();
                 let copies = reads_copy_data(&cur.text);
+                if cur.start.is_some() {
+                    cur.end = range.end;
+                }
                 cur.finish(&mut lexer, &mut out);
                 if copies
                     && !lexer.skip_copy_data()
@@ -752,13 +796,13 @@ pub(crate) fn scan(sql: &str) -> Vec<Statement> {
                 if let Some(why) = why {
                     cur.set_opaque(why);
                 }
-                cur.push(tok, text);
+                cur.push_at(tok, text, range);
                 if sends {
                     routine = RoutineBody::default();
                     cur.finish(&mut lexer, &mut out);
                 }
             }
-            _ => cur.push(tok, text),
+            _ => cur.push_at(tok, text, range),
         }
     }
     cur.finish(&mut lexer, &mut out);

@@ -6,7 +6,7 @@ use super::scan::*;
 use super::*;
 use proptest::prelude::*;
 
-fn class(sql: &str) -> Classification {
+fn class(sql: &str) -> Compatibility {
     classify(sql, &mut HashSet::new(), &HashSet::new())
 }
 
@@ -71,7 +71,7 @@ fn set_not_null_with_a_validated_check_in_the_database_is_additive() {
     v.insert("users.email".to_owned());
     assert_eq!(
         classify(sql, &mut HashSet::new(), &v),
-        Classification::Additive
+        Compatibility::Compatible
     );
 }
 
@@ -87,23 +87,37 @@ proptest::proptest! {
 
     #[test]
     fn versions_order_like_numbers(a in 0u64..10_000_000, b in 0u64..10_000_000) {
-        let va = MigrationVersion::parse(&format!("{a:08}")).unwrap();
-        let vb = MigrationVersion::parse(&b.to_string()).unwrap();
+        let va = MigrationVersion::parse(Layout::GolangMigrate, &format!("{a:08}")).unwrap();
+        let vb = MigrationVersion::parse(Layout::GolangMigrate, &b.to_string()).unwrap();
         proptest::prop_assert_eq!(va.cmp(&vb), a.cmp(&b));
         proptest::prop_assert_eq!(va.to_string(), a.to_string());
     }
 }
 
 #[test]
-fn versions_order_numerically() {
-    let v = |s| MigrationVersion::parse(s).unwrap();
-    assert!(v("2") < v("10"));
-    assert!(v("1.2") < v("1.10"));
-    assert_eq!(v("1_2"), v("1.2"));
-    assert_eq!(v("2026-11-21-093000").to_string(), "20261121093000");
-    assert_eq!(v("0007").to_string(), "7");
-    assert!(MigrationVersion::parse("1a").is_none());
-    assert!(MigrationVersion::parse("").is_none());
+fn versions_order_as_their_tools_order_them() {
+    let f = |s| MigrationVersion::parse(Layout::Flyway, s).unwrap();
+    assert!(f("2") < f("10"));
+    assert!(f("1.2") < f("1.10"));
+    assert!(f("1_2_9") < f("1_2_10"));
+    assert_eq!(f("1_2"), f("1.2"));
+    assert_eq!(f("1_2_10").to_string(), "1.2.10");
+    let g = |s| MigrationVersion::parse(Layout::GolangMigrate, s);
+    assert_eq!(g("0007").unwrap().to_string(), "7");
+    assert!(g("1.2").is_none(), "golang-migrate versions are one number");
+    // Diesel: dashes dropped, compared as text, as diesel compares them.
+    let d = |s| MigrationVersion::parse(Layout::Diesel, s).unwrap();
+    assert_eq!(d("2026-11-21-093000").to_string(), "20261121093000");
+    assert_eq!(
+        d("2026-07-27-143313-0000").to_string(),
+        "202607271433130000"
+    );
+    assert!(d("2026-07-27-143313-0000") < d("2026-09-01-000000"));
+    assert!(d("00000000000000") < d("2026-07-27-143313-0000"));
+    for layout in [Layout::Flyway, Layout::GolangMigrate, Layout::Diesel] {
+        assert!(MigrationVersion::parse(layout, "1a").is_none());
+        assert!(MigrationVersion::parse(layout, "").is_none());
+    }
 }
 
 // ---- the scanner -------------------------------------------------------------------
@@ -259,7 +273,7 @@ fn what_psql_does_that_the_text_does_not_show_is_destructive() {
         "SET client_encoding = 'UTF8'; SET NAMES 'utf-8'; RESET client_encoding;",
         "\\set ON_ERROR_STOP on\n\\set VERBOSITY verbose\n\\echo go\n\\if :x\n\\else\n\\endif\nSELECT 1 \\g\n\\timing on\n",
     ] {
-        assert_eq!(class(sql), Classification::Additive, "{sql:?}");
+        assert_eq!(class(sql), Compatibility::Compatible, "{sql:?}");
     }
     // Turned off and on again: the strings in between are read with escapes.
     assert_eq!(
@@ -294,7 +308,7 @@ fn begin_atomic_bodies_belong_to_their_create() {
     assert!(class(sql).reason().unwrap().contains("drops a table"));
     assert_eq!(
         class("CREATE PROCEDURE p() BEGIN ATOMIC DELETE FROM users; END;"),
-        Classification::Additive
+        Compatibility::Compatible
     );
     // Not a routine, or BEGIN without ATOMIC (a function named begin): `;` ends statements.
     for (sql, n) in [
@@ -362,7 +376,7 @@ fn hidden_statements_stay_hidden() {
         "ALTER TABLE t ADD COLUMN client_encoding text",
         "CREATE TABLE \"client_encoding\" ()",
     ] {
-        assert_eq!(class(sql), Classification::Additive, "{sql:?}");
+        assert_eq!(class(sql), Compatibility::Compatible, "{sql:?}");
     }
     // A quoted name is the table PostgreSQL means: "users" is users, "Users" is not.
     assert!(
@@ -372,11 +386,11 @@ fn hidden_statements_stay_hidden() {
     );
     assert_eq!(
         class("CREATE TABLE \"users\" (id int); CREATE INDEX ON public.users (id);"),
-        Classification::Additive
+        Compatibility::Compatible
     );
     assert_eq!(
         class("ALTER TABLE t ADD COLUMN \"drop\" int"),
-        Classification::Additive
+        Compatibility::Compatible
     );
 }
 
@@ -390,7 +404,7 @@ fn five_megabytes_of_dollar_quotes_comments_and_strings_scan_in_linear_time() {
     let sql = unit.repeat(n);
     let started = std::time::Instant::now();
     assert_eq!(scan(&sql).len(), 2 * n);
-    assert_eq!(class(&sql), Classification::Additive);
+    assert_eq!(class(&sql), Compatibility::Compatible);
     eprintln!(
         "{} bytes scanned and classified in {:?}",
         sql.len(),
@@ -602,10 +616,10 @@ proptest::proptest! {
                 s
             })
             .collect();
-        prop_assert_eq!(class(&render(&selects)), Classification::Additive);
+        prop_assert_eq!(class(&render(&selects)), Compatibility::Compatible);
         let close = if hide == "/*" { "*/" } else { hide };
         let hidden = format!("{} x {hide}; DROP TABLE users; --{close}", render(&selects));
-        prop_assert_eq!(class(&hidden), Classification::Additive, "{}", hidden);
+        prop_assert_eq!(class(&hidden), Compatibility::Compatible, "{}", hidden);
         let i = at.index(selects.len() + 1);
         selects.insert(i, vec![Piece::Word("DROP".into()), Piece::Word("TABLE".into()), Piece::Word("users".into())]);
         let sql = render(&selects);
@@ -654,7 +668,9 @@ proptest::proptest! {
                 prop_assert!(e.to_string().contains("/m/"), "{}", e);
             }
             let _ = parse_folder(&dir.join(n), n);
-            let _ = MigrationVersion::parse(n).map(|v| (v.to_string(), v.as_number()));
+            for layout in [Layout::Flyway, Layout::GolangMigrate, Layout::Diesel] {
+                let _ = MigrationVersion::parse(layout, n).map(|v| (v.to_string(), v.as_number()));
+            }
         }
     }
 
@@ -667,9 +683,9 @@ proptest::proptest! {
         let file = format!("{}{v}__{name}.sql", if undo { 'U' } else { 'V' });
         let e = parse_file(Path::new("/m"), &file).unwrap().unwrap();
         prop_assert_eq!(e.layout, Layout::Flyway);
-        prop_assert_eq!(e.version, MigrationVersion(parts));
+        prop_assert_eq!(e.version, Some(MigrationVersion::Parts(parts)));
+        prop_assert_eq!(e.kind == Kind::Down, undo);
         prop_assert_eq!(e.name, name);
-        prop_assert_eq!(e.down, undo);
     }
 
     #[test]
@@ -682,9 +698,9 @@ proptest::proptest! {
         let file = format!("{}{n}_{name}.{}.sql", "0".repeat(zeros), if down { "down" } else { "up" });
         let e = parse_file(Path::new("/m"), &file).unwrap().unwrap();
         prop_assert_eq!(e.layout, Layout::GolangMigrate);
-        prop_assert_eq!(e.version.as_number(), Some(n));
+        prop_assert_eq!(e.version.and_then(|v| v.as_number()), Some(n));
         prop_assert_eq!(e.name, name);
-        prop_assert_eq!(e.down, down);
+        prop_assert_eq!(e.kind == Kind::Down, down);
     }
 
     #[test]
@@ -700,7 +716,7 @@ proptest::proptest! {
         };
         let folder = format!("{v}_{name}");
         let (version, parsed) = parse_folder(Path::new("/m"), &folder).unwrap();
-        prop_assert_eq!(version.as_number(), Some(number.parse::<u64>().unwrap()));
+        prop_assert_eq!(version, MigrationVersion::Text(number));
         prop_assert_eq!(parsed, name);
     }
 }

@@ -13,8 +13,9 @@ use crate::tools::{self, ident, literal};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestoreMode {
-    /// Restore into a fresh database, verify it, then swap names; the replaced database is kept
-    /// as `<db>_failed_<stamp>` for inspection. Needs room for a second copy.
+    /// Restore into a fresh database, verify it, then swap names; the replaced database is
+    /// dropped, or kept (as `<db>_failed_<stamp>` after a failed release, or as asked) for
+    /// inspection. Needs room for a second copy.
     #[default]
     Swap,
     /// Drop the database (terminating its sessions), create it again and restore into it. The
@@ -142,12 +143,40 @@ impl PgMigrationRunner {
     }
 
     /// Restore `backup` with `mode`, and check that the restored history table is at
-    /// `expected` when given (`Some(None)`: an empty schema).
+    /// `expected` when given (`Some(None)`: an empty schema). Swapping, the replaced database
+    /// is dropped once the restored one is in place, unless
+    /// [`keep_replaced_database`](super::PgMigrationRunnerBuilder::keep_replaced_database)
+    /// asks to keep it (as `<db>_replaced_<stamp>`).
     pub async fn restore(
         &self,
         backup: &Path,
         mode: RestoreMode,
         expected: Option<Option<&str>>,
+    ) -> Result<RestoreReport> {
+        let keep = self.opts.keep_replaced_database.then_some("replaced");
+        self.restore_as(backup, mode, expected, keep).await
+    }
+
+    /// [`restore`](Self::restore) for a revert after a failed release: the replaced database
+    /// is kept as `<db>_failed_<stamp>` for inspection.
+    pub(super) async fn restore_keeping(
+        &self,
+        backup: &Path,
+        mode: RestoreMode,
+        expected: Option<Option<&str>>,
+        keep: bool,
+    ) -> Result<RestoreReport> {
+        self.restore_as(backup, mode, expected, keep.then_some("failed"))
+            .await
+    }
+
+    /// Restore; swapping, keep the replaced database as `<db>_<keep>_<stamp>` if `keep`.
+    async fn restore_as(
+        &self,
+        backup: &Path,
+        mode: RestoreMode,
+        expected: Option<Option<&str>>,
+        keep: Option<&str>,
     ) -> Result<RestoreReport> {
         let backup_s = backup.display().to_string();
         match self.tools.host.file_kind(backup).await? {
@@ -243,7 +272,7 @@ impl PgMigrationRunner {
                 version,
             });
         }
-        let kept = format!("{base}_failed_{stamp}");
+        let kept = format!("{base}_{}_{stamp}", keep.unwrap_or("replaced"));
         // Both renames in one transaction: the name `db` always points at a whole database.
         // Sessions are terminated and the rename retried while they go away.
         let swap = format!(
@@ -267,9 +296,25 @@ impl PgMigrationRunner {
             drop_target().await;
             return Err(e);
         }
+        if keep.is_none() {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", ident(&kept));
+            if let Err(e) = self
+                .tools
+                .exec(Some(&maint), &sql, "drop the replaced database")
+                .await
+            {
+                // Nothing is lost: the restore is in place; the old copy stays, and says so.
+                tracing::warn!(database = %kept, "the replaced database could not be dropped: {e}");
+                return Ok(RestoreReport {
+                    database: db,
+                    kept_as: Some(kept),
+                    version,
+                });
+            }
+        }
         Ok(RestoreReport {
             database: db,
-            kept_as: Some(kept),
+            kept_as: keep.map(|_| kept),
             version,
         })
     }

@@ -104,6 +104,24 @@ impl PgMigrationRunnerBuilder {
         self
     }
 
+    /// Let `revert` run down migrations that lose data — a down file dropping a column or a
+    /// table, deleting or rewriting rows, or undoing a migration that removed data — when no
+    /// backup is given (default: such a revert needs the backup). It also lets a revert leave
+    /// the definitions of repeatable migrations applied since the target version (their rows
+    /// are removed, so the next migrate applies them again).
+    pub fn allow_data_loss(mut self, allow: bool) -> Self {
+        self.opts.allow_data_loss = allow;
+        self
+    }
+
+    /// Keep the database a successful swap restore replaced, as `<db>_replaced_<stamp>`
+    /// (default: drop it once the restored one is in place). A revert after a failed release
+    /// always keeps it, as `<db>_failed_<stamp>`.
+    pub fn keep_replaced_database(mut self, keep: bool) -> Self {
+        self.opts.keep_replaced_database = keep;
+        self
+    }
+
     /// Drop the invalid indexes a failed no-transaction migration left (default: report only).
     pub fn drop_invalid_indexes(mut self, drop: bool) -> Self {
         self.opts.drop_invalid_indexes = drop;
@@ -208,6 +226,8 @@ impl PgMigrationRunner {
                 lock_retries: 3,
                 allow_gaps: false,
                 allow_destructive: true,
+                allow_data_loss: false,
+                keep_replaced_database: false,
                 drop_invalid_indexes: false,
                 restore_mode: RestoreMode::Swap,
             },

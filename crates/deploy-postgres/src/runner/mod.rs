@@ -1,11 +1,15 @@
-//! [`PgMigrationRunner`], in rooms: [`builder`] (settings and their checks), [`migrate`]
-//! (status, migrate, verify, repair, baseline, revert by down files) and [`backup`] (pg_dump,
-//! pg_restore, restore-and-swap). This module holds the runner itself, what every room shares,
-//! and the [`MigrationRunner`] contract.
+//! [`PgMigrationRunner`], in rooms: [`builder`] (settings and their checks), [`status`] (the
+//! folder read against the history table), [`apply`] (one file in its transaction mode, with
+//! its history row), [`migrate`] (migrate, repair, baseline, verify), [`revert`] (by down
+//! files or the backup) and [`backup`] (pg_dump, pg_restore, restore-and-swap). This module
+//! holds the runner itself, what every room shares, and the [`MigrationRunner`] contract.
 
+mod apply;
 mod backup;
 mod builder;
 mod migrate;
+mod revert;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,8 +21,10 @@ use deploy_core::{
 
 pub use backup::{RestoreMode, RestoreReport};
 pub use builder::PgMigrationRunnerBuilder;
-pub use migrate::{
-    AppliedMigration, BASELINE_NAME, Drift, PendingMigration, RepairReport, SchemaReport,
+pub use migrate::RepairReport;
+pub use status::{
+    AppliedMigration, BASELINE_NAME, Drift, PendingMigration, RepeatableMigration, RepeatableState,
+    SchemaReport,
 };
 
 use crate::connection::PgConfig;
@@ -39,8 +45,10 @@ struct Options {
     lock_retries: u32,
     allow_gaps: bool,
     allow_destructive: bool,
+    allow_data_loss: bool,
     drop_invalid_indexes: bool,
     restore_mode: RestoreMode,
+    keep_replaced_database: bool,
 }
 
 /// A [`MigrationRunner`] over `psql`, `pg_dump` and `pg_restore` run through a
@@ -88,6 +96,16 @@ impl PgMigrationRunner {
 impl MigrationRunner for PgMigrationRunner {
     async fn status(&self) -> Result<MigrationStatus> {
         let r = self.report().await?;
+        let repeatables: Vec<MigrationInfo> = r
+            .pending_repeatables()
+            .map(|p| {
+                MigrationInfo::new(
+                    format!("{}{}", crate::migrations::REPEATABLE_PREFIX, p.name),
+                    p.name.clone(),
+                    p.compatibility.reason().map(str::to_owned),
+                )
+            })
+            .collect();
         Ok(MigrationStatus::new(
             r.current.map(SchemaVersion),
             r.pending
@@ -96,9 +114,10 @@ impl MigrationRunner for PgMigrationRunner {
                     MigrationInfo::new(
                         p.version,
                         p.name,
-                        p.classification.reason().map(str::to_owned),
+                        p.compatibility.reason().map(str::to_owned),
                     )
                 })
+                .chain(repeatables)
                 .collect(),
         ))
     }
@@ -128,10 +147,12 @@ impl MigrationRunner for PgMigrationRunner {
         let r = async {
             if self.revert_locked(to, backup).await? {
                 let backup = backup.expect("checked by revert_locked");
-                self.restore(
+                // The database the failed release left is kept for inspection.
+                self.restore_keeping(
                     Path::new(&backup.0),
                     self.opts.restore_mode,
                     Some(to.map(|v| v.0.as_str())),
+                    true,
                 )
                 .await?;
             }
