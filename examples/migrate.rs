@@ -5,8 +5,8 @@
 //!     cargo run --example migrate -- --dir migrations status
 //! ```
 //!
-//! Subcommands: `status`, `migrate`, `backup`, `restore BACKUP [--in-place] [--expect V]`,
-//! `repair`, `baseline N`. The database URL comes from `DATABASE_URL` (or the environment
+//! Subcommands: `status`, `plan`, `migrate`, `revert --to V [--backup FILE] [--allow-data-loss]`,
+//! `backup`, `restore BACKUP [--in-place] [--expect V] [--keep-replaced]`, `repair`, `baseline N`. The database URL comes from `DATABASE_URL` (or the environment
 //! variable `--database-url-env` names); without one, the `PG*` environment is used. A URL
 //! given on the command line with `--database-url` is visible to every user of this machine in
 //! the process list, so it is accepted only without a password (a warning says so otherwise).
@@ -16,8 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use deploy_core::MigrationRunner;
-use deploy_postgres::{PgConfig, PgMigrationRunner, RestoreMode};
+use deploy_core::{BackupId, MigrationRunner, SchemaVersion};
+use deploy_postgres::{
+    Compatibility, PgConfig, PgMigrationRunner, RepeatableState, RestoreMode, Reversibility,
+    SchemaReport,
+};
 
 #[derive(Parser)]
 #[command(
@@ -52,10 +55,26 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Applied, pending (classified), drifted and failed migrations.
+    /// Applied, pending, repeatable, drifted and failed migrations.
     Status,
-    /// Apply every pending migration.
+    /// For each pending and applied migration: how it runs, whether it can run while the
+    /// previous release serves, and whether undoing it loses data — and why.
+    Plan,
+    /// Apply every pending migration (then new or changed repeatable ones).
     Migrate,
+    /// Undo the migrations after VERSION by their down files; with --backup, restore the
+    /// backup instead when a down file cannot undo without losing data.
+    Revert {
+        /// The version to go back to; `none` undoes every migration.
+        #[arg(long)]
+        to: String,
+        /// A backup taken at VERSION (from `backup`), restored when down files cannot undo.
+        #[arg(long)]
+        backup: Option<PathBuf>,
+        /// Run down files even when they drop data (a dropped column's values are lost).
+        #[arg(long)]
+        allow_data_loss: bool,
+    },
     /// Take a pg_dump -Fc backup and print its path.
     Backup,
     /// Restore a backup into a fresh database and swap it in (or in place).
@@ -68,6 +87,9 @@ enum Cmd {
         /// Refuse the restore unless the backup's schema is at this version.
         #[arg(long)]
         expect: Option<String>,
+        /// Keep the replaced database under a dated name instead of dropping it.
+        #[arg(long)]
+        keep_replaced: bool,
     },
     /// Re-stamp checksums from the files and clear unfinished no-transaction migrations.
     Repair,
@@ -97,6 +119,15 @@ async fn run(args: Args) -> deploy_core::Result<()> {
         .backup_dir(std::path::absolute(&args.backup_dir).unwrap_or(args.backup_dir.clone()))
         .history_table(&args.table)
         .allow_gaps(args.allow_gaps);
+    match &args.command {
+        Cmd::Revert {
+            allow_data_loss, ..
+        } => builder = builder.allow_data_loss(*allow_data_loss),
+        Cmd::Restore { keep_replaced, .. } => {
+            builder = builder.keep_replaced_database(*keep_replaced)
+        }
+        _ => {}
+    }
     if let Some(b) = &args.bin_dir {
         builder = builder.bin_dir(b);
     }
@@ -117,18 +148,17 @@ async fn run(args: Args) -> deploy_core::Result<()> {
                     a.version, a.name, a.success, a.execution_ms, a.installed_at
                 );
             }
-            println!("\n{:<16} {:<32} classification", "pending", "name");
+            println!("\n{:<16} {:<32} runs", "pending", "name");
             for p in &r.pending {
-                let class = match p.classification.reason() {
-                    None => "additive".to_owned(),
-                    Some(why) => format!("DESTRUCTIVE: {why}"),
-                };
-                let tx = if p.no_transaction {
-                    " (no transaction)"
-                } else {
-                    ""
-                };
-                println!("{:<16} {:<32} {class}{tx}", p.version, p.name);
+                println!("{:<16} {:<32} {}", p.version, p.name, p.transaction);
+            }
+            for rep in &r.repeatables {
+                println!(
+                    "{:<16} {:<32} {}",
+                    "repeatable",
+                    rep.name,
+                    repeatable_state(rep.state)
+                );
             }
             for d in &r.drifted {
                 println!(
@@ -152,6 +182,7 @@ async fn run(args: Args) -> deploy_core::Result<()> {
                 );
             }
         }
+        Cmd::Plan => print_plan(&runner.report().await?),
         Cmd::Migrate => {
             let v = runner.migrate().await?;
             println!(
@@ -159,11 +190,25 @@ async fn run(args: Args) -> deploy_core::Result<()> {
                 v.map(|v| v.0).unwrap_or_else(|| "(none)".into())
             );
         }
+        Cmd::Revert { to, backup, .. } => {
+            let to = (to != "none").then_some(SchemaVersion(to));
+            let backup = backup
+                .map(|b| BackupId(std::path::absolute(&b).unwrap_or(b).display().to_string()));
+            runner.revert(to.as_ref(), backup.as_ref()).await?;
+            println!(
+                "schema at {}",
+                runner
+                    .current_version()
+                    .await?
+                    .unwrap_or_else(|| "(none)".into())
+            );
+        }
         Cmd::Backup => println!("{}", runner.backup().await?),
         Cmd::Restore {
             backup,
             in_place,
             expect,
+            ..
         } => {
             let mode = if in_place {
                 RestoreMode::InPlace
@@ -195,6 +240,69 @@ async fn run(args: Args) -> deploy_core::Result<()> {
         }
     }
     Ok(())
+}
+
+fn repeatable_state(state: RepeatableState) -> &'static str {
+    match state {
+        RepeatableState::New => "new: applied by the next migrate",
+        RepeatableState::Changed => "changed: applied again by the next migrate",
+        RepeatableState::UpToDate => "up to date",
+    }
+}
+
+fn compatibility(c: &Compatibility) -> String {
+    match c {
+        Compatibility::Compatible => "compatible".into(),
+        Compatibility::Incompatible(why) => format!("INCOMPATIBLE: {why}"),
+    }
+}
+
+fn reversibility(r: &Reversibility) -> String {
+    match r {
+        Reversibility::Reversible => "by its down file, without data loss".into(),
+        Reversibility::NoDown => "only by a backup: it has no down migration".into(),
+        Reversibility::LosesData(why) => {
+            format!("LOSES DATA: {why} (needs --backup or --allow-data-loss)")
+        }
+    }
+}
+
+/// Each migration on a few lines: how it runs, whether the previous release survives it
+/// (what strategies gate on) and what undoing it costs (what `revert` gates on).
+fn print_plan(r: &SchemaReport) {
+    println!("layout    {:?}", r.layout);
+    println!("current   {}", r.current.as_deref().unwrap_or("(none)"));
+    println!("\npending, in the order migrate applies them:");
+    if r.pending.is_empty() && r.pending_repeatables().next().is_none() {
+        println!("  (none)");
+    }
+    for p in &r.pending {
+        println!("  {} {}", p.version, p.label);
+        println!("      runs         {}", p.transaction);
+        println!("      old release  {}", compatibility(&p.compatibility));
+        println!("      revert       {}", reversibility(&p.reversibility));
+    }
+    for rep in r.pending_repeatables() {
+        println!("  {} ({})", rep.label, repeatable_state(rep.state));
+        println!("      runs         {}", rep.transaction);
+        println!("      old release  {}", compatibility(&rep.compatibility));
+    }
+    println!("\napplied, newest first (the order revert undoes them):");
+    if r.applied.is_empty() {
+        println!("  (none)");
+    }
+    for a in r
+        .applied
+        .iter()
+        .rev()
+        .filter(|a| !a.version.starts_with("R__"))
+    {
+        println!("  {} {}", a.version, a.name);
+        match &a.reversibility {
+            Some(rev) => println!("      revert       {}", reversibility(rev)),
+            None => println!("      revert       only by a backup: its file is gone"),
+        }
+    }
 }
 
 #[tokio::main]
