@@ -204,6 +204,33 @@ async fn observation_3_flyway_repeatables_and_concurrently_without_a_marker() {
     );
     assert_eq!(runner.migrate().await.unwrap(), Some(v("2")));
     assert_eq!(columns(&server, &db, "items_view").await, "id,name");
+
+    // Reverting past the repeatable: the view goes with it (it holds no data), so the downs
+    // can drop what it reads, and the next migrate creates it again.
+    write(dir.path(), "U1__items.sql", "DROP TABLE items;\n");
+    write(
+        dir.path(),
+        "U2__index_items.sql",
+        "DROP INDEX CONCURRENTLY items_name;\n",
+    );
+    let lossy = builder(&server, &config, dir.path())
+        .allow_data_loss(true)
+        .build()
+        .unwrap();
+    lossy.revert(None, None).await.unwrap();
+    assert_eq!(
+        one(
+            &server,
+            &db,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+             AND relname NOT LIKE 'schema\\_version%'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(history(&server, &db).await, Vec::<String>::new());
+    assert_eq!(runner.migrate().await.unwrap(), Some(v("2")));
+    assert_eq!(columns(&server, &db, "items_view").await, "id,name");
 }
 
 /// Observation 4: `revert` refused, without a backup, every migration the classifier called

@@ -73,6 +73,44 @@ pub(crate) fn reversibility(up: &str, down: Option<&str>) -> Reversibility {
     Reversibility::Reversible
 }
 
+/// The views `sql` creates, as `DROP` statements that remove them (names as written, quoted
+/// ones kept in their quotes), last created first. Views hold no data: a revert that crosses
+/// a repeatable migration drops them, and the next migrate creates them again.
+pub(crate) fn view_drops(sql: &str) -> Vec<String> {
+    let mut drops = Vec::new();
+    for st in scan(sql) {
+        let words: Vec<&str> = st.text.split(' ').collect();
+        let mut i = match words.as_slice() {
+            ["CREATE", "OR", "REPLACE", ..] => 3,
+            ["CREATE", ..] => 1,
+            _ => continue,
+        };
+        let mut kind = "VIEW";
+        while let Some(w) = words.get(i) {
+            match *w {
+                "TEMP" | "TEMPORARY" | "RECURSIVE" => i += 1,
+                "MATERIALIZED" => {
+                    kind = "MATERIALIZED VIEW";
+                    i += 1;
+                }
+                _ => break,
+            }
+        }
+        if words.get(i) != Some(&"VIEW") {
+            continue;
+        }
+        i += 1;
+        if words[i..].starts_with(&["IF", "NOT", "EXISTS"]) {
+            i += 3;
+        }
+        if let Some(name) = words.get(i).filter(|n| !n.is_empty() && **n != "(") {
+            drops.push(format!("DROP {kind} IF EXISTS {name};"));
+        }
+    }
+    drops.reverse();
+    drops
+}
+
 /// Whether the statements of `sql` can lose data, and which one, if one can.
 fn loses_data(sql: &str) -> Option<String> {
     for st in scan(sql) {

@@ -15,7 +15,7 @@ mod tests;
 mod transaction;
 
 pub use classify::{Compatibility, Reversibility};
-pub(crate) use classify::{classify, reversibility};
+pub(crate) use classify::{classify, reversibility, view_drops};
 #[cfg(test)]
 pub(crate) use scan::scan;
 pub(crate) use transaction::Shape;

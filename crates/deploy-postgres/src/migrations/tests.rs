@@ -720,3 +720,21 @@ proptest::proptest! {
         prop_assert_eq!(parsed, name);
     }
 }
+
+#[test]
+fn the_views_a_repeatable_creates_are_found_to_drop_last_first() {
+    let sql = "create or replace view v_users as select 1;\n\
+               CREATE MATERIALIZED VIEW IF NOT EXISTS public.totals AS SELECT 2;\n\
+               create recursive view \"Tree\" (n) as select 1;\n\
+               create function f() returns int language sql as $$ create view no as select 1 $$;\n\
+               -- create view commented as select 1;\n\
+               comment on view v_users is 'create view x';\n";
+    assert_eq!(
+        view_drops(sql),
+        [
+            "DROP VIEW IF EXISTS \"Tree\";",
+            "DROP MATERIALIZED VIEW IF EXISTS PUBLIC.TOTALS;",
+            "DROP VIEW IF EXISTS V_USERS;",
+        ]
+    );
+}

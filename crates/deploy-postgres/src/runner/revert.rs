@@ -9,7 +9,9 @@ use deploy_core::{BackupId, Error, ErrorKind, Result, SchemaVersion};
 use super::PgMigrationRunner;
 use super::apply::{Record, Run};
 use super::status::{AppliedMigration, BASELINE_NAME, Inspection};
-use crate::migrations::{Migration, MigrationVersion, REPEATABLE_PREFIX, Reversibility};
+use crate::migrations::{
+    Migration, MigrationVersion, REPEATABLE_PREFIX, Reversibility, view_drops,
+};
 
 /// Why a revert by down migrations cannot be done, and whether allowing data loss would let
 /// it run.
@@ -107,10 +109,15 @@ impl PgMigrationRunner {
         // Repeatable migrations applied since the oldest migration being undone: their
         // earlier definitions are not in the folder any more.
         let since = above.iter().map(|(_, a)| a.installed_at.as_str()).min();
-        if let Some(since) = since
-            && let Some((name, _)) = repeatable_rows
+        let crossed: Vec<&str> = match since {
+            Some(since) => repeatable_rows
                 .iter()
-                .find(|(_, r)| r.installed_at.as_str() >= since)
+                .filter(|(_, r)| r.installed_at.as_str() >= since)
+                .map(|(name, _)| name.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(name) = crossed.first()
             && obstacle.is_none()
         {
             obstacle = Some(Obstacle {
@@ -129,13 +136,37 @@ impl PgMigrationRunner {
             if let Some(o) = &obstacle {
                 tracing::warn!(why = %o.why, "reverting by down migrations although data is lost (allow_data_loss)");
             }
-            return match self.run_downs(&downs).await {
+            let views = folder
+                .repeatables
+                .iter()
+                .rev()
+                .filter(|r| crossed.contains(&r.description.as_str()))
+                .flat_map(|r| view_drops(&r.sql))
+                .collect::<Vec<_>>();
+            return match self.run_downs(&downs, &crossed, &views).await {
                 Ok(()) => Ok(false),
                 Err(e) if backup.is_some() => {
                     tracing::warn!("a down migration failed, restoring the backup instead: {e}");
                     Ok(true)
                 }
-                Err(e) => Err(e.context(operation, self.object())),
+                Err(e) => {
+                    let now = match self.current_version().await {
+                        Ok(v) => v.unwrap_or_else(|| "an empty schema".into()),
+                        Err(_) => "unknown (the history could not be read)".into(),
+                    };
+                    let e = e.context(operation, self.object());
+                    let message = format!(
+                        "{}; the schema stays at {now}, where the down migrations before it \
+                         left it",
+                        e.message()
+                    );
+                    Err(Error::new(
+                        e.kind(),
+                        e.operation().to_owned(),
+                        e.object().to_owned(),
+                        message,
+                    ))
+                }
             };
         }
         let o = obstacle.expect("no obstacle means by_downs");
@@ -156,10 +187,33 @@ impl PgMigrationRunner {
         ))
     }
 
-    /// Apply the down migrations `downs` (newest first), each removing its up's row; then
-    /// forget every repeatable migration, so that the next migrate applies them again over
-    /// the reverted schema.
-    async fn run_downs(&self, downs: &[&Migration]) -> Result<()> {
+    /// Apply the down migrations `downs` (newest first), each removing its up's row. First,
+    /// the repeatable migrations applied since the oldest of them (`crossed`) are forgotten
+    /// and the views they created dropped (`views`), in one transaction: their definitions
+    /// may use what the downs remove, and the next migrate creates them again over the
+    /// reverted schema.
+    async fn run_downs(
+        &self,
+        downs: &[&Migration],
+        crossed: &[&str],
+        views: &[String],
+    ) -> Result<()> {
+        if !crossed.is_empty() {
+            let names = crossed
+                .iter()
+                .map(|d| crate::tools::literal(&format!("{REPEATABLE_PREFIX}{d}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "BEGIN;\n{}\nDELETE FROM {} WHERE version IN ({names});\nCOMMIT;\n",
+                views.join("\n"),
+                self.table_sql(),
+            );
+            tracing::info!(repeatables = ?crossed, views = ?views, "forgetting repeatable migrations and dropping their views");
+            self.tools
+                .exec(None, &sql, "forget the repeatable migrations of")
+                .await?;
+        }
         for m in downs {
             let Some(Ok(shape)) = m.down_shape() else {
                 unreachable!("checked by revert_locked");
@@ -184,14 +238,6 @@ impl PgMigrationRunner {
             })
             .await?;
         }
-        let sql = format!(
-            "DELETE FROM {} WHERE version LIKE {};",
-            self.table_sql(),
-            crate::tools::literal(&format!("{}%", REPEATABLE_PREFIX.replace('_', "\\_")))
-        );
-        self.tools
-            .exec(None, &sql, "forget the repeatable migrations of")
-            .await
-            .map(drop)
+        Ok(())
     }
 }
