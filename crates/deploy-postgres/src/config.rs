@@ -77,6 +77,15 @@ pub struct PgMigrationRunnerConfig {
     /// swapped in once verified) or `in_place` (drop and recreate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_mode: Option<RestoreMode>,
+    /// `allow_data_loss`: let a revert run down migrations that lose data (a dropped column's
+    /// values) when no backup is given (default `false`: such a revert needs the backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_data_loss: Option<bool>,
+    /// `keep_replaced_database`: after a swap restore asked for directly, keep the database it
+    /// replaced as `<db>_replaced_<stamp>` (default `false`: dropped). A revert's restore always
+    /// keeps the failed database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_replaced_database: Option<bool>,
 }
 
 impl fmt::Debug for PgMigrationRunnerConfig {
@@ -91,6 +100,8 @@ impl fmt::Debug for PgMigrationRunnerConfig {
             .field("history_table", &self.history_table)
             .field("bin_dir", &self.bin_dir)
             .field("restore_mode", &self.restore_mode)
+            .field("allow_data_loss", &self.allow_data_loss)
+            .field("keep_replaced_database", &self.keep_replaced_database)
             .finish()
     }
 }
@@ -108,6 +119,8 @@ impl PgMigrationRunnerConfig {
             history_table: None,
             bin_dir: None,
             restore_mode: None,
+            allow_data_loss: None,
+            keep_replaced_database: None,
         }
     }
 }
@@ -157,6 +170,12 @@ fn from_config_with_env(
     }
     if let Some(d) = config.bin_dir {
         b = b.bin_dir(d);
+    }
+    if let Some(allow) = config.allow_data_loss {
+        b = b.allow_data_loss(allow);
+    }
+    if let Some(keep) = config.keep_replaced_database {
+        b = b.keep_replaced_database(keep);
     }
     if let Some(m) = config.restore_mode {
         b = b.restore_mode(m);
@@ -274,6 +293,8 @@ mod tests {
             "history_table": "ops.migrations",
             "bin_dir": "/usr/lib/postgresql/15/bin",
             "restore_mode": "in_place",
+            "allow_data_loss": true,
+            "keep_replaced_database": true,
         }));
         assert_eq!(config.restore_mode, Some(RestoreMode::InPlace));
         let runner = from_config_with_env(
@@ -299,6 +320,8 @@ mod tests {
         assert!(shown.contains("keep_backups: 10"), "{shown}");
         assert!(shown.contains("InPlace"), "{shown}");
         assert!(shown.contains("/usr/lib/postgresql/15/bin"), "{shown}");
+        assert!(shown.contains("allow_data_loss: true"), "{shown}");
+        assert!(shown.contains("keep_replaced_database: true"), "{shown}");
     }
 
     #[test]
