@@ -72,9 +72,12 @@ impl Tools {
         }
     }
 
-    /// Run `cmd`; a non-zero exit is an error naming `operation` and `object` with the end of
-    /// standard error. psql's exit code 2 (connection lost or refused) is `Unavailable`; a lock
-    /// timeout (SQLSTATE 55P03) is a retryable `Conflict`.
+    /// Run `cmd`; a non-zero exit is an error naming `operation` and `object` with the error
+    /// the tool printed (see [`Diagnostics`]): the server's `ERROR`/`FATAL` lines with their
+    /// `DETAIL`, `HINT`, `CONTEXT` and `LINE` lines in the message, its `WARNING`/`NOTICE`
+    /// lines in a separate [`SERVER_WARNINGS`] frame, and the line of psql's input the error
+    /// came at in an [`INPUT_LINE`] frame. psql's exit code 2 (connection lost or refused) is
+    /// `Unavailable`; a lock timeout (SQLSTATE 55P03) is a retryable `Conflict`.
     pub(crate) async fn run(&self, cmd: &Command, operation: &str, object: &str) -> Result<Output> {
         let out = self
             .host
@@ -85,40 +88,12 @@ impl Tools {
             return Ok(out);
         }
         let stderr = self.redact(out.stderr_text().trim());
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(6)..].join("\n");
         let status = match (out.code, out.signal) {
             (Some(c), _) => format!("{} exited with code {c}", cmd.program.to_string_lossy()),
             (None, Some(s)) => format!("{} killed by signal {s}", cmd.program.to_string_lossy()),
             _ => "unknown exit status".to_owned(),
         };
-        let cause = if tail.is_empty() {
-            status
-        } else {
-            format!("{status}: {tail}")
-        };
-        let kind = if stderr.contains("55P03") || stderr.contains("lock timeout") {
-            ErrorKind::Conflict
-        } else if stderr.contains("password authentication failed")
-            || stderr.contains("no password supplied")
-            || stderr.contains("permission denied")
-        {
-            ErrorKind::PermissionDenied
-        } else if out.code == Some(2)
-            || stderr.contains("could not connect")
-            || stderr.contains("Connection refused")
-            || stderr.contains("connection to server")
-        {
-            ErrorKind::Unavailable
-        } else {
-            ErrorKind::CommandFailed
-        };
-        Err(Error::new(
-            kind,
-            operation.to_owned(),
-            object.to_owned(),
-            cause,
-        ))
+        Err(Diagnostics::parse(&stderr).into_error(out.code, operation, object, status))
     }
 
     /// Run one SQL text (several statements allowed, no transaction added).
@@ -199,6 +174,218 @@ impl Tools {
 
 fn shorten(s: &str) -> String {
     s.chars().take(200).collect()
+}
+
+/// The context key of the server's warnings and notices printed before a failure (kept out of
+/// the error's message, which says what failed).
+pub(crate) const SERVER_WARNINGS: &str = "server warnings";
+
+/// The context key of the line of psql's input (`psql:<stdin>:N:`, the `-f` script) at which
+/// the error came: with a migration on standard input, the line of its file.
+pub(crate) const INPUT_LINE: &str = "input line";
+
+/// The line of psql's input at which `e` came, when psql said ([`INPUT_LINE`]).
+#[allow(dead_code)] // For the runner's messages about which statement of a migration failed.
+pub(crate) fn input_line(e: &Error) -> Option<u32> {
+    e.context_values()
+        .iter()
+        .find(|(k, _)| *k == INPUT_LINE)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// At most this many lines of the error, and of the warnings, are kept.
+const MAX_ERROR_LINES: usize = 12;
+const MAX_WARNING_LINES: usize = 10;
+
+/// Fields of a verbose server message that repeat what its other lines say (`LOCATION` is a
+/// source file of the server; the names are in the message already).
+const DROPPED_FIELDS: [&str; 6] = [
+    "LOCATION:  ",
+    "SCHEMA NAME:  ",
+    "TABLE NAME:  ",
+    "COLUMN NAME:  ",
+    "DATATYPE NAME:  ",
+    "CONSTRAINT NAME:  ",
+];
+
+/// What a client tool printed on standard error, sorted: the failure, and the server's
+/// warnings and notices that came before it.
+///
+/// psql (with `VERBOSITY=verbose`) prints each server message as a severity line —
+/// `psql:<stdin>:12: ERROR:  42P01: relation "x" does not exist` reading a script, `ERROR:  …`
+/// for `-c` — followed by its fields (`LINE 1: …` and a caret, `DETAIL:`, `HINT:`, `CONTEXT:`
+/// and its trace, `LOCATION:`); a message may itself span lines. The tools' own lines start
+/// with their name (`psql: error: …`, `pg_dump: error: …`, `pg_restore: warning: …`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Diagnostics {
+    /// `ERROR`, `FATAL` and `PANIC` messages with their fields, and the tools' own lines, in
+    /// order; `LOCATION` and name fields dropped, psql's `psql:<file>:N:` prefix removed.
+    errors: Vec<String>,
+    /// `WARNING`, `NOTICE`, `INFO`, `LOG`, `DEBUG` messages with their fields (`line N: ` for
+    /// psql's prefix), and the tools' warnings.
+    warnings: Vec<String>,
+    /// The input line of the first error psql reported with its `psql:<file>:N:` prefix.
+    line: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Error,
+    Warning,
+}
+
+/// `psql:<file>:N: rest` → `(N, rest)`.
+fn psql_prefix(line: &str) -> Option<(u32, &str)> {
+    if !line.starts_with("psql:") {
+        return None;
+    }
+    line.match_indices(": ").find_map(|(i, _)| {
+        let (head, n) = line[..i].rsplit_once(':')?;
+        if head.len() < "psql:".len() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((n.parse().ok()?, &line[i + 2..]))
+    })
+}
+
+/// The block a server message line starts (`ERROR:  …`), if it is one.
+fn severity(rest: &str) -> Option<Block> {
+    const ERRORS: [&str; 3] = ["ERROR:  ", "FATAL:  ", "PANIC:  "];
+    const WARNINGS: [&str; 5] = ["WARNING:  ", "NOTICE:  ", "INFO:  ", "LOG:  ", "DEBUG:  "];
+    if ERRORS.iter().any(|p| rest.starts_with(p)) {
+        Some(Block::Error)
+    } else if WARNINGS.iter().any(|p| rest.starts_with(p)) {
+        Some(Block::Warning)
+    } else {
+        None
+    }
+}
+
+/// The block a tool's own line (`pg_dump: error: …`) starts, if it is one; `None` for its
+/// `detail:`/`hint:` lines, which continue the block before.
+fn tool_line(line: &str) -> Option<Option<Block>> {
+    let rest = ["psql: ", "pg_dump: ", "pg_restore: "]
+        .iter()
+        .find_map(|p| line.strip_prefix(p))?;
+    Some(
+        if rest.starts_with("detail: ") || rest.starts_with("hint: ") {
+            None
+        } else if rest.starts_with("warning: ") {
+            Some(Block::Warning)
+        } else {
+            Some(Block::Error)
+        },
+    )
+}
+
+impl Diagnostics {
+    /// Sort `stderr` (already redacted) into errors and warnings.
+    pub(crate) fn parse(stderr: &str) -> Self {
+        let mut d = Self::default();
+        let mut current = Block::Error;
+        for raw in stderr.lines() {
+            let line = raw.trim_end();
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (number, rest) = match psql_prefix(line) {
+                Some((n, rest)) => (Some(n), rest),
+                None => (None, line),
+            };
+            let text = if let Some(block) = severity(rest) {
+                current = block;
+                match (block, number) {
+                    (Block::Warning, Some(n)) => format!("line {n}: {rest}"),
+                    _ => rest.to_owned(),
+                }
+            } else if let Some(block) = tool_line(rest) {
+                if let Some(block) = block {
+                    current = block;
+                }
+                rest.to_owned()
+            } else if number.is_some() {
+                // psql's own words about the script (`server closed the connection`).
+                current = Block::Error;
+                format!("psql: {rest}")
+            } else if DROPPED_FIELDS.iter().any(|f| rest.starts_with(f)) {
+                continue;
+            } else {
+                rest.to_owned()
+            };
+            if current == Block::Error && d.line.is_none() {
+                d.line = number;
+            }
+            match current {
+                Block::Error => d.errors.push(text),
+                Block::Warning => d.warnings.push(text),
+            }
+        }
+        d
+    }
+
+    /// The error lines, at most [`MAX_ERROR_LINES`], for the message.
+    fn error_text(&self) -> String {
+        capped(&self.errors, MAX_ERROR_LINES)
+    }
+
+    /// The error for a tool that ended with `status` (`psql exited with code 3`).
+    pub(crate) fn into_error(
+        self,
+        code: Option<i32>,
+        operation: &str,
+        object: &str,
+        status: String,
+    ) -> Error {
+        let errors = self.error_text();
+        let cause = if errors.is_empty() {
+            status
+        } else {
+            format!("{status}: {errors}")
+        };
+        let mut e = Error::new(
+            classify(code, &self.errors.join("\n")),
+            operation.to_owned(),
+            object.to_owned(),
+            cause,
+        );
+        if let Some(n) = self.line {
+            e = e.with_context(INPUT_LINE, n.to_string());
+        }
+        if !self.warnings.is_empty() {
+            e = e.with_context(SERVER_WARNINGS, capped(&self.warnings, MAX_WARNING_LINES));
+        }
+        e
+    }
+}
+
+/// The first `max` of `lines`, and how many more there were.
+fn capped(lines: &[String], max: usize) -> String {
+    let mut text = lines[..lines.len().min(max)].join("\n");
+    if lines.len() > max {
+        text.push_str(&format!("\n… {} more lines", lines.len() - max));
+    }
+    text
+}
+
+/// The kind of a tool's failure from its exit code and the error it printed (warnings left
+/// out: a notice that mentions a permission is not a refusal).
+fn classify(code: Option<i32>, errors: &str) -> ErrorKind {
+    if errors.contains("55P03") || errors.contains("lock timeout") {
+        ErrorKind::Conflict
+    } else if errors.contains("password authentication failed")
+        || errors.contains("no password supplied")
+        || errors.contains("permission denied")
+    {
+        ErrorKind::PermissionDenied
+    } else if code == Some(2)
+        || errors.contains("could not connect")
+        || errors.contains("Connection refused")
+        || errors.contains("connection to server")
+    {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::CommandFailed
+    }
 }
 
 /// A dedicated, idle session holding a session-level advisory lock until released or dropped.
@@ -377,18 +564,23 @@ pub(crate) fn file_name(path: &Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Tools on this machine for `config`.
+    pub(crate) fn test_tools(config: PgConfig) -> Tools {
+        Tools {
+            host: std::sync::Arc::new(deploy_core::LocalHost::new()),
+            config,
+            bin_dir: None,
+            query_timeout: Duration::from_secs(30),
+        }
+    }
 
     #[test]
     fn the_password_goes_to_the_environment_never_to_argv() {
         let config = PgConfig::from_url("postgres://u:pw-XYZ@h:5432/db").unwrap();
-        let tools = Tools {
-            host: std::sync::Arc::new(deploy_core::LocalHost::new()),
-            config,
-            bin_dir: None,
-            query_timeout: Duration::from_secs(1),
-        };
+        let tools = test_tools(config);
         for c in [
             tools.psql(None, "a"),
             tools.command("pg_dump", Some("other"), "b"),
@@ -406,6 +598,282 @@ mod tests {
             tools.redact("FATAL: pw-XYZ is wrong"),
             "FATAL: <redacted> is wrong"
         );
+    }
+
+    /// psql 15's standard error for `BEGIN; COMMIT; COMMIT; SELECT 1/0;` on four lines of
+    /// standard input (captured from the server; see `against_the_server` below).
+    pub(super) const WARNING_THEN_ERROR: &str =
+        "psql:<stdin>:3: WARNING:  25P01: there is no transaction in progress
+LOCATION:  EndTransactionBlock, xact.c:3987
+psql:<stdin>:4: ERROR:  22012: division by zero
+LOCATION:  int4div, int.c:869
+";
+
+    pub(super) const SYNTAX_ERROR_AFTER_A_WARNING: &str =
+        "psql:<stdin>:2: WARNING:  25P01: there is no transaction in progress
+LOCATION:  UserAbortTransactionBlock, xact.c:4110
+psql:<stdin>:5: ERROR:  42P01: relation \"x\" does not exist
+LINE 2:   FROM x;
+               ^
+LOCATION:  parserOpenTable, parse_relation.c:1392
+";
+
+    pub(super) const NOTICES_THEN_ERROR_IN_PLPGSQL: &str = "psql:<stdin>:2: NOTICE:  00000: hello
+world
+LOCATION:  exec_stmt_raise, pl_exec.c:3891
+psql:<stdin>:2: WARNING:  01000: careful
+DETAIL:  some detail
+HINT:  a hint
+LOCATION:  exec_stmt_raise, pl_exec.c:3891
+psql:<stdin>:3: ERROR:  22012: division by zero
+CONTEXT:  SQL statement \"SELECT 1/0\"
+PL/pgSQL function inline_code_block line 1 at PERFORM
+LOCATION:  int4div, int.c:869
+";
+
+    pub(super) const UNIQUE_VIOLATION: &str =
+        "psql:<stdin>:2: ERROR:  23505: duplicate key value violates unique constraint \"t_pkey\"
+DETAIL:  Key (id)=(1) already exists.
+SCHEMA NAME:  public
+TABLE NAME:  t
+CONSTRAINT NAME:  t_pkey
+LOCATION:  _bt_check_unique, nbtinsert.c:664
+";
+
+    pub(super) const TERMINATED: &str =
+        "psql:<stdin>:2: FATAL:  57P01: terminating connection due to administrator command
+LOCATION:  ProcessInterrupts, postgres.c:3211
+psql:<stdin>:2: server closed the connection unexpectedly
+\tThis probably means the server terminated abnormally
+\tbefore or while processing the request.
+psql:<stdin>:2: error: connection to server was lost
+";
+
+    pub(super) const REFUSED: &str =
+        "psql: error: connection to server at \"127.0.0.1\", port 1 failed: Connection refused
+\tIs the server running on that host and accepting TCP/IP connections?
+";
+
+    pub(super) const LOCK_TIMEOUT_AFTER_A_NOTICE: &str =
+        "psql:<stdin>:1: NOTICE:  42P07: relation \"busy\" already exists, skipping
+LOCATION:  transformCreateStmt, parse_utilcmd.c:207
+psql:<stdin>:3: ERROR:  55P03: canceling statement due to lock timeout
+LOCATION:  ProcessInterrupts, postgres.c:3312
+";
+
+    pub(super) const PG_RESTORE: &str =
+        "pg_restore: error: could not execute query: ERROR:  relation \"t\" already exists
+Command was: CREATE TABLE public.t (
+    id integer NOT NULL
+);
+
+
+";
+
+    pub(super) const COMMAND_ERROR: &str = "ERROR:  22012: division by zero
+LOCATION:  int4div, int.c:869
+";
+
+    fn error_of(stderr: &str, code: i32) -> Error {
+        Diagnostics::parse(stderr).into_error(
+            Some(code),
+            "apply migration 1 to",
+            "database shop",
+            format!("psql exited with code {code}"),
+        )
+    }
+
+    fn context<'a>(e: &'a Error, key: &str) -> Option<&'a str> {
+        e.context_values()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_warning_before_the_error_goes_to_its_own_frame() {
+        let d = Diagnostics::parse(WARNING_THEN_ERROR);
+        assert_eq!(d.errors, ["ERROR:  22012: division by zero"]);
+        assert_eq!(
+            d.warnings,
+            ["line 3: WARNING:  25P01: there is no transaction in progress"]
+        );
+        assert_eq!(d.line, Some(4));
+        let e = error_of(WARNING_THEN_ERROR, 3);
+        assert_eq!(e.kind(), ErrorKind::CommandFailed);
+        assert_eq!(
+            e.message(),
+            "psql exited with code 3: ERROR:  22012: division by zero"
+        );
+        assert_eq!(context(&e, INPUT_LINE), Some("4"));
+        assert_eq!(input_line(&e), Some(4));
+        assert_eq!(
+            context(&e, SERVER_WARNINGS),
+            Some("line 3: WARNING:  25P01: there is no transaction in progress")
+        );
+        assert_eq!(
+            e.to_string(),
+            "apply migration 1 to database shop: psql exited with code 3: ERROR:  22012: division by zero \
+             [input line: 4, server warnings: line 3: WARNING:  25P01: there is no transaction in progress]"
+        );
+    }
+
+    #[test]
+    fn the_error_keeps_its_line_and_caret_and_drops_location() {
+        let d = Diagnostics::parse(SYNTAX_ERROR_AFTER_A_WARNING);
+        assert_eq!(
+            d.errors,
+            [
+                "ERROR:  42P01: relation \"x\" does not exist",
+                "LINE 2:   FROM x;",
+                "               ^",
+            ]
+        );
+        assert_eq!(d.warnings.len(), 1);
+        assert_eq!(d.line, Some(5));
+    }
+
+    #[test]
+    fn notices_spanning_lines_and_warning_fields_stay_with_the_warnings() {
+        let d = Diagnostics::parse(NOTICES_THEN_ERROR_IN_PLPGSQL);
+        assert_eq!(
+            d.warnings,
+            [
+                "line 2: NOTICE:  00000: hello",
+                "world",
+                "line 2: WARNING:  01000: careful",
+                "DETAIL:  some detail",
+                "HINT:  a hint",
+            ]
+        );
+        assert_eq!(
+            d.errors,
+            [
+                "ERROR:  22012: division by zero",
+                "CONTEXT:  SQL statement \"SELECT 1/0\"",
+                "PL/pgSQL function inline_code_block line 1 at PERFORM",
+            ]
+        );
+        assert_eq!(d.line, Some(3));
+    }
+
+    #[test]
+    fn detail_is_kept_and_the_name_fields_are_dropped() {
+        let d = Diagnostics::parse(UNIQUE_VIOLATION);
+        assert_eq!(
+            d.errors,
+            [
+                "ERROR:  23505: duplicate key value violates unique constraint \"t_pkey\"",
+                "DETAIL:  Key (id)=(1) already exists.",
+            ]
+        );
+        assert!(d.warnings.is_empty());
+        let e = error_of(UNIQUE_VIOLATION, 3);
+        assert_eq!(context(&e, SERVER_WARNINGS), None);
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_keeps_psqls_own_words() {
+        let d = Diagnostics::parse(TERMINATED);
+        assert_eq!(
+            d.errors,
+            [
+                "FATAL:  57P01: terminating connection due to administrator command",
+                "psql: server closed the connection unexpectedly",
+                "\tThis probably means the server terminated abnormally",
+                "\tbefore or while processing the request.",
+                "psql: error: connection to server was lost",
+            ]
+        );
+        assert_eq!(error_of(TERMINATED, 2).kind(), ErrorKind::Unavailable);
+        let e = error_of(REFUSED, 2);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert_eq!(input_line(&e), None);
+        assert!(e.message().contains("Connection refused"), "{e}");
+        assert!(e.message().contains("Is the server running"), "{e}");
+    }
+
+    #[test]
+    fn the_kind_is_read_from_the_error_not_from_the_warnings() {
+        let e = error_of(LOCK_TIMEOUT_AFTER_A_NOTICE, 3);
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.is_retryable());
+        // A notice about a lock timeout, or a permission, is no reason to retry or to refuse.
+        let notice_only = "psql:<stdin>:1: NOTICE:  00000: lock timeout and permission denied are words\n\
+                           psql:<stdin>:2: ERROR:  22012: division by zero\n";
+        let e = error_of(notice_only, 3);
+        assert_eq!(e.kind(), ErrorKind::CommandFailed);
+        assert!(!e.message().contains("NOTICE"), "{e}");
+    }
+
+    #[test]
+    fn tool_errors_and_commands_without_a_script_are_errors() {
+        let d = Diagnostics::parse(PG_RESTORE);
+        assert_eq!(
+            d.errors,
+            [
+                "pg_restore: error: could not execute query: ERROR:  relation \"t\" already exists",
+                "Command was: CREATE TABLE public.t (",
+                "    id integer NOT NULL",
+                ");",
+            ]
+        );
+        assert_eq!(d.line, None);
+        let d = Diagnostics::parse(COMMAND_ERROR);
+        assert_eq!(d.errors, ["ERROR:  22012: division by zero"]);
+        assert_eq!(d.line, None);
+        // pg_dump's words from its source (no older pg_dump here to capture them from).
+        let d = Diagnostics::parse(
+            "pg_dump: error: aborting because of server version mismatch\n\
+             pg_dump: detail: server version: 16.4; pg_dump version: 15.18\n\
+             pg_dump: warning: something else\n",
+        );
+        assert_eq!(
+            d.errors,
+            [
+                "pg_dump: error: aborting because of server version mismatch",
+                "pg_dump: detail: server version: 16.4; pg_dump version: 15.18",
+            ]
+        );
+        assert_eq!(d.warnings, ["pg_dump: warning: something else"]);
+    }
+
+    #[test]
+    fn only_warnings_leave_the_message_at_the_exit_status() {
+        let e = error_of(
+            "psql:<stdin>:1: WARNING:  25P01: there is no transaction in progress\n",
+            1,
+        );
+        assert_eq!(e.message(), "psql exited with code 1");
+        assert!(context(&e, SERVER_WARNINGS).is_some());
+        let e = error_of("", 1);
+        assert_eq!(e.message(), "psql exited with code 1");
+    }
+
+    #[test]
+    fn long_outputs_are_cut() {
+        let many: String = (0..40)
+            .map(|i| format!("psql:<stdin>:{i}: NOTICE:  00000: notice {i}\n"))
+            .chain(["psql:<stdin>:41: ERROR:  22012: division by zero\n".to_owned()])
+            .chain((0..40).map(|i| format!("CONTEXT line {i}\n")))
+            .collect();
+        let e = error_of(&many, 3);
+        assert!(e.message().contains("ERROR:  22012"), "{e}");
+        assert!(e.message().ends_with("… 29 more lines"), "{e}");
+        let w = context(&e, SERVER_WARNINGS).unwrap();
+        assert!(w.ends_with("… 30 more lines"), "{w}");
+        assert_eq!(input_line(&e), Some(41));
+    }
+
+    #[test]
+    fn psql_prefixes_with_colons_in_the_file_name() {
+        assert_eq!(
+            psql_prefix("psql:/srv/a:b/V1.sql:12: ERROR:  x"),
+            Some((12, "ERROR:  x"))
+        );
+        assert_eq!(psql_prefix("psql: error: x"), None);
+        assert_eq!(psql_prefix("psql:<stdin>: x"), None);
+        assert_eq!(psql_prefix("ERROR:  x"), None);
     }
 
     #[test]
@@ -430,5 +898,105 @@ mod tests {
         );
         assert_ne!(lock_key("a", "schema_version"), lock_key("a", "other"));
         assert_eq!(lock_key("a", "t"), lock_key("a", "t"));
+    }
+}
+
+/// The samples above, captured again from a real server: psql still prints them so.
+#[cfg(all(test, feature = "testing"))]
+mod against_the_server {
+    use super::tests::*;
+    use super::*;
+    use crate::testing::PgServer;
+
+    async fn stderr_of(tools: &Tools, extra: &[&str], stdin: &str) -> (Option<i32>, String) {
+        let cmd = tools
+            .psql(None, "capture")
+            .args(extra.iter().copied())
+            .stdin(stdin.as_bytes().to_vec());
+        let out = tools.host.run(&cmd).await.unwrap();
+        (out.code, out.stderr_text())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn psql_prints_the_captured_samples() {
+        let server = PgServer::start().await.unwrap();
+        let config = server.create_database().await.unwrap();
+        let tools = test_tools(config.clone());
+        let script = ["-f", "-"];
+        let cases: [(&[&str], &str, &str); 5] = [
+            (
+                &script,
+                "BEGIN;\nCOMMIT;\nCOMMIT;\nSELECT 1/0;\n",
+                WARNING_THEN_ERROR,
+            ),
+            (
+                &script,
+                "CREATE TEMP TABLE a(id int);\nROLLBACK;\n\nSELECT *\n  FROM x;\n",
+                SYNTAX_ERROR_AFTER_A_WARNING,
+            ),
+            (
+                &script,
+                "DO $$BEGIN RAISE NOTICE $n$hello\nworld$n$; RAISE WARNING $w$careful$w$ USING DETAIL = $d$some detail$d$, HINT = $h$a hint$h$; END$$;\nDO $$BEGIN PERFORM 1/0; END$$;\n",
+                NOTICES_THEN_ERROR_IN_PLPGSQL,
+            ),
+            (
+                &script,
+                "CREATE TABLE t(id int primary key);\nINSERT INTO t VALUES (1),(1);\n",
+                UNIQUE_VIOLATION,
+            ),
+            (&["-c", "SELECT 1/0"], "", COMMAND_ERROR),
+        ];
+        for (args, input, sample) in cases {
+            let (code, stderr) = stderr_of(&tools, args, input).await;
+            assert_ne!(code, Some(0), "{input}");
+            assert_eq!(
+                Diagnostics::parse(&stderr),
+                Diagnostics::parse(sample),
+                "{stderr}"
+            );
+        }
+        let (code, stderr) = stderr_of(
+            &tools,
+            &script,
+            "SELECT 1;\nSELECT pg_terminate_backend(pg_backend_pid());\n",
+        )
+        .await;
+        assert_eq!(code, Some(2));
+        assert_eq!(Diagnostics::parse(&stderr), Diagnostics::parse(TERMINATED));
+        let refused = test_tools(config.clone().with_host("127.0.0.1", 1));
+        let (code, stderr) = stderr_of(&refused, &["-c", "SELECT 1"], "").await;
+        assert_eq!(code, Some(2));
+        assert_eq!(Diagnostics::parse(&stderr), Diagnostics::parse(REFUSED));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warning_and_an_error_from_the_server_are_told_apart() {
+        let server = PgServer::start().await.unwrap();
+        let config = server.create_database().await.unwrap();
+        let tools = test_tools(config);
+        let e = tools
+            .exec(
+                None,
+                "BEGIN; COMMIT; COMMIT; SELECT 1/0;",
+                "run a script in",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CommandFailed);
+        assert!(
+            e.message()
+                .ends_with("exited with code 3: ERROR:  22012: division by zero"),
+            "{e}"
+        );
+        assert_eq!(
+            e.context_values(),
+            [
+                (INPUT_LINE, "1".to_owned()),
+                (
+                    SERVER_WARNINGS,
+                    "line 1: WARNING:  25P01: there is no transaction in progress".to_owned()
+                ),
+            ]
+        );
     }
 }
