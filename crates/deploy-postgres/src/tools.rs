@@ -456,14 +456,18 @@ impl LockSession {
                 Some("t") => break,
                 Some("f") => {
                     if started.elapsed() >= wait {
+                        let holder = match stdin.as_mut() {
+                            Some(s) => lock_holder(s, &mut lines, key).await,
+                            None => "who holds it could not be asked".to_owned(),
+                        };
                         let _ = child.start_kill();
                         return Err(Error::new(
                             ErrorKind::Conflict,
                             "take the migration lock",
                             object,
                             format!(
-                                "another runner has held it for the {:?} this runner waited; it frees the lock when its run ends",
-                                wait
+                                "another runner has held it for the {wait:?} this runner waited; it frees the lock when its run ends; {}",
+                                tools.redact(&holder)
                             ),
                         ));
                     }
@@ -516,6 +520,63 @@ impl LockSession {
         {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// Who holds the advisory lock `key`, asked through the waiting session (the same database,
+/// where advisory locks live): `held by pid 4242 (application_name 'deploy-postgres:lock',
+/// user app, client 10.0.0.5:50312, connected at …, idle since …)`, in one line.
+///
+/// `pg_locks` holds a bigint key as `classid` (high 32 bits), `objid` (low 32 bits) and
+/// `objsubid = 1`. It has no time for a granted lock (`waitstart` is for waiters), so the
+/// holder's session says since when: `backend_start`, and `state_change` — for a runner's lock
+/// session, which idles once it holds the lock, about when it took it.
+async fn lock_holder(
+    stdin: &mut tokio::process::ChildStdin,
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    key: i64,
+) -> String {
+    let hi = ((key as u64) >> 32) as u32;
+    let lo = key as u64 as u32;
+    let utc = |col: &str| {
+        format!(
+            "coalesce(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', 'an unknown time')"
+        )
+    };
+    let sql = format!(
+        "SELECT 'holder:' || coalesce(translate(string_agg(format(\
+           'pid %s (application_name %s, user %s, %s, connected at %s, %s since %s)', \
+           a.pid, coalesce(quote_literal(a.application_name), 'unknown'), coalesce(a.usename::text, 'unknown'), \
+           CASE WHEN a.client_addr IS NOT NULL THEN 'client ' || host(a.client_addr) || coalesce(':' || a.client_port, '') \
+                WHEN a.client_port = -1 THEN 'on the local socket' ELSE 'client unknown' END, \
+           {}, coalesce(a.state, 'in an unknown state'), {}), '; ' ORDER BY a.pid), E'\\n\\r', '  '), 'none') \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {hi}::oid AND l.objid = {lo}::oid \
+           AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());\n",
+        utc("a.backend_start"),
+        utc("a.state_change"),
+    );
+    let asked = stdin.write_all(sql.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
+    let answer = if asked {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            // Skip a late answer to the last poll, if any.
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(holder) = line.trim().strip_prefix("holder:") {
+                    return Some(holder.to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    } else {
+        None
+    };
+    match answer.as_deref() {
+        Some("none") => "its holder released it just now".to_owned(),
+        Some(h) => format!("held by {h}"),
+        None => "who holds it could not be read from pg_locks".to_owned(),
     }
 }
 
@@ -967,6 +1028,42 @@ mod against_the_server {
         let (code, stderr) = stderr_of(&refused, &["-c", "SELECT 1"], "").await;
         assert_eq!(code, Some(2));
         assert_eq!(Diagnostics::parse(&stderr), Diagnostics::parse(REFUSED));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_holder_of_a_negative_key_is_found_in_pg_locks() {
+        let server = PgServer::start().await.unwrap();
+        let config = server.create_database().await.unwrap();
+        let tools = test_tools(config);
+        // Both halves of the key matter: classid holds the high 32 bits (here 0xFFFF_FF00).
+        let key = -(1_i64 << 40) + 0x1234;
+        let poll = Duration::from_millis(50);
+        let first = LockSession::acquire(&tools, key, Duration::from_secs(5), poll)
+            .await
+            .unwrap();
+        let pid = server
+            .query(
+                "postgres",
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            )
+            .await
+            .unwrap();
+        let e = LockSession::acquire(&tools, key, Duration::from_millis(200), poll)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(
+            e.message().contains(&format!(
+                "held by pid {pid} (application_name '{LOCK_APP}', user postgres, client 127.0.0.1:"
+            )),
+            "{e}"
+        );
+        // Released, it is free again.
+        first.release().await;
+        let other = LockSession::acquire(&tools, key, Duration::from_secs(5), poll)
+            .await
+            .unwrap();
+        other.release().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
