@@ -185,7 +185,6 @@ pub(crate) const SERVER_WARNINGS: &str = "server warnings";
 pub(crate) const INPUT_LINE: &str = "input line";
 
 /// The line of psql's input at which `e` came, when psql said ([`INPUT_LINE`]).
-#[allow(dead_code)] // For the runner's messages about which statement of a migration failed.
 pub(crate) fn input_line(e: &Error) -> Option<u32> {
     e.context_values()
         .iter()

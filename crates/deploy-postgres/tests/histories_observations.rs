@@ -337,3 +337,30 @@ async fn observation_6_a_successful_swap_restore_drops_the_database_it_replaced(
         .expect("kept");
     assert_eq!(databases().await, kept);
 }
+
+/// Observation 1, the marked case: a file run as written that fails part-way says what stays
+/// committed, and its row stays unfinished until repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_outside_a_transaction_that_fails_says_what_stays_committed() {
+    let (server, config) = setup().await;
+    let db = config.dbname.clone();
+    let dir = folder(&[
+        ("V1__t.sql", "CREATE TABLE t (id int);\n"),
+        (
+            "V2__two_steps.sql",
+            "-- deploy:no-transaction\nALTER TABLE t ADD COLUMN a int;\nSELECT 1/0;\nALTER TABLE t ADD COLUMN b int;\n",
+        ),
+    ]);
+    let runner = runner(&server, &config, dir.path());
+    let e = runner.migrate().await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("V2__two_steps.sql")
+            && text.contains("what it did before line 3 stays committed")
+            && text.contains("division by zero"),
+        "{text}"
+    );
+    // What ran before line 3 is there, what came after is not; the row is unfinished.
+    assert_eq!(columns(&server, &db, "t").await, "id,a");
+    assert_eq!(history(&server, &db).await, ["1:true", "2:false"]);
+}

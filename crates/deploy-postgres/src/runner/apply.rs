@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use deploy_core::{Command, Error, ErrorKind, Result};
+use deploy_core::{Command, ErrorKind, Result};
 
 use super::PgMigrationRunner;
 use crate::migrations::{Shape, Transaction};
@@ -46,14 +46,6 @@ pub(super) struct Run<'a> {
 
 /// The time since the transaction started, in milliseconds, as SQL.
 const ELAPSED_MS: &str = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint";
-
-/// The line of the input at which psql reported the error, if it said (`psql:<stdin>:12:`).
-fn failed_line(e: &Error) -> Option<usize> {
-    let text = format!("{e}");
-    let i = text.find("<stdin>:")? + "<stdin>:".len();
-    let digits: String = text[i..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
 
 impl PgMigrationRunner {
     /// `application_name` of this runner's migration sessions: per history table, so that a
@@ -191,7 +183,7 @@ impl PgMigrationRunner {
             .args(["-f", "-"])
             .stdin(run.sql.as_bytes().to_vec());
         if let Err(e) = self.tools.run(&cmd, operation, &self.object()).await {
-            let stayed = match failed_line(&e) {
+            let stayed = match crate::tools::input_line(&e) {
                 Some(line) => format!(
                     "it ran outside a transaction: what it did before line {line} stays committed"
                 ),
