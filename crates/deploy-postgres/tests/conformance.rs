@@ -8,6 +8,36 @@ use deploy_core::testing::conformance;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_with_down_migrations() {
     let (server, config) = setup().await;
+    // Down files that lose no data: the revert runs them rather than restoring the backup.
+    let dir = folder(&[
+        (
+            "V1__create_view.sql",
+            "CREATE VIEW answers AS SELECT 42 AS answer;\n",
+        ),
+        ("U1__create_view.sql", "DROP VIEW answers;\n"),
+        (
+            "V2__add_function.sql",
+            "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n",
+        ),
+        ("U2__add_function.sql", "DROP FUNCTION answer();\n"),
+    ]);
+    let runner = runner(&server, &config, dir.path());
+    conformance::migration_runner(&runner).await;
+    // Reverted by the down migrations: the view is gone, the history table is there and
+    // empty (a restored empty backup would have no history table).
+    assert_eq!(history(&server, &config.dbname).await, Vec::<String>::new());
+    assert_eq!(
+        server
+            .query(&config.dbname, "SELECT to_regclass('answers') IS NULL")
+            .await
+            .unwrap(),
+        "t"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_data_losing_down_migrations_restores_the_backup() {
+    let (server, config) = setup().await;
     let dir = folder(&[
         (
             "V1__create_users.sql",
@@ -25,11 +55,14 @@ async fn conformance_with_down_migrations() {
     ]);
     let runner = runner(&server, &config, dir.path());
     conformance::migration_runner(&runner).await;
-    // Reverted by the down migrations: the table is gone, the history is empty.
-    assert_eq!(history(&server, &config.dbname).await, Vec::<String>::new());
+    // The downs drop a table and a column with what they hold: the backup taken before (an
+    // empty database) was restored instead, so not even the history table is there.
     assert_eq!(
         server
-            .query(&config.dbname, "SELECT to_regclass('users') IS NULL")
+            .query(
+                &config.dbname,
+                "SELECT to_regclass('users') IS NULL AND to_regclass('schema_version') IS NULL"
+            )
             .await
             .unwrap(),
         "t"

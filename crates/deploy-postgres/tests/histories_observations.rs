@@ -364,3 +364,63 @@ async fn a_file_outside_a_transaction_that_fails_says_what_stays_committed() {
     assert_eq!(columns(&server, &db, "t").await, "id,a");
     assert_eq!(history(&server, &db).await, ["1:true", "2:false"]);
 }
+
+/// Observation 5 (speed): runs of plain files share one psql session, yet each stays its own
+/// transaction with its row, and what one file `SET`s never reaches the next; a failure in the
+/// middle leaves the files before it applied and names the failing file and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observation_5_plain_files_share_a_session_but_nothing_else() {
+    let (server, config) = setup().await;
+    let db = config.dbname.clone();
+    let dir = folder(&[
+        (
+            "V1__schema.sql",
+            "CREATE SCHEMA app;\nSET search_path = app;\nCREATE TEMP TABLE scratch (x int);\n",
+        ),
+        // Would land in `app` if V1's SET leaked into its session.
+        ("V2__t.sql", "CREATE TABLE t (id int);\n"),
+        // Not ended by `;`: runs alone, as psql reads it at the end of its input.
+        ("V3__u.sql", "CREATE TABLE u (id int)"),
+        ("V4__v.sql", "CREATE TABLE v (id int);\n"),
+        (
+            "V5__fails.sql",
+            "CREATE TABLE w (id int);\nSELECT * FROM scratch;\n",
+        ),
+        ("V6__x.sql", "CREATE TABLE x (id int);\n"),
+    ]);
+    let runner = runner(&server, &config, dir.path());
+    let e = runner.migrate().await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("V5__fails.sql") && text.contains("\"scratch\" does not exist"),
+        "{text}"
+    );
+    assert_eq!(crate_input_line(&e), Some("2".to_owned()), "{e:?}");
+    assert_eq!(
+        history(&server, &db).await,
+        ["1:true", "2:true", "3:true", "4:true"]
+    );
+    assert_eq!(
+        one(
+            &server,
+            &db,
+            "SELECT string_agg(table_schema || '.' || table_name, ',' ORDER BY table_name) \
+             FROM information_schema.tables WHERE table_schema IN ('public', 'app') \
+             AND table_name <> 'schema_version'"
+        )
+        .await,
+        "public.t,public.u,public.v"
+    );
+    // Fixed, the rest runs.
+    write(dir.path(), "V5__fails.sql", "CREATE TABLE w (id int);\n");
+    assert_eq!(runner.migrate().await.unwrap(), Some(v("6")));
+    assert_eq!(history(&server, &db).await.len(), 6);
+}
+
+/// The input line an error names (the tools' `input line` frame).
+fn crate_input_line(e: &deploy_core::Error) -> Option<String> {
+    e.context_values()
+        .iter()
+        .find(|(k, _)| *k == "input line")
+        .map(|(_, v)| v.clone())
+}

@@ -51,6 +51,11 @@ pub(crate) struct Shape {
     /// The line of an `ALTER TYPE … ADD VALUE`, which PostgreSQL before 12 refuses inside a
     /// transaction block.
     pub(crate) adds_enum_value: Option<usize>,
+    /// Whether psql reads the file the same followed by more input as alone: every
+    /// statement ends with its `;`, no meta-command, nothing after the last statement but
+    /// blank lines and `--` comments (an unterminated quote or `/*` would swallow what
+    /// follows). Only such files share one psql session with their neighbours.
+    pub(crate) self_contained: bool,
 }
 
 /// What a top-level statement does to the transaction.
@@ -107,6 +112,21 @@ pub(crate) fn cannot_run_in_transaction(text: &str) -> bool {
         || (starts("ALTER SUBSCRIPTION") && has("REFRESH"))
 }
 
+/// See [`Shape::self_contained`].
+fn self_contained(sql: &str, statements: &[Statement]) -> bool {
+    let meta = sql.lines().any(|l| l.trim_start().starts_with('\\'));
+    let terminated = statements.iter().all(|s| {
+        s.opaque.is_none()
+            && (s.text.is_empty() || sql.get(s.span.clone()).is_some_and(|t| t.ends_with(';')))
+    });
+    let tail = &sql[statements.last().map_or(0, |s| s.span.end).min(sql.len())..];
+    let clean_tail = tail.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || (l.starts_with("--") && !l.contains("/*"))
+    });
+    !meta && terminated && clean_tail
+}
+
 fn adds_enum_value(text: &str) -> bool {
     text.starts_with("ALTER TYPE ") && text.contains(" ADD VALUE ")
 }
@@ -117,10 +137,9 @@ const FIX: &str = "keep one BEGIN … COMMIT around the whole file, or none (the
 /// The shape of `sql`; `marked` is why it was marked to run outside a transaction, if it was.
 /// An error is `line N: why; what to do`.
 pub(crate) fn analyze(sql: &str, marked: Option<String>) -> Result<Shape, String> {
-    let stmts: Vec<Statement> = scan(sql)
-        .into_iter()
-        .filter(|s| !s.text.is_empty())
-        .collect();
+    let all = scan(sql);
+    let self_contained = self_contained(sql, &all);
+    let stmts: Vec<Statement> = all.into_iter().filter(|s| !s.text.is_empty()).collect();
     let adds_enum_value = stmts
         .iter()
         .find(|s| adds_enum_value(&s.text))
@@ -129,6 +148,7 @@ pub(crate) fn analyze(sql: &str, marked: Option<String>) -> Result<Shape, String
         mode,
         own,
         adds_enum_value,
+        self_contained,
     };
     if let Some(why) = marked {
         return Ok(shape(Transaction::Outside(why), None));
@@ -268,6 +288,28 @@ mod tests {
 
     fn mode(sql: &str) -> Result<Transaction, String> {
         analyze(sql, None).map(|s| s.mode)
+    }
+
+    #[test]
+    fn only_files_read_the_same_followed_by_more_input_are_self_contained() {
+        let contained = |sql: &str| analyze(sql, None).unwrap().self_contained;
+        assert!(contained("CREATE TABLE a (id int);\n"));
+        assert!(contained(
+            "CREATE TABLE a (id int); -- done\n\n-- the end\n"
+        ));
+        assert!(contained(
+            "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;\n"
+        ));
+        assert!(contained("-- nothing\n"));
+        // Not ended by `;`: the next input would continue it.
+        assert!(!contained("CREATE TABLE a (id int)\n"));
+        // An unterminated quote, dollar quote or comment swallows what follows.
+        assert!(!contained("SELECT 'abc;\n"));
+        assert!(!contained("SELECT $x$ abc;\n"));
+        assert!(!contained("SELECT 1;\n/* open\n"));
+        // Meta-commands act on the session.
+        assert!(!contained("\\set x 1\nSELECT :x;\n"));
+        assert!(!contained("SELECT 1;\n\\gexec\n"));
     }
 
     #[test]

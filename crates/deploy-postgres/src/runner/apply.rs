@@ -7,6 +7,11 @@
 //!   numbers are the file's);
 //! - [`Transaction::Outside`]: an unfinished row first, the file statement by statement, the
 //!   row completed after; a failure says from which line on nothing ran.
+//!
+//! Consecutive wrapped files that are self-contained ([`Shape::self_contained`]) share one psql
+//! session ([`PgMigrationRunner::run_batch`]): each still its own transaction with its row, the
+//! session reset (`DISCARD ALL`) between them, so that what one file `SET`s never reaches the
+//! next. One psql start per run of plain files instead of one per file.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,15 @@ pub(super) struct Run<'a> {
     pub(super) record: Record<'a>,
 }
 
+/// A migration of a batch ([`PgMigrationRunner::run_batch`]).
+pub(super) struct Batched<'a> {
+    pub(super) label: &'a str,
+    pub(super) version: &'a str,
+    pub(super) name: &'a str,
+    pub(super) checksum: &'a str,
+    pub(super) sql: &'a str,
+}
+
 /// The time since the transaction started, in milliseconds, as SQL.
 const ELAPSED_MS: &str = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint";
 
@@ -68,8 +82,14 @@ impl PgMigrationRunner {
         )
     }
 
-    /// The statement recording `record` inside the file's transaction.
+    /// The statements recording `record` inside the file's transaction. The file may have
+    /// changed `search_path` (pg_dump's output sets it to `''`), so it is reset first: the
+    /// history table is found where it was created.
     fn record_sql(&self, record: &Record<'_>) -> String {
+        format!("RESET search_path; {}", self.record_statement(record))
+    }
+
+    fn record_statement(&self, record: &Record<'_>) -> String {
         let t = self.table_sql();
         match record {
             Record::Insert {
@@ -140,6 +160,42 @@ impl PgMigrationRunner {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Apply `batch` (versioned, wrapped, self-contained migrations, in order) in one psql
+    /// session, each as `BEGIN; <settings> <file> <row>; COMMIT; DISCARD ALL;`. psql stops at
+    /// the first error: the migrations before it are committed with their rows, the failing
+    /// one left nothing. The caller finds out which were applied and runs the rest one by one.
+    pub(super) async fn run_batch(&self, batch: &[Batched<'_>]) -> Result<()> {
+        let mut script = String::new();
+        for b in batch {
+            script.push_str("BEGIN;\n");
+            script.push_str(&self.settings_sql(true));
+            script.push('\n');
+            script.push_str(b.sql);
+            if !b.sql.ends_with('\n') {
+                script.push('\n');
+            }
+            script.push_str(&self.record_sql(&Record::Insert {
+                version: b.version,
+                name: b.name,
+                checksum: b.checksum,
+            }));
+            script.push_str(";\nCOMMIT;\nDISCARD ALL;\n");
+        }
+        let (first, last) = (
+            batch.first().map_or("", |b| b.label),
+            batch.last().map_or("", |b| b.label),
+        );
+        let operation = format!("apply migrations {first} … {last} to");
+        let cmd = self
+            .apply_psql()
+            .args(["-f", "-"])
+            .stdin(script.into_bytes());
+        self.tools
+            .run(&cmd, &operation, &self.object())
+            .await
+            .map(drop)
     }
 
     /// A file outside a transaction: an unfinished row first (for an up), the file, then the

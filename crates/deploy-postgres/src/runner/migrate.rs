@@ -1,13 +1,14 @@
 //! Migrating: applying the pending migrations, then the repeatable ones, each with its history
 //! row; repair, baseline and verify.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use deploy_core::{Error, ErrorKind, Result};
 
 use super::PgMigrationRunner;
-use super::apply::{Record, Run};
+use super::apply::{Batched, Record, Run};
 use super::status::{BASELINE_NAME, Inspection, RepeatableState};
+use crate::migrations::{Migration, Shape, Transaction};
 use crate::tools::literal;
 
 /// What [`PgMigrationRunner::repair`] changed.
@@ -99,26 +100,31 @@ impl PgMigrationRunner {
         }
         let pending: HashSet<&str> = report.pending.iter().map(|p| p.version.as_str()).collect();
         let mut current = report.current.clone();
-        for m in &folder.migrations {
-            let v = m.version.to_string();
-            if !pending.contains(v.as_str()) {
+        let todo: Vec<(String, &Migration)> = folder
+            .migrations
+            .iter()
+            .map(|m| (m.version.to_string(), m))
+            .filter(|(v, _)| pending.contains(v.as_str()))
+            .collect();
+        // Runs of plain, self-contained files share one psql session; the rest run one by one.
+        let mut i = 0;
+        while i < todo.len() {
+            let batchable = |(v, _): &(String, &Migration)| {
+                let (transaction, shape) = &shapes[v];
+                *transaction == Transaction::Wrapped && shape.self_contained
+            };
+            let run = todo[i..].iter().take_while(|t| batchable(t)).count();
+            if run >= 2 {
+                let group = &todo[i..i + run];
+                self.apply_batch(group, &shapes).await?;
+                current = group.last().map(|(v, _)| v.clone());
+                i += run;
                 continue;
             }
-            let (transaction, shape) = &shapes[&v];
-            tracing::info!(migration = %m.label, %transaction, "applying");
-            self.run_file(Run {
-                what: format!("migration {}", m.label),
-                sql: &m.up_sql,
-                transaction,
-                shape,
-                record: Record::Insert {
-                    version: &v,
-                    name: &m.name,
-                    checksum: &m.checksum,
-                },
-            })
-            .await?;
-            current = Some(v);
+            let (v, m) = &todo[i];
+            self.apply_one(v, m, &shapes[v]).await?;
+            current = Some(v.clone());
+            i += 1;
         }
         let due: HashSet<&str> = report
             .pending_repeatables()
@@ -150,6 +156,81 @@ impl PgMigrationRunner {
             .await?;
         }
         Ok(current)
+    }
+
+    /// Apply one versioned migration with its row.
+    async fn apply_one(
+        &self,
+        v: &str,
+        m: &Migration,
+        (transaction, shape): &(Transaction, Shape),
+    ) -> Result<()> {
+        tracing::info!(migration = %m.label, %transaction, "applying");
+        self.run_file(Run {
+            what: format!("migration {}", m.label),
+            sql: &m.up_sql,
+            transaction,
+            shape,
+            record: Record::Insert {
+                version: v,
+                name: &m.name,
+                checksum: &m.checksum,
+            },
+        })
+        .await
+    }
+
+    /// Apply `group` in one psql session. When that fails, the migrations it applied are
+    /// read back from the history and the rest run one by one: the failing one fails again
+    /// with its own message (or succeeds, after a lock timeout, on a retry).
+    async fn apply_batch(
+        &self,
+        group: &[(String, &Migration)],
+        shapes: &HashMap<String, (Transaction, Shape)>,
+    ) -> Result<()> {
+        let first = group
+            .first()
+            .map(|(_, m)| m.label.as_str())
+            .unwrap_or_default();
+        let last = group
+            .last()
+            .map(|(_, m)| m.label.as_str())
+            .unwrap_or_default();
+        tracing::info!(first, last, count = group.len(), "applying in one session");
+        let batch: Vec<Batched<'_>> = group
+            .iter()
+            .map(|(v, m)| Batched {
+                label: &m.label,
+                version: v,
+                name: &m.name,
+                checksum: &m.checksum,
+                sql: &m.up_sql,
+            })
+            .collect();
+        let Err(e) = self.run_batch(&batch).await else {
+            return Ok(());
+        };
+        tracing::info!("the session stopped ({e}); applying the rest one by one");
+        let versions = group
+            .iter()
+            .map(|(v, _)| literal(v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let applied: Vec<String> = self
+            .tools
+            .query_json(
+                None,
+                &format!(
+                    "SELECT coalesce(json_agg(version), '[]') FROM {} WHERE version IN ({versions})",
+                    self.table_sql()
+                ),
+                "read the history of",
+            )
+            .await?;
+        for (v, m) in group.iter().filter(|(v, _)| !applied.contains(v)) {
+            self.apply_one(v, m, &shapes[v]).await?;
+        }
+        Ok(())
     }
 
     /// Re-stamp the checksums of applied migrations from their files and remove the rows of
