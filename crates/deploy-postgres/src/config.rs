@@ -70,7 +70,9 @@ pub struct PgMigrationRunnerConfig {
     /// `schema_version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_table: Option<String>,
-    /// `bin_dir`: the folder holding `psql`, `pg_dump` and `pg_restore` (default: `PATH`).
+    /// `bin_dir`: the folder holding `psql`, `pg_dump` and `pg_restore`, taken as given
+    /// (default: the folder on the host whose major version fits the server, see
+    /// [`PgMigrationRunner::tools`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<PathBuf>,
     /// `restore_mode`: how a revert restores a backup, `swap` (default: into a fresh database,

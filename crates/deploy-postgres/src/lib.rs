@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod client_tools;
 mod config;
 mod connection;
 mod migrations;
@@ -12,6 +13,7 @@ pub mod testing;
 #[cfg(all(test, feature = "testing"))]
 mod scanner_against_postgres;
 
+pub use client_tools::{ClientTools, PgMajor};
 pub use config::{KIND, PgMigrationRunnerConfig};
 pub use connection::PgConfig;
 pub use migrations::{Compatibility, Layout, NO_TRANSACTION_MARKER, Reversibility, Transaction};

@@ -1,14 +1,18 @@
 //! Running `psql`, `pg_dump` and `pg_restore` through a [`Host`], and the dedicated session that
 //! holds the advisory lock.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deploy_core::{Command, DynHost, Error, ErrorKind, Output, Result};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::OnceCell;
 
+use crate::client_tools::{self, ClientTools, PgMajor, TOOL_NAMES};
 use crate::connection::PgConfig;
 
 /// `application_name` of the sessions that apply migrations: a runner that holds the lock
@@ -32,16 +36,122 @@ pub(crate) fn literal(s: &str) -> String {
 pub(crate) struct Tools {
     pub(crate) host: DynHost,
     pub(crate) config: PgConfig,
+    /// The directory of the tools, as configured; `None`: chosen ([`client_tools`]).
     pub(crate) bin_dir: Option<PathBuf>,
     pub(crate) query_timeout: Duration,
+    /// What this runner (and its clones) learned once: its tools and the server's version.
+    pub(crate) learned: Arc<Learned>,
+}
+
+/// The tools a runner chose and the server's major version, each learned at most once.
+#[derive(Debug, Default)]
+pub(crate) struct Learned {
+    tools: OnceCell<ClientTools>,
+    server: OnceCell<PgMajor>,
 }
 
 impl Tools {
+    /// `tool` in the configured `bin_dir`, else in the chosen directory; before the choice, the
+    /// bare name, which [`run`](Self::run) replaces by the chosen path.
     fn program(&self, tool: &str) -> PathBuf {
-        match &self.bin_dir {
-            Some(d) => d.join(tool),
-            None => PathBuf::from(tool),
+        match (&self.bin_dir, self.learned.tools.get()) {
+            (Some(d), _) => d.join(tool),
+            (None, Some(t)) => t.dir().join(tool),
+            (None, None) => PathBuf::from(tool),
         }
+    }
+
+    /// The tools this runner runs, chosen at the first call (see [`client_tools`]): with a
+    /// `bin_dir`, those in it (their version read from its `psql --version`); without, the
+    /// directory on the host whose major version fits the server, asked once with `SHOW
+    /// server_version_num` (connecting with `env`, the connection settings of the command
+    /// about to run). The choice is logged at `info`.
+    pub(crate) async fn client_tools(&self, env: &[(OsString, OsString)]) -> Result<&ClientTools> {
+        self.learned
+            .tools
+            .get_or_try_init(|| async {
+                let host = &*self.host;
+                let chosen = match &self.bin_dir {
+                    Some(dir) => {
+                        let major = client_tools::version_of(host, &dir.join("psql")).await?;
+                        ClientTools::in_dir(dir.clone(), major)
+                    }
+                    None => {
+                        let object = format!("database {}", self.config.dbname);
+                        let found = client_tools::discover(host).await;
+                        let Some(asker) = client_tools::newest(&found) else {
+                            return Err(client_tools::none_fits(
+                                &found,
+                                None,
+                                host.name(),
+                                &object,
+                            ));
+                        };
+                        let server = self.server_major(&asker.dir.join("psql"), env).await?;
+                        let Some(c) = client_tools::choose(&found, server) else {
+                            return Err(client_tools::none_fits(
+                                &found,
+                                Some(server),
+                                host.name(),
+                                &object,
+                            ));
+                        };
+                        let major = c.major.expect("choose takes known versions only");
+                        ClientTools::in_dir(c.dir.clone(), major)
+                    }
+                };
+                tracing::info!(
+                    host = host.name(),
+                    database = %self.config.dbname,
+                    bin_dir = self.bin_dir.is_some(),
+                    "client tools: {chosen}"
+                );
+                Ok(chosen)
+            })
+            .await
+    }
+
+    /// The server's major version: known from an earlier query, or asked with `psql`.
+    pub(crate) async fn server_major(
+        &self,
+        psql: &Path,
+        env: &[(OsString, OsString)],
+    ) -> Result<PgMajor> {
+        self.learned
+            .server
+            .get_or_try_init(|| async {
+                let mut cmd = Command::new(psql);
+                for (k, v) in env {
+                    cmd = cmd.env(k, v);
+                }
+                let cmd = cmd
+                    .env("PGAPPNAME", QUERY_APP)
+                    .args(["-X", "-q", "-t", "-A", "-c", "SHOW server_version_num"])
+                    .timeout(self.query_timeout);
+                let operation = "learn the server version of";
+                let object = format!("database {}", self.config.dbname);
+                let out = self.run_as_given(&cmd, operation, &object).await?;
+                let text = out.stdout_text();
+                let num: u32 = text.trim().parse().map_err(|_| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        operation,
+                        object,
+                        format!(
+                            "psql printed {:?}, not a server_version_num",
+                            shorten(text.trim())
+                        ),
+                    )
+                })?;
+                Ok(PgMajor::from_version_num(num))
+            })
+            .await
+            .copied()
+    }
+
+    /// Keep the server's version a query read (`server_version_num`), sparing a question later.
+    pub(crate) fn note_server_version(&self, num: u32) {
+        let _ = self.learned.server.set(PgMajor::from_version_num(num));
     }
 
     /// `tool` with the connection environment for `db` (the configured database when `None`).
@@ -78,7 +188,27 @@ impl Tools {
     /// lines in a separate [`SERVER_WARNINGS`] frame, and the line of psql's input the error
     /// came at in an [`INPUT_LINE`] frame. psql's exit code 2 (connection lost or refused) is
     /// `Unavailable`; a lock timeout (SQLSTATE 55P03) is a retryable `Conflict`.
+    ///
+    /// The first run chooses the tools ([`client_tools`](Self::client_tools)); the choice
+    /// failing is the error of `operation`. A command built before the choice, its program a
+    /// tool's bare name (from [`command`](Self::command)), runs the chosen tool.
     pub(crate) async fn run(&self, cmd: &Command, operation: &str, object: &str) -> Result<Output> {
+        let chosen = self
+            .client_tools(&cmd.env)
+            .await
+            .map_err(|e| e.context(operation.to_owned(), object.to_owned()))?;
+        match TOOL_NAMES.iter().find(|t| cmd.program.as_os_str() == **t) {
+            Some(tool) => {
+                let mut cmd = cmd.clone();
+                cmd.program = chosen.path_of(tool).expect("a tool").as_os_str().to_owned();
+                self.run_as_given(&cmd, operation, object).await
+            }
+            None => self.run_as_given(cmd, operation, object).await,
+        }
+    }
+
+    /// [`run`](Self::run) with the program as it is.
+    async fn run_as_given(&self, cmd: &Command, operation: &str, object: &str) -> Result<Output> {
         let out = self
             .host
             .run(cmd)
@@ -166,9 +296,22 @@ impl Tools {
         self.run_json(db, &cmd, operation).await
     }
 
-    /// The psql program for the lock session, which runs on this machine.
-    fn local_psql(&self) -> PathBuf {
-        self.program("psql")
+    /// The psql program for the lock session, which runs on this machine: the chosen one when
+    /// the tools run here too (chosen now if not yet); with another host, the configured
+    /// `bin_dir`'s or the one on `PATH` (any version can hold an advisory lock).
+    async fn local_psql(&self, operation: &str, object: &str) -> Result<PathBuf> {
+        // `LocalHost`'s name.
+        if self.host.name() == "local" {
+            let chosen = self
+                .client_tools(&self.config.env(None))
+                .await
+                .map_err(|e| e.context(operation.to_owned(), object.to_owned()))?;
+            return Ok(chosen.psql().to_path_buf());
+        }
+        Ok(match &self.bin_dir {
+            Some(d) => d.join("psql"),
+            None => PathBuf::from("psql"),
+        })
     }
 }
 
@@ -415,7 +558,8 @@ impl LockSession {
         // history table): a restore-and-swap terminates every session of the migrated database,
         // and must be able to run while the lock is held.
         let lock_db = tools.config.maintenance_db.clone();
-        let mut cmd = tokio::process::Command::new(tools.local_psql());
+        let psql = tools.local_psql("take the migration lock", &object).await?;
+        let mut cmd = tokio::process::Command::new(&psql);
         cmd.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
             .envs(tools.config.env(Some(&lock_db)))
             .env("PGAPPNAME", LOCK_APP)
@@ -426,7 +570,7 @@ impl LockSession {
         let mut child = cmd.spawn().map_err(|e| {
             Error::io(
                 "start the lock session (psql)",
-                format!("{} for {object}", tools.local_psql().display()),
+                format!("{} for {object}", psql.display()),
                 e,
             )
         })?;
@@ -634,6 +778,7 @@ pub(crate) mod tests {
             config,
             bin_dir: None,
             query_timeout: Duration::from_secs(30),
+            learned: Default::default(),
         }
     }
 

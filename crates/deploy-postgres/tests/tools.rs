@@ -110,3 +110,63 @@ async fn a_server_warning_is_kept_apart_from_the_error_it_preceded() {
         "{e:?}"
     );
 }
+
+/// `/usr/lib/postgresql/<major>/bin` for the server's major version (Debian's layout).
+async fn debian_bin_dir_of(server: &PgServer) -> std::path::PathBuf {
+    let num: u32 = server
+        .query("postgres", "SELECT current_setting('server_version_num')")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    format!("/usr/lib/postgresql/{}/bin", num / 10_000).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bin_dir_the_servers_own_major_runs_not_the_debian_wrapper() {
+    let server = PgServer::start_with_settings(None, &[("log_statement", "all")])
+        .await
+        .unwrap();
+    let config = server.create_database().await.unwrap();
+    let expected = debian_bin_dir_of(&server).await;
+    let dir = folder(&[
+        ("V1__t.sql", "CREATE TABLE t (id int);\n"),
+        ("V2__fails.sql", "SELECT 1/0;\n"),
+    ]);
+    let r = runner(&server, &config, dir.path());
+    let e = r.migrate().await.unwrap_err();
+    // The error names the program that ran: the server's major's own psql.
+    assert!(
+        e.message()
+            .starts_with(&format!("{}/psql exited with code 3", expected.display())),
+        "{e}"
+    );
+    let tools = r.tools().await.unwrap();
+    assert_eq!(tools.dir(), expected);
+    assert_eq!(tools.psql(), expected.join("psql"));
+    assert_eq!(tools.pg_dump(), expected.join("pg_dump"));
+    assert_eq!(tools.pg_restore(), expected.join("pg_restore"));
+    let major = expected
+        .parent()
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(tools.major().to_string(), major);
+    assert_eq!(
+        tools.to_string(),
+        format!(
+            "psql, pg_dump, pg_restore {major} from {}",
+            expected.display()
+        )
+    );
+    // A backup runs the same directory's pg_dump and pg_restore.
+    r.backup().await.unwrap();
+    // The runner asked the server its version once, for all of that.
+    let log = server.log();
+    assert_eq!(
+        log.matches("statement: SHOW server_version_num").count(),
+        1,
+        "{log}"
+    );
+}

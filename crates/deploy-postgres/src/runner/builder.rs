@@ -29,7 +29,8 @@ impl PgMigrationRunnerBuilder {
         self
     }
 
-    /// Take `psql`, `pg_dump`, `pg_restore` from `dir` instead of `PATH`.
+    /// Take `psql`, `pg_dump`, `pg_restore` from `dir` as they are (default: the directory on
+    /// the host whose major version fits the server, see [`PgMigrationRunner::tools`]).
     pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
         self
@@ -197,6 +198,7 @@ impl PgMigrationRunnerBuilder {
             config: self.config,
             bin_dir: self.bin_dir,
             query_timeout: self.query_timeout,
+            learned: Default::default(),
         };
         Ok(PgMigrationRunner {
             tools,

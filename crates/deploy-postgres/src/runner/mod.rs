@@ -27,6 +27,7 @@ pub use status::{
     SchemaReport,
 };
 
+use crate::client_tools::ClientTools;
 use crate::connection::PgConfig;
 use crate::tools::{self, LockSession, Tools, ident};
 
@@ -67,6 +68,22 @@ impl PgMigrationRunner {
     /// The connection settings.
     pub fn config(&self) -> &PgConfig {
         &self.tools.config
+    }
+
+    /// The `psql`, `pg_dump` and `pg_restore` this runner runs, chosen at its first use of a
+    /// tool (or now): from the configured `bin_dir` as given; else, on the host, from
+    /// `pg_config --bindir`, `/usr/lib/postgresql/*/bin` and the directory of the `psql` on
+    /// `PATH` (links followed), the directory of the server's major version, else of the
+    /// oldest newer one — never Debian's `pg_wrapper` (`/usr/bin/psql` there), a Perl script
+    /// that costs 25–140 ms a start. Choosing asks the server its version once.
+    ///
+    /// A `NotFound` error, naming the server's version, the directories found with theirs and
+    /// the package to install, when none is recent enough (`pg_dump` refuses a newer server).
+    pub async fn tools(&self) -> Result<ClientTools> {
+        self.tools
+            .client_tools(&self.tools.config.env(None))
+            .await
+            .cloned()
     }
 
     fn db(&self) -> &str {

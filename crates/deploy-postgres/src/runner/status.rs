@@ -175,9 +175,12 @@ impl PgMigrationRunner {
             literal(&self.table_sql()),
             self.table_sql()
         );
-        self.tools
+        let h: History = self
+            .tools
             .query_json_script(db, &script, "read the history table of")
-            .await
+            .await?;
+        self.tools.note_server_version(h.server);
+        Ok(h)
     }
 
     pub(super) async fn history(&self, db: Option<&str>) -> Result<Vec<HistoryRow>> {
