@@ -154,6 +154,39 @@ impl Tools {
         let _ = self.learned.server.set(PgMajor::from_version_num(num));
     }
 
+    /// Refuse, before a backup, a configured `bin_dir` whose `pg_dump` is older than the
+    /// server (pg_dump would refuse the server, after the backup had begun). Chosen tools
+    /// always fit.
+    pub(crate) async fn check_pg_dump(&self, operation: &str, object: &str) -> Result<()> {
+        let Some(dir) = &self.bin_dir else {
+            return Ok(());
+        };
+        let in_context = |e: Error| e.context(operation.to_owned(), object.to_owned());
+        let server = self
+            .server_major(&dir.join("psql"), &self.config.env(None))
+            .await
+            .map_err(in_context)?;
+        let pg_dump = dir.join("pg_dump");
+        let major = client_tools::version_of(&*self.host, &pg_dump)
+            .await
+            .map_err(in_context)?;
+        if major >= server {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            operation.to_owned(),
+            object.to_owned(),
+            format!(
+                "{} is version {major}, older than the server ({server}), and pg_dump cannot \
+                 dump a newer server; point bin_dir at the tools of {server} or newer \
+                 (`apt-get install postgresql-client-{server}` installs them in \
+                 /usr/lib/postgresql/{server}/bin), or leave bin_dir unset to have them chosen",
+                pg_dump.display()
+            ),
+        ))
+    }
+
     /// `tool` with the connection environment for `db` (the configured database when `None`).
     pub(crate) fn command(&self, tool: &str, db: Option<&str>, app: &str) -> Command {
         let mut c = Command::new(self.program(tool));

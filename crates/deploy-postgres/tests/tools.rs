@@ -1,5 +1,6 @@
-//! The client tools against a real server: which binaries the runner chooses, who holds the
-//! migration lock when a runner gives up waiting, and server warnings kept apart from the error.
+//! The client tools against a real server: which binaries the runner chooses (and refuses), who
+//! holds the migration lock when a runner gives up waiting, and server warnings kept apart from
+//! the error.
 
 mod common;
 
@@ -169,4 +170,68 @@ async fn without_bin_dir_the_servers_own_major_runs_not_the_debian_wrapper() {
         1,
         "{log}"
     );
+}
+
+/// A directory holding the server's own psql and pg_restore, and a pg_dump that says it is 9.6.
+fn bin_dir_with_an_old_pg_dump(server: &PgServer) -> tempfile::TempDir {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["psql", "pg_restore"] {
+        symlink(server.bin_dir().join(tool), dir.path().join(tool)).unwrap();
+    }
+    let pg_dump = dir.path().join("pg_dump");
+    let ran = dir.path().join("pg_dump-ran");
+    std::fs::write(
+        &pg_dump,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 9.6.0'; exit 0; fi\ntouch '{}'\nexit 1\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pg_dump, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_bin_dir_with_an_older_pg_dump_is_refused_before_the_backup_starts() {
+    let (server, config) = setup().await;
+    let bin = bin_dir_with_an_old_pg_dump(&server);
+    let dir = folder(&[("V1__t.sql", "CREATE TABLE t (id int);\n")]);
+    let backups = server.dir().join("old-pg-dump-backups");
+    let r = builder(&server, &config, dir.path())
+        .bin_dir(bin.path())
+        .backup_dir(&backups)
+        .build()
+        .unwrap();
+    let e = r.backup().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(!e.is_retryable());
+    let server_major = debian_bin_dir_of(&server)
+        .await
+        .parent()
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let message = e.message();
+    assert!(
+        message.starts_with(&format!(
+            "{} is version 9.6, older than the server ({server_major})",
+            bin.path().join("pg_dump").display()
+        )),
+        "{e}"
+    );
+    assert!(
+        message.contains(&format!("apt-get install postgresql-client-{server_major}")),
+        "{e}"
+    );
+    // Nothing ran and nothing was written: not pg_dump, not the backup directory.
+    assert!(!bin.path().join("pg_dump-ran").exists());
+    assert!(!backups.exists());
+    // The bin_dir is taken as given for everything else.
+    let tools = r.tools().await.unwrap();
+    assert_eq!(tools.dir(), bin.path());
+    assert_eq!(tools.major().to_string(), server_major);
+    assert_eq!(r.migrate().await.unwrap(), Some(v("1")));
 }

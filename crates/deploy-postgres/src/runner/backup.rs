@@ -47,6 +47,7 @@ impl PgMigrationRunner {
                 "no backup directory is configured (the backup_dir setting)",
             )
         })?;
+        self.tools.check_pg_dump("back up", &self.object()).await?;
         let host = &self.tools.host;
         self.ensure_backup_dir(&dir).await?;
         let name = format!("{}-{}.dump", self.db(), tools::utc_stamp());

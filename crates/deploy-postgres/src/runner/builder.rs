@@ -30,7 +30,8 @@ impl PgMigrationRunnerBuilder {
     }
 
     /// Take `psql`, `pg_dump`, `pg_restore` from `dir` as they are (default: the directory on
-    /// the host whose major version fits the server, see [`PgMigrationRunner::tools`]).
+    /// the host whose major version fits the server, see [`PgMigrationRunner::tools`]). A
+    /// backup is refused, before it starts, when `dir`'s `pg_dump` is older than the server.
     pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
         self
