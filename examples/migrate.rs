@@ -136,6 +136,7 @@ async fn run(args: Args) -> deploy_core::Result<()> {
         Cmd::Status => {
             let r = runner.report().await?;
             println!("database  {}", runner.config());
+            println!("tools     {}", runner.tools().await?);
             println!("layout    {:?}", r.layout);
             println!("current   {}", r.current.as_deref().unwrap_or("(none)"));
             println!(
@@ -182,7 +183,10 @@ async fn run(args: Args) -> deploy_core::Result<()> {
                 );
             }
         }
-        Cmd::Plan => print_plan(&runner.report().await?),
+        Cmd::Plan => {
+            print_plan(&runner.report().await?);
+            println!("\ntools     {}", runner.tools().await?);
+        }
         Cmd::Migrate => {
             let v = runner.migrate().await?;
             println!(
