@@ -205,10 +205,16 @@ fn bad_file(path: &Path, cause: impl Into<String>) -> Error {
     )
 }
 
+/// The text of a migration file, without a leading UTF-8 byte order mark (Windows editors
+/// write one; Flyway and psql skip it, and so does the SQL scanner then).
 fn read_sql(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io("read migration", path.display().to_string(), e))?;
-    String::from_utf8(bytes).map_err(|_| bad_file(path, "is not UTF-8 text"))
+    let text = String::from_utf8(bytes).map_err(|_| bad_file(path, "is not UTF-8 text"))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
 }
 
 fn check_name(path: &Path, name: &str) -> Result<()> {
