@@ -20,6 +20,8 @@ use deploy_core::{Error, ErrorKind, Result};
 
 use crate::connection::PgConfig;
 
+pub mod history;
+
 /// The role the fixture's `pg_hba.conf` authenticates with a password (scram-sha-256) on
 /// loopback; every other role is trusted on loopback (and only there).
 pub const PASSWORD_ROLE: &str = "deploy_pw";
