@@ -278,3 +278,49 @@ async fn golang_migrate_history_fails_cleanly_migrates_like_psql_reverts_to_noth
 async fn diesel_history_fails_cleanly_migrates_like_psql_reverts_to_nothing_and_again() {
     the_runner_on_a_history(Layout::Diesel, 13, Injection::BeforeCommit).await;
 }
+
+/// A Flyway history some of whose files were saved with a UTF-8 byte order mark (Windows
+/// editors do): Flyway skips the mark, and so does psql — the plain loop applies the whole
+/// history — so the runner should run these files as it runs the same files without it.
+async fn flyway_with_byte_order_marks_on(which: fn(&HistoryMigration) -> bool, seed: u64) {
+    let server = PgServer::start().await.expect("start the test server");
+    let history = History::generate(Layout::Flyway, COUNT, seed).with_byte_order_marks(which);
+    let dir = tempfile::tempdir().unwrap();
+    history.write_to(dir.path()).unwrap();
+    let a = server.create_database().await.unwrap();
+    let b = server.create_database().await.unwrap();
+    let runner = builder(&server, &a, dir.path())
+        .bin_dir(server.bin_dir())
+        .build()
+        .unwrap();
+    let (migrated, plain) = tokio::join!(
+        runner.migrate(),
+        history.apply_plain(&server, &b.dbname, dir.path())
+    );
+    plain.expect("psql applies every file, marks and all");
+    assert_eq!(
+        migrated.expect("the runner applies every file, as psql does"),
+        last_version(&history)
+    );
+    same_schema(
+        &schema_dump(&server, &a.dbname).await.unwrap(),
+        &schema_dump(&server, &b.dbname).await.unwrap(),
+        "byte order marks, runner against psql",
+    );
+}
+
+/// RUNNER GAP, kept failing on purpose: the transaction analysis reads the mark as part of the
+/// first word, so `\u{feff}BEGIN;` is not a BEGIN, and the file is refused ("`COMMIT` ends a
+/// transaction the file did not start") before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_gap_flyway_own_transaction_files_with_a_byte_order_mark_run_as_psql_runs_them() {
+    flyway_with_byte_order_marks_on(|m| m.body == Body::OwnTransaction, 31).await;
+}
+
+/// RUNNER GAP, kept failing on purpose: `\u{feff}CREATE INDEX CONCURRENTLY` is not seen as a
+/// statement that cannot run in a transaction, so the runner wraps the file in one, and
+/// PostgreSQL refuses it ("CREATE INDEX CONCURRENTLY cannot run inside a transaction block").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_gap_flyway_concurrently_files_with_a_byte_order_mark_run_as_psql_runs_them() {
+    flyway_with_byte_order_marks_on(|m| m.body == Body::Concurrently, 32).await;
+}
