@@ -160,10 +160,8 @@ async fn the_runner_on_a_history(layout: Layout, default_seed: u64, how: Injecti
     // a: the runner's database; b: the plain loop's.
     let a = server.create_database().await.unwrap();
     let b = server.create_database().await.unwrap();
-    // Reverting the whole history runs down files that drop columns and tables. The server's
-    // own psql: Debian's /usr/bin/psql is a Perl wrapper costing some 25 ms a call.
+    // Reverting the whole history runs down files that drop columns and tables.
     let runner = builder(&server, &a, dir.path())
-        .bin_dir(server.bin_dir())
         .allow_data_loss(true)
         .build()
         .unwrap();
@@ -289,10 +287,7 @@ async fn flyway_with_byte_order_marks_on(which: fn(&HistoryMigration) -> bool, s
     history.write_to(dir.path()).unwrap();
     let a = server.create_database().await.unwrap();
     let b = server.create_database().await.unwrap();
-    let runner = builder(&server, &a, dir.path())
-        .bin_dir(server.bin_dir())
-        .build()
-        .unwrap();
+    let runner = runner(&server, &a, dir.path());
     let (migrated, plain) = tokio::join!(
         runner.migrate(),
         history.apply_plain(&server, &b.dbname, dir.path())

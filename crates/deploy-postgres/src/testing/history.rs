@@ -8,9 +8,10 @@
 //! and fixed — and writes each change as its tool names it:
 //!
 //! - Flyway: `V1__…`, `V1.1__…`, `V1_2_9__…` then `V1_2_10__…`, a `U<version>__…` undo file
-//!   for every versioned one, and a few `R__…` repeatable migrations (views only, `CREATE OR
-//!   REPLACE VIEW`: a revert forgets repeatables, and a view is the one thing the down files
-//!   can drop with the tables it reads);
+//!   for every versioned one, and a few `R__…` repeatable migrations: views only (`CREATE OR
+//!   REPLACE VIEW`), which no down file drops — a revert past them drops the views and
+//!   forgets the repeatables, and the next migrate creates them again, which it could not do
+//!   for a function;
 //! - golang-migrate: `000001_….up.sql` / `.down.sql`;
 //! - diesel: `00000000000000_diesel_initial_setup`, then `YYYY-MM-DD-HHMMSS_…` folders and,
 //!   after an upgrade of the CLI, `YYYY-MM-DD-HHMMSS-0000_…` ones, mixed; `metadata.toml`
@@ -550,8 +551,6 @@ struct Table {
     singular: String,
     cols: Vec<Col>,
     used_cols: HashSet<String>,
-    /// The step that created it (its down drops the repeatable views reading it).
-    created_step: usize,
     renamed: bool,
     has_trigger_function: bool,
     /// The rows inserted so far (for unique values).
@@ -961,7 +960,7 @@ impl Generator {
 
     fn next_step(&mut self, i: usize) -> Step {
         if self.tables.len() < 3 {
-            return self.create_table(i);
+            return self.create_table();
         }
         if i >= 12 && i.is_multiple_of(6) {
             let unseen: Vec<Change> = Change::ALL
@@ -970,7 +969,7 @@ impl Generator {
                 .filter(|c| !self.seen.contains(c) && *c != Change::DieselSetup)
                 .collect();
             for c in unseen {
-                if let Some(s) = self.try_change(c, i) {
+                if let Some(s) = self.try_change(c) {
                     return s;
                 }
             }
@@ -986,16 +985,16 @@ impl Generator {
                 }
                 roll -= w;
             }
-            if let Some(s) = self.try_change(change, i) {
+            if let Some(s) = self.try_change(change) {
                 return s;
             }
         }
     }
 
-    fn try_change(&mut self, change: Change, i: usize) -> Option<Step> {
+    fn try_change(&mut self, change: Change) -> Option<Step> {
         match change {
             Change::DieselSetup => None,
-            Change::CreateTable => Some(self.create_table(i)),
+            Change::CreateTable => Some(self.create_table()),
             Change::AddColumn => self.add_column(false),
             Change::Backfill => self.add_column(true),
             Change::AddIndex => self.add_index(false),
@@ -1018,7 +1017,7 @@ impl Generator {
         }
     }
 
-    fn create_table(&mut self, step: usize) -> Step {
+    fn create_table(&mut self) -> Step {
         let free: Vec<(&str, &str)> = TABLES
             .iter()
             .copied()
@@ -1100,7 +1099,6 @@ impl Generator {
             singular,
             cols,
             used_cols,
-            created_step: step,
             renamed: false,
             has_trigger_function: false,
             next_row: 0,
@@ -1838,21 +1836,14 @@ impl Generator {
         ))
     }
 
-    /// Flyway's repeatable migrations: views over columns every table had from its creation,
-    /// by their final names; each table's creating migration drops them in its down file.
+    /// Flyway's repeatable migrations: three or four files of views over the tables as the
+    /// history leaves them, by their final names.
     fn repeatables(&mut self) -> Vec<(String, String)> {
-        // Columns the down files never drop or retype before the table's own.
-        let stable = |c: &Col| {
-            c.at_creation && !c.retyped && matches!(c.role, Role::Id | Role::Key | Role::Plain)
-        };
-        let candidates: Vec<usize> = (0..self.tables.len()).collect();
         let n = 3 + self.rng.below(2);
         let mut out: Vec<(String, String)> = Vec::new();
         let mut used_tables = HashSet::new();
         for k in 0..n {
-            let free: Vec<usize> = candidates
-                .iter()
-                .copied()
+            let free: Vec<usize> = (0..self.tables.len())
                 .filter(|t| !used_tables.contains(t))
                 .collect();
             if free.is_empty() {
@@ -1861,17 +1852,10 @@ impl Generator {
             let ti = *self.rng.pick(&free);
             used_tables.insert(ti);
             let t = self.tables[ti].clone();
-            let cols: Vec<String> = t
-                .cols
-                .iter()
-                .filter(|c| stable(c))
-                .map(|c| c.name.clone())
-                .collect();
-            let mut views = Vec::new();
+            let cols = self.view_columns(&t);
             let (description, mut text) = match k % 3 {
                 0 => {
                     let v = self.fresh(&format!("report_{}", t.name));
-                    views.push((v.clone(), vec![ti]));
                     (
                         format!("report_{}", t.name),
                         format!(
@@ -1882,29 +1866,23 @@ impl Generator {
                     )
                 }
                 1 => {
-                    // A join through a reference the table had from its creation, if any.
+                    // A join through a reference to another table, if it has one.
                     let link = t.cols.iter().find_map(|c| match c.role {
-                        Role::Ref(p) if c.at_creation && p != ti => Some((c.name.clone(), p)),
+                        Role::Ref(p) if p != ti => Some((c.name.clone(), p)),
                         _ => None,
                     });
                     match link {
                         Some((fk, p)) => {
                             let parent = self.tables[p].clone();
                             let v = self.fresh(&format!("{}_with_{}", t.name, parent.singular));
-                            views.push((v.clone(), vec![ti, p]));
-                            let pcols: Vec<String> = parent
-                                .cols
-                                .iter()
-                                .filter(|c| stable(c) && c.role == Role::Key)
-                                .map(|c| format!("p.{} AS {}_{}", c.name, parent.singular, c.name))
-                                .collect();
                             let mine: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
+                            let key = parent.key();
                             (
                                 format!("{}_with_{}", t.name, parent.singular),
                                 format!(
-                                    "CREATE OR REPLACE VIEW {v} AS\nSELECT {}, {}\nFROM {} t\nLEFT JOIN {} p ON p.id = t.{fk};\n",
+                                    "CREATE OR REPLACE VIEW {v} AS\nSELECT {}, p.{key} AS {}_{key}\nFROM {} t\nLEFT JOIN {} p ON p.id = t.{fk};\n",
                                     mine.join(", "),
-                                    pcols.join(", "),
+                                    parent.singular,
                                     t.name,
                                     parent.name
                                 ),
@@ -1912,7 +1890,6 @@ impl Generator {
                         }
                         None => {
                             let v = self.fresh(&format!("{}_names", t.name));
-                            views.push((v.clone(), vec![ti]));
                             (
                                 format!("{}_names", t.name),
                                 format!(
@@ -1927,11 +1904,9 @@ impl Generator {
                 }
                 _ => {
                     let v = self.fresh(&format!("recent_{}", t.name));
-                    views.push((v.clone(), vec![ti]));
-                    let filter = if cols.iter().any(|c| c == "created_at") {
-                        "\nWHERE created_at > now() - interval '30 days'"
-                    } else {
-                        ""
+                    let filter = match t.cols.iter().find(|c| c.ty == Ty::Timestamptz) {
+                        Some(c) => format!("\nWHERE {} > now() - interval '30 days'", c.name),
+                        None => String::new(),
                     };
                     (
                         format!("recent_{}", t.name),
@@ -1944,7 +1919,7 @@ impl Generator {
                 }
             };
             // A second view in the same file, now and then.
-            if k == 0 && self.tables.len() > 1 && self.rng.chance(60) {
+            if k == 0 && self.rng.chance(60) {
                 let other: Vec<usize> = (0..self.tables.len())
                     .filter(|o| !used_tables.contains(o))
                     .collect();
@@ -1953,26 +1928,41 @@ impl Generator {
                     used_tables.insert(oi);
                     let o = self.tables[oi].clone();
                     let v = self.fresh(&format!("report_{}", o.name));
-                    views.push((v.clone(), vec![oi]));
                     text.push_str(&format!(
-                        "\nCREATE OR REPLACE VIEW {v} AS\nSELECT id, {}\nFROM {};\n",
-                        o.key(),
+                        "\nCREATE OR REPLACE VIEW {v} AS\nSELECT {}\nFROM {};\n",
+                        self.view_columns(&o).join(", "),
                         o.name
                     ));
-                }
-            }
-            for (v, tables) in &views {
-                for &ti in tables {
-                    let step = self.tables[ti].created_step;
-                    self.steps[step]
-                        .down
-                        .insert(0, format!("DROP VIEW IF EXISTS {v};"));
                 }
             }
             out.push((format!("R__{description}.sql"), text));
         }
         out.sort();
         out
+    }
+
+    /// The columns a repeatable view over `t` shows: `id`, its key, and up to two others.
+    fn view_columns(&mut self, t: &Table) -> Vec<String> {
+        let mut cols: Vec<String> = t
+            .cols
+            .iter()
+            .filter(|c| matches!(c.role, Role::Id | Role::Key))
+            .map(|c| c.name.clone())
+            .collect();
+        let others: Vec<&Col> = t
+            .cols
+            .iter()
+            .filter(|c| !matches!(c.role, Role::Id | Role::Key))
+            .collect();
+        for _ in 0..2 {
+            if !others.is_empty() {
+                let c = &self.rng.pick(&others).name;
+                if !cols.contains(c) {
+                    cols.push(c.clone());
+                }
+            }
+        }
+        cols
     }
 
     /// The files, as the layout names them.
