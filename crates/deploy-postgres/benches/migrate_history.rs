@@ -116,8 +116,12 @@ async fn main() {
                 }
             }
         }
-        let (real, wrapper, runner_t, noop) =
-            (median(real), median(wrapper), median(runner_t), median(noop));
+        let (real, wrapper, runner_t, noop) = (
+            median(real),
+            median(wrapper),
+            median(runner_t),
+            median(noop),
+        );
         println!(
             "| {layout:?} | {real:.2?} | {wrapper:.2?} | {runner_t:.2?} | {:.2}× | {noop:.0?} |",
             runner_t.as_secs_f64() / real.as_secs_f64()
