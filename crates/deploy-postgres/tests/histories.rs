@@ -304,18 +304,18 @@ async fn flyway_with_byte_order_marks_on(which: fn(&HistoryMigration) -> bool, s
     );
 }
 
-/// RUNNER GAP, kept failing on purpose: the transaction analysis reads the mark as part of the
-/// first word, so `\u{feff}BEGIN;` is not a BEGIN, and the file is refused ("`COMMIT` ends a
-/// transaction the file did not start") before anything runs.
+/// Before 9224a48 the transaction analysis read the mark as part of the first word, so
+/// `\u{feff}BEGIN;` was not a BEGIN, and the file was refused ("`COMMIT` ends a transaction
+/// the file did not start") before anything ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runner_gap_flyway_own_transaction_files_with_a_byte_order_mark_run_as_psql_runs_them() {
+async fn flyway_own_transaction_files_with_a_byte_order_mark_run_as_psql_runs_them() {
     flyway_with_byte_order_marks_on(|m| m.body == Body::OwnTransaction, 31).await;
 }
 
-/// RUNNER GAP, kept failing on purpose: `\u{feff}CREATE INDEX CONCURRENTLY` is not seen as a
-/// statement that cannot run in a transaction, so the runner wraps the file in one, and
-/// PostgreSQL refuses it ("CREATE INDEX CONCURRENTLY cannot run inside a transaction block").
+/// Before 9224a48 `\u{feff}CREATE INDEX CONCURRENTLY` was not seen as a statement that cannot
+/// run in a transaction, so the runner wrapped the file in one, and PostgreSQL refused it
+/// ("CREATE INDEX CONCURRENTLY cannot run inside a transaction block").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runner_gap_flyway_concurrently_files_with_a_byte_order_mark_run_as_psql_runs_them() {
+async fn flyway_concurrently_files_with_a_byte_order_mark_run_as_psql_runs_them() {
     flyway_with_byte_order_marks_on(|m| m.body == Body::Concurrently, 32).await;
 }
