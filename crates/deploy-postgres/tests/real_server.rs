@@ -14,17 +14,6 @@ use deploy_postgres::{
     Compatibility, Layout, PgConfig, PgMigrationRunner, PgMigrationRunnerConfig, RestoreMode,
 };
 
-/// Poll `sql` (a count) in `db` until it answers 1, for at most 30 s.
-async fn wait_for(server: &PgServer, db: &str, sql: &str) {
-    for _ in 0..600 {
-        if server.query(db, sql).await.unwrap() == "1" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not reached within 30 s: {sql}");
-}
-
 fn v(s: &str) -> SchemaVersion {
     SchemaVersion(s.to_owned())
 }
@@ -232,34 +221,6 @@ async fn two_runners_racing_apply_each_migration_exactly_once() {
             .unwrap(),
         "t"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_runner_gives_up_at_its_deadline_with_a_clear_error() {
-    let (server, config) = setup().await;
-    let dir = folder(&[(
-        "V1__slow.sql",
-        "SELECT pg_sleep(3);\nCREATE TABLE t (id int);\n",
-    )]);
-    let a = runner(&server, &config, dir.path());
-    let b = builder(&server, &config, dir.path())
-        .lock_wait(Duration::from_millis(600))
-        .lock_poll(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let first = tokio::spawn(async move { a.migrate().await });
-    wait_for(
-        &server,
-        &config.dbname,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-    )
-    .await;
-    let e = b.migrate().await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Conflict);
-    assert!(e.is_retryable());
-    assert!(e.to_string().contains("lock"), "{e}");
-    assert_eq!(first.await.unwrap().unwrap(), Some(v("1")));
-    assert_eq!(history(&server, &config.dbname).await, ["1:true"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,17 +10,6 @@ use common::*;
 use deploy_core::{ErrorKind, MigrationRunner, SchemaVersion};
 use deploy_postgres::testing::PgServer;
 
-/// Poll `sql` (a count) in `db` until it answers 1, for at most 30 s.
-async fn wait_for(server: &PgServer, db: &str, sql: &str) {
-    for _ in 0..600 {
-        if server.query(db, sql).await.unwrap() == "1" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not reached within 30 s: {sql}");
-}
-
 fn v(s: &str) -> SchemaVersion {
     SchemaVersion(s.to_owned())
 }

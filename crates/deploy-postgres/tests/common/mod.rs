@@ -59,3 +59,14 @@ pub async fn history(server: &PgServer, db: &str) -> Vec<String> {
 pub fn path_of(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// Poll `sql` (a count) in `db` until it answers 1, for at most 30 s.
+pub async fn wait_for(server: &PgServer, db: &str, sql: &str) {
+    for _ in 0..600 {
+        if server.query(db, sql).await.unwrap() == "1" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not reached within 30 s: {sql}");
+}
