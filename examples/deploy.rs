@@ -348,6 +348,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             let pf = load(&plan)?;
             let run = engine(&pf)?
                 .request(&ControlRequest::Promote)
+                .await
                 .map_err(|e| deploy_error(&plan, e))?;
             out!("asked run {run} to end its pause and carry on");
             Ok(0)
@@ -356,6 +357,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             let pf = load(&plan)?;
             let run = engine(&pf)?
                 .request(&ControlRequest::Abort { reason })
+                .await
                 .map_err(|e| deploy_error(&plan, e))?;
             out!("asked run {run} to stop and roll back");
             Ok(0)
@@ -364,6 +366,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             let pf = load(&plan)?;
             match engine(&pf)?
                 .break_stale_lock()
+                .await
                 .map_err(|e| deploy_error(&plan, e))?
             {
                 None => out!(
@@ -373,7 +376,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 ),
                 Some(holder) => {
                     out!("broke the stale lock of {holder}");
-                    if let Ok(Some(s)) = engine(&pf)?.status()
+                    if let Ok(Some(s)) = engine(&pf)?.status().await
                         && s.outcome.is_none()
                     {
                         out!(
@@ -388,7 +391,11 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
         }
         Cmd::Status { plan, json } => {
             let pf = load(&plan)?;
-            match engine(&pf)?.status().map_err(|e| deploy_error(&plan, e))? {
+            match engine(&pf)?
+                .status()
+                .await
+                .map_err(|e| deploy_error(&plan, e))?
+            {
                 None => out!("no run yet in {}", pf.environment.state_dir.display()),
                 Some(s) if json => out!(
                     "{}",
@@ -407,6 +414,7 @@ async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
     // A stale lock whose run finished is cleared by the recovery: say so.
     let stale = engine
         .status()
+        .await
         .ok()
         .flatten()
         .filter(|s| s.lock_stale)

@@ -183,6 +183,7 @@ state_file = {state_file}
         loop {
             if engine
                 .status()
+                .await
                 .ok()
                 .flatten()
                 .is_some_and(|s| s.paused.is_some() && s.outcome.is_none())
@@ -406,7 +407,7 @@ bin_dir = {bin}
     assert_eq!(w.weights().await, [3, 1]);
     assert_eq!(schema().await, "t", "migrated before the canary");
     // The disk is full from here on: a few dozen bytes more fit in the journal.
-    let journal = engine.unfinished_run().unwrap().unwrap();
+    let journal = engine.unfinished_run().await.unwrap().unwrap();
     let size = std::fs::metadata(&journal).unwrap().len();
     let limit = size + 60;
     let st = std::process::Command::new("prlimit")
@@ -458,7 +459,7 @@ bin_dir = {bin}
         assert_eq!(code, 0, "{cmd}: {out}");
     }
     assert_eq!(
-        engine.status().unwrap().unwrap().outcome,
+        engine.status().await.unwrap().unwrap().outcome,
         Some(Outcome::Promoted)
     );
 }
@@ -492,7 +493,7 @@ window = "1s"
     assert_eq!(w.weights().await, [100, 0]);
     assert_eq!(w.versions().await, ["1.0.0", "1.0.0"]);
     assert!(!w.state().join("lock").exists());
-    let s = w.engine(&plan).status().unwrap().unwrap();
+    let s = w.engine(&plan).status().await.unwrap().unwrap();
     assert_eq!(s.outcome, Some(Outcome::RolledBack), "{s}");
 }
 
@@ -591,7 +592,7 @@ async fn observation_7_a_stale_lock_behind_a_finished_run_is_cleared_by_resume()
     let plan = w.plan("bg", "2.0.0", BLUE_GREEN, "");
     let (code, out) = deploy_cli(&["run"], &plan);
     assert_eq!(code, 0, "{out}");
-    let run_id = w.engine(&plan).status().unwrap().unwrap().run_id;
+    let run_id = w.engine(&plan).status().await.unwrap().unwrap().run_id;
     std::fs::write(
         w.state().join("lock"),
         format!(
@@ -674,7 +675,7 @@ async fn observation_8_a_torn_utf8_tail_and_a_garbage_old_journal_block_no_comma
     // kill -9 while a record with "ü" in it was being written.
     run.0.kill().unwrap();
     run.0.wait().unwrap();
-    let journal = engine.unfinished_run().unwrap().unwrap();
+    let journal = engine.unfinished_run().await.unwrap().unwrap();
     let record = r#"{"record":"rollback_started","reason":"p99 über dem Ziel"}"#.as_bytes();
     let cut = record.iter().position(|b| *b == 0xC3).unwrap() + 1;
     let mut bytes = std::fs::read(&journal).unwrap();

@@ -31,7 +31,7 @@ fn run(args: &[&str], plan: &Path) -> (i32, String) {
 async fn wait_paused(engine: &Engine, pid: u32, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Some(s)) = engine.status()
+        if let Ok(Some(s)) = engine.status().await
             && matches!(s.current_step, Some(Step::Pause { duration: None }))
             && s.lock.as_ref().is_some_and(|l| l.pid == pid)
             && s.outcome.is_none()
@@ -41,7 +41,7 @@ async fn wait_paused(engine: &Engine, pid: u32, log: &Path) {
         assert!(
             Instant::now() < deadline,
             "the canary never paused: {:?}\n{}",
-            engine.status(),
+            engine.status().await,
             std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -102,7 +102,7 @@ async fn killed_mid_canary() -> Setup {
     // kill -9: no handler runs, the lock and the journal stay behind.
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    let s = engine.status().unwrap().unwrap();
+    let s = engine.status().await.unwrap().unwrap();
     assert!(s.lock_stale, "the dead process's lock is stale: {s}");
     assert_eq!(s.outcome, None);
     let (code, out) = run(&["status"], &plan_path);
@@ -148,7 +148,7 @@ async fn kill_9_mid_canary_then_rollback_restores_the_old_release_and_weights() 
         "1.0.0",
         "the canary slot is back"
     );
-    let st = s.engine.status().unwrap().unwrap();
+    let st = s.engine.status().await.unwrap().unwrap();
     assert_eq!(st.outcome, Some(deploy::Outcome::RolledBack));
     assert!(st.lock.is_none() && !st.lock_stale, "{st}");
     let (code, out) = run(&["rollback"], &s.plan);
@@ -189,7 +189,7 @@ async fn kill_9_mid_canary_then_resume_and_promote_finishes_the_deploy() {
 
     assert_eq!(haproxy_weights(&s.h, &["blue", "green"]).await, [0, 100]);
     assert_eq!(version_of(&s.green).await, "2.0.0");
-    let st = s.engine.status().unwrap().unwrap();
+    let st = s.engine.status().await.unwrap().unwrap();
     assert_eq!(st.outcome, Some(deploy::Outcome::Promoted));
     let r = finish_load(s, "kill -9 then resume + promote").await;
     assert_eq!(r.failed, 0, "{:?}", r.errors);

@@ -103,7 +103,7 @@ async fn blue_green_from_a_plan_file_switches_haproxy_with_zero_failed_requests(
             .any(|x| x.gate == "error-rate" && x.verdict.kind == deploy::VerdictKind::Pass),
         "{report}"
     );
-    let status = engine.status().unwrap().unwrap();
+    let status = engine.status().await.unwrap().unwrap();
     assert_eq!(status.outcome, Some(Outcome::Promoted));
 }
 

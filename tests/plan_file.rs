@@ -143,7 +143,7 @@ command = ["sh", "-c", "echo switched to {{version}} >> {log}"]
         2,
         "pre-switch analysis: 200 ms / 100 ms"
     );
-    let status = engine.status().unwrap().unwrap();
+    let status = engine.status().await.unwrap().unwrap();
     assert_eq!(status.outcome, Some(Outcome::Promoted));
 }
 

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod redact;
 pub mod secret;
 pub mod smoke;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -74,5 +75,5 @@ pub mod report {
 /// The state directory of an environment as another process reads it: journal records, the
 /// replayed state of a run, where the newest run stands, who holds the lock.
 pub mod journal {
-    pub use crate::engine::{JournalState, LockInfo, Record, RunStatus};
+    pub use crate::engine::{AddressedRequest, JournalState, LockInfo, Record, RunStatus};
 }

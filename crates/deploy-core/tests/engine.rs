@@ -953,10 +953,10 @@ async fn a_stale_lock_is_refused_until_broken_explicitly() {
         "nothing was touched"
     );
     // Breaking it explicitly lets deploys run again.
-    let holder = engine.break_stale_lock().unwrap().unwrap();
+    let holder = engine.break_stale_lock().await.unwrap().unwrap();
     assert_eq!(holder.pid, 999999);
     assert!(!dir.path().join("lock").exists());
-    assert!(engine.break_stale_lock().unwrap().is_none());
+    assert!(engine.break_stale_lock().await.unwrap().is_none());
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
 }

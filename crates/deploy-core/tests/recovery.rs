@@ -231,10 +231,12 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                     let fresh = Engine::new(world.environment("prod"))
                         .with_policies(policies())
                         .with_state_dir(dir.path());
-                    let journal = fresh
+                    let run_id = fresh
                         .unfinished_run()
+                        .await
                         .unwrap()
                         .unwrap_or_else(|| panic!("{cell}: no unfinished journal"));
+                    let journal = dir.path().join("runs").join(format!("{run_id}.jsonl"));
                     let st = deploy_core::journal::JournalState::read(&journal).unwrap();
                     // Steps of one batch finish together, so the journal points at the batch.
                     assert!(
@@ -257,7 +259,7 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                         }
                     }
                     assert!(
-                        fresh.unfinished_run().unwrap().is_none(),
+                        fresh.unfinished_run().await.unwrap().is_none(),
                         "{cell}: the journal is finished"
                     );
                     assert!(
@@ -423,7 +425,7 @@ async fn another_process_promotes_or_aborts_a_paused_run_and_reads_its_status() 
             .with_state_dir(dir.path());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let status = loop {
-            if let Some(s) = operator.status().unwrap()
+            if let Some(s) = operator.status().await.unwrap()
                 && matches!(s.current_step, Some(Step::Pause { duration: None }))
             {
                 break s;
@@ -445,12 +447,12 @@ async fn another_process_promotes_or_aborts_a_paused_run_and_reads_its_status() 
         assert!(!status.lock_stale);
         assert_eq!(world.switch.current().to_string(), "blue=4,green=1");
 
-        operator.request(&request).unwrap();
+        operator.request(&request).await.unwrap();
         let report = tokio::time::timeout(Duration::from_secs(10), run)
             .await
             .unwrap()
             .unwrap();
-        let after = operator.status().unwrap().unwrap();
+        let after = operator.status().await.unwrap().unwrap();
         assert_eq!(after.outcome, Some(report.outcome));
         assert!(after.lock.is_none(), "the lock is released");
         match request {
@@ -497,7 +499,7 @@ async fn status_reports_a_stale_lock_of_a_killed_run() {
                 _ = &mut run => panic!("finished"),
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
-            if let Some(s) = engine.status().unwrap()
+            if let Some(s) = engine.status().await.unwrap()
                 && matches!(s.current_step, Some(Step::Pause { .. }))
             {
                 break std::fs::read(dir.path().join("lock")).unwrap();
@@ -505,7 +507,7 @@ async fn status_reports_a_stale_lock_of_a_killed_run() {
         }
     };
     std::fs::write(dir.path().join("lock"), lock_copy).unwrap();
-    let status = engine.status().unwrap().unwrap();
+    let status = engine.status().await.unwrap().unwrap();
     assert!(status.lock_stale, "{status}");
     assert!(status.to_string().contains("STALE lock"), "{status}");
     let report = engine
@@ -515,5 +517,5 @@ async fn status_reports_a_stale_lock_of_a_killed_run() {
         .unwrap();
     assert_eq!(report.outcome, Outcome::RolledBack);
     assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
-    assert!(engine.status().unwrap().unwrap().lock.is_none());
+    assert!(engine.status().await.unwrap().unwrap().lock.is_none());
 }

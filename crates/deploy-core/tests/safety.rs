@@ -244,7 +244,7 @@ async fn a_request_with_no_run_in_progress_is_refused_and_leaves_nothing_behind(
             reason: "stale".into(),
         },
     ] {
-        let err = engine.request(&request).unwrap_err();
+        let err = engine.request(&request).await.unwrap_err();
         assert!(matches!(err, DeployError::Refused { .. }), "{err}");
         assert!(err.to_string().contains("no run is in progress"), "{err}");
     }
@@ -269,7 +269,12 @@ async fn a_leftover_request_never_acts_on_a_later_run() {
     // The run pauses and stays paused: the leftover request is discarded, not applied.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if engine.status().unwrap().is_some_and(|s| s.paused.is_some()) {
+        if engine
+            .status()
+            .await
+            .unwrap()
+            .is_some_and(|s| s.paused.is_some())
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never paused");
@@ -289,8 +294,8 @@ async fn a_leftover_request_never_acts_on_a_later_run() {
     assert!(!dir.path().join("control.json").exists());
     assert_eq!(world.switch.current().to_string(), "blue=4,green=1");
     // The operator's promotion of this pause is applied.
-    let to = engine.request(&ControlRequest::Promote).unwrap();
-    assert_eq!(Some(to), engine.status().unwrap().map(|s| s.run_id));
+    let to = engine.request(&ControlRequest::Promote).await.unwrap();
+    assert_eq!(Some(to), engine.status().await.unwrap().map(|s| s.run_id));
     let report = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .unwrap()
@@ -299,7 +304,7 @@ async fn a_leftover_request_never_acts_on_a_later_run() {
     assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
     // The run is over: a promotion or abort now is refused again.
     assert!(matches!(
-        engine.request(&ControlRequest::Promote),
+        engine.request(&ControlRequest::Promote).await,
         Err(DeployError::Refused { .. })
     ));
 }
@@ -329,6 +334,7 @@ async fn a_promotion_is_refused_unless_the_run_is_paused() {
     loop {
         if engine
             .status()
+            .await
             .unwrap()
             .is_some_and(|s| matches!(s.current_step, Some(Step::Analyze { .. })))
         {
@@ -337,7 +343,7 @@ async fn a_promotion_is_refused_unless_the_run_is_paused() {
         assert!(tokio::time::Instant::now() < deadline, "never analysed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let err = engine.request(&ControlRequest::Promote).unwrap_err();
+    let err = engine.request(&ControlRequest::Promote).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("is not paused (it is at step 5 (analyze"),
@@ -422,7 +428,7 @@ async fn a_rollback_whose_undo_failed_can_be_retried() {
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Failed, "{report}");
     assert_eq!(world.switch.current().to_string(), "blue=4,green=1");
-    let status = engine.status().unwrap().unwrap();
+    let status = engine.status().await.unwrap().unwrap();
     assert!(
         status
             .to_string()
@@ -439,7 +445,7 @@ async fn a_rollback_whose_undo_failed_can_be_retried() {
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
     assert_eq!(world.state(), before);
     assert_eq!(
-        engine.status().unwrap().unwrap().outcome,
+        engine.status().await.unwrap().unwrap().outcome,
         Some(Outcome::RolledBack)
     );
     assert!(
@@ -515,7 +521,12 @@ async fn killed_while_paused(dir: &std::path::Path, world: &FakeWorld) -> Engine
                 r = &mut run => panic!("finished: {:?}", r.map(|r| r.outcome)),
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
-            if engine.status().unwrap().is_some_and(|s| s.paused.is_some()) {
+            if engine
+                .status()
+                .await
+                .unwrap()
+                .is_some_and(|s| s.paused.is_some())
+            {
                 break;
             }
         }
@@ -595,7 +606,8 @@ async fn a_journal_torn_inside_a_utf8_character_and_an_unreadable_old_journal_bl
     let world = FakeWorld::slots("1.0.0", "0.9.0");
     let before = world.state();
     let engine = killed_while_paused(dir.path(), &world).await;
-    let journal = engine.unfinished_run().unwrap().unwrap();
+    let run_id = engine.unfinished_run().await.unwrap().unwrap();
+    let journal = dir.path().join("runs").join(format!("{run_id}.jsonl"));
     // The process died in the middle of a record whose text holds a multi-byte character.
     let mut bytes = std::fs::read(&journal).unwrap();
     let record = r#"{"record":"rollback_started","reason":"p99 über dem Ziel"}"#.as_bytes();
@@ -609,7 +621,7 @@ async fn a_journal_torn_inside_a_utf8_character_and_an_unreadable_old_journal_bl
         b"\xff\xfe not json\n{\n",
     )
     .unwrap();
-    let status = engine.status().unwrap().unwrap();
+    let status = engine.status().await.unwrap().unwrap();
     assert!(status.paused.is_some(), "{status}");
     let report = engine
         .recover(Recovery::Rollback, &CancellationToken::new())
@@ -622,7 +634,7 @@ async fn a_journal_torn_inside_a_utf8_character_and_an_unreadable_old_journal_bl
     let st = JournalState::read(&journal).unwrap();
     assert_eq!(st.outcome, Some(Outcome::RolledBack));
     assert_eq!(
-        engine.status().unwrap().unwrap().outcome,
+        engine.status().await.unwrap().unwrap().outcome,
         Some(Outcome::RolledBack)
     );
 }

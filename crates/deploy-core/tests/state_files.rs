@@ -49,16 +49,22 @@ async fn every_file_of_the_state_directory_is_private_to_its_owner() {
             .await
             .unwrap()
     });
-    while engine.status().unwrap().is_none_or(|s| s.paused.is_none()) {
+    while engine
+        .status()
+        .await
+        .unwrap()
+        .is_none_or(|s| s.paused.is_none())
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // While the run holds it: the lock, the journal, and a request.
     assert_eq!(mode(&dir), 0o700, "state directory");
     assert_eq!(mode(&dir.join("runs")), 0o700, "runs directory");
     assert_eq!(mode(&dir.join("lock")), 0o600, "lock");
-    let journal = engine.unfinished_run().unwrap().unwrap();
+    let run_id = engine.unfinished_run().await.unwrap().unwrap();
+    let journal = dir.join("runs").join(format!("{run_id}.jsonl"));
     assert_eq!(mode(&journal), 0o600, "journal");
-    engine.request(&ControlRequest::Promote).unwrap();
+    engine.request(&ControlRequest::Promote).await.unwrap();
     if dir.join("control.json").exists() {
         assert_eq!(mode(&dir.join("control.json")), 0o600, "control request");
     }

@@ -1,11 +1,10 @@
-//! Promote or abort a run: in process through [`Control`], from another process through a
-//! request file in the state directory that the running engine polls.
+//! Promote or abort a run: in process through [`Control`], from another process (or machine)
+//! through a request left in the state store, which the running engine polls.
 //!
 //! A request belongs to one run: it names the run (and, for a promotion, the pause it ends).
 //! The running engine applies only requests addressed to it and discards any other, so a
 //! request that found no run, or a run that has ended since, can never act on a later run.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::DeployError;
+use crate::state::StateStore;
 
 /// What an operator asks of a run in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,89 +27,76 @@ pub enum ControlRequest {
     },
 }
 
-/// A request as written to the state directory: addressed to one run, and for a promotion to
-/// one pause of it (the index of its step).
+/// A request as left in the state store: addressed to one run, and for a promotion to one
+/// pause of it (the index of its step).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AddressedRequest {
-    pub(crate) run_id: String,
+pub struct AddressedRequest {
+    /// The run it is for.
+    pub run_id: String,
+    /// For a promotion: the step whose pause it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) pause: Option<usize>,
+    pub pause: Option<usize>,
+    /// What is asked.
     #[serde(flatten)]
-    pub(crate) request: ControlRequest,
+    pub request: ControlRequest,
 }
 
-/// The request file of a state directory.
-pub(crate) fn request_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.json")
-}
-
-/// Write `request` atomically where the running engine will find it.
-pub(crate) fn write_request(
-    state_dir: &Path,
-    request: &AddressedRequest,
-) -> Result<(), DeployError> {
-    let path = request_path(state_dir);
-    let body = serde_json::to_vec(request).unwrap_or_default();
-    super::files::write_atomic(&path, &body).map_err(|e| DeployError::Journal {
-        path: path.clone(),
-        cause: "write control request".to_owned(),
-        source: Some(e),
-    })
-}
-
-/// Remove the request file if it is not addressed to a run in progress (`run_id`), or
-/// unconditionally when `run_id` is `None`.
-pub(crate) fn discard_request(state_dir: &Path, keep_for: Option<&str>) {
-    let path = request_path(state_dir);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return;
-    };
-    let keep = keep_for.is_some_and(|run| {
-        serde_json::from_slice::<AddressedRequest>(&bytes).is_ok_and(|r| r.run_id == run)
-    });
-    if !keep {
-        let _ = std::fs::remove_file(&path);
-        tracing::info!(target: "deploy", "discarded a control request that no run in progress is addressed by: {}", String::from_utf8_lossy(&bytes));
+/// Remove a request left in `store` for `environment`: at the start and the end of a run, a
+/// request is not addressed to a run in progress.
+pub(crate) async fn discard_request(store: &dyn StateStore, environment: &str) {
+    match store.take_request(environment).await {
+        Ok(Some(r)) => {
+            tracing::info!(target: "deploy", "discarded a control request that no run in progress is addressed by: {r:?}")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(target: "deploy", "discard control requests: {e}"),
     }
 }
 
-/// Poll the request file every `every` and apply to `control` what is addressed to `run_id`;
-/// never returns.
-pub(crate) async fn watch(state_dir: PathBuf, run_id: String, control: Control, every: Duration) {
-    let path = request_path(&state_dir);
+/// Poll `store` every `every` and apply to `control` what is addressed to `run_id`; never
+/// returns.
+pub(crate) async fn watch(
+    store: Arc<dyn StateStore>,
+    environment: String,
+    run_id: String,
+    control: Control,
+    every: Duration,
+) {
+    let at = store.location();
     loop {
         tokio::time::sleep(every).await;
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
+        let request = match store.take_request(&environment).await {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(target: "deploy", "ignored a control request: {e}");
+                continue;
+            }
         };
-        let _ = std::fs::remove_file(&path);
-        match serde_json::from_slice::<AddressedRequest>(&bytes) {
-            Ok(r) if r.run_id != run_id => {
+        match request {
+            r if r.run_id != run_id => {
                 tracing::warn!(target: "deploy", "discarded a control request for run {} (this is run {run_id})", r.run_id);
             }
-            Ok(AddressedRequest {
+            AddressedRequest {
                 request: ControlRequest::Promote,
                 pause,
                 ..
-            }) => {
+            } => {
                 let now = control.paused_at();
                 if pause.is_some() && pause != now {
                     tracing::warn!(target: "deploy", "discarded a promotion of a pause that has ended (step {})", pause.map_or(0, |p| p + 1));
                 } else if control.promote() {
-                    tracing::info!(target: "deploy", "promoted through {}", path.display());
+                    tracing::info!(target: "deploy", "promoted through {at}");
                 } else {
                     tracing::warn!(target: "deploy", "discarded a promotion: the run is not paused");
                 }
             }
-            Ok(AddressedRequest {
+            AddressedRequest {
                 request: ControlRequest::Abort { reason },
                 ..
-            }) => {
-                tracing::warn!(target: "deploy", "abort requested through {}: {reason}", path.display());
+            } => {
+                tracing::warn!(target: "deploy", "abort requested through {at}: {reason}");
                 control.abort(format!("aborted by the operator: {reason}"));
-            }
-            Err(e) => {
-                tracing::warn!(target: "deploy", "ignored malformed control request {}: {e}", path.display())
             }
         }
     }

@@ -26,26 +26,26 @@ pub enum DeployError {
         source: Error,
     },
     /// Another deploy holds the environment's lock.
-    #[error("lock environment {environment} at {}: held by {}", .path.display(), .holder.as_ref().map_or("an unknown holder".to_owned(), ToString::to_string))]
+    #[error("lock environment {environment} at {location}: held by {}", .holder.as_ref().map_or("an unknown holder".to_owned(), ToString::to_string))]
     Locked {
         /// The environment.
         environment: String,
-        /// The lock file.
-        path: PathBuf,
+        /// Where the lock is (the lock file, the shared store).
+        location: String,
         /// Its holder, when readable.
         holder: Option<Box<LockInfo>>,
     },
     /// A dead deploy left its lock behind; resume or roll it back, or take the lock over.
     #[error(
-        "lock environment {environment} at {}: a stale lock of {} is left (that process is gone); \
-         resume or roll back its run, or take the lock over explicitly",
-        .path.display(), .holder.as_ref().map_or("an unknown run".to_owned(), ToString::to_string)
+        "lock environment {environment} at {location}: a stale lock of {} is left (that process \
+         is gone, or its lease expired); resume or roll back its run, or take the lock over explicitly",
+        .holder.as_ref().map_or("an unknown run".to_owned(), ToString::to_string)
     )]
     StaleLock {
         /// The environment.
         environment: String,
-        /// The lock file.
-        path: PathBuf,
+        /// Where the lock is (the lock file, the shared store).
+        location: String,
         /// Its holder, when readable.
         holder: Option<Box<LockInfo>>,
     },
@@ -87,6 +87,33 @@ pub enum DeployError {
         /// The I/O error behind it, when there is one.
         #[source]
         source: Option<std::io::Error>,
+    },
+
+    /// The run's lease on the environment's lock was lost: another holder took it over (after
+    /// it expired unrenewed). The run acted no further and undid nothing; the new holder
+    /// resumes or rolls it back from the shared journal.
+    #[error(
+        "run {run_id} of environment {environment} lost its lock: {cause}; it acted no further \
+         and undid nothing (the new holder resumes or rolls it back)"
+    )]
+    LeaseLost {
+        /// The environment.
+        environment: String,
+        /// The run that lost it.
+        run_id: String,
+        /// Why (who took it over).
+        cause: String,
+    },
+    /// A shared state store could not be reached, read or written.
+    #[error("state store {location}: {cause}")]
+    Store {
+        /// The store (never with a secret).
+        location: String,
+        /// What failed.
+        cause: String,
+        /// The error behind it.
+        #[source]
+        source: Option<crate::error::BoxError>,
     },
 
     /// The engine was asked to do something that needs a state directory, a run, etc.

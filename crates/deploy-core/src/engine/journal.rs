@@ -5,9 +5,7 @@
 //! recorded before each step acted.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::model::BackupId;
 use crate::strategy::{Plan, Step};
 
-use super::files::sync_dir;
 use super::report::Outcome;
 
 /// One line of the journal.
@@ -87,17 +84,16 @@ pub enum Record {
     },
 }
 
-/// An open journal file that records are appended to.
-///
-/// A record that cannot be written whole (disk full, file-size limit, I/O error) is cut off
-/// again, so the journal never holds a torn line in its middle, and the journal is *broken*:
-/// every later append fails at once with the first error. The engine then stops acting and
-/// rolls back from what it holds in memory.
-#[derive(Debug)]
-pub(crate) struct Journal {
-    path: PathBuf,
-    file: File,
-    broken: Option<String>,
+impl Record {
+    /// Whether it must be durable before the engine acts on (`started`, `step_started`,
+    /// `rollback_started`, `finished`, `pause_started`): a lost `step_finished`,
+    /// `undo_finished` or `pause_ended` only makes recovery repeat an idempotent step.
+    pub fn must_be_durable(&self) -> bool {
+        !matches!(
+            self,
+            Record::StepFinished { .. } | Record::UndoFinished { .. } | Record::PauseEnded { .. }
+        )
+    }
 }
 
 fn journal_err(path: &Path, what: &str, err: std::io::Error) -> super::DeployError {
@@ -105,98 +101,6 @@ fn journal_err(path: &Path, what: &str, err: std::io::Error) -> super::DeployErr
         path: path.to_owned(),
         cause: what.to_owned(),
         source: Some(err),
-    }
-}
-
-fn journal_problem(path: &Path, what: String) -> super::DeployError {
-    super::DeployError::Journal {
-        path: path.to_owned(),
-        cause: what,
-        source: None,
-    }
-}
-
-impl Journal {
-    /// Create a new journal at `path` (which must not exist).
-    pub(crate) fn create(path: &Path) -> Result<Self, super::DeployError> {
-        if let Some(dir) = path.parent() {
-            crate::fs::private_dir(dir).map_err(|e| journal_err(dir, "create directory", e))?;
-        }
-        let file = crate::fs::private_file()
-            .append(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| journal_err(path, "create", e))?;
-        if let Some(dir) = path.parent() {
-            sync_dir(dir).map_err(|e| journal_err(dir, "sync directory", e))?;
-        }
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            broken: None,
-        })
-    }
-
-    /// Reopen an existing journal to append to it, cutting off a torn last line first (so the
-    /// next record starts on a line of its own).
-    pub(crate) fn reopen(path: &Path) -> Result<Self, super::DeployError> {
-        let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
-        let file = crate::fs::private_file()
-            .append(true)
-            .open(path)
-            .map_err(|e| journal_err(path, "open", e))?;
-        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if whole < bytes.len() {
-            file.set_len(whole as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| journal_err(path, "cut off the torn last line", e))?;
-        }
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            broken: None,
-        })
-    }
-
-    /// Append one record; fsync it when it must be durable before the engine acts (`started`,
-    /// `step_started`, `rollback_started`, `finished`). A `step_finished` or `undo_finished` lost
-    /// in a crash only makes recovery repeat an idempotent step, and the next fsync covers it.
-    pub(crate) fn append(&mut self, record: &Record) -> Result<(), super::DeployError> {
-        if let Some(first) = &self.broken {
-            return Err(journal_problem(
-                &self.path,
-                format!("append: the journal is broken since an earlier write failed ({first})"),
-            ));
-        }
-        let mut line = serde_json::to_vec(record)
-            .map_err(|e| journal_problem(&self.path, format!("serialise record: {e}")))?;
-        line.push(b'\n');
-        let before = self.file.metadata().map(|m| m.len());
-        let durable = !matches!(
-            record,
-            Record::StepFinished { .. } | Record::UndoFinished { .. } | Record::PauseEnded { .. }
-        );
-        let written = self.file.write_all(&line).and_then(|()| {
-            if durable {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
-            // Cut the partial record off again; whatever happens, write nothing more.
-            if let Ok(len) = before {
-                let _ = self.file.set_len(len);
-            }
-            self.broken = Some(e.to_string());
-            return Err(journal_err(&self.path, "append", e));
-        }
-        Ok(())
-    }
-
-    /// The journal's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -237,9 +141,18 @@ impl JournalState {
     /// newline) is ignored; any other malformed line is an error.
     pub fn read(path: &Path) -> Result<Self, super::DeployError> {
         let bytes = std::fs::read(path).map_err(|e| journal_err(path, "read", e))?;
-        let bad = |n: usize, cause: String| journal_problem(path, format!("line {n}: {cause}"));
+        Self::from_bytes(&bytes).map_err(|cause| super::DeployError::Journal {
+            path: path.to_owned(),
+            cause,
+            source: None,
+        })
+    }
+
+    /// Replay a journal's JSON lines (see [`read`](Self::read)); an error says which line is
+    /// malformed.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         // A record counts once its line is whole, newline included: what follows the last
-        // newline is a write that did not finish (and `reopen` cuts it off).
+        // newline is a write that did not finish (and a reopen cuts it off).
         let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let lines: Vec<(usize, &[u8])> = bytes[..whole]
             .split(|b| *b == b'\n')
@@ -252,9 +165,15 @@ impl JournalState {
             match serde_json::from_slice::<Record>(line) {
                 Ok(r) => records.push(r),
                 Err(_) if i + 1 == count => break, // torn write at the end
-                Err(e) => return Err(bad(n + 1, e.to_string())),
+                Err(e) => return Err(format!("line {}: {e}", n + 1)),
             }
         }
+        Self::replay(records)
+    }
+
+    /// Replay `records`, in the order they were appended.
+    pub fn replay(records: impl IntoIterator<Item = Record>) -> Result<Self, String> {
+        let bad = |n: usize, cause: String| format!("line {n}: {cause}");
         let mut it = records.into_iter();
         let Some(Record::Started {
             run_id, plan, at, ..
@@ -330,22 +249,4 @@ impl JournalState {
     pub fn resumable(&self) -> bool {
         self.outcome.is_none() && self.failed.is_none() && self.rollback_reason.is_none()
     }
-}
-
-/// The journals in `runs`, oldest first. Run ids begin with the time the run started
-/// (`20261121T234912123Z-…`), so the order of their names is the order the runs started, even
-/// when a journal cannot be read.
-pub(crate) fn journals(runs: &Path) -> Result<Vec<PathBuf>, super::DeployError> {
-    let entries = match std::fs::read_dir(runs) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(journal_err(runs, "list", e)),
-    };
-    let mut out: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("jsonl"))
-        .collect();
-    out.sort();
-    Ok(out)
 }

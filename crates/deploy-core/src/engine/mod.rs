@@ -14,7 +14,6 @@ mod call;
 mod control;
 mod environment;
 mod error;
-mod files;
 mod inverse;
 mod journal;
 mod lock;
@@ -36,7 +35,7 @@ use crate::model::Release;
 use crate::strategy::{Plan, PlanError, PlanOptions, Snapshot, Step, Strategy, TargetState};
 
 pub use analysis::AnalysisTime;
-pub use control::{Control, ControlRequest};
+pub use control::{AddressedRequest, Control, ControlRequest};
 pub use environment::{Environment, EnvironmentBuilder};
 pub use error::DeployError;
 pub use journal::{JournalState, Record};
@@ -51,8 +50,7 @@ pub use report::{
 };
 pub use status::RunStatus;
 
-use journal::Journal;
-use lock::{EnvLock, Takeover};
+use crate::state::{Lease, LocalStateStore, LockOptions, StateStore, Takeover};
 use run::Run;
 
 /// How to finish a run that a dead process left behind.
@@ -70,7 +68,8 @@ pub struct Engine {
     env: Arc<Environment>,
     policies: Policies,
     observers: Vec<Arc<dyn Observer>>,
-    state_dir: Option<PathBuf>,
+    store: Option<Arc<dyn StateStore>>,
+    lock_wait: Option<Duration>,
     control: Control,
 }
 
@@ -94,7 +93,8 @@ impl Engine {
             env: Arc::new(env),
             policies: Policies::default(),
             observers: Vec::new(),
-            state_dir: None,
+            store: None,
+            lock_wait: None,
             control: Control::new(),
         }
     }
@@ -111,12 +111,30 @@ impl Engine {
         self
     }
 
-    /// Keep the lock (`<dir>/lock`), the journals (`<dir>/runs/<run>.jsonl`) and the reports
-    /// (`<dir>/runs/<run>.report.json`) in `dir`. Without it a run is neither locked nor
+    /// Keep the lock, the journals, the reports and the history in the state directory `dir`
+    /// on this machine ([`LocalStateStore`]). Without a store a run is neither locked nor
     /// journaled, and cannot be recovered by another process.
-    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.state_dir = Some(dir.into());
+    pub fn with_state_dir(self, dir: impl Into<PathBuf>) -> Self {
+        self.with_state_store(Arc::new(LocalStateStore::new(dir)))
+    }
+
+    /// Keep the lock, the journals, the reports and the history in `store` — one shared by
+    /// every machine that deploys the environment makes them hold across machines.
+    pub fn with_state_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
         self
+    }
+
+    /// Queue behind another run holding the environment's lock for up to `wait`, instead of
+    /// failing at once with [`DeployError::Locked`].
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// The state store, if there is one.
+    pub fn state_store(&self) -> Option<&Arc<dyn StateStore>> {
+        self.store.as_ref()
     }
 
     /// The handle that promotes or aborts this engine's runs.
@@ -277,30 +295,36 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<Report, DeployError> {
         let run_id = new_run_id();
-        let lock = self.lock_for(&run_id)?;
-        let plan = self.plan(strategy, release, options).await?;
-        self.start(run_id, plan, lock, cancel).await
+        let lease = self.lock_for(&run_id).await?;
+        let plan = match self.plan(strategy, release, options).await {
+            Ok(p) => p,
+            Err(e) => {
+                release_lease(lease).await;
+                return Err(e);
+            }
+        };
+        self.start(run_id, plan, lease, cancel).await
     }
 
     fn lock_info(&self, run_id: &str) -> LockInfo {
-        LockInfo {
-            owner: lock::user_name(),
-            pid: std::process::id(),
-            host: lock::host_name(),
-            started_at: SystemTime::now(),
-            run_id: run_id.to_owned(),
-        }
+        LockInfo::this_process(run_id)
     }
 
-    /// Take the environment's lock for run `run_id` (nothing without a state directory).
-    fn lock_for(&self, run_id: &str) -> Result<Option<EnvLock>, DeployError> {
-        match &self.state_dir {
-            Some(dir) => Ok(Some(EnvLock::acquire(
-                &self.env.name,
-                &dir.join("lock"),
-                &self.lock_info(run_id),
-                Takeover::Never,
-            )?)),
+    /// Take the environment's lock for run `run_id` (nothing without a state store).
+    async fn lock_for(&self, run_id: &str) -> Result<Option<Box<dyn Lease>>, DeployError> {
+        match &self.store {
+            Some(store) => Ok(Some(
+                store
+                    .lock(
+                        &self.env.name,
+                        &self.lock_info(run_id),
+                        LockOptions {
+                            wait: self.lock_wait,
+                            takeover: Takeover::Never,
+                        },
+                    )
+                    .await?,
+            )),
             None => Ok(None),
         }
     }
@@ -318,51 +342,78 @@ impl Engine {
             });
         }
         let run_id = new_run_id();
-        let lock = self.lock_for(&run_id)?;
-        self.check_gates(&plan)?;
-        let live = self.snapshot().await?;
-        let differences = plan.snapshot.differences(&live);
-        if !differences.is_empty() {
-            return Err(DeployError::StalePlan {
-                environment: self.env.name.clone(),
-                differences,
-            });
+        let lease = self.lock_for(&run_id).await?;
+        let checked = async {
+            self.check_gates(&plan)?;
+            let live = self.snapshot().await?;
+            let differences = plan.snapshot.differences(&live);
+            if !differences.is_empty() {
+                return Err(DeployError::StalePlan {
+                    environment: self.env.name.clone(),
+                    differences,
+                });
+            }
+            Ok(())
         }
-        self.start(run_id, plan, lock, cancel).await
+        .await;
+        if let Err(e) = checked {
+            release_lease(lease).await;
+            return Err(e);
+        }
+        self.start(run_id, plan, lease, cancel).await
     }
 
     async fn start(
         &self,
         run_id: String,
         plan: Plan,
-        lock: Option<EnvLock>,
+        lease: Option<Box<dyn Lease>>,
         cancel: &CancellationToken,
     ) -> Result<Report, DeployError> {
         if let Some(other) = self.control.running() {
+            release_lease(lease).await;
             return Err(DeployError::Usage {
                 operation: "run plan",
                 environment: self.env.name.clone(),
                 cause: format!("this engine is already running run {other}"),
             });
         }
-        let journal = match &self.state_dir {
-            Some(dir) => {
-                let mut journal =
-                    Journal::create(&dir.join("runs").join(format!("{run_id}.jsonl")))?;
-                journal.append(&Record::Started {
-                    run_id: run_id.clone(),
-                    plan: Box::new(plan.clone()),
-                    at: SystemTime::now(),
-                    pid: std::process::id(),
-                    host: lock::host_name(),
-                })?;
-                Some(journal)
+        let journal = match (&self.store, &lease) {
+            (Some(store), Some(l)) => {
+                let opened = async {
+                    let mut journal = store
+                        .create_journal(l.as_ref(), &self.env.name, &run_id)
+                        .await?;
+                    journal
+                        .append(&Record::Started {
+                            run_id: run_id.clone(),
+                            plan: Box::new(plan.clone()),
+                            at: SystemTime::now(),
+                            pid: std::process::id(),
+                            host: lock::host_name(),
+                        })
+                        .await?;
+                    Ok::<_, DeployError>(journal)
+                }
+                .await;
+                match opened {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        release_lease(lease).await;
+                        return Err(e);
+                    }
+                }
             }
-            None => None,
+            _ => None,
         };
-        let run = Run::new(self, run_id, plan, journal, SystemTime::now());
-        let report = run.execute(0, cancel, None).await;
-        drop(lock);
-        report
+        let run = Run::new(self, run_id, plan, journal, lease, SystemTime::now());
+        run.execute(0, cancel, None).await
+    }
+}
+
+/// Release `lease`, if any (a run that did not start).
+async fn release_lease(lease: Option<Box<dyn Lease>>) {
+    if let Some(l) = lease {
+        l.release().await;
     }
 }

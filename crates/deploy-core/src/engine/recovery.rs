@@ -1,86 +1,94 @@
-//! Operations on the state directory: status, control requests, stale locks, recovery of a
-//! run a dead process left behind.
+//! Operations on the state store: status, control requests, stale locks, history, recovery of
+//! a run a dead process left behind.
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::difference::describe;
 use crate::strategy::{Snapshot, Step};
 
-use super::control::{self, AddressedRequest, ControlRequest};
-use super::journal::{self, Journal, JournalState};
-use super::lock::{self, EnvLock, LockInfo, Takeover};
+use super::control::{AddressedRequest, ControlRequest};
+use super::journal::JournalState;
+use super::lock::LockInfo;
 use super::report::{Outcome, Report};
 use super::run::Run;
 use super::status::RunStatus;
 use super::{DeployError, Engine, Recovery};
+use crate::state::{HistoryEntry, LockOptions, StateStore, Takeover};
 
 impl Engine {
-    /// Take over a stale lock (its process is gone) without recovering its run, and release it.
-    /// Returns who held it, or `None` when there was no lock file. A lock held by a live process
-    /// is never broken: that is [`DeployError::Locked`].
-    pub fn break_stale_lock(&self) -> Result<Option<LockInfo>, DeployError> {
-        let path = self.require_state_dir("break stale lock")?.join("lock");
-        let holder = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(DeployError::Journal {
-                    path,
-                    cause: "read lock".to_owned(),
-                    source: Some(e),
-                });
-            }
+    /// Take over a stale lock (its process is gone, or its lease expired) without recovering
+    /// its run, and release it. Returns who held it, or `None` when nobody did. A lock held by
+    /// a live process is never broken: that is [`DeployError::Locked`].
+    pub async fn break_stale_lock(&self) -> Result<Option<LockInfo>, DeployError> {
+        let store = self.require_store("break stale lock")?;
+        let Some(holder) = store.holder(&self.env.name).await? else {
+            return Ok(None);
         };
         let me = self.lock_info("break-stale-lock");
-        let lock = EnvLock::acquire(&self.env.name, &path, &me, Takeover::IfStale)?;
-        drop(lock);
-        tracing::warn!(target: "deploy", "broke the stale lock of environment {}: {:?}", self.env.name, holder);
-        Ok(holder)
+        let lease = store
+            .lock(
+                &self.env.name,
+                &me,
+                LockOptions {
+                    wait: None,
+                    takeover: Takeover::IfStale,
+                },
+            )
+            .await?;
+        lease.release().await;
+        tracing::warn!(target: "deploy", "broke the stale lock of environment {}: {}", self.env.name, holder.info);
+        Ok(Some(holder.info))
     }
 
-    /// Ask the run in progress in this environment's state directory — in this process or
-    /// another — to promote (end the pause it is in) or abort (roll back). The request names
-    /// that run, and a promotion names its pause, so it can never act on another run or a later
-    /// pause; the running engine picks it up within a quarter of a second. Returns the run it
-    /// was addressed to.
+    /// Ask the run in progress in this environment — in this process or another, on this
+    /// machine or another that shares the state store — to promote (end the pause it is in) or
+    /// abort (roll back). The request names that run, and a promotion names its pause, so it
+    /// can never act on another run or a later pause; the running engine picks it up within a
+    /// quarter of a second. Returns the run it was addressed to.
     ///
     /// Refused ([`DeployError::Refused`], nothing written) when no live process holds the
     /// environment's lock, or, for a promotion, when that run is not paused.
-    pub fn request(&self, request: &ControlRequest) -> Result<String, DeployError> {
+    pub async fn request(&self, request: &ControlRequest) -> Result<String, DeployError> {
         let operation = match request {
             ControlRequest::Promote => "promote",
             ControlRequest::Abort { .. } => "abort",
         };
-        let dir = self.require_state_dir(operation)?;
+        let store = self.require_store(operation)?;
         let refused = |cause: String| DeployError::Refused {
             operation,
             environment: self.env.name.clone(),
             cause,
         };
-        let lock_path = dir.join("lock");
-        let holder = match lock::read_holder(&lock_path) {
-            Some(h) if !lock::lock_is_free(&lock_path) => h,
+        let holder = match store.holder(&self.env.name).await? {
+            Some(h) if !h.stale => h.info,
             Some(h) => {
                 return Err(refused(format!(
                     "no run is in progress: run {} died without finishing (its lock is stale); \
                      resume it or roll it back",
-                    h.run_id
+                    h.info.run_id
                 )));
             }
             None => {
                 return Err(refused(format!(
                     "no run is in progress in {}",
-                    dir.display()
+                    store.location()
                 )));
             }
         };
-        let journal = dir.join("runs").join(format!("{}.jsonl", holder.run_id));
         let pause = match request {
             ControlRequest::Abort { .. } => None,
             ControlRequest::Promote => {
-                let st = JournalState::read(&journal)?;
+                let st = store
+                    .journal(&self.env.name, &holder.run_id)
+                    .await?
+                    .ok_or_else(|| {
+                        refused(format!(
+                            "run {} has not started its first step; nothing to promote",
+                            holder.run_id
+                        ))
+                    })?;
                 match st.paused {
                     Some((index, _)) => Some(index),
                     None => {
@@ -99,35 +107,33 @@ impl Engine {
                 }
             }
         };
-        control::write_request(
-            dir,
-            &AddressedRequest {
-                run_id: holder.run_id.clone(),
-                pause,
-                request: request.clone(),
-            },
-        )?;
+        store
+            .put_request(
+                &self.env.name,
+                &AddressedRequest {
+                    run_id: holder.run_id.clone(),
+                    pause,
+                    request: request.clone(),
+                },
+            )
+            .await?;
         Ok(holder.run_id.clone())
     }
 
-    /// The newest journal in the state directory that holds a run, with what it says; `None`
-    /// when no run was ever journaled here. Only the newest run matters (only it may be
-    /// unfinished), so an unreadable journal of an older run is never read; a journal with no
-    /// complete record is a run that died before its first step and is passed over.
-    fn newest_run(
+    /// The newest run journaled in the store, with what its journal says; `None` when no run
+    /// was ever journaled. Only the newest run matters (only it may be unfinished), so an
+    /// unreadable journal of an older run is never read; a journal with no complete record is
+    /// a run that died before its first step and is passed over.
+    async fn newest_run(
         &self,
         operation: &'static str,
-    ) -> Result<Option<(PathBuf, JournalState)>, DeployError> {
-        let runs = self.require_state_dir(operation)?.join("runs");
-        for path in journal::journals(&runs)?.into_iter().rev() {
-            match JournalState::read(&path) {
-                Ok(st) => return Ok(Some((path, st))),
-                Err(e) => {
-                    let started = std::fs::read(&path).is_ok_and(|b| b.contains(&b'\n'));
-                    if started {
-                        return Err(e);
-                    }
-                    tracing::warn!(target: "deploy", "passed over {}: it holds no complete record (the run died before its first step)", path.display());
+    ) -> Result<Option<(String, JournalState)>, DeployError> {
+        let store = self.require_store(operation)?;
+        for run_id in store.runs(&self.env.name).await?.into_iter().rev() {
+            match store.journal(&self.env.name, &run_id).await? {
+                Some(st) => return Ok(Some((run_id, st))),
+                None => {
+                    tracing::warn!(target: "deploy", "passed over run {run_id}: its journal holds no complete record (the run died before its first step)");
                 }
             }
         }
@@ -135,47 +141,63 @@ impl Engine {
     }
 
     /// Where the newest run of this environment stands (from its journal), and who holds the
-    /// lock; `None` when no run was ever journaled here.
-    pub fn status(&self) -> Result<Option<RunStatus>, DeployError> {
-        let dir = self.require_state_dir("read status")?.to_owned();
-        let Some((path, st)) = self.newest_run("read status")? else {
+    /// lock; `None` when no run was ever journaled.
+    pub async fn status(&self) -> Result<Option<RunStatus>, DeployError> {
+        let store = self.require_store("read status")?;
+        let Some((run_id, st)) = self.newest_run("read status").await? else {
             return Ok(None);
         };
-        let lock_path = dir.join("lock");
-        let lock = lock::read_holder(&lock_path).map(|b| *b);
-        let stale = lock.is_some() && lock::lock_is_free(&lock_path);
-        Ok(Some(RunStatus::from_journal(path, &st, lock, stale)))
+        let holder = store.holder(&self.env.name).await?;
+        let stale = holder.as_ref().is_some_and(|h| h.stale);
+        Ok(Some(RunStatus::from_journal(
+            store.journal_location(&self.env.name, &run_id),
+            &st,
+            holder.map(|h| h.info),
+            stale,
+        )))
     }
 
-    /// The journal of the newest run in the state directory if it did not finish, if any.
-    pub fn unfinished_run(&self) -> Result<Option<PathBuf>, DeployError> {
+    /// The newest run if it did not finish, if any.
+    pub async fn unfinished_run(&self) -> Result<Option<String>, DeployError> {
         Ok(self
-            .newest_run("find unfinished run")?
+            .newest_run("find unfinished run")
+            .await?
             .filter(|(_, st)| st.outcome.is_none())
-            .map(|(p, _)| p))
+            .map(|(id, _)| id))
     }
 
-    /// The journal of the newest run if [`Engine::recover`] has work to do on it: it did not
-    /// finish, or it ended `failed` (its rollback can be tried again).
-    pub fn recoverable_run(&self) -> Result<Option<PathBuf>, DeployError> {
+    /// The newest run if [`Engine::recover`] has work to do on it: it did not finish, or it
+    /// ended `failed` (its rollback can be tried again).
+    pub async fn recoverable_run(&self) -> Result<Option<String>, DeployError> {
         Ok(self
-            .newest_run("find a run to recover")?
+            .newest_run("find a run to recover")
+            .await?
             .filter(|(_, st)| matches!(st.outcome, None | Some(Outcome::Failed)))
-            .map(|(p, _)| p))
+            .map(|(id, _)| id))
     }
 
-    pub(super) fn require_state_dir(&self, operation: &'static str) -> Result<&Path, DeployError> {
-        self.state_dir.as_deref().ok_or_else(|| DeployError::Usage {
+    /// The history of this environment's runs, oldest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, DeployError> {
+        self.require_store("read history")?
+            .history(&self.env.name)
+            .await
+    }
+
+    pub(super) fn require_store(
+        &self,
+        operation: &'static str,
+    ) -> Result<&Arc<dyn StateStore>, DeployError> {
+        self.store.as_ref().ok_or_else(|| DeployError::Usage {
             operation,
             environment: self.env.name.clone(),
-            cause: "the engine has no state directory (with_state_dir)".to_owned(),
+            cause: "the engine has no state store (with_state_dir or with_state_store)".to_owned(),
         })
     }
 
-    /// Finish the run a dead process left behind in the state directory — or retry the
-    /// rollback of a run that ended `failed` — by resuming it or rolling it back. Takes over
-    /// the dead run's lock. `Ok(None)` when there is nothing to recover; a stale lock left by
-    /// a run that did finish is then cleared.
+    /// Finish the run a dead process left behind — or retry the rollback of a run that ended
+    /// `failed` — by resuming it or rolling it back. Takes over the dead run's lock (a stale
+    /// lock: its process is gone, or its lease expired). `Ok(None)` when there is nothing to
+    /// recover; a stale lock left by a run that did finish is then cleared.
     ///
     /// The live world decides, not the journal alone. `Resume` reads the live state first: if
     /// it is not where the journal says the run stands (a rollback whose records were lost, a
@@ -188,25 +210,27 @@ impl Engine {
         mode: Recovery,
         cancel: &CancellationToken,
     ) -> Result<Option<Report>, DeployError> {
-        let dir = self.require_state_dir("recover")?.to_owned();
-        let Some(path) = self.recoverable_run()? else {
-            let lock_path = dir.join("lock");
-            if lock::read_holder(&lock_path).is_some() && lock::lock_is_free(&lock_path) {
+        let store = self.require_store("recover")?.clone();
+        let Some(run_id) = self.recoverable_run().await? else {
+            if store.holder(&self.env.name).await?.is_some_and(|h| h.stale) {
                 // A recovery or run killed after `finished` but before unlocking.
-                if let Some(holder) = self.break_stale_lock()? {
+                if let Some(holder) = self.break_stale_lock().await? {
                     tracing::warn!(target: "deploy", "cleared the stale lock of run {}, which had finished", holder.run_id);
                 }
             }
             return Ok(None);
         };
-        let st = JournalState::read(&path)?;
+        let location = store.journal_location(&self.env.name, &run_id);
+        let st = store
+            .journal(&self.env.name, &run_id)
+            .await?
+            .expect("newest_run returns runs with a journal");
         if st.plan.environment != self.env.name {
             return Err(DeployError::Usage {
                 operation: "recover",
                 environment: self.env.name.clone(),
                 cause: format!(
-                    "journal {} is for environment {}",
-                    path.display(),
+                    "journal {location} is for environment {}",
                     st.plan.environment
                 ),
             });
@@ -222,16 +246,23 @@ impl Engine {
                 });
             }
         }
-        let lock = EnvLock::acquire(
-            &self.env.name,
-            &dir.join("lock"),
-            &self.lock_info(&st.run_id),
-            Takeover::IfStale,
-        )?;
-        let journal = match Journal::reopen(&path) {
+        let lease = store
+            .lock(
+                &self.env.name,
+                &self.lock_info(&st.run_id),
+                LockOptions {
+                    wait: self.lock_wait,
+                    takeover: Takeover::IfStale,
+                },
+            )
+            .await?;
+        let journal = match store
+            .reopen_journal(lease.as_ref(), &self.env.name, &run_id)
+            .await
+        {
             Ok(j) => j,
             Err(e) => {
-                lock.leave();
+                lease.abandon().await;
                 return Err(e);
             }
         };
@@ -240,6 +271,7 @@ impl Engine {
             st.run_id.clone(),
             st.plan.clone(),
             Some(journal),
+            Some(lease),
             st.started_at,
         );
         run.recovering = true;
@@ -252,9 +284,9 @@ impl Engine {
             .iter()
             .any(|(i, inv)| matches!(st.plan.steps.get(*i), Some(Step::Migrate)) && inv.is_empty());
         run.note(format!(
-            "recovered from journal {} by pid {}",
-            path.display(),
-            std::process::id()
+            "recovered from journal {location} by pid {} on {}",
+            std::process::id(),
+            super::lock::host_name()
         ));
         let forced = match (mode, &st.outcome, &st.rollback_reason, &st.failed) {
             (_, Some(outcome), _, _) => Some(format!(
@@ -276,14 +308,14 @@ impl Engine {
             None => match self.snapshot().await {
                 Ok(live) => reconcile(&mut run, &st, &live),
                 Err(e) => {
-                    lock.leave();
+                    if let Some(l) = run.lease.take() {
+                        l.abandon().await;
+                    }
                     return Err(e);
                 }
             },
         };
-        let report = run.execute(from, cancel, forced).await;
-        drop(lock);
-        report.map(Some)
+        run.execute(from, cancel, forced).await.map(Some)
     }
 }
 

@@ -17,7 +17,8 @@ impl Run<'_> {
         });
         self.record(&Record::RollbackStarted {
             reason: reason.clone(),
-        });
+        })
+        .await;
         let mut undo_log = Vec::new();
         let mut failed = false;
         let inverses = self.inverses.clone();
@@ -26,6 +27,10 @@ impl Run<'_> {
                 // An undo recorded as done is skipped; when recovering a run another process
                 // left, only if the world confirms it (what was undone may have been changed
                 // again since).
+                if self.lease_is_lost() {
+                    // The lock is another run's now: it undoes, not us.
+                    return Outcome::Failed;
+                }
                 if self.undone.contains(&(*index, position))
                     && (!self.recovering || self.undo_already_done(step).await)
                 {
@@ -40,7 +45,8 @@ impl Run<'_> {
                     index: *index,
                     position,
                     error: text.clone(),
-                });
+                })
+                .await;
                 self.engine.emit(&Event::RollbackStep {
                     step: step.clone(),
                     error: text,

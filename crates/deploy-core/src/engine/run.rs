@@ -17,17 +17,22 @@ use crate::strategy::{Plan, Snapshot, Step};
 
 use super::call::{Failure, contained, panic_message};
 use super::control::{self, Control};
-use super::files::write_atomic;
-use super::journal::{Journal, Record};
+use super::journal::Record;
 use super::report::{Event, Outcome, Report, RollbackRecord, StepRecord, VerdictRecord};
 use super::{DeployError, Engine, Environment};
+use crate::state::{HistoryEntry, JournalWriter, Lease};
 
 /// One run in progress.
 pub(super) struct Run<'e> {
     pub(super) engine: &'e Engine,
     pub(super) run_id: String,
     pub(super) plan: Plan,
-    pub(super) journal: Option<Journal>,
+    pub(super) journal: Option<Box<dyn JournalWriter>>,
+    /// The environment's lock, held for the run's life.
+    pub(super) lease: Option<Box<dyn Lease>>,
+    /// Why the lease was lost (another holder took the lock over): from then on the run acts
+    /// no further — no step, no undo — and ends with [`DeployError::LeaseLost`].
+    pub(super) lease_lost: Option<String>,
     pub(super) started_at: SystemTime,
     pub(super) start: Instant,
     pub(super) steps: Vec<StepRecord>,
@@ -59,7 +64,8 @@ impl<'e> Run<'e> {
         engine: &'e Engine,
         run_id: String,
         plan: Plan,
-        journal: Option<Journal>,
+        journal: Option<Box<dyn JournalWriter>>,
+        lease: Option<Box<dyn Lease>>,
         started_at: SystemTime,
     ) -> Self {
         Self {
@@ -67,6 +73,8 @@ impl<'e> Run<'e> {
             run_id,
             plan,
             journal,
+            lease,
+            lease_lost: None,
             started_at,
             start: Instant::now(),
             steps: Vec::new(),
@@ -95,15 +103,34 @@ impl<'e> Run<'e> {
         self.notes.push(note);
     }
 
+    /// Whether the lease is lost (checked with the store's last word, without a round trip).
+    pub(super) fn lease_is_lost(&mut self) -> bool {
+        if self.lease_lost.is_none()
+            && let Some(why) = self.lease.as_ref().and_then(|l| l.lost())
+        {
+            tracing::error!(target: "deploy", "run {} lost its lock: {why}; acting no further", self.run_id);
+            self.lease_lost = Some(why);
+        }
+        self.lease_lost.is_some()
+    }
+
     /// Append to the journal. A failure is noted (once) and reported as `false`; the forward
     /// path then stops before its next step and rolls back from memory, while an undo in
-    /// progress carries on.
-    pub(super) fn record(&mut self, record: &Record) -> bool {
+    /// progress carries on. A write refused because the lease was lost stops everything.
+    pub(super) async fn record(&mut self, record: &Record) -> bool {
+        if self.lease_is_lost() {
+            return false;
+        }
         let Some(j) = &mut self.journal else {
             return true;
         };
-        match j.append(record) {
+        match j.append(record).await {
             Ok(()) => true,
+            Err(DeployError::LeaseLost { cause, .. }) => {
+                tracing::error!(target: "deploy", "run {} lost its lock: {cause}; acting no further", self.run_id);
+                self.lease_lost = Some(cause);
+                false
+            }
             Err(e) => {
                 if self.journal_error.is_none() {
                     self.journal_error = Some(e.to_string());
@@ -134,20 +161,23 @@ impl<'e> Run<'e> {
             });
             let control = self.engine.control.clone();
             control.begin_run(&self.run_id);
-            if let Some(dir) = &self.engine.state_dir {
+            let store = self.engine.store.clone();
+            if let Some(store) = &store {
                 // A request left behind by an operator when no run was there is not for us.
-                control::discard_request(dir, None);
+                control::discard_request(store.as_ref(), &self.plan.environment).await;
             }
             let mut failure = match forced_rollback {
                 Some(reason) => Some(reason),
                 None => {
-                    // Another process may ask to promote or abort through the state directory.
-                    let (state_dir, run_id) = (self.engine.state_dir.clone(), self.run_id.clone());
+                    // Another process may ask to promote or abort through the state store.
+                    let (store, run_id) = (store.clone(), self.run_id.clone());
+                    let environment = self.plan.environment.clone();
                     let watcher = async {
-                        match state_dir {
-                            Some(dir) => {
+                        match store {
+                            Some(store) => {
                                 control::watch(
-                                    dir,
+                                    store,
+                                    environment,
                                     run_id,
                                     control.clone(),
                                     Duration::from_millis(250),
@@ -168,18 +198,22 @@ impl<'e> Run<'e> {
                     }
                 }
             };
-            if failure.is_none() {
+            if failure.is_none() && !self.lease_is_lost() {
                 failure = self.verify_end_state().await;
             }
             let outcome = match failure {
-                None => Outcome::Promoted,
-                Some(reason) => self.rollback(reason).await,
+                _ if self.lease_is_lost() => None,
+                None => Some(Outcome::Promoted),
+                Some(reason) => Some(self.rollback(reason).await),
             };
-            let engine = self.engine;
+            let Some(outcome) = outcome.filter(|_| !self.lease_is_lost()) else {
+                control.end_run();
+                return Err(self.lost_lease_error().await);
+            };
             let report = self.finish(outcome).await;
             control.end_run();
-            if let Some(dir) = &engine.state_dir {
-                control::discard_request(dir, None);
+            if let Some(store) = &store {
+                control::discard_request(store.as_ref(), &report.environment).await;
             }
             Ok(report)
         }
@@ -195,7 +229,7 @@ impl<'e> Run<'e> {
         self.engine.emit(&Event::Paused {
             reason: reason.clone(),
         });
-        self.record(&Record::PauseStarted { index, reason });
+        self.record(&Record::PauseStarted { index, reason }).await;
         let control = self.engine.control.clone();
         match limit {
             Some(d) => {
@@ -206,7 +240,7 @@ impl<'e> Run<'e> {
             }
             None => control.pause(index).await,
         }
-        self.record(&Record::PauseEnded { index });
+        self.record(&Record::PauseEnded { index }).await;
     }
 
     /// Before a run is called promoted: read the live state and compare it with the state the
@@ -306,6 +340,9 @@ impl<'e> Run<'e> {
         if let Some(e) = &self.journal_error {
             return Some(format!("the journal could not be written ({e})"));
         }
+        if self.lease_is_lost() {
+            return Some("the run lost its lock".to_owned());
+        }
         self.current_index = start;
         let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
         let mut begun: Vec<(usize, SystemTime, Instant)> = Vec::new();
@@ -322,10 +359,13 @@ impl<'e> Run<'e> {
                 let span = tracing::info_span!("step", index = index + 1, op = step.op());
                 match self.inverse_of(step).instrument(span).await {
                     Ok(inverse) => {
-                        if self.record(&Record::StepStarted {
-                            index,
-                            inverse: inverse.clone(),
-                        }) {
+                        if self
+                            .record(&Record::StepStarted {
+                                index,
+                                inverse: inverse.clone(),
+                            })
+                            .await
+                        {
                             self.recorded.insert(index);
                             self.inverses.push((index, inverse));
                         } else {
@@ -341,7 +381,8 @@ impl<'e> Run<'e> {
                 }
             }
             if let Some(reason) = failure {
-                self.finish_step(index, step, started_at, t0, Some(&reason));
+                self.finish_step(index, step, started_at, t0, Some(&reason))
+                    .await;
                 for (i, at, t) in begun {
                     let why = Error::new(
                         ErrorKind::Cancelled,
@@ -352,7 +393,8 @@ impl<'e> Run<'e> {
                             index + 1
                         ),
                     );
-                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(&why));
+                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(&why))
+                        .await;
                 }
                 return Some(format!(
                     "step {} ({step}) stopped before it acted: {reason}",
@@ -415,7 +457,8 @@ impl<'e> Run<'e> {
             if first_failure.is_none() {
                 first_failure = why;
             }
-            self.finish_step(index, step, started_at, t0, error.as_ref());
+            self.finish_step(index, step, started_at, t0, error.as_ref())
+                .await;
         }
         first_failure
     }
@@ -447,7 +490,7 @@ impl<'e> Run<'e> {
         Ok(())
     }
 
-    pub(super) fn finish_step(
+    pub(super) async fn finish_step(
         &mut self,
         index: usize,
         step: &Step,
@@ -466,7 +509,8 @@ impl<'e> Run<'e> {
             index,
             error: text.clone(),
             backup,
-        });
+        })
+        .await;
         self.engine.emit(&Event::StepFinished {
             index,
             step: step.clone(),
@@ -483,7 +527,7 @@ impl<'e> Run<'e> {
     }
 
     pub(super) async fn finish(mut self, outcome: Outcome) -> Report {
-        self.record(&Record::Finished { outcome });
+        self.record(&Record::Finished { outcome }).await;
         self.engine.emit(&Event::RunFinished { outcome });
         let final_state = match self.final_state.take() {
             Some(s) => Some(s),
@@ -503,14 +547,51 @@ impl<'e> Run<'e> {
             notes: std::mem::take(&mut self.notes),
             final_state,
         };
-        if let Some(j) = &self.journal {
-            let path = j.path().with_extension("report.json");
-            let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
-            if let Err(e) = write_atomic(&path, &body) {
-                tracing::warn!(target: "deploy", "write report {}: {e}", path.display());
+        if let Some(store) = &self.engine.store {
+            match store.save_report(&report.environment, &report).await {
+                Ok(at) => tracing::info!(target: "deploy", "report kept at {at}"),
+                Err(e) => tracing::warn!(target: "deploy", "keep the report: {e}"),
+            }
+            let entry = HistoryEntry {
+                run_id: report.run_id.clone(),
+                environment: report.environment.clone(),
+                version: report.version.clone(),
+                strategy: report.strategy.clone(),
+                outcome,
+                user: super::lock::user_name(),
+                host: super::lock::host_name(),
+                ci_job: super::lock::ci_job(),
+                started_at: report.started_at,
+                duration: report.duration,
+                before: self.plan.snapshot.clone(),
+                after: report.final_state.clone(),
+                backup: self.backup.clone(),
+            };
+            if let Err(e) = store.record_history(&entry).await {
+                tracing::warn!(target: "deploy", "record the run in the history: {e}");
             }
         }
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
+        }
         report
+    }
+
+    /// The error a run that lost its lease ends with; the lease is let go without releasing
+    /// (the lock is the new holder's).
+    pub(super) async fn lost_lease_error(&mut self) -> DeployError {
+        if let Some(lease) = self.lease.take() {
+            lease.abandon().await;
+        }
+        let cause = self.lease_lost.clone().unwrap_or_default();
+        self.engine.emit(&Event::RunFinished {
+            outcome: Outcome::Failed,
+        });
+        DeployError::LeaseLost {
+            environment: self.plan.environment.clone(),
+            run_id: self.run_id.clone(),
+            cause,
+        }
     }
 }
 

@@ -1,7 +1,5 @@
 //! Where the newest run of an environment stands, read from its journal and the lock.
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use super::Outcome;
@@ -32,17 +30,18 @@ pub struct RunStatus {
     pub outcome: Option<Outcome>,
     /// Who holds the environment's lock now; `None` when nobody does.
     pub lock: Option<LockInfo>,
-    /// Whether the lock file is stale (its process died): the run needs recovering.
+    /// Whether the lock is stale (its process died, or its lease expired): the run needs
+    /// recovering.
     pub lock_stale: bool,
     /// Why the run waits for the operator, when it is paused.
     pub paused: Option<String>,
-    /// The journal.
-    pub journal: PathBuf,
+    /// Where its journal is (a file, a row set in the shared store).
+    pub journal: String,
 }
 
 impl RunStatus {
     pub(crate) fn from_journal(
-        journal: PathBuf,
+        journal: String,
         st: &JournalState,
         lock: Option<LockInfo>,
         lock_stale: bool,
@@ -88,7 +87,7 @@ impl std::fmt::Display for RunStatus {
             (Some(l), false) => write!(f, "; locked by {l}")?,
             (Some(l), true) => write!(
                 f,
-                "; STALE lock of {l}: its process is gone; resume the run or roll it back"
+                "; STALE lock of {l}: its process is gone (or its lease expired); resume the run or roll it back"
             )?,
             (None, _) if self.outcome.is_none() => write!(
                 f,
