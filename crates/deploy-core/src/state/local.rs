@@ -195,10 +195,19 @@ pub(crate) struct LocalJournal {
     path: PathBuf,
     file: File,
     broken: Option<String>,
+    /// The lock file and the token of the lease it was opened under: an append is refused once
+    /// the lock file names another token (a takeover).
+    fence: (PathBuf, u64),
+    /// The environment and the run, for errors.
+    names: (String, String),
 }
 
 impl LocalJournal {
-    fn create(path: &Path) -> Result<Self, DeployError> {
+    fn create(
+        path: &Path,
+        fence: (PathBuf, u64),
+        names: (String, String),
+    ) -> Result<Self, DeployError> {
         if let Some(dir) = path.parent() {
             crate::fs::private_dir(dir).map_err(|e| file_err(dir, "create directory", e))?;
         }
@@ -214,12 +223,18 @@ impl LocalJournal {
             path: path.to_owned(),
             file,
             broken: None,
+            fence,
+            names,
         })
     }
 
     /// Reopen an existing journal to append to it, cutting off a torn last line first (so the
     /// next record starts on a line of its own).
-    fn reopen(path: &Path) -> Result<Self, DeployError> {
+    fn reopen(
+        path: &Path,
+        fence: (PathBuf, u64),
+        names: (String, String),
+    ) -> Result<Self, DeployError> {
         let bytes = std::fs::read(path).map_err(|e| file_err(path, "read", e))?;
         let file = crate::fs::private_file()
             .append(true)
@@ -235,6 +250,8 @@ impl LocalJournal {
             path: path.to_owned(),
             file,
             broken: None,
+            fence,
+            names,
         })
     }
 }
@@ -251,6 +268,14 @@ impl JournalWriter for LocalJournal {
                 &self.path,
                 format!("append: the journal is broken since an earlier write failed ({first})"),
             ));
+        }
+        let (lock, token) = &self.fence;
+        if let Some(now) = read_lock_file(lock).filter(|l| l.token != *token) {
+            return Err(DeployError::LeaseLost {
+                environment: self.names.0.clone(),
+                run_id: self.names.1.clone(),
+                cause: format!("the lock was taken over by {}", now.info),
+            });
         }
         let mut line = serde_json::to_vec(record)
             .map_err(|e| file_problem(&self.path, format!("serialise record: {e}")))?;
@@ -373,20 +398,28 @@ impl StateStore for LocalStateStore {
 
     async fn create_journal(
         &self,
-        _lease: &dyn Lease,
-        _environment: &str,
+        lease: &dyn Lease,
+        environment: &str,
         run_id: &str,
     ) -> Result<Box<dyn JournalWriter>, DeployError> {
-        Ok(Box::new(LocalJournal::create(&self.journal_path(run_id))?))
+        Ok(Box::new(LocalJournal::create(
+            &self.journal_path(run_id),
+            (self.lock_path(), lease.token()),
+            (environment.to_owned(), run_id.to_owned()),
+        )?))
     }
 
     async fn reopen_journal(
         &self,
-        _lease: &dyn Lease,
-        _environment: &str,
+        lease: &dyn Lease,
+        environment: &str,
         run_id: &str,
     ) -> Result<Box<dyn JournalWriter>, DeployError> {
-        Ok(Box::new(LocalJournal::reopen(&self.journal_path(run_id))?))
+        Ok(Box::new(LocalJournal::reopen(
+            &self.journal_path(run_id),
+            (self.lock_path(), lease.token()),
+            (environment.to_owned(), run_id.to_owned()),
+        )?))
     }
 
     async fn runs(&self, _environment: &str) -> Result<Vec<String>, DeployError> {

@@ -341,3 +341,284 @@ pub async fn maintenance(page: &dyn Maintenance) {
     page.disable().await.expect("disable is idempotent");
     assert!(!page.is_enabled().await.expect("is_enabled"));
 }
+
+/// A small plan for journals written by [`state_store`].
+fn sample_plan(environment: &str) -> crate::strategy::Plan {
+    use crate::model::Endpoint;
+    use crate::strategy::{CanaryStep, Capabilities, PlanOptions, Snapshot, Strategy, TargetState};
+    let id = |s: &str| TargetId::new(s).expect("valid");
+    let snapshot = Snapshot::new(
+        vec![
+            TargetState::new(
+                id("blue"),
+                Endpoint::http("127.0.0.1", 1),
+                Some(Version::new("1.0.0").expect("valid")),
+            ),
+            TargetState::new(id("green"), Endpoint::http("127.0.0.1", 2), None),
+        ],
+        Some(Weights::new().with(id("blue"), 100).with(id("green"), 0)),
+        None,
+        None,
+    );
+    Strategy::Canary {
+        steps: vec![CanaryStep::SetWeight(10), CanaryStep::PauseUntilPromoted],
+    }
+    .plan(
+        environment,
+        &Release::new(Version::new("2.0.0").expect("valid")),
+        &snapshot,
+        Capabilities::new(true, false, false),
+        &PlanOptions::default(),
+    )
+    .expect("the sample plan plans")
+}
+
+/// Check a [`StateStore`](crate::state::StateStore) against its contract (see
+/// [`crate::state`]), in `environment`, which must hold no state yet: one holder at a time,
+/// queueing with `wait`, stale locks taken over only when asked, fencing of the old holder's
+/// journal writes, journals read back whole by run, one request handed out once, reports and
+/// history kept. `abandon` must make the lock stale at once (as a dead process does).
+pub async fn state_store(store: &dyn crate::state::StateStore, environment: &str) {
+    use std::time::{Duration, SystemTime};
+
+    use crate::engine::{AddressedRequest, ControlRequest, DeployError, LockInfo, Outcome, Record};
+    use crate::state::{HistoryEntry, LockOptions, Takeover};
+
+    let env = environment;
+    let info = |run: &str| LockInfo::this_process(run);
+    let at = store.location();
+    assert!(
+        store.holder(env).await.expect("holder works").is_none(),
+        "{at}: a new environment has no holder"
+    );
+    assert!(store.runs(env).await.expect("runs works").is_empty());
+    assert!(store.history(env).await.expect("history works").is_empty());
+    assert!(
+        store
+            .take_request(env)
+            .await
+            .expect("take_request")
+            .is_none()
+    );
+
+    // One holder at a time.
+    let first = store
+        .lock(env, &info("run-a"), LockOptions::default())
+        .await
+        .expect("a free lock is taken");
+    let holder = store.holder(env).await.expect("holder").expect("held");
+    assert_eq!(holder.info.run_id, "run-a", "{at}: the holder is recorded");
+    assert!(!holder.stale, "{at}: a live holder is not stale");
+    match store
+        .lock(env, &info("run-b"), LockOptions::default())
+        .await
+    {
+        Err(DeployError::Locked { holder, .. }) => assert_eq!(
+            holder.map(|h| h.run_id),
+            Some("run-a".to_owned()),
+            "{at}: Locked names the holder"
+        ),
+        other => panic!("{at}: a held lock must be refused with Locked, got {other:?}"),
+    }
+    // Queueing: a bounded wait ends in Locked, a wait over a release gets the lock.
+    let t = std::time::Instant::now();
+    let waited = store
+        .lock(
+            env,
+            &info("run-b"),
+            LockOptions {
+                wait: Some(Duration::from_millis(300)),
+                takeover: Takeover::IfStale,
+            },
+        )
+        .await;
+    assert!(
+        matches!(waited, Err(DeployError::Locked { .. })),
+        "{at}: a live holder is never displaced, even with takeover: {waited:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{at}: wait queues for its time"
+    );
+    let first_token = first.token();
+    let waiter = info("run-b");
+    let (_, second) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            first.release().await;
+        },
+        store.lock(
+            env,
+            &waiter,
+            LockOptions {
+                wait: Some(Duration::from_secs(10)),
+                takeover: Takeover::Never,
+            },
+        )
+    );
+    let second = second.expect("a waiter gets the lock once it is released");
+    assert!(
+        second.token() > first_token,
+        "{at}: tokens grow ({} after {first_token})",
+        second.token()
+    );
+
+    // The journal, read back by run.
+    let plan = sample_plan(env);
+    let mut journal = store
+        .create_journal(second.as_ref(), env, "run-b")
+        .await
+        .expect("create_journal");
+    journal
+        .append(&Record::Started {
+            run_id: "run-b".into(),
+            plan: Box::new(plan.clone()),
+            at: SystemTime::now(),
+            pid: std::process::id(),
+            host: "conformance".into(),
+        })
+        .await
+        .expect("append started");
+    journal
+        .append(&Record::StepStarted {
+            index: 0,
+            inverse: Vec::new(),
+        })
+        .await
+        .expect("append step_started");
+    journal
+        .append(&Record::PauseStarted {
+            index: 1,
+            reason: "until promoted".into(),
+        })
+        .await
+        .expect("append pause_started");
+    assert_eq!(store.runs(env).await.expect("runs"), ["run-b"]);
+    let st = store
+        .journal(env, "run-b")
+        .await
+        .expect("journal")
+        .expect("a journal with records");
+    assert_eq!(st.plan, plan, "{at}: the plan is read back whole");
+    assert_eq!(st.inverses, [(0, Vec::new())]);
+    assert_eq!(st.paused, Some((1, "until promoted".to_owned())));
+
+    // Requests: the last one left is handed out once.
+    let promote = AddressedRequest {
+        run_id: "run-b".into(),
+        pause: Some(1),
+        request: ControlRequest::Promote,
+    };
+    let abort = AddressedRequest {
+        run_id: "run-b".into(),
+        pause: None,
+        request: ControlRequest::Abort {
+            reason: "conformance".into(),
+        },
+    };
+    store.put_request(env, &promote).await.expect("put_request");
+    store.put_request(env, &abort).await.expect("put_request");
+    assert_eq!(store.take_request(env).await.expect("take"), Some(abort));
+    assert_eq!(store.take_request(env).await.expect("take"), None);
+
+    // A holder that is gone leaves a stale lock, taken over only when asked; its writes are
+    // fenced off from then on.
+    second.abandon().await;
+    let stale = store
+        .holder(env)
+        .await
+        .expect("holder")
+        .expect("still recorded");
+    assert!(stale.stale, "{at}: an abandoned lock is stale");
+    assert_eq!(stale.info.run_id, "run-b");
+    match store
+        .lock(env, &info("run-c"), LockOptions::default())
+        .await
+    {
+        Err(DeployError::StaleLock { holder, .. }) => assert_eq!(
+            holder.map(|h| h.run_id),
+            Some("run-b".to_owned()),
+            "{at}: StaleLock names the gone holder"
+        ),
+        other => panic!("{at}: a stale lock must be refused without takeover, got {other:?}"),
+    }
+    let third = store
+        .lock(
+            env,
+            &info("run-c"),
+            LockOptions {
+                wait: None,
+                takeover: Takeover::IfStale,
+            },
+        )
+        .await
+        .expect("a stale lock is taken over when asked");
+    let refused = journal
+        .append(&Record::PauseEnded { index: 1 })
+        .await
+        .expect_err("the old holder's writes are refused once another holder took over");
+    assert!(
+        matches!(refused, DeployError::LeaseLost { .. }),
+        "{at}: a fenced write is LeaseLost: {refused}"
+    );
+    // The new holder carries the run on from the shared journal.
+    let mut resumed = store
+        .reopen_journal(third.as_ref(), env, "run-b")
+        .await
+        .expect("reopen_journal");
+    resumed
+        .append(&Record::PauseEnded { index: 1 })
+        .await
+        .expect("the new holder appends");
+    resumed
+        .append(&Record::Finished {
+            outcome: Outcome::Promoted,
+        })
+        .await
+        .expect("append finished");
+    let st = store
+        .journal(env, "run-b")
+        .await
+        .expect("journal")
+        .expect("records");
+    assert_eq!(st.paused, None);
+    assert_eq!(st.outcome, Some(Outcome::Promoted));
+
+    // History, oldest first.
+    let entry = |run: &str| HistoryEntry {
+        run_id: run.into(),
+        environment: env.into(),
+        version: Version::new("2.0.0").expect("valid"),
+        strategy: "canary".into(),
+        outcome: Outcome::Promoted,
+        user: "conformance".into(),
+        host: "conformance".into(),
+        ci_job: None,
+        started_at: SystemTime::now(),
+        duration: Duration::from_secs(1),
+        before: plan.snapshot.clone(),
+        after: None,
+        backup: None,
+    };
+    store
+        .record_history(&entry("run-b"))
+        .await
+        .expect("record_history");
+    store
+        .record_history(&entry("run-c"))
+        .await
+        .expect("record_history");
+    let runs: Vec<String> = store
+        .history(env)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.run_id)
+        .collect();
+    assert_eq!(runs, ["run-b", "run-c"], "{at}: history oldest first");
+    third.release().await;
+    assert!(
+        store.holder(env).await.expect("holder").is_none(),
+        "{at}: a released lock has no holder"
+    );
+}
