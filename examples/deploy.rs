@@ -7,7 +7,10 @@
 //! cargo run --example deploy -- rollback examples/plans/blue-green.toml   # undo a killed run
 //! cargo run --example deploy -- promote  examples/plans/canary.toml       # end a canary's pause
 //! cargo run --example deploy -- abort    examples/plans/canary.toml --reason "p99 too high"
+//! cargo run --example deploy -- run      examples/plans/canary.toml --wait 10m  # queue behind a run
 //! cargo run --example deploy -- status   examples/plans/canary.toml [--json]
+//! cargo run --example deploy -- status   examples/plans/canary.toml --fleet  # what runs where now
+//! cargo run --example deploy -- history  examples/plans/canary.toml [--last N] [--json]
 //! cargo run --example deploy -- unlock   examples/plans/canary.toml       # break a stale lock
 //! ```
 //!
@@ -22,7 +25,9 @@
 //!
 //! Exit code: 0 promoted (or nothing to do), 1 the plan or the environment is unusable, 2 rolled
 //! back, 3 failed (the rollback itself failed: see the report, then `rollback` again), 4 refused
-//! (a promotion with no paused run, an abort with no run, a live lock not broken).
+//! (a promotion with no paused run, an abort with no run, a live lock not broken, a lock held by
+//! another run), 5 the run lost its lock to another holder (after its lease expired) and acted
+//! no further.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -52,6 +57,7 @@ use deploy::adapters::Adapters;
 use deploy::event::{Event, Observer, Severity};
 use deploy::notify::WebhookNotifier;
 use deploy::plan_file::PlanFile;
+use deploy::state::HistoryEntry;
 use deploy::{ControlRequest, DeployError, Outcome, Recovery, Report};
 use deploy::{Engine, ExposeSecret, Plan, Step};
 use tokio_util::sync::CancellationToken;
@@ -77,9 +83,14 @@ enum Cmd {
     Run {
         /// The plan file.
         plan: PathBuf,
-        /// Also write the JSON report here (it is always written to the state directory).
+        /// Also write the JSON report here (it is always kept in the state store).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// When another run holds the environment's lock, wait for it (up to this long:
+        /// `90s`, `10m`; 10m when given without a value) instead of failing, then plan from
+        /// what that run left.
+        #[arg(long, num_args = 0..=1, default_missing_value = "10m", value_name = "TIMEOUT")]
+        wait: Option<humantime::Duration>,
     },
     /// Finish a run that a killed process left behind.
     Resume {
@@ -109,13 +120,28 @@ enum Cmd {
         /// The plan file.
         plan: PathBuf,
     },
-    /// Where the newest run stands.
+    /// Where the newest run stands; with --fleet, what every target runs now.
     Status {
         /// The plan file.
         plan: PathBuf,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+        /// Read the live state: each target's version, the weights, the schema, and how it
+        /// differs from what the last promoted run left.
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Every run recorded for the environment: who, from where, when, what, how it ended.
+    History {
+        /// The plan file.
+        plan: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the last N runs.
+        #[arg(long)]
+        last: Option<usize>,
     },
 }
 
@@ -184,7 +210,14 @@ fn deploy_error(plan: &Path, e: DeployError) -> Stop {
         },
         DeployError::Locked { .. } => Stop {
             code: 4,
-            message: format!("{e}\n  `deploy status {p}` shows where that run stands"),
+            message: format!(
+                "{e}\n  `deploy status {p}` shows where that run stands; `deploy run --wait {p}` \
+                 waits for it"
+            ),
+        },
+        DeployError::LeaseLost { .. } => Stop {
+            code: 5,
+            message: format!("{e}\n  `deploy status {p}` shows where the run stands now"),
         },
         other => Stop {
             code: 1,
@@ -324,15 +357,36 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             }
             Ok(0)
         }
-        Cmd::Run { plan, report } => {
+        Cmd::Run { plan, report, wait } => {
             let pf = load(&plan)?;
             let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
-            let p = engine
-                .plan(&pf.strategy, &pf.release(), &pf.options)
-                .await
-                .map_err(|e| deploy_error(&plan, e))?;
-            out!("{p}");
-            let r = engine.run(p, &ctrl_c_cancels()).await;
+            let r = match wait {
+                None => {
+                    let p = engine
+                        .plan(&pf.strategy, &pf.release(), &pf.options)
+                        .await
+                        .map_err(|e| deploy_error(&plan, e))?;
+                    out!("{p}");
+                    engine.run(p, &ctrl_c_cancels()).await
+                }
+                Some(wait) => {
+                    // Plan under the lock, from what the run ahead of us leaves.
+                    if let Some(store) = engine.state_store()
+                        && let Ok(Some(h)) = store.holder(&pf.environment.name).await
+                        && !h.stale
+                    {
+                        out!(
+                            "environment {} is locked by {}; waiting up to {wait} for it",
+                            pf.environment.name,
+                            h.info
+                        );
+                    }
+                    let engine = engine.with_lock_wait(wait.into());
+                    engine
+                        .deploy(&pf.strategy, &pf.release(), &pf.options, &ctrl_c_cancels())
+                        .await
+                }
+            };
             // Send what the notifier queued even when the run could not start.
             if let Some(n) = notifier {
                 n.close().await;
@@ -389,7 +443,90 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             }
             Ok(0)
         }
-        Cmd::Status { plan, json } => {
+        Cmd::History { plan, json, last } => {
+            let pf = load(&plan)?;
+            let mut runs = engine(&pf)?
+                .history()
+                .await
+                .map_err(|e| deploy_error(&plan, e))?;
+            if let Some(n) = last {
+                runs.drain(..runs.len().saturating_sub(n));
+            }
+            if json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs).map_err(|e| e.to_string())?
+                );
+            } else if runs.is_empty() {
+                out!("no run recorded for environment {}", pf.environment.name);
+            } else {
+                for h in &runs {
+                    out!("{}", history_line(h));
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Status {
+            plan,
+            json: _,
+            fleet: true,
+        } => {
+            let pf = load(&plan)?;
+            let engine = engine(&pf)?;
+            let live = engine
+                .snapshot()
+                .await
+                .map_err(|e| deploy_error(&plan, e))?;
+            let last = engine
+                .history()
+                .await
+                .map_err(|e| deploy_error(&plan, e))?
+                .into_iter()
+                .rev()
+                .find(|h| h.outcome == Outcome::Promoted);
+            out!("environment {}", pf.environment.name);
+            for t in &live.targets {
+                let weight = live
+                    .weights
+                    .as_ref()
+                    .and_then(|w| w.get(&t.id))
+                    .map(|w| format!("  weight {w}"))
+                    .unwrap_or_default();
+                let version = t
+                    .current
+                    .as_ref()
+                    .map_or("(none)".to_owned(), |v| v.to_string());
+                let expected = last.as_ref().and_then(|h| {
+                    h.after
+                        .as_ref()?
+                        .targets
+                        .iter()
+                        .find(|s| s.id == t.id)
+                        .map(|s| s.current.clone())
+                });
+                let drift = match expected {
+                    Some(e) if e != t.current => format!(
+                        "  DRIFT: the last promoted run left {}",
+                        e.map_or("nothing".to_owned(), |v| v.to_string())
+                    ),
+                    _ => String::new(),
+                };
+                out!("  {:<12} {version:<12}{weight}{drift}", t.id.to_string());
+            }
+            if let Some(m) = &live.migrations {
+                out!(
+                    "  schema       {} ({} pending)",
+                    m.current.as_ref().map_or("(empty)", |v| v.0.as_str()),
+                    m.pending.len()
+                );
+            }
+            match &last {
+                Some(h) => out!("last promoted run: {}", history_line(h)),
+                None => out!("no promoted run recorded"),
+            }
+            Ok(0)
+        }
+        Cmd::Status { plan, json, .. } => {
             let pf = load(&plan)?;
             match engine(&pf)?
                 .status()
@@ -406,6 +543,25 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             Ok(0)
         }
     }
+}
+
+/// One run of the history on one line.
+fn history_line(h: &HistoryEntry) -> String {
+    format!(
+        "{}  {}  {} {} {}  in {}  by {}@{}{}",
+        humantime::format_rfc3339_seconds(h.started_at),
+        h.run_id,
+        h.strategy,
+        h.version,
+        h.outcome,
+        humantime::format_duration(std::time::Duration::from_secs(h.duration.as_secs())),
+        h.user,
+        h.host,
+        h.ci_job
+            .as_ref()
+            .map(|j| format!(" (CI {j})"))
+            .unwrap_or_default()
+    )
 }
 
 async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {

@@ -117,4 +117,32 @@ async fn blue_green_over_release_dirs_promotes_and_rolls_back() {
         tmp.path().join("blue/releases/3.0.0/VERSION").exists(),
         "the failed release stays for inspection"
     );
+    // The servers tell what ran there, and which run put it there: blue had 1.0.0 (set up
+    // outside a run), got 3.0.0, then the rollback put 1.0.0 back, both by the second run.
+    let log = std::fs::read_to_string(tmp.path().join("blue/revisions.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    let by_run = format!("run {}", report.run_id);
+    assert!(lines[0].contains(" activated 1.0.0 by "), "{log}");
+    assert!(
+        lines[1].contains(" activated 3.0.0 by ") && lines[1].ends_with(&by_run),
+        "{log}"
+    );
+    assert!(
+        lines[2].contains(" activated 1.0.0 by ") && lines[2].ends_with(&by_run),
+        "{log}"
+    );
+    // Both runs are in the history, with how they ended.
+    let history = engine.history().await.unwrap();
+    let outcomes: Vec<(String, Outcome)> = history
+        .iter()
+        .map(|h| (h.version.to_string(), h.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("2.0.0".to_owned(), Outcome::Promoted),
+            ("3.0.0".to_owned(), Outcome::RolledBack)
+        ]
+    );
 }

@@ -20,6 +20,9 @@ const COMPLETE_MARKER: &str = ReleaseDirTarget::COMPLETE_MARKER;
 /// How many entries the history file keeps at most.
 const HISTORY_LIMIT: usize = 200;
 
+/// Lines kept in `revisions.log`.
+const REVISIONS_LIMIT: usize = 1000;
+
 /// A [`Target`] that keeps releases in directories under a root on a [`Host`]:
 ///
 /// ```text
@@ -381,11 +384,50 @@ impl ReleaseDirTarget {
         }
         history.record(Event::Activated, version);
         self.save_history(&history).await?;
+        if let Err(e) = self.log_revision(version).await {
+            // The activation itself succeeded; the log is a record, not a step.
+            tracing::warn!(target = %self.id, error = %e, "could not append to revisions.log");
+        }
         if let Err(e) = self.prune(version, &mut history).await {
             // The activation itself succeeded; pruning is retried on the next one.
             tracing::warn!(target = %self.id, error = %e, "could not prune old releases");
         }
         Ok(())
+    }
+
+    /// Append the activation of `version` to `<root>/revisions.log`, so that the server itself
+    /// tells what ran there: `<UTC time> activated <version> by <user>@<host> run <run>` (by
+    /// whoever runs this process when no run is known). The newest [`REVISIONS_LIMIT`] lines
+    /// are kept.
+    async fn log_revision(&self, version: &Version) -> Result<()> {
+        let path = self.root.join("revisions.log");
+        let who = match crate::state::current_run() {
+            Some(r) => format!("{}@{} run {}", r.user, r.host, r.run_id),
+            None => format!(
+                "{}@{}",
+                crate::engine::LockInfo::this_process("").owner,
+                crate::engine::LockInfo::this_process("").host
+            ),
+        };
+        let line = format!(
+            "{} activated {version} by {who}\n",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        );
+        let old = match self.host.read_file(&path).await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let mut lines: Vec<&str> = old.lines().collect();
+        lines.drain(..lines.len().saturating_sub(REVISIONS_LIMIT - 1));
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        self.host
+            .write_file(&path, text.as_bytes(), Some(0o644))
+            .await
     }
 
     /// Remove releases beyond the newest `keep`, never the current or the previous one.

@@ -151,7 +151,8 @@ impl<'e> Run<'e> {
         forced_rollback: Option<String>,
     ) -> Result<Report, DeployError> {
         let span = tracing::info_span!("deploy", run = %self.run_id, env = %self.plan.environment, version = %self.plan.release.version);
-        async move {
+        let run_id_for_context = self.run_id.clone();
+        let run = async move {
             self.engine.emit(&Event::RunStarted {
                 run_id: self.run_id.clone(),
                 environment: self.plan.environment.clone(),
@@ -217,8 +218,13 @@ impl<'e> Run<'e> {
             }
             Ok(report)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        let ctx = crate::state::RunContext {
+            run_id: run_id_for_context,
+            user: super::lock::user_name(),
+            host: super::lock::host_name(),
+        };
+        crate::state::in_run(ctx, run).await
     }
 
     /// Wait in the current step until the operator promotes (or `limit` passes); journaled, so

@@ -42,6 +42,33 @@ pub mod local;
 
 pub use local::LocalStateStore;
 
+/// The run a step belongs to, for adapters that record who changed what (a release directory's
+/// `revisions.log`). Set by the engine for the life of each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunContext {
+    /// The run.
+    pub run_id: String,
+    /// Who runs it.
+    pub user: String,
+    /// From which machine.
+    pub host: String,
+}
+
+tokio::task_local! {
+    static RUN: RunContext;
+}
+
+/// The run the calling task acts for, when the engine runs one.
+pub fn current_run() -> Option<RunContext> {
+    RUN.try_with(Clone::clone).ok()
+}
+
+/// Run `fut` as part of run `ctx`.
+pub(crate) async fn in_run<F: std::future::Future>(ctx: RunContext, fut: F) -> F::Output {
+    RUN.scope(ctx, fut).await
+}
+
 /// Whether a stale lock (its holder is gone) may be taken over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Takeover {
