@@ -5,6 +5,8 @@
 //! cargo run --example deploy -- run      examples/plans/blue-green.toml [--report report.json]
 //! cargo run --example deploy -- resume   examples/plans/blue-green.toml   # finish a killed run
 //! cargo run --example deploy -- rollback examples/plans/blue-green.toml   # undo a killed run
+//! cargo run --example deploy -- rollback examples/plans/blue-green.toml --previous [--dry-run]
+//! cargo run --example deploy -- rollback examples/plans/blue-green.toml --to 1.4.2 [--restore-backup F]
 //! cargo run --example deploy -- promote  examples/plans/canary.toml       # end a canary's pause
 //! cargo run --example deploy -- abort    examples/plans/canary.toml --reason "p99 too high"
 //! cargo run --example deploy -- run      examples/plans/canary.toml --wait 10m  # queue behind a run
@@ -58,7 +60,10 @@ use deploy::event::{Event, Observer, Severity};
 use deploy::notify::WebhookNotifier;
 use deploy::plan_file::PlanFile;
 use deploy::state::HistoryEntry;
-use deploy::{ControlRequest, DeployError, Outcome, Recovery, Report};
+use deploy::{
+    BackupId, ControlRequest, DeployError, Outcome, Recovery, ReleaseRollback, Report, RollbackTo,
+    SchemaDecision, Version,
+};
 use deploy::{Engine, ExposeSecret, Plan, Step};
 use tokio_util::sync::CancellationToken;
 
@@ -97,10 +102,27 @@ enum Cmd {
         /// The plan file.
         plan: PathBuf,
     },
-    /// Undo a run that a killed process left behind.
+    /// Undo a run that a killed process left behind; with --to or --previous, go back to a
+    /// release the history recorded as promoted, as a new run.
     Rollback {
         /// The plan file.
         plan: PathBuf,
+        /// The recorded release to go back to.
+        #[arg(long, value_name = "VERSION", conflicts_with = "previous")]
+        to: Option<String>,
+        /// The release promoted before the one running now.
+        #[arg(long)]
+        previous: bool,
+        /// The backup to restore when a migration since that release is incompatible with
+        /// its code (the history names the one taken before it).
+        #[arg(long, value_name = "BACKUP")]
+        restore_backup: Option<String>,
+        /// The release's artifact, for targets that no longer keep its release directory.
+        #[arg(long)]
+        artifact: Option<PathBuf>,
+        /// Print the path it would take and its plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// End the pause of the run in progress (a canary waiting for promotion).
     Promote {
@@ -397,7 +419,80 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             )?)
         }
         Cmd::Resume { plan } => recover(&plan, Recovery::Resume).await,
-        Cmd::Rollback { plan } => recover(&plan, Recovery::Rollback).await,
+        Cmd::Rollback {
+            plan,
+            to: None,
+            previous: false,
+            ..
+        } => recover(&plan, Recovery::Rollback).await,
+        Cmd::Rollback {
+            plan,
+            to,
+            previous: _,
+            restore_backup,
+            artifact,
+            dry_run,
+        } => {
+            let pf = load(&plan)?;
+            let to = match to {
+                Some(v) => RollbackTo::Version(Version::new(v).map_err(|e| e.to_string())?),
+                None => RollbackTo::Previous,
+            };
+            let restore = restore_backup.map(BackupId);
+            let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
+            let say = |rb: &ReleaseRollback| {
+                out!(
+                    "back to {} (promoted by run {} on {}, by {}@{})",
+                    rb.recorded.version,
+                    rb.recorded.run_id,
+                    humantime::format_rfc3339_seconds(rb.recorded.started_at),
+                    rb.recorded.user,
+                    rb.recorded.host
+                );
+                for line in &rb.path {
+                    out!("  {line}");
+                }
+                match &rb.schema {
+                    SchemaDecision::Unchanged => out!("  schema: unchanged since that release"),
+                    SchemaDecision::Kept { since } => out!(
+                        "  schema: stays ({} compatible with its code ran since: {})",
+                        since.len(),
+                        since.join(", ")
+                    ),
+                    SchemaDecision::Restore { backup, to } => out!(
+                        "  schema: backup {} is restored to {} first",
+                        backup.0,
+                        to.as_ref().map_or("an empty schema", |v| v.0.as_str())
+                    ),
+                    _ => {}
+                }
+            };
+            if dry_run {
+                let rb = engine
+                    .plan_rollback_to(&to, &pf.strategy, &pf.options, artifact, restore)
+                    .await
+                    .map_err(|e| deploy_error(&plan, e))?;
+                say(&rb);
+                out_raw!("{}", rb.plan);
+                return Ok(0);
+            }
+            let r = engine
+                .rollback_to(
+                    &to,
+                    &pf.strategy,
+                    &pf.options,
+                    artifact,
+                    restore,
+                    &ctrl_c_cancels(),
+                )
+                .await;
+            if let Some(n) = notifier {
+                n.close().await;
+            }
+            let (rb, report) = r.map_err(|e| deploy_error(&plan, e))?;
+            say(&rb);
+            Ok(finish(&report, None)?)
+        }
         Cmd::Promote { plan } => {
             let pf = load(&plan)?;
             let run = engine(&pf)?

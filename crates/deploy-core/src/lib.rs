@@ -28,7 +28,7 @@ pub mod testing;
 pub use difference::Difference;
 pub use engine::{
     Control, ControlRequest, DeployError, Engine, Environment, EnvironmentBuilder, Outcome,
-    Policies, Recovery, Report,
+    Policies, Recovery, ReleaseRollback, Report, RollbackTo, SchemaDecision,
 };
 pub use error::{BoxError, Error, ErrorKind, ErrorRecord, ErrorStatus, Result};
 pub use local::LocalHost;

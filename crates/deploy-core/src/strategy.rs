@@ -656,7 +656,7 @@ impl Strategy {
             } => {
                 let (live, idle, weight) = slots(self.name(), version, snapshot, caps)?;
                 steps.extend(migrate);
-                push_idle_up(&mut steps, &idle, version);
+                push_idle_up(&mut steps, &idle, version, snapshot);
                 if let Some(d) = pre_switch_analysis {
                     steps.push(Step::Analyze {
                         name: "pre-switch".into(),
@@ -682,7 +682,7 @@ impl Strategy {
             } => {
                 let (live, idle, weight) = slots(self.name(), version, snapshot, caps)?;
                 steps.extend(migrate);
-                push_idle_up(&mut steps, &idle, version);
+                push_idle_up(&mut steps, &idle, version, snapshot);
                 let mut pct = 0u8;
                 for s in canary_steps {
                     match s {
@@ -771,13 +771,23 @@ fn slots(
     Ok((live, idle, weight))
 }
 
-fn push_idle_up(steps: &mut Vec<Step>, idle: &[TargetId], version: &Version) {
-    steps.extend(idle.iter().map(|t| Step::Prepare {
-        target: t.clone(),
+/// Bring the idle slots up on `version`: prepare and activate those that do not run it yet
+/// (one that still runs it — a switch back to the previous release — is only health-checked),
+/// then wait until each is healthy.
+fn push_idle_up(steps: &mut Vec<Step>, idle: &[TargetId], version: &Version, snapshot: &Snapshot) {
+    let runs_it = |t: &TargetId| {
+        snapshot
+            .targets
+            .iter()
+            .any(|s| &s.id == t && s.current.as_ref() == Some(version))
+    };
+    let behind: Vec<&TargetId> = idle.iter().filter(|t| !runs_it(t)).collect();
+    steps.extend(behind.iter().map(|t| Step::Prepare {
+        target: (*t).clone(),
         version: version.clone(),
     }));
-    steps.extend(idle.iter().map(|t| Step::Activate {
-        target: t.clone(),
+    steps.extend(behind.iter().map(|t| Step::Activate {
+        target: (*t).clone(),
         version: version.clone(),
     }));
     steps.extend(idle.iter().map(|t| Step::AwaitHealthy {

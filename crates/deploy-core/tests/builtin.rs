@@ -310,7 +310,13 @@ async fn activate_switches_the_link_and_runs_restart_with_placeholders() {
     top.sort();
     assert_eq!(
         top,
-        ["current", "releases", "restarted-1.0.0", "restarted-2.0.0"]
+        [
+            "current",
+            "releases",
+            "restarted-1.0.0",
+            "restarted-2.0.0",
+            "revisions.log"
+        ]
     );
 }
 

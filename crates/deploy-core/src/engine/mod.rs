@@ -19,6 +19,7 @@ mod journal;
 mod lock;
 mod policy;
 mod recovery;
+mod release_rollback;
 mod report;
 mod rollback;
 mod run;
@@ -44,6 +45,7 @@ pub use policy::{
     AnalysisPolicy, DrainPolicy, DrainTimeoutAction, InconclusiveAction, NoDataPolicy, Policies,
     ProbePolicy, RetryPolicy, Timeouts,
 };
+pub use release_rollback::{ReleaseRollback, RollbackTo, SchemaDecision};
 pub use report::{
     Event, Observer, Outcome, Report, RollbackRecord, Severity, StepRecord, UndoRecord,
     VerdictRecord,
@@ -75,7 +77,7 @@ pub struct Engine {
 
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn new_run_id() -> String {
+pub(super) fn new_run_id() -> String {
     // 2026-11-21T23:49:12.123Z -> 20261121T234912123Z: sortable, and a plain file name.
     let stamp: String = humantime::format_rfc3339_millis(SystemTime::now())
         .to_string()
@@ -311,7 +313,10 @@ impl Engine {
     }
 
     /// Take the environment's lock for run `run_id` (nothing without a state store).
-    async fn lock_for(&self, run_id: &str) -> Result<Option<Box<dyn Lease>>, DeployError> {
+    pub(super) async fn lock_for(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<Box<dyn Lease>>, DeployError> {
         match &self.store {
             Some(store) => Ok(Some(
                 store
@@ -363,7 +368,7 @@ impl Engine {
         self.start(run_id, plan, lease, cancel).await
     }
 
-    async fn start(
+    pub(super) async fn start(
         &self,
         run_id: String,
         plan: Plan,
@@ -412,7 +417,7 @@ impl Engine {
 }
 
 /// Release `lease`, if any (a run that did not start).
-async fn release_lease(lease: Option<Box<dyn Lease>>) {
+pub(super) async fn release_lease(lease: Option<Box<dyn Lease>>) {
     if let Some(l) = lease {
         l.release().await;
     }
