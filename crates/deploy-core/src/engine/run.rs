@@ -188,6 +188,20 @@ impl<'e> Run<'e> {
                             None => std::future::pending().await,
                         }
                     };
+                    // A lease lost in the background (another holder took the lock over)
+                    // stops the run where it is, even in the middle of a step or a wait.
+                    let lost = self.lease.as_ref().and_then(|l| l.lost_signal());
+                    let lost_watch = async {
+                        match lost {
+                            Some(mut rx) => {
+                                if rx.wait_for(Option::is_some).await.is_err() {
+                                    // The store stopped watching: only `lost()` tells now.
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
                     // A panic in the engine itself is contained like one in an adapter: the
                     // run rolls back instead of leaving the world half-changed.
                     let forward = AssertUnwindSafe(self.forward(from, cancel)).catch_unwind();
@@ -196,6 +210,7 @@ impl<'e> Run<'e> {
                             "the engine panicked: {}", panic_message(&*panic)
                         ))),
                         () = watcher => None,
+                        () = lost_watch => Some("the run lost its lock".to_owned()),
                     }
                 }
             };

@@ -122,6 +122,13 @@ pub trait Lease: Send + Sync + fmt::Debug {
     /// store knows; `None` while it holds.
     fn lost(&self) -> Option<String>;
 
+    /// A receiver that turns `Some(why)` when the lease is lost, for a store that learns it
+    /// in the background (a heartbeat): the engine then stops the run at once, even in the
+    /// middle of a wait. `None` (the default) when only [`lost`](Self::lost) says it.
+    fn lost_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        None
+    }
+
     /// Release the lock: the run ended.
     async fn release(self: Box<Self>);
 
