@@ -5,6 +5,7 @@ mod config;
 mod connection;
 mod migrations;
 mod runner;
+mod state;
 mod tools;
 
 #[cfg(feature = "testing")]
@@ -22,3 +23,4 @@ pub use runner::{
     PgMigrationRunnerBuilder, RepairReport, RepeatableMigration, RepeatableState, RestoreMode,
     RestoreReport, SchemaReport,
 };
+pub use state::{DEFAULT_SCHEMA, PgStateStore, PgStateStoreBuilder};
