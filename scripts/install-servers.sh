@@ -17,6 +17,7 @@ have /usr/sbin/sshd || need+=(openssh-server)
 have ssh-keygen || need+=(openssh-client)
 have tar || need+=(tar)
 have gzip || need+=(gzip)
+have openssl || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-servers: haproxy, nginx, prometheus, postgresql, openssh-server are present"
