@@ -100,6 +100,50 @@ async fn two_processes_create_the_tables_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_works_once_the_tables_exist_and_a_newer_schema_is_refused() {
+    let (server, config) = setup().await;
+    PgStateStore::new(config.clone())
+        .unwrap()
+        .prepare()
+        .await
+        .unwrap();
+    // The deploying role may read and write the tables, nothing more.
+    server
+        .query(
+            &config.dbname,
+            "CREATE ROLE deploy_app LOGIN; \
+             GRANT USAGE ON SCHEMA deploy TO deploy_app; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA deploy TO deploy_app; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA deploy TO deploy_app",
+        )
+        .await
+        .unwrap();
+    let app = PgStateStore::new(config.clone().with_user("deploy_app")).unwrap();
+    conformance::state_store(&app, "prod").await;
+    // Without the tables it cannot create them, and says so.
+    let elsewhere = PgStateStore::builder(config.clone().with_user("deploy_app"))
+        .schema("deploy_other")
+        .build()
+        .unwrap();
+    let err = elsewhere.prepare().await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    // A release older than the tables refuses them rather than misreading them.
+    server
+        .query(
+            &config.dbname,
+            "INSERT INTO deploy.schema_migrations (version) VALUES (2)",
+        )
+        .await
+        .unwrap();
+    let old = PgStateStore::new(config.clone()).unwrap();
+    let err = old.holder("prod").await.unwrap_err();
+    assert!(
+        err.to_string().contains("newer than this release knows"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_machines_queue_for_the_lock_and_the_holder_is_renewed() {
     let (_server, config) = setup().await;
     // Two store values: two machines, each with its own connections.

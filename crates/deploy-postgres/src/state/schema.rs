@@ -92,13 +92,42 @@ pub(super) async fn upgrade(
     lock_key: i64,
 ) -> Result<i32, String> {
     let s = format!("\"{schema}\"");
+    // Up to date already: no DDL at all, so that a role without CREATE on the database works
+    // once someone allowed to created the tables (`CREATE SCHEMA IF NOT EXISTS` checks that
+    // privilege even when the schema exists).
+    let exists: Option<String> = client
+        .query_one(
+            "SELECT to_regclass($1)::text",
+            &[&format!("{s}.schema_migrations")],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "look for {schema}.schema_migrations: {}",
+                super::pg_text(&e)
+            )
+        })?
+        .get(0);
+    if exists.is_some() {
+        let found: i32 = client
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(|e| format!("read {schema}.schema_migrations: {}", super::pg_text(&e)))?
+            .get(0);
+        if found >= VERSION {
+            return newer(schema, found).map(|()| found);
+        }
+    }
     let tx = client
         .transaction()
         .await
-        .map_err(|e| format!("begin: {e}"))?;
+        .map_err(|e| format!("begin: {}", super::pg_text(&e)))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
         .await
-        .map_err(|e| format!("take the schema's advisory lock: {e}"))?;
+        .map_err(|e| format!("take the schema's advisory lock: {}", super::pg_text(&e)))?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
@@ -107,37 +136,56 @@ pub(super) async fn upgrade(
          );"
     ))
     .await
-    .map_err(|e| format!("create schema {schema}: {e}"))?;
+    .map_err(|e| format!("create schema {schema}: {}", super::pg_text(&e)))?;
     let found: i32 = tx
         .query_one(
             &format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"),
             &[],
         )
         .await
-        .map_err(|e| format!("read {schema}.schema_migrations: {e}"))?
+        .map_err(|e| format!("read {schema}.schema_migrations: {}", super::pg_text(&e)))?
         .get(0);
+    newer(schema, found)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(&sql.replace("{s}", &s))
+            .await
+            .map_err(|e| {
+                format!(
+                    "upgrade schema {schema} to version {version}: {}",
+                    super::pg_text(&e)
+                )
+            })?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_migrations (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "record version {version} of schema {schema}: {}",
+                super::pg_text(&e)
+            )
+        })?;
+    }
+    tx.commit().await.map_err(|e| {
+        format!(
+            "commit the upgrade of schema {schema}: {}",
+            super::pg_text(&e)
+        )
+    })?;
+    Ok(found)
+}
+
+/// `Err` when `found` is newer than this release knows.
+fn newer(schema: &str, found: i32) -> Result<(), String> {
     if found > VERSION {
         return Err(format!(
             "schema {schema} is at version {found}, newer than this release knows ({VERSION}): \
              upgrade deploy on this machine"
         ));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let version = i as i32 + 1;
-        tx.batch_execute(&sql.replace("{s}", &s))
-            .await
-            .map_err(|e| format!("upgrade schema {schema} to version {version}: {e}"))?;
-        tx.execute(
-            &format!("INSERT INTO {s}.schema_migrations (version) VALUES ($1)"),
-            &[&version],
-        )
-        .await
-        .map_err(|e| format!("record version {version} of schema {schema}: {e}"))?;
-    }
-    tx.commit()
-        .await
-        .map_err(|e| format!("commit the upgrade of schema {schema}: {e}"))?;
-    Ok(found)
+    Ok(())
 }
 
 #[cfg(test)]
