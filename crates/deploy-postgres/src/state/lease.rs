@@ -90,7 +90,7 @@ impl LeaseState {
     }
 }
 
-/// A held lock of a [`PgStateStore`](super::PgStateStore).
+/// A held lock of a `PgStateStore`.
 ///
 /// Dropped without [`Lease::release`] or [`Lease::abandon`] (a panic), its session closes and
 /// the lock is stale, as when the process dies.
@@ -231,7 +231,7 @@ impl Drop for PgLease {
     }
 }
 
-/// Take the lock of `environment`; see the [module documentation](super).
+/// Take the lock of `environment`; see [`PgStateStore`](super::PgStateStore).
 pub(in crate::state) async fn acquire(
     inner: &Arc<Inner>,
     environment: &str,

@@ -1,77 +1,4 @@
-//! [`PgStateStore`]: the team's PostgreSQL as the [`StateStore`] every machine that deploys an
-//! environment shares — one lock, one journal per run, one history, across laptops and CI
-//! runners.
-//!
-//! # Tables
-//!
-//! In a schema of its own (`deploy` by default), created and upgraded by the store on first use
-//! (`schema_migrations` holds the version; the upgrade runs in one transaction under a
-//! transaction-level advisory lock, so two processes starting at once are safe):
-//!
-//! | table | what |
-//! | --- | --- |
-//! | `locks` | one row per held environment: its fencing `token`, the `holder` (JSON: user, host, pid, run, CI job, since when), the holding session's `backend_pid`, `acquired_at`, `expires_at` |
-//! | `token_seq` | the sequence fencing tokens come from (monotonic across environments) |
-//! | `runs` | one row per journaled run, in the order they started |
-//! | `journal` | one row per record (`jsonb`), `seq` ordering them, each with the token it was written under |
-//! | `requests` | the control request left for an environment's run |
-//! | `reports`, `history` | finished runs |
-//!
-//! # The lock
-//!
-//! A lease is two things, both needed for the lock to be live:
-//!
-//! - a **session advisory lock** keyed on (schema, environment), held by a connection of its own
-//!   for the run's whole life: if the process dies, its connection closes and PostgreSQL frees
-//!   the lock at once;
-//! - the **lease row** in `locks`, with a token from `token_seq` and `expires_at = now() + ttl`
-//!   on the *database's* clock (machines' clocks never matter), renewed by a heartbeat every
-//!   ttl/3 with `UPDATE … WHERE token = $mine`.
-//!
-//! The lock is **stale** when the row's session no longer holds the advisory lock (the holder
-//! died, or [abandoned](Lease::abandon) it), or `expires_at` has passed (the holder is stopped —
-//! `SIGSTOP`, a suspended laptop — or cut off). A stale lock is taken over only with
-//! [`Takeover::IfStale`]; when the expired holder's session still holds the advisory lock, the
-//! taker ends it with `pg_terminate_backend` first (which needs the same role, membership in
-//! `pg_signal_backend`, or a superuser). A live holder is never displaced: the caller gets
-//! [`DeployError::Locked`] naming it, after queueing for [`LockOptions::wait`]. Waiting polls
-//! `pg_try_advisory_lock` every [`PgStateStoreBuilder::poll_interval`]; it never blocks in
-//! `pg_advisory_lock`, whose waiting transaction would hold up a `CREATE INDEX CONCURRENTLY` of
-//! a migration in the same database.
-//!
-//! # Fencing
-//!
-//! Every journal write is one statement, `INSERT … SELECT … WHERE EXISTS (SELECT 1 FROM locks
-//! WHERE environment = $1 AND token = $mine FOR SHARE)`: once another holder took the lock over
-//! it inserts nothing, and the append is [`DeployError::LeaseLost`]. `FOR SHARE` orders it with
-//! the takeover's update of the row, so no record of the old holder lands after the new one
-//! took over. [`Lease::lost`] says why as soon as the store knows: the heartbeat found another
-//! token, or could not renew for a whole ttl (from then on someone may have taken over), or an
-//! append was refused.
-//!
-//! # Connections
-//!
-//! Each lease has its own connection (it must: the advisory lock lives in its session). The
-//! heartbeat and the run's journal appends go over it: appends then never queue behind the
-//! store's other traffic (the engine polls for control requests), and a takeover that ends the
-//! session makes the next append fail at once. When that connection is gone, an append goes
-//! over the store's shared connection, still fenced. Everything else — holders, journals read,
-//! requests, reports, history — uses one shared connection per store value, opened on first
-//! use and again after it breaks.
-//!
-//! # TLS
-//!
-//! `sslmode` as libpq reads it, through rustls (ring, the provider already in this workspace
-//! through reqwest): `disable`; `allow` and `prefer` (the default) use TLS when the server
-//! offers it; `require` insists on it; neither checks the certificate, as libpq does without a
-//! root certificate — SCRAM's channel binding still ties the password exchange to the channel
-//! when the server offers it. `verify-ca` checks the chain and `verify-full` the chain and the
-//! host name, against [`PgStateStoreBuilder::root_cert`] (a PEM file: a private CA, your cloud
-//! provider's) or else Mozilla's roots (`webpki-roots`). A Unix socket never uses TLS.
-//!
-//! The password is set through `tokio_postgres::Config::password`, never written into a
-//! connection string, and read from the pgpass file (`passfile`, else `~/.pgpass`) when the
-//! settings have none. [`PgStateStore::location`], `Debug` and every error leave it out.
+//! [`PgStateStore`]: the team's PostgreSQL as the shared state store.
 
 mod conn;
 mod journal;
@@ -186,7 +113,96 @@ impl PgStateStoreBuilder {
     }
 }
 
-/// The state store in a PostgreSQL database; see the [module documentation](self).
+/// The team's PostgreSQL as the [`StateStore`] every machine that deploys an environment
+/// shares — one lock, one journal per run, one history, across laptops and CI runners.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use deploy_postgres::{PgConfig, PgStateStore};
+///
+/// # fn demo(env: deploy_core::Environment) -> deploy_core::Result<()> {
+/// let config = PgConfig::from_env()?; // PGHOST, PGUSER, PGPASSWORD, PGSSLMODE=verify-full...
+/// let store = PgStateStore::builder(config)
+///     .schema("deploy")                    // the default
+///     .lease_ttl(Duration::from_secs(30))  // the default; renewed every 10 s
+///     .build()?;
+/// let engine = deploy_core::Engine::new(env)
+///     .with_state_store(Arc::new(store))
+///     .with_lock_wait(Duration::from_secs(600)); // queue behind another deploy
+/// # Ok(()) }
+/// ```
+///
+/// # Tables
+///
+/// In a schema of its own (`deploy` by default), created and upgraded by the store on first use
+/// (`schema_migrations` holds the version; the upgrade runs in one transaction under a
+/// transaction-level advisory lock, so two processes starting at once are safe):
+///
+/// | table | what |
+/// | --- | --- |
+/// | `locks` | one row per held environment: its fencing `token`, the `holder` (JSON: user, host, pid, run, CI job, since when), the holding session's `backend_pid`, `acquired_at`, `expires_at` |
+/// | `token_seq` | the sequence fencing tokens come from (monotonic across environments) |
+/// | `runs` | one row per journaled run, in the order they started |
+/// | `journal` | one row per record (`jsonb`), `seq` ordering them, each with the token it was written under |
+/// | `requests` | the control request left for an environment's run |
+/// | `reports`, `history` | finished runs |
+///
+/// # The lock
+///
+/// A lease is two things, both needed for the lock to be live:
+///
+/// - a **session advisory lock** keyed on (schema, environment), held by a connection of its own
+///   for the run's whole life: if the process dies, its connection closes and PostgreSQL frees
+///   the lock at once;
+/// - the **lease row** in `locks`, with a token from `token_seq` and `expires_at = now() + ttl`
+///   on the *database's* clock (machines' clocks never matter), renewed by a heartbeat every
+///   ttl/3 with `UPDATE … WHERE token = $mine`.
+///
+/// The lock is **stale** when the row's session no longer holds the advisory lock (the holder
+/// died, or [abandoned](Lease::abandon) it), or `expires_at` has passed (the holder is stopped —
+/// `SIGSTOP`, a suspended laptop — or cut off). A stale lock is taken over only with
+/// [`Takeover::IfStale`](deploy_core::state::Takeover::IfStale); when the expired holder's
+/// session still holds the advisory lock, the taker ends it with `pg_terminate_backend` first
+/// (which needs the same role, membership in `pg_signal_backend`, or a superuser). A live holder is never displaced: the caller gets
+/// [`DeployError::Locked`] naming it, after queueing for [`LockOptions::wait`]. Waiting polls
+/// `pg_try_advisory_lock` every [`PgStateStoreBuilder::poll_interval`]; it never blocks in
+/// `pg_advisory_lock`, whose waiting transaction would hold up a `CREATE INDEX CONCURRENTLY` of
+/// a migration in the same database.
+///
+/// # Fencing
+///
+/// Every journal write is one statement, `INSERT … SELECT … WHERE EXISTS (SELECT 1 FROM locks
+/// WHERE environment = $1 AND token = $mine FOR SHARE)`: once another holder took the lock over
+/// it inserts nothing, and the append is [`DeployError::LeaseLost`]. `FOR SHARE` orders it with
+/// the takeover's update of the row, so no record of the old holder lands after the new one
+/// took over. [`Lease::lost`] says why as soon as the store knows: the heartbeat found another
+/// token, or could not renew for a whole ttl (from then on someone may have taken over), or an
+/// append was refused.
+///
+/// # Connections
+///
+/// Each lease has its own connection (it must: the advisory lock lives in its session). The
+/// heartbeat and the run's journal appends go over it: appends then never queue behind the
+/// store's other traffic (the engine polls for control requests), and a takeover that ends the
+/// session makes the next append fail at once. When that connection is gone, an append goes
+/// over the store's shared connection, still fenced. Everything else — holders, journals read,
+/// requests, reports, history — uses one shared connection per store value, opened on first
+/// use and again after it breaks.
+///
+/// # TLS
+///
+/// `sslmode` as libpq reads it, through rustls (ring, the provider already in this workspace
+/// through reqwest): `disable`; `allow` and `prefer` (the default) use TLS when the server
+/// offers it; `require` insists on it; neither checks the certificate, as libpq does without a
+/// root certificate — SCRAM's channel binding still ties the password exchange to the channel
+/// when the server offers it. `verify-ca` checks the chain and `verify-full` the chain and the
+/// host name, against [`PgStateStoreBuilder::root_cert`] (a PEM file: a private CA, your cloud
+/// provider's) or else Mozilla's roots (`webpki-roots`). A Unix socket never uses TLS.
+///
+/// The password is set through `tokio_postgres::Config::password`, never written into a
+/// connection string, and read from the pgpass file (`passfile`, else `~/.pgpass`) when the
+/// settings have none. [`location`](StateStore::location), `Debug` and every error leave it out.
 ///
 /// Cloning shares the connection and the leases (like an `Arc`); two values built apart are
 /// two independent clients, as two machines are.
@@ -575,10 +591,17 @@ impl StateStore for PgStateStore {
             .read_row(&client, environment)
             .await
             .map_err(|e| self.inner.pg_err("read the lock", e))?;
-        Ok(row.and_then(|r| {
+        Ok(row.map(|r| {
             let stale = r.stale();
-            r.info
-                .map(|info| Holder::new(info, stale, Some(r.expires_at)))
+            // A holder this release cannot read (a newer one wrote it) still holds the lock.
+            let info = r.info.clone().unwrap_or_else(|| {
+                serde_json::from_value(serde_json::json!({
+                    "owner": "unknown", "pid": 0, "host": "unknown",
+                    "started_at": "1970-01-01T00:00:00Z", "run_id": "an unreadable holder",
+                }))
+                .expect("a LockInfo")
+            });
+            Holder::new(info, stale, Some(r.expires_at))
         }))
     }
 
