@@ -787,3 +787,76 @@ async fn tls_as_sslmode_asks() {
     assert!(attempt(store.clone()).await.unwrap());
     assert!(!format!("{store:?}").contains(password));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_was_taken_over_acts_no_further() {
+    let (_server, config) = setup().await;
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    // Machine A deploys with a short lease; machine B recovers.
+    let store_a = PgStateStore::builder(config.clone())
+        .lease_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_store(Arc::new(store_a.clone()));
+    let b = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_store(Arc::new(PgStateStore::new(config.clone()).unwrap()));
+    let strategy = Strategy::Canary {
+        steps: vec![
+            CanaryStep::SetWeight(20),
+            CanaryStep::Pause(Duration::from_secs(4)),
+            CanaryStep::SetWeight(50),
+        ],
+    };
+    let run = tokio::spawn(async move {
+        a.deploy(
+            &strategy,
+            &Release::new(Version::new("2.0.0").unwrap()),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = b.status().await.unwrap()
+            && matches!(s.current_step, Some(Step::Pause { .. }))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(world.switch.current().to_string(), "blue=4,green=1");
+    // A stops renewing (as a stopped process would) while it waits in its pause.
+    store_a.pause_heartbeats(true);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let status = b.status().await.unwrap().unwrap();
+    assert!(status.lock_stale, "{status}");
+    // B takes the expired lock over and rolls the run back.
+    let report = b
+        .recover(deploy_core::Recovery::Rollback, &CancellationToken::new())
+        .await
+        .unwrap()
+        .expect("a run to recover");
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert_eq!(world.switch.current().to_string(), "blue=100,green=0");
+    // A's pause ends: it finds its lease lost and does not take the next step.
+    store_a.pause_heartbeats(false);
+    let ended = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap()
+        .unwrap();
+    match ended {
+        Err(DeployError::LeaseLost { cause, .. }) => assert!(!cause.is_empty()),
+        other => panic!("A ends with LeaseLost: {other:?}"),
+    }
+    assert_eq!(
+        world.switch.current().to_string(),
+        "blue=100,green=0",
+        "A acted no further"
+    );
+    assert!(b.status().await.unwrap().unwrap().lock.is_none());
+}
