@@ -94,8 +94,12 @@ impl JournalWriter for PgJournal {
             None => self.inner.shared().await?,
         };
         let token = self.token as i64;
-        let written = client
-            .execute_typed(
+        // A server or network that stops answering must not hold the run forever: after a
+        // whole ttl the lease may be someone else's anyway.
+        let limit = self.inner.ttl;
+        let written = tokio::time::timeout(
+            limit,
+            client.execute_typed(
                 &self.inner.sql.append,
                 &[
                     (&self.environment as &(dyn ToSql + Sync), Type::TEXT),
@@ -103,27 +107,43 @@ impl JournalWriter for PgJournal {
                     (&token, Type::INT8),
                     (&value, Type::JSONB),
                 ],
-            )
-            .await;
+            ),
+        )
+        .await;
+        let fenced = || async {
+            tokio::time::timeout(limit, self.inner.why_fenced(&self.environment, self.token))
+                .await
+                .ok()
+                .flatten()
+        };
         match written {
-            Ok(1) => Ok(()),
-            Ok(_) => {
-                let why = self
-                    .inner
-                    .why_fenced(&self.environment, self.token)
+            Ok(Ok(1)) => Ok(()),
+            Ok(Ok(_)) => {
+                let why = fenced()
                     .await
                     .unwrap_or_else(|| "the lock no longer names this run's lease".to_owned());
                 Err(self.lost(why))
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // A session ended by a taker fails here: say so when that is what happened.
-                if let Some(why) = self.inner.why_fenced(&self.environment, self.token).await {
+                if let Some(why) = fenced().await {
                     return Err(self.lost(why));
                 }
                 self.broken = Some(pg_text(&e));
                 Err(self
                     .inner
                     .pg_err(&format!("append to the journal of run {}", self.run_id), e))
+            }
+            Err(_) => {
+                let cause = format!(
+                    "no answer within {} ms: the record may or may not be written",
+                    limit.as_millis()
+                );
+                self.broken = Some(cause.clone());
+                Err(self.inner.err(
+                    format!("append to the journal of run {}: {cause}", self.run_id),
+                    None,
+                ))
             }
         }
     }

@@ -482,17 +482,25 @@ async fn renew(inner: &Inner, state: &LeaseState) -> Renewal {
     // Before the statement: the server's now() is later, so the lease is never thought alive
     // here after it expired there.
     let sent = Instant::now();
-    match client
-        .execute_typed(
+    let renewed = tokio::time::timeout(
+        inner.ttl / 3,
+        client.execute_typed(
             &inner.sql.renew,
             &[
                 (&state.environment as &(dyn ToSql + Sync), Type::TEXT),
                 (&token, Type::INT8),
                 (&ttl, Type::FLOAT8),
             ],
-        )
-        .await
-    {
+        ),
+    )
+    .await;
+    let Ok(renewed) = renewed else {
+        return Renewal::Failed(format!(
+            "no answer within {} ms",
+            (inner.ttl / 3).as_millis()
+        ));
+    };
+    match renewed {
         Ok(1) => {
             *locked(&state.renewed) = sent;
             Renewal::Renewed(task)
