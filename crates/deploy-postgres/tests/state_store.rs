@@ -254,7 +254,12 @@ async fn an_expired_lease_is_taken_over_explicitly_and_its_writes_are_fenced_off
     // Taken over when asked: A's session is ended, B holds a greater token.
     let lease_b = b.lock("prod", &info("run-b"), take_over()).await.unwrap();
     assert!(lease_b.token() > lease_a.token());
-    assert_eq!(server.query(&config.dbname, sessions).await.unwrap(), "1");
+    // A's session is gone (it may linger a moment in pg_stat_activity after freeing its lock).
+    let lingering = Instant::now() + Duration::from_secs(5);
+    while server.query(&config.dbname, sessions).await.unwrap() != "1" {
+        assert!(Instant::now() < lingering, "A's session was not ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let h = a.holder("prod").await.unwrap().unwrap();
     assert_eq!(h.info.run_id, "run-b");
     assert!(!h.stale);
