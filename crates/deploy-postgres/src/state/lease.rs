@@ -32,7 +32,8 @@ pub(in crate::state) struct LeaseState {
     key: i64,
     ttl: Duration,
     session: Mutex<Session>,
-    lost: Mutex<Option<String>>,
+    /// Why the lease is lost, once known; the engine watches it ([`Lease::lost_signal`]).
+    lost: tokio::sync::watch::Sender<Option<String>>,
     renewed: Mutex<Instant>,
 }
 
@@ -65,11 +66,13 @@ impl LeaseState {
     /// Why the lease is lost, if it is: recorded, or found now — no renewal for a whole ttl
     /// means another holder may have taken the lock over.
     pub(in crate::state) fn lost(&self) -> Option<String> {
-        let mut lost = locked(&self.lost);
-        if lost.is_none() && !locked(&self.session).closed {
+        if let Some(why) = self.lost.borrow().clone() {
+            return Some(why);
+        }
+        if !locked(&self.session).closed {
             let since = locked(&self.renewed).elapsed();
             if since >= self.ttl {
-                *lost = Some(format!(
+                self.set_lost(format!(
                     "its lease expired unrenewed (last renewed {} ms ago, the lease lasts {} ms): \
                      another holder may take the lock over",
                     since.as_millis(),
@@ -77,16 +80,19 @@ impl LeaseState {
                 ));
             }
         }
-        lost.clone()
+        self.lost.borrow().clone()
     }
 
-    /// Record why the lease is lost (the first reason stays).
+    /// Record why the lease is lost (the first reason stays), and tell whoever watches.
     pub(in crate::state) fn set_lost(&self, why: String) {
-        let mut lost = locked(&self.lost);
-        if lost.is_none() {
+        self.lost.send_if_modified(|lost| {
+            if lost.is_some() {
+                return false;
+            }
             tracing::error!(target: "deploy", "the lease on environment {} (token {}) is lost: {why}", self.environment, self.token);
             *lost = Some(why);
-        }
+            true
+        });
     }
 }
 
@@ -129,7 +135,7 @@ impl PgLease {
                 client: Some(Arc::new(client)),
                 closed: false,
             }),
-            lost: Mutex::new(None),
+            lost: tokio::sync::watch::Sender::new(None),
             renewed: Mutex::new(sent),
         });
         {
@@ -166,6 +172,12 @@ impl Lease for PgLease {
 
     fn lost(&self) -> Option<String> {
         self.state.lost()
+    }
+
+    /// Turns `Some` as soon as the heartbeat finds another holder's token, finds it could not
+    /// renew for a whole ttl, or an append is refused.
+    fn lost_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        Some(self.state.lost.subscribe())
     }
 
     async fn release(mut self: Box<Self>) {

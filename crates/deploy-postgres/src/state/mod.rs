@@ -176,9 +176,10 @@ impl PgStateStoreBuilder {
 /// WHERE environment = $1 AND token = $mine FOR SHARE)`: once another holder took the lock over
 /// it inserts nothing, and the append is [`DeployError::LeaseLost`]. `FOR SHARE` orders it with
 /// the takeover's update of the row, so no record of the old holder lands after the new one
-/// took over. [`Lease::lost`] says why as soon as the store knows: the heartbeat found another
+/// took over. [`Lease::lost`] says why as soon as the store knows — the heartbeat found another
 /// token, or could not renew for a whole ttl (from then on someone may have taken over), or an
-/// append was refused.
+/// append was refused — and [`Lease::lost_signal`] tells the engine at that moment, which stops
+/// the run where it is, even in the middle of a wait.
 ///
 /// # Connections
 ///
@@ -501,8 +502,11 @@ impl Inner {
         match self.current_token(environment).await {
             Ok(Some((t, _))) if t == token => None,
             Ok(Some((_, Some(info)))) => Some(format!("the lock was taken over by {info}")),
-            Ok(Some((_, None))) => Some("the lock was taken over".to_owned()),
-            Ok(None) => Some("the lock was released".to_owned()),
+            Ok(Some((_, None))) => Some("the lock was taken over by another holder".to_owned()),
+            // Not by this lease, which stops writing and renewing before it releases.
+            Ok(None) => Some(
+                "the lock was taken over by another holder, which has released it since".to_owned(),
+            ),
             // Unknown: not called lost.
             Err(_) => None,
         }
