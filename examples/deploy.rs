@@ -521,7 +521,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 None => out!(
                     "environment {} is not locked ({})",
                     pf.environment.name,
-                    pf.environment.state_dir.display()
+                    where_state(&pf)
                 ),
                 Some(holder) => {
                     out!("broke the stale lock of {holder}");
@@ -628,7 +628,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 .await
                 .map_err(|e| deploy_error(&plan, e))?
             {
-                None => out!("no run yet in {}", pf.environment.state_dir.display()),
+                None => out!("no run yet in {}", where_state(&pf)),
                 Some(s) if json => out!(
                     "{}",
                     serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
@@ -637,6 +637,14 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             }
             Ok(0)
         }
+    }
+}
+
+/// Where the plan keeps its state, for messages.
+fn where_state(pf: &PlanFile) -> String {
+    match engine(pf) {
+        Ok(e) => e.state_store().map(|s| s.location()).unwrap_or_default(),
+        Err(_) => "the state store".to_owned(),
     }
 }
 
@@ -681,10 +689,7 @@ async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
                     "nothing to recover: run {} had finished; cleared the stale lock it left",
                     l.run_id
                 ),
-                None => out!(
-                    "nothing to recover in {}",
-                    pf.environment.state_dir.display()
-                ),
+                None => out!("nothing to recover in {}", where_state(&pf)),
             }
             Ok(0)
         }

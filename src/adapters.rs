@@ -10,6 +10,7 @@
 //! | `[[gates]]` | `promql`, `scrape` | `prometheus` |
 //! | `[migrations]` | `postgres` | `postgres` |
 //! | `[maintenance]` | `nginx` | `nginx` |
+//! | `[state]` | `postgres` | `postgres` |
 //! | `ssh` of a target | (no `kind`) | `ssh` |
 //!
 //! An embedding tool adds its own adapters with [`Adapters::switch`], [`Adapters::gate`], … and
@@ -18,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use deploy_core::state::StateStore;
 use deploy_core::{DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch};
 use serde::de::DeserializeOwned;
 
@@ -34,6 +36,7 @@ pub struct Adapters {
     gates: BTreeMap<&'static str, Build<DynMetricGate>>,
     migrations: BTreeMap<&'static str, Build<DynMigrationRunner>>,
     maintenance: BTreeMap<&'static str, Build<DynMaintenance>>,
+    state_stores: BTreeMap<&'static str, Build<Arc<dyn StateStore>>>,
     ssh: Option<Build<DynHost>>,
 }
 
@@ -44,6 +47,10 @@ impl std::fmt::Debug for Adapters {
             .field("gates", &self.gates.keys().collect::<Vec<_>>())
             .field("migrations", &self.migrations.keys().collect::<Vec<_>>())
             .field("maintenance", &self.maintenance.keys().collect::<Vec<_>>())
+            .field(
+                "state_stores",
+                &self.state_stores.keys().collect::<Vec<_>>(),
+            )
             .field("ssh", &self.ssh.is_some())
             .finish()
     }
@@ -93,6 +100,10 @@ impl Adapters {
         let r = r.migrations(deploy_postgres::KIND, |p, s| {
             adapter(p, s, deploy_postgres::PgMigrationRunner::from_config).map(|a| Arc::new(a) as _)
         });
+        #[cfg(feature = "postgres")]
+        let r = r.state_store(deploy_postgres::STATE_KIND, |p, s| {
+            adapter(p, s, deploy_postgres::PgStateStore::from_config).map(|a| Arc::new(a) as _)
+        });
         #[cfg(feature = "ssh")]
         let r =
             r.ssh(|p, s| adapter(p, s, deploy_ssh::SshHost::from_config).map(|a| Arc::new(a) as _));
@@ -125,6 +136,12 @@ impl Adapters {
     /// Build `[maintenance]` sections of `kind` with `build`.
     pub fn maintenance(mut self, kind: &'static str, build: Build<DynMaintenance>) -> Self {
         self.maintenance.insert(kind, build);
+        self
+    }
+
+    /// Build `[state]` sections of `kind` with `build`.
+    pub fn state_store(mut self, kind: &'static str, build: Build<Arc<dyn StateStore>>) -> Self {
+        self.state_stores.insert(kind, build);
         self
     }
 
@@ -187,6 +204,11 @@ impl AdapterFactory for Adapters {
     fn maintenance(&self, section: &toml::Value) -> Result<DynMaintenance, Vec<Problem>> {
         let (build, rest) = pick("maintenance", section, &self.maintenance)?;
         build("maintenance", rest)
+    }
+
+    fn state_store(&self, section: &toml::Value) -> Result<Arc<dyn StateStore>, Vec<Problem>> {
+        let (build, rest) = pick("state", section, &self.state_stores)?;
+        build("state", rest)
     }
 
     fn ssh_host(&self, path: &str, section: &toml::Value) -> Result<DynHost, Vec<Problem>> {

@@ -53,6 +53,7 @@ use std::sync::Arc;
 use deploy_core::event::Severity;
 use deploy_core::hooks::{CommandHook, Hook, HookAction, HookPoint, WebhookHook};
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
+use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
     DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine,
     Environment, Error, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget, Step,
@@ -98,8 +99,10 @@ pub struct PlanFileError {
 pub struct EnvironmentSection {
     /// The environment's name (names the lock and the journal).
     pub name: String,
-    /// Where the lock, journals and reports live.
-    pub state_dir: PathBuf,
+    /// Where the lock, journals, reports and history live on this machine — unless a `[state]`
+    /// section names a store shared by every machine that deploys (then it is not given).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[release]`.
@@ -393,6 +396,8 @@ pub struct PlanFile {
     pub migrations: Option<toml::Value>,
     /// `[maintenance]`, for the maintenance adapter to read.
     pub maintenance: Option<toml::Value>,
+    /// `[state]`, a shared state store, for the store adapter to read.
+    pub state: Option<toml::Value>,
     /// `[[hooks]]`.
     pub hooks: Vec<HookSection>,
     /// `[[smoke]]`.
@@ -418,6 +423,7 @@ impl fmt::Debug for PlanFile {
             .field("gates", &self.gates.iter().map(Keys).collect::<Vec<_>>())
             .field("migrations", &self.migrations.as_ref().map(Keys))
             .field("maintenance", &self.maintenance.as_ref().map(Keys))
+            .field("state", &self.state.as_ref().map(Keys))
             .field("hooks", &self.hooks)
             .field("smoke", &self.smoke)
             .field("notify", &self.notify)
@@ -438,6 +444,7 @@ const KEYS: &[&str] = &[
     "gates",
     "migrations",
     "maintenance",
+    "state",
     "hooks",
     "smoke",
     "notify",
@@ -602,12 +609,36 @@ impl PlanFile {
         };
         let migrations = table.remove("migrations");
         let maintenance = table.remove("maintenance");
+        let state = table.remove("state");
 
         // Checks across fields.
         if let Some(env) = &environment
             && let Err(e) = Version::new(env.name.clone())
         {
             c.push("environment.name", e.message().to_owned());
+        }
+        match (&environment, &state) {
+            (Some(env), Some(_)) if env.state_dir.is_some() => c.push(
+                "environment.state_dir",
+                "give state_dir (this machine's directory) or a [state] store, not both",
+            ),
+            (Some(env), None) => match &env.state_dir {
+                None => c.push(
+                    "environment.state_dir",
+                    "missing: give state_dir (a directory on this machine) or a [state] store \
+                     shared by every machine that deploys",
+                ),
+                Some(d) if !d.is_absolute() => c.push(
+                    "environment.state_dir",
+                    format!(
+                        "{} is not an absolute path (a relative one depends on where deploy \
+                         starts, and the lock would not hold)",
+                        d.display()
+                    ),
+                ),
+                Some(_) => {}
+            },
+            _ => {}
         }
         let mut seen = HashSet::new();
         for (i, t) in &targets {
@@ -718,6 +749,7 @@ impl PlanFile {
                     gates,
                     migrations,
                     maintenance,
+                    state,
                     hooks: hooks.into_iter().map(|(_, h)| h).collect(),
                     smoke: smoke.into_iter().map(|(_, s)| s).collect(),
                     notify,
@@ -746,6 +778,14 @@ pub trait AdapterFactory {
     fn maintenance(&self, section: &toml::Value) -> Result<DynMaintenance, Vec<Problem>>;
     /// The `ssh` table of a target (`path` is `targets[i].ssh`).
     fn ssh_host(&self, path: &str, section: &toml::Value) -> Result<DynHost, Vec<Problem>>;
+    /// `[state]`: a state store shared by the machines that deploy.
+    fn state_store(&self, section: &toml::Value) -> Result<Arc<dyn StateStore>, Vec<Problem>> {
+        let _ = section;
+        Err(vec![Problem {
+            path: "state".to_owned(),
+            message: "this build knows no shared state store".to_owned(),
+        }])
+    }
 }
 
 impl PlanFile {
@@ -903,11 +943,31 @@ impl PlanFile {
         })
     }
 
-    /// An engine for this plan: its environment, policies and state directory.
+    /// The state store this plan names: the `[state]` store, else the state directory.
+    pub fn state_store(
+        &self,
+        adapters: &dyn AdapterFactory,
+    ) -> Result<Arc<dyn StateStore>, PlanFileError> {
+        let fail = |problems| PlanFileError {
+            source_name: self.source_name.clone(),
+            problems,
+        };
+        match (&self.state, &self.environment.state_dir) {
+            (Some(section), _) => adapters.state_store(section).map_err(fail),
+            (None, Some(dir)) => Ok(Arc::new(LocalStateStore::new(dir.clone()))),
+            (None, None) => Err(fail(vec![Problem {
+                path: "environment.state_dir".to_owned(),
+                message: "missing".to_owned(),
+            }])),
+        }
+    }
+
+    /// An engine for this plan: its environment, policies and state store.
     pub fn engine(&self, adapters: &dyn AdapterFactory) -> Result<Engine, PlanFileError> {
+        let store = self.state_store(adapters)?;
         Ok(Engine::new(self.environment(adapters)?)
             .with_policies(self.policies.clone())
-            .with_state_dir(self.environment.state_dir.clone()))
+            .with_state_store(store))
     }
 }
 
@@ -977,6 +1037,48 @@ webhook = "https://chat.example/hooks/deploys"
         assert_eq!(p.smoke[0].body_contains, ["Welcome"]);
         assert_eq!(p.notify.as_ref().unwrap().min_severity, Severity::Warning);
         assert!(p.switch.is_some());
+    }
+
+    #[test]
+    fn the_state_is_a_directory_or_a_shared_store_never_both_never_neither() {
+        let problems = |text: &str| match PlanFile::parse("p.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        };
+        let shared = GOOD.replace("state_dir = \"/var/lib/deploy/production\"\n", "")
+            + "\n[state]\nkind = \"postgres\"\n";
+        assert_eq!(problems(&shared), Vec::<String>::new());
+        let p = PlanFile::parse("p.toml", &shared).unwrap();
+        assert!(p.state.is_some() && p.environment.state_dir.is_none());
+
+        let both = GOOD.to_owned() + "\n[state]\nkind = \"postgres\"\n";
+        assert!(
+            problems(&both)
+                .iter()
+                .any(|p| p.contains("environment.state_dir") && p.contains("not both")),
+            "{:?}",
+            problems(&both)
+        );
+        let neither = GOOD.replace("state_dir = \"/var/lib/deploy/production\"\n", "");
+        assert!(
+            problems(&neither)
+                .iter()
+                .any(|p| p.contains("environment.state_dir") && p.contains("missing")),
+            "{:?}",
+            problems(&neither)
+        );
+        let relative = GOOD.replace("/var/lib/deploy/production", "state/production");
+        assert!(
+            problems(&relative)
+                .iter()
+                .any(|p| p.contains("not an absolute path")),
+            "{:?}",
+            problems(&relative)
+        );
     }
 
     #[test]

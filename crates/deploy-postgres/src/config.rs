@@ -200,6 +200,33 @@ fn connection(
     config: &PgMigrationRunnerConfig,
     env: &impl Fn(&str) -> std::result::Result<String, VarError>,
 ) -> std::result::Result<PgConfig, String> {
+    connection_from(
+        UrlKeys {
+            url: config.url.as_ref(),
+            database_url_file: config.database_url_file.as_ref(),
+            database_url_env: config.database_url_env.as_ref(),
+            default_env: DEFAULT_URL_ENV,
+        },
+        env,
+    )
+}
+
+/// Where a section says its database URL is: `url`, `database_url_file` or
+/// `database_url_env` (at most one), else the variable `default_env`, else the `PG*` variables.
+pub(crate) struct UrlKeys<'a> {
+    pub(crate) url: Option<&'a String>,
+    pub(crate) database_url_file: Option<&'a PathBuf>,
+    pub(crate) database_url_env: Option<&'a String>,
+    pub(crate) default_env: &'a str,
+}
+
+/// The connection settings `keys` name; an error names the key at fault, never a byte of a
+/// password.
+pub(crate) fn connection_from(
+    keys: UrlKeys<'_>,
+    env: &impl Fn(&str) -> std::result::Result<String, VarError>,
+) -> std::result::Result<PgConfig, String> {
+    let config = &keys;
     if let Some(file) = &config.database_url_file {
         if config.url.is_some() {
             return Err(format!(
@@ -244,8 +271,8 @@ fn connection(
     }
     let var = config
         .database_url_env
-        .as_deref()
-        .unwrap_or(DEFAULT_URL_ENV);
+        .map(String::as_str)
+        .unwrap_or(config.default_env);
     match env(var) {
         Ok(url) => PgConfig::from_url(&url)
             .map_err(|e| format!("database_url_env: the URL in {var}: {}", e.message())),

@@ -23,4 +23,7 @@ pub use runner::{
     PgMigrationRunnerBuilder, RepairReport, RepeatableMigration, RepeatableState, RestoreMode,
     RestoreReport, SchemaReport,
 };
-pub use state::{DEFAULT_SCHEMA, PgStateStore, PgStateStoreBuilder};
+pub use state::{
+    DEFAULT_SCHEMA, DEFAULT_STATE_URL_ENV, PgStateStore, PgStateStoreBuilder, PgStateStoreConfig,
+    STATE_KIND,
+};

@@ -1,5 +1,7 @@
 //! [`PgStateStore`]: the team's PostgreSQL as the shared state store.
 
+mod config;
+pub use config::{DEFAULT_STATE_URL_ENV, PgStateStoreConfig, STATE_KIND};
 mod conn;
 mod journal;
 mod lease;
