@@ -384,6 +384,24 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
             let r = match wait {
                 None => {
+                    // Another run holds the lock: say whose, rather than plan against a world
+                    // that run is changing.
+                    if let Some(store) = engine.state_store()
+                        && let Ok(Some(h)) = store.holder(&pf.environment.name).await
+                        && !h.stale
+                    {
+                        if let Some(n) = notifier {
+                            n.close().await;
+                        }
+                        return Err(deploy_error(
+                            &plan,
+                            DeployError::Locked {
+                                environment: pf.environment.name.clone(),
+                                location: store.location(),
+                                holder: Some(Box::new(h.info)),
+                            },
+                        ));
+                    }
                     let p = engine
                         .plan(&pf.strategy, &pf.release(), &pf.options)
                         .await
