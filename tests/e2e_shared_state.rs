@@ -353,3 +353,92 @@ async fn back_to_the_previous_release_by_switching_to_the_slot_that_kept_it() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().count(), 3, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_across_an_incompatible_migration_needs_the_backup_and_restores_it() {
+    let w = world().await;
+    let pg = PgServer::start()
+        .await
+        .expect("start the application's PostgreSQL");
+    let app_db = pg.create_database().await.unwrap();
+    let app_url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        pg.port(),
+        app_db.dbname
+    );
+    let migrations = w.dir.join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    let with_db = |plan: PathBuf| {
+        let extra = format!(
+            "\n[options]\nallow_destructive_migrations = true\n\n[migrations]\nkind = \"postgres\"\nurl = \"{app_url}\"\ndir = {}\nbackup_dir = {}\n",
+            q(&migrations),
+            q(&w.dir.join("backups"))
+        );
+        let text = std::fs::read_to_string(&plan).unwrap() + &extra;
+        std::fs::write(&plan, text).unwrap();
+        plan
+    };
+    let schema = |sql: &'static str| {
+        let pg = &pg;
+        let db = app_db.dbname.clone();
+        async move { pg.query(&db, sql).await.unwrap() }
+    };
+    // 2.0.0 adds a table and a column (compatible), 3.0.0 drops the column (incompatible).
+    std::fs::write(
+        migrations.join("V1__items.sql"),
+        "CREATE TABLE items (id int PRIMARY KEY, note text);\nINSERT INTO items VALUES (1, 'kept');\n",
+    )
+    .unwrap();
+    let (code, out) = deploy_cli(&["run"], &with_db(w.plan("a", "2.0.0", BLUE_GREEN, "30s")));
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(
+        migrations.join("V2__drop_note.sql"),
+        "ALTER TABLE items DROP COLUMN note;\n",
+    )
+    .unwrap();
+    let (code, out) = deploy_cli(&["run"], &with_db(w.plan("b", "3.0.0", BLUE_GREEN, "30s")));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        schema("SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'note'").await,
+        "0"
+    );
+
+    // Back to 2.0.0: its code reads `note`, which 3.0.0's migration dropped.
+    let plan = with_db(w.plan("c", "2.0.0", BLUE_GREEN, "30s"));
+    let (code, out) = deploy_cli(&["rollback", "--to", "2.0.0"], &plan);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("2 drop_note") && out.contains("name the backup to restore"),
+        "{out}"
+    );
+    assert_eq!(version_of(&w.blue).await, "3.0.0", "nothing changed");
+    let (code, history) = deploy_cli(&["history", "--json"], &plan);
+    assert_eq!(code, 0, "{history}");
+    let runs: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let backup = runs[1]["backup"]
+        .as_str()
+        .expect("3.0.0's run recorded its backup");
+    assert!(out.contains(backup), "the refusal names the backup\n{out}");
+
+    let (code, out) = deploy_cli(
+        &["rollback", "--to", "2.0.0", "--restore-backup", backup],
+        &plan,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("schema: backup"), "{out}");
+    assert_eq!(
+        schema("SELECT note FROM items WHERE id = 1").await,
+        "kept",
+        "the column and its value are back"
+    );
+    assert_eq!(
+        schema(
+            "SELECT string_agg(version, ',' ORDER BY version) FROM schema_version WHERE success"
+        )
+        .await,
+        "1"
+    );
+    let weights = w.weights().await;
+    assert!(weights[0] == 0 && weights[1] > 0, "{weights:?}");
+    assert_eq!(version_of(&w.green).await, "2.0.0");
+}

@@ -130,6 +130,9 @@ pub struct PlanOptions {
     pub skip_backup: bool,
     /// What the schema does on rollback.
     pub schema_rollback: SchemaRollback,
+    /// Run no migration: the release runs against the schema as it is (a rollback to a
+    /// recorded release, whose code ran against it or an older one).
+    pub skip_migrations: bool,
 }
 
 /// One thing the engine does. Steps are idempotent: running one twice is the same as once.
@@ -551,11 +554,10 @@ impl Strategy {
         let ids: Vec<TargetId> = snapshot.targets.iter().map(|t| t.id.clone()).collect();
 
         // Migration safety (expand/contract).
-        let pending = snapshot
-            .migrations
-            .as_ref()
-            .map(|m| m.pending.clone())
-            .unwrap_or_default();
+        let pending = match &snapshot.migrations {
+            Some(m) if !options.skip_migrations => m.pending.clone(),
+            _ => Vec::new(),
+        };
         let destructive: Vec<MigrationInfo> = pending
             .iter()
             .filter(|m| m.destructive.is_some())

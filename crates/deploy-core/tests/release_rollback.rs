@@ -112,3 +112,49 @@ async fn back_to_a_promoted_release_by_switching_to_the_slot_that_still_runs_it(
     let versions: Vec<String> = history.iter().map(|h| h.version.to_string()).collect();
     assert_eq!(versions, ["2.0.0", "3.0.0", "2.0.0"]);
 }
+
+#[tokio::test]
+async fn back_to_a_promoted_release_over_a_fleet_batch_by_batch_without_migrating() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::fleet(4, "1.0.0");
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_state_dir(dir.path());
+    let rolling = Strategy::Rolling {
+        batch: deploy_core::BatchSize::Count(2),
+        analysis: None,
+    };
+    let cancel = CancellationToken::new();
+    for version in ["2.0.0", "3.0.0"] {
+        let r = engine
+            .deploy(
+                &rolling,
+                &Release::new(v(version)),
+                &PlanOptions::default(),
+                &cancel,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Promoted, "{r}");
+    }
+    let (planned, report) = engine
+        .rollback_to(
+            &RollbackTo::Previous,
+            &rolling,
+            &PlanOptions::default(),
+            None,
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(planned.recorded.version, v("2.0.0"));
+    assert!(
+        planned.plan.options.skip_migrations,
+        "a rollback runs no migration"
+    );
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    for t in world.environment("prod").targets() {
+        assert_eq!(t.current().await.unwrap(), Some(v("2.0.0")), "{}", t.id());
+    }
+}

@@ -171,7 +171,10 @@ impl Engine {
         if let Some(a) = artifact {
             release = release.with_artifact(a);
         }
-        let plan = self.plan(strategy, &release, options).await?;
+        // The release runs against the schema as it is (or as restored): no migration runs.
+        let mut options = options.clone();
+        options.skip_migrations = true;
+        let plan = self.plan(strategy, &release, &options).await?;
         let path = live
             .targets
             .iter()
@@ -244,7 +247,8 @@ impl Engine {
             // Planned again after a restore: the schema is part of the state the plan checks.
             let plan = match &rb.schema {
                 SchemaDecision::Restore { .. } => {
-                    self.plan(strategy, &rb.plan.release, options).await?
+                    self.plan(strategy, &rb.plan.release, &rb.plan.options)
+                        .await?
                 }
                 _ => rb.plan.clone(),
             };
