@@ -65,8 +65,16 @@ pub struct ReleaseRollback {
 }
 
 impl Engine {
-    /// Plan a rollback to a recorded release (see the [module documentation](self)); nothing
-    /// is changed. `artifact` is used for targets that kept no release directory of it;
+    /// Plan a rollback to a recorded release; nothing is changed.
+    ///
+    /// The path: targets that still run the version are only health-checked and switched back
+    /// to (blue-green's other slot); targets that kept its release directory activate it
+    /// (prepare is a no-op there, nothing is uploaded); any other target needs the artifact.
+    /// No migration runs. The schema: unchanged since that release, or changed only by
+    /// migrations its code runs against (compatible), it stays ([`SchemaDecision::Kept`]);
+    /// changed by an incompatible migration, the rollback is refused
+    /// ([`DeployError::Refused`], naming the migrations and the backups the history recorded)
+    /// unless the backup to restore is named ([`SchemaDecision::Restore`]). `artifact` is used for targets that kept no release directory of it;
     /// `restore` names the backup to restore when the schema moved on incompatibly.
     pub async fn plan_rollback_to(
         &self,
