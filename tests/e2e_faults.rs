@@ -407,7 +407,8 @@ bin_dir = {bin}
     assert_eq!(w.weights().await, [3, 1]);
     assert_eq!(schema().await, "t", "migrated before the canary");
     // The disk is full from here on: a few dozen bytes more fit in the journal.
-    let journal = engine.unfinished_run().await.unwrap().unwrap();
+    let run_id = engine.unfinished_run().await.unwrap().unwrap();
+    let journal = w.state().join("runs").join(format!("{run_id}.jsonl"));
     let size = std::fs::metadata(&journal).unwrap().len();
     let limit = size + 60;
     let st = std::process::Command::new("prlimit")
@@ -675,7 +676,8 @@ async fn observation_8_a_torn_utf8_tail_and_a_garbage_old_journal_block_no_comma
     // kill -9 while a record with "ü" in it was being written.
     run.0.kill().unwrap();
     run.0.wait().unwrap();
-    let journal = engine.unfinished_run().await.unwrap().unwrap();
+    let run_id = engine.unfinished_run().await.unwrap().unwrap();
+    let journal = w.state().join("runs").join(format!("{run_id}.jsonl"));
     let record = r#"{"record":"rollback_started","reason":"p99 über dem Ziel"}"#.as_bytes();
     let cut = record.iter().position(|b| *b == 0xC3).unwrap() + 1;
     let mut bytes = std::fs::read(&journal).unwrap();

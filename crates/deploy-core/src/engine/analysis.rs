@@ -177,7 +177,9 @@ impl Run<'_> {
         let policy = &engine.policies.analysis;
         if env.gates.is_empty() {
             // Nothing to measure: still give the release its bake time.
-            tokio::time::sleep(duration).await;
+            if !duration.is_zero() {
+                tokio::time::sleep(duration).await;
+            }
             return Ok(());
         }
         let n = policy.measurements(duration);
@@ -202,8 +204,12 @@ impl Run<'_> {
                 let mut ctx = ctx.clone();
                 async move {
                     let need = gate.evaluation_time();
-                    let start = due.checked_sub(need).unwrap_or(t0).max(Instant::now());
-                    tokio::time::sleep_until(start).await;
+                    let start = due.checked_sub(need).unwrap_or(t0);
+                    // A timer that is already due still waits for the timer wheel's next tick
+                    // (about a millisecond): only sleep when there is time to wait.
+                    if start > Instant::now() {
+                        tokio::time::sleep_until(start).await;
+                    }
                     ctx.elapsed = t0.elapsed();
                     match with_timeout(
                         "evaluate gate",
