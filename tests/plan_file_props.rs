@@ -322,5 +322,9 @@ fn problems_in_an_edited_plan_name_their_key_paths() {
         assert_eq!(unlocated(&e), None);
     }
     let e = PlanFile::parse("plan.toml", &canary.replacen("[release]", "[release", 1)).unwrap_err();
-    assert!(e.problems[0].message.contains("line 15"), "{e}");
+    let line = canary.lines().position(|l| l == "[release]").unwrap() + 1;
+    assert!(
+        e.problems[0].message.contains(&format!("line {line}")),
+        "{e}"
+    );
 }
