@@ -404,6 +404,50 @@ impl Inner {
         self.err(format!("{what}: {}", pg_text(&e)), Some(e))
     }
 
+    /// The rows `sql` returns with `params`, over the shared connection; an error says `what`
+    /// failed.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        what: &str,
+    ) -> Result<Vec<tokio_postgres::Row>, DeployError> {
+        let client = self.shared().await?;
+        client
+            .query_typed(sql, params)
+            .await
+            .map_err(|e| self.pg_err(what, e))
+    }
+
+    /// How many rows `sql` with `params` changed, over the shared connection; an error says
+    /// `what` failed.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        what: &str,
+    ) -> Result<u64, DeployError> {
+        let client = self.shared().await?;
+        client
+            .execute_typed(sql, params)
+            .await
+            .map_err(|e| self.pg_err(what, e))
+    }
+
+    /// The JSON in the first column of the first of `rows`, read as `T`; `None` without rows.
+    fn first_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rows: &[tokio_postgres::Row],
+        what: &str,
+    ) -> Result<Option<T>, DeployError> {
+        match rows.first() {
+            None => Ok(None),
+            Some(r) => serde_json::from_value(r.get::<_, serde_json::Value>(0))
+                .map(Some)
+                .map_err(|e| self.err(format!("{what} is malformed: {e}"), None)),
+        }
+    }
+
     /// The advisory-lock key of `environment` in this schema.
     pub(super) fn lock_key(&self, environment: &str) -> i64 {
         use sha2::{Digest, Sha256};
@@ -662,20 +706,14 @@ impl StateStore for PgStateStore {
         environment: &str,
         run_id: &str,
     ) -> Result<Box<dyn JournalWriter>, DeployError> {
-        let client = self.inner.shared().await?;
-        let found = client
-            .query_typed(
+        let found = self
+            .inner
+            .query(
                 &self.inner.sql.run_exists,
-                &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
-                    (&run_id, Type::TEXT),
-                ],
+                &[(&environment, Type::TEXT), (&run_id, Type::TEXT)],
+                &format!("open the journal of run {run_id}"),
             )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("open the journal of run {run_id}"), e)
-            })?;
+            .await?;
         if found.is_empty() {
             return Err(self.inner.err(
                 format!("open the journal of run {run_id}: there is no such run in environment {environment}"),
@@ -694,11 +732,14 @@ impl StateStore for PgStateStore {
     }
 
     async fn runs(&self, environment: &str) -> Result<Vec<String>, DeployError> {
-        let client = self.inner.shared().await?;
-        let rows = client
-            .query_typed(&self.inner.sql.runs, &[(&environment, Type::TEXT)])
-            .await
-            .map_err(|e| self.inner.pg_err("list the runs", e))?;
+        let rows = self
+            .inner
+            .query(
+                &self.inner.sql.runs,
+                &[(&environment, Type::TEXT)],
+                "list the runs",
+            )
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -707,20 +748,14 @@ impl StateStore for PgStateStore {
         environment: &str,
         run_id: &str,
     ) -> Result<Option<JournalState>, DeployError> {
-        let client = self.inner.shared().await?;
-        let rows = client
-            .query_typed(
+        let rows = self
+            .inner
+            .query(
                 &self.inner.sql.journal,
-                &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
-                    (&run_id, Type::TEXT),
-                ],
+                &[(&environment, Type::TEXT), (&run_id, Type::TEXT)],
+                &format!("read the journal of run {run_id}"),
             )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("read the journal of run {run_id}"), e)
-            })?;
+            .await?;
         if rows.is_empty() {
             return Err(self.inner.err(
                 format!("read the journal of run {run_id}: there is no such run in environment {environment}"),
@@ -763,57 +798,44 @@ impl StateStore for PgStateStore {
         request: &AddressedRequest,
     ) -> Result<(), DeployError> {
         let value = self.inner.json("the control request", request)?;
-        let client = self.inner.shared().await?;
-        client
-            .execute_typed(
+        self.inner
+            .execute(
                 &self.inner.sql.put_request,
-                &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
-                    (&value, Type::JSONB),
-                ],
+                &[(&environment, Type::TEXT), (&value, Type::JSONB)],
+                "leave the control request",
             )
             .await
-            .map_err(|e| self.inner.pg_err("leave the control request", e))?;
-        Ok(())
+            .map(drop)
     }
 
     async fn take_request(
         &self,
         environment: &str,
     ) -> Result<Option<AddressedRequest>, DeployError> {
-        let client = self.inner.shared().await?;
-        let rows = client
-            .query_typed(&self.inner.sql.take_request, &[(&environment, Type::TEXT)])
-            .await
-            .map_err(|e| self.inner.pg_err("take the control request", e))?;
-        match rows.first() {
-            None => Ok(None),
-            Some(r) => serde_json::from_value(r.get::<_, serde_json::Value>(0))
-                .map(Some)
-                .map_err(|e| {
-                    self.inner
-                        .err(format!("a malformed control request: {e}"), None)
-                }),
-        }
+        let rows = self
+            .inner
+            .query(
+                &self.inner.sql.take_request,
+                &[(&environment, Type::TEXT)],
+                "take the control request",
+            )
+            .await?;
+        self.inner.first_json(&rows, "a control request")
     }
 
     async fn save_report(&self, environment: &str, report: &Report) -> Result<String, DeployError> {
         let value = self.inner.json("the report", report)?;
-        let client = self.inner.shared().await?;
-        client
-            .execute_typed(
+        self.inner
+            .execute(
                 &self.inner.sql.save_report,
                 &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
+                    (&environment, Type::TEXT),
                     (&report.run_id, Type::TEXT),
                     (&value, Type::JSONB),
                 ],
+                &format!("save the report of run {}", report.run_id),
             )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("save the report of run {}", report.run_id), e)
-            })?;
+            .await?;
         Ok(format!(
             "{} (schema {}, report of run {} in {environment})",
             self.inner.connector.config(),
@@ -823,59 +845,43 @@ impl StateStore for PgStateStore {
     }
 
     async fn report(&self, environment: &str, run_id: &str) -> Result<Option<Report>, DeployError> {
-        let client = self.inner.shared().await?;
-        let rows = client
-            .query_typed(
+        let rows = self
+            .inner
+            .query(
                 &self.inner.sql.report,
-                &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
-                    (&run_id, Type::TEXT),
-                ],
+                &[(&environment, Type::TEXT), (&run_id, Type::TEXT)],
+                &format!("read the report of run {run_id}"),
             )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("read the report of run {run_id}"), e)
-            })?;
-        match rows.first() {
-            None => Ok(None),
-            Some(r) => serde_json::from_value(r.get::<_, serde_json::Value>(0))
-                .map(Some)
-                .map_err(|e| {
-                    self.inner.err(
-                        format!("the report of run {run_id} is malformed: {e}"),
-                        None,
-                    )
-                }),
-        }
+            .await?;
+        self.inner
+            .first_json(&rows, &format!("the report of run {run_id}"))
     }
 
     async fn record_history(&self, entry: &HistoryEntry) -> Result<(), DeployError> {
         let value = self.inner.json("the history entry", entry)?;
-        let client = self.inner.shared().await?;
-        client
-            .execute_typed(
+        self.inner
+            .execute(
                 &self.inner.sql.record_history,
                 &[
-                    (&entry.environment as &(dyn ToSql + Sync), Type::TEXT),
+                    (&entry.environment, Type::TEXT),
                     (&entry.run_id, Type::TEXT),
                     (&value, Type::JSONB),
                 ],
+                &format!("record run {} in the history", entry.run_id),
             )
             .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("record run {} in the history", entry.run_id), e)
-            })?;
-        Ok(())
+            .map(drop)
     }
 
     async fn history(&self, environment: &str) -> Result<Vec<HistoryEntry>, DeployError> {
-        let client = self.inner.shared().await?;
-        let rows = client
-            .query_typed(&self.inner.sql.history, &[(&environment, Type::TEXT)])
-            .await
-            .map_err(|e| self.inner.pg_err("read the history", e))?;
+        let rows = self
+            .inner
+            .query(
+                &self.inner.sql.history,
+                &[(&environment, Type::TEXT)],
+                "read the history",
+            )
+            .await?;
         // An entry this release cannot read (written by a newer one) is passed over, as a torn
         // line of the local history is.
         Ok(rows
