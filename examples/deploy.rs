@@ -660,10 +660,9 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
 
 /// Where the plan keeps its state, for messages.
 fn where_state(pf: &PlanFile) -> String {
-    match engine(pf) {
-        Ok(e) => e.state_store().map(|s| s.location()).unwrap_or_default(),
-        Err(_) => "the state store".to_owned(),
-    }
+    pf.state_store(&Adapters::new())
+        .map(|s| s.location())
+        .unwrap_or_else(|_| "the state store".to_owned())
 }
 
 /// One run of the history on one line.

@@ -295,12 +295,7 @@ fn print_plan(r: &SchemaReport) {
     if r.applied.is_empty() {
         println!("  (none)");
     }
-    for a in r
-        .applied
-        .iter()
-        .rev()
-        .filter(|a| !a.version.starts_with("R__"))
-    {
+    for a in r.applied.iter().rev() {
         println!("  {} {}", a.version, a.name);
         match &a.reversibility {
             Some(rev) => println!("      revert       {}", reversibility(rev)),

@@ -403,11 +403,10 @@ impl ReleaseDirTarget {
         let path = self.root.join("revisions.log");
         let who = match crate::state::current_run() {
             Some(r) => format!("{}@{} run {}", r.user, r.host, r.run_id),
-            None => format!(
-                "{}@{}",
-                crate::engine::LockInfo::this_process("").owner,
-                crate::engine::LockInfo::this_process("").host
-            ),
+            None => {
+                let me = crate::engine::LockInfo::this_process("");
+                format!("{}@{}", me.owner, me.host)
+            }
         };
         let line = format!(
             "{} activated {version} by {who}\n",

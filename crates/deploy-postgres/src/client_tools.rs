@@ -293,7 +293,10 @@ pub(crate) async fn version_of(host: &dyn Host, program: &Path) -> Result<PgMajo
             ErrorKind::CommandFailed,
             operation,
             object,
-            format!("`--version` failed: {}", shorten(out.stderr_text().trim())),
+            format!(
+                "`--version` failed: {}",
+                crate::tools::shorten(out.stderr_text().trim())
+            ),
         ));
     }
     let major = PgMajor::of_version_output(&text).ok_or_else(|| {
@@ -303,7 +306,7 @@ pub(crate) async fn version_of(host: &dyn Host, program: &Path) -> Result<PgMajo
             object.clone(),
             format!(
                 "`--version` printed {:?}, not `… (PostgreSQL) <version>`",
-                shorten(text.trim())
+                crate::tools::shorten(text.trim())
             ),
         )
     })?;
@@ -312,10 +315,6 @@ pub(crate) async fn version_of(host: &dyn Host, program: &Path) -> Result<PgMajo
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, major);
     Ok(major)
-}
-
-fn shorten(s: &str) -> String {
-    s.chars().take(200).collect()
 }
 
 /// The directories on `host` that may hold the tools, in the order they are preferred among

@@ -226,15 +226,14 @@ pub(crate) fn connection_from(
     keys: UrlKeys<'_>,
     env: &impl Fn(&str) -> std::result::Result<String, VarError>,
 ) -> std::result::Result<PgConfig, String> {
-    let config = &keys;
-    if let Some(file) = &config.database_url_file {
-        if config.url.is_some() {
+    if let Some(file) = &keys.database_url_file {
+        if keys.url.is_some() {
             return Err(format!(
                 "url: give url or database_url_file ({}), not both",
                 file.display()
             ));
         }
-        if let Some(var) = &config.database_url_env {
+        if let Some(var) = &keys.database_url_env {
             return Err(format!(
                 "database_url_file: give database_url_file ({}) or database_url_env ({var}), \
                  not both",
@@ -251,8 +250,8 @@ pub(crate) fn connection_from(
             )
         });
     }
-    if let Some(url) = &config.url {
-        if let Some(var) = &config.database_url_env {
+    if let Some(url) = &keys.url {
+        if let Some(var) = &keys.database_url_env {
             return Err(format!(
                 "url: give url or database_url_env ({var}), not both"
             ));
@@ -269,10 +268,10 @@ pub(crate) fn connection_from(
         }
         return Ok(c);
     }
-    let var = config
+    let var = keys
         .database_url_env
         .map(String::as_str)
-        .unwrap_or(config.default_env);
+        .unwrap_or(keys.default_env);
     match env(var) {
         Ok(url) => PgConfig::from_url(&url)
             .map_err(|e| format!("database_url_env: the URL in {var}: {}", e.message())),

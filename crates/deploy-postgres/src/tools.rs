@@ -348,7 +348,8 @@ impl Tools {
     }
 }
 
-fn shorten(s: &str) -> String {
+/// `s` cut to 200 characters, for messages.
+pub(crate) fn shorten(s: &str) -> String {
     s.chars().take(200).collect()
 }
 

@@ -1,7 +1,8 @@
-//! The run journal (JSON lines, fsynced before each step acts) and the environment lock.
+//! The run journal: its records and their replay. Where records are kept (a file of JSON lines,
+//! a table) is the [`StateStore`](crate::state::StateStore)'s business.
 //!
 //! A deploy killed mid-way leaves a journal without a `finished` record. A new process reads it
-//! ([`JournalState::read`]) and either resumes the run or undoes it, using the inverses that were
+//! ([`JournalState::read`], [`JournalState::replay`]) and either resumes the run or undoes it, using the inverses that were
 //! recorded before each step acted.
 
 use std::collections::HashSet;

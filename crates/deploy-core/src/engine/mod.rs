@@ -219,10 +219,21 @@ impl Engine {
         options: &PlanOptions,
     ) -> Result<Plan, DeployError> {
         let snapshot = self.snapshot().await?;
+        self.plan_from(strategy, release, &snapshot, options)
+    }
+
+    /// [`plan`](Self::plan) from a state already read.
+    pub(super) fn plan_from(
+        &self,
+        strategy: &Strategy,
+        release: &Release,
+        snapshot: &Snapshot,
+        options: &PlanOptions,
+    ) -> Result<Plan, DeployError> {
         let plan = strategy.plan(
             &self.env.name,
             release,
-            &snapshot,
+            snapshot,
             self.env.capabilities(),
             options,
         )?;
@@ -308,10 +319,6 @@ impl Engine {
         self.start(run_id, plan, lease, cancel).await
     }
 
-    fn lock_info(&self, run_id: &str) -> LockInfo {
-        LockInfo::this_process(run_id)
-    }
-
     /// Take the environment's lock for run `run_id` (nothing without a state store).
     pub(super) async fn lock_for(
         &self,
@@ -322,7 +329,7 @@ impl Engine {
                 store
                     .lock(
                         &self.env.name,
-                        &self.lock_info(run_id),
+                        &LockInfo::this_process(run_id),
                         LockOptions {
                             wait: self.lock_wait,
                             takeover: Takeover::Never,

@@ -26,7 +26,7 @@ impl Engine {
         let Some(holder) = store.holder(&self.env.name).await? else {
             return Ok(None);
         };
-        let me = self.lock_info("break-stale-lock");
+        let me = LockInfo::this_process("break-stale-lock");
         let lease = store
             .lock(
                 &self.env.name,
@@ -249,7 +249,7 @@ impl Engine {
         let lease = store
             .lock(
                 &self.env.name,
-                &self.lock_info(&st.run_id),
+                &LockInfo::this_process(&st.run_id),
                 LockOptions {
                     wait: self.lock_wait,
                     takeover: Takeover::IfStale,

@@ -182,7 +182,7 @@ impl Engine {
         // The release runs against the schema as it is (or as restored): no migration runs.
         let mut options = options.clone();
         options.skip_migrations = true;
-        let plan = self.plan(strategy, &release, &options).await?;
+        let plan = self.plan_from(strategy, &release, &live, &options)?;
         let path = live
             .targets
             .iter()

@@ -160,14 +160,13 @@ impl PgMigrationRunner {
 
     /// [`restore`](Self::restore) for a revert after a failed release: the replaced database
     /// is kept as `<db>_failed_<stamp>` for inspection.
-    pub(super) async fn restore_keeping(
+    pub(super) async fn restore_keeping_failed(
         &self,
         backup: &Path,
         mode: RestoreMode,
         expected: Option<Option<&str>>,
-        keep: bool,
     ) -> Result<RestoreReport> {
-        self.restore_as(backup, mode, expected, keep.then_some("failed"))
+        self.restore_as(backup, mode, expected, Some("failed"))
             .await
     }
 

@@ -165,11 +165,10 @@ impl MigrationRunner for PgMigrationRunner {
             if self.revert_locked(to, backup).await? {
                 let backup = backup.expect("checked by revert_locked");
                 // The database the failed release left is kept for inspection.
-                self.restore_keeping(
+                self.restore_keeping_failed(
                     Path::new(&backup.0),
                     self.opts.restore_mode,
                     Some(to.map(|v| v.0.as_str())),
-                    true,
                 )
                 .await?;
             }

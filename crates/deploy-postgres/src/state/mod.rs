@@ -266,7 +266,7 @@ pub(super) struct Sql {
 
 impl Sql {
     fn new(schema: &str) -> Self {
-        let s = format!("\"{schema}\"");
+        let s = crate::tools::ident(schema);
         // The lease row still names the holder's token: the fence of every write.
         let fence = format!(
             "EXISTS (SELECT 1 FROM {s}.locks WHERE environment = $1 AND token = $3 FOR SHARE)"
@@ -576,6 +576,18 @@ impl Inner {
 }
 
 impl PgStateStore {
+    /// The journal of `run_id` written under the lease with `token`.
+    fn open_journal(&self, token: u64, environment: &str, run_id: &str) -> Box<dyn JournalWriter> {
+        Box::new(journal::PgJournal::new(
+            self.inner.clone(),
+            self.inner.lease(token, environment),
+            environment,
+            run_id,
+            token,
+            self.journal_location(environment, run_id),
+        ))
+    }
+
     /// A builder for the store in the database `config` names.
     pub fn builder(config: PgConfig) -> PgStateStoreBuilder {
         PgStateStoreBuilder {
@@ -662,21 +674,18 @@ impl StateStore for PgStateStore {
         run_id: &str,
     ) -> Result<Box<dyn JournalWriter>, DeployError> {
         let token = lease.token();
-        let client = self.inner.shared().await?;
-        let n = client
-            .execute_typed(
+        let n = self
+            .inner
+            .execute(
                 &self.inner.sql.create_run,
                 &[
-                    (&environment as &(dyn ToSql + Sync), Type::TEXT),
+                    (&environment, Type::TEXT),
                     (&run_id, Type::TEXT),
                     (&(token as i64), Type::INT8),
                 ],
+                &format!("create the journal of run {run_id}"),
             )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pg_err(&format!("create the journal of run {run_id}"), e)
-            })?;
+            .await?;
         if n == 0 {
             if let Some(cause) = self.inner.why_fenced(environment, token).await {
                 return Err(DeployError::LeaseLost {
@@ -690,14 +699,7 @@ impl StateStore for PgStateStore {
                 None,
             ));
         }
-        Ok(Box::new(journal::PgJournal::new(
-            self.inner.clone(),
-            self.inner.lease(token, environment),
-            environment,
-            run_id,
-            token,
-            self.journal_location(environment, run_id),
-        )))
+        Ok(self.open_journal(token, environment, run_id))
     }
 
     async fn reopen_journal(
@@ -721,14 +723,7 @@ impl StateStore for PgStateStore {
             ));
         }
         let token = lease.token();
-        Ok(Box::new(journal::PgJournal::new(
-            self.inner.clone(),
-            self.inner.lease(token, environment),
-            environment,
-            run_id,
-            token,
-            self.journal_location(environment, run_id),
-        )))
+        Ok(self.open_journal(token, environment, run_id))
     }
 
     async fn runs(&self, environment: &str) -> Result<Vec<String>, DeployError> {

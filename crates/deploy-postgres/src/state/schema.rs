@@ -91,7 +91,7 @@ pub(super) async fn upgrade(
     schema: &str,
     lock_key: i64,
 ) -> Result<i32, String> {
-    let s = format!("\"{schema}\"");
+    let s = crate::tools::ident(schema);
     // Up to date already: no DDL at all, so that a role without CREATE on the database works
     // once someone allowed to created the tables (`CREATE SCHEMA IF NOT EXISTS` checks that
     // privilege even when the schema exists).
