@@ -303,15 +303,25 @@ pub fn example(name: &str) -> PathBuf {
         .join(name);
     assert!(
         bin.exists(),
-        "{} is not built (cargo test builds examples)",
+        "{} is not built (`cargo test --workspace` builds every example; alone: \
+         `cargo build -p deploy --examples`)",
         bin.display()
     );
     bin
 }
 
+/// The `deploy` binary of `crates/deploy-cli`, which Cargo builds for that crate's tests (this
+/// module is shared with the root tests, which have no such binary).
+pub fn deploy_bin() -> PathBuf {
+    PathBuf::from(
+        option_env!("CARGO_BIN_EXE_deploy")
+            .expect("the deploy binary is built only for the tests of crates/deploy-cli"),
+    )
+}
+
 /// `deploy <args> <plan>` to the end: its exit code and its output (stdout, then stderr).
 pub fn deploy_cli(args: &[&str], plan: &Path) -> (i32, String) {
-    let out = std::process::Command::new(example("deploy"))
+    let out = std::process::Command::new(deploy_bin())
         .args(args)
         .arg(plan)
         .output()
@@ -328,7 +338,7 @@ pub fn deploy_cli(args: &[&str], plan: &Path) -> (i32, String) {
 pub fn spawn_deploy(args: &[&str], plan: &Path, log: &Path) -> Killed {
     let out = std::fs::File::create(log).unwrap();
     Killed(
-        std::process::Command::new(example("deploy"))
+        std::process::Command::new(deploy_bin())
             .args(args)
             .arg(plan)
             .stdout(out.try_clone().unwrap())

@@ -22,6 +22,7 @@ pub mod redact;
 pub mod secret;
 pub mod smoke;
 pub mod state;
+pub mod units;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -367,6 +367,10 @@ pub struct Verdict {
     /// such a verdict counts as.
     #[serde(default)]
     pub no_data: bool,
+    /// What the value measures (a share, seconds), to show it with its unit; `None` for a
+    /// plain number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<crate::units::Unit>,
 }
 
 impl Verdict {
@@ -385,7 +389,15 @@ impl Verdict {
             source: source.into(),
             reason: reason.into(),
             no_data: false,
+            unit: None,
         }
+    }
+
+    /// The same verdict, its value measured in `unit`.
+    #[must_use]
+    pub fn with_unit(mut self, unit: Option<crate::units::Unit>) -> Self {
+        self.unit = unit;
+        self
     }
 
     /// An inconclusive verdict because the source returned no data.
@@ -406,7 +418,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind)?;
         if let Some(v) = self.value {
-            write!(f, " (value {v}")?;
+            write!(f, " (value {}", crate::units::quantity(v, self.unit))?;
         } else {
             f.write_str(" (no value")?;
         }

@@ -435,12 +435,14 @@ impl Judge {
             source,
             format!(
                 "{why}: U = {}, z = {:.3}, p = {:.3e} (alpha {alpha:.3}), effect size (mean ratio) = {ratio:.3}; \
-                 canary n = {} mean = {mc:.6}, baseline n = {} mean = {mb:.6}{}",
+                 canary n = {} mean = {}, baseline n = {} mean = {}{}",
                 t.u1,
                 t.z,
                 t.p,
                 c.len(),
+                deploy_core::units::number(mc),
                 b.len(),
+                deploy_core::units::number(mb),
                 if dropped > 0 {
                     format!("; {dropped} NaN or infinite values removed")
                 } else {

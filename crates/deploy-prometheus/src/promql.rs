@@ -8,6 +8,8 @@ use deploy_core::{
     Error, ErrorKind, GateContext, MetricGate, Result, TargetId, Verdict, VerdictKind,
 };
 
+use deploy_core::units::{Quantity, Unit};
+
 use crate::client::{PrometheusClient, QueryResult};
 use crate::condition::Condition;
 use crate::metrics::HttpMetrics;
@@ -105,6 +107,7 @@ pub struct PromQlGate {
     range: Option<(Duration, Duration)>,
     /// How far back one evaluation looks, computed when built (see [`MetricGate::lookback`]).
     lookback: Duration,
+    unit: Option<Unit>,
 }
 
 /// Builds a [`PromQlGate`]; [`build`](PromQlGateBuilder::build) checks everything at once.
@@ -123,6 +126,7 @@ pub struct PromQlGateBuilder {
     min_traffic: Option<f64>,
     range: Option<Duration>,
     range_step: Option<Duration>,
+    unit: Option<Unit>,
 }
 
 /// The step of a range gate unless [`range_step`](PromQlGateBuilder::range_step) says otherwise.
@@ -144,6 +148,13 @@ impl PromQlGateBuilder {
     /// The condition for a pass.
     pub fn condition_is(mut self, condition: Condition) -> Self {
         self.condition = Some(Ok(condition));
+        self
+    }
+
+    /// What the query's value measures, so that verdicts show it with its unit (`4.9 %`,
+    /// `4.95 ms`); the presets set it.
+    pub fn unit(mut self, unit: Unit) -> Self {
+        self.unit = Some(unit);
         self
     }
 
@@ -292,6 +303,7 @@ impl PromQlGateBuilder {
                     floor,
                     range,
                     lookback,
+                    unit: self.unit,
                 })
             }
             _ => Err(Error::new(
@@ -320,6 +332,7 @@ impl PromQlGate {
             min_traffic: None,
             range: None,
             range_step: None,
+            unit: None,
         }
     }
 
@@ -347,6 +360,7 @@ impl PromQlGate {
                 metrics.requests_total
             ))
             .condition_is(Condition::AtMost(max))
+            .unit(Unit::Ratio)
             .traffic_floor(total)
     }
 
@@ -376,6 +390,7 @@ impl PromQlGate {
                 "histogram_quantile({q}, sum by (le) (rate({h}_bucket{sel}[{{{{window}}}}])))"
             ))
             .condition_is(Condition::AtMost(max.as_secs_f64()))
+            .unit(Unit::Seconds)
             .traffic_floor(format!("sum(rate({h}_count{sel}[{{{{window}}}}]))"))
     }
 
@@ -460,8 +475,21 @@ pub(crate) fn judge_values(
     min_samples: usize,
     source: &str,
     what: &str,
+    unit: Option<Unit>,
 ) -> Verdict {
-    let cond = condition.to_string();
+    judge_values_unitless(values, condition, reduce, min_samples, source, what, unit).with_unit(unit)
+}
+
+fn judge_values_unitless(
+    values: &[f64],
+    condition: &Condition,
+    reduce: Reduce,
+    min_samples: usize,
+    source: &str,
+    what: &str,
+    unit: Option<Unit>,
+) -> Verdict {
+    let cond = condition.in_unit(unit);
     if values.is_empty() {
         let mut v = Verdict::no_data(cond, source);
         v.reason = format!("no data: {what} returned no series");
@@ -509,7 +537,8 @@ pub(crate) fn judge_values(
         &cond,
         source,
         format!(
-            "value {value} over {} samples: `{cond}` {verb}{nan_note}",
+            "value {} over {} samples: `{cond}` {verb}{nan_note}",
+            Quantity(value, unit),
             finite.len()
         ),
     )
@@ -597,6 +626,7 @@ impl MetricGate for PromQlGate {
                 self.min_samples,
                 &source,
                 "the query",
+                self.unit,
             ),
             Err(e) => error_verdict(&self.condition, &source, &e),
         };
@@ -704,16 +734,16 @@ mod tests {
     #[test]
     fn judging_values() {
         let c = Condition::AtMost(0.01);
-        let v = judge_values(&[], &c, Reduce::Worst, 1, "q", "the query");
+        let v = judge_values(&[], &c, Reduce::Worst, 1, "q", "the query", None);
         assert!(v.no_data && v.kind == VerdictKind::Inconclusive);
-        let v = judge_values(&[f64::NAN], &c, Reduce::Worst, 1, "q", "the query");
+        let v = judge_values(&[f64::NAN], &c, Reduce::Worst, 1, "q", "the query", None);
         assert_eq!(v.kind, VerdictKind::Inconclusive);
         assert!(!v.no_data);
-        let v = judge_values(&[0.001, 0.02], &c, Reduce::Worst, 1, "q", "the query");
+        let v = judge_values(&[0.001, 0.02], &c, Reduce::Worst, 1, "q", "the query", None);
         assert_eq!((v.kind, v.value), (VerdictKind::Fail, Some(0.02)));
-        let v = judge_values(&[0.001, 0.02], &c, Reduce::Min, 1, "q", "the query");
+        let v = judge_values(&[0.001, 0.02], &c, Reduce::Min, 1, "q", "the query", None);
         assert_eq!((v.kind, v.value), (VerdictKind::Pass, Some(0.001)));
-        let v = judge_values(&[0.001, 0.002], &c, Reduce::Worst, 3, "q", "the query");
+        let v = judge_values(&[0.001, 0.002], &c, Reduce::Worst, 3, "q", "the query", None);
         assert_eq!(v.kind, VerdictKind::Inconclusive);
         assert!(v.reason.contains("only 2 samples"), "{}", v.reason);
         let between = Condition::Between(1.0, 2.0);

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use deploy_core::{
     Error, ErrorKind, GateContext, MetricGate, Result, Verdict, VerdictKind, http, redact,
 };
+use deploy_core::units::{self, Unit};
 use regex::Regex;
 
 use crate::client::{BodyError, read_body, request_failed, too_large};
@@ -617,6 +618,7 @@ pub struct ScrapeGate {
     metrics_path: String,
     min_traffic: f64,
     scraper: Scraper,
+    unit: Option<Unit>,
 }
 
 /// URLs as messages show them.
@@ -652,6 +654,7 @@ pub struct ScrapeGateBuilder {
     min_traffic: f64,
     timeout: Duration,
     max_page_size: u64,
+    unit: Option<Unit>,
 }
 
 impl fmt::Debug for ScrapeGateBuilder {
@@ -680,6 +683,13 @@ impl ScrapeGateBuilder {
     /// The condition for a pass.
     pub fn condition_is(mut self, condition: Condition) -> Self {
         self.condition = Some(Ok(condition));
+        self
+    }
+
+    /// What the measured value is in, so that verdicts show it with its unit; the presets set
+    /// it.
+    pub fn unit(mut self, unit: Unit) -> Self {
+        self.unit = Some(unit);
         self
     }
 
@@ -779,6 +789,7 @@ impl ScrapeGateBuilder {
                 metrics_path: self.metrics_path,
                 min_traffic: self.min_traffic,
                 scraper,
+                unit: self.unit,
             }),
             _ => Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -808,6 +819,7 @@ impl ScrapeGate {
             min_traffic: 0.0,
             timeout: Duration::from_secs(5),
             max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
+            unit: None,
         }
     }
 
@@ -816,7 +828,8 @@ impl ScrapeGate {
     pub fn error_rate_below(max: f64, metrics: &HttpMetrics) -> Result<ScrapeGateBuilder> {
         Ok(
             Self::builder("error-rate", ScrapeMeasure::error_ratio(metrics)?)
-                .condition_is(Condition::AtMost(max)),
+                .condition_is(Condition::AtMost(max))
+                .unit(Unit::Ratio),
         )
     }
 
@@ -825,6 +838,7 @@ impl ScrapeGate {
     pub fn p99_latency_below(max: Duration, metrics: &HttpMetrics) -> ScrapeGateBuilder {
         Self::builder("p99-latency", ScrapeMeasure::quantile(metrics, 0.99))
             .condition_is(Condition::AtMost(max.as_secs_f64()))
+            .unit(Unit::Seconds)
     }
 
     /// The URLs this gate scrapes for `ctx`.
@@ -899,18 +913,21 @@ impl MetricGate for ScrapeGate {
                 1,
                 &source,
                 "the scrape",
+                self.unit,
             ),
             Some(v) if !v.is_nan() && (m.traffic <= 0.0 || m.traffic < self.min_traffic) => {
                 Verdict::new(
                     VerdictKind::Inconclusive,
                     Some(v),
-                    self.condition.to_string(),
+                    self.condition.in_unit(self.unit),
                     &source,
                     format!(
-                        "traffic {:.3}/s is below the floor (at least {}/s and more than 0)",
-                        m.traffic, self.min_traffic
+                        "traffic {}/s is below the floor (at least {}/s and more than 0)",
+                        units::number(m.traffic),
+                        units::number(self.min_traffic)
                     ),
                 )
+                .with_unit(self.unit)
             }
             Some(v) => {
                 let mut verdict = judge_values(
@@ -920,12 +937,17 @@ impl MetricGate for ScrapeGate {
                     1,
                     &source,
                     "the scrape",
+                    self.unit,
                 );
                 if v.is_nan() {
                     verdict.reason =
                         "nothing was recorded between the two scrapes (the value is 0/0)".into();
                 } else {
-                    verdict.reason = format!("{} at {:.3} requests/s", verdict.reason, m.traffic);
+                    verdict.reason = format!(
+                        "{} at {} requests/s",
+                        verdict.reason,
+                        units::number(m.traffic)
+                    );
                 }
                 verdict
             }

@@ -11,6 +11,7 @@ use deploy::haproxy::testing::{HaproxyFixture, Load, LoadConfig};
 use deploy::plan_file::PlanFile;
 use deploy::{Engine, Release, Step, Version};
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::{
     Killed, ReleaseApp, app_release, deploy_cli, haproxy_wait_up, haproxy_weights, install,

@@ -16,9 +16,10 @@ use deploy::{DeployError, Outcome};
 use deploy::{Engine, Release, Version};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::{
-    DemoApp, Killed, deploy_cli, example, get, haproxy_wait_up, install, q, spawn_deploy,
+    DemoApp, Killed, deploy_bin, deploy_cli, get, haproxy_wait_up, install, q, spawn_deploy,
 };
 
 /// Two release-directory slots, `one` (live, weight 100) and `two` (idle), each served by the
@@ -392,7 +393,7 @@ bin_dir = {bin}
     let mut child = std::process::Command::new("bash")
         .arg("-c")
         .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(example("deploy"))
+        .arg(deploy_bin())
         .arg("run")
         .arg(&plan)
         .stdout(std::process::Stdio::piped())

@@ -4,6 +4,7 @@
 //! paused past its lease is fenced off by the one that takes over; a run killed on one machine
 //! is finished from another; a promoted release is gone back to by switching.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -20,8 +20,9 @@ use deploy::prometheus::testing::{PrometheusServer, ScrapeTarget};
 use deploy::ssh::testing::{SshdFixture, ssh_keygen};
 use deploy::testing::{TestHttpServer, TestResponse};
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
-use common::{DemoApp, example, haproxy_wait_up, q};
+use common::{DemoApp, deploy_bin, example, haproxy_wait_up, q};
 
 const DB_PASSWORD: &str = "CanaryDbPw7Q";
 const SSH_PASSPHRASE: &str = "CanarySshPass1";
@@ -80,7 +81,7 @@ fn watch_process_lists(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Str
 
 /// `deploy <args> <plan>` with `env`: exit code and output.
 fn deploy(args: &[&str], plan: &Path, env: &[(&str, String)]) -> (i32, String) {
-    let out = std::process::Command::new(example("deploy"))
+    let out = std::process::Command::new(deploy_bin())
         .args(args)
         .arg(plan)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use deploy::plan_file::PlanFile;
 use deploy::testing::{TestHttpServer, TestResponse};
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
-use common::example;
+use common::deploy_bin;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_json_and_a_run_stopped_by_its_pre_hook() {
@@ -82,7 +83,7 @@ webhook = "{hook}"
         .with_artifact(common::artifact(tmp.path(), "1.0.0", false));
     common::install(&engine, &v1).await;
 
-    let out = tokio::process::Command::new(example("deploy"))
+    let out = tokio::process::Command::new(deploy_bin())
         .args(["plan", "--json"])
         .arg(&plan_path)
         .output()
@@ -98,7 +99,7 @@ webhook = "{hook}"
     assert_eq!(json["strategy"]["kind"], "rolling");
     assert_eq!(json["steps"][2]["op"], "activate");
 
-    let out = tokio::process::Command::new(example("deploy"))
+    let out = tokio::process::Command::new(deploy_bin())
         .arg("run")
         .arg(&plan_path)
         .output()
