@@ -1,46 +1,45 @@
-//! Run real deployments from a plan file.
+//! `deploy`: run real deployments from a plan file, watch them, and read their reports.
 //!
 //! ```text
-//! cargo run --example deploy -- plan     examples/plans/blue-green.toml [--json]
-//! cargo run --example deploy -- run      examples/plans/blue-green.toml [--report report.json]
-//! cargo run --example deploy -- resume   examples/plans/blue-green.toml   # finish a killed run
-//! cargo run --example deploy -- rollback examples/plans/blue-green.toml   # undo a killed run
-//! cargo run --example deploy -- rollback examples/plans/blue-green.toml --previous [--dry-run]
-//! cargo run --example deploy -- rollback examples/plans/blue-green.toml --to 1.4.2 [--restore-backup F]
-//! cargo run --example deploy -- promote  examples/plans/canary.toml       # end a canary's pause
-//! cargo run --example deploy -- abort    examples/plans/canary.toml --reason "p99 too high"
-//! cargo run --example deploy -- run      examples/plans/canary.toml --wait 10m  # queue behind a run
-//! cargo run --example deploy -- status   examples/plans/canary.toml [--json]
-//! cargo run --example deploy -- status   examples/plans/canary.toml --fleet  # what runs where now
-//! cargo run --example deploy -- history  examples/plans/canary.toml [--last N] [--json]
-//! cargo run --example deploy -- unlock   examples/plans/canary.toml       # break a stale lock
+//! deploy validate examples/plans/blue-green.toml            # the plan file alone, no server
+//! deploy plan     examples/plans/blue-green.toml [--json]   # what would happen, from the live state
+//! deploy run      examples/plans/blue-green.toml [--release 1.4.3] [--report r.json] [--html r.html]
+//! deploy run      examples/plans/canary.toml --wait 10m     # queue behind the run holding the lock
+//! deploy status   examples/plans/canary.toml [--watch]      # where the run stands, live
+//! deploy promote  examples/plans/canary.toml                # end a canary's pause
+//! deploy abort    examples/plans/canary.toml --reason "p99 too high"
+//! deploy resume   examples/plans/blue-green.toml            # finish a killed run
+//! deploy rollback examples/plans/blue-green.toml            # undo a killed run
+//! deploy rollback examples/plans/blue-green.toml --previous [--dry-run]
+//! deploy rollback examples/plans/blue-green.toml --to 1.4.2 [--restore-backup F]
+//! deploy status   examples/plans/canary.toml --fleet        # what runs where now
+//! deploy history  examples/plans/canary.toml [--last N] [--json]
+//! deploy report   examples/plans/canary.toml RUN [--html report.html]
+//! deploy unlock   examples/plans/canary.toml                # break a stale lock
 //! ```
 //!
-//! The plan is checked before anything is touched, and every problem is reported at once with
-//! its key path. `plan` also reads the live state (each target's version, the switch's weights,
-//! the schema, the maintenance page), so it checks that every socket, host and database named in
-//! the plan answers, and refuses destructive migrations in a zero-downtime strategy. Ctrl-C during `run` or `resume` cancels the run, and the engine rolls back.
-//! `promote` and `abort` address the run in progress by its id (and `promote` the pause it is
-//! in); with no such run they are refused and leave nothing behind. `resume` and `rollback`
-//! read the live state first and go from where the world is, not only from what the journal
-//! says; `rollback` also retries a rollback that failed.
-//!
-//! Exit code: 0 promoted (or nothing to do), 1 the plan or the environment is unusable, 2 rolled
-//! back, 3 failed (the rollback itself failed: see the report, then `rollback` again), 4 refused
-//! (a promotion with no paused run, an abort with no run, a live lock not broken, a lock held by
-//! another run), 5 the run lost its lock to another holder (after its lease expired) and acted
-//! no further.
+//! `validate` reads the plan file alone and touches no server; `plan` also reads the live state
+//! (each target's version, the switch's weights, the schema, the maintenance page), so it checks
+//! that every socket, host and database named in the plan answers, and refuses destructive
+//! migrations in a zero-downtime strategy. Every problem is reported at once with its key path.
+//! Ctrl-C during `run` or `resume` cancels the run, and the engine rolls back. `promote` and
+//! `abort` address the run in progress by its id (and `promote` the pause it is in); with no such
+//! run they are refused and leave nothing behind. `resume` and `rollback` read the live state
+//! first and go from where the world is, not only from what the journal says.
+
+mod render;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
 /// A line on standard output. A closed or full output (`deploy run | head`, a full disk) must
 /// not stop a deploy half-way, so write errors are ignored rather than panicking as `println!`
 /// does.
+#[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -56,7 +55,6 @@ macro_rules! out_raw {
     }};
 }
 use deploy::adapters::Adapters;
-use deploy::event::{Event, Observer, Severity};
 use deploy::notify::WebhookNotifier;
 use deploy::plan_file::PlanFile;
 use deploy::state::HistoryEntry;
@@ -67,22 +65,64 @@ use deploy::{
 use deploy::{Engine, ExposeSecret, Plan, Step};
 use tokio_util::sync::CancellationToken;
 
+/// What each exit code means (also in the README).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   promoted, or nothing to do
+  1   the plan or the environment is unusable; nothing was changed
+  2   rolled back: the previous release serves again
+  3   failed: the rollback itself failed; see the report, then `deploy rollback PLAN` again
+  4   refused before acting: the lock is held, a before-hook said no, a request with no run
+  5   the run lost its lock to another holder (its lease expired) and acted no further
+  64  usage error (a mistyped command line)
+
+The plan file format: examples/plans/*.toml (commented) and the `deploy::plan_file` docs.";
+
 #[derive(Parser, Debug)]
-#[command(about = "Deploy a release as a plan file says, and roll back by itself")]
+#[command(
+    name = "deploy",
+    version,
+    about = "Deploy a release as a plan file says, watch it, and roll back by itself",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+/// Which release to deploy, when not the plan file's.
+#[derive(clap::Args, Debug, Default)]
+struct ReleaseArgs {
+    /// Deploy this version instead of the plan file's `[release].version`.
+    #[arg(long, value_name = "VERSION", conflicts_with = "version_from_git")]
+    release: Option<String>,
+    /// Deploy the version of the git tag at HEAD (`v1.4.3` → 1.4.3), read in the plan file's
+    /// directory.
+    #[arg(long)]
+    version_from_git: bool,
+    /// Deploy this artifact instead of the plan file's `[release].artifact`.
+    #[arg(long, value_name = "PATH")]
+    artifact: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Print what would happen (nothing is changed).
+    /// Check the plan file alone: every key, value and path; no server is touched.
+    Validate {
+        /// The plan file.
+        plan: PathBuf,
+        #[command(flatten)]
+        release: ReleaseArgs,
+    },
+    /// Print what would happen, from the live state (nothing is changed).
     Plan {
         /// The plan file.
         plan: PathBuf,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        release: ReleaseArgs,
     },
     /// Deploy.
     Run {
@@ -91,11 +131,16 @@ enum Cmd {
         /// Also write the JSON report here (it is always kept in the state store).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also write the HTML report here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         /// When another run holds the environment's lock, wait for it (up to this long:
         /// `90s`, `10m`; 10m when given without a value) instead of failing, then plan from
         /// what that run left.
         #[arg(long, num_args = 0..=1, default_missing_value = "10m", value_name = "TIMEOUT")]
         wait: Option<humantime::Duration>,
+        #[command(flatten)]
+        release: ReleaseArgs,
     },
     /// Finish a run that a killed process left behind.
     Resume {
@@ -137,18 +182,23 @@ enum Cmd {
         #[arg(long, default_value = "aborted from the command line")]
         reason: String,
     },
-    /// Show who holds the environment's lock; break it if its process is gone.
+    /// Show who holds the environment's lock; break it only if its process is gone.
     Unlock {
         /// The plan file.
         plan: PathBuf,
     },
-    /// Where the newest run stands; with --fleet, what every target runs now.
+    /// Where the newest run stands; with --watch, follow it live; with --fleet, what every
+    /// target runs now.
     Status {
         /// The plan file.
         plan: PathBuf,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+        /// Follow the run: its step, the weights, the last verdict of each gate, the time
+        /// left; until it ends (Ctrl-C stops watching, not the run).
+        #[arg(long, conflicts_with_all = ["json", "fleet"])]
+        watch: bool,
         /// Read the live state: each target's version, the weights, the schema, and how it
         /// differs from what the last promoted run left.
         #[arg(long)]
@@ -165,40 +215,20 @@ enum Cmd {
         #[arg(long)]
         last: Option<usize>,
     },
-}
-
-/// Prints events as they happen: coloured on a terminal, plain lines otherwise.
-#[derive(Debug)]
-struct Progress {
-    start: Instant,
-    colour: bool,
-}
-
-impl Observer for Progress {
-    fn on_event(&self, event: &Event) {
-        if matches!(event, Event::HealthChecked { healthy: true, .. }) {
-            return;
-        }
-        let t = self.start.elapsed().as_secs_f64();
-        if self.colour {
-            let colour = match event.severity() {
-                Severity::Error => "\x1b[31m",
-                Severity::Warning => "\x1b[33m",
-                Severity::Info
-                    if matches!(
-                        event,
-                        Event::StepFinished { .. } | Event::RunFinished { .. }
-                    ) =>
-                {
-                    "\x1b[32m"
-                }
-                Severity::Info => "",
-            };
-            out!("\x1b[2m[{t:>7.2}s]\x1b[0m {colour}{event}\x1b[0m");
-        } else {
-            out!("[{t:>7.2}s] {event}");
-        }
-    }
+    /// The report of a finished run (the newest when RUN is not given): as text, as JSON, or
+    /// drawn as one self-contained HTML file.
+    Report {
+        /// The plan file.
+        plan: PathBuf,
+        /// The run's id (see `deploy history`).
+        run: Option<String>,
+        /// Print the JSON report.
+        #[arg(long, conflicts_with = "html")]
+        json: bool,
+        /// Write the HTML report to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
 }
 
 /// Why the command stops: a message, and the exit code it means.
@@ -257,12 +287,64 @@ fn load(path: &Path) -> Result<PlanFile, String> {
     Ok(plan)
 }
 
+/// The plan file with the release the command line names instead of its own.
+fn load_release(path: &Path, args: &ReleaseArgs) -> Result<PlanFile, String> {
+    let mut plan = load(path)?;
+    let version = match (&args.release, args.version_from_git) {
+        (Some(v), _) => Some(v.clone()),
+        (None, true) => Some(git_version(path)?),
+        (None, false) => None,
+    };
+    if let Some(v) = version {
+        plan.release.version =
+            Version::new(&v).map_err(|e| format!("--release {v:?}: {e}"))?;
+    }
+    if let Some(a) = &args.artifact {
+        if !a.exists() {
+            return Err(format!(
+                "--artifact {}: no such file or directory",
+                a.display()
+            ));
+        }
+        plan.release.artifact = Some(std::path::absolute(a).unwrap_or_else(|_| a.clone()));
+    }
+    Ok(plan)
+}
+
+/// The version of the git tag at HEAD of the repository holding the plan file (`v1.4.3` →
+/// `1.4.3`).
+fn git_version(plan: &Path) -> Result<String, String> {
+    let dir = plan
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let out = std::process::Command::new("git")
+        .args(["describe", "--tags", "--exact-match", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("--version-from-git: run git in {}: {e}", dir.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "--version-from-git: HEAD of the repository at {} has no tag ({}); tag the release \
+             (`git tag v1.4.3`) or give --release VERSION",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let tag = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(tag.strip_prefix('v').unwrap_or(&tag).to_owned())
+}
+
 fn engine(plan: &PlanFile) -> Result<Engine, String> {
     plan.engine(&Adapters::new()).map_err(|e| e.to_string())
 }
 
-fn exit_code(outcome: Outcome) -> i32 {
-    match outcome {
+/// The exit code of a finished run: a run a before-hook refused changed nothing (4).
+fn exit_code(report: &Report) -> i32 {
+    if render::refused_before_acting(report) {
+        return 4;
+    }
+    match report.outcome {
         Outcome::Promoted => 0,
         Outcome::RolledBack => 2,
         Outcome::Failed => 3,
@@ -270,13 +352,14 @@ fn exit_code(outcome: Outcome) -> i32 {
 }
 
 async fn observed(
+    path: &Path,
     plan: &PlanFile,
     engine: Engine,
 ) -> Result<(Engine, Option<Arc<WebhookNotifier>>), String> {
-    let mut engine = engine.with_observer(Arc::new(Progress {
-        start: Instant::now(),
-        colour: std::io::stdout().is_terminal(),
-    }));
+    let mut engine = engine.with_observer(Arc::new(render::Live::new(
+        path.display().to_string(),
+        std::io::stdout().is_terminal(),
+    )));
     let mut notifier = None;
     if let Some(n) = &plan.notify {
         let url = n
@@ -311,14 +394,49 @@ fn ctrl_c_cancels() -> CancellationToken {
     cancel
 }
 
-fn finish(report: &Report, extra: Option<&Path>) -> Result<i32, String> {
-    out!("\n{report}");
-    if let Some(path) = extra {
-        let body = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
-        std::fs::write(path, body).map_err(|e| format!("write report {}: {e}", path.display()))?;
-        out!("report: {}", path.display());
+/// Where a finished run's reports are, written where the command line asked.
+struct Outputs<'a> {
+    json: Option<&'a Path>,
+    html: Option<&'a Path>,
+}
+
+impl Outputs<'_> {
+    const NONE: Outputs<'static> = Outputs {
+        json: None,
+        html: None,
+    };
+}
+
+/// Print the summary of a finished run, write the reports asked for, and return its exit code.
+fn finish(
+    engine: &Engine,
+    plan: &Path,
+    report: &Report,
+    outputs: &Outputs<'_>,
+) -> Result<i32, String> {
+    let mut at = Vec::new();
+    if let Some(store) = engine.state_store() {
+        at.push(store.report_location(&report.environment, &report.run_id));
     }
-    Ok(exit_code(report.outcome))
+    if let Some(path) = outputs.json {
+        let body = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
+        deploy::fs::write_atomic(path, &body[..], None)
+            .map_err(|e| format!("write the JSON report {}: {e}", path.display()))?;
+        at.push(path.display().to_string());
+    }
+    if let Some(path) = outputs.html {
+        write_html(report, path)?;
+        at.push(path.display().to_string());
+    }
+    out_raw!("{}", render::summary(report, &plan.display().to_string(), &at));
+    Ok(exit_code(report))
+}
+
+/// Write the HTML report of `report` to `path` (whole or not at all).
+fn write_html(report: &Report, path: &Path) -> Result<(), String> {
+    let html = render_html(report);
+    deploy::fs::write_atomic(path, html.as_bytes(), None)
+        .map_err(|e| format!("write the HTML report {}: {e}", path.display()))
 }
 
 /// What each analysis of `plan` really takes: its measurements, and the wall time a gate that
@@ -355,8 +473,26 @@ fn analysis_times(engine: &Engine, plan: &Plan) -> Vec<String> {
 
 async fn main_inner(cli: Cli) -> Result<i32, Stop> {
     match cli.command {
-        Cmd::Plan { plan, json } => {
-            let pf = load(&plan)?;
+        Cmd::Validate { plan, release } => {
+            let pf = load_release(&plan, &release)?;
+            let checked = validate_plan(&pf)?;
+            out!(
+                "{}: valid ({} {} to {}, {} target(s){}); no server was contacted",
+                pf.source_name,
+                pf.strategy.name(),
+                pf.release.version,
+                pf.environment.name,
+                pf.targets.len(),
+                checked
+            );
+            Ok(0)
+        }
+        Cmd::Plan {
+            plan,
+            json,
+            release,
+        } => {
+            let pf = load_release(&plan, &release)?;
             let engine = engine(&pf)?;
             let p = engine
                 .plan(&pf.strategy, &pf.release(), &pf.options)
@@ -379,9 +515,15 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             }
             Ok(0)
         }
-        Cmd::Run { plan, report, wait } => {
-            let pf = load(&plan)?;
-            let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
+        Cmd::Run {
+            plan,
+            report,
+            html,
+            wait,
+            release,
+        } => {
+            let pf = load_release(&plan, &release)?;
+            let (engine, notifier) = observed(&plan, &pf, engine(&pf)?).await?;
             let r = match wait {
                 None => {
                     // Another run holds the lock: say whose, rather than plan against a world
@@ -406,7 +548,6 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                         .plan(&pf.strategy, &pf.release(), &pf.options)
                         .await
                         .map_err(|e| deploy_error(&plan, e))?;
-                    out!("{p}");
                     engine.run(p, &ctrl_c_cancels()).await
                 }
                 Some(wait) => {
@@ -421,8 +562,9 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                             h.info
                         );
                     }
-                    let engine = engine.with_lock_wait(wait.into());
                     engine
+                        .clone()
+                        .with_lock_wait(wait.into())
                         .deploy(&pf.strategy, &pf.release(), &pf.options, &ctrl_c_cancels())
                         .await
                 }
@@ -431,9 +573,15 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             if let Some(n) = notifier {
                 n.close().await;
             }
+            let r = r.map_err(|e| deploy_error(&plan, e))?;
             Ok(finish(
-                &r.map_err(|e| deploy_error(&plan, e))?,
-                report.as_deref(),
+                &engine,
+                &plan,
+                &r,
+                &Outputs {
+                    json: report.as_deref(),
+                    html: html.as_deref(),
+                },
             )?)
         }
         Cmd::Resume { plan } => recover(&plan, Recovery::Resume).await,
@@ -457,7 +605,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 None => RollbackTo::Previous,
             };
             let restore = restore_backup.map(BackupId);
-            let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
+            let (engine, notifier) = observed(&plan, &pf, engine(&pf)?).await?;
             let say = |rb: &ReleaseRollback| {
                 out!(
                     "back to {} (promoted by run {} on {}, by {}@{})",
@@ -509,7 +657,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             }
             let (rb, report) = r.map_err(|e| deploy_error(&plan, e))?;
             say(&rb);
-            Ok(finish(&report, None)?)
+            Ok(finish(&engine, &plan, &report, &Outputs::NONE)?)
         }
         Cmd::Promote { plan } => {
             let pf = load(&plan)?;
@@ -580,9 +728,62 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             Ok(0)
         }
         Cmd::Status {
+            plan, watch: true, ..
+        } => {
+            let pf = load(&plan)?;
+            watch::run(&engine(&pf)?, &plan).await.map_err(|e| deploy_error(&plan, e))
+        }
+        Cmd::Report {
+            plan,
+            run,
+            json,
+            html,
+        } => {
+            let pf = load(&plan)?;
+            let engine = engine(&pf)?;
+            let store = engine
+                .state_store()
+                .ok_or_else(|| "the plan keeps no state".to_owned())?;
+            let env = &pf.environment.name;
+            let run = match run {
+                Some(r) => r,
+                None => engine
+                    .history()
+                    .await
+                    .map_err(|e| deploy_error(&plan, e))?
+                    .pop()
+                    .map(|h| h.run_id)
+                    .ok_or_else(|| format!("no run recorded for environment {env}"))?,
+            };
+            let report = store
+                .report(env, &run)
+                .await
+                .map_err(|e| deploy_error(&plan, e))?
+                .ok_or_else(|| {
+                    format!(
+                        "no report of run {run} in {} (`deploy history {}` lists the runs)",
+                        store.location(),
+                        plan.display()
+                    )
+                })?;
+            if json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else if let Some(path) = html {
+                write_html(&report, &path)?;
+                out!("wrote {}", path.display());
+            } else {
+                out!("{report}");
+            }
+            Ok(0)
+        }
+        Cmd::Status {
             plan,
             json: _,
             fleet: true,
+            ..
         } => {
             let pf = load(&plan)?;
             let engine = engine(&pf)?;
@@ -686,7 +887,7 @@ fn history_line(h: &HistoryEntry) -> String {
 
 async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
     let pf = load(plan)?;
-    let (engine, notifier) = observed(&pf, engine(&pf)?).await?;
+    let (engine, notifier) = observed(plan, &pf, engine(&pf)?).await?;
     // A stale lock whose run finished is cleared by the recovery: say so.
     let stale = engine
         .status()
@@ -710,13 +911,22 @@ async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
             }
             Ok(0)
         }
-        Some(report) => Ok(finish(&report, None)?),
+        Some(report) => Ok(finish(&engine, plan, &report, &Outputs::NONE)?),
     }
 }
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version are answers (0); anything else is a usage error (64, as
+            // sysexits' EX_USAGE), never confused with "rolled back" (2).
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let code = match main_inner(cli).await {
         Ok(code) => code,
         Err(stop) => {
@@ -725,4 +935,12 @@ async fn main() {
         }
     };
     std::process::exit(code);
+}
+
+// MERGE: replaced by the plan file's validation and the HTML report.
+fn validate_plan(_pf: &PlanFile) -> Result<String, String> {
+    Ok(String::new())
+}
+fn render_html(report: &Report) -> String {
+    format!("<pre>{report}</pre>")
 }

@@ -1,5 +1,5 @@
 //! The `deploy` command line on a plan file: `plan --json`, and a `run` whose pre-hook fails —
-//! it stops before its step changes anything, rolls back, exits 2, and the `[notify]` webhook
+//! it stops before its step changes anything, is REFUSED and exits 4, and the `[notify]` webhook
 //! receives the run's start, the rollback and the end (not the step-level noise).
 
 use std::sync::{Arc, Mutex};
@@ -106,7 +106,13 @@ webhook = "{hook}"
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "rolled back exits 2\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a before-hook's refusal changed nothing: exits 4, not 2 (rolled back)\n{stdout}"
+    );
+    assert!(stdout.contains("\nREFUSED: 2.0.0 to cli"), "{stdout}");
+    assert!(!stdout.contains("ROLLED BACK"), "{stdout}");
     assert!(
         stdout.contains("stopped before it acted: hook change-freeze"),
         "{stdout}"

@@ -50,6 +50,7 @@ fn record() -> impl Strategy<Value = Record> {
         (0usize..8).prop_map(|index| Record::StepStarted {
             index,
             inverse: vec![Step::Pause { duration: None }],
+            at: None,
         }),
         (0usize..8, proptest::option::of(text)).prop_map(|(index, error)| {
             Record::StepFinished {

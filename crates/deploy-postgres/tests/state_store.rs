@@ -233,6 +233,7 @@ async fn an_expired_lease_is_taken_over_explicitly_and_its_writes_are_fenced_off
         .append(&Record::StepStarted {
             index: 0,
             inverse: Vec::new(),
+            at: None,
         })
         .await
         .unwrap();
@@ -449,6 +450,7 @@ async fn journal_appends_take_under_two_milliseconds_on_loopback() {
             Record::StepStarted {
                 index: i,
                 inverse: Vec::new(),
+                at: None,
             }
         } else {
             Record::StepFinished {

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use super::call::{Failure, with_timeout};
 use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
+use super::journal::Record;
 use super::report::{Event, VerdictRecord};
 use super::run::Run;
 use crate::error::ErrorKind;
@@ -239,6 +240,13 @@ impl Run<'_> {
                     analysis: name.to_owned(),
                     verdict: verdict.clone(),
                 });
+                // For `status`; a measurement lost from the journal loses nothing else.
+                self.record(&Record::Measured {
+                    gate: gate.name().to_owned(),
+                    analysis: name.to_owned(),
+                    verdict: verdict.clone(),
+                })
+                .await;
                 let kind = counted_kind(&verdict, policy.no_data);
                 evidence[i].add(kind);
                 let Some(kind) = kind else {

@@ -5,16 +5,16 @@
 //! ([`JournalState::read`], [`JournalState::replay`]) and either resumes the run or undoes it, using the inverses that were
 //! recorded before each step acted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::BackupId;
+use crate::model::{BackupId, Verdict};
 use crate::strategy::{Plan, Step};
 
-use super::report::Outcome;
+use super::report::{Outcome, VerdictRecord};
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub enum Record {
         index: usize,
         /// The steps that undo it, in order.
         inverse: Vec<Step>,
+        /// When it started (for `status`: how long an analysis or a pause has left).
+        #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+        at: Option<SystemTime>,
     },
     /// A step finished.
     StepFinished {
@@ -83,6 +86,15 @@ pub enum Record {
         /// The step.
         index: usize,
     },
+    /// A gate measured (for `status`: the last verdict of each gate).
+    Measured {
+        /// The gate's name.
+        gate: String,
+        /// The analysis it belongs to.
+        analysis: String,
+        /// The verdict.
+        verdict: Verdict,
+    },
 }
 
 impl Record {
@@ -92,7 +104,10 @@ impl Record {
     pub fn must_be_durable(&self) -> bool {
         !matches!(
             self,
-            Record::StepFinished { .. } | Record::UndoFinished { .. } | Record::PauseEnded { .. }
+            Record::StepFinished { .. }
+                | Record::UndoFinished { .. }
+                | Record::PauseEnded { .. }
+                | Record::Measured { .. }
         )
     }
 }
@@ -134,6 +149,10 @@ pub struct JournalState {
     /// The step whose pause the run is waiting in, and why, when it is waiting for the
     /// operator.
     pub paused: Option<(usize, String)>,
+    /// When each step started, where the journal says.
+    pub started: HashMap<usize, SystemTime>,
+    /// The last verdict of each gate, in the order the gates first measured.
+    pub last_verdicts: Vec<VerdictRecord>,
 }
 
 impl JournalState {
@@ -198,13 +217,33 @@ impl JournalState {
             backup: None,
             outcome: None,
             paused: None,
+            started: HashMap::new(),
+            last_verdicts: Vec::new(),
         };
         for r in it {
             match r {
                 Record::Started { .. } => return Err(bad(0, "a second `started` record".into())),
-                Record::StepStarted { index, inverse } => {
+                Record::StepStarted { index, inverse, at } => {
                     if !st.inverses.iter().any(|(i, _)| *i == index) {
                         st.inverses.push((index, inverse));
+                    }
+                    if let Some(at) = at {
+                        st.started.insert(index, at);
+                    }
+                }
+                Record::Measured {
+                    gate,
+                    analysis,
+                    verdict,
+                } => {
+                    let record = VerdictRecord {
+                        gate,
+                        analysis,
+                        verdict,
+                    };
+                    match st.last_verdicts.iter_mut().find(|v| v.gate == record.gate) {
+                        Some(v) => *v = record,
+                        None => st.last_verdicts.push(record),
                     }
                 }
                 Record::StepFinished {

@@ -384,6 +384,7 @@ impl<'e> Run<'e> {
                             .record(&Record::StepStarted {
                                 index,
                                 inverse: inverse.clone(),
+                                at: Some(std::time::SystemTime::now()),
                             })
                             .await
                         {

@@ -37,6 +37,12 @@ pub struct RunStatus {
     pub paused: Option<String>,
     /// Where its journal is (a file, a row set in the shared store).
     pub journal: String,
+    /// When the current step started, when the journal says.
+    pub step_started_at: Option<std::time::SystemTime>,
+    /// The weights the last finished traffic step set (`None` before any).
+    pub weights: Option<crate::model::Weights>,
+    /// The last verdict of each gate.
+    pub last_verdicts: Vec<super::VerdictRecord>,
 }
 
 impl RunStatus {
@@ -59,6 +65,15 @@ impl RunStatus {
             lock_stale,
             paused: st.paused.as_ref().map(|(_, why)| why.clone()),
             journal,
+            step_started_at: st.started.get(&st.next_index).copied(),
+            weights: (0..st.plan.steps.len())
+                .rev()
+                .filter(|i| st.completed.contains(i))
+                .find_map(|i| match &st.plan.steps[i] {
+                    Step::SetWeights { weights } => Some(weights.clone()),
+                    _ => None,
+                }),
+            last_verdicts: st.last_verdicts.clone(),
         }
     }
 }

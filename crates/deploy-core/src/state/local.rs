@@ -463,6 +463,13 @@ impl StateStore for LocalStateStore {
         self.journal_path(run_id).display().to_string()
     }
 
+    fn report_location(&self, _environment: &str, run_id: &str) -> String {
+        self.runs_dir()
+            .join(format!("{run_id}.report.json"))
+            .display()
+            .to_string()
+    }
+
     async fn put_request(
         &self,
         _environment: &str,

@@ -254,6 +254,12 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Keep the finished report of a run; returns where it is.
     async fn save_report(&self, environment: &str, report: &Report) -> Result<String, DeployError>;
 
+    /// Where the report of `run_id` is kept, for messages (the file's path for a store of
+    /// files).
+    fn report_location(&self, environment: &str, run_id: &str) -> String {
+        format!("{} (report of run {run_id} in {environment})", self.location())
+    }
+
     /// The report of `run_id`, if it was kept.
     async fn report(&self, environment: &str, run_id: &str) -> Result<Option<Report>, DeployError>;
 

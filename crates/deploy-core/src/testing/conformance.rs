@@ -483,6 +483,7 @@ pub async fn state_store(store: &dyn crate::state::StateStore, environment: &str
         .append(&Record::StepStarted {
             index: 0,
             inverse: Vec::new(),
+            at: None,
         })
         .await
         .expect("append step_started");

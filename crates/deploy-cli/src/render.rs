@@ -1,0 +1,471 @@
+//! What an operator reads while a run goes and when it ends: one line per step with its
+//! duration, weights as percentages, rounded values with their unit, health waits and timed
+//! waits as one updating line with a progress bar on a terminal (plain lines otherwise), a pause
+//! that names the commands that end it, and a closing summary with the failure's reason printed
+//! once, in full, with what to do next.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use deploy::event::{Event, Observer};
+use deploy::units;
+use deploy::{Outcome, Report, Snapshot, Step, Verdict, VerdictKind, Weights};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::out;
+
+/// How wide a reason may be on a progress line before it is cut (the full text comes at the end).
+const SHORT: usize = 110;
+
+/// `text` cut to `max` characters with an ellipsis, on one line.
+pub(crate) fn short(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= max && !text.contains('\n') {
+        return line.to_owned();
+    }
+    let cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+/// Weights as people read them: `blue 90 %, green 10 %`.
+pub(crate) fn weights(w: &Weights) -> String {
+    w.iter()
+        .map(|(id, _)| format!("{id} {} %", units::number(w.percent(id))))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A step in words, with weights as percentages and durations rounded.
+pub(crate) fn step(s: &Step) -> String {
+    match s {
+        Step::SetWeights { weights: w } => format!("send traffic: {}", weights(w)),
+        Step::Analyze {
+            name,
+            duration,
+            canary,
+            ..
+        } => {
+            let on = canary
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("analyze {on} for {} ({name})", units::duration(*duration))
+        }
+        Step::Pause {
+            duration: Some(d), ..
+        } => format!("pause {}", units::duration(*d)),
+        other => other.to_string(),
+    }
+}
+
+/// A verdict on one line: `pass 0.2 % (<= 1 %)`, with a short reason when it is not a pass.
+pub(crate) fn verdict(v: &Verdict) -> String {
+    let value = v
+        .value
+        .map_or("no value".to_owned(), |x| units::quantity(x, v.unit));
+    let mut line = format!("{} {value} (needs {})", v.kind, v.condition);
+    if v.kind != VerdictKind::Pass {
+        let _ = write!(line, ": {}", short(&v.reason, SHORT));
+    }
+    line
+}
+
+/// How long a timed step waits, for its progress bar.
+fn timed(s: &Step) -> Option<Duration> {
+    match s {
+        Step::Analyze { duration, .. } => Some(*duration),
+        Step::Pause {
+            duration: Some(d), ..
+        } => Some(*d),
+        _ => None,
+    }
+}
+
+/// A wall-clock time as `HH:MM:SS` (UTC), for "until" in plain output.
+fn clock(t: SystemTime) -> String {
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.get(11..19).unwrap_or(&text).to_owned()
+}
+
+/// Renders a run's events: bars on a terminal, plain lines otherwise.
+#[derive(Debug)]
+pub(crate) struct Live {
+    state: Mutex<State>,
+    /// `deploy <command> <plan>` as the operator typed the plan's path, for the pause's hint.
+    plan: String,
+    bars: Option<MultiProgress>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    steps: usize,
+    started: HashMap<usize, Instant>,
+    bars: HashMap<usize, ProgressBar>,
+    /// The step (by index) each target's health wait belongs to.
+    health: HashMap<String, usize>,
+    any_step: bool,
+}
+
+impl Live {
+    /// A renderer for a run of the plan at `plan` (as typed); bars when `tty`.
+    pub(crate) fn new(plan: String, tty: bool) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            plan,
+            bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout())),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => out!("{text}"),
+        }
+    }
+
+    fn step_started(&self, st: &mut State, index: usize, s: &Step) {
+        st.any_step = true;
+        st.started.insert(index, Instant::now());
+        if let Step::AwaitHealthy { target, .. } = s {
+            st.health.insert(target.to_string(), index);
+        }
+        let n = st.steps;
+        let label = format!("{:>2}/{n} {}", index + 1, step(s));
+        if let Step::Pause { duration: None } = s {
+            self.line(&format!("{label}: waiting"));
+            return;
+        }
+        match &self.bars {
+            Some(m) => {
+                let bar = match timed(s) {
+                    Some(d) => {
+                        let bar = m.add(ProgressBar::new(d.as_millis().max(1) as u64));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{prefix} [{bar:24}] {elapsed} of {len_time}, {left} left {msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .with_key(
+                                "len_time",
+                                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                    let _ = w.write_str(&units::duration(Duration::from_millis(
+                                        s.len().unwrap_or(0),
+                                    )));
+                                },
+                            )
+                            .with_key(
+                                "left",
+                                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                    let left = s.len().unwrap_or(0).saturating_sub(s.pos());
+                                    let _ = w.write_str(&units::duration(Duration::from_secs(
+                                        left.div_ceil(1000),
+                                    )));
+                                },
+                            )
+                            .progress_chars("=> "),
+                        );
+                        let b = bar.clone();
+                        let start = Instant::now();
+                        tokio::spawn(async move {
+                            while !b.is_finished() {
+                                b.set_position(start.elapsed().as_millis() as u64);
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                        });
+                        bar
+                    }
+                    None => {
+                        let bar = m.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("{prefix} {spinner} {elapsed} {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        bar
+                    }
+                };
+                bar.set_prefix(label);
+                bar.enable_steady_tick(Duration::from_millis(200));
+                st.bars.insert(index, bar);
+            }
+            None => {
+                if let Some(d) = timed(s) {
+                    self.line(&format!(
+                        "{label}: until {} UTC",
+                        clock(SystemTime::now() + d)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn step_finished(
+        &self,
+        st: &mut State,
+        index: usize,
+        s: &Step,
+        took: Duration,
+        error: Option<&str>,
+    ) {
+        if let Some(bar) = st.bars.remove(&index) {
+            bar.finish_and_clear();
+            if let Some(m) = &self.bars {
+                m.remove(&bar);
+            }
+        }
+        st.started.remove(&index);
+        let n = st.steps;
+        let label = format!("{:>2}/{n} {}", index + 1, step(s));
+        let took = units::duration(took);
+        match error {
+            None => self.line(&format!("{label}  {took}")),
+            // The reason comes once, in full, in the summary (and in the report).
+            Some(_) => self.line(&format!("{label}  FAILED after {took}")),
+        }
+    }
+}
+
+impl Observer for Live {
+    fn on_event(&self, event: &Event) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match event {
+            Event::RunStarted {
+                run_id,
+                environment,
+                version,
+                strategy,
+                steps,
+            } => {
+                st.steps = *steps;
+                self.line(&format!(
+                    "deploy {version} to {environment}: {strategy}, {steps} steps (run {run_id})"
+                ));
+            }
+            Event::StepStarted { index, step } => self.step_started(&mut st, *index, step),
+            Event::StepFinished {
+                index,
+                step,
+                duration,
+                error,
+            } => self.step_finished(&mut st, *index, step, *duration, error.as_deref()),
+            Event::HealthChecked {
+                target,
+                healthy: false,
+                reason,
+            } => {
+                if let Some(i) = st.health.get(target.as_str())
+                    && let Some(bar) = st.bars.get(i)
+                {
+                    bar.set_message(format!("not yet: {}", short(reason, 70)));
+                }
+            }
+            Event::HealthChecked { .. } | Event::WeightsChanged { .. } => {}
+            Event::Drained {
+                target,
+                duration,
+                sessions_left,
+            } if *sessions_left > 0 => self.line(&format!(
+                "      {target}: {sessions_left} sessions still open after draining for {}",
+                units::duration(*duration)
+            )),
+            Event::Drained { .. } => {}
+            Event::GateVerdict {
+                gate, verdict: v, ..
+            } => self.line(&format!("      {gate}: {}", verdict(v))),
+            // A failed hook fails its step or the run: its reason is the summary's.
+            Event::HookRan { .. } => {}
+            Event::Paused { reason } => {
+                let p = &self.plan;
+                self.line(&format!(
+                    "      paused: {reason}\n      `deploy promote {p}` carries on, `deploy abort {p}` rolls back, `deploy status {p} --watch` follows it"
+                ));
+            }
+            Event::Retrying {
+                operation,
+                attempt,
+                error,
+            } => self.line(&format!(
+                "      retrying {operation} (attempt {attempt} failed: {})",
+                short(error, 80)
+            )),
+            Event::RollbackStarted { .. } => {
+                for (_, bar) in st.bars.drain() {
+                    bar.finish_and_clear();
+                }
+                if st.any_step {
+                    self.line("rolling back (why: below)");
+                } else {
+                    self.line("stopped before the first step (why: below); nothing was changed");
+                }
+            }
+            Event::RollbackStep { step: s, error } => match error {
+                None => self.line(&format!("   undo {}  done", step(s))),
+                Some(e) => self.line(&format!("   undo {}  FAILED: {}", step(s), short(e, SHORT))),
+            },
+            Event::RunFinished { .. } => {
+                for (_, bar) in st.bars.drain() {
+                    bar.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether `report` is a refusal before acting: a before-hook said no before any step changed
+/// what users are served (only releases unpacked on idle slots, health checks of them, a
+/// backup), and the rollback left nothing different.
+pub(crate) fn refused_before_acting(report: &Report) -> bool {
+    let Some(rollback) = &report.rollback else {
+        return false;
+    };
+    if report.outcome != Outcome::RolledBack || !rollback.mismatches.is_empty() {
+        return false;
+    }
+    let Some(failed) = report.steps.iter().position(|s| s.error.is_some()) else {
+        return report.steps.is_empty()
+            && rollback.reason.starts_with("stopped before the first step: hook ");
+    };
+    let by_hook = report.steps[failed]
+        .error
+        .as_ref()
+        .is_some_and(|e| e.operation.starts_with("hook ") || e.message.starts_with("hook "));
+    by_hook
+        && report.steps[..failed].iter().all(|s| {
+            matches!(
+                s.step,
+                Step::Prepare { .. } | Step::AwaitHealthy { .. } | Step::Backup
+            )
+        })
+}
+
+/// The closing summary of a run: outcome, versions per target, weights, schema, gates judged,
+/// where the reports are, and for a failure its reason in full and what to do next.
+pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> String {
+    let mut s = String::new();
+    let outcome = if refused_before_acting(report) {
+        "REFUSED"
+    } else {
+        match report.outcome {
+            Outcome::Promoted => "PROMOTED",
+            Outcome::RolledBack => "ROLLED BACK",
+            Outcome::Failed => "FAILED",
+        }
+    };
+    let _ = writeln!(
+        s,
+        "\n{outcome}: {} to {} ({}) in {}, run {}",
+        report.version,
+        report.environment,
+        report.strategy,
+        units::duration(report.duration),
+        report.run_id
+    );
+    if let Some(r) = &report.rollback {
+        let _ = writeln!(s, "  why: {}", r.reason);
+        for m in &r.mismatches {
+            let _ = writeln!(s, "  NOT BACK: {m}");
+        }
+    }
+    if let Some(f) = &report.final_state {
+        let _ = writeln!(s, "  now: {}", live(f));
+    }
+    let total = report.verdicts.len();
+    if total > 0 {
+        let mut kinds: Vec<(VerdictKind, usize)> = Vec::new();
+        for v in &report.verdicts {
+            match kinds.iter_mut().find(|(k, _)| *k == v.verdict.kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((v.verdict.kind, 1)),
+            }
+        }
+        let parts = kinds
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(s, "  gates: {total} measurements judged: {parts}");
+    }
+    for n in &report.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    for at in report_at {
+        let _ = writeln!(s, "  report: {at}");
+    }
+    let next = match (outcome, report.outcome) {
+        ("REFUSED", _) => Some(format!(
+            "nothing was changed; fix what the hook said, then `deploy run {plan}` again"
+        )),
+        (_, Outcome::RolledBack) => Some(format!(
+            "the previous release serves again; `deploy report {plan} {} --html report.html` draws the run",
+            report.run_id
+        )),
+        (_, Outcome::Failed) => Some(format!(
+            "the environment needs attention: `deploy status {plan} --fleet` shows what runs where, `deploy rollback {plan}` tries the rollback again"
+        )),
+        _ => None,
+    };
+    if let Some(n) = next {
+        let _ = writeln!(s, "  next: {n}");
+    }
+    s
+}
+
+/// What the environment runs: `blue 2.0.0 (100 %), green 1.0.0 (0 %); schema 2`.
+pub(crate) fn live(f: &Snapshot) -> String {
+    let targets = f
+        .targets
+        .iter()
+        .map(|t| {
+            let v = t
+                .current
+                .as_ref()
+                .map_or("nothing".to_owned(), ToString::to_string);
+            match &f.weights {
+                Some(w) => format!("{} {v} ({} %)", t.id, units::number(w.percent(&t.id))),
+                None => format!("{} {v}", t.id),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = targets;
+    if let Some(m) = &f.migrations {
+        let _ = write!(
+            text,
+            "; schema {}",
+            m.current.as_ref().map_or("empty", |v| v.0.as_str())
+        );
+    }
+    if f.maintenance == Some(true) {
+        text.push_str("; maintenance page ON");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deploy::TargetId;
+
+    #[test]
+    fn weights_read_as_percentages() {
+        let w = Weights::new()
+            .with(TargetId::new("blue").unwrap(), 9)
+            .with(TargetId::new("green").unwrap(), 1);
+        assert_eq!(weights(&w), "blue 90 %, green 10 %");
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_progress_lines() {
+        let long = "x".repeat(400);
+        assert_eq!(short(&long, 10).chars().count(), 10);
+        assert_eq!(short("one\ntwo", 50), "one…");
+        assert_eq!(short("fits", 50), "fits");
+    }
+}
