@@ -679,11 +679,23 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
         }
         Cmd::Unlock { plan } => {
             let pf = load(&plan)?;
-            match engine(&pf)?
-                .break_stale_lock()
-                .await
-                .map_err(|e| deploy_error(&plan, e))?
-            {
+            let broken = match engine(&pf)?.break_stale_lock().await {
+                Err(DeployError::Locked {
+                    holder: Some(h), ..
+                }) => {
+                    return Err(Stop {
+                        code: 4,
+                        message: format!(
+                            "environment {} is locked by {h}, a live run: not broken\n  \
+                             `deploy status {p} --watch` follows it, `deploy abort {p}` rolls it back",
+                            pf.environment.name,
+                            p = plan.display()
+                        ),
+                    });
+                }
+                other => other.map_err(|e| deploy_error(&plan, e))?,
+            };
+            match broken {
                 None => out!(
                     "environment {} is not locked ({})",
                     pf.environment.name,
