@@ -168,6 +168,9 @@ PROMOTED: 2.0.0 to shop (rolling) in <t>, run <run>
     let plan = w.plan("3.0.0", true, "");
     let (code, out, err) = deploy(&["run", plan.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}{err}");
+    if std::env::var_os("SHOW_OUTPUT").is_some() {
+        eprintln!("{out}");
+    }
     let got = normalized(&out, w.dir());
     assert!(
         got.starts_with(

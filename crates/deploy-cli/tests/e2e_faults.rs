@@ -333,10 +333,31 @@ async fn observation_2_requests_without_a_run_are_refused_and_never_reach_the_ne
     let (code, out) = deploy_cli(&["status"], &plan);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("PAUSED (until promoted)"), "{out}");
+    // The pause says how to end it, in the run's own output.
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(&format!("`deploy promote {}` carries on", plan.display())),
+        "{said}"
+    );
+    // A second terminal follows the run live until it ends.
+    let watch_log = w.dir.join("watch.log");
+    let mut watch = spawn_deploy(&["status", "--watch"], &plan, &watch_log);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (code, out) = deploy_cli(&["promote"], &plan);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("to end its pause and carry on"), "{out}");
     assert_eq!(run.exit_code(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(watch.exit_code(Duration::from_secs(10)).await, Some(0));
+    let watched = std::fs::read_to_string(&watch_log).unwrap();
+    for line in [
+        "PAUSED: until promoted",
+        "traffic: one 75 %, two 25 %",
+        "`deploy promote",
+        "lock: held by",
+        ": finished, promoted",
+    ] {
+        assert!(watched.contains(line), "status --watch lacks {line:?}:\n{watched}");
+    }
     assert_eq!(w.weights().await, [0, 100]);
     assert_eq!(w.versions().await, ["1.0.0", "2.0.0"]);
     let (code, out) = deploy_cli(&["promote"], &plan);
