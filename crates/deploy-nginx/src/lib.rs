@@ -6,7 +6,7 @@ mod upstream;
 
 pub use maintenance::{
     MAINTENANCE_MARKER, MaintenancePage, MaintenancePageBuilder, MaintenancePageConfig,
-    MaintenanceSnippet, RenderedSnippet,
+    MaintenanceSnippet, PageCheck, RenderedSnippet,
 };
 pub use nginx::{Nginx, Reload};
 pub use upstream::{UpstreamSwitch, UpstreamSwitchBuilder, UpstreamSwitchConfig};
