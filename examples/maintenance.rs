@@ -11,7 +11,14 @@
 //! cargo run --example maintenance -- status --flag /srv/app/shared/maintenance.on
 //! cargo run --example maintenance -- off --flag /srv/app/shared/maintenance.on \
 //!     --url http://127.0.0.1/
+//! # a page of your own (`error_page 503 @maintenance` serving it): the 503 must be that file
+//! cargo run --example maintenance -- on --flag /srv/app/.maintenance \
+//!     --url http://127.0.0.1/ --page-file /srv/app/static/maintenance.html
 //! ```
+//!
+//! The page is known by `--page-file F` (the body is that file), `--page-marker TEXT` (the body
+//! contains it) or `--any-503`; without any of them, by the marker of the page `--print-snippet`
+//! writes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +27,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use deploy_core::{LocalHost, Maintenance};
-use deploy_nginx::{MaintenancePage, MaintenanceSnippet};
+use deploy_nginx::{MaintenancePage, MaintenanceSnippet, PageCheck};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Action {
@@ -48,7 +55,14 @@ struct Args {
     /// How long the change may take to show, in seconds.
     #[arg(long, default_value_t = 10)]
     deadline_secs: u64,
-    /// Accept any 503 as the maintenance page (for a page without the deploy-nginx marker).
+    /// The page nginx serves for 503: a 503 counts as the maintenance page when its body is
+    /// this file's contents (for a page of your own).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["page_marker", "any_503"])]
+    page_file: Option<PathBuf>,
+    /// A 503 counts as the maintenance page when its body contains this text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "any_503")]
+    page_marker: Option<String>,
+    /// Accept any 503 as the maintenance page.
     #[arg(long)]
     any_503: bool,
     /// Print the nginx configuration snippet and the default page, then exit.
@@ -106,8 +120,20 @@ async fn run(args: Args) -> deploy_core::Result<()> {
     for url in &args.urls {
         builder = builder.verify_url(url);
     }
-    if args.any_503 {
-        builder = builder.page_marker(None);
+    let check = if let Some(file) = &args.page_file {
+        // Relative to where the command runs, as a shell user expects.
+        let file = std::path::absolute(file)
+            .map_err(|e| deploy_core::Error::io("read page file", file.display().to_string(), e))?;
+        Some(PageCheck::File(file))
+    } else if let Some(text) = &args.page_marker {
+        Some(PageCheck::Contains(text.clone()))
+    } else if args.any_503 {
+        Some(PageCheck::Any503)
+    } else {
+        None
+    };
+    if let Some(check) = check {
+        builder = builder.page_check(check);
     }
     let page = builder.build()?;
     let verified = if args.urls.is_empty() {

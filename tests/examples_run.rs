@@ -220,3 +220,103 @@ async fn the_maintenance_example_runs_as_is_against_a_real_nginx() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("/srv/app/shared/maintenance.on"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_example_knows_a_page_of_one_s_own_by_its_file() {
+    use deploy::nginx::testing::NginxServer;
+
+    // The runbook's classic pattern, serving the team's page (no deploy-nginx marker in it).
+    const PAGE: &str = "<!DOCTYPE html>\n<h1>We'll be back soon</h1>\n";
+    let b = NginxServer::builder().unwrap();
+    let dir = b.dir().to_path_buf();
+    let flag = dir.join(".maintenance");
+    let page_file = dir.join("static/maintenance.html");
+    let nginx = b
+        .server(format!(
+            "if (-f {}) {{ return 503; }}\nerror_page 503 @maintenance;\n\
+             location @maintenance {{ root {}; rewrite ^(.*)$ /maintenance.html break; }}",
+            flag.display(),
+            dir.join("static").display()
+        ))
+        .server("location / { return 200 \"the site\\n\"; }")
+        .file("static/maintenance.html", PAGE)
+        .start()
+        .await
+        .unwrap();
+    let url = nginx.url("/");
+    let run = |args: Vec<std::ffi::OsString>| async move {
+        let out = tokio::process::Command::new(example("maintenance"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let args = |cmd: &str, extra: &[&std::ffi::OsStr]| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            cmd.into(),
+            "--flag".into(),
+            flag.clone().into(),
+            "--url".into(),
+            url.clone().into(),
+        ];
+        a.extend(extra.iter().map(|e| e.to_os_string()));
+        a
+    };
+    let get = || async {
+        let r = reqwest::get(&url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) =
+        run(args("on", &["--page-file".as_ref(), page_file.as_os_str()])).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(stdout.contains("maintenance on, verified"), "{stdout}");
+    assert_eq!(
+        get().await,
+        (503, PAGE.to_owned()),
+        "users see the team's page"
+    );
+    let (code, stdout, stderr) = run(args("off", &[])).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(get().await.0, 200);
+
+    // Without --page-file the marker is looked for, which this page lacks: refused, said, undone.
+    let (code, stdout, stderr) = run(args("on", &["--deadline-secs".as_ref(), "1".as_ref()])).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "answers 503 with another body, \"<!DOCTYPE html> <h1>We'll be back soon</h1>\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the flag file was removed again"),
+        "{stderr}"
+    );
+    assert!(!flag.exists());
+    assert_eq!(get().await.0, 200);
+
+    // --any-503 is kept, and one way at a time.
+    let (code, stdout, stderr) = run(args("on", &["--any-503".as_ref()])).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(run(args("off", &[])).await.0 == Some(0));
+    let (code, _, stderr) = run(args(
+        "on",
+        &[
+            "--any-503".as_ref(),
+            "--page-file".as_ref(),
+            page_file.as_os_str(),
+        ],
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    assert!(!flag.exists());
+}

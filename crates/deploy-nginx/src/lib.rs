@@ -6,7 +6,7 @@ mod upstream;
 
 pub use maintenance::{
     MAINTENANCE_MARKER, MaintenancePage, MaintenancePageBuilder, MaintenancePageConfig,
-    MaintenanceSnippet, RenderedSnippet,
+    MaintenanceSnippet, PageCheck, RenderedSnippet,
 };
 pub use nginx::{Nginx, Reload};
 pub use upstream::{UpstreamSwitch, UpstreamSwitchBuilder, UpstreamSwitchConfig};
@@ -43,5 +43,9 @@ mod tests {
         let page: MaintenancePageConfig = section("maintenance").try_into().unwrap();
         let page = MaintenancePage::from_config(page).unwrap();
         assert_eq!(page.flag().to_str(), Some("/srv/app/shared/maintenance.on"));
+        assert_eq!(
+            page.page_check(),
+            &PageCheck::File("/srv/app/static/maintenance.html".into())
+        );
     }
 }

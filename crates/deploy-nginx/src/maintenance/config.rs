@@ -9,7 +9,7 @@ use std::time::Duration;
 use deploy_core::{LocalHost, Result, redact};
 use serde::Deserialize;
 
-use super::MaintenancePage;
+use super::{MaintenancePage, PageCheck};
 
 /// The plan-file section `[maintenance]` with `kind = "nginx"` (the caller removes `kind`): a
 /// [`MaintenancePage`] whose flag file is on this machine. Every key is optional to serde;
@@ -21,8 +21,13 @@ use super::MaintenancePage;
 /// kind = "nginx"
 /// flag = "/srv/app/shared/maintenance.on"
 /// verify_urls = ["http://127.0.0.1/"]
+/// page_file = "/srv/app/static/maintenance.html"
 /// verify_deadline = "10s"
 /// ```
+///
+/// How a 503 is known as the maintenance page ([`PageCheck`]): at most one of `page_file` (the
+/// body is that file), `page_marker` (the body contains that text) and `any_503 = true`;
+/// without any, the body must contain [`MAINTENANCE_MARKER`](crate::MAINTENANCE_MARKER).
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -32,9 +37,15 @@ pub struct MaintenancePageConfig {
     /// `verify_urls`: URLs of the site checked after each change (503 with the page when on,
     /// 2xx/3xx when off); without any, nothing is checked.
     pub verify_urls: Vec<String>,
-    /// `page_marker`: the text a 503 body must contain to count as the maintenance page
-    /// (default [`MAINTENANCE_MARKER`](crate::MAINTENANCE_MARKER)).
+    /// `page_file`: the page nginx serves for 503 (an absolute path); a 503 counts as the
+    /// maintenance page when its body is this file's contents ([`PageCheck::File`]).
+    pub page_file: Option<PathBuf>,
+    /// `page_marker`: a text a 503 body must contain to count as the maintenance page
+    /// ([`PageCheck::Contains`]; without `page_file` and `any_503`, the default is
+    /// [`MAINTENANCE_MARKER`](crate::MAINTENANCE_MARKER)).
     pub page_marker: Option<String>,
+    /// `any_503`: `true` counts any 503 as the maintenance page ([`PageCheck::Any503`]).
+    pub any_503: bool,
     /// `verify_deadline`: how long a change may take to show (`"10s"`, the default).
     #[serde(with = "humantime_serde")]
     pub verify_deadline: Option<Duration>,
@@ -46,7 +57,9 @@ impl fmt::Debug for MaintenancePageConfig {
         f.debug_struct("MaintenancePageConfig")
             .field("flag", &self.flag)
             .field("verify_urls", &verify_urls)
+            .field("page_file", &self.page_file)
             .field("page_marker", &self.page_marker)
+            .field("any_503", &self.any_503)
             .field("verify_deadline", &self.verify_deadline)
             .finish()
     }
@@ -62,8 +75,26 @@ impl MaintenancePage {
         for url in config.verify_urls {
             b = b.verify_url(url);
         }
-        if config.page_marker.is_some() {
-            b = b.page_marker(config.page_marker);
+        let given: Vec<&str> = [
+            ("`page_file`", config.page_file.is_some()),
+            ("`page_marker`", config.page_marker.is_some()),
+            ("`any_503 = true`", config.any_503),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if given.len() > 1 {
+            b.problems.push(format!(
+                "{} each say how the page is known: give one of them",
+                given.join(" and ")
+            ));
+        }
+        if let Some(file) = config.page_file {
+            b = b.page_check(PageCheck::File(file));
+        } else if let Some(marker) = config.page_marker {
+            b = b.page_check(PageCheck::Contains(marker));
+        } else if config.any_503 {
+            b = b.page_check(PageCheck::Any503);
         }
         if let Some(d) = config.verify_deadline {
             b = b.verify_deadline(d);
@@ -93,15 +124,56 @@ mod tests {
             page.verify,
             ["http://127.0.0.1/", "http://10.0.0.2:8080/health"]
         );
-        assert_eq!(page.marker.as_deref(), Some("back soon"));
+        assert_eq!(page.check, PageCheck::Contains("back soon".into()));
         assert_eq!(page.deadline, Duration::from_secs(90));
         assert_eq!(page.host.name(), "local");
 
         let least: MaintenancePageConfig = toml::from_str("flag = \"/srv/flag\"\n").unwrap();
         let page = MaintenancePage::from_config(least).unwrap();
         assert!(page.verify.is_empty());
-        assert_eq!(page.marker.as_deref(), Some(MAINTENANCE_MARKER));
+        assert_eq!(page.check, PageCheck::Contains(MAINTENANCE_MARKER.into()));
         assert_eq!(page.deadline, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_page_is_known_by_its_file_a_text_or_any_503() {
+        let page = |extra: &str| {
+            let config: MaintenancePageConfig =
+                toml::from_str(&format!("flag = \"/srv/app/.maintenance\"\n{extra}")).unwrap();
+            MaintenancePage::from_config(config)
+        };
+        assert_eq!(
+            page("page_file = \"/srv/app/static/maintenance.html\"\n")
+                .unwrap()
+                .check,
+            PageCheck::File("/srv/app/static/maintenance.html".into())
+        );
+        assert_eq!(
+            page("page_marker = \"back soon\"\n").unwrap().check,
+            PageCheck::Contains("back soon".into())
+        );
+        assert_eq!(page("any_503 = true\n").unwrap().check, PageCheck::Any503);
+        assert_eq!(
+            page("any_503 = false\n").unwrap().check,
+            PageCheck::Contains(MAINTENANCE_MARKER.into())
+        );
+
+        let err = page("page_file = \"static/maintenance.html\"\n").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            err.to_string()
+                .contains("the page file (`page_file`) static/maintenance.html must be absolute"),
+            "{err}"
+        );
+        let msg = page("page_file = \"/srv/p.html\"\npage_marker = \"x\"\nany_503 = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`page_file` and `page_marker` and `any_503 = true` each say how the page is known: give one of them"),
+            "{msg}"
+        );
+        let err = toml::from_str::<MaintenancePageConfig>("any_503 = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("any_503"), "{err}");
     }
 
     #[test]
@@ -149,13 +221,18 @@ mod tests {
         assert!(err.to_string().contains("`flag`"), "{err}");
         let config: MaintenancePageConfig = toml::from_str(
             "flag = \"relative/flag\"\nverify_urls = [\"ftp://x/\", \"http://ops:secret@[::1/\"]\n\
-             page_marker = \"\"\n",
+             page_marker = \"\"\nany_503 = true\n",
         )
         .unwrap();
         let msg = MaintenancePage::from_config(config)
             .unwrap_err()
             .to_string();
-        for needle in ["must be absolute", "not http", "`page_marker`"] {
+        for needle in [
+            "must be absolute",
+            "not http",
+            "(`page_marker`) is empty",
+            "`page_marker` and `any_503 = true`",
+        ] {
             assert!(msg.contains(needle), "{needle} missing in {msg}");
         }
         assert!(!msg.contains("secret"), "{msg}");

@@ -1,7 +1,9 @@
-//! [`MaintenancePage`]: maintenance mode by flag file, verified over HTTP; its plan-file section
-//! ([`MaintenancePageConfig`], in `config`); and [`MaintenanceSnippet`] (in `snippet`): the nginx
-//! configuration that makes the flag file work.
+//! [`MaintenancePage`]: maintenance mode by flag file, verified over HTTP; how it knows its page
+//! ([`PageCheck`], in `check`); its plan-file section ([`MaintenancePageConfig`], in `config`);
+//! and [`MaintenanceSnippet`] (in `snippet`): the nginx configuration that makes the flag file
+//! work.
 
+mod check;
 mod config;
 mod snippet;
 
@@ -13,11 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{DynHost, Error, ErrorKind, FileKind, Maintenance, Result, http, redact};
 
+pub use check::PageCheck;
+use check::{Expected, excerpt};
 pub use config::MaintenancePageConfig;
 pub use snippet::{MaintenanceSnippet, RenderedSnippet};
 
 /// The text the default maintenance page carries, which [`MaintenancePage`] looks for in a 503
-/// answer to tell the maintenance page from any other 503.
+/// answer by default ([`PageCheck::default`]) to tell the maintenance page from any other 503.
 pub const MAINTENANCE_MARKER: &str = "deploy-nginx:maintenance";
 
 /// How long one check of a verify URL may take.
@@ -27,20 +31,24 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// request (`if (-f <flag>) { return 503; }`, see [`MaintenanceSnippet`]), so no reload is needed.
 ///
 /// - [`enable`](Maintenance::enable) writes the flag file atomically, then checks each verify
-///   URL until it answers **503** with the maintenance page (a body containing the page marker,
-///   by default [`MAINTENANCE_MARKER`]).
+///   URL until it answers **503** with the maintenance page, as the [`PageCheck`] says: the
+///   contents of the page file given ([`PageCheck::File`], for a page of your own), a text in
+///   the body (by default [`MAINTENANCE_MARKER`], which the page of [`MaintenanceSnippet`]
+///   carries), or any 503.
 /// - [`disable`](Maintenance::disable) removes it, then checks each URL until it answers a
 ///   **2xx or 3xx** status again.
 /// - [`is_enabled`](Maintenance::is_enabled) says whether the flag file exists.
 ///
 /// A check that does not hold within the deadline (a flag path the configuration does not look
 /// at is the classic mistake) puts the flag back as it was and is an error of kind `Rejected`
-/// naming the URL, what it answered and the flag path. Without verify URLs nothing is checked.
+/// naming the URL, what it answered (the status, and the start of a 503's body), what was
+/// expected and the flag path. A page file that cannot be read fails `enable` before the flag is
+/// written. Without verify URLs nothing is checked.
 pub struct MaintenancePage {
     host: DynHost,
     flag: PathBuf,
     verify: Vec<String>,
-    marker: Option<String>,
+    check: PageCheck,
     deadline: Duration,
     interval: Duration,
     client: reqwest::Client,
@@ -53,7 +61,7 @@ impl fmt::Debug for MaintenancePage {
             .field("host", &self.host.name())
             .field("flag", &self.flag)
             .field("verify", &verify)
-            .field("marker", &self.marker)
+            .field("check", &self.check)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -66,10 +74,12 @@ pub struct MaintenancePageBuilder {
     host: DynHost,
     flag: PathBuf,
     verify: Vec<String>,
-    marker: Option<String>,
+    check: PageCheck,
     deadline: Duration,
     interval: Duration,
     bind: Option<IpAddr>,
+    /// Problems found before the builder (in a plan-file section), reported by `build`.
+    problems: Vec<String>,
 }
 
 impl MaintenancePageBuilder {
@@ -79,10 +89,10 @@ impl MaintenancePageBuilder {
         self
     }
 
-    /// The text a 503 body must contain to count as the maintenance page (default
-    /// [`MAINTENANCE_MARKER`]); `None` accepts any 503.
-    pub fn page_marker(mut self, marker: Option<String>) -> Self {
-        self.marker = marker;
+    /// How a 503 is known as the maintenance page (default: a body containing
+    /// [`MAINTENANCE_MARKER`]). For a page of your own, [`PageCheck::File`] with its file.
+    pub fn page_check(mut self, check: PageCheck) -> Self {
+        self.check = check;
         self
     }
 
@@ -106,7 +116,7 @@ impl MaintenancePageBuilder {
 
     /// Validate and build.
     pub fn build(self) -> Result<MaintenancePage> {
-        let mut problems = Vec::new();
+        let mut problems = self.problems;
         if self.flag.as_os_str().is_empty() {
             problems.push("no flag file given (`flag`)".to_owned());
         } else if !self.flag.is_absolute() {
@@ -126,12 +136,17 @@ impl MaintenancePageBuilder {
                 Err(e) => problems.push(format!("verify URL {}: {e}", redact::url(url))),
             }
         }
-        if matches!(&self.marker, Some(m) if m.is_empty()) {
-            problems.push(
+        match &self.check {
+            PageCheck::Contains(m) if m.is_empty() => problems.push(
                 "the page marker (`page_marker`) is empty: give the text the page carries, or \
-                 accept any 503 with `.page_marker(None)`"
+                 accept any 503 (`any_503`)"
                     .to_owned(),
-            );
+            ),
+            PageCheck::File(p) if !p.is_absolute() => problems.push(format!(
+                "the page file (`page_file`) {} must be absolute",
+                p.display()
+            )),
+            _ => {}
         }
         let object = format!("flag {}", self.flag.display());
         if !problems.is_empty() {
@@ -161,7 +176,7 @@ impl MaintenancePageBuilder {
             host: self.host,
             flag: self.flag,
             verify: self.verify,
-            marker: self.marker,
+            check: self.check,
             deadline: self.deadline,
             interval: self.interval,
             client,
@@ -172,14 +187,15 @@ impl MaintenancePageBuilder {
 /// What one check saw.
 struct Seen {
     status: u16,
-    marker: bool,
+    body: Vec<u8>,
     retry_after: Option<String>,
 }
 
 /// Why a verify URL did not show what was expected in time: what it answered last (in this
-/// crate's words), and the request's own error when it could not be read.
+/// crate's words), what to look at, and the request's own error when it could not be read.
 struct NotShown {
     why: String,
+    hint: Option<String>,
     source: Option<reqwest::Error>,
 }
 
@@ -191,16 +207,22 @@ impl MaintenancePage {
             host,
             flag: flag.into(),
             verify: Vec::new(),
-            marker: Some(MAINTENANCE_MARKER.to_owned()),
+            check: PageCheck::default(),
             deadline: Duration::from_secs(10),
             interval: Duration::from_millis(50),
             bind: None,
+            problems: Vec::new(),
         }
     }
 
     /// The flag file.
     pub fn flag(&self) -> &Path {
         &self.flag
+    }
+
+    /// How a 503 is known as the maintenance page.
+    pub fn page_check(&self) -> &PageCheck {
+        &self.check
     }
 
     fn object(&self) -> String {
@@ -228,35 +250,54 @@ impl MaintenancePage {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = resp.text().await.unwrap_or_default();
-        let marker = match &self.marker {
-            Some(m) => body.contains(m.as_str()),
-            None => true,
-        };
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
         Ok(Seen {
             status,
-            marker,
+            body,
             retry_after,
         })
     }
 
-    /// Check every verify URL until each shows the page (`on`) or the site (`!on`).
-    async fn verify(&self, on: bool) -> std::result::Result<(), NotShown> {
+    /// The page check with the page file read (on the flag's host), before anything changes.
+    async fn expected(&self) -> Result<Expected<'_>> {
+        Ok(match &self.check {
+            PageCheck::File(path) => {
+                let contents = self.host.read_file(path).await.map_err(|e| {
+                    e.context("read the maintenance page file", path.display().to_string())
+                })?;
+                if contents.trim_ascii().is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        "read the maintenance page file",
+                        path.display().to_string(),
+                        "the file is empty: nothing tells the page from another 503",
+                    ));
+                }
+                Expected::File { path, contents }
+            }
+            PageCheck::Contains(text) => Expected::Contains(text),
+            PageCheck::Any503 => Expected::Any503,
+        })
+    }
+
+    /// Check every verify URL until each shows the page (`Some`: on) or the site (`None`: off).
+    async fn verify(&self, page: Option<&Expected<'_>>) -> std::result::Result<(), NotShown> {
         let deadline = tokio::time::Instant::now() + self.deadline;
         for url in &self.verify {
             let shown = redact::url(url);
             loop {
-                let last = match self.look(url).await {
-                    Ok(s) if on && s.status == 503 && s.marker => break,
-                    Ok(s) if !on && (200..400).contains(&s.status) => break,
-                    Ok(s) if on && s.status == 503 => NotShown {
+                let last = match (self.look(url).await, page) {
+                    (Ok(s), Some(p)) if s.status == 503 && p.matches(&s.body) => break,
+                    (Ok(s), None) if (200..400).contains(&s.status) => break,
+                    (Ok(s), Some(p)) if s.status == 503 => NotShown {
                         why: format!(
-                            "{shown} answers 503 but without the maintenance page (no {:?} in the body)",
-                            self.marker.as_deref().unwrap_or_default()
+                            "{shown} answers 503 with another body, {}",
+                            excerpt(&s.body)
                         ),
+                        hint: Some(p.hint()),
                         source: None,
                     },
-                    Ok(s) => NotShown {
+                    (Ok(s), _) => NotShown {
                         why: format!(
                             "{shown} answers {}{}",
                             s.status,
@@ -265,14 +306,23 @@ impl MaintenancePage {
                                 .map(|r| format!(" (Retry-After: {r})"))
                                 .unwrap_or_default()
                         ),
+                        hint: page.map(|_| {
+                            format!(
+                                "does the nginx configuration check this flag path \
+                                 (`if (-f {})`)?",
+                                self.flag.display()
+                            )
+                        }),
                         source: None,
                     },
-                    Err(e) if http::error_kind(&e) == ErrorKind::Timeout => NotShown {
+                    (Err(e), _) if http::error_kind(&e) == ErrorKind::Timeout => NotShown {
                         why: format!("{shown} gives no answer within {CHECK_TIMEOUT:?}"),
+                        hint: None,
                         source: None,
                     },
-                    Err(e) => NotShown {
+                    (Err(e), _) => NotShown {
                         why: format!("{shown} cannot be read"),
+                        hint: None,
                         source: Some(e.without_url()),
                     },
                 };
@@ -295,6 +345,16 @@ impl MaintenancePage {
             .flag_exists()
             .await
             .map_err(|e| e.context(operation, self.object()))?;
+        // Read the page file before the flag changes: a file that cannot be read changes nothing.
+        let page = if on && !self.verify.is_empty() {
+            Some(
+                self.expected()
+                    .await
+                    .map_err(|e| e.context(operation, self.object()))?,
+            )
+        } else {
+            None
+        };
         if on {
             let stamp = format!(
                 "maintenance enabled by deploy-nginx (pid {})\n",
@@ -310,7 +370,7 @@ impl MaintenancePage {
                 .await
                 .map_err(|e| e.context(operation, self.object()))?;
         }
-        let Err(not_shown) = self.verify(on).await else {
+        let Err(not_shown) = self.verify(page.as_ref()).await else {
             tracing::info!(flag = %self.flag.display(), on, "maintenance page changed and verified");
             return Ok(());
         };
@@ -324,22 +384,20 @@ impl MaintenancePage {
         } else {
             self.host.remove(&self.flag).await
         };
-        let expected = if on {
-            "503 with the maintenance page"
-        } else {
-            "a 2xx or 3xx answer"
+        let expected = match &page {
+            Some(p) => format!("503 with {}", p.describe()),
+            None => "a 2xx or 3xx answer".to_owned(),
         };
-        let hint = if on {
-            format!(
-                "; does the nginx configuration check this flag path (`if (-f {})`)?",
-                self.flag.display()
-            )
-        } else {
-            String::new()
-        };
-        let flag_now = match &back {
-            Ok(()) => "the flag was put back as it was",
-            Err(_) => "the flag could not be put back as it was",
+        let hint = not_shown
+            .hint
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
+        let flag_now = match (&back, was, on) {
+            (Ok(()), false, true) => "the flag file was removed again",
+            (Ok(()), true, false) => "the flag file was written again",
+            (Ok(()), _, _) => "the flag file is as it was",
+            (Err(_), _, _) => "the flag file could not be put back as it was",
         };
         let mut e = Error::new(
             ErrorKind::Rejected,
@@ -419,7 +477,7 @@ mod tests {
             msg.contains(&format!("http://127.0.0.1:{port}/ cannot be read after")),
             "{msg}"
         );
-        assert!(msg.contains("the flag was put back as it was"), "{msg}");
+        assert!(msg.contains("the flag file was removed again"), "{msg}");
         assert_eq!(msg.matches("cannot be read").count(), 1, "{msg}");
         assert!(
             std::error::Error::source(&err).is_some(),

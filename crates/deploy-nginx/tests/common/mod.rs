@@ -96,6 +96,60 @@ pub async fn site(initial: Weights, workers: u32) -> Site {
     }
 }
 
+/// The team's own maintenance page, as a runbook ships it: no deploy-nginx marker in it.
+pub const TEAM_PAGE: &str = "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+    <title>Shop: back soon</title></head>\n<body>\n  <h1>We'll be back soon</h1>\n  \
+    <p>Scheduled maintenance, about 15 minutes.</p>\n</body>\n</html>\n";
+
+/// A site behind the runbook's classic pattern, written by hand rather than rendered by
+/// [`MaintenanceSnippet`]: `if (-f <flag>) { return 503; }` and, with `error_page`,
+/// `error_page 503 @maintenance` serving `static/maintenance.html` (the [`TEAM_PAGE`]); without
+/// it, nginx's own 503 page.
+pub struct RunbookSite {
+    pub nginx: NginxServer,
+    pub flag: PathBuf,
+    /// `<dir>/static/maintenance.html`, the page file nginx serves.
+    pub page_file: PathBuf,
+}
+
+impl RunbookSite {
+    /// A page for this site, checked on `/` with the default deadline (10 s).
+    pub fn page(&self) -> deploy_nginx::MaintenancePageBuilder {
+        MaintenancePage::builder(Arc::new(LocalHost::new()), &self.flag)
+            .verify_url(self.nginx.url("/"))
+    }
+}
+
+pub async fn runbook_site(error_page: bool) -> RunbookSite {
+    let b = NginxServer::builder().unwrap();
+    let dir = b.dir().to_path_buf();
+    let flag = dir.join(".maintenance");
+    let maintenance = if error_page {
+        format!(
+            "error_page 503 @maintenance;\n\
+             location @maintenance {{ root {}; rewrite ^(.*)$ /maintenance.html break; }}",
+            dir.join("static").display()
+        )
+    } else {
+        String::new()
+    };
+    let nginx = b
+        .server(format!(
+            "if (-f {}) {{ return 503; }}\n{maintenance}",
+            flag.display()
+        ))
+        .server("location / { return 200 \"the site\\n\"; }")
+        .file("static/maintenance.html", TEAM_PAGE)
+        .start()
+        .await
+        .unwrap();
+    RunbookSite {
+        nginx,
+        flag,
+        page_file: dir.join("static/maintenance.html"),
+    }
+}
+
 /// A plain GET through a new connection (optionally from `from`): status, Retry-After, body.
 pub async fn get(url: &str, from: Option<IpAddr>) -> (u16, Option<String>, String) {
     let mut c = deploy_core::http::client_builder()
