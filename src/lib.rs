@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod plan_file;
+pub mod report_html;
 
 /// The JSON Schema (draft 2020-12) of the report's JSON form, version 1: the text of
 /// `schemas/report-v1.schema.json` at the root of the repository.
