@@ -117,7 +117,7 @@ body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px au
 h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}\
 h3{font-size:15px;margin:18px 0 6px}\
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}\
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
 .outcome{display:inline-block;padding:3px 10px;border-radius:4px;font-weight:600;color:#fff}\
 .outcome.promoted{background:#1a7f37}.outcome.rolled_back{background:#bf8700}.outcome.failed{background:#cf222e}\
 .reason{white-space:pre-wrap;background:#fff8c5;border:1px solid #d4a72c;padding:8px;border-radius:4px}\
@@ -167,9 +167,15 @@ impl<'a> Page<'a> {
             .into_iter()
             .map(|t| t.map(|(_, at)| rel(at)))
             .collect();
+        if let Some(rb) = &r.rollback {
+            for u in &rb.steps {
+                span = span.max(rel(u.started_at) + u.duration.as_secs_f64());
+            }
+        }
         Self {
             r,
-            span: span.max(0.001),
+            // A little room after the last thing drawn, for the marker's label.
+            span: span.max(0.001) * 1.06,
             rollback_at,
             measured,
         }
@@ -184,11 +190,11 @@ impl<'a> Page<'a> {
     fn head(&self, out: &mut String) {
         let r = self.r;
         let title = format!(
-            "Run {}: {} of {} to {}",
-            r.run_id,
-            outcome_words(r.outcome),
+            "{} to {}: {} (run {})",
             r.version,
-            r.environment
+            r.environment,
+            outcome_words(r.outcome),
+            r.run_id
         );
         let _ = write!(
             out,
@@ -325,10 +331,10 @@ impl<'a> Page<'a> {
             let x = chart.x(row.start);
             let w = (chart.x(row.start + row.len) - x).max(2.0);
             let label: String = row.label.chars().take(52).collect();
-            let _ = write!(
+            let _ = writeln!(
                 out,
                 "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
-                 <rect class=\"bar {}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\"><title>{}</title></rect>\n",
+                 <rect class=\"bar {}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\"><title>{}</title></rect>",
                 chart.left - 6.0,
                 y + row_h * 0.7,
                 esc(&label),
@@ -545,10 +551,10 @@ impl<'a> Page<'a> {
             chart.y_axis(out, &ticks(y_min, y_max), "");
             for (v, label) in &lines {
                 let y = chart.y(*v);
-                let _ = write!(
+                let _ = writeln!(
                     out,
                     "<line class=\"threshold\" data-value=\"{}\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"><title>{}</title></line>\
-                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
                     num(*v),
                     chart.left,
                     chart.width - chart.right,
@@ -721,9 +727,7 @@ impl MannWhitney {
         fn after<'a>(s: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
             let at = s.find(key)? + key.len();
             let rest = &s[at..];
-            let end = rest
-                .find(|c: char| c == ',' || c == ';' || c == ' ')
-                .unwrap_or(rest.len());
+            let end = rest.find([',', ';', ' ']).unwrap_or(rest.len());
             Some((&rest[..end], &rest[end..]))
         }
         let (u, _) = after(reason, "U = ")?;
