@@ -14,7 +14,7 @@
 //! (2) 3.0.0, which answers 500 to 5 % of its requests, as a canary at 20 %: the error-rate gate
 //! fails and the engine rolls back. It prints the engine's events, the requests served and
 //! failed during each deploy (the canary's injected 500s counted apart), the outcome of each
-//! deploy and where the JSON reports are.
+//! deploy and where its reports are (JSON, and an HTML page next to each).
 //!
 //! ```text
 //! cargo run --example demo             # exit 0 when 2.0.0 is promoted and 3.0.0 rolled back
@@ -580,7 +580,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         served_now(frontend).await
     );
     as_scripted &= report.outcome == Outcome::Promoted && counts.failed == 0;
-    reports.push(report.run_id.clone());
+    reports.push(report.clone());
 
     // (2) 3.0.0 errs on 5 % of its requests: a canary at 20 % that the error-rate gate stops.
     if as_scripted && !cancel.is_cancelled() {
@@ -616,16 +616,23 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         as_scripted &= report.outcome == Outcome::RolledBack
             && verdict.is_some_and(|v| v.starts_with("gate error-rate"))
             && counts.failed == 0;
-        reports.push(report.run_id.clone());
+        reports.push(report.clone());
     }
 
     println!();
     let runs = state_dir.join("runs");
-    for id in &reports {
+    for report in &reports {
+        let id = &report.run_id;
         println!(
             "report: {}",
             runs.join(format!("{id}.report.json")).display()
         );
+        // The same report as one page for people, next to the JSON.
+        let html = runs.join(format!("{id}.report.html"));
+        match deploy::report_html::write(report, &html) {
+            Ok(()) => println!("report: {}", html.display()),
+            Err(e) => println!("report: could not write {}: {e}", html.display()),
+        }
     }
     if args.keep {
         let kept = tmp.keep();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the tests and the demo run (haproxy, nginx, prometheus, postgresql,
-# openssh-server) from Debian's packages, when missing. Idempotent. Runs as root, or through sudo.
+# openssh-server), and the headless browser the HTML report's test renders with (chromium), from
+# Debian's packages, when missing. Idempotent. Runs as root, or through sudo.
 # Nothing is started as a system service: the tests start their own instances on loopback.
 set -euo pipefail
 
@@ -18,9 +19,10 @@ have ssh-keygen || need+=(openssh-client)
 have tar || need+=(tar)
 have gzip || need+=(gzip)
 have openssl || need+=(openssl)
+have chromium || have /usr/bin/chromium || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "install-servers: haproxy, nginx, prometheus, postgresql, openssh-server are present"
+  echo "install-servers: haproxy, nginx, prometheus, postgresql, openssh-server, chromium are present"
   exit 0
 fi
 

@@ -2,6 +2,11 @@
 
 pub mod adapters;
 pub mod plan_file;
+pub mod report_html;
+
+/// The JSON Schema (draft 2020-12) of the report's JSON form, version 1: the text of
+/// `schemas/report-v1.schema.json` at the root of the repository.
+pub const REPORT_SCHEMA_V1: &str = include_str!("../schemas/report-v1.schema.json");
 
 pub use deploy_core as core;
 pub use deploy_core::*;

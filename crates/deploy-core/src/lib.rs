@@ -68,9 +68,13 @@ pub mod event {
     pub use crate::engine::{Event, Observer, Severity};
 }
 
-/// The parts of a [`Report`]: each step, each undo of a rollback, each gate verdict.
+/// The parts of a [`Report`]: each step, each undo of a rollback, each gate verdict, the weights
+/// over time, and the version of the report's JSON form.
 pub mod report {
-    pub use crate::engine::{RollbackRecord, StepRecord, UndoRecord, VerdictRecord};
+    pub use crate::engine::{
+        REPORT_SCHEMA_VERSION, RollbackRecord, StepRecord, UndoRecord, VerdictRecord, WeightPoint,
+        WeightSource,
+    };
 }
 
 /// The state directory of an environment as another process reads it: journal records, the

@@ -47,8 +47,8 @@ pub use policy::{
 };
 pub use release_rollback::{ReleaseRollback, RollbackTo, SchemaDecision};
 pub use report::{
-    Event, Observer, Outcome, Report, RollbackRecord, Severity, StepRecord, UndoRecord,
-    VerdictRecord,
+    Event, Observer, Outcome, REPORT_SCHEMA_VERSION, Report, RollbackRecord, Severity, StepRecord,
+    UndoRecord, VerdictRecord, WeightPoint, WeightSource,
 };
 pub use status::RunStatus;
 

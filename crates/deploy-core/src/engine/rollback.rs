@@ -12,6 +12,7 @@ use super::run::Run;
 impl Run<'_> {
     /// Undo every recorded inverse in reverse order; say how it ended.
     pub(super) async fn rollback(&mut self, reason: String) -> Outcome {
+        let rollback_started = std::time::SystemTime::now();
         self.engine.emit(&Event::RollbackStarted {
             reason: reason.clone(),
         });
@@ -37,7 +38,9 @@ impl Run<'_> {
                     continue;
                 }
                 let span = tracing::info_span!("undo", index = index + 1, op = step.op());
+                let (started_at, t0) = (std::time::SystemTime::now(), tokio::time::Instant::now());
                 let result = self.act(step).instrument(span).await;
+                let duration = t0.elapsed();
                 let error = result.err().map(|f| f.error);
                 failed |= error.is_some();
                 let text = error.as_ref().map(crate::error::Error::chain);
@@ -59,6 +62,8 @@ impl Run<'_> {
                 }
                 undo_log.push(UndoRecord {
                     step: step.clone(),
+                    started_at,
+                    duration,
                     error: error.as_ref().map(crate::error::Error::record),
                 });
             }
@@ -79,6 +84,7 @@ impl Run<'_> {
         };
         self.rollback_record = Some(RollbackRecord {
             reason,
+            started_at: rollback_started,
             steps: undo_log,
             mismatches,
         });

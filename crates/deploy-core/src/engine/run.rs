@@ -567,6 +567,7 @@ impl<'e> Run<'e> {
             verdicts: std::mem::take(&mut self.verdicts),
             rollback: self.rollback_record.take(),
             notes: std::mem::take(&mut self.notes),
+            initial_state: Some(self.plan.snapshot.clone()),
             final_state,
         };
         if let Some(store) = &self.engine.store {
