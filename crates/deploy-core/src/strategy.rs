@@ -1084,6 +1084,57 @@ mod tests {
     }
 
     #[test]
+    fn problems_name_their_keys_and_planning_refuses_them() {
+        let paths =
+            |s: &Strategy| -> Vec<String> { s.problems().into_iter().map(|p| p.path).collect() };
+        let canary = Strategy::Canary {
+            steps: vec![
+                CanaryStep::SetWeight(50),
+                CanaryStep::Analyze(Duration::ZERO),
+                CanaryStep::SetWeight(10),
+                CanaryStep::SetWeight(150),
+            ],
+        };
+        assert_eq!(
+            paths(&canary),
+            [
+                "steps[1].analyze",
+                "steps[2].set_weight",
+                "steps[3].set_weight"
+            ]
+        );
+        assert_eq!(paths(&Strategy::Canary { steps: vec![] }), ["steps"]);
+        for (batch, path) in [
+            (BatchSize::Count(0), "batch.count"),
+            (BatchSize::Percent(0), "batch.percent"),
+            (BatchSize::Percent(150), "batch.percent"),
+        ] {
+            let s = Strategy::Rolling {
+                batch,
+                analysis: None,
+            };
+            assert_eq!(paths(&s), [path]);
+            let err = s
+                .plan(
+                    "prod",
+                    &release(),
+                    &snap(&[("blue", 100), ("green", 0)], vec![]),
+                    Capabilities::new(true, false, false),
+                    &PlanOptions::default(),
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains(path), "{err}");
+        }
+        // Whole numbers are read with what they mean, never the Rust type.
+        let e = serde_json::from_str::<CanaryStep>(r#"{"set_weight":300}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected a whole number from 0 to 100"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn batch_sizes() {
         assert_eq!(BatchSize::Count(2).of(5), 2);
         assert_eq!(BatchSize::Count(0).of(5), 1);

@@ -414,6 +414,20 @@ mod tests {
     }
 
     #[test]
+    fn analysis_time_says_what_an_analysis_takes() {
+        let t = AnalysisTime {
+            measurements: 6,
+            spacing: Duration::from_secs(10),
+            evaluation: Duration::from_secs(30),
+            wall: Duration::from_secs(180),
+        };
+        assert_eq!(
+            t.to_string(),
+            "6 measurements per gate, one every 10s, but each needs 30s (a gate's window): takes 3m"
+        );
+    }
+
+    #[test]
     pub(super) fn no_data_policy_maps_verdicts() {
         let v = Verdict::no_data("< 0.01", "q");
         assert_eq!(

@@ -470,6 +470,30 @@ mod tests {
     }
 
     #[test]
+    fn zero_times_and_counts_are_problems_at_their_keys() {
+        let mut p = Policies::default();
+        assert!(p.problems().is_empty());
+        p.probe.interval = Duration::ZERO;
+        p.probe.deadline = Duration::ZERO;
+        p.analysis.count = Some(0);
+        let paths: Vec<String> = p.problems().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["probe.interval", "probe.deadline", "analysis.count"]
+        );
+    }
+
+    #[test]
+    fn pre_switch_gates_choose_the_gates_of_the_pre_switch_analysis_only() {
+        let mut a = AnalysisPolicy::default();
+        assert!(a.judges("pre-switch", "error-rate"));
+        a.pre_switch_gates = Some(vec!["smoke".into()]);
+        assert!(!a.judges(crate::Step::PRE_SWITCH, "error-rate"));
+        assert!(a.judges(crate::Step::PRE_SWITCH, "smoke"));
+        assert!(a.judges("bake", "error-rate"));
+    }
+
+    #[test]
     fn policies_parse_from_partial_json_with_humane_durations() {
         let p: Policies = serde_json::from_str(
             r#"{"probe":{"deadline":"2m"},"analysis":{"failure_limit":2,"no_data":"ignore"}}"#,
