@@ -45,7 +45,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -55,9 +55,9 @@ use deploy_core::hooks::{CommandHook, Hook, HookAction, HookPoint, WebhookHook};
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
-    DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine,
-    Environment, Error, HttpProbe, LocalHost, PlanOptions, Release, ReleaseDirTarget, Step,
-    Strategy, TargetId, Version,
+    BatchSize, CanaryStep, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner,
+    DynTrafficSwitch, Endpoint, Engine, Environment, Error, HttpProbe, LocalHost, PlanOptions,
+    Release, ReleaseDirTarget, Step, Strategy, TargetId, Version,
 };
 use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
@@ -374,6 +374,9 @@ impl fmt::Debug for Keys<'_> {
 pub struct PlanFile {
     /// The name the file was parsed under, for messages.
     pub source_name: String,
+    /// The directory relative paths of the file were resolved against: the plan file's own
+    /// ([`PlanFile::load`]), or the one given to [`PlanFile::parse_in`].
+    pub base_dir: PathBuf,
     /// `[environment]`.
     pub environment: EnvironmentSection,
     /// `[release]`.
@@ -412,6 +415,7 @@ impl fmt::Debug for PlanFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlanFile")
             .field("source_name", &self.source_name)
+            .field("base_dir", &self.base_dir)
             .field("environment", &self.environment)
             .field("release", &self.release)
             .field("strategy", &self.strategy)
@@ -464,9 +468,127 @@ pub fn deserialize_at<T: DeserializeOwned>(path: &str, value: toml::Value) -> Re
         };
         Problem {
             path: full,
-            message: e.into_inner().message().to_owned(),
+            message: plain(e.into_inner().message()),
         }
     })
+}
+
+/// A deserialisation message in plain words: what is expected, never a Rust type
+/// ("expected u8" becomes "expected a whole number from 0 to 255", "expected a duration"
+/// gains examples, "expected struct X" becomes "expected a table").
+fn plain(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number, 0 or more"),
+        ("usize", "a whole number, 0 or more"),
+        ("i8", "a whole number"),
+        ("i16", "a whole number"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("isize", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+        ("a duration", "a duration such as `30s` or `2m`"),
+        ("a sequence", "a list ([...])"),
+        ("a map", "a table"),
+        ("a char", "a single character"),
+        ("unit", "nothing"),
+    ];
+    let Some((head, expected)) = message.rsplit_once("expected ") else {
+        return message.to_owned();
+    };
+    let expected = expected.trim();
+    let words = WORDS
+        .iter()
+        .find(|(rust, _)| *rust == expected)
+        .map(|(_, words)| (*words).to_owned())
+        .or_else(|| {
+            ["struct ", "enum ", "internally tagged enum ", "map "]
+                .iter()
+                .any(|p| expected.starts_with(p))
+                .then(|| "a table".to_owned())
+        });
+    match words {
+        Some(w) => format!("{head}expected {w}"),
+        None => message.to_owned(),
+    }
+}
+
+/// `[strategy]`, read kind by kind so that a problem inside names its key path (serde loses
+/// the path inside an internally tagged enum such as [`Strategy`]).
+fn take_strategy(c: &mut Collector, value: toml::Value) -> Option<Strategy> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Recreate {}
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rolling {
+        batch: BatchSize,
+        #[serde(default, with = "humantime_serde")]
+        analysis: Option<Duration>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BlueGreen {
+        #[serde(default, with = "humantime_serde")]
+        pre_switch_analysis: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        bake: Duration,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Canary {
+        steps: Vec<CanaryStep>,
+    }
+    const KINDS: &str = "recreate, rolling, blue_green, canary";
+    let toml::Value::Table(mut table) = value else {
+        c.push("strategy", "expected a table ([strategy])");
+        return None;
+    };
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(other) => {
+            c.push(
+                "strategy.kind",
+                format!("expected a string, one of: {KINDS} (found {other})"),
+            );
+            return None;
+        }
+        None => {
+            c.push("strategy.kind", format!("missing: one of {KINDS}"));
+            return None;
+        }
+    };
+    let rest = toml::Value::Table(table);
+    match kind.as_str() {
+        "recreate" => c
+            .take::<Recreate>("strategy", rest)
+            .map(|_| Strategy::Recreate {}),
+        "rolling" => c
+            .take::<Rolling>("strategy", rest)
+            .map(|r| Strategy::Rolling {
+                batch: r.batch,
+                analysis: r.analysis,
+            }),
+        "blue_green" => c
+            .take::<BlueGreen>("strategy", rest)
+            .map(|b| Strategy::BlueGreen {
+                pre_switch_analysis: b.pre_switch_analysis,
+                bake: b.bake,
+            }),
+        "canary" => c
+            .take::<Canary>("strategy", rest)
+            .map(|k| Strategy::Canary { steps: k.steps }),
+        other => {
+            c.push(
+                "strategy.kind",
+                format!("unknown kind {other:?} (expected one of: {KINDS})"),
+            );
+            None
+        }
+    }
 }
 
 struct Collector {
@@ -529,8 +651,12 @@ impl PlanFile {
     /// The largest plan file read: 1 MiB (real plans are a few KiB).
     pub const MAX_SIZE: u64 = 1024 * 1024;
 
-    /// Read the plan file at `path` (at most [`PlanFile::MAX_SIZE`]) and parse it.
-    pub fn load(path: &std::path::Path) -> Result<Self, PlanFileError> {
+    /// Read the plan file at `path` (at most [`PlanFile::MAX_SIZE`]) and parse it; relative
+    /// paths in it are resolved against the file's own directory, wherever deploy starts.
+    ///
+    /// This touches nothing but the file; [`PlanFile::validate`] also checks what the plan
+    /// names on this machine.
+    pub fn load(path: &Path) -> Result<Self, PlanFileError> {
         let name = path.display().to_string();
         let fail = |message: String| PlanFileError {
             source_name: name.clone(),
@@ -543,11 +669,32 @@ impl PlanFile {
         let bytes = deploy_core::fs::read_limited(f, Self::MAX_SIZE)
             .map_err(|e| fail(format!("cannot read it: {e}")))?;
         let text = String::from_utf8(bytes).map_err(|_| fail("it is not UTF-8 text".to_owned()))?;
-        Self::parse(&name, &text)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir)
+            .map_err(|e| fail(format!("cannot tell its directory: {e}")))?;
+        Self::parse_in(&name, &text, &dir)
     }
 
-    /// Parse and check `text`; `source_name` names it in messages.
+    /// Parse and check `text`; `source_name` names it in messages. Relative paths in it are
+    /// resolved against the current directory, as if the file were there: use
+    /// [`PlanFile::load`] for a file, or [`PlanFile::parse_in`] to say where it lives.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, PlanFileError> {
+        let dir = std::path::absolute(".").map_err(|e| PlanFileError {
+            source_name: source_name.to_owned(),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot tell the current directory: {e}"),
+            }],
+        })?;
+        Self::parse_in(source_name, text, &dir)
+    }
+
+    /// Parse and check `text` as the plan file of directory `base_dir`: relative paths in it
+    /// (`environment.state_dir`, `release.artifact`, a hook's `webhook_file` or script, the
+    /// `[migrations]` folder, the files a section reads its secrets from, a target's SSH keys)
+    /// are resolved against `base_dir`. Paths that may be on another machine (a target's
+    /// `root`, the switch's and the maintenance page's files) must be absolute.
+    pub fn parse_in(source_name: &str, text: &str, base_dir: &Path) -> Result<Self, PlanFileError> {
         let err = |problems| PlanFileError {
             source_name: source_name.to_owned(),
             problems,
@@ -561,6 +708,7 @@ impl PlanFile {
         let mut c = Collector {
             problems: Vec::new(),
         };
+        resolve_paths(&mut table, base_dir);
         for key in table.keys() {
             if !KEYS.contains(&key.as_str()) {
                 c.push(
@@ -580,7 +728,7 @@ impl PlanFile {
             .and_then(|v| c.take::<EnvironmentSection>("environment", v));
         let release =
             required(&mut c, "release").and_then(|v| c.take::<ReleaseSection>("release", v));
-        let strategy = required(&mut c, "strategy").and_then(|v| c.take::<Strategy>("strategy", v));
+        let strategy = required(&mut c, "strategy").and_then(|v| take_strategy(&mut c, v));
         let targets_raw = required(&mut c, "targets");
         let had_targets = targets_raw.is_some();
         let options = table
@@ -612,6 +760,16 @@ impl PlanFile {
         let state = table.remove("state");
 
         // Checks across fields.
+        if let Some(s) = &strategy {
+            for p in s.problems() {
+                c.push(format!("strategy.{}", p.path), p.message);
+            }
+        }
+        if let Some(p) = &policies {
+            for p in p.problems() {
+                c.push(format!("policies.{}", p.path), p.message);
+            }
+        }
         if let Some(env) = &environment
             && let Err(e) = Version::new(env.name.clone())
         {
@@ -667,6 +825,7 @@ impl PlanFile {
                 }
             }
         }
+        check_servers_map(&mut c, switch.as_ref(), &targets);
         if had_targets
             && targets.is_empty()
             && !c.problems.iter().any(|p| p.path.starts_with("targets"))
@@ -738,6 +897,7 @@ impl PlanFile {
             (Some(environment), Some(release), Some(strategy), Some(options), Some(policies)) => {
                 Ok(Self {
                     source_name: source_name.to_owned(),
+                    base_dir: base_dir.to_owned(),
                     environment,
                     release,
                     strategy,
@@ -760,6 +920,118 @@ impl PlanFile {
                 path: String::new(),
                 message: "incomplete plan".into(),
             }])),
+        }
+    }
+}
+
+/// The keys, by section, that name a file or folder on this machine; a relative one is
+/// resolved against the plan file's directory. (`*` is every entry of an array of tables.)
+const LOCAL_PATHS: &[(&str, &[&str])] = &[
+    ("environment", &["state_dir"]),
+    ("release", &["artifact"]),
+    ("hooks.*", &["webhook_file"]),
+    ("notify", &["webhook_file"]),
+    ("migrations", &["dir", "database_url_file"]),
+    ("state", &["database_url_file", "root_cert"]),
+    (
+        "gates.*",
+        &["bearer_token_file", "basic_auth_password_file"],
+    ),
+    (
+        "targets.*.ssh",
+        &["key_file", "key_passphrase_file", "known_hosts"],
+    ),
+];
+
+/// Resolve the relative paths of [`LOCAL_PATHS`], and a hook's script (a command whose first
+/// word is a relative path with a `/`, such as `scripts/check.sh`), against `base`.
+fn resolve_paths(table: &mut toml::Table, base: &Path) {
+    fn tables<'a>(value: &'a mut toml::Value, path: &[&str]) -> Vec<&'a mut toml::Table> {
+        let Some((first, rest)) = path.split_first() else {
+            return value.as_table_mut().into_iter().collect();
+        };
+        match (*first, value) {
+            ("*", toml::Value::Array(items)) => {
+                items.iter_mut().flat_map(|v| tables(v, rest)).collect()
+            }
+            (key, toml::Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => tables(v, rest),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+    let resolve = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v
+            && !s.is_empty()
+            && Path::new(s.as_str()).is_relative()
+        {
+            *s = base.join(s.as_str()).display().to_string();
+        }
+    };
+    let mut root = toml::Value::Table(std::mem::take(table));
+    for (section, keys) in LOCAL_PATHS {
+        let path: Vec<&str> = section.split('.').collect();
+        for t in tables(&mut root, &path) {
+            for key in *keys {
+                if let Some(v) = t.get_mut(*key) {
+                    resolve(v);
+                }
+            }
+        }
+    }
+    for hook in tables(&mut root, &["hooks", "*"]) {
+        if let Some(toml::Value::Array(argv)) = hook.get_mut("command")
+            && let Some(first) = argv.first_mut()
+            && first.as_str().is_some_and(|s| s.contains('/'))
+        {
+            resolve(first);
+        }
+    }
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+}
+
+/// A switch's `servers` map (target → server) names targets: each must be one, and a map
+/// that is given must name every target (the switch knows no other).
+fn check_servers_map(
+    c: &mut Collector,
+    switch: Option<&toml::Value>,
+    targets: &[(usize, TargetSection)],
+) {
+    let Some(servers) = switch
+        .and_then(|s| s.get("servers"))
+        .and_then(toml::Value::as_table)
+    else {
+        return;
+    };
+    if servers.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = targets.iter().map(|(_, t)| t.id.as_str()).collect();
+    for key in servers.keys() {
+        if !ids.contains(&key.as_str()) {
+            c.push(
+                format!("switch.servers.{key}"),
+                format!(
+                    "there is no target {key} (the targets are {}); the map goes from a \
+                     target's id to its server's name",
+                    ids.join(", ")
+                ),
+            );
+        }
+    }
+    for id in &ids {
+        if !servers.contains_key(*id) {
+            c.push(
+                "switch.servers",
+                format!(
+                    "target {id} has no server: a servers map must name every target \
+                     (`{id} = \"<server name>\"`), or be left out when the servers are named \
+                     like the targets"
+                ),
+            );
         }
     }
 }
@@ -869,12 +1141,17 @@ impl PlanFile {
                 Err(p) => problems.extend(p),
             }
         }
+        let mut gate_names = Vec::new();
         for (i, g) in self.gates.iter().enumerate() {
             match adapters.gate(&format!("gates[{i}]"), g) {
-                Ok(gate) => b = b.gate(gate),
+                Ok(gate) => {
+                    gate_names.push((format!("gates[{i}]"), gate.name().to_owned()));
+                    b = b.gate(gate);
+                }
                 Err(p) => problems.extend(p),
             }
         }
+        problems.extend(self.pre_switch_problems(&gate_names));
         if !self.smoke.is_empty() {
             match SmokeGate::new("smoke", self.smoke.clone()) {
                 Ok(g) => b = b.gate(Arc::new(g)),
@@ -943,6 +1220,120 @@ impl PlanFile {
         })
     }
 
+    /// What is wrong with blue-green's pre-switch analysis given the gates (`gates[i]` and the
+    /// name each answers to): a gate that judges served requests cannot judge a slot that
+    /// serves none, and `pre_switch_gates` must name gates that exist.
+    fn pre_switch_problems(&self, gates: &[(String, String)]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let Strategy::BlueGreen {
+            pre_switch_analysis: Some(_),
+            ..
+        } = &self.strategy
+        else {
+            return problems;
+        };
+        let policy = &self.policies.analysis;
+        let mut known: Vec<&str> = gates.iter().map(|(_, n)| n.as_str()).collect();
+        if !self.smoke.is_empty() {
+            known.push("smoke");
+        }
+        for (j, name) in policy.pre_switch_gates.iter().flatten().enumerate() {
+            if !known.contains(&name.as_str()) {
+                problems.push(Problem {
+                    path: format!("policies.analysis.pre_switch_gates[{j}]"),
+                    message: format!(
+                        "no gate is named {name:?} (the gates are: {})",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        if policy.idle_traffic {
+            return problems;
+        }
+        // Every `[[gates]]` entry reads metrics of the requests a slot serves; the smoke checks
+        // make their own requests.
+        let blind: Vec<String> = gates
+            .iter()
+            .filter(|(_, name)| policy.judges(Step::PRE_SWITCH, name))
+            .map(|(path, name)| format!("{name} ({path})"))
+            .collect();
+        if !blind.is_empty() {
+            problems.push(Problem {
+                path: "strategy.pre_switch_analysis".to_owned(),
+                message: format!(
+                    "gate(s) {} judge the requests a slot serves, but before the switch the idle \
+                     slot serves none, so this analysis could only end inconclusive and roll \
+                     back. Let the smoke checks alone judge it with `[policies.analysis] \
+                     pre_switch_gates = [\"smoke\"]` (the other gates then judge the bake), or, \
+                     if something sends the idle slot requests before the switch (a load \
+                     generator, mirrored traffic), say so with `[policies.analysis] idle_traffic \
+                     = true`",
+                    blind.join(", ")
+                ),
+            });
+        }
+        problems
+    }
+
+    /// Read the plan file at `path` and [validate](PlanFile::validate) it: every problem the
+    /// file and this machine show, at once, without contacting any server and without creating
+    /// anything. This is what `deploy validate` runs; `plan` and `run` should too.
+    pub fn validate_file(
+        path: &Path,
+        adapters: &dyn AdapterFactory,
+    ) -> Result<Self, PlanFileError> {
+        let plan = Self::load(path)?;
+        plan.validate(adapters)?;
+        Ok(plan)
+    }
+
+    /// Check what this plan names on this machine and build (without contacting any server,
+    /// and without creating anything) every adapter it names: the artifact exists, the state
+    /// directory is a directory or can be created as one, every adapter section is accepted
+    /// by its adapter (secrets it names are readable), and the gates fit the strategy. Every
+    /// problem is reported at once, with its key path.
+    pub fn validate(&self, adapters: &dyn AdapterFactory) -> Result<(), PlanFileError> {
+        let mut problems = Vec::new();
+        if let Some(artifact) = &self.release.artifact
+            && !artifact.exists()
+        {
+            problems.push(Problem {
+                path: "release.artifact".to_owned(),
+                message: format!(
+                    "{} does not exist (a relative path is read from the plan file's \
+                     directory, {})",
+                    artifact.display(),
+                    self.base_dir.display()
+                ),
+            });
+        }
+        if let Some(dir) = &self.environment.state_dir
+            && let Some(why) = unusable_dir(dir)
+        {
+            problems.push(Problem {
+                path: "environment.state_dir".to_owned(),
+                message: why,
+            });
+        }
+        if let Err(e) = self.environment(adapters) {
+            problems.extend(e.problems);
+        }
+        if self.state.is_some()
+            && let Err(e) = self.state_store(adapters)
+        {
+            problems.extend(e.problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanFileError {
+                source_name: self.source_name.clone(),
+                problems,
+            })
+        }
+    }
+
     /// The state store this plan names: the `[state]` store, else the state directory.
     pub fn state_store(
         &self,
@@ -969,6 +1360,28 @@ impl PlanFile {
             .with_policies(self.policies.clone())
             .with_state_store(store))
     }
+}
+
+/// Why `dir` cannot be the state directory, if it cannot: it exists and is not a directory,
+/// or the nearest part of it that exists is not one (so it cannot be created).
+fn unusable_dir(dir: &Path) -> Option<String> {
+    let existing = dir.ancestors().find(|a| a.symlink_metadata().is_ok())?;
+    if existing.is_dir() {
+        return None;
+    }
+    Some(if existing == dir {
+        format!(
+            "{} exists and is not a directory; give a directory (it holds the lock, the \
+             journals and the reports) or a path where one can be created",
+            dir.display()
+        )
+    } else {
+        format!(
+            "{} cannot be created: {} is not a directory",
+            dir.display(),
+            existing.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1072,12 +1485,14 @@ webhook = "https://chat.example/hooks/deploys"
             problems(&neither)
         );
         let relative = GOOD.replace("/var/lib/deploy/production", "state/production");
-        assert!(
-            problems(&relative)
-                .iter()
-                .any(|p| p.contains("not an absolute path")),
-            "{:?}",
-            problems(&relative)
+        let p = PlanFile::parse_in("p.toml", &relative, Path::new("/etc/deploy")).unwrap();
+        assert_eq!(
+            p.environment.state_dir.as_deref(),
+            Some(Path::new("/etc/deploy/state/production"))
+        );
+        assert_eq!(
+            p.release.artifact.as_deref(),
+            Some(Path::new("/etc/deploy/build/app.tar.gz"))
         );
     }
 

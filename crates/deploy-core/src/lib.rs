@@ -44,8 +44,8 @@ pub use release_dir::{ReleaseDirTarget, ReleaseDirTargetBuilder};
 /// where the secret is used.
 pub use secrecy::{ExposeSecret, SecretString};
 pub use strategy::{
-    BatchSize, CanaryStep, Capabilities, Plan, PlanError, PlanOptions, SchemaRollback, Snapshot,
-    Step, Strategy, TargetState,
+    BatchSize, CanaryStep, Capabilities, ConfigProblem, Plan, PlanError, PlanOptions,
+    SchemaRollback, Snapshot, Step, Strategy, TargetState,
 };
 pub use traits::{
     Command, DynHealthProbe, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTarget,

@@ -19,13 +19,15 @@ use crate::model::{
 #[serde(rename_all = "snake_case")]
 pub enum BatchSize {
     /// This many targets per batch (at least 1).
-    Count(u32),
-    /// This percentage of the fleet per batch, rounded up, at least one target ("max unavailable").
-    Percent(u8),
+    Count(#[serde(deserialize_with = "whole::count")] u32),
+    /// This percentage of the fleet per batch (1 to 100), rounded up, at least one target ("max
+    /// unavailable").
+    Percent(#[serde(deserialize_with = "whole::percent")] u8),
 }
 
 impl BatchSize {
-    /// The number of targets per batch for a fleet of `n`.
+    /// The number of targets per batch for a fleet of `n` (a batch size out of range, which
+    /// [`Strategy::problems`] reports and planning refuses, is brought into 1..=n).
     pub fn of(self, n: usize) -> usize {
         let size = match self {
             Self::Count(c) => c as usize,
@@ -35,12 +37,66 @@ impl BatchSize {
     }
 }
 
+/// Whole numbers of a strategy, read with what they mean in the message ("a whole number from
+/// 0 to 100"), never the Rust type. Every value of the type is read (a value out of the range
+/// the text names is for [`Strategy::problems`] to report, with its key).
+mod whole {
+    use serde::Deserializer;
+    use serde::de::{Error, Unexpected, Visitor};
+
+    pub(super) fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        let text = "a whole number from 0 to 100 (a percentage of the traffic)";
+        bounded(d, u8::MAX.into(), text).map(|v| v as u8)
+    }
+
+    pub(super) fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        let text = "a whole number from 1 to 100 (a percentage of the targets)";
+        bounded(d, u8::MAX.into(), text).map(|v| v as u8)
+    }
+
+    pub(super) fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = "a whole number of at least 1 (targets per batch)";
+        bounded(d, u32::MAX.into(), text).map(|v| v as u32)
+    }
+
+    fn bounded<'de, D: Deserializer<'de>>(
+        d: D,
+        max: u64,
+        what: &'static str,
+    ) -> Result<u64, D::Error> {
+        struct V {
+            max: u64,
+            what: &'static str,
+        }
+        impl Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.what)
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+                if v <= self.max {
+                    Ok(v)
+                } else {
+                    Err(E::invalid_value(Unexpected::Unsigned(v), &self))
+                }
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        d.deserialize_u64(V { max, what })
+    }
+}
+
 /// One step of a canary strategy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CanaryStep {
     /// Send this percentage of traffic (0–100) to the canary.
-    SetWeight(u8),
+    SetWeight(#[serde(deserialize_with = "whole::weight")] u8),
     /// Run the gates for this long; a failed analysis rolls back.
     Analyze(#[serde(with = "humantime_serde")] Duration),
     /// Wait this long.
@@ -89,7 +145,125 @@ pub enum Strategy {
     },
 }
 
+/// One thing wrong with a strategy or a policy, found before anything is touched: the key it
+/// is at, relative to the strategy or the policies (`steps[1].set_weight`, `probe.interval`),
+/// and what is wrong, in plain words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigProblem {
+    /// The key path inside the strategy (`steps[1].set_weight`).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 impl Strategy {
+    /// Everything wrong with this strategy on its own, whatever the environment: a canary
+    /// without steps or whose weights go down or above 100, a rolling batch of no target or of
+    /// more than the whole fleet, an analysis of no time. [`Strategy::plan`] refuses such a
+    /// strategy; a plan file reports each problem with its key path.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let zero = |path: &str| {
+            ConfigProblem::new(
+                path,
+                "an analysis of no time judges nothing; give a duration such as `2m`, or leave \
+                 the key out for no analysis",
+            )
+        };
+        match self {
+            Self::Recreate {} => {}
+            Self::Rolling { batch, analysis } => {
+                match batch {
+                    BatchSize::Count(0) => problems.push(ConfigProblem::new(
+                        "batch.count",
+                        "0 targets per batch would change nothing; give a whole number of at \
+                         least 1",
+                    )),
+                    BatchSize::Percent(p) if !(1..=100).contains(p) => {
+                        problems.push(ConfigProblem::new(
+                            "batch.percent",
+                            format!(
+                                "{p} is not a share of the fleet; give a whole number from 1 to \
+                                 100 (the percentage of targets changed at once)"
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+                if analysis.is_some_and(|d| d.is_zero()) {
+                    problems.push(zero("analysis"));
+                }
+            }
+            Self::BlueGreen {
+                pre_switch_analysis,
+                ..
+            } => {
+                if pre_switch_analysis.is_some_and(|d| d.is_zero()) {
+                    problems.push(zero("pre_switch_analysis"));
+                }
+            }
+            Self::Canary { steps } => {
+                if steps.is_empty() {
+                    problems.push(ConfigProblem::new(
+                        "steps",
+                        "no steps: the canary would go straight to 100 %; give at least one \
+                         step, such as [{ set_weight = 10 }, { analyze = \"5m\" }]",
+                    ));
+                }
+                let mut last: Option<(usize, u8)> = None;
+                for (i, s) in steps.iter().enumerate() {
+                    match s {
+                        CanaryStep::SetWeight(p) if *p > 100 => {
+                            problems.push(ConfigProblem::new(
+                                format!("steps[{i}].set_weight"),
+                                format!(
+                                    "{p} is more than 100; give a percentage of the traffic \
+                                     from 0 to 100"
+                                ),
+                            ));
+                        }
+                        CanaryStep::SetWeight(p) => {
+                            if let Some((j, before)) = last
+                                && *p < before
+                            {
+                                problems.push(ConfigProblem::new(
+                                    format!("steps[{i}].set_weight"),
+                                    format!(
+                                        "{p} is less than the {before} of steps[{j}]: a canary's \
+                                         share of the traffic only grows (to go back, let a \
+                                         gate fail or abort)"
+                                    ),
+                                ));
+                            }
+                            last = Some((i, *p));
+                        }
+                        CanaryStep::Analyze(d) if d.is_zero() => {
+                            problems.push(zero(&format!("steps[{i}].analyze")));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        problems
+    }
+
     /// Short name: `recreate`, `rolling`, `blue_green`, `canary`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -234,6 +408,11 @@ impl Step {
             _ => None,
         }
     }
+
+    /// The name of blue-green's analysis of the idle slot before the switch
+    /// ([`AnalysisPolicy::pre_switch_gates`](crate::policy::AnalysisPolicy::pre_switch_gates)
+    /// chooses its gates).
+    pub const PRE_SWITCH: &'static str = "pre-switch";
 
     /// Every kind of step, as [`op`](Self::op) names them.
     pub const KINDS: &'static [&'static str] = &[
@@ -548,6 +727,11 @@ impl Strategy {
             version: version.clone(),
             reason,
         };
+        let problems = self.problems();
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(unfit(text.join("; ")));
+        }
         if snapshot.targets.is_empty() {
             return Err(unfit("the environment has no targets".into()));
         }
@@ -661,7 +845,7 @@ impl Strategy {
                 push_idle_up(&mut steps, &idle, version, snapshot);
                 if let Some(d) = pre_switch_analysis {
                     steps.push(Step::Analyze {
-                        name: "pre-switch".into(),
+                        name: Step::PRE_SWITCH.into(),
                         duration: *d,
                         canary: idle.clone(),
                         baseline: live.clone(),
@@ -689,9 +873,6 @@ impl Strategy {
                 for s in canary_steps {
                     match s {
                         CanaryStep::SetWeight(p) => {
-                            if *p > 100 {
-                                return Err(unfit(format!("set_weight {p} is above 100")));
-                            }
                             pct = *p;
                             steps.push(Step::SetWeights {
                                 weights: canary_weights(&idle, &live, pct),
@@ -751,7 +932,21 @@ fn slots(
         match weights.get(&t.id) {
             Some(0) => idle.push(t.id.clone()),
             Some(_) => live.push(t.id.clone()),
-            None => return Err(unfit(format!("the switch does not know target {}", t.id))),
+            None => {
+                return Err(unfit(format!(
+                    "the switch does not know target {} (it knows {})",
+                    t.id,
+                    match weights
+                        .iter()
+                        .map(|(t, _)| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                    {
+                        known if known.is_empty() => "none".to_owned(),
+                        known => known,
+                    }
+                )));
+            }
         }
     }
     if live.is_empty() {
@@ -885,6 +1080,57 @@ mod tests {
         assert_eq!(
             canary_weights(&[id("g")], &[id("b")], 100).to_string(),
             "b=0,g=1"
+        );
+    }
+
+    #[test]
+    fn problems_name_their_keys_and_planning_refuses_them() {
+        let paths =
+            |s: &Strategy| -> Vec<String> { s.problems().into_iter().map(|p| p.path).collect() };
+        let canary = Strategy::Canary {
+            steps: vec![
+                CanaryStep::SetWeight(50),
+                CanaryStep::Analyze(Duration::ZERO),
+                CanaryStep::SetWeight(10),
+                CanaryStep::SetWeight(150),
+            ],
+        };
+        assert_eq!(
+            paths(&canary),
+            [
+                "steps[1].analyze",
+                "steps[2].set_weight",
+                "steps[3].set_weight"
+            ]
+        );
+        assert_eq!(paths(&Strategy::Canary { steps: vec![] }), ["steps"]);
+        for (batch, path) in [
+            (BatchSize::Count(0), "batch.count"),
+            (BatchSize::Percent(0), "batch.percent"),
+            (BatchSize::Percent(150), "batch.percent"),
+        ] {
+            let s = Strategy::Rolling {
+                batch,
+                analysis: None,
+            };
+            assert_eq!(paths(&s), [path]);
+            let err = s
+                .plan(
+                    "prod",
+                    &release(),
+                    &snap(&[("blue", 100), ("green", 0)], vec![]),
+                    Capabilities::new(true, false, false),
+                    &PlanOptions::default(),
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains(path), "{err}");
+        }
+        // Whole numbers are read with what they mean, never the Rust type.
+        let e = serde_json::from_str::<CanaryStep>(r#"{"set_weight":300}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected a whole number from 0 to 100"),
+            "{e}"
         );
     }
 

@@ -31,6 +31,31 @@ pub struct AnalysisTime {
     pub wall: Duration,
 }
 
+impl std::fmt::Display for AnalysisTime {
+    /// `6 measurements, one every 10s, each needing 30s (a gate's window): takes 3m`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = humantime::format_duration;
+        if self.measurements == 0 {
+            return write!(f, "no gates: waits {}", d(self.wall));
+        }
+        write!(
+            f,
+            "{} measurement{} per gate, one every {}",
+            self.measurements,
+            if self.measurements == 1 { "" } else { "s" },
+            d(self.spacing)
+        )?;
+        if self.evaluation > self.spacing {
+            write!(
+                f,
+                ", but each needs {} (a gate's window)",
+                d(self.evaluation)
+            )?;
+        }
+        write!(f, ": takes {}", d(self.wall))
+    }
+}
+
 /// Counters of one gate during one analysis.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tally {
@@ -176,7 +201,12 @@ impl Run<'_> {
         let engine = self.engine;
         let env = self.env();
         let policy = &engine.policies.analysis;
-        if env.gates.is_empty() {
+        let gates: Vec<_> = env
+            .gates
+            .iter()
+            .filter(|g| policy.judges(name, g.name()))
+            .collect();
+        if gates.is_empty() {
             // Nothing to measure: still give the release its bake time.
             if !duration.is_zero() {
                 tokio::time::sleep(duration).await;
@@ -196,12 +226,12 @@ impl Run<'_> {
         for t in baseline {
             ctx.baseline_endpoints.push(env.target(t)?.endpoint());
         }
-        let mut tallies = vec![Tally::default(); env.gates.len()];
-        let mut evidence = vec![Evidence::default(); env.gates.len()];
+        let mut tallies = vec![Tally::default(); gates.len()];
+        let mut evidence = vec![Evidence::default(); gates.len()];
         let t0 = Instant::now();
         for k in 1..=n {
             let due = t0 + spacing.saturating_mul(k);
-            let verdicts = futures_util::future::join_all(env.gates.iter().map(|gate| {
+            let verdicts = futures_util::future::join_all(gates.iter().map(|gate| {
                 let mut ctx = ctx.clone();
                 async move {
                     let need = gate.evaluation_time();
@@ -228,8 +258,12 @@ impl Run<'_> {
                 }
             }))
             .await;
+            // Every verdict of the measurement is recorded before any decides (a smoke
+            // check's too, when another gate was inconclusive), and a failure outranks an
+            // error, which outranks an inconclusive gate.
+            let mut decisions = Vec::new();
             for (i, verdict) in verdicts.into_iter().enumerate() {
-                let gate = &env.gates[i];
+                let gate = gates[i];
                 engine.emit(&Event::GateVerdict {
                     gate: gate.name().to_owned(),
                     analysis: name.to_owned(),
@@ -253,6 +287,18 @@ impl Run<'_> {
                     continue;
                 };
                 match tallies[i].count(kind, policy) {
+                    Decision::Continue => {}
+                    decision => decisions.push((i, decision, verdict)),
+                }
+            }
+            decisions.sort_by_key(|(_, d, _)| match d {
+                Decision::Fail(_) => 0,
+                Decision::Error(_) => 1,
+                Decision::Inconclusive(_) | Decision::Continue => 2,
+            });
+            for (i, decision, verdict) in decisions {
+                let gate = gates[i];
+                match decision {
                     Decision::Continue => {}
                     Decision::Fail(why) => {
                         return Err(Failure::engine(
@@ -283,8 +329,7 @@ impl Run<'_> {
                 }
             }
         }
-        let silent: Vec<String> = env
-            .gates
+        let silent: Vec<String> = gates
             .iter()
             .zip(&evidence)
             .filter(|(_, e)| e.passes == 0)
@@ -374,6 +419,20 @@ mod tests {
             t.count(VerdictKind::Error, &p),
             Decision::Error(_)
         ));
+    }
+
+    #[test]
+    fn analysis_time_says_what_an_analysis_takes() {
+        let t = AnalysisTime {
+            measurements: 6,
+            spacing: Duration::from_secs(10),
+            evaluation: Duration::from_secs(30),
+            wall: Duration::from_secs(180),
+        };
+        assert_eq!(
+            t.to_string(),
+            "6 measurements per gate, one every 10s, but each needs 30s (a gate's window): takes 3m"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::strategy::ConfigProblem;
+
 /// How health is awaited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -94,6 +96,17 @@ pub struct AnalysisPolicy {
     /// Time limit of one gate evaluation.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The gates, by name, that judge blue-green's pre-switch analysis; all of them when
+    /// absent. Before the switch the idle slot serves no requests, so a gate that judges served
+    /// traffic (an error rate, a latency) has nothing to judge there; the smoke checks (gate
+    /// `smoke`) make their own requests and do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_switch_gates: Option<Vec<String>>,
+    /// Something sends the idle slot traffic before the switch (a load generator, mirrored
+    /// requests), so gates that judge served traffic can judge the pre-switch analysis. The
+    /// engine does not read it; a plan file's validation does.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idle_traffic: bool,
 }
 
 impl Default for AnalysisPolicy {
@@ -108,11 +121,25 @@ impl Default for AnalysisPolicy {
             no_data: NoDataPolicy::default(),
             on_inconclusive: InconclusiveAction::default(),
             timeout: Duration::from_secs(10),
+            pre_switch_gates: None,
+            idle_traffic: false,
         }
     }
 }
 
 impl AnalysisPolicy {
+    /// Whether the gate named `gate` judges the analysis named `analysis` (every gate judges
+    /// every analysis, except that [`pre_switch_gates`](Self::pre_switch_gates) chooses those
+    /// of blue-green's pre-switch analysis).
+    pub fn judges(&self, analysis: &str, gate: &str) -> bool {
+        match &self.pre_switch_gates {
+            Some(names) if analysis == crate::strategy::Step::PRE_SWITCH => {
+                names.iter().any(|n| n == gate)
+            }
+            _ => true,
+        }
+    }
+
     /// How many measurements an analysis of `duration` takes.
     pub fn measurements(&self, duration: Duration) -> u32 {
         if let Some(c) = self.count {
@@ -236,6 +263,107 @@ impl Default for DrainPolicy {
     }
 }
 
+impl Policies {
+    /// Everything wrong with these policies on their own: a time of zero where a wait, a time
+    /// limit or an interval is meant, a count of zero where at least one is meant. The key
+    /// paths are relative to the policies (`probe.interval`).
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut positive = |path: &str, d: Duration, what: &str, example: &str| {
+            if d.is_zero() {
+                problems.push(ConfigProblem::new(
+                    path,
+                    format!("0 {what}; give a duration such as `{example}`"),
+                ));
+            }
+        };
+        let p = &self.probe;
+        positive(
+            "probe.interval",
+            p.interval,
+            "would probe again without any pause",
+            "1s",
+        );
+        positive(
+            "probe.timeout",
+            p.timeout,
+            "leaves a health check no time to answer",
+            "5s",
+        );
+        positive(
+            "probe.deadline",
+            p.deadline,
+            "leaves a target no time to become healthy",
+            "90s",
+        );
+        let a = &self.analysis;
+        positive(
+            "analysis.interval",
+            a.interval,
+            "would take every measurement at once",
+            "30s",
+        );
+        positive(
+            "analysis.timeout",
+            a.timeout,
+            "leaves a gate no time to measure",
+            "10s",
+        );
+        positive(
+            "drain.poll_interval",
+            self.drain.poll_interval,
+            "would read the sessions without any pause",
+            "500ms",
+        );
+        positive(
+            "timeouts.call",
+            self.timeouts.call,
+            "leaves a call no time",
+            "60s",
+        );
+        positive(
+            "timeouts.long_call",
+            self.timeouts.long_call,
+            "leaves a long call (upload, backup, migration) no time",
+            "30m",
+        );
+        if let Some(d) = self.deadline {
+            positive("deadline", d, "leaves the run no time", "1h");
+        }
+        let mut at_least_one = |path: &str, n: u64, what: &str| {
+            if n == 0 {
+                problems.push(ConfigProblem::new(
+                    path,
+                    format!("0 {what}; give a whole number of at least 1"),
+                ));
+            }
+        };
+        at_least_one(
+            "probe.healthy_threshold",
+            u64::from(p.healthy_threshold),
+            "healthy checks would call any target healthy",
+        );
+        if let Some(c) = a.count {
+            at_least_one(
+                "analysis.count",
+                u64::from(c),
+                "measurements would judge nothing",
+            );
+        }
+        at_least_one(
+            "retry.attempts",
+            u64::from(self.retry.attempts),
+            "attempts would never make a call (1 is no retry)",
+        );
+        at_least_one(
+            "parallelism",
+            self.parallelism as u64,
+            "steps at a time would never act",
+        );
+        problems
+    }
+}
+
 /// All of the engine's policies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -339,6 +467,30 @@ mod tests {
         a.count = Some(3);
         assert_eq!(a.measurements(Duration::from_secs(60)), 3);
         assert_eq!(a.spacing(Duration::from_secs(60)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn zero_times_and_counts_are_problems_at_their_keys() {
+        let mut p = Policies::default();
+        assert!(p.problems().is_empty());
+        p.probe.interval = Duration::ZERO;
+        p.probe.deadline = Duration::ZERO;
+        p.analysis.count = Some(0);
+        let paths: Vec<String> = p.problems().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["probe.interval", "probe.deadline", "analysis.count"]
+        );
+    }
+
+    #[test]
+    fn pre_switch_gates_choose_the_gates_of_the_pre_switch_analysis_only() {
+        let mut a = AnalysisPolicy::default();
+        assert!(a.judges("pre-switch", "error-rate"));
+        a.pre_switch_gates = Some(vec!["smoke".into()]);
+        assert!(!a.judges(crate::Step::PRE_SWITCH, "error-rate"));
+        assert!(a.judges(crate::Step::PRE_SWITCH, "smoke"));
+        assert!(a.judges("bake", "error-rate"));
     }
 
     #[test]
