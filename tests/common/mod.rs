@@ -313,10 +313,10 @@ pub fn example(name: &str) -> PathBuf {
 /// The `deploy` binary of `crates/deploy-cli`, which Cargo builds for that crate's tests (this
 /// module is shared with the root tests, which have no such binary).
 pub fn deploy_bin() -> PathBuf {
-    PathBuf::from(
-        option_env!("CARGO_BIN_EXE_deploy")
-            .expect("the deploy binary is built only for the tests of crates/deploy-cli"),
-    )
+    match option_env!("CARGO_BIN_EXE_deploy") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("the deploy binary is built only for the tests of crates/deploy-cli"),
+    }
 }
 
 /// `deploy <args> <plan>` to the end: its exit code and its output (stdout, then stderr).

@@ -296,8 +296,7 @@ fn load_release(path: &Path, args: &ReleaseArgs) -> Result<PlanFile, String> {
         (None, false) => None,
     };
     if let Some(v) = version {
-        plan.release.version =
-            Version::new(&v).map_err(|e| format!("--release {v:?}: {e}"))?;
+        plan.release.version = Version::new(&v).map_err(|e| format!("--release {v:?}: {e}"))?;
     }
     if let Some(a) = &args.artifact {
         if !a.exists() {
@@ -308,6 +307,9 @@ fn load_release(path: &Path, args: &ReleaseArgs) -> Result<PlanFile, String> {
         }
         plan.release.artifact = Some(std::path::absolute(a).unwrap_or_else(|_| a.clone()));
     }
+    // Everything the plan file alone can tell, before any server is asked: the artifact, the
+    // state directory, every adapter section.
+    plan.validate(&Adapters::new()).map_err(|e| e.to_string())?;
     Ok(plan)
 }
 
@@ -428,14 +430,16 @@ fn finish(
         write_html(report, path)?;
         at.push(path.display().to_string());
     }
-    out_raw!("{}", render::summary(report, &plan.display().to_string(), &at));
+    out_raw!(
+        "{}",
+        render::summary(report, &plan.display().to_string(), &at)
+    );
     Ok(exit_code(report))
 }
 
 /// Write the HTML report of `report` to `path` (whole or not at all).
 fn write_html(report: &Report, path: &Path) -> Result<(), String> {
-    let html = render_html(report);
-    deploy::fs::write_atomic(path, html.as_bytes(), None)
+    deploy::report_html::write(report, path)
         .map_err(|e| format!("write the HTML report {}: {e}", path.display()))
 }
 
@@ -475,15 +479,13 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
     match cli.command {
         Cmd::Validate { plan, release } => {
             let pf = load_release(&plan, &release)?;
-            let checked = validate_plan(&pf)?;
             out!(
-                "{}: valid ({} {} to {}, {} target(s){}); no server was contacted",
+                "{}: valid ({} of {} to {}, {} target(s)); no server was contacted",
                 pf.source_name,
                 pf.strategy.name(),
                 pf.release.version,
                 pf.environment.name,
                 pf.targets.len(),
-                checked
             );
             Ok(0)
         }
@@ -743,7 +745,9 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             plan, watch: true, ..
         } => {
             let pf = load(&plan)?;
-            watch::run(&engine(&pf)?, &plan).await.map_err(|e| deploy_error(&plan, e))
+            watch::run(&engine(&pf)?, &plan)
+                .await
+                .map_err(|e| deploy_error(&plan, e))
         }
         Cmd::Report {
             plan,
@@ -947,12 +951,4 @@ async fn main() {
         }
     };
     std::process::exit(code);
-}
-
-// MERGE: replaced by the plan file's validation and the HTML report.
-fn validate_plan(_pf: &PlanFile) -> Result<String, String> {
-    Ok(String::new())
-}
-fn render_html(report: &Report) -> String {
-    format!("<pre>{report}</pre>")
 }

@@ -330,7 +330,9 @@ pub(crate) fn refused_before_acting(report: &Report) -> bool {
     }
     let Some(failed) = report.steps.iter().position(|s| s.error.is_some()) else {
         return report.steps.is_empty()
-            && rollback.reason.starts_with("stopped before the first step: hook ");
+            && rollback
+                .reason
+                .starts_with("stopped before the first step: hook ");
     };
     let by_hook = report.steps[failed]
         .error

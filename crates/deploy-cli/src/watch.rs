@@ -7,8 +7,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use deploy::units;
 use deploy::journal::RunStatus;
+use deploy::units;
 use deploy::{DeployError, Engine, Step};
 
 use crate::render;

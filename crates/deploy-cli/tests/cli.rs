@@ -203,7 +203,9 @@ rolling back (why: below)
     );
     assert!(lines.contains(&"  now: a 2.0.0, b 2.0.0"), "{out}");
     assert!(
-        lines.iter().any(|l| l.starts_with("  next: the previous release serves again")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("  next: the previous release serves again")),
         "{out}"
     );
     assert!(w.versions().await.iter().all(|v| v.contains("2.0.0")));
@@ -244,7 +246,10 @@ async fn release_override_report_and_validate() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(w.versions().await.iter().all(|v| v.contains("2.5.0")));
-    assert!(out.contains(&format!("  report: {}", html.display())), "{out}");
+    assert!(
+        out.contains(&format!("  report: {}", html.display())),
+        "{out}"
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("2.5.0"), "{page}");
     let (code, out, _) = deploy(&["--version"]);
@@ -284,7 +289,11 @@ async fn unlock_shows_the_holder_refuses_a_live_one_and_breaks_a_dead_ones() {
     let run = common::spawn_deploy(&["run"], &plan, &log);
     let lock = w.state().join("lock");
     let t0 = Instant::now();
-    while !lock.exists() || std::fs::read_to_string(&lock).unwrap_or_default().is_empty() {
+    while !lock.exists()
+        || std::fs::read_to_string(&lock)
+            .unwrap_or_default()
+            .is_empty()
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the run never locked: {}",
@@ -296,7 +305,10 @@ async fn unlock_shows_the_holder_refuses_a_live_one_and_breaks_a_dead_ones() {
     let (code, out, err) = deploy(&["unlock", p]);
     assert_eq!(code, 4, "a live lock is not broken: {out}{err}");
     assert!(err.contains("a live run: not broken"), "{err}");
-    assert!(err.contains(&format!("pid {}", run.0.id())), "names the holder: {err}");
+    assert!(
+        err.contains(&format!("pid {}", run.0.id())),
+        "names the holder: {err}"
+    );
     // The holder dies without releasing it: now it is stale, and unlock breaks it.
     let mut run = run;
     run.0.kill().unwrap();

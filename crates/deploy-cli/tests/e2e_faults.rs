@@ -356,7 +356,10 @@ async fn observation_2_requests_without_a_run_are_refused_and_never_reach_the_ne
         "lock: held by",
         ": finished, promoted",
     ] {
-        assert!(watched.contains(line), "status --watch lacks {line:?}:\n{watched}");
+        assert!(
+            watched.contains(line),
+            "status --watch lacks {line:?}:\n{watched}"
+        );
     }
     assert_eq!(w.weights().await, [0, 100]);
     assert_eq!(w.versions().await, ["1.0.0", "2.0.0"]);

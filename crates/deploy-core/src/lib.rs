@@ -22,9 +22,9 @@ pub mod redact;
 pub mod secret;
 pub mod smoke;
 pub mod state;
-pub mod units;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod units;
 
 pub use difference::Difference;
 pub use engine::{

@@ -124,7 +124,10 @@ mod tests {
     fn quantities_carry_their_unit() {
         assert_eq!(quantity(0.049, Some(Unit::Ratio)), "4.9 %");
         assert_eq!(quantity(0.19672131147540983, Some(Unit::Ratio)), "19.7 %");
-        assert_eq!(quantity(0.0049499999999999995, Some(Unit::Seconds)), "4.95 ms");
+        assert_eq!(
+            quantity(0.0049499999999999995, Some(Unit::Seconds)),
+            "4.95 ms"
+        );
         assert_eq!(quantity(2.2, Some(Unit::Seconds)), "2.2 s");
         assert_eq!(quantity(0.3, None), "0.3");
     }

@@ -330,9 +330,10 @@ async fn real_records(plan: &Plan) -> (Record, Vec<Record>) {
 fn append_records(steps: &[Record]) -> Vec<Record> {
     (0..APPENDS)
         .map(|i| match &steps[i % steps.len()] {
-            Record::StepStarted { inverse, .. } => Record::StepStarted {
+            Record::StepStarted { inverse, at, .. } => Record::StepStarted {
                 index: i / 2,
                 inverse: inverse.clone(),
+                at: *at,
             },
             Record::StepFinished { error, backup, .. } => Record::StepFinished {
                 index: i / 2,

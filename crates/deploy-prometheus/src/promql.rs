@@ -477,7 +477,8 @@ pub(crate) fn judge_values(
     what: &str,
     unit: Option<Unit>,
 ) -> Verdict {
-    judge_values_unitless(values, condition, reduce, min_samples, source, what, unit).with_unit(unit)
+    judge_values_unitless(values, condition, reduce, min_samples, source, what, unit)
+        .with_unit(unit)
 }
 
 fn judge_values_unitless(
@@ -743,7 +744,15 @@ mod tests {
         assert_eq!((v.kind, v.value), (VerdictKind::Fail, Some(0.02)));
         let v = judge_values(&[0.001, 0.02], &c, Reduce::Min, 1, "q", "the query", None);
         assert_eq!((v.kind, v.value), (VerdictKind::Pass, Some(0.001)));
-        let v = judge_values(&[0.001, 0.002], &c, Reduce::Worst, 3, "q", "the query", None);
+        let v = judge_values(
+            &[0.001, 0.002],
+            &c,
+            Reduce::Worst,
+            3,
+            "q",
+            "the query",
+            None,
+        );
         assert_eq!(v.kind, VerdictKind::Inconclusive);
         assert!(v.reason.contains("only 2 samples"), "{}", v.reason);
         let between = Condition::Between(1.0, 2.0);

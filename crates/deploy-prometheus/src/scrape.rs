@@ -6,10 +6,10 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deploy_core::units::{self, Unit};
 use deploy_core::{
     Error, ErrorKind, GateContext, MetricGate, Result, Verdict, VerdictKind, http, redact,
 };
-use deploy_core::units::{self, Unit};
 use regex::Regex;
 
 use crate::client::{BodyError, read_body, request_failed, too_large};

@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::call::{Failure, with_timeout};
-use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
 use super::journal::Record;
+use super::policy::{AnalysisPolicy, InconclusiveAction, NoDataPolicy};
 use super::report::{Event, VerdictRecord};
 use super::run::Run;
 use crate::error::ErrorKind;

@@ -42,7 +42,11 @@ pub enum Record {
         /// The steps that undo it, in order.
         inverse: Vec<Step>,
         /// When it started (for `status`: how long an analysis or a pause has left).
-        #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            with = "humantime_serde::option",
+            skip_serializing_if = "Option::is_none"
+        )]
         at: Option<SystemTime>,
     },
     /// A step finished.

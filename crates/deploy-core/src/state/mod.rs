@@ -257,7 +257,10 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Where the report of `run_id` is kept, for messages (the file's path for a store of
     /// files).
     fn report_location(&self, environment: &str, run_id: &str) -> String {
-        format!("{} (report of run {run_id} in {environment})", self.location())
+        format!(
+            "{} (report of run {run_id} in {environment})",
+            self.location()
+        )
     }
 
     /// The report of `run_id`, if it was kept.
