@@ -361,10 +361,10 @@ fn failed_verdict(report: &Report) -> Option<String> {
                 "gate {} [{}] failed: value {}, condition {}",
                 v.gate,
                 v.analysis,
-                v.verdict
-                    .value
-                    .map_or("none".to_owned(), |x| format!("{x:.4}")),
-                v.verdict.condition
+                v.verdict.value.map_or("none".to_owned(), |x| {
+                    deploy::units::quantity(x, v.verdict.unit)
+                }),
+                deploy::units::condition(&v.verdict.condition, v.verdict.unit)
             )
         })
 }
@@ -630,8 +630,8 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         // The same report as one page for people, next to the JSON.
         let html = runs.join(format!("{id}.report.html"));
         match deploy::report_html::write(report, &html) {
-            Ok(()) => println!("report: {}", html.display()),
-            Err(e) => println!("report: could not write {}: {e}", html.display()),
+            Ok(()) => println!("html report: {}", html.display()),
+            Err(e) => println!("html report: could not write {}: {e}", html.display()),
         }
     }
     if args.keep {

@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+// Numbers and durations for people, as everywhere else (three significant digits).
+use deploy_core::units::{duration as secs, number as num};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -74,34 +76,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// A number for people: at most four significant digits, no trailing zeros.
-fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return format!("{v}");
-    }
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
-    let s = format!("{v:.digits$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
-    }
-}
-
-fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 1.0 {
-        format!("{} ms", num(s * 1000.0))
-    } else if s < 120.0 {
-        format!("{} s", num(s))
-    } else {
-        format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60)
-    }
 }
 
 fn stamp(t: SystemTime) -> String {
@@ -1033,7 +1007,7 @@ mod tests {
     #[test]
     fn numbers_are_short() {
         assert_eq!(num(0.0049499999999999995), "0.00495");
-        assert_eq!(num(0.19672131147540983), "0.1967");
+        assert_eq!(num(0.19672131147540983), "0.197");
         assert_eq!(num(100.0), "100");
         assert_eq!(num(12.5), "12.5");
     }

@@ -60,7 +60,7 @@ fn the_demo_runs_as_scripted() {
 
     // 3.0.0: the error-rate gate measured about 5 % and the engine rolled back.
     assert!(
-        stdout.contains("gate error-rate [canary at 20%]: fail (value 0.0"),
+        stdout.contains("gate error-rate [canary at 20%]: fail (value "),
         "{stdout}"
     );
     assert!(
@@ -69,20 +69,21 @@ fn the_demo_runs_as_scripted() {
     );
     let v3 = line(&stdout, "3.0.0: ");
     assert!(
-        v3.starts_with("3.0.0: rolled_back (gate error-rate [canary at 20%] failed: value 0.0"),
+        v3.starts_with("3.0.0: rolled_back (gate error-rate [canary at 20%] failed: value "),
         "{v3}"
     );
     assert!(
-        v3.ends_with("condition <= 0.01); weights blue=0,green=100; haproxy serves 2.0.0 (200)"),
+        v3.ends_with("condition <= 1 %); weights blue=0,green=100; haproxy serves 2.0.0 (200)"),
         "{v3}"
     );
+    // The error rate as a person reads it: a percentage, rounded.
     let value: f64 = v3
         .split("value ")
         .nth(1)
-        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.split(" %,").next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no value in {v3}"));
-    assert!((0.015..=0.10).contains(&value), "error rate {value}: {v3}");
+    assert!((1.5..=10.0).contains(&value), "error rate {value} %: {v3}");
     let load = line(&stdout, "requests during the 3.0.0 canary: ");
     assert!(load.contains("3.0.0: "), "the canary served: {load}");
     assert!(count_before(load, " injected 500s") > 0, "{load}");
@@ -107,6 +108,17 @@ fn the_demo_runs_as_scripted() {
     };
     assert_eq!(outcome(reports[0]), ("2.0.0".into(), "promoted".into()));
     assert_eq!(outcome(reports[1]), ("3.0.0".into(), "rolled_back".into()));
+    // And one HTML page next to each.
+    let pages: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("html report: "))
+        .collect();
+    assert_eq!(pages.len(), 2, "{stdout}");
+    for (page, json) in pages.iter().zip(&reports) {
+        assert_eq!(*page, json.replace(".report.json", ".report.html"));
+        let html = std::fs::read_to_string(page).unwrap();
+        assert!(html.contains("<svg"), "{page}");
+    }
     let kept = line(&stdout, "directory kept: ").trim_start_matches("directory kept: ");
     assert!(reports.iter().all(|r| r.starts_with(kept)), "{stdout}");
     assert!(

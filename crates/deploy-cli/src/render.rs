@@ -66,7 +66,11 @@ pub(crate) fn verdict(v: &Verdict) -> String {
     let value = v
         .value
         .map_or("no value".to_owned(), |x| units::quantity(x, v.unit));
-    let mut line = format!("{} {value} (needs {})", v.kind, v.condition);
+    let mut line = format!(
+        "{} {value} (needs {})",
+        v.kind,
+        units::condition(&v.condition, v.unit)
+    );
     if v.kind != VerdictKind::Pass {
         let _ = write!(line, ": {}", short(&v.reason, SHORT));
     }

@@ -425,7 +425,9 @@ impl fmt::Display for Verdict {
         write!(
             f,
             ", condition {}, source {}): {}",
-            self.condition, self.source, self.reason
+            crate::units::condition(&self.condition, self.unit),
+            self.source,
+            self.reason
         )
     }
 }

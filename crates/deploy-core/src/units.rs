@@ -87,6 +87,26 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// A gate's condition as data (`<= 0.01`, `> 0.3`, `0.1..0.9`) with its thresholds in `unit`
+/// (`<= 1 %`); any other text (a judge's sentence) as it is.
+pub fn condition(text: &str, unit: Option<Unit>) -> String {
+    if unit.is_none() {
+        return text.to_owned();
+    }
+    let in_unit = |n: &str| n.trim().parse::<f64>().ok().map(|x| quantity(x, unit));
+    for op in ["<=", ">=", "<", ">"] {
+        if let Some(rest) = text.trim().strip_prefix(op) {
+            return in_unit(rest).map_or(text.to_owned(), |q| format!("{op} {q}"));
+        }
+    }
+    if let Some((lo, hi)) = text.split_once("..")
+        && let (Some(lo), Some(hi)) = (in_unit(lo), in_unit(hi))
+    {
+        return format!("{lo}..{hi}");
+    }
+    text.to_owned()
+}
+
 /// A [`quantity`] as a `Display` value, for `format!` arguments.
 #[derive(Debug, Clone, Copy)]
 pub struct Quantity(pub f64, pub Option<Unit>);
@@ -130,6 +150,18 @@ mod tests {
         );
         assert_eq!(quantity(2.2, Some(Unit::Seconds)), "2.2 s");
         assert_eq!(quantity(0.3, None), "0.3");
+    }
+
+    #[test]
+    fn conditions_read_in_their_unit() {
+        assert_eq!(condition("<= 0.01", Some(Unit::Ratio)), "<= 1 %");
+        assert_eq!(condition("< 2", Some(Unit::Seconds)), "< 2 s");
+        assert_eq!(condition("0.1..0.9", Some(Unit::Ratio)), "10 %..90 %");
+        assert_eq!(condition("> 0.3", None), "> 0.3");
+        assert_eq!(
+            condition("canary not higher", Some(Unit::Ratio)),
+            "canary not higher"
+        );
     }
 
     #[test]

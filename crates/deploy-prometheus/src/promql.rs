@@ -490,7 +490,8 @@ fn judge_values_unitless(
     what: &str,
     unit: Option<Unit>,
 ) -> Verdict {
-    let cond = condition.in_unit(unit);
+    // The verdict keeps the condition as data (`<= 0.01`); its reason reads with the unit.
+    let cond = condition.to_string();
     if values.is_empty() {
         let mut v = Verdict::no_data(cond, source);
         v.reason = format!("no data: {what} returned no series");
@@ -538,9 +539,10 @@ fn judge_values_unitless(
         &cond,
         source,
         format!(
-            "value {} over {} samples: `{cond}` {verb}{nan_note}",
+            "value {} over {} samples: `{}` {verb}{nan_note}",
             Quantity(value, unit),
-            finite.len()
+            finite.len(),
+            condition.in_unit(unit)
         ),
     )
 }

@@ -919,7 +919,7 @@ impl MetricGate for ScrapeGate {
                 Verdict::new(
                     VerdictKind::Inconclusive,
                     Some(v),
-                    self.condition.in_unit(self.unit),
+                    self.condition.to_string(),
                     &source,
                     format!(
                         "traffic {}/s is below the floor (at least {}/s and more than 0)",
