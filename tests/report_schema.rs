@@ -8,34 +8,17 @@
 //! tree (regex engines, an HTTP resolver unless its default features are turned off, and more)
 //! for features these tests do not need.
 
+mod common;
 mod report_runs;
 
 use deploy::Report;
 use serde_json::Value;
 
-/// Validate `report` against the schema; every error, with where it is, on failure.
-fn validate(report: &Value) -> Result<(), String> {
-    let schema: Value =
-        serde_json::from_str(deploy::REPORT_SCHEMA_V1).map_err(|e| e.to_string())?;
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    let url = "urn:deploy:report:v1";
-    compiler
-        .add_resource(url, schema)
-        .map_err(|e| e.to_string())?;
-    let index = compiler
-        .compile(url, &mut schemas)
-        .map_err(|e| format!("the schema does not compile: {e:#}"))?;
-    schemas
-        .validate(report, index)
-        .map_err(|e| format!("{e:#}"))
-}
-
 /// Serialise as the state store does, validate, and read back unchanged.
 fn check(name: &str, report: &Report) -> Value {
     let text = serde_json::to_string_pretty(report).unwrap();
     let value: Value = serde_json::from_str(&text).unwrap();
-    if let Err(e) = validate(&value) {
+    if let Err(e) = common::validate_report(&value) {
         panic!("{name}: the report does not match the schema:\n{e}\n{text}");
     }
     let back: Report = serde_json::from_str(&text).unwrap();
@@ -141,7 +124,7 @@ fn the_schema_refuses_what_version_1_is_not() {
         "verdicts": [], "weights_over_time": [], "rollback": null, "notes": [],
         "initial_state": null, "final_state": null
     });
-    validate(&good).unwrap();
+    common::validate_report(&good).unwrap();
     for (key, bad) in [
         ("duration_ms", serde_json::json!("1s 500ms")),
         ("started_at", serde_json::json!("1 minute ago")),
@@ -150,6 +133,6 @@ fn the_schema_refuses_what_version_1_is_not() {
     ] {
         let mut v = good.clone();
         v[key] = bad;
-        assert!(validate(&v).is_err(), "{key} accepted");
+        assert!(common::validate_report(&v).is_err(), "{key} accepted");
     }
 }

@@ -421,3 +421,40 @@ impl DemoApp {
         format!("http://{}{path}", self.addr)
     }
 }
+
+/// Whether `report` (a run's JSON report) matches `schemas/report-v1.schema.json`
+/// (`deploy::REPORT_SCHEMA_V1`); the validator's message otherwise.
+pub fn validate_report(report: &serde_json::Value) -> Result<(), String> {
+    let schema: serde_json::Value =
+        serde_json::from_str(deploy::REPORT_SCHEMA_V1).map_err(|e| e.to_string())?;
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    let url = "urn:deploy:report:v1";
+    compiler
+        .add_resource(url, schema)
+        .map_err(|e| e.to_string())?;
+    let index = compiler
+        .compile(url, &mut schemas)
+        .map_err(|e| format!("the schema does not compile: {e:#}"))?;
+    schemas
+        .validate(report, index)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Every report kept under the state directory `state` validates against the schema; how
+/// many there are.
+pub fn reports_match_the_schema(state: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(state.join("runs")).unwrap().flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with(".report.json") {
+            let value: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            if let Err(e) = validate_report(&value) {
+                panic!("{} does not match the report schema: {e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    n
+}

@@ -149,6 +149,7 @@ enum Cmd {
     },
     /// Undo a run that a killed process left behind; with --to or --previous, go back to a
     /// release the history recorded as promoted, as a new run.
+    #[command(group(clap::ArgGroup::new("release_back").args(["to", "previous"])))]
     Rollback {
         /// The plan file.
         plan: PathBuf,
@@ -159,14 +160,16 @@ enum Cmd {
         #[arg(long)]
         previous: bool,
         /// The backup to restore when a migration since that release is incompatible with
-        /// its code (the history names the one taken before it).
-        #[arg(long, value_name = "BACKUP")]
+        /// its code (the history names the one taken before it); with --to or --previous.
+        #[arg(long, value_name = "BACKUP", requires = "release_back")]
         restore_backup: Option<String>,
-        /// The release's artifact, for targets that no longer keep its release directory.
-        #[arg(long)]
+        /// The release's artifact, for targets that no longer keep its release directory;
+        /// with --to or --previous.
+        #[arg(long, requires = "release_back")]
         artifact: Option<PathBuf>,
-        /// Print the path it would take and its plan; change nothing.
-        #[arg(long)]
+        /// Print the path it would take and its plan; change nothing (with --to or
+        /// --previous).
+        #[arg(long, requires = "release_back")]
         dry_run: bool,
     },
     /// End the pause of the run in progress (a canary waiting for promotion).
@@ -254,7 +257,7 @@ fn deploy_error(plan: &Path, e: DeployError) -> Stop {
             message: e.to_string(),
         },
         DeployError::StaleLock { .. } => Stop {
-            code: 1,
+            code: 4,
             message: format!(
                 "{e}\n  `deploy resume {p}` finishes that run, `deploy rollback {p}` undoes it, \
                  `deploy unlock {p}` only discards the lock"
@@ -263,7 +266,7 @@ fn deploy_error(plan: &Path, e: DeployError) -> Stop {
         DeployError::Locked { .. } => Stop {
             code: 4,
             message: format!(
-                "{e}\n  `deploy status {p}` shows where that run stands; `deploy run --wait {p}` \
+                "{e}\n  `deploy status {p} --watch` follows that run; `deploy run {p} --wait` \
                  waits for it"
             ),
         },
@@ -287,23 +290,40 @@ fn load(path: &Path) -> Result<PlanFile, String> {
     Ok(plan)
 }
 
-/// The plan file with the release the command line names instead of its own.
-fn load_release(path: &Path, args: &ReleaseArgs) -> Result<PlanFile, String> {
+/// The plan file with the release the command line names instead of its own, checked as far as
+/// the file alone can tell.
+fn load_release(path: &Path, args: &ReleaseArgs) -> Result<PlanFile, Stop> {
     let mut plan = load(path)?;
+    let usage = |message: String| Stop { code: 64, message };
     let version = match (&args.release, args.version_from_git) {
-        (Some(v), _) => Some(v.clone()),
-        (None, true) => Some(git_version(path)?),
+        (Some(v), _) => Some((v.clone(), "--release")),
+        (None, true) => Some((git_version(path)?, "--version-from-git")),
         (None, false) => None,
     };
-    if let Some(v) = version {
-        plan.release.version = Version::new(&v).map_err(|e| format!("--release {v:?}: {e}"))?;
+    if let Some((v, flag)) = version {
+        let version = Version::new(v.clone()).map_err(|e| usage(format!("{flag} {v:?}: {e}")))?;
+        // A plan's artifact named after its own version is that version's build: deploying it
+        // under another version would label old code new.
+        if args.artifact.is_none()
+            && let Some(a) = &plan.release.artifact
+            && let Some(name) = a.file_name().and_then(|n| n.to_str())
+            && name.contains(plan.release.version.as_str())
+            && version != plan.release.version
+        {
+            return Err(usage(format!(
+                "{flag} {v}: the plan's artifact {} is {}'s build; give --artifact PATH with {v}'s",
+                a.display(),
+                plan.release.version
+            )));
+        }
+        plan.release.version = version;
     }
     if let Some(a) = &args.artifact {
         if !a.exists() {
-            return Err(format!(
+            return Err(usage(format!(
                 "--artifact {}: no such file or directory",
                 a.display()
-            ));
+            )));
         }
         plan.release.artifact = Some(std::path::absolute(a).unwrap_or_else(|_| a.clone()));
     }
@@ -353,15 +373,31 @@ fn exit_code(report: &Report) -> i32 {
     }
 }
 
-async fn observed(
-    path: &Path,
-    plan: &PlanFile,
+/// An engine that shows its run (and posts it, when the plan has `[notify]`).
+struct Observed {
     engine: Engine,
-) -> Result<(Engine, Option<Arc<WebhookNotifier>>), String> {
-    let mut engine = engine.with_observer(Arc::new(render::Live::new(
+    notifier: Option<Arc<WebhookNotifier>>,
+    live: Arc<render::Live>,
+}
+
+impl Observed {
+    /// After the run (or its failure to run): the bars off the screen, the notifications sent.
+    async fn done(self) -> Engine {
+        self.live.clear();
+        if let Some(n) = self.notifier {
+            n.close().await;
+        }
+        self.engine
+    }
+}
+
+async fn observed(path: &Path, plan: &PlanFile, engine: Engine) -> Result<Observed, String> {
+    let live = Arc::new(render::Live::new(
         path.display().to_string(),
         std::io::stdout().is_terminal(),
-    )));
+        render::Times::of(&engine),
+    ));
+    let mut engine = engine.with_observer(live.clone());
     let mut notifier = None;
     if let Some(n) = &plan.notify {
         let url = n
@@ -381,7 +417,11 @@ async fn observed(
         engine = engine.with_observer(w.clone());
         notifier = Some(w);
     }
-    Ok((engine, notifier))
+    Ok(Observed {
+        engine,
+        notifier,
+        live,
+    })
 }
 
 fn ctrl_c_cancels() -> CancellationToken {
@@ -450,26 +490,11 @@ fn analysis_times(engine: &Engine, plan: &Plan) -> Vec<String> {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Step::Analyze { name, duration, .. } => {
-                let t = engine.analysis_time(*duration);
-                let d = |d| humantime::format_duration(d).to_string();
-                Some(if t.measurements == 0 {
-                    format!("step {}: {name}: no gates, waits {}", i + 1, d(*duration))
-                } else {
-                    format!(
-                        "step {}: {name}: {} measurement(s) per gate, one every {}{}; takes about {}",
-                        i + 1,
-                        t.measurements,
-                        d(t.spacing),
-                        if t.evaluation > t.spacing {
-                            format!(" but each needs {} (the gate's window)", d(t.evaluation))
-                        } else {
-                            String::new()
-                        },
-                        d(t.wall)
-                    )
-                })
-            }
+            Step::Analyze { name, duration, .. } => Some(format!(
+                "step {}: {name}: {}",
+                i + 1,
+                engine.analysis_time_of(name, *duration)
+            )),
             _ => None,
         })
         .collect()
@@ -525,7 +550,8 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             release,
         } => {
             let pf = load_release(&plan, &release)?;
-            let (engine, notifier) = observed(&plan, &pf, engine(&pf)?).await?;
+            let obs = observed(&plan, &pf, engine(&pf)?).await?;
+            let engine = &obs.engine;
             let r = match wait {
                 None => {
                     // Another run holds the lock: say whose, rather than plan against a world
@@ -534,23 +560,21 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                         && let Ok(Some(h)) = store.holder(&pf.environment.name).await
                         && !h.stale
                     {
-                        if let Some(n) = notifier {
-                            n.close().await;
-                        }
+                        let location = store.location();
+                        obs.done().await;
                         return Err(deploy_error(
                             &plan,
                             DeployError::Locked {
                                 environment: pf.environment.name.clone(),
-                                location: store.location(),
+                                location,
                                 holder: Some(Box::new(h.info)),
                             },
                         ));
                     }
-                    let p = engine
-                        .plan(&pf.strategy, &pf.release(), &pf.options)
-                        .await
-                        .map_err(|e| deploy_error(&plan, e))?;
-                    engine.run(p, &ctrl_c_cancels()).await
+                    match engine.plan(&pf.strategy, &pf.release(), &pf.options).await {
+                        Ok(p) => engine.run(p, &ctrl_c_cancels()).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Some(wait) => {
                     // Plan under the lock, from what the run ahead of us leaves.
@@ -572,9 +596,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 }
             };
             // Send what the notifier queued even when the run could not start.
-            if let Some(n) = notifier {
-                n.close().await;
-            }
+            let engine = obs.done().await;
             let r = r.map_err(|e| deploy_error(&plan, e))?;
             Ok(finish(
                 &engine,
@@ -607,7 +629,8 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 None => RollbackTo::Previous,
             };
             let restore = restore_backup.map(BackupId);
-            let (engine, notifier) = observed(&plan, &pf, engine(&pf)?).await?;
+            let obs = observed(&plan, &pf, engine(&pf)?).await?;
+            let engine = obs.engine.clone();
             let say = |rb: &ReleaseRollback| {
                 out!(
                     "back to {} (promoted by run {} on {}, by {}@{})",
@@ -638,8 +661,9 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
             if dry_run {
                 let rb = engine
                     .plan_rollback_to(&to, &pf.strategy, &pf.options, artifact, restore)
-                    .await
-                    .map_err(|e| deploy_error(&plan, e))?;
+                    .await;
+                obs.done().await;
+                let rb = rb.map_err(|e| deploy_error(&plan, e))?;
                 say(&rb);
                 out_raw!("{}", rb.plan);
                 return Ok(0);
@@ -654,9 +678,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                     &ctrl_c_cancels(),
                 )
                 .await;
-            if let Some(n) = notifier {
-                n.close().await;
-            }
+            obs.done().await;
             let (rb, report) = r.map_err(|e| deploy_error(&plan, e))?;
             say(&rb);
             Ok(finish(&engine, &plan, &report, &Outputs::NONE)?)
@@ -693,6 +715,12 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                             pf.environment.name,
                             p = plan.display()
                         ),
+                    });
+                }
+                Err(e @ DeployError::Locked { .. }) => {
+                    return Err(Stop {
+                        code: 4,
+                        message: format!("{e}: a live run's lock is not broken"),
                     });
                 }
                 other => other.map_err(|e| deploy_error(&plan, e))?,
@@ -791,7 +819,10 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 write_html(&report, &path)?;
                 out!("wrote {}", path.display());
             } else {
-                out!("{report}");
+                out_raw!(
+                    "{}",
+                    render::report_text(&report, &plan.display().to_string())
+                );
             }
             Ok(0)
         }
@@ -819,8 +850,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 let weight = live
                     .weights
                     .as_ref()
-                    .and_then(|w| w.get(&t.id))
-                    .map(|w| format!("  weight {w}"))
+                    .map(|w| format!("  {} %", deploy::units::number(w.percent(&t.id))))
                     .unwrap_or_default();
                 let version = t
                     .current
@@ -903,7 +933,8 @@ fn history_line(h: &HistoryEntry) -> String {
 
 async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
     let pf = load(plan)?;
-    let (engine, notifier) = observed(plan, &pf, engine(&pf)?).await?;
+    let obs = observed(plan, &pf, engine(&pf)?).await?;
+    let engine = obs.engine.clone();
     // A stale lock whose run finished is cleared by the recovery: say so.
     let stale = engine
         .status()
@@ -913,9 +944,7 @@ async fn recover(plan: &Path, mode: Recovery) -> Result<i32, Stop> {
         .filter(|s| s.lock_stale)
         .and_then(|s| s.lock);
     let r = engine.recover(mode, &ctrl_c_cancels()).await;
-    if let Some(n) = notifier {
-        n.close().await;
-    }
+    obs.done().await;
     match r.map_err(|e| deploy_error(plan, e))? {
         None => {
             match stale {

@@ -77,15 +77,57 @@ pub(crate) fn verdict(v: &Verdict) -> String {
     line
 }
 
-/// How long a timed step waits, for its progress bar.
-fn timed(s: &Step) -> Option<Duration> {
+/// How long a step may wait, for its progress bar and `status --watch`'s time left: an
+/// analysis as long as its measurements really take, a timed pause, a health wait up to the
+/// probe's deadline.
+pub(crate) fn expected(s: &Step, times: &Times) -> Option<Duration> {
     match s {
-        Step::Analyze { duration, .. } => Some(*duration),
+        Step::Analyze { name, duration, .. } => Some(times.analysis(name, *duration)),
         Step::Pause {
             duration: Some(d), ..
         } => Some(*d),
+        Step::AwaitHealthy { .. } => Some(times.health),
         _ => None,
     }
+}
+
+/// What the renderer knows of the engine's timing: the wall time of an analysis (its gates'
+/// windows stretch it), the probe's deadline. It keeps a clone of the engine made before the
+/// renderer became one of its observers.
+#[derive(Debug)]
+pub(crate) struct Times {
+    engine: deploy::Engine,
+    /// The probe's deadline.
+    pub(crate) health: Duration,
+}
+
+impl Times {
+    /// The timing of `engine`.
+    pub(crate) fn of(engine: &deploy::Engine) -> Self {
+        Self {
+            health: engine.policies().probe.deadline,
+            engine: engine.clone(),
+        }
+    }
+
+    /// The wall time of the analysis `name` of nominal `duration`.
+    fn analysis(&self, name: &str, duration: Duration) -> Duration {
+        self.engine.analysis_time_of(name, duration).wall
+    }
+}
+
+/// A step's line label: ` 3/9 activate 2.0.0 on green`.
+fn label(index: usize, total: usize, s: &Step) -> String {
+    format!("{:>2}/{total} {}", index + 1, step(s))
+}
+
+/// Whether a step leaves what users are served as it was: it only unpacks a release on an idle
+/// slot, checks its health, or backs up the database.
+fn preparatory(s: &Step) -> bool {
+    matches!(
+        s,
+        Step::Prepare { .. } | Step::AwaitHealthy { .. } | Step::Backup
+    )
 }
 
 /// A wall-clock time as `HH:MM:SS` (UTC), for "until" in plain output.
@@ -101,6 +143,7 @@ pub(crate) struct Live {
     /// `deploy <command> <plan>` as the operator typed the plan's path, for the pause's hint.
     plan: String,
     bars: Option<MultiProgress>,
+    times: Times,
 }
 
 #[derive(Debug, Default)]
@@ -111,15 +154,31 @@ struct State {
     /// The step (by index) each target's health wait belongs to.
     health: HashMap<String, usize>,
     any_step: bool,
+    /// Whether a step that changes what users are served has finished.
+    acted: bool,
 }
 
 impl Live {
     /// A renderer for a run of the plan at `plan` (as typed); bars when `tty`.
-    pub(crate) fn new(plan: String, tty: bool) -> Self {
+    pub(crate) fn new(plan: String, tty: bool, times: Times) -> Self {
         Self {
             state: Mutex::new(State::default()),
             plan,
             bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout())),
+            times,
+        }
+    }
+
+    /// Take every bar off the screen (the run ended, or the command stops with an error), so
+    /// that what is printed next is not drawn over.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            for (_, bar) in st.bars.drain() {
+                bar.finish_and_clear();
+            }
+        }
+        if let Some(m) = &self.bars {
+            let _ = m.clear();
         }
     }
 
@@ -138,21 +197,24 @@ impl Live {
         if let Step::AwaitHealthy { target, .. } = s {
             st.health.insert(target.to_string(), index);
         }
-        let n = st.steps;
-        let label = format!("{:>2}/{n} {}", index + 1, step(s));
+        let label = label(index, st.steps, s);
         if let Step::Pause { duration: None } = s {
-            self.line(&format!("{label}: waiting"));
+            // The `Paused` event says why and how to end it.
             return;
         }
+        let wait = expected(s, &self.times);
         match &self.bars {
             Some(m) => {
-                let bar = match timed(s) {
-                    Some(d) => {
-                        let bar = m.add(ProgressBar::new(d.as_millis().max(1) as u64));
-                        bar.set_style(
-                            ProgressStyle::with_template(
-                                "{prefix} [{bar:24}] {elapsed} of {len_time}, {left} left {msg}",
-                            )
+                let bar =
+                    match wait {
+                        Some(d) => {
+                            let bar = m.add(ProgressBar::new(d.as_millis().max(1) as u64));
+                            bar.set_style(
+                            ProgressStyle::with_template(if matches!(s, Step::AwaitHealthy { .. }) {
+                                "{prefix} [{bar:24}] {elapsed} of at most {len_time} {msg}"
+                            } else {
+                                "{prefix} [{bar:24}] {elapsed} of {len_time}, {left} left {msg}"
+                            })
                             .unwrap_or_else(|_| ProgressStyle::default_bar())
                             .with_key(
                                 "len_time",
@@ -173,33 +235,37 @@ impl Live {
                             )
                             .progress_chars("=> "),
                         );
-                        let b = bar.clone();
-                        let start = Instant::now();
-                        tokio::spawn(async move {
-                            while !b.is_finished() {
-                                b.set_position(start.elapsed().as_millis() as u64);
-                                tokio::time::sleep(Duration::from_millis(250)).await;
-                            }
-                        });
-                        bar
-                    }
-                    None => {
-                        let bar = m.add(ProgressBar::new_spinner());
-                        bar.set_style(
-                            ProgressStyle::with_template("{prefix} {spinner} {elapsed} {msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        bar
-                    }
-                };
+                            let b = bar.clone();
+                            let start = Instant::now();
+                            tokio::spawn(async move {
+                                while !b.is_finished() {
+                                    let at = (start.elapsed().as_millis() as u64)
+                                        .min(b.length().unwrap_or(0));
+                                    b.set_position(at);
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                            });
+                            bar
+                        }
+                        None => {
+                            let bar = m.add(ProgressBar::new_spinner());
+                            bar.set_style(
+                                ProgressStyle::with_template("{prefix} {spinner} {elapsed} {msg}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
+                            bar
+                        }
+                    };
                 bar.set_prefix(label);
                 bar.enable_steady_tick(Duration::from_millis(200));
                 st.bars.insert(index, bar);
             }
             None => {
-                if let Some(d) = timed(s) {
+                if let Some(d) = expected(s, &self.times)
+                    && !matches!(s, Step::AwaitHealthy { .. })
+                {
                     self.line(&format!(
-                        "{label}: until {} UTC",
+                        "{label}: until about {} UTC",
                         clock(SystemTime::now() + d)
                     ));
                 }
@@ -222,11 +288,13 @@ impl Live {
             }
         }
         st.started.remove(&index);
-        let n = st.steps;
-        let label = format!("{:>2}/{n} {}", index + 1, step(s));
+        let label = label(index, st.steps, s);
         let took = units::duration(took);
         match error {
-            None => self.line(&format!("{label}  {took}")),
+            None => {
+                st.acted |= !preparatory(s);
+                self.line(&format!("{label}  {took}"));
+            }
             // The reason comes once, in full, in the summary (and in the report).
             Some(_) => self.line(&format!("{label}  FAILED after {took}")),
         }
@@ -302,10 +370,14 @@ impl Observer for Live {
                 for (_, bar) in st.bars.drain() {
                     bar.finish_and_clear();
                 }
-                if st.any_step {
-                    self.line("rolling back (why: below)");
-                } else {
+                if !st.any_step {
                     self.line("stopped before the first step (why: below); nothing was changed");
+                } else if !st.acted {
+                    self.line(
+                        "stopped before anything users are served changed (why: below); undoing the preparations",
+                    );
+                } else {
+                    self.line("rolling back (why: below)");
                 }
             }
             Event::RollbackStep { step: s, error } => match error {
@@ -338,17 +410,17 @@ pub(crate) fn refused_before_acting(report: &Report) -> bool {
                 .reason
                 .starts_with("stopped before the first step: hook ");
     };
-    let by_hook = report.steps[failed]
-        .error
-        .as_ref()
-        .is_some_and(|e| e.operation.starts_with("hook ") || e.message.starts_with("hook "));
-    by_hook
-        && report.steps[..failed].iter().all(|s| {
-            matches!(
-                s.step,
-                Step::Prepare { .. } | Step::AwaitHealthy { .. } | Step::Backup
-            )
-        })
+    // A before-hook's error reads `hook NAME (before step …): …`; an after-hook's failure
+    // comes after its step acted.
+    let before_hook = report.steps[failed].error.as_ref().is_some_and(|e| {
+        [&e.operation, &e.message]
+            .iter()
+            .any(|t| t.starts_with("hook ") && t.contains(" (before "))
+    });
+    before_hook
+        && report.steps[..failed]
+            .iter()
+            .all(|s| s.error.is_none() && preparatory(&s.step))
 }
 
 /// The closing summary of a run: outcome, versions per target, weights, schema, gates judged,
@@ -420,6 +492,65 @@ pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> Stri
     if let Some(n) = next {
         let _ = writeln!(s, "  next: {n}");
     }
+    s
+}
+
+/// A finished run's report as text (`deploy report`): its steps with their durations, its
+/// undo steps, each gate's measurements, and the summary.
+pub(crate) fn report_text(report: &Report, plan: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "run {}: deploy {} to {} ({}), started {}",
+        report.run_id,
+        report.version,
+        report.environment,
+        report.strategy,
+        humantime::format_rfc3339_seconds(report.started_at)
+    );
+    let total = report.steps.iter().map(|r| r.index + 1).max().unwrap_or(0);
+    for r in &report.steps {
+        let took = units::duration(r.duration);
+        let _ = match &r.error {
+            None => writeln!(s, "{}  {took}", label(r.index, total, &r.step)),
+            Some(_) => writeln!(s, "{}  FAILED after {took}", label(r.index, total, &r.step)),
+        };
+    }
+    if let Some(rb) = &report.rollback {
+        for u in &rb.steps {
+            let _ = match &u.error {
+                None => writeln!(s, "   undo {}  done", step(&u.step)),
+                Some(e) => writeln!(s, "   undo {}  FAILED: {}", step(&u.step), e.message),
+            };
+        }
+    }
+    let mut gates: Vec<(&str, &str)> = Vec::new();
+    for v in &report.verdicts {
+        if !gates.contains(&(v.gate.as_str(), v.analysis.as_str())) {
+            gates.push((v.gate.as_str(), v.analysis.as_str()));
+        }
+    }
+    for (gate, analysis) in gates {
+        let all: Vec<&Verdict> = report
+            .verdicts
+            .iter()
+            .filter(|v| v.gate == gate && v.analysis == analysis)
+            .map(|v| &v.verdict)
+            .collect();
+        let kinds = all
+            .iter()
+            .map(|v| v.kind.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(last) = all.last() {
+            let _ = writeln!(
+                s,
+                "   gate {gate} [{analysis}]: {kinds}; last: {}",
+                verdict(last)
+            );
+        }
+    }
+    s.push_str(&summary(report, plan, &[]));
     s
 }
 

@@ -1,6 +1,7 @@
 //! `deploy status --watch`: a live view of the run from another terminal — its step, the
 //! weights, the last verdict of each gate, the time left — read from the journal once a second
-//! until the run ends. Watching changes nothing: Ctrl-C stops the watch, not the run.
+//! until the run ends, or until it shows no live process behind it (exit 3: it needs `resume` or
+//! `rollback`). Watching changes nothing: Ctrl-C stops the watch, not the run.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -16,16 +17,19 @@ use crate::render;
 /// How often the journal is read.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// Follow the newest run until it ends; 0 when it did (or there is none).
+/// Follow the newest run until it ends (0), or until it is seen twice with no live process
+/// behind it (3: it needs `resume` or `rollback`, which the view names).
 pub(crate) async fn run(engine: &Engine, plan: &Path) -> Result<i32, DeployError> {
     let tty = std::io::stdout().is_terminal();
     let plan = plan.display().to_string();
+    let times = render::Times::of(engine);
     let mut shown = String::new();
+    let mut orphaned = 0;
     loop {
         let status = engine.status().await?;
         let text = match &status {
             None => "no run yet\n".to_owned(),
-            Some(s) => view(s, &plan, SystemTime::now()),
+            Some(s) => view(s, &plan, &times, SystemTime::now()),
         };
         // On a terminal the view is redrawn in place; otherwise a new view is printed only
         // when it changed (a log reads as a sequence of states, not a line per second).
@@ -38,6 +42,13 @@ pub(crate) async fn run(engine: &Engine, plan: &Path) -> Result<i32, DeployError
         if status.as_ref().is_none_or(|s| s.outcome.is_some()) {
             return Ok(0);
         }
+        let dead = status
+            .as_ref()
+            .is_some_and(|s| s.lock_stale || s.lock.is_none());
+        orphaned = if dead { orphaned + 1 } else { 0 };
+        if orphaned >= 2 {
+            return Ok(3);
+        }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = tokio::signal::ctrl_c() => return Ok(0),
@@ -46,7 +57,7 @@ pub(crate) async fn run(engine: &Engine, plan: &Path) -> Result<i32, DeployError
 }
 
 /// One view of `s` at `now`.
-pub(crate) fn view(s: &RunStatus, plan: &str, now: SystemTime) -> String {
+pub(crate) fn view(s: &RunStatus, plan: &str, times: &render::Times, now: SystemTime) -> String {
     let mut t = String::new();
     let _ = write!(t, "run {}: {} {}", s.run_id, s.strategy, s.version);
     match (&s.outcome, &s.rollback_reason) {
@@ -66,7 +77,7 @@ pub(crate) fn view(s: &RunStatus, plan: &str, now: SystemTime) -> String {
                     s.steps_total,
                     render::step(step)
                 );
-                if let Some(left) = left(step, s.step_started_at, now) {
+                if let Some(left) = left(step, times, s.step_started_at, now) {
                     let _ = write!(t, " ({} left)", units::duration(left));
                 }
                 let _ = writeln!(t);
@@ -114,15 +125,14 @@ pub(crate) fn view(s: &RunStatus, plan: &str, now: SystemTime) -> String {
     t
 }
 
-/// The time a timed step (an analysis, a timed pause) has left.
-fn left(step: &Step, started: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
-    let total = match step {
-        Step::Analyze { duration, .. } => *duration,
-        Step::Pause {
-            duration: Some(d), ..
-        } => *d,
-        _ => return None,
-    };
+/// The time a timed step (an analysis, a timed pause, a health wait) has left at most.
+fn left(
+    step: &Step,
+    times: &render::Times,
+    started: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    let total = render::expected(step, times)?;
     let gone = now.duration_since(started?).unwrap_or_default();
     Some(total.saturating_sub(gone))
 }

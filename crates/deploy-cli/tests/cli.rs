@@ -192,8 +192,7 @@ rolling back (why: below)
     };
     let lines: Vec<&str> = tail.lines().collect();
     assert!(
-        lines[0].starts_with("  why: step 4 (wait until a is healthy on 3.0.0)")
-            || lines[0].starts_with("  why: "),
+        lines[0].starts_with("  why: step 4 (wait until a is healthy on 3.0.0) failed: "),
         "{out}"
     );
     assert_eq!(
@@ -213,6 +212,8 @@ rolling back (why: below)
         out.lines().all(|l| l.chars().count() <= 400),
         "no line is a wall of text:\n{out}"
     );
+    // Both reports the runs kept (and the first install's) match the published schema.
+    assert_eq!(common::reports_match_the_schema(&w.state()), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,8 +256,17 @@ async fn release_override_report_and_validate() {
     let (code, out, _) = deploy(&["--version"]);
     assert_eq!(code, 0, "{out}");
     let (code, bad, err) = deploy(&["run", p, "--release", "not a version"]);
-    assert_eq!(code, 1, "{bad}{err}");
+    assert_eq!(code, 64, "a bad --release is a usage error: {bad}{err}");
     assert!(err.contains("--release"), "{err}");
+    // The plan's artifact is 2.0.0's build (its name says so): deploying it as 2.6.0 would
+    // label old code new.
+    let (code, bad, err) = deploy(&["run", p, "--release", "2.6.0"]);
+    assert_eq!(code, 64, "{bad}{err}");
+    assert!(err.contains("is 2.0.0's build; give --artifact"), "{err}");
+    assert!(w.versions().await.iter().all(|v| v.contains("2.5.0")));
+    // A preview of a rollback needs the release to go back to; alone it would act.
+    let (code, _, err) = deploy(&["rollback", p, "--dry-run"]);
+    assert_eq!(code, 64, "{err}");
 
     // `report` reads the newest run back: as text, as JSON, and drawn as HTML.
     let (code, text, err) = deploy(&["report", p]);
@@ -313,6 +323,10 @@ async fn unlock_shows_the_holder_refuses_a_live_one_and_breaks_a_dead_ones() {
     let mut run = run;
     run.0.kill().unwrap();
     run.0.wait().unwrap();
+    // A dead run's lock refuses the next run before it acts, naming what deals with it.
+    let (code, out, err) = deploy(&["run", p]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains(&format!("`deploy unlock {p}`")), "{err}");
     let (code, out, err) = deploy(&["unlock", p]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("broke the stale lock of"), "{out}");

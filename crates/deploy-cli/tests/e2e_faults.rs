@@ -201,7 +201,7 @@ state_file = {state_file}
     }
 }
 
-/// The JSON report of the newest run.
+/// The JSON report of the newest run, validated against the report schema.
 fn last_report(w: &World) -> serde_json::Value {
     let runs = w.state().join("runs");
     let mut reports: Vec<PathBuf> = std::fs::read_dir(&runs)
@@ -211,7 +211,12 @@ fn last_report(w: &World) -> serde_json::Value {
         .filter(|p| p.to_string_lossy().ends_with(".report.json"))
         .collect();
     reports.sort();
-    serde_json::from_slice(&std::fs::read(reports.last().unwrap()).unwrap()).unwrap()
+    let report = serde_json::from_slice(&std::fs::read(reports.last().unwrap()).unwrap()).unwrap();
+    // Every report these faults produce matches the published schema.
+    if let Err(e) = common::validate_report(&report) {
+        panic!("the report does not match schemas/report-v1.schema.json: {e}\n{report:#}");
+    }
+    report
 }
 
 async fn stop(load: Load) {
@@ -250,7 +255,9 @@ window = "2s"
     let (code, out) = deploy_cli(&["plan"], &plan);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("3 measurement(s) per gate, one every 1s but each needs 2s (the gate's window); takes about 6s"),
+        out.contains(
+            "3 measurements per gate, one every 1s, but each needs 2s (a gate's window): takes 6s"
+        ),
         "plan shows the analysis's real wall time\n{out}"
     );
     let load = w.load();
@@ -628,7 +635,7 @@ async fn observation_7_a_stale_lock_behind_a_finished_run_is_cleared_by_resume()
     .unwrap();
     let next = w.plan("next", "3.0.0", BLUE_GREEN, "");
     let (code, out) = deploy_cli(&["run"], &next);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 4, "refused before acting: a dead run's lock\n{out}");
     for command in ["deploy resume", "deploy rollback", "deploy unlock"] {
         assert!(out.contains(command), "names `{command}`\n{out}");
     }

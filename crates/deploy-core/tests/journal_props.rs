@@ -117,3 +117,28 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// A journal written by a newer version, holding a record kind this one does not know, still
+/// reads (so an older `deploy` on another machine can resume or roll back the run), and a
+/// journal of the version before `at` and `measured` existed reads as it did.
+#[test]
+fn unknown_record_kinds_are_skipped_and_old_journals_still_read() {
+    let started = Record::Started {
+        run_id: "r".into(),
+        plan: Box::new(plan()),
+        at: SystemTime::UNIX_EPOCH,
+        pid: 1,
+        host: "h".into(),
+    };
+    let mut bytes = line(&started);
+    bytes.extend(br#"{"record":"step_started","index":0,"inverse":[]}"#);
+    bytes.push(b'\n');
+    bytes.extend(br#"{"record":"from_the_future","index":0,"what":[1,2]}"#);
+    bytes.push(b'\n');
+    bytes.extend(br#"{"record":"step_finished","index":0,"error":null}"#);
+    bytes.push(b'\n');
+    let st = JournalState::from_bytes(&bytes).unwrap();
+    assert!(st.completed.contains(&0));
+    assert!(st.started.is_empty(), "no time in an old step_started");
+    assert!(st.last_verdicts.is_empty());
+}

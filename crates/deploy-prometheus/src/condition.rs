@@ -116,24 +116,6 @@ impl From<Condition> for String {
     }
 }
 
-impl Condition {
-    /// The condition with its thresholds in `unit` (`<= 1 %`, `<= 2 s`), as people read it;
-    /// the plain [`Display`](fmt::Display) without a unit.
-    pub fn in_unit(&self, unit: Option<deploy_core::units::Unit>) -> String {
-        if unit.is_none() {
-            return self.to_string();
-        }
-        let q = |x: &f64| deploy_core::units::quantity(*x, unit);
-        match self {
-            Self::Below(x) => format!("< {}", q(x)),
-            Self::AtMost(x) => format!("<= {}", q(x)),
-            Self::Above(x) => format!("> {}", q(x)),
-            Self::AtLeast(x) => format!(">= {}", q(x)),
-            Self::Between(lo, hi) => format!("{}..{}", q(lo), q(hi)),
-        }
-    }
-}
-
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

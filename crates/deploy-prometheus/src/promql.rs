@@ -542,7 +542,7 @@ fn judge_values_unitless(
             "value {} over {} samples: `{}` {verb}{nan_note}",
             Quantity(value, unit),
             finite.len(),
-            condition.in_unit(unit)
+            deploy_core::units::condition(&cond, unit)
         ),
     )
 }

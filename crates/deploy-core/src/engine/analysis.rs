@@ -274,8 +274,8 @@ impl Run<'_> {
                     analysis: name.to_owned(),
                     verdict: verdict.clone(),
                 });
-                // For `status`; a measurement lost from the journal loses nothing else.
-                self.record(&Record::Measured {
+                // For `status` only: a measurement lost from the journal loses nothing else.
+                self.record_for_status(&Record::Measured {
                     gate: gate.name().to_owned(),
                     analysis: name.to_owned(),
                     verdict: verdict.clone(),

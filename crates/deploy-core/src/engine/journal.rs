@@ -99,6 +99,10 @@ pub enum Record {
         /// The verdict.
         verdict: Verdict,
     },
+    /// A record of a kind this version does not know (written by a newer one): skipped when
+    /// replaying, so that an older `deploy` can still read, resume and roll back the run.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Record {
@@ -112,6 +116,7 @@ impl Record {
                 | Record::UndoFinished { .. }
                 | Record::PauseEnded { .. }
                 | Record::Measured { .. }
+                | Record::Unknown
         )
     }
 }
@@ -281,6 +286,7 @@ impl JournalState {
                 Record::Finished { outcome } => st.outcome = Some(outcome),
                 Record::PauseStarted { index, reason } => st.paused = Some((index, reason)),
                 Record::PauseEnded { .. } => st.paused = None,
+                Record::Unknown => {}
             }
         }
         st.next_index = (0..st.plan.steps.len())

@@ -274,23 +274,35 @@ impl Engine {
     /// What an analysis of `duration` takes with this engine's gates and analysis policy:
     /// `plan` shows it, because a gate that needs a window per measurement stretches it.
     pub fn analysis_time(&self, duration: Duration) -> AnalysisTime {
+        self.analysis_time_of("", duration)
+    }
+
+    /// [`analysis_time`](Self::analysis_time) of the analysis named `name` (a plan's
+    /// `Step::Analyze` name), counting only the gates that judge in it
+    /// ([`AnalysisPolicy::judges`](crate::policy::AnalysisPolicy::judges): a blue-green's
+    /// analysis before the switch may be judged by the smoke checks alone).
+    pub fn analysis_time_of(&self, name: &str, duration: Duration) -> AnalysisTime {
         let policy = &self.policies.analysis;
-        let evaluation = self
+        let gates: Vec<_> = self
             .env
             .gates
+            .iter()
+            .filter(|g| policy.judges(name, g.name()))
+            .collect();
+        let evaluation = gates
             .iter()
             .map(|g| g.evaluation_time())
             .max()
             .unwrap_or_default();
         AnalysisTime {
-            measurements: if self.env.gates.is_empty() {
+            measurements: if gates.is_empty() {
                 0
             } else {
                 policy.measurements(duration)
             },
             spacing: policy.spacing(duration),
             evaluation,
-            wall: if self.env.gates.is_empty() {
+            wall: if gates.is_empty() {
                 duration
             } else {
                 policy.wall_time(duration, evaluation)

@@ -209,7 +209,7 @@ impl fmt::Display for Event {
                     f,
                     "step {}: {step}: done in {}",
                     index + 1,
-                    fmt_duration(*duration)
+                    crate::units::duration(*duration)
                 )
             }
             Self::StepFinished {
@@ -222,7 +222,7 @@ impl fmt::Display for Event {
                     f,
                     "step {}: {step}: FAILED after {}: {e}",
                     index + 1,
-                    fmt_duration(*duration)
+                    crate::units::duration(*duration)
                 )
             }
             Self::HealthChecked {
@@ -244,7 +244,7 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "  drained {target} in {} ({sessions_left} sessions left)",
-                fmt_duration(*duration)
+                crate::units::duration(*duration)
             ),
             Self::GateVerdict {
                 gate,
@@ -279,14 +279,6 @@ impl fmt::Display for Event {
             } => write!(f, "  undo: {step}: FAILED: {e}"),
             Self::RunFinished { outcome } => write!(f, "run finished: {outcome}"),
         }
-    }
-}
-
-fn fmt_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", d.as_secs_f64())
     }
 }
 
@@ -811,7 +803,7 @@ impl fmt::Display for Report {
             self.version,
             self.environment,
             self.strategy,
-            fmt_duration(self.duration)
+            crate::units::duration(self.duration)
         )?;
         for s in &self.steps {
             let status = s
@@ -823,7 +815,7 @@ impl fmt::Display for Report {
                 "  {:>3}. {:<50} {:>10}  {status}",
                 s.index + 1,
                 s.step.to_string(),
-                fmt_duration(s.duration)
+                crate::units::duration(s.duration)
             )?;
         }
         let failed = self

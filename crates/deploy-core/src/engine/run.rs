@@ -144,6 +144,28 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// Append a record kept only for `status` (a measurement): a failure to write it is logged
+    /// and changes nothing else — a journal that really cannot be written fails the next
+    /// record that matters.
+    pub(super) async fn record_for_status(&mut self, record: &Record) {
+        if self.lease_is_lost() {
+            return;
+        }
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.append(record).await
+        {
+            match e {
+                DeployError::LeaseLost { cause, .. } => {
+                    tracing::error!(target: "deploy", "run {} lost its lock: {cause}; acting no further", self.run_id);
+                    self.lease_lost = Some(cause);
+                }
+                e => {
+                    tracing::warn!(target: "deploy", "run {}: a measurement was not journaled: {e}", self.run_id)
+                }
+            }
+        }
+    }
+
     pub(super) async fn execute(
         mut self,
         from: usize,
@@ -376,6 +398,19 @@ impl<'e> Run<'e> {
             });
             let mut failure: Option<Error> =
                 self.run_hooks(HookPoint::Before, Some(step)).await.err();
+            if failure.is_none()
+                && self.recorded.contains(&index)
+                && matches!(step, Step::Analyze { .. } | Step::Pause { .. })
+            {
+                // A resumed wait starts again: `status` counts its time left from now (the
+                // replay keeps the inverse recorded first).
+                self.record_for_status(&Record::StepStarted {
+                    index,
+                    inverse: Vec::new(),
+                    at: Some(std::time::SystemTime::now()),
+                })
+                .await;
+            }
             if failure.is_none() && !self.recorded.contains(&index) {
                 let span = tracing::info_span!("step", index = index + 1, op = step.op());
                 match self.inverse_of(step).instrument(span).await {
