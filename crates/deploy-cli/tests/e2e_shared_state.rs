@@ -307,10 +307,7 @@ async fn a_run_killed_on_one_machine_is_finished_from_another() {
         .lines()
         .find(|l| l.trim_start().starts_with("green"))
         .unwrap_or_default();
-    assert!(
-        green.contains("2.0.0") && green.contains("100 %"),
-        "{out}"
-    );
+    assert!(green.contains("2.0.0") && green.contains("100 %"), "{out}");
     assert!(!out.contains("DRIFT"), "{out}");
 }
 

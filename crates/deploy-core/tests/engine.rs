@@ -1049,3 +1049,45 @@ async fn a_destructive_migration_that_appears_after_planning_is_refused_when_the
     );
     assert_eq!(world.state(), before);
 }
+
+/// The smoke checks' verdicts are recorded even when another gate of the same measurement was
+/// inconclusive and ended the analysis (before, the first gate's verdict ended it and the smoke
+/// checks never ran), and the run rolls back on the inconclusive one.
+#[tokio::test(start_paused = true)]
+async fn smoke_checks_run_when_another_gate_is_inconclusive() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0")
+        .with_gate(FakeGate::sequence(
+            "error-rate",
+            &[VerdictKind::Inconclusive],
+        ))
+        .with_gate(FakeGate::passing("smoke"));
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::from_secs(10),
+    };
+    let report = engine
+        .deploy(
+            &strategy,
+            &release(),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    let gates: Vec<(&str, VerdictKind)> = report
+        .verdicts
+        .iter()
+        .map(|v| (v.gate.as_str(), v.verdict.kind))
+        .collect();
+    assert_eq!(
+        gates,
+        [
+            ("error-rate", VerdictKind::Inconclusive),
+            ("smoke", VerdictKind::Pass)
+        ],
+        "{report}"
+    );
+    assert_eq!(world.state().weights.to_string(), "blue=100,green=0");
+}
