@@ -669,7 +669,11 @@ impl PlanFile {
         let bytes = deploy_core::fs::read_limited(f, Self::MAX_SIZE)
             .map_err(|e| fail(format!("cannot read it: {e}")))?;
         let text = String::from_utf8(bytes).map_err(|_| fail("it is not UTF-8 text".to_owned()))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        // `plan.toml` alone is in the current directory (its parent is the empty path).
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let dir = std::path::absolute(dir)
             .map_err(|e| fail(format!("cannot tell its directory: {e}")))?;
         Self::parse_in(&name, &text, &dir)
@@ -1298,14 +1302,18 @@ impl PlanFile {
         if let Some(artifact) = &self.release.artifact
             && !artifact.exists()
         {
+            // Where a relative path went, for the operator who expected the current directory.
+            let note = if artifact.starts_with(&self.base_dir) {
+                format!(
+                    " (a relative path is read from the plan file's directory, {})",
+                    self.base_dir.display()
+                )
+            } else {
+                String::new()
+            };
             problems.push(Problem {
                 path: "release.artifact".to_owned(),
-                message: format!(
-                    "{} does not exist (a relative path is read from the plan file's \
-                     directory, {})",
-                    artifact.display(),
-                    self.base_dir.display()
-                ),
+                message: format!("{} does not exist{note}", artifact.display()),
             });
         }
         if let Some(dir) = &self.environment.state_dir

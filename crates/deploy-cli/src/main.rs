@@ -70,7 +70,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0   promoted, or nothing to do
   1   the plan or the environment is unusable; nothing was changed
-  2   rolled back: the previous release serves again
+  2   rolled back: the environment is back as it was before the run
   3   failed: the rollback itself failed; see the report, then `deploy rollback PLAN` again
   4   refused before acting: the lock is held, a before-hook said no, a request with no run
   5   the run lost its lock to another holder (its lease expired) and acted no further

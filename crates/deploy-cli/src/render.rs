@@ -481,7 +481,7 @@ pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> Stri
             "nothing was changed; fix what the hook said, then `deploy run {plan}` again"
         )),
         (_, Outcome::RolledBack) => Some(format!(
-            "the previous release serves again; `deploy report {plan} {} --html report.html` draws the run",
+            "the environment is back as it was before the run; `deploy report {plan} {} --html report.html` draws the run",
             report.run_id
         )),
         (_, Outcome::Failed) => Some(format!(

@@ -204,7 +204,7 @@ rolling back (why: below)
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("  next: the previous release serves again")),
+            .any(|l| l.starts_with("  next: the environment is back as it was before the run")),
         "{out}"
     );
     assert!(w.versions().await.iter().all(|v| v.contains("2.0.0")));
