@@ -407,7 +407,9 @@ impl<'a> Page<'a> {
             "each target's share of traffic over time, in percent",
         );
         chart.x_axis(out);
-        chart.y_axis(out, &[0.0, 25.0, 50.0, 75.0, 100.0], "%");
+        chart.y_axis(out, &[0.0, 25.0, 50.0, 75.0, 100.0], &|v| {
+            format!("{}%", num(v))
+        });
         let shares: Vec<(f64, BTreeMap<String, f64>)> = points
             .iter()
             .map(|p| (self.rel(p.at), percent(&p.weights)))
@@ -485,14 +487,19 @@ impl<'a> Page<'a> {
                 .filter(|&i| r.verdicts[i].gate == name)
                 .collect();
             let condition = &r.verdicts[idx[0]].verdict.condition;
-            let lines = thresholds(condition);
+            // Values and thresholds shown in the gate's unit (4.9 %, 4.95 ms); drawn as measured.
+            let unit = r.verdicts[idx[0]].verdict.unit;
+            let lines: Vec<(f64, String)> = thresholds(condition)
+                .into_iter()
+                .map(|(v, label)| (v, deploy_core::units::condition(&label, unit)))
+                .collect();
             let judge = condition.contains("Mann-Whitney");
             let _ = write!(
                 out,
                 "<section class=\"gate\" data-gate=\"{}\">\n<h3>{}</h3>\n<p>Condition: <code>{}</code>; source: <code>{}</code></p>\n",
                 esc(name),
                 esc(name),
-                esc(condition),
+                esc(&deploy_core::units::condition(condition, unit)),
                 esc(&r.verdicts[idx[0]].verdict.source)
             );
             let values: Vec<f64> = idx
@@ -522,7 +529,9 @@ impl<'a> Page<'a> {
             };
             chart.open(out, "gate-chart", what);
             chart.x_axis(out);
-            chart.y_axis(out, &ticks(y_min, y_max), "");
+            chart.y_axis(out, &ticks(y_min, y_max), &|v| {
+                deploy_core::units::quantity(v, unit)
+            });
             for (v, label) in &lines {
                 let y = chart.y(*v);
                 let _ = writeln!(
@@ -562,7 +571,9 @@ impl<'a> Page<'a> {
                     "+{}: {} {}: {}",
                     secs(Duration::from_secs_f64(x)),
                     kind,
-                    v.value.map_or("no value".to_owned(), num),
+                    v.value.map_or("no value".to_owned(), |x| {
+                        deploy_core::units::quantity(x, v.unit)
+                    }),
                     v.reason
                 );
                 match v.value.filter(|v| v.is_finite()) {
@@ -881,7 +892,7 @@ impl Chart {
         }
     }
 
-    fn y_axis(&self, out: &mut String, ticks: &[f64], unit: &str) {
+    fn y_axis(&self, out: &mut String, ticks: &[f64], label: &dyn Fn(f64) -> String) {
         let _ = writeln!(
             out,
             "<line class=\"axis\" x1=\"{l}\" x2=\"{l}\" y1=\"{}\" y2=\"{}\"></line>",
@@ -894,12 +905,12 @@ impl Chart {
             let _ = writeln!(
                 out,
                 "<line class=\"grid\" x1=\"{}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\"></line>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}{unit}</text>",
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
                 self.left,
                 self.width - self.right,
                 self.left - 6.0,
                 y + 4.0,
-                num(v)
+                esc(&label(v))
             );
         }
     }

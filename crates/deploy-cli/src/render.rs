@@ -29,7 +29,21 @@ pub(crate) fn short(text: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-/// Weights as people read them: `blue 90 %, green 10 %`.
+/// Weights as people read them: `blue 90 %, green 10 %` when they name every one of the `all`
+/// targets (a share of the traffic), else as set (`c weight 1`: a rolling batch given its
+/// weight back, the others keeping theirs).
+pub(crate) fn weights_of(w: &Weights, all: usize) -> String {
+    if w.iter().count() < all || all == 0 {
+        return w
+            .iter()
+            .map(|(id, n)| format!("{id} weight {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    weights(w)
+}
+
+/// Weights as shares of the traffic: `blue 90 %, green 10 %`.
 pub(crate) fn weights(w: &Weights) -> String {
     w.iter()
         .map(|(id, _)| format!("{id} {} %", units::number(w.percent(id))))
@@ -37,10 +51,10 @@ pub(crate) fn weights(w: &Weights) -> String {
         .join(", ")
 }
 
-/// A step in words, with weights as percentages and durations rounded.
-pub(crate) fn step(s: &Step) -> String {
+/// A step in words, with weights as percentages (of the `all` targets) and durations rounded.
+pub(crate) fn step(s: &Step, all: usize) -> String {
     match s {
-        Step::SetWeights { weights: w } => format!("send traffic: {}", weights(w)),
+        Step::SetWeights { weights: w } => format!("send traffic: {}", weights_of(w, all)),
         Step::Analyze {
             name,
             duration,
@@ -99,6 +113,8 @@ pub(crate) struct Times {
     engine: deploy::Engine,
     /// The probe's deadline.
     pub(crate) health: Duration,
+    /// How many targets the environment has (weights naming them all are shares).
+    pub(crate) targets: usize,
 }
 
 impl Times {
@@ -106,6 +122,7 @@ impl Times {
     pub(crate) fn of(engine: &deploy::Engine) -> Self {
         Self {
             health: engine.policies().probe.deadline,
+            targets: engine.environment().targets().len(),
             engine: engine.clone(),
         }
     }
@@ -117,8 +134,8 @@ impl Times {
 }
 
 /// A step's line label: ` 3/9 activate 2.0.0 on green`.
-fn label(index: usize, total: usize, s: &Step) -> String {
-    format!("{:>2}/{total} {}", index + 1, step(s))
+fn label(index: usize, total: usize, s: &Step, all: usize) -> String {
+    format!("{:>2}/{total} {}", index + 1, step(s, all))
 }
 
 /// Whether a step leaves what users are served as it was: it only unpacks a release on an idle
@@ -197,7 +214,7 @@ impl Live {
         if let Step::AwaitHealthy { target, .. } = s {
             st.health.insert(target.to_string(), index);
         }
-        let label = label(index, st.steps, s);
+        let label = label(index, st.steps, s, self.times.targets);
         if let Step::Pause { duration: None } = s {
             // The `Paused` event says why and how to end it.
             return;
@@ -288,7 +305,7 @@ impl Live {
             }
         }
         st.started.remove(&index);
-        let label = label(index, st.steps, s);
+        let label = label(index, st.steps, s, self.times.targets);
         let took = units::duration(took);
         match error {
             None => {
@@ -381,8 +398,12 @@ impl Observer for Live {
                 }
             }
             Event::RollbackStep { step: s, error } => match error {
-                None => self.line(&format!("   undo {}  done", step(s))),
-                Some(e) => self.line(&format!("   undo {}  FAILED: {}", step(s), short(e, SHORT))),
+                None => self.line(&format!("   undo {}  done", step(s, self.times.targets))),
+                Some(e) => self.line(&format!(
+                    "   undo {}  FAILED: {}",
+                    step(s, self.times.targets),
+                    short(e, SHORT)
+                )),
             },
             Event::RunFinished { .. } => {
                 for (_, bar) in st.bars.drain() {
@@ -509,18 +530,23 @@ pub(crate) fn report_text(report: &Report, plan: &str) -> String {
         humantime::format_rfc3339_seconds(report.started_at)
     );
     let total = report.steps.iter().map(|r| r.index + 1).max().unwrap_or(0);
+    let all = report.final_state.as_ref().map_or(0, |f| f.targets.len());
     for r in &report.steps {
         let took = units::duration(r.duration);
         let _ = match &r.error {
-            None => writeln!(s, "{}  {took}", label(r.index, total, &r.step)),
-            Some(_) => writeln!(s, "{}  FAILED after {took}", label(r.index, total, &r.step)),
+            None => writeln!(s, "{}  {took}", label(r.index, total, &r.step, all)),
+            Some(_) => writeln!(
+                s,
+                "{}  FAILED after {took}",
+                label(r.index, total, &r.step, all)
+            ),
         };
     }
     if let Some(rb) = &report.rollback {
         for u in &rb.steps {
             let _ = match &u.error {
-                None => writeln!(s, "   undo {}  done", step(&u.step)),
-                Some(e) => writeln!(s, "   undo {}  FAILED: {}", step(&u.step), e.message),
+                None => writeln!(s, "   undo {}  done", step(&u.step, all)),
+                Some(e) => writeln!(s, "   undo {}  FAILED: {}", step(&u.step, all), e.message),
             };
         }
     }
@@ -595,7 +621,9 @@ mod tests {
         let w = Weights::new()
             .with(TargetId::new("blue").unwrap(), 9)
             .with(TargetId::new("green").unwrap(), 1);
-        assert_eq!(weights(&w), "blue 90 %, green 10 %");
+        assert_eq!(weights_of(&w, 2), "blue 90 %, green 10 %");
+        // A rolling batch given its weight back, of a fleet of three.
+        assert_eq!(weights_of(&w, 3), "blue weight 9, green weight 1");
     }
 
     #[test]

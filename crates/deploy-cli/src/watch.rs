@@ -75,7 +75,7 @@ pub(crate) fn view(s: &RunStatus, plan: &str, times: &render::Times, now: System
                     "  step {}/{}: {}",
                     s.steps_done + 1,
                     s.steps_total,
-                    render::step(step)
+                    render::step(step, times.targets)
                 );
                 if let Some(left) = left(step, times, s.step_started_at, now) {
                     let _ = write!(t, " ({} left)", units::duration(left));
