@@ -34,6 +34,7 @@
 mod app;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -48,7 +49,6 @@ use deploy::postgres::PgMigrationRunner;
 use deploy::postgres::testing::PgServer;
 use deploy::prometheus::testing::{PrometheusServer, ScrapeTarget};
 use deploy::prometheus::{HttpMetrics, PromQlGate};
-use deploy_core::event::{Event, Observer};
 use deploy_core::{
     CanaryStep, Endpoint, Engine, Environment, HttpProbe, LocalHost, MigrationRunner, PlanOptions,
     Release, ReleaseDirTarget, Strategy, Target, TargetId, TrafficSwitch, VerdictKind, Version,
@@ -160,19 +160,6 @@ async fn supervise() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Prints the engine's events as they happen, with the time since the demo started.
-#[derive(Debug)]
-struct Printer(Instant);
-
-impl Observer for Printer {
-    fn on_event(&self, event: &Event) {
-        if matches!(event, Event::HealthChecked { healthy: true, .. }) {
-            return;
-        }
-        println!("[{:>6.2}s] {event}", self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -550,8 +537,15 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     let state_dir = work.join("state");
     let engine = Engine::new(env)
         .with_policies(policies)
-        .with_observer(Arc::new(Printer(started)))
         .with_state_dir(&state_dir);
+    // The run as the `deploy` command line shows it: a line per step, verdicts rounded with
+    // their unit, bars for the waits on a terminal, and a summary after each deploy.
+    let live = deploy::console::Live::new(
+        None,
+        std::io::stdout().is_terminal(),
+        deploy::console::Times::of(&engine),
+    );
+    let engine = engine.with_observer(Arc::new(live));
 
     let mut as_scripted = true;
     let mut reports = Vec::new();
@@ -570,6 +564,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         .await;
     let counts = load.finish().await;
     let report = result?;
+    print!("{}", deploy::console::summary(&report, None, &[]));
     println!();
     print_load("the 2.0.0 deploy", &counts);
     println!(
@@ -601,6 +596,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             .await;
         let counts = load.finish().await;
         let report = result?;
+        print!("{}", deploy::console::summary(&report, None, &[]));
         println!();
         print_load("the 3.0.0 canary", &counts);
         let verdict = failed_verdict(&report);

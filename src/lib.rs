@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod adapters;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod plan_file;
 pub mod report_html;
 

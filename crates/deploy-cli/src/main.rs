@@ -27,8 +27,9 @@
 //! run they are refused and leave nothing behind. `resume` and `rollback` read the live state
 //! first and go from where the world is, not only from what the journal says.
 
-mod render;
 mod watch;
+
+use deploy::console as render;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -393,7 +394,7 @@ impl Observed {
 
 async fn observed(path: &Path, plan: &PlanFile, engine: Engine) -> Result<Observed, String> {
     let live = Arc::new(render::Live::new(
-        path.display().to_string(),
+        Some(path.display().to_string()),
         std::io::stdout().is_terminal(),
         render::Times::of(&engine),
     ));
@@ -472,7 +473,7 @@ fn finish(
     }
     out_raw!(
         "{}",
-        render::summary(report, &plan.display().to_string(), &at)
+        render::summary(report, Some(&plan.display().to_string()), &at)
     );
     Ok(exit_code(report))
 }

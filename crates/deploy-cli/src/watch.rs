@@ -12,7 +12,7 @@ use deploy::journal::RunStatus;
 use deploy::units;
 use deploy::{DeployError, Engine, Step};
 
-use crate::render;
+use deploy::console as render;
 
 /// How often the journal is read.
 const EVERY: Duration = Duration::from_secs(1);

@@ -1,4 +1,5 @@
-//! What an operator reads while a run goes and when it ends: one line per step with its
+//! What an operator reads while a run goes and when it ends (the `deploy` command line and the
+//! demo print with it; feature `console`): one line per step with its
 //! duration, weights as percentages, rounded values with their unit, health waits and timed
 //! waits as one updating line with a progress bar on a terminal (plain lines otherwise), a pause
 //! that names the commands that end it, and a closing summary with the failure's reason printed
@@ -9,18 +10,22 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use deploy::event::{Event, Observer};
-use deploy::units;
-use deploy::{Outcome, Report, Snapshot, Step, Verdict, VerdictKind, Weights};
+use deploy_core::event::{Event, Observer};
+use deploy_core::units;
+use deploy_core::{Engine, Outcome, Report, Snapshot, Step, Verdict, VerdictKind, Weights};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::out;
+/// A line on standard output; a closed or full output never stops a deploy (errors ignored).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
 
 /// How wide a reason may be on a progress line before it is cut (the full text comes at the end).
 const SHORT: usize = 110;
 
 /// `text` cut to `max` characters with an ellipsis, on one line.
-pub(crate) fn short(text: &str, max: usize) -> String {
+pub fn short(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or_default();
     if line.chars().count() <= max && !text.contains('\n') {
         return line.to_owned();
@@ -32,7 +37,7 @@ pub(crate) fn short(text: &str, max: usize) -> String {
 /// Weights as people read them: `blue 90 %, green 10 %` when they name every one of the `all`
 /// targets (a share of the traffic), else as set (`c weight 1`: a rolling batch given its
 /// weight back, the others keeping theirs).
-pub(crate) fn weights_of(w: &Weights, all: usize) -> String {
+pub fn weights_of(w: &Weights, all: usize) -> String {
     if w.iter().count() < all || all == 0 {
         return w
             .iter()
@@ -44,7 +49,7 @@ pub(crate) fn weights_of(w: &Weights, all: usize) -> String {
 }
 
 /// Weights as shares of the traffic: `blue 90 %, green 10 %`.
-pub(crate) fn weights(w: &Weights) -> String {
+pub fn weights(w: &Weights) -> String {
     w.iter()
         .map(|(id, _)| format!("{id} {} %", units::number(w.percent(id))))
         .collect::<Vec<_>>()
@@ -52,7 +57,7 @@ pub(crate) fn weights(w: &Weights) -> String {
 }
 
 /// A step in words, with weights as percentages (of the `all` targets) and durations rounded.
-pub(crate) fn step(s: &Step, all: usize) -> String {
+pub fn step(s: &Step, all: usize) -> String {
     match s {
         Step::SetWeights { weights: w } => format!("send traffic: {}", weights_of(w, all)),
         Step::Analyze {
@@ -76,7 +81,7 @@ pub(crate) fn step(s: &Step, all: usize) -> String {
 }
 
 /// A verdict on one line: `pass 0.2 % (<= 1 %)`, with a short reason when it is not a pass.
-pub(crate) fn verdict(v: &Verdict) -> String {
+pub fn verdict(v: &Verdict) -> String {
     let value = v
         .value
         .map_or("no value".to_owned(), |x| units::quantity(x, v.unit));
@@ -94,7 +99,7 @@ pub(crate) fn verdict(v: &Verdict) -> String {
 /// How long a step may wait, for its progress bar and `status --watch`'s time left: an
 /// analysis as long as its measurements really take, a timed pause, a health wait up to the
 /// probe's deadline.
-pub(crate) fn expected(s: &Step, times: &Times) -> Option<Duration> {
+pub fn expected(s: &Step, times: &Times) -> Option<Duration> {
     match s {
         Step::Analyze { name, duration, .. } => Some(times.analysis(name, *duration)),
         Step::Pause {
@@ -109,17 +114,17 @@ pub(crate) fn expected(s: &Step, times: &Times) -> Option<Duration> {
 /// windows stretch it), the probe's deadline. It keeps a clone of the engine made before the
 /// renderer became one of its observers.
 #[derive(Debug)]
-pub(crate) struct Times {
-    engine: deploy::Engine,
+pub struct Times {
+    engine: Engine,
     /// The probe's deadline.
-    pub(crate) health: Duration,
+    pub health: Duration,
     /// How many targets the environment has (weights naming them all are shares).
-    pub(crate) targets: usize,
+    pub targets: usize,
 }
 
 impl Times {
     /// The timing of `engine`.
-    pub(crate) fn of(engine: &deploy::Engine) -> Self {
+    pub fn of(engine: &Engine) -> Self {
         Self {
             health: engine.policies().probe.deadline,
             targets: engine.environment().targets().len(),
@@ -155,10 +160,11 @@ fn clock(t: SystemTime) -> String {
 
 /// Renders a run's events: bars on a terminal, plain lines otherwise.
 #[derive(Debug)]
-pub(crate) struct Live {
+pub struct Live {
     state: Mutex<State>,
-    /// `deploy <command> <plan>` as the operator typed the plan's path, for the pause's hint.
-    plan: String,
+    /// The plan file's path as the operator typed it, for the commands a pause names (`None`
+    /// when the run comes from no plan file).
+    plan: Option<String>,
     bars: Option<MultiProgress>,
     times: Times,
 }
@@ -177,7 +183,7 @@ struct State {
 
 impl Live {
     /// A renderer for a run of the plan at `plan` (as typed); bars when `tty`.
-    pub(crate) fn new(plan: String, tty: bool, times: Times) -> Self {
+    pub fn new(plan: Option<String>, tty: bool, times: Times) -> Self {
         Self {
             state: Mutex::new(State::default()),
             plan,
@@ -188,7 +194,7 @@ impl Live {
 
     /// Take every bar off the screen (the run ended, or the command stops with an error), so
     /// that what is printed next is not drawn over.
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         if let Ok(mut st) = self.state.lock() {
             for (_, bar) in st.bars.drain() {
                 bar.finish_and_clear();
@@ -204,7 +210,7 @@ impl Live {
             Some(m) => {
                 let _ = m.println(text);
             }
-            None => out!("{text}"),
+            None => out(text),
         }
     }
 
@@ -369,12 +375,12 @@ impl Observer for Live {
             } => self.line(&format!("      {gate}: {}", verdict(v))),
             // A failed hook fails its step or the run: its reason is the summary's.
             Event::HookRan { .. } => {}
-            Event::Paused { reason } => {
-                let p = &self.plan;
-                self.line(&format!(
+            Event::Paused { reason } => match &self.plan {
+                Some(p) => self.line(&format!(
                     "      paused: {reason}\n      `deploy promote {p}` carries on, `deploy abort {p}` rolls back, `deploy status {p} --watch` follows it"
-                ));
-            }
+                )),
+                None => self.line(&format!("      paused: {reason}")),
+            },
             Event::Retrying {
                 operation,
                 attempt,
@@ -418,7 +424,7 @@ impl Observer for Live {
 /// Whether `report` is a refusal before acting: a before-hook said no before any step changed
 /// what users are served (only releases unpacked on idle slots, health checks of them, a
 /// backup), and the rollback left nothing different.
-pub(crate) fn refused_before_acting(report: &Report) -> bool {
+pub fn refused_before_acting(report: &Report) -> bool {
     let Some(rollback) = &report.rollback else {
         return false;
     };
@@ -446,7 +452,7 @@ pub(crate) fn refused_before_acting(report: &Report) -> bool {
 
 /// The closing summary of a run: outcome, versions per target, weights, schema, gates judged,
 /// where the reports are, and for a failure its reason in full and what to do next.
-pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> String {
+pub fn summary(report: &Report, plan: Option<&str>, report_at: &[String]) -> String {
     let mut s = String::new();
     let outcome = if refused_before_acting(report) {
         "REFUSED"
@@ -497,17 +503,25 @@ pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> Stri
     for at in report_at {
         let _ = writeln!(s, "  report: {at}");
     }
-    let next = match (outcome, report.outcome) {
-        ("REFUSED", _) => Some(format!(
+    let next = match (outcome, report.outcome, plan) {
+        ("REFUSED", _, Some(plan)) => Some(format!(
             "nothing was changed; fix what the hook said, then `deploy run {plan}` again"
         )),
-        (_, Outcome::RolledBack) => Some(format!(
+        ("REFUSED", _, None) => Some("nothing was changed".to_owned()),
+        (_, Outcome::RolledBack, Some(plan)) => Some(format!(
             "the environment is back as it was before the run; `deploy report {plan} {} --html report.html` draws the run",
             report.run_id
         )),
-        (_, Outcome::Failed) => Some(format!(
+        (_, Outcome::RolledBack, None) => {
+            Some("the environment is back as it was before the run".to_owned())
+        }
+        (_, Outcome::Failed, Some(plan)) => Some(format!(
             "the environment needs attention: `deploy status {plan} --fleet` shows what runs where, `deploy rollback {plan}` tries the rollback again"
         )),
+        (_, Outcome::Failed, None) => Some(
+            "the environment needs attention: the rollback itself failed (see the report)"
+                .to_owned(),
+        ),
         _ => None,
     };
     if let Some(n) = next {
@@ -518,7 +532,7 @@ pub(crate) fn summary(report: &Report, plan: &str, report_at: &[String]) -> Stri
 
 /// A finished run's report as text (`deploy report`): its steps with their durations, its
 /// undo steps, each gate's measurements, and the summary.
-pub(crate) fn report_text(report: &Report, plan: &str) -> String {
+pub fn report_text(report: &Report, plan: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -576,12 +590,12 @@ pub(crate) fn report_text(report: &Report, plan: &str) -> String {
             );
         }
     }
-    s.push_str(&summary(report, plan, &[]));
+    s.push_str(&summary(report, Some(plan), &[]));
     s
 }
 
 /// What the environment runs: `blue 2.0.0 (100 %), green 1.0.0 (0 %); schema 2`.
-pub(crate) fn live(f: &Snapshot) -> String {
+pub fn live(f: &Snapshot) -> String {
     let targets = f
         .targets
         .iter()
