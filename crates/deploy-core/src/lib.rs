@@ -20,6 +20,7 @@ pub mod http;
 pub mod notify;
 pub mod redact;
 pub mod secret;
+pub mod served;
 pub mod smoke;
 pub mod state;
 #[cfg(feature = "testing")]

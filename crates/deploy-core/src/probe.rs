@@ -236,12 +236,12 @@ impl HttpProbeBuilder {
     }
 }
 
-fn valid_field_name(name: &str) -> bool {
+pub(crate) fn valid_field_name(name: &str) -> bool {
     !name.is_empty() && name.split('.').all(|p| !p.is_empty())
 }
 
 /// The value at dotted `name` in `json`, if any.
-fn lookup<'a>(json: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+pub(crate) fn lookup<'a>(json: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     name.split('.').try_fold(json, |v, part| v.get(part))
 }
 

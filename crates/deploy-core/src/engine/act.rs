@@ -1,10 +1,11 @@
 //! Doing one step: the calls to targets, switch, probe, runner and maintenance page.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::{Release, TargetId, Version};
+use crate::model::{Release, TargetId, Version, Weights};
 use crate::strategy::Step;
 use crate::traits::{DynMaintenance, DynMigrationRunner, DynTrafficSwitch, ProbeRequest};
 
@@ -40,6 +41,71 @@ impl<'e> Run<'e> {
                 "the environment has no traffic switch",
             )
         })
+    }
+
+    /// Do one step of the forward path: [`act`](Self::act), then, after a traffic step, the
+    /// served-version check at the front door when the environment has one. The check is part
+    /// of the step: its failure fails the step, whose inverse (journaled before it acted) puts
+    /// the weights back. An undo is not checked: it must put things back whatever is served.
+    pub(super) async fn act_forward(&mut self, step: &Step) -> Result<(), Failure> {
+        self.act(step).await?;
+        let Some(check) = &self.env().served_check else {
+            return Ok(());
+        };
+        if !matches!(step, Step::SetWeights { .. }) {
+            return Ok(());
+        }
+        let engine = self.engine;
+        let s = self.switch()?;
+        let weights = engine
+            .call(
+                "read weights of",
+                "the switch",
+                engine.policies.timeouts.call,
+                || s.weights(),
+            )
+            .await?;
+        match self.promised_versions(&weights) {
+            Ok(promised) => {
+                let summary = check.check(&promised).await?;
+                self.note(summary);
+            }
+            Err(why) => self.note(format!("served versions not checked: {why}")),
+        }
+        Ok(())
+    }
+
+    /// The share of `weights` each version should get: a target serves the version this run
+    /// activated on it (a step before the current one), else the one it ran when the plan was
+    /// made. `Err(why)` when that cannot be said (a weighted target whose version is unknown,
+    /// or no weight at all).
+    fn promised_versions(&self, weights: &Weights) -> Result<BTreeMap<Version, f64>, String> {
+        let mut runs: BTreeMap<&TargetId, Option<&Version>> = self
+            .plan
+            .snapshot
+            .targets
+            .iter()
+            .map(|t| (&t.id, t.current.as_ref()))
+            .collect();
+        for done in &self.plan.steps[..self.current_index.min(self.plan.steps.len())] {
+            if let Step::Activate { target, version } = done {
+                runs.insert(target, Some(version));
+            }
+        }
+        let total = weights.total();
+        if total == 0 {
+            return Err("every weight is 0".to_owned());
+        }
+        let mut promised: BTreeMap<Version, f64> = BTreeMap::new();
+        for (target, w) in weights.iter().filter(|(_, w)| *w > 0) {
+            let Some(Some(version)) = runs.get(target) else {
+                return Err(format!(
+                    "{target} has weight {w} but the version it runs is not known"
+                ));
+            };
+            *promised.entry((*version).clone()).or_default() += f64::from(w) / total as f64;
+        }
+        Ok(promised)
     }
 
     /// Do one step (forward or undo).

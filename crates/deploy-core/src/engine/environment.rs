@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use crate::error::{Error, ErrorKind};
 use crate::hooks::Hook;
 use crate::model::{TargetId, Version};
+use crate::served::ServedCheck;
 use crate::strategy::Capabilities;
 use crate::traits::{
     DynHealthProbe, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTarget, DynTrafficSwitch,
@@ -22,6 +23,7 @@ pub struct Environment {
     pub(super) migrations: Option<DynMigrationRunner>,
     pub(super) maintenance: Option<DynMaintenance>,
     pub(super) hooks: Vec<Hook>,
+    pub(super) served_check: Option<ServedCheck>,
 }
 
 impl Environment {
@@ -37,6 +39,7 @@ impl Environment {
                 migrations: None,
                 maintenance: None,
                 hooks: Vec::new(),
+                served_check: None,
             },
         }
     }
@@ -49,6 +52,11 @@ impl Environment {
     /// Its targets, in order.
     pub fn targets(&self) -> &[DynTarget] {
         &self.targets
+    }
+
+    /// The served-version check run after every traffic step, if any.
+    pub fn served_check(&self) -> Option<&ServedCheck> {
+        self.served_check.as_ref()
     }
 
     pub(super) fn target(&self, id: &TargetId) -> Result<&DynTarget, Error> {
@@ -120,7 +128,16 @@ impl EnvironmentBuilder {
         self
     }
 
-    /// Check and build: a valid name, at least one target, no duplicate target ids.
+    /// After every traffic step (`SetWeights`) of a run, check at the front door that the
+    /// answers carry the versions the weights promise (see [`ServedCheck`]); a mismatch fails
+    /// the step.
+    pub fn served_check(mut self, check: ServedCheck) -> Self {
+        self.env.served_check = Some(check);
+        self
+    }
+
+    /// Check and build: a valid name, at least one target, no duplicate target ids, a valid
+    /// served-version check.
     pub fn build(self) -> Result<Environment, Error> {
         let env = self.env;
         let mut problems = Vec::new();
@@ -134,6 +151,11 @@ impl EnvironmentBuilder {
         for t in &env.targets {
             if !seen.insert(t.id().clone()) {
                 problems.push(format!("target {} is listed twice", t.id()));
+            }
+        }
+        if let Some(c) = &env.served_check {
+            for p in c.problems() {
+                problems.push(format!("served check: {}: {}", p.path, p.message));
             }
         }
         if problems.is_empty() {

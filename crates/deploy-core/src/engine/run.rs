@@ -468,7 +468,7 @@ impl<'e> Run<'e> {
         };
         let results: Vec<Result<Vec<String>, Failure>> = if let [step] = steps.as_slice() {
             let span = tracing::info_span!("step", index = start + 1, op = step.op());
-            match guard.race(self.act(step).instrument(span)).await {
+            match guard.race(self.act_forward(step).instrument(span)).await {
                 Ok(r) => vec![r.map(|()| Vec::new())],
                 Err(why) => vec![Err(Failure::interrupted(why.error()))],
             }
