@@ -37,6 +37,12 @@
 //! [notify]
 //! webhook = "https://chat.example/hooks/deploys"
 //! min_severity = "warning"
+//!
+//! [served_check]
+//! url = "http://127.0.0.1:8080/"
+//! header = "X-Version"
+//! requests = 100
+//! tolerance = 0.1
 //! ```
 //!
 //! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
@@ -52,6 +58,7 @@ use std::sync::Arc;
 
 use deploy_core::event::Severity;
 use deploy_core::hooks::{CommandHook, Hook, HookAction, HookPoint, WebhookHook};
+use deploy_core::served::ServedCheck;
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
@@ -407,6 +414,9 @@ pub struct PlanFile {
     pub smoke: Vec<SmokeCheck>,
     /// `[notify]`.
     pub notify: Option<NotifySection>,
+    /// `[served_check]`: the versions served through the load balancer's frontend, checked
+    /// after every traffic step.
+    pub served_check: Option<ServedCheck>,
     /// What is accepted but unwise (a secret written inline), with its key path.
     pub warnings: Vec<Problem>,
 }
@@ -431,6 +441,7 @@ impl fmt::Debug for PlanFile {
             .field("hooks", &self.hooks)
             .field("smoke", &self.smoke)
             .field("notify", &self.notify)
+            .field("served_check", &self.served_check)
             .field("warnings", &self.warnings)
             .finish()
     }
@@ -452,6 +463,7 @@ const KEYS: &[&str] = &[
     "hooks",
     "smoke",
     "notify",
+    "served_check",
 ];
 
 /// Deserialize the TOML `value` found at `path` into `T`; a problem names the full key path
@@ -750,6 +762,9 @@ impl PlanFile {
         let notify = table
             .remove("notify")
             .and_then(|v| c.take::<NotifySection>("notify", v));
+        let served_check = table
+            .remove("served_check")
+            .and_then(|v| c.take::<ServedCheck>("served_check", v));
         let switch = table.remove("switch");
         let gates = match table.remove("gates") {
             None => Vec::new(),
@@ -830,6 +845,17 @@ impl PlanFile {
             }
         }
         check_servers_map(&mut c, switch.as_ref(), &targets);
+        if let Some(sc) = &served_check {
+            for p in sc.problems() {
+                c.push(format!("served_check.{}", p.path), p.message);
+            }
+            if switch.is_none() {
+                c.push(
+                    "served_check",
+                    "the check runs after each change of the weights, and there is no [switch]",
+                );
+            }
+        }
         if had_targets
             && targets.is_empty()
             && !c.problems.iter().any(|p| p.path.starts_with("targets"))
@@ -917,6 +943,7 @@ impl PlanFile {
                     hooks: hooks.into_iter().map(|(_, h)| h).collect(),
                     smoke: smoke.into_iter().map(|(_, s)| s).collect(),
                     notify,
+                    served_check,
                     warnings,
                 })
             }
@@ -1164,6 +1191,9 @@ impl PlanFile {
                     message: e.message().to_owned(),
                 }),
             }
+        }
+        if let Some(sc) = &self.served_check {
+            b = b.served_check(sc.clone());
         }
         if let Some(m) = &self.migrations {
             match adapters.migrations(m) {
@@ -1575,6 +1605,86 @@ x = 1
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(err.to_string().starts_with("plan file bad.toml: "), "{err}");
+    }
+
+    #[test]
+    fn the_served_check_section_is_read_and_checked_with_its_key_paths() {
+        let good = format!(
+            "{GOOD}\n[served_check]\nurl = \"http://127.0.0.1:8080/\"\nheader = \"X-Version\"\n\
+             requests = 40\ntolerance = 0.05\ntimeout = \"2s\"\n"
+        );
+        let p = PlanFile::parse("good.toml", &good).unwrap();
+        let sc = p.served_check.as_ref().unwrap();
+        assert_eq!(
+            (sc.url.as_str(), sc.requests, sc.tolerance, sc.timeout),
+            ("http://127.0.0.1:8080/", 40, 0.05, Duration::from_secs(2))
+        );
+        assert_eq!(
+            sc.reader(),
+            Some(deploy_core::served::VersionReader::Header(
+                "X-Version".into()
+            ))
+        );
+        let defaults = format!(
+            "{GOOD}\n[served_check]\nurl = \"http://127.0.0.1:8080/health\"\njson_field = \"version\"\n"
+        );
+        let sc = PlanFile::parse("d.toml", &defaults)
+            .unwrap()
+            .served_check
+            .unwrap();
+        assert_eq!((sc.requests, sc.tolerance), (100, 0.1));
+
+        let problems = |section: &str| -> Vec<String> {
+            match PlanFile::parse("bad.toml", &format!("{GOOD}\n[served_check]\n{section}")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+            }
+        };
+        assert_eq!(
+            problems(
+                "url = \"ftp://x/\"\nrequests = 0\nheader = \"X Version\"\ntolerance = 1.5\ntimeout = \"0s\"\n"
+            ),
+            [
+                "served_check.url: ftp://x/ is not an http:// or https:// URL with a host",
+                "served_check.requests: 0 requests; give 1 to 10000",
+                "served_check.header: \"X Version\" is not a header name",
+                "served_check.tolerance: 1.5 is not a share from 0 up to (not including) 1; 0.1 \
+                 accepts ± 10 points",
+                "served_check.timeout: 0 leaves a request no time to answer; give a duration such \
+                 as `2s`",
+            ]
+        );
+        let text = problems("url = \"http://x:1/\"\n").join("\n");
+        assert!(
+            text.contains("served_check.header: missing: give header"),
+            "{text}"
+        );
+        let text =
+            problems("url = \"http://x:1/\"\nheader = \"a\"\njson_field = \"b\"\n").join("\n");
+        assert!(
+            text.contains("served_check.json_field: give header or json_field, not both"),
+            "{text}"
+        );
+        let text = problems("url = \"http://x:1/\"\nheader = \"a\"\nrequest = 3\n").join("\n");
+        assert!(
+            text.contains("served_check.request: unknown field"),
+            "{text}"
+        );
+        let without_switch = GOOD.replace(
+            "[switch]\nkind = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"\n",
+            "",
+        );
+        assert_ne!(without_switch, GOOD);
+        let err = PlanFile::parse(
+            "x.toml",
+            &format!("{without_switch}\n[served_check]\nurl = \"http://x:1/\"\nheader = \"a\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("served_check: the check runs after each change"),
+            "{err}"
+        );
     }
 
     #[test]
