@@ -81,6 +81,24 @@ async fn two_slots(dir: &Path) -> (HaproxyFixture, Slot, Slot) {
 }
 
 fn plan_text(dir: &Path, h: &HaproxyFixture, blue: &Slot, green: &Slot, strategy: &str) -> String {
+    let served = format!(
+        "[served_check]\nurl = \"http://{}/\"\nheader = \"X-Version\"\nrequests = 60\n\
+         tolerance = 0.1\ntimeout = \"2s\"\n",
+        h.frontend()
+    );
+    format!(
+        "{}\n{served}",
+        plan_without_check(dir, h, blue, green, strategy)
+    )
+}
+
+fn plan_without_check(
+    dir: &Path,
+    h: &HaproxyFixture,
+    blue: &Slot,
+    green: &Slot,
+    strategy: &str,
+) -> String {
     format!(
         r#"
 [environment]
@@ -117,13 +135,6 @@ kind = "haproxy"
 socket = {socket}
 backend = "app"
 state_file = {state_file}
-
-[served_check]
-url = "http://{frontend}/"
-header = "X-Version"
-requests = 60
-tolerance = 0.1
-timeout = "2s"
 "#,
         state = q(&dir.join("state")),
         artifact = q(&dir.join("build-2.0.0")),
@@ -133,7 +144,6 @@ timeout = "2s"
         green_url = green.server.url(""),
         socket = q(Path::new(&h.admin_socket().to_string())),
         state_file = q(h.state_file()),
-        frontend = h.frontend(),
     )
 }
 
@@ -293,4 +303,45 @@ async fn a_correct_canary_passes_the_check_at_every_traffic_step() {
     assert_eq!(green.health_version().await, "2.0.0");
     let seen = served_through(&h, 20).await;
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("2.0.0".into(), 20)]);
+}
+
+/// The control: the same stale slot without `[served_check]` is promoted — the switch and the
+/// health checks all say 2.0.0 — while every user gets 1.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_check_the_stale_slot_is_promoted_and_serves_the_old_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (h, blue, green) = two_slots(dir).await;
+    artifact(dir, "1.0.0", false);
+    artifact(dir, "2.0.0", false);
+    let text = plan_without_check(
+        dir,
+        &h,
+        &blue,
+        &green,
+        "kind = \"blue_green\"\nbake = \"200ms\"",
+    );
+    let plan = PlanFile::parse("served.toml", &text).unwrap();
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    install(
+        &engine,
+        &Release::new(Version::new("1.0.0").unwrap()).with_artifact(dir.join("build-1.0.0")),
+    )
+    .await;
+    green.pin("1.0.0");
+    haproxy_wait_up(&h, &["blue", "green"]).await;
+    let report = engine
+        .deploy(
+            &plan.strategy,
+            &plan.release(),
+            &plan.options,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    assert_eq!(haproxy_weights(&h, &["blue", "green"]).await, [0, 100]);
+    assert_eq!(green.health_version().await, "2.0.0");
+    let seen = served_through(&h, 20).await;
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("1.0.0".into(), 20)]);
 }
