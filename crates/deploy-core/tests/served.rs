@@ -270,3 +270,50 @@ fn a_bad_check_is_refused_when_the_environment_is_built() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_json_field_is_read_and_only_the_configured_url_is_asked() {
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = paths.clone();
+    let n = AtomicU64::new(0);
+    let front = TestHttpServer::start(move |req| {
+        p.lock().unwrap().push(req.path.clone());
+        // One answer in four from the canary.
+        let version = match n.fetch_add(1, Ordering::SeqCst) % 4 {
+            0 => serde_json::json!("2.0.0"),
+            _ => serde_json::json!("1.0.0"),
+        };
+        TestResponse::json(200, &serde_json::json!({"build": {"version": version}}))
+    })
+    .await
+    .unwrap();
+    let check = ServedCheck::json_field(front.url("/health"), "build.version").with_requests(40);
+    let promised = [("1.0.0", 0.75), ("2.0.0", 0.25)]
+        .into_iter()
+        .map(|(v, s)| (Version::new(v).unwrap(), s))
+        .collect();
+    let summary = check.check(&promised).await.unwrap();
+    assert!(
+        summary.ends_with(": 1.0.0 × 30, 2.0.0 × 10 (expected 1.0.0 75 %, 2.0.0 25 % ± 10 %)"),
+        "{summary}"
+    );
+    let paths = paths.lock().unwrap().clone();
+    assert_eq!(paths.len(), 40);
+    assert!(paths.iter().all(|p| p == "/health"), "{paths:?}");
+
+    // A body without the field is an answer without a version.
+    let bare = TestHttpServer::start(|_| TestResponse::json(200, &serde_json::json!({"ok": true})))
+        .await
+        .unwrap();
+    let e = ServedCheck::json_field(bare.url("/health"), "version")
+        .with_requests(3)
+        .check(&promised)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "3 of 3 answers carried no version (last: HTTP 200: no JSON field version in the body)"
+        ),
+        "{e}"
+    );
+}
