@@ -526,6 +526,13 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         .gate(Arc::new(error_rate))
         .gate(Arc::new(p99))
         .migrations(runner.clone())
+        // Switched is not served until the front door says so: after every traffic step, 200
+        // requests through HAProxy must show the versions the weights promise (± 15 %).
+        .served_check(
+            deploy::served::ServedCheck::json_field(format!("http://{frontend}/health"), "version")
+                .with_requests(200)
+                .with_tolerance(0.15),
+        )
         .build()?;
     let mut policies = Policies::default();
     policies.probe.interval = Duration::from_millis(200);

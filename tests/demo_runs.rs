@@ -60,6 +60,14 @@ fn the_demo_runs_as_scripted() {
 
     // 3.0.0: the error-rate gate measured about 5 % and the engine rolled back.
     assert!(stdout.contains("      error-rate: fail "), "{stdout}");
+    // The front door was asked after each traffic step: all of it on 2.0.0 after the switch,
+    // then both versions during the canary.
+    assert!(
+        stdout.contains("served through http://")
+            && stdout.contains(": 2.0.0 × 200 (expected 2.0.0 100 %"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3.0.0 20 % ± 15 %)"), "{stdout}");
     assert!(stdout.contains("  why: step 5 (analyze blue"), "{stdout}");
     let v3 = line(&stdout, "3.0.0: ");
     assert!(
