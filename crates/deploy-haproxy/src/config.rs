@@ -12,6 +12,7 @@ use deploy_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::client::{RuntimeClient, check_name};
+use crate::sticky::StickyConfig;
 use crate::switch::HaproxySwitch;
 use crate::transport::Socket;
 
@@ -46,6 +47,11 @@ mod defaults {
 /// check_interval = "2s"
 /// check_timeout = "20s"
 /// state_file = "/var/lib/haproxy/server-state"
+///
+/// [switch.sticky]                 # optional: canary users keep their version
+/// cookie = "SRV"
+/// header = "X-Canary"
+/// map = "/etc/haproxy/canary.map"
 /// ```
 ///
 /// How long a drain waits, and whether the remaining sessions are then cut, is the engine's
@@ -78,6 +84,10 @@ pub struct HaproxySwitchConfig {
     /// to the config's.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// `sticky`: sticky canary cohorts (see [`StickyConfig`]). Absent: weighted round robin
+    /// per request, as the backend's config says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
 }
 
 impl HaproxySwitchConfig {
@@ -91,6 +101,7 @@ impl HaproxySwitchConfig {
             check_interval: defaults::check_interval(),
             check_timeout: defaults::check_timeout(),
             state_file: None,
+            sticky: None,
         }
     }
 }
@@ -122,6 +133,7 @@ pub struct HaproxySwitchBuilder {
     check_timeout: Duration,
     poll_interval: Duration,
     state_file: Option<PathBuf>,
+    sticky: Option<StickyConfig>,
     client: Option<RuntimeClient>,
     probe: Option<DynHealthProbe>,
     endpoints: BTreeMap<TargetId, Endpoint>,
@@ -138,6 +150,7 @@ impl HaproxySwitchBuilder {
             check_timeout: defaults::check_timeout(),
             poll_interval: defaults::poll_interval(),
             state_file: None,
+            sticky: None,
             client: None,
             probe: None,
             endpoints: BTreeMap::new(),
@@ -154,6 +167,7 @@ impl HaproxySwitchBuilder {
             check_interval,
             check_timeout,
             state_file,
+            sticky,
         } = config;
         let mut b = Self::new(backend)
             .socket(socket)
@@ -161,6 +175,7 @@ impl HaproxySwitchBuilder {
             .check_timeout(check_timeout);
         b.servers = servers;
         b.state_file = state_file;
+        b.sticky = sticky;
         b
     }
 
@@ -222,6 +237,12 @@ impl HaproxySwitchBuilder {
         self
     }
 
+    /// Keep canary users on their version (see [`HaproxySwitchConfig::sticky`]).
+    pub fn sticky(mut self, sticky: StickyConfig) -> Self {
+        self.sticky = Some(sticky);
+        self
+    }
+
     /// Write the state file on this host (default: the local machine).
     pub fn state_host(mut self, host: DynHost) -> Self {
         self.host = Some(host);
@@ -255,6 +276,9 @@ impl HaproxySwitchBuilder {
                 p.display()
             ));
         }
+        if let Some(sticky) = &self.sticky {
+            problems.extend(sticky.problems());
+        }
         let Some(client) = self.client.filter(|_| problems.is_empty()) else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -270,6 +294,7 @@ impl HaproxySwitchBuilder {
             check_timeout: self.check_timeout,
             poll_interval: self.poll_interval,
             state_file: self.state_file,
+            sticky: self.sticky,
             client,
             probe: self.probe,
             endpoints: self.endpoints,

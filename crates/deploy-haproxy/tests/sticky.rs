@@ -1,0 +1,245 @@
+//! Sticky canary cohorts against a real haproxy: users with cookie jars keep their version
+//! across canary steps, new users follow the weight, testers choose with the header, and
+//! promotion and rollback move everyone.
+
+use std::time::Duration;
+
+use deploy_core::{ErrorKind, TargetId, TrafficSwitch, Weights};
+use deploy_haproxy::testing::{CookieUser, HaproxyFixture, visit};
+use deploy_haproxy::{HaproxySwitch, StickyConfig};
+
+const CONNECTIONS: usize = 16;
+
+fn w(blue: u32, green: u32) -> Weights {
+    Weights::new()
+        .with(TargetId::new("blue").unwrap(), blue)
+        .with(TargetId::new("green").unwrap(), green)
+}
+
+fn switch(h: &HaproxyFixture) -> HaproxySwitch {
+    HaproxySwitch::builder("app")
+        .socket(h.admin_socket())
+        .poll_interval(Duration::from_millis(20))
+        .check_interval(Duration::from_millis(300))
+        .check_timeout(Duration::from_secs(5))
+        .state_file(h.state_file())
+        .sticky(h.sticky().expect("a sticky fixture"))
+        .build()
+        .unwrap()
+}
+
+fn users(n: usize) -> Vec<CookieUser> {
+    vec![CookieUser::new(); n]
+}
+
+/// How many of `users` were last answered by `slot`.
+fn on(users: &[CookieUser], slot: &str) -> usize {
+    users.iter().filter(|u| u.last() == Some(slot)).count()
+}
+
+/// Every user saw exactly one version, and still holds a cookie naming it.
+fn assert_one_version_each(users: &[CookieUser], what: &str) {
+    for (i, u) in users.iter().enumerate() {
+        assert_eq!(u.versions().len(), 1, "{what}: user {i} saw {:?}", u.seen);
+        let v = u.last().unwrap();
+        assert_eq!(
+            u.cookie.as_deref(),
+            Some(format!("SRV={v}").as_str()),
+            "{what}: user {i}"
+        );
+    }
+}
+
+/// The share of new users on the canary is within `points` percentage points of `percent`.
+///
+/// Tolerances: were each new user placed independently with probability p, the canary's count
+/// among n = 1,000 would have a standard deviation of √(n·p·(1−p)): 9.5 users (0.95 points) at
+/// 10 %, 15.8 users (1.58 points) at 50 %. The tests allow about 3 standard deviations: ±3 points
+/// at 10 %, ±5 points at 50 %. (Round robin places them more evenly than that.)
+fn assert_share(users: &[CookieUser], percent: f64, points: f64, what: &str) {
+    let share = 100.0 * on(users, "green") as f64 / users.len() as f64;
+    assert!(
+        (share - percent).abs() <= points,
+        "{what}: {share:.1} % of new users on the canary, expected {percent} ± {points}"
+    );
+    eprintln!(
+        "{what}: {share:.1} % of {} new users on the canary",
+        users.len()
+    );
+}
+
+#[tokio::test]
+async fn a_sticky_canary_keeps_each_user_on_one_version_until_promotion() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (h, _slots) = HaproxyFixture::blue_green_sticky().await.unwrap();
+        let s = switch(&h);
+        s.check_sticky().await.unwrap();
+        let addr = h.frontend();
+
+        // 10 %: 1,000 new users, each comes back twice.
+        s.set_weights(&w(90, 10)).await.unwrap();
+        let mut early = users(1_000);
+        for _ in 0..3 {
+            visit(addr, &mut early, None, CONNECTIONS).await.unwrap();
+        }
+        assert_one_version_each(&early, "at 10 %");
+        assert_share(&early, 10.0, 3.0, "at 10 %");
+
+        // 50 %: the early users stay where they were; 1,000 more follow the new weight.
+        s.set_weights(&w(50, 50)).await.unwrap();
+        let mut late = users(1_000);
+        for _ in 0..2 {
+            visit(addr, &mut early, None, CONNECTIONS).await.unwrap();
+            visit(addr, &mut late, None, CONNECTIONS).await.unwrap();
+        }
+        assert_one_version_each(&early, "early users at 50 %");
+        assert_one_version_each(&late, "late users at 50 %");
+        assert_share(&late, 50.0, 5.0, "at 50 %");
+
+        // Testers choose per request, and stay in their cohort without the header.
+        let mut stable: Vec<CookieUser> = early
+            .iter()
+            .filter(|u| u.last() == Some("blue"))
+            .take(100)
+            .cloned()
+            .collect();
+        let mut canary: Vec<CookieUser> = late
+            .iter()
+            .filter(|u| u.last() == Some("green"))
+            .take(100)
+            .cloned()
+            .collect();
+        let mut fresh = users(100);
+        visit(addr, &mut stable, Some(("X-Canary", "always")), 4)
+            .await
+            .unwrap();
+        visit(addr, &mut canary, Some(("X-Canary", "never")), 4)
+            .await
+            .unwrap();
+        visit(addr, &mut fresh, Some(("X-Canary", "always")), 4)
+            .await
+            .unwrap();
+        assert_eq!(on(&stable, "green"), 100, "always → the canary");
+        assert_eq!(on(&canary, "blue"), 100, "never → the stable version");
+        assert_eq!(on(&fresh, "green"), 100, "always, without a cookie");
+        assert!(
+            fresh.iter().all(|u| u.cookie.is_none()),
+            "the header places nobody"
+        );
+        visit(addr, &mut stable, None, 4).await.unwrap();
+        visit(addr, &mut canary, None, 4).await.unwrap();
+        assert_eq!(on(&stable, "blue"), 100, "back in the stable cohort");
+        assert_eq!(on(&canary, "green"), 100, "back in the canary cohort");
+
+        // Promotion: everyone on green, the old cohort placed again; blue in maint.
+        s.set_weights(&w(0, 100)).await.unwrap();
+        let mut everyone: Vec<CookieUser> = early.iter().chain(&late).cloned().collect();
+        visit(addr, &mut everyone, None, CONNECTIONS).await.unwrap();
+        assert_eq!(on(&everyone, "green"), 2_000, "after promotion");
+        let blue = s.client().server_stat("app", "blue").await.unwrap();
+        assert!(blue.is_maint(), "{}", blue.status);
+        assert_eq!(s.weights().await.unwrap(), w(0, 100));
+        // With one version left, the header has nothing else to choose.
+        let mut testers = users(20);
+        visit(addr, &mut testers, Some(("X-Canary", "never")), 4)
+            .await
+            .unwrap();
+        assert_eq!(on(&testers, "green"), 20);
+        // The state file keeps blue in maint across a reload (srv_admin_state 1).
+        let state = std::fs::read_to_string(h.state_file()).unwrap();
+        let blue_line: Vec<&str> = state
+            .lines()
+            .find(|l| l.split_whitespace().nth(3) == Some("blue"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(blue_line[6], "1", "{state}");
+    })
+    .await
+    .expect("the test took more than 90 s");
+}
+
+#[tokio::test]
+async fn a_rolled_back_sticky_canary_returns_its_users_to_the_stable_version() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (h, _slots) = HaproxyFixture::blue_green_sticky().await.unwrap();
+        let s = switch(&h);
+        let addr = h.frontend();
+
+        // Green becomes the stable version first (blue in maint), then blue is the canary: the
+        // map's `always` must follow the roles.
+        s.set_weights(&w(0, 100)).await.unwrap();
+        s.set_weights(&w(20, 80)).await.unwrap();
+        let mut cohort = users(1_000);
+        for _ in 0..2 {
+            visit(addr, &mut cohort, None, CONNECTIONS).await.unwrap();
+        }
+        assert_one_version_each(&cohort, "at 20 % blue");
+        let on_blue = on(&cohort, "blue");
+        // 20 % ± 4 points (σ = √(1000·0.2·0.8) = 12.6 users, 1.26 points).
+        assert!((160..=240).contains(&on_blue), "{on_blue} of 1,000 on blue");
+        let mut testers = users(50);
+        visit(addr, &mut testers, Some(("X-Canary", "always")), 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            on(&testers, "blue"),
+            50,
+            "always → the canary, blue this time"
+        );
+
+        // Rollback: the canary's users return to green, and so do testers.
+        s.set_weights(&w(0, 100)).await.unwrap();
+        visit(addr, &mut cohort, None, CONNECTIONS).await.unwrap();
+        assert_eq!(on(&cohort, "green"), 1_000, "after rollback");
+        let moved = cohort.iter().filter(|u| u.versions().len() == 2).count();
+        assert_eq!(moved, on_blue, "only the canary's users changed version");
+        assert!(
+            cohort
+                .iter()
+                .all(|u| u.cookie.as_deref() == Some("SRV=green")),
+            "placed again on green"
+        );
+        visit(addr, &mut testers, Some(("X-Canary", "always")), 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            on(&testers, "green"),
+            50,
+            "always → green after the rollback"
+        );
+    })
+    .await
+    .expect("the test took more than 90 s");
+}
+
+#[tokio::test]
+async fn check_sticky_names_what_the_running_config_lacks() {
+    let (plain, _slots) = HaproxyFixture::blue_green().await.unwrap();
+    let s = HaproxySwitch::builder("app")
+        .socket(plain.admin_socket())
+        .sticky(StickyConfig::new("SRV", "/etc/haproxy/canary.map"))
+        .build()
+        .unwrap();
+    let e = s.check_sticky().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let msg = e.to_string();
+    for part in [
+        "backend app has no `cookie SRV insert indirect nocache` line",
+        "server app/blue has no `cookie blue` option",
+        "server app/green has no `cookie green` option",
+        "map /etc/haproxy/canary.map",
+    ] {
+        assert!(msg.contains(part), "{msg} lacks {part}");
+    }
+
+    let (sticky, _slots) = HaproxyFixture::blue_green_sticky().await.unwrap();
+    let other_cookie = HaproxySwitch::builder("app")
+        .socket(sticky.admin_socket())
+        .sticky(StickyConfig::new("USER", sticky.sticky().unwrap().map))
+        .build()
+        .unwrap();
+    let msg = other_cookie.check_sticky().await.unwrap_err().to_string();
+    assert!(msg.contains(r#"inserts cookie "SRV", not "USER""#), "{msg}");
+    switch(&sticky).check_sticky().await.unwrap();
+}
