@@ -369,6 +369,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sticky_section_deserializes_with_its_default_header_and_refuses_unknown_keys() {
+        let c: HaproxySwitchConfig = serde_json::from_str(
+            r#"{"socket":"/x.sock","backend":"app",
+                "sticky":{"cookie":"SRV","map":"/etc/haproxy/canary.map"}}"#,
+        )
+        .unwrap();
+        let sticky = c.sticky.clone().unwrap();
+        assert_eq!(sticky, StickyConfig::new("SRV", "/etc/haproxy/canary.map"));
+        assert_eq!(sticky.header, "X-Canary");
+        let s = HaproxySwitch::from_config(c).unwrap();
+        assert_eq!(s.sticky().map(|s| s.cookie.as_str()), Some("SRV"));
+        let e = serde_json::from_str::<HaproxySwitchConfig>(
+            r#"{"socket":"/x.sock","backend":"app",
+                "sticky":{"cookie":"SRV","map":"/m","stick_table":true}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = serde_json::from_str::<HaproxySwitchConfig>(
+            r#"{"socket":"/x.sock","backend":"app","sticky":{"map":"/m"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cookie"), "{e}");
+        // Without sticky, nothing is written for it.
+        let plain = HaproxySwitchConfig::new(Socket::unix("/x.sock"), "app");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("sticky"));
+    }
+
+    #[test]
     fn from_config_builds_the_switch_it_describes() {
         let mut c = HaproxySwitchConfig::new(Socket::unix("/run/haproxy/admin.sock"), "shop");
         c.servers.insert(t("blue"), "shop-blue".into());
@@ -391,6 +419,7 @@ mod tests {
         c.servers.insert(t("blue"), "a;b".into());
         c.check_timeout = Duration::ZERO;
         c.state_file = Some("relative/state".into());
+        c.sticky = Some(StickyConfig::new("S RV", "canary.map"));
         let e = HaproxySwitch::from_config(c).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         let msg = e.to_string();
@@ -399,6 +428,8 @@ mod tests {
             "servers.blue \"a;b\"",
             "check_timeout must be more than 0",
             "state_file relative/state: must be an absolute path",
+            "sticky.cookie \"S RV\"",
+            "sticky.map canary.map: an absolute path",
         ] {
             assert!(msg.contains(part), "{msg} lacks {part}");
         }
