@@ -2,11 +2,18 @@
 //! across canary steps, new users follow the weight, testers choose with the header, and
 //! promotion and rollback move everyone.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deploy_core::{ErrorKind, TargetId, TrafficSwitch, Weights};
+use deploy_core::testing::{FakeGate, FakeProbe, FakeTarget};
+use deploy_core::{
+    CanaryStep, Engine, Environment, ErrorKind, Outcome, PlanOptions, Policies, Release, Strategy,
+    TargetId, TrafficSwitch, Version, Weights,
+};
 use deploy_haproxy::testing::{CookieUser, HaproxyFixture, visit};
 use deploy_haproxy::{HaproxySwitch, StickyConfig};
+use tokio_util::sync::CancellationToken;
 
 const CONNECTIONS: usize = 16;
 
@@ -242,4 +249,162 @@ async fn check_sticky_names_what_the_running_config_lacks() {
     let msg = other_cookie.check_sticky().await.unwrap_err().to_string();
     assert!(msg.contains(r#"inserts cookie "SRV", not "USER""#), "{msg}");
     switch(&sticky).check_sticky().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sticky_switch_passes_the_traffic_switch_conformance_suite() {
+    let (h, _slots) = HaproxyFixture::blue_green_sticky().await.unwrap();
+    let s = switch(&h);
+    let (b, g) = (
+        TargetId::new("blue").unwrap(),
+        TargetId::new("green").unwrap(),
+    );
+    deploy_core::testing::conformance::traffic_switch(&s, &b, &g).await;
+}
+
+/// Users visiting in rounds until `stop`, `fresh` new users joining each round.
+fn visiting(
+    addr: std::net::SocketAddr,
+    mut users: Vec<CookieUser>,
+    fresh: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<CookieUser>> {
+    tokio::spawn(async move {
+        // At most 200 rounds: the load is bounded even if nobody stops it.
+        for _ in 0..200 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            users.extend(std::iter::repeat_n(CookieUser::new(), fresh));
+            visit(addr, &mut users, None, 8).await.unwrap();
+        }
+        users
+    })
+}
+
+/// How many times the version a user saw changed.
+fn changes(u: &CookieUser) -> usize {
+    u.seen.windows(2).filter(|p| p[0] != p[1]).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_promotes_and_rolls_back_a_sticky_canary_with_users_moving_at_most_once() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (h, [blue_slot, green_slot]) = HaproxyFixture::blue_green_sticky().await.unwrap();
+        let s = Arc::new(switch(&h));
+        let endpoint = |slot: &deploy_haproxy::testing::Slot| {
+            deploy_core::Endpoint::http("127.0.0.1", slot.addr().port())
+        };
+        let blue = Arc::new(
+            FakeTarget::new("blue")
+                .with_current("1.0.0")
+                .with_endpoint(endpoint(&blue_slot)),
+        );
+        let green = Arc::new(
+            FakeTarget::new("green")
+                .with_current("1.0.0")
+                .with_endpoint(endpoint(&green_slot)),
+        );
+        let probe = Arc::new(FakeProbe::new(vec![blue.clone(), green.clone()]));
+        let mut p = Policies::default();
+        p.probe.interval = Duration::from_millis(20);
+        p.analysis.interval = Duration::from_millis(50);
+        let engine = |gate: FakeGate| {
+            let env = Environment::builder("haproxy")
+                .target(blue.clone())
+                .target(green.clone())
+                .switch(s.clone())
+                .probe(probe.clone())
+                .gate(Arc::new(gate))
+                .build()
+                .unwrap();
+            Engine::new(env).with_policies(p.clone())
+        };
+        let canary = Strategy::Canary {
+            steps: vec![
+                CanaryStep::SetWeight(10),
+                CanaryStep::Analyze(Duration::from_millis(400)),
+                CanaryStep::SetWeight(50),
+                CanaryStep::Analyze(Duration::from_millis(400)),
+            ],
+        };
+
+        // 2.0.0 on green, promoted, while users come and go.
+        let stop = Arc::new(AtomicBool::new(false));
+        let users = visiting(h.frontend(), users(100), 20, stop.clone());
+        let v2 = Release::new(Version::new("2.0.0").unwrap());
+        let report = engine(FakeGate::passing("errors"))
+            .deploy(
+                &canary,
+                &v2,
+                &PlanOptions::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+        stop.store(true, Ordering::SeqCst);
+        let mut users = users.await.unwrap();
+        visit(h.frontend(), &mut users, None, 8).await.unwrap();
+        let placed_on_canary = users
+            .iter()
+            .filter(|u| u.seen.first().map(String::as_str) == Some("green"))
+            .count();
+        eprintln!(
+            "promoted: {} users, {placed_on_canary} placed on the canary",
+            users.len()
+        );
+        assert!(placed_on_canary > 0, "some users were placed on the canary");
+        assert_eq!(on(&users, "green"), users.len(), "everyone on green");
+        for u in &users {
+            assert!(changes(u) <= 1, "blue → green once at most: {:?}", u.seen);
+        }
+        let promoted_at: Vec<usize> = users.iter().map(|u| u.seen.len()).collect();
+
+        // 3.0.0 on blue, its gate fails: rolled back; users placed on blue return to green.
+        let stop = Arc::new(AtomicBool::new(false));
+        let users = visiting(h.frontend(), users, 20, stop.clone());
+        let v3 = Release::new(Version::new("3.0.0").unwrap());
+        // Users are placed on the canary for half a second before its gate fails.
+        let failing = Strategy::Canary {
+            steps: vec![
+                CanaryStep::SetWeight(50),
+                CanaryStep::Pause(Duration::from_millis(500)),
+                CanaryStep::Analyze(Duration::from_millis(200)),
+            ],
+        };
+        let report = engine(FakeGate::failing("errors"))
+            .deploy(
+                &failing,
+                &v3,
+                &PlanOptions::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+        stop.store(true, Ordering::SeqCst);
+        let mut users = users.await.unwrap();
+        visit(h.frontend(), &mut users, None, 8).await.unwrap();
+        assert_eq!(s.weights().await.unwrap(), w(0, 100));
+        assert_eq!(on(&users, "green"), users.len(), "everyone back on green");
+        let mut placed_on_blue = 0;
+        for (i, u) in users.iter().enumerate() {
+            // What the user saw since the promotion: green only, or blue (placed on the
+            // canary) and then green from the rollback on.
+            let mut since = CookieUser::new();
+            since.seen = u.seen[promoted_at.get(i).copied().unwrap_or(0)..].to_vec();
+            assert!(changes(&since) <= 1, "{:?}", since.seen);
+            if since.seen.first().map(String::as_str) == Some("blue") {
+                placed_on_blue += 1;
+            }
+        }
+        eprintln!(
+            "rolled back: {} users, {placed_on_blue} placed on the canary, back on green",
+            users.len()
+        );
+        assert!(placed_on_blue > 0, "some users were placed on the canary");
+    })
+    .await
+    .expect("the test took more than 90 s");
 }
