@@ -34,6 +34,7 @@ fn default_header() -> String {
 /// cookie = "SRV"                        # the backend's `cookie SRV insert indirect nocache`
 /// header = "X-Canary"                   # testers: `X-Canary: always` / `never`
 /// map = "/etc/haproxy/canary.map"       # read by the backend's `use-server` rules
+/// dynamic_key = true                    # renew the cookies at promotion and rollback
 /// ```
 ///
 /// The lines to add to haproxy.cfg are [`StickyConfig::backend_lines`] (print them with the
@@ -52,6 +53,14 @@ pub struct StickyConfig {
     /// `map`: the map file the backend's `use-server` rules read the header through; the switch
     /// keeps its `always` and `never` entries pointing at the canary and the stable server.
     pub map: PathBuf,
+    /// `dynamic_key`: the backend's cookies are dynamic (`cookie <name> insert indirect nocache
+    /// dynamic` + `dynamic-cookie-key <any>`, no `cookie` on the servers), and whenever one
+    /// server is left live in a change of who is live (a promotion, a rollback, a blue-green
+    /// switch) the switch sets a new key, so that every cookie issued before is void: a user
+    /// who comes back only after the next canary started is placed by the weights instead of
+    /// landing on the server its old cookie names. Default `false`.
+    #[serde(default)]
+    pub dynamic_key: bool,
 }
 
 /// The map's keys: the header's two values.
@@ -65,7 +74,15 @@ impl StickyConfig {
             cookie: cookie.into(),
             header: default_header(),
             map: map.into(),
+            dynamic_key: false,
         }
+    }
+
+    /// With dynamic cookies whose key the switch renews (see [`dynamic_key`](Self::dynamic_key)).
+    #[must_use]
+    pub fn with_dynamic_key(mut self) -> Self {
+        self.dynamic_key = true;
+        self
     }
 
     /// With another tester header.
@@ -75,13 +92,19 @@ impl StickyConfig {
         self
     }
 
-    /// The lines of the backend section that make it sticky, for servers `servers` (each
-    /// server line also needs `cookie <its name>`, see [`server_option`](Self::server_option)).
+    /// The lines of the backend section that make it sticky, for servers `servers` (without
+    /// [`dynamic_key`](Self::dynamic_key), each server line also needs `cookie <its name>`, see
+    /// [`server_option`](Self::server_option)).
     pub fn backend_lines(&self, servers: &[&str]) -> Vec<String> {
-        let mut lines = vec![
-            format!("cookie {} insert indirect nocache", self.cookie),
-            "option redispatch".to_owned(),
-        ];
+        let mut lines = if self.dynamic_key {
+            vec![
+                format!("cookie {} insert indirect nocache dynamic", self.cookie),
+                "dynamic-cookie-key initial-key".to_owned(),
+            ]
+        } else {
+            vec![format!("cookie {} insert indirect nocache", self.cookie)]
+        };
+        lines.push("option redispatch".to_owned());
         for s in servers {
             lines.push(format!(
                 "use-server {s} if {{ req.hdr({}),map({}) -m str {s} }}",
@@ -92,9 +115,23 @@ impl StickyConfig {
         lines
     }
 
-    /// What a server line ends with: `cookie <server>`.
-    pub fn server_option(server: &str) -> String {
-        format!("cookie {server}")
+    /// What a server line ends with: `cookie <server>`, or nothing with dynamic cookies.
+    pub fn server_option(&self, server: &str) -> Option<String> {
+        (!self.dynamic_key).then(|| format!("cookie {server}"))
+    }
+
+    /// Void every cookie issued so far: a new dynamic cookie key for `backend`.
+    pub(crate) async fn renew_key(&self, client: &RuntimeClient, backend: &str) -> Result<()> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("k{ns:x}{:x}{n:x}", std::process::id());
+        client
+            .batch(&[format!("set dynamic-cookie-key backend {backend} {key}")])
+            .await
     }
 
     /// The map file's first contents: `always <canary>` and `never <stable>`.
@@ -220,8 +257,13 @@ impl StickyConfig {
                     }
                 }
                 None => p.push(format!(
-                    "server {backend}/{s} has no `{}` option",
-                    Self::server_option(s)
+                    "server {backend}/{s} has no `cookie {s}` option{}",
+                    if self.dynamic_key {
+                        " (nor a dynamic cookie: `dynamic` on the `cookie` line and a \
+                         `dynamic-cookie-key`)"
+                    } else {
+                        ""
+                    }
                 )),
             }
         }
@@ -268,6 +310,16 @@ mod tests {
             StickyConfig::map_contents("green", "blue"),
             "always green\nnever blue\n"
         );
+        assert_eq!(c.server_option("blue").as_deref(), Some("cookie blue"));
+        let d = c.clone().with_dynamic_key();
+        assert_eq!(
+            d.backend_lines(&["blue"])[..2],
+            [
+                "cookie SRV insert indirect nocache dynamic",
+                "dynamic-cookie-key initial-key"
+            ]
+        );
+        assert_eq!(d.server_option("blue"), None);
         assert!(c.problems().is_empty());
         let bad = StickyConfig::new("a b", "canary.map").with_header("X;Y");
         let p = bad.problems().join("; ");

@@ -66,7 +66,9 @@ impl DrainReport {
 ///   return; a later weight > 0 brings the server back as from any `maint`;
 /// - the map the backend's `use-server` rules read is kept pointing `always` at the canary (the
 ///   server that just got a weight after none) and `never` at the stable one; with one server
-///   left, both at it.
+///   left, both at it;
+/// - with [`StickyConfig::dynamic_key`], a change that leaves one server live sets a new
+///   dynamic cookie key, voiding every cookie issued before.
 ///
 /// After a reload, the socket only sees the new worker: sessions still held by an old worker do
 /// not count in `active_sessions`.
@@ -456,6 +458,25 @@ impl TrafficSwitch for HaproxySwitch {
         }
         raise.extend(lower);
         self.client.batch(&raise).await?;
+        if let Some(sticky) = self.sticky.as_ref().filter(|s| s.dynamic_key) {
+            // After the weights: a user placed again before this would keep a valid cookie.
+            let before = self.weights_of(&rows)?;
+            let live = |t: &TargetId, b: u32| weights.get(t).unwrap_or(b) > 0;
+            let after: Vec<&TargetId> = before
+                .iter()
+                .filter(|(t, b)| live(t, *b))
+                .map(|(t, _)| t)
+                .collect();
+            let was: Vec<&TargetId> = before
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(t, _)| t)
+                .collect();
+            if after.len() == 1 && after != was {
+                sticky.renew_key(&self.client, self.backend()).await?;
+                tracing::info!(backend = self.backend(), "sticky cookies renewed");
+            }
+        }
 
         let now = self.weights().await?;
         for (t, w) in weights.iter() {

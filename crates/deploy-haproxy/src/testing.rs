@@ -172,8 +172,8 @@ impl FixtureConfig {
             if let Some(i) = self.check_interval {
                 c.push_str(&format!(" check inter {}ms", i.as_millis().max(1)));
             }
-            if sticky.is_some() {
-                c.push_str(&format!(" {}", StickyConfig::server_option(&s.name)));
+            if let Some(option) = sticky.as_ref().and_then(|k| k.server_option(&s.name)) {
+                c.push_str(&format!(" {option}"));
             }
             c.push('\n');
         }

@@ -11,7 +11,7 @@ use deploy_core::{
     CanaryStep, Engine, Environment, ErrorKind, Outcome, PlanOptions, Policies, Release, Strategy,
     TargetId, TrafficSwitch, Version, Weights,
 };
-use deploy_haproxy::testing::{CookieUser, HaproxyFixture, visit};
+use deploy_haproxy::testing::{CookieUser, FixtureConfig, HaproxyFixture, ServerSpec, Slot, visit};
 use deploy_haproxy::{HaproxySwitch, StickyConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -407,4 +407,51 @@ async fn the_engine_promotes_and_rolls_back_a_sticky_canary_with_users_moving_at
     })
     .await
     .expect("the test took more than 90 s");
+}
+
+/// Users placed on blue while it was the only version, gone during the promotion to green,
+/// come back once blue is the next canary at 20 %: how many land on blue.
+async fn stale_users_on_the_next_canary(sticky: StickyConfig) -> usize {
+    let blue = Slot::start("blue").await.unwrap();
+    let green = Slot::start("green").await.unwrap();
+    let config = FixtureConfig::new(vec![
+        ServerSpec::new("blue", blue.addr(), 100),
+        ServerSpec::new("green", green.addr(), 0),
+    ])
+    .with_sticky(sticky);
+    let h = HaproxyFixture::start(config).await.unwrap();
+    let s = switch(&h);
+    s.check_sticky().await.unwrap();
+    let mut stale = users(300);
+    visit(h.frontend(), &mut stale, None, CONNECTIONS)
+        .await
+        .unwrap();
+    assert_eq!(on(&stale, "blue"), 300);
+    s.set_weights(&w(0, 100)).await.unwrap();
+    s.set_weights(&w(20, 80)).await.unwrap();
+    visit(h.frontend(), &mut stale, None, CONNECTIONS)
+        .await
+        .unwrap();
+    on(&stale, "blue")
+}
+
+#[tokio::test]
+async fn a_renewed_dynamic_cookie_key_keeps_old_cookies_out_of_the_next_canary() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        // Static cookies: a cookie naming blue still names blue when blue comes back.
+        let fixed = stale_users_on_the_next_canary(StickyConfig::new("SRV", "/m.map")).await;
+        assert_eq!(
+            fixed, 300,
+            "static cookies lead back to the server they name"
+        );
+        // Dynamic cookies renewed at the promotion: the users are placed by the weights.
+        // 20 % of 300 ± 7 points (σ = √(300·0.2·0.8) = 6.9 users, 2.3 points).
+        let renewed =
+            stale_users_on_the_next_canary(StickyConfig::new("SRV", "/m.map").with_dynamic_key())
+                .await;
+        eprintln!("stale users on the next canary: static {fixed}, renewed key {renewed} of 300");
+        assert!((39..=81).contains(&renewed), "{renewed} of 300 on blue");
+    })
+    .await
+    .expect("the test took more than 60 s");
 }
