@@ -270,8 +270,8 @@ fn visiting(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<CookieUser>> {
     tokio::spawn(async move {
-        // At most 200 rounds: the load is bounded even if nobody stops it.
-        for _ in 0..200 {
+        // At most 50 rounds (a deploy here takes about 20): bounded even if nobody stops it.
+        for _ in 0..50 {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
