@@ -12,6 +12,7 @@ use deploy_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::client::{RuntimeClient, check_name};
+use crate::sticky::StickyConfig;
 use crate::switch::HaproxySwitch;
 use crate::transport::Socket;
 
@@ -46,6 +47,11 @@ mod defaults {
 /// check_interval = "2s"
 /// check_timeout = "20s"
 /// state_file = "/var/lib/haproxy/server-state"
+///
+/// [switch.sticky]                 # optional: canary users keep their version
+/// cookie = "SRV"
+/// header = "X-Canary"
+/// map = "/etc/haproxy/canary.map"
 /// ```
 ///
 /// How long a drain waits, and whether the remaining sessions are then cut, is the engine's
@@ -78,6 +84,10 @@ pub struct HaproxySwitchConfig {
     /// to the config's.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// `sticky`: sticky canary cohorts (see [`StickyConfig`]). Absent: weighted round robin
+    /// per request, as the backend's config says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
 }
 
 impl HaproxySwitchConfig {
@@ -91,6 +101,7 @@ impl HaproxySwitchConfig {
             check_interval: defaults::check_interval(),
             check_timeout: defaults::check_timeout(),
             state_file: None,
+            sticky: None,
         }
     }
 }
@@ -122,6 +133,7 @@ pub struct HaproxySwitchBuilder {
     check_timeout: Duration,
     poll_interval: Duration,
     state_file: Option<PathBuf>,
+    sticky: Option<StickyConfig>,
     client: Option<RuntimeClient>,
     probe: Option<DynHealthProbe>,
     endpoints: BTreeMap<TargetId, Endpoint>,
@@ -138,6 +150,7 @@ impl HaproxySwitchBuilder {
             check_timeout: defaults::check_timeout(),
             poll_interval: defaults::poll_interval(),
             state_file: None,
+            sticky: None,
             client: None,
             probe: None,
             endpoints: BTreeMap::new(),
@@ -154,6 +167,7 @@ impl HaproxySwitchBuilder {
             check_interval,
             check_timeout,
             state_file,
+            sticky,
         } = config;
         let mut b = Self::new(backend)
             .socket(socket)
@@ -161,6 +175,7 @@ impl HaproxySwitchBuilder {
             .check_timeout(check_timeout);
         b.servers = servers;
         b.state_file = state_file;
+        b.sticky = sticky;
         b
     }
 
@@ -222,6 +237,12 @@ impl HaproxySwitchBuilder {
         self
     }
 
+    /// Keep canary users on their version (see [`HaproxySwitchConfig::sticky`]).
+    pub fn sticky(mut self, sticky: StickyConfig) -> Self {
+        self.sticky = Some(sticky);
+        self
+    }
+
     /// Write the state file on this host (default: the local machine).
     pub fn state_host(mut self, host: DynHost) -> Self {
         self.host = Some(host);
@@ -255,6 +276,9 @@ impl HaproxySwitchBuilder {
                 p.display()
             ));
         }
+        if let Some(sticky) = &self.sticky {
+            problems.extend(sticky.problems());
+        }
         let Some(client) = self.client.filter(|_| problems.is_empty()) else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -270,6 +294,7 @@ impl HaproxySwitchBuilder {
             check_timeout: self.check_timeout,
             poll_interval: self.poll_interval,
             state_file: self.state_file,
+            sticky: self.sticky,
             client,
             probe: self.probe,
             endpoints: self.endpoints,
@@ -344,6 +369,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sticky_section_deserializes_with_its_default_header_and_refuses_unknown_keys() {
+        let c: HaproxySwitchConfig = serde_json::from_str(
+            r#"{"socket":"/x.sock","backend":"app",
+                "sticky":{"cookie":"SRV","map":"/etc/haproxy/canary.map"}}"#,
+        )
+        .unwrap();
+        let sticky = c.sticky.clone().unwrap();
+        assert_eq!(sticky, StickyConfig::new("SRV", "/etc/haproxy/canary.map"));
+        assert_eq!(sticky.header, "X-Canary");
+        let s = HaproxySwitch::from_config(c).unwrap();
+        assert_eq!(s.sticky().map(|s| s.cookie.as_str()), Some("SRV"));
+        let e = serde_json::from_str::<HaproxySwitchConfig>(
+            r#"{"socket":"/x.sock","backend":"app",
+                "sticky":{"cookie":"SRV","map":"/m","stick_table":true}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = serde_json::from_str::<HaproxySwitchConfig>(
+            r#"{"socket":"/x.sock","backend":"app","sticky":{"map":"/m"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cookie"), "{e}");
+        // Without sticky, nothing is written for it.
+        let plain = HaproxySwitchConfig::new(Socket::unix("/x.sock"), "app");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("sticky"));
+    }
+
+    #[test]
     fn from_config_builds_the_switch_it_describes() {
         let mut c = HaproxySwitchConfig::new(Socket::unix("/run/haproxy/admin.sock"), "shop");
         c.servers.insert(t("blue"), "shop-blue".into());
@@ -366,6 +419,7 @@ mod tests {
         c.servers.insert(t("blue"), "a;b".into());
         c.check_timeout = Duration::ZERO;
         c.state_file = Some("relative/state".into());
+        c.sticky = Some(StickyConfig::new("S RV", "canary.map"));
         let e = HaproxySwitch::from_config(c).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         let msg = e.to_string();
@@ -374,6 +428,8 @@ mod tests {
             "servers.blue \"a;b\"",
             "check_timeout must be more than 0",
             "state_file relative/state: must be an absolute path",
+            "sticky.cookie \"S RV\"",
+            "sticky.map canary.map: an absolute path",
         ] {
             assert!(msg.contains(part), "{msg} lacks {part}");
         }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::client::{AdminState, RuntimeClient};
 use crate::config::{HaproxySwitchBuilder, HaproxySwitchConfig};
 use crate::parse::StatRow;
+use crate::sticky::{ALWAYS, NEVER, StickyConfig};
 
 /// HAProxy's largest server weight.
 pub const MAX_WEIGHT: u32 = 256;
@@ -57,6 +58,18 @@ impl DrainReport {
 /// - With a state file, every change is followed by a dump of `show servers state`, so a reload
 ///   keeps the weights.
 ///
+/// With [`StickyConfig`] (`sticky`), users keep the version that first answered them (a cookie
+/// the backend inserts), the canary's weight steers only users without the cookie, and:
+/// - a weight of 0 also puts the server in `maint`: HAProxy still sends a cookie to a server at
+///   weight 0 or in `drain`, but places its holder again when the server is in `maint` — so at
+///   promotion the old version's users move to the new one, at rollback the canary's users
+///   return; a later weight > 0 brings the server back as from any `maint`;
+/// - the map the backend's `use-server` rules read is kept pointing `always` at the canary (the
+///   server that just got a weight after none) and `never` at the stable one; with one server
+///   left, both at it;
+/// - with [`StickyConfig::dynamic_key`], a change that leaves one server live sets a new
+///   dynamic cookie key, voiding every cookie issued before.
+///
 /// After a reload, the socket only sees the new worker: sessions still held by an old worker do
 /// not count in `active_sessions`.
 #[derive(Debug)]
@@ -67,6 +80,7 @@ pub struct HaproxySwitch {
     pub(crate) check_timeout: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) state_file: Option<PathBuf>,
+    pub(crate) sticky: Option<StickyConfig>,
     pub(crate) client: RuntimeClient,
     pub(crate) probe: Option<DynHealthProbe>,
     pub(crate) endpoints: BTreeMap<TargetId, Endpoint>,
@@ -121,6 +135,96 @@ impl HaproxySwitch {
             "no such server in the backend (or not mapped to a target)",
         )
         .permanent()
+    }
+
+    /// Its sticky cohorts' settings, if it has them.
+    pub fn sticky(&self) -> Option<&StickyConfig> {
+        self.sticky.as_ref()
+    }
+
+    /// Check, through the Runtime API, that HAProxy runs the sticky lines this switch needs
+    /// (see [`StickyConfig`]): the backend inserts the configured cookie, every target's server
+    /// has a cookie of its own, and the map is loaded (its `always`/`never` entries, if any,
+    /// name servers of the switch). Every problem is reported at once (`InvalidInput`). Call it
+    /// when planning; a switch without `sticky` passes. What the API cannot show — the
+    /// `use-server` lines reading the header, `option redispatch` — is not checked.
+    pub async fn check_sticky(&self) -> Result<()> {
+        let Some(sticky) = &self.sticky else {
+            return Ok(());
+        };
+        let rows = self.client.show_stat(None).await?;
+        let servers = self.server_names(&rows);
+        let names: Vec<&str> = servers.iter().map(String::as_str).collect();
+        let problems = sticky
+            .check(&self.client, self.backend(), &rows, &names)
+            .await;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "check the sticky canary lines of",
+            self.object(),
+            problems.join("; "),
+        )
+        .permanent())
+    }
+
+    fn server_names(&self, rows: &[StatRow]) -> Vec<String> {
+        if self.servers.is_empty() {
+            rows.iter()
+                .filter(|r| r.proxy == self.backend() && r.kind == crate::RowKind::Server)
+                .map(|r| r.name.clone())
+                .collect()
+        } else {
+            self.servers.values().cloned().collect()
+        }
+    }
+
+    /// Which server `always` and `never` name once `weights` are set: (canary, stable).
+    fn cohorts(
+        &self,
+        rows: &[StatRow],
+        weights: &Weights,
+        map: &BTreeMap<String, String>,
+    ) -> Result<Option<(String, String)>> {
+        // (server, weight before, weight after) for every server of the switch.
+        let before = self.weights_of(rows)?;
+        let mut all = Vec::new();
+        for (t, b) in before.iter() {
+            let after = weights.get(t).unwrap_or(b);
+            all.push((self.server_name(t)?.to_owned(), b, after));
+        }
+        let live: Vec<&(String, u32, u32)> = all.iter().filter(|s| s.2 > 0).collect();
+        match live.as_slice() {
+            [] => return Ok(None),
+            [one] => return Ok(Some((one.0.clone(), one.0.clone()))),
+            _ => {}
+        }
+        let fresh: Vec<_> = live.iter().filter(|s| s.1 == 0).collect();
+        let old: Vec<_> = live.iter().filter(|s| s.1 > 0).collect();
+        if let (Some(canary), Some(stable)) = (
+            fresh.iter().min_by_key(|s| (s.2, &s.0)),
+            old.iter().max_by_key(|s| (s.1, std::cmp::Reverse(&s.0))),
+        ) {
+            return Ok(Some((canary.0.clone(), stable.0.clone())));
+        }
+        // No server joined (a canary's next step): keep what the map says while both are live.
+        let is_live = |name: &String| live.iter().any(|s| &s.0 == name);
+        if let (Some(a), Some(n)) = (map.get(ALWAYS), map.get(NEVER))
+            && a != n
+            && is_live(a)
+            && is_live(n)
+        {
+            return Ok(Some((a.clone(), n.clone())));
+        }
+        let canary = live.iter().min_by_key(|s| (s.2, &s.0)).map(|s| s.0.clone());
+        let stable = live
+            .iter()
+            .filter(|s| Some(&s.0) != canary.as_ref())
+            .max_by_key(|s| (s.2, std::cmp::Reverse(&s.0)))
+            .map(|s| s.0.clone());
+        Ok(canary.zip(stable))
     }
 
     /// The servers of the backend as `show stat` reports them now.
@@ -324,6 +428,17 @@ impl TrafficSwitch for HaproxySwitch {
                 self.bring_back(t, row).await?;
             }
         }
+        if let Some(sticky) = &self.sticky {
+            // Before any weight moves: the header follows the cohorts the new weights make.
+            let map = sticky.read_map(&self.client).await?;
+            if let Some((canary, stable)) = self.cohorts(&rows, weights, &map)? {
+                sticky.point(&self.client, &map, &canary, &stable).await?;
+            }
+        }
+        // Weights that grow go first, then the ones that shrink, then the zeros. Observed on 2.6
+        // with `balance roundrobin`: blue 90 → 50 sent before green 10 → 50 makes the next ~270
+        // new sessions all go to green before the 1:1 alternation sets in; green first, none.
+        plan.sort_by_key(|(_, w, row)| (*w == 0, *w <= Self::effective(row)));
         let mut raise = Vec::new();
         let mut lower = Vec::new();
         for (_, w, row) in &plan {
@@ -335,10 +450,33 @@ impl TrafficSwitch for HaproxySwitch {
                 }
             } else {
                 lower.push(self.command(server, "weight 0"));
+                if self.sticky.is_some() && !row.is_maint() {
+                    // Its cookie holders are placed again only when it is in maint.
+                    lower.push(self.command(server, "state maint"));
+                }
             }
         }
         raise.extend(lower);
         self.client.batch(&raise).await?;
+        if let Some(sticky) = self.sticky.as_ref().filter(|s| s.dynamic_key) {
+            // After the weights: a user placed again before this would keep a valid cookie.
+            let before = self.weights_of(&rows)?;
+            let live = |t: &TargetId, b: u32| weights.get(t).unwrap_or(b) > 0;
+            let after: Vec<&TargetId> = before
+                .iter()
+                .filter(|(t, b)| live(t, *b))
+                .map(|(t, _)| t)
+                .collect();
+            let was: Vec<&TargetId> = before
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(t, _)| t)
+                .collect();
+            if after.len() == 1 && after != was {
+                sticky.renew_key(&self.client, self.backend()).await?;
+                tracing::info!(backend = self.backend(), "sticky cookies renewed");
+            }
+        }
 
         let now = self.weights().await?;
         for (t, w) in weights.iter() {

@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::client::RuntimeClient;
+use crate::sticky::StickyConfig;
 use crate::transport::Socket;
 
 const INSTALL_HINT: &str =
@@ -79,6 +80,10 @@ pub struct FixtureConfig {
     pub client_timeout: Duration,
     /// The haproxy binary; `None`: `HAPROXY_BIN`, then `/usr/sbin/haproxy`, ..., then `PATH`.
     pub binary: Option<PathBuf>,
+    /// Sticky canary lines in the backend ([`StickyConfig::backend_lines`], `cookie <name>` on
+    /// every server). Its `map` is replaced by `canary.map` in the fixture's temp dir, first
+    /// holding `always <last server>` and `never <first server>`; see [`HaproxyFixture::sticky`].
+    pub sticky: Option<StickyConfig>,
 }
 
 impl FixtureConfig {
@@ -93,7 +98,14 @@ impl FixtureConfig {
             retry_on: "conn-failure empty-response".to_owned(),
             client_timeout: Duration::from_secs(30),
             binary: None,
+            sticky: None,
         }
+    }
+
+    /// With sticky canary lines (see [`FixtureConfig::sticky`]).
+    pub fn with_sticky(mut self, sticky: StickyConfig) -> Self {
+        self.sticky = Some(sticky);
+        self
     }
 
     /// Without a state file (runtime changes are then lost on reload).
@@ -145,6 +157,13 @@ impl FixtureConfig {
         if self.check_interval.is_some() {
             c.push_str("    option httpchk GET /health\n");
         }
+        let sticky = self.sticky_at(paths);
+        if let Some(sticky) = &sticky {
+            let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+            for line in sticky.backend_lines(&names) {
+                c.push_str(&format!("    {line}\n"));
+            }
+        }
         for s in &self.servers {
             c.push_str(&format!(
                 "    server {} {} weight {}",
@@ -153,10 +172,28 @@ impl FixtureConfig {
             if let Some(i) = self.check_interval {
                 c.push_str(&format!(" check inter {}ms", i.as_millis().max(1)));
             }
+            if let Some(option) = sticky.as_ref().and_then(|k| k.server_option(&s.name)) {
+                c.push_str(&format!(" {option}"));
+            }
             c.push('\n');
         }
         c.push_str("\nbackend static\n    balance static-rr\n    server s1 127.0.0.1:9 weight 1\n");
         c
+    }
+}
+
+impl FixtureConfig {
+    fn sticky_at(&self, paths: &Paths) -> Option<StickyConfig> {
+        self.sticky.clone().map(|mut s| {
+            s.map = paths.map.clone();
+            s
+        })
+    }
+
+    fn map_contents(&self) -> String {
+        let first = self.servers.first().map_or("", |s| s.name.as_str());
+        let last = self.servers.last().map_or("", |s| s.name.as_str());
+        StickyConfig::map_contents(last, first)
     }
 }
 
@@ -167,6 +204,7 @@ struct Paths {
     operator: PathBuf,
     master: PathBuf,
     state: PathBuf,
+    map: PathBuf,
     log: PathBuf,
 }
 
@@ -258,10 +296,15 @@ impl HaproxyFixture {
             operator: d.join("operator.sock"),
             master: d.join("master.sock"),
             state: d.join("server-state"),
+            map: d.join("canary.map"),
             log: d.join("haproxy.log"),
         };
         let [frontend, tcp] = free_ports::<2>()?;
         let ports = Ports { frontend, tcp };
+        if config.sticky.is_some() {
+            std::fs::write(&paths.map, config.map_contents())
+                .map_err(|e| Error::io("write", paths.map.display().to_string(), e))?;
+        }
         std::fs::write(&paths.config, config.render(&paths, &ports))
             .map_err(|e| Error::io("write", paths.config.display().to_string(), e))?;
         let log = std::fs::File::create(&paths.log)
@@ -303,6 +346,24 @@ impl HaproxyFixture {
             ServerSpec::new("green", green.addr(), 0),
         ]);
         Ok((Self::start(config).await?, [blue, green]))
+    }
+
+    /// Two [`Slot`]s as in [`blue_green`](Self::blue_green), with sticky canary lines: cookie
+    /// `SRV`, header `X-Canary`, the map in the temp dir (`always green`, `never blue`).
+    pub async fn blue_green_sticky() -> Result<(Self, [Slot; 2])> {
+        let blue = Slot::start("blue").await?;
+        let green = Slot::start("green").await?;
+        let config = FixtureConfig::new(vec![
+            ServerSpec::new("blue", blue.addr(), 100),
+            ServerSpec::new("green", green.addr(), 0),
+        ])
+        .with_sticky(StickyConfig::new("SRV", "/canary.map"));
+        Ok((Self::start(config).await?, [blue, green]))
+    }
+
+    /// The sticky settings the running config uses (its map in the temp dir), if it has them.
+    pub fn sticky(&self) -> Option<StickyConfig> {
+        self.config.sticky_at(&self.paths)
     }
 
     async fn wait_ready(&mut self, old_pid: Option<u32>) -> Result<u32> {
@@ -903,4 +964,110 @@ async fn worker(shared: Arc<Shared>, started: Instant) {
             }
         }
     }
+}
+
+/// One user of a frontend with a cookie jar: sends back the cookie of the last answer that set
+/// one, and remembers which slot answered each of its requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CookieUser {
+    /// `name=value` of the cookie it holds, if an answer set one.
+    pub cookie: Option<String>,
+    /// The slot (body) of each answer, in order.
+    pub seen: Vec<String>,
+}
+
+impl CookieUser {
+    /// A user who has never visited.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The slots that answered it, each once.
+    pub fn versions(&self) -> std::collections::BTreeSet<&str> {
+        self.seen.iter().map(String::as_str).collect()
+    }
+
+    /// The slot of its last answer.
+    pub fn last(&self) -> Option<&str> {
+        self.seen.last().map(String::as_str)
+    }
+}
+
+/// One request for each of `users` (in parallel over `connections` keep-alive connections to
+/// `addr`, users sharing a connection as users behind one proxy do), with the user's cookie and
+/// `header` if given. Any answer other than a 200 with a body is an error naming the user.
+pub async fn visit(
+    addr: SocketAddr,
+    users: &mut [CookieUser],
+    header: Option<(&str, &str)>,
+    connections: usize,
+) -> Result<()> {
+    let header = header.map(|(n, v)| (n.to_owned(), v.to_owned()));
+    let per = users.len().div_ceil(connections.max(1)).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (chunk, part) in users.chunks(per).enumerate() {
+        let mut part = part.to_vec();
+        let header = header.clone();
+        tasks.spawn(async move {
+            let mut sender = connect(addr).await?;
+            for (i, user) in part.iter_mut().enumerate() {
+                let who = chunk * per + i;
+                if sender.ready().await.is_err() {
+                    sender = connect(addr).await?;
+                }
+                let mut req =
+                    hyper::Request::get("/").header(hyper::header::HOST, addr.to_string());
+                if let Some(c) = &user.cookie {
+                    req = req.header(hyper::header::COOKIE, c.as_str());
+                }
+                if let Some((n, v)) = &header {
+                    req = req.header(n.as_str(), v.as_str());
+                }
+                let req = req
+                    .body(Empty::<Bytes>::new())
+                    .map_err(|e| format!("user {who}: build request: {e}"))?;
+                let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+                    .await
+                    .map_err(|_| format!("user {who}: no answer within 5 s"))?
+                    .map_err(|e| format!("user {who}: send: {e}"))?;
+                let status = resp.status().as_u16();
+                if let Some(set) = resp.headers().get(hyper::header::SET_COOKIE) {
+                    let set = set.to_str().unwrap_or("");
+                    user.cookie = Some(set.split(';').next().unwrap_or("").trim().to_owned());
+                }
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("user {who}: read body: {e}"))?
+                    .to_bytes();
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if status != 200 || body.is_empty() {
+                    return Err(format!("user {who}: HTTP {status} {body:?}"));
+                }
+                user.seen.push(body);
+            }
+            Ok::<_, String>((chunk, part))
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok((chunk, part))) => {
+                users[chunk * per..chunk * per + part.len()].clone_from_slice(&part);
+            }
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(format!("a visiting task failed: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Protocol,
+        "visit",
+        format!("frontend {addr}"),
+        failures.join("; "),
+    ))
 }
