@@ -163,6 +163,117 @@ async fn supervise() -> ExitCode {
     }
 }
 
+/// Users who keep HAProxy's cookie, visiting one after another in rounds during a deploy (at
+/// most 200 rounds, until stopped), `arriving` new ones each round up to `users`: a sticky
+/// canary places new users by the weights, promises that each then sees one version until the
+/// canary ends, and that the rollback brings back those it placed on the canary.
+struct Cohort {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Vec<String>>>,
+}
+
+/// What the cohort's users saw: per user, the versions that answered, each change kept.
+struct CohortSeen(Vec<Vec<String>>);
+
+impl Cohort {
+    fn start(frontend: SocketAddr, users: usize, arriving: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen: Vec<Vec<String>> = Vec::new();
+            let Ok(client) = deploy::http::client_builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+            else {
+                return seen;
+            };
+            let mut cookies: Vec<Option<String>> = Vec::new();
+            for _ in 0..200 {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let now = (cookies.len() + arriving).min(users);
+                cookies.resize(now, None);
+                seen.resize(now, Vec::new());
+                for (user, cookie) in cookies.iter_mut().enumerate() {
+                    let mut req = client.get(format!("http://{frontend}/"));
+                    if let Some(c) = cookie.as_deref() {
+                        req = req.header("cookie", c);
+                    }
+                    let Ok(resp) = req.send().await else { continue };
+                    if let Some(set) = resp
+                        .headers()
+                        .get("set-cookie")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        *cookie = Some(set.split(';').next().unwrap_or("").trim().to_owned());
+                    }
+                    // "hello from 2.0.0" or "injected error from 3.0.0".
+                    let Ok(body) = resp.text().await else {
+                        continue;
+                    };
+                    if let Some(v) = body.split_whitespace().last()
+                        && seen[user].last().map(String::as_str) != Some(v)
+                    {
+                        seen[user].push(v.to_owned());
+                    }
+                }
+            }
+            seen
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> CohortSeen {
+        self.stop.store(true, Ordering::Relaxed);
+        CohortSeen(self.task.await.unwrap_or_default())
+    }
+}
+
+impl CohortSeen {
+    /// No user changed version more than once (placed, then at most moved back at the end).
+    fn kept_their_version(&self) -> bool {
+        self.0.iter().all(|v| v.len() <= 2)
+    }
+}
+
+impl std::fmt::Display for CohortSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut only: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut moved: BTreeMap<String, usize> = BTreeMap::new();
+        let mut more = 0;
+        for v in &self.0 {
+            match v.as_slice() {
+                [] => {}
+                [one] => *only.entry(one.as_str()).or_default() += 1,
+                [from, to] => *moved.entry(format!("{from} → {to}")).or_default() += 1,
+                _ => more += 1,
+            }
+        }
+        let only = only
+            .iter()
+            .map(|(v, n)| format!("{n} only {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let moved = moved
+            .iter()
+            .map(|(v, n)| format!("{n} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        write!(
+            f,
+            "{} distinct clients keeping their cookie saw: {only}; moved once (at the end): {}; \
+             moved back and forth: {more}",
+            self.0.len(),
+            if moved.is_empty() {
+                "none".to_owned()
+            } else {
+                moved
+            }
+        )
+    }
+}
+
 /// One slot's application, a child process killed on drop.
 struct AppProcess {
     child: tokio::process::Child,
@@ -447,16 +558,26 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     check(&cancel)?;
 
     // HAProxy in front: blue takes the traffic.
-    let haproxy = HaproxyFixture::start(FixtureConfig::new(vec![
-        ServerSpec::new("blue", apps[0].addr, 100),
-        ServerSpec::new("green", apps[1].addr, 0),
-    ]))
+    // Sticky cohorts: a user placed on a version by HAProxy's cookie stays on it for the
+    // canary's life; new users follow the weights (the lines: deploy-haproxy's README).
+    let haproxy = HaproxyFixture::start(
+        FixtureConfig::new(vec![
+            ServerSpec::new("blue", apps[0].addr, 100),
+            ServerSpec::new("green", apps[1].addr, 0),
+        ])
+        .with_sticky(deploy::haproxy::StickyConfig::new("SRV", "/canary.map")),
+    )
     .await?;
     let frontend = haproxy.frontend();
     let switch = Arc::new(
         HaproxySwitch::builder("app")
             .socket(haproxy.admin_socket())
             .state_file(haproxy.state_file())
+            .sticky(
+                haproxy
+                    .sticky()
+                    .ok_or("the fixture has no sticky settings")?,
+            )
             .build()?,
     );
     println!(
@@ -598,10 +719,12 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             ],
         };
         let load = LoadGen::start(frontend, 4, 40_000, Duration::from_secs(90));
+        let cohort = Cohort::start(frontend, 600, 30);
         let result = engine
             .deploy(&canary, &v3, &PlanOptions::default(), &cancel)
             .await;
         let counts = load.finish().await;
+        let clients = cohort.finish().await;
         let report = result?;
         print!("{}", deploy::console::summary(&report, None, &[]));
         println!();
@@ -616,9 +739,11 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             switch.weights().await?,
             served_now(frontend).await
         );
+        println!("{clients}");
         as_scripted &= report.outcome == Outcome::RolledBack
             && verdict.is_some_and(|v| v.starts_with("gate error-rate"))
-            && counts.failed == 0;
+            && counts.failed == 0
+            && clients.kept_their_version();
         reports.push(report.clone());
     }
 

@@ -68,6 +68,13 @@ fn the_demo_runs_as_scripted() {
         "{stdout}"
     );
     assert!(stdout.contains("3.0.0 20 % ± 15 %)"), "{stdout}");
+    // The sticky canary: clients keeping their cookie saw one version until the rollback, which
+    // moved those placed on the canary back once.
+    let clients = stdout
+        .lines()
+        .find(|l| l.contains("distinct clients keeping their cookie saw: "))
+        .unwrap_or_else(|| panic!("no cohort line:\n{stdout}"));
+    assert!(clients.ends_with("moved back and forth: 0"), "{clients}");
     assert!(stdout.contains("  why: step 5 (analyze blue"), "{stdout}");
     let v3 = line(&stdout, "3.0.0: ");
     assert!(

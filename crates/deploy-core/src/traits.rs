@@ -88,6 +88,12 @@ pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
             "this switch cannot close sessions: drain with `on_timeout = \"proceed\"` or `\"fail\"`",
         ))
     }
+    /// Check that the load balancer is set up as this switch relies on (the configuration
+    /// lines a sticky canary needs, say), before a run is planned: a problem found here stops
+    /// the plan before anything changes. Most switches rely on nothing more than answering.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a probe is asked to check.

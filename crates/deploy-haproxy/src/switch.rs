@@ -401,6 +401,12 @@ fn endpoint_of(addr: &str) -> Option<Endpoint> {
 
 #[async_trait]
 impl TrafficSwitch for HaproxySwitch {
+    /// A sticky switch checks the running HAProxy ([`check_sticky`](Self::check_sticky)) before a
+    /// run is planned.
+    async fn check(&self) -> Result<()> {
+        self.check_sticky().await
+    }
+
     async fn weights(&self) -> Result<Weights> {
         let rows = self.status().await?;
         self.weights_of(&rows)

@@ -455,3 +455,44 @@ async fn a_renewed_dynamic_cookie_key_keeps_old_cookies_out_of_the_next_canary()
     .await
     .expect("the test took more than 60 s");
 }
+
+/// A plan is refused before anything changes when the running HAProxy lacks the lines a sticky
+/// canary needs (the engine asks the switch's `check` before it reads the live state).
+#[tokio::test]
+async fn planning_a_sticky_canary_on_a_haproxy_without_the_lines_is_refused() {
+    let (plain, _slots) = HaproxyFixture::blue_green().await.unwrap();
+    let s = Arc::new(
+        HaproxySwitch::builder("app")
+            .socket(plain.admin_socket())
+            .sticky(StickyConfig::new("SRV", "/etc/haproxy/canary.map"))
+            .build()
+            .unwrap(),
+    );
+    let before = s.weights().await.unwrap();
+    let blue = Arc::new(FakeTarget::new("blue").with_current("1.0.0"));
+    let green = Arc::new(FakeTarget::new("green").with_current("1.0.0"));
+    let env = Environment::builder("haproxy")
+        .target(blue.clone())
+        .target(green.clone())
+        .switch(s.clone())
+        .probe(Arc::new(FakeProbe::new(vec![blue, green])))
+        .build()
+        .unwrap();
+    let canary = Strategy::Canary {
+        steps: vec![CanaryStep::SetWeight(10)],
+    };
+    let e = Engine::new(env)
+        .plan(
+            &canary,
+            &Release::new(Version::new("2.0.0").unwrap()),
+            &PlanOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("backend app has no `cookie SRV insert indirect nocache` line"),
+        "{e}"
+    );
+    assert_eq!(s.weights().await.unwrap(), before, "nothing changed");
+}

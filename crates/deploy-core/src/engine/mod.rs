@@ -218,6 +218,15 @@ impl Engine {
         release: &Release,
         options: &PlanOptions,
     ) -> Result<Plan, DeployError> {
+        if let Some(switch) = &self.env.switch {
+            switch
+                .check()
+                .await
+                .map_err(|source| DeployError::Snapshot {
+                    environment: self.env.name.clone(),
+                    source,
+                })?;
+        }
         let snapshot = self.snapshot().await?;
         self.plan_from(strategy, release, &snapshot, options)
     }
