@@ -1,33 +1,7 @@
 //! A [`TrafficSwitch`] over several load balancers as one: an HA pair of HAProxy instances, or
 //! HAProxy beside nginx, moved together — all or none.
 //!
-//! Each member is any switch (any mix of adapters) with a name for messages. The composite
-//! keeps the [`TrafficSwitch`] contract for the whole:
-//!
-//! - [`set_weights`](TrafficSwitch::set_weights) reads every member's weights first (a member
-//!   that cannot be read fails the call before anything changes), applies the new weights on
-//!   every member at once, and reads each back. If any member fails — an error, or a read-back
-//!   that differs from what was set — every member is put back to the weights it had before
-//!   (the named targets only), and the error names the member that failed and says that every
-//!   member was put back, or which could not be. Its kind is the failing member's (an unknown
-//!   target stays `NotFound`), so the engine's retry policy reads it as it would read the
-//!   member's own error: a retry sets the same weights again on every member.
-//! - [`weights`](TrafficSwitch::weights) reads every member; members that disagree are an error
-//!   (kind `Conflict`, permanent) naming each member and what it has: there is no single answer
-//!   to "what does the balancer apply now".
-//! - [`drain`](TrafficSwitch::drain) and [`cut_sessions`](TrafficSwitch::cut_sessions) act on
-//!   every member; a failure names the members that failed (the call is idempotent, so a retry
-//!   acts on all again).
-//! - [`active_sessions`](TrafficSwitch::active_sessions) is the **sum** over the members: each
-//!   balancer holds its own client connections to the target, so the target still serves the
-//!   sum, and it is drained exactly when every member reads 0 (the maximum would reach 0 at the
-//!   same moment, but would under-count the sessions a drain waits for in progress reports).
-//!
-//! Every call on a member is limited by [`CompositeSwitch::with_member_timeout`] (10 s by
-//! default), so that a member that hangs (a stopped process whose socket still accepts) fails
-//! the step and the others are put back well within the engine's own time limit of one call.
-//! If the engine's limit cuts the whole call short anyway, the engine's rollback sets the
-//! previous weights on the composite, which sets them on every member.
+//! See [`CompositeSwitch`] for what holds.
 
 use std::fmt;
 use std::future::Future;
@@ -40,7 +14,60 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{TargetId, Weights};
 use crate::traits::{DynTrafficSwitch, TrafficSwitch};
 
-/// Several traffic switches moved as one, all or none. See the [module docs](self).
+/// Several traffic switches moved as one, all or none: an HA pair of HAProxy instances, or
+/// HAProxy beside nginx.
+///
+/// Each member is any switch (any mix of adapters) with a name for messages. The composite
+/// keeps the [`TrafficSwitch`] contract for the whole:
+///
+/// - [`set_weights`](TrafficSwitch::set_weights) reads every member's weights first (a member
+///   that cannot be read fails the call before anything changes), applies the new weights on
+///   every member at once, and reads each back. If any member fails — an error, or a read-back
+///   that differs from what was set — every member is put back to the weights it had before
+///   (the named targets only), and the error names the member that failed and says that every
+///   member was put back, or which could not be. Its kind is the failing member's (an unknown
+///   target stays `NotFound`), so the engine's retry policy reads it as it would read the
+///   member's own error: a retry sets the same weights again on every member.
+/// - [`weights`](TrafficSwitch::weights) reads every member; members that disagree are an error
+///   (kind `Conflict`, permanent) naming each member and what it has: there is no single answer
+///   to "what does the balancer apply now".
+/// - [`drain`](TrafficSwitch::drain) and [`cut_sessions`](TrafficSwitch::cut_sessions) act on
+///   every member; a failure names the members that failed (the call is idempotent, so a retry
+///   acts on all again).
+/// - [`active_sessions`](TrafficSwitch::active_sessions) is the **sum** over the members: each
+///   balancer holds its own client connections to the target, so the target still serves the
+///   sum, and it is drained exactly when every member reads 0 (the maximum would reach 0 at the
+///   same moment, but would under-count the sessions a drain waits for in progress reports).
+///
+/// Every call on a member is limited by
+/// [`with_member_timeout`](CompositeSwitch::with_member_timeout) (10 s by default), so that a
+/// member that hangs (a stopped process whose socket still accepts) fails the step and the
+/// others are put back well within the engine's own time limit of one call. If the engine's
+/// limit cuts the whole call short anyway, the engine's rollback sets the previous weights on
+/// the composite, which sets them on every member.
+///
+/// ```
+/// use std::sync::Arc;
+/// use deploy_core::testing::FakeSwitch;
+/// use deploy_core::{CompositeSwitch, TargetId, TrafficSwitch, Weights};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> deploy_core::Result<()> {
+/// let lb1 = Arc::new(FakeSwitch::new(&[("blue", 100), ("green", 0)]));
+/// let lb2 = Arc::new(FakeSwitch::new(&[("blue", 100), ("green", 0)]));
+/// lb2.faults.fail_on("set_weights", 1);
+/// let pair = CompositeSwitch::new(vec![
+///     ("lb-1".to_owned(), lb1.clone() as _),
+///     ("lb-2".to_owned(), lb2.clone() as _),
+/// ])?;
+/// let green = Weights::new().with(TargetId::new("blue")?, 0).with(TargetId::new("green")?, 100);
+/// let err = pair.set_weights(&green).await.unwrap_err();
+/// assert!(err.to_string().contains("member lb-2 failed; every member was put back"));
+/// assert_eq!(lb1.current().to_string(), "blue=100,green=0");
+/// pair.set_weights(&green).await?; // the fault was for one call
+/// assert_eq!(pair.weights().await?.to_string(), "blue=0,green=100");
+/// # Ok(()) }
+/// ```
 pub struct CompositeSwitch {
     members: Vec<(String, DynTrafficSwitch)>,
     member_timeout: Duration,
