@@ -139,16 +139,19 @@ async fn a_canary_step_and_a_blue_green_switch_move_both_instances_under_load() 
 /// failure in the middle of the composite's switch (after its weights were read).
 #[derive(Debug)]
 struct BreaksOnSet {
-    inner: HaproxySwitch,
+    inner: DynTrafficSwitch,
     broken: AtomicBool,
     how: Breakage,
 }
 
 #[derive(Debug)]
 enum Breakage {
-    /// Kill haproxy's master and worker by their PIDs (`kill -KILL`), and wait until the admin
-    /// socket refuses.
-    Stop { pids: Vec<u32> },
+    /// Kill the balancer's processes by their PIDs (`kill -KILL`, the master first so that it
+    /// starts no new worker), and wait until its frontend refuses connections.
+    Stop {
+        pids: Vec<u32>,
+        frontend: std::net::SocketAddr,
+    },
     /// Move the admin socket away (`rename`): connections find nothing there.
     MoveSocket { from: PathBuf, to: PathBuf },
 }
@@ -161,7 +164,7 @@ impl TrafficSwitch for BreaksOnSet {
     async fn set_weights(&self, weights: &Weights) -> Result<()> {
         if !self.broken.swap(true, Ordering::SeqCst) {
             match &self.how {
-                Breakage::Stop { pids } => {
+                Breakage::Stop { pids, frontend } => {
                     for pid in pids {
                         let status = std::process::Command::new("kill")
                             .args(["-KILL", &pid.to_string()])
@@ -170,8 +173,8 @@ impl TrafficSwitch for BreaksOnSet {
                         assert!(status.success(), "kill -KILL {pid}");
                     }
                     let deadline = Instant::now() + Duration::from_secs(5);
-                    while self.inner.weights().await.is_ok() {
-                        assert!(Instant::now() < deadline, "haproxy still answers");
+                    while tokio::net::TcpStream::connect(frontend).await.is_ok() {
+                        assert!(Instant::now() < deadline, "the balancer still accepts");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
@@ -233,10 +236,11 @@ async fn an_instance_stopped_during_a_switch_fails_it_and_the_survivor_is_put_ba
     let (text, _) = switch_while_lb2_breaks(
         &lb1,
         BreaksOnSet {
-            inner: switch_of(&lb2),
+            inner: Arc::new(switch_of(&lb2)),
             broken: AtomicBool::new(false),
             how: Breakage::Stop {
-                pids: vec![worker, master],
+                pids: vec![master, worker],
+                frontend: lb2.frontend(),
             },
         },
     )
@@ -253,7 +257,7 @@ async fn an_unusable_socket_during_a_switch_fails_it_and_both_end_on_the_previou
     let (text, lb2_switch) = switch_while_lb2_breaks(
         &lb1,
         BreaksOnSet {
-            inner: switch_of(&lb2),
+            inner: Arc::new(switch_of(&lb2)),
             broken: AtomicBool::new(false),
             how: Breakage::MoveSocket {
                 from: from.clone(),
@@ -477,4 +481,120 @@ kind = "f5"
             .any(|p| p.path == "switch" && p.message.contains("empty")),
         "{err}"
     );
+}
+
+/// nginx in front of the same two slots, its upstream `app` managed by an [`UpstreamSwitch`]
+/// at blue 100, green 0.
+async fn nginx_beside(
+    slots: &[Slot; 2],
+) -> (
+    deploy::nginx::testing::NginxServer,
+    deploy::nginx::UpstreamSwitch,
+) {
+    use deploy::nginx::UpstreamSwitch;
+    use deploy::nginx::testing::NginxServer;
+    let b = NginxServer::builder().unwrap().workers(1);
+    let include = b.dir().join("upstream.conf");
+    let status = deploy::testing::process::free_port().unwrap();
+    let switch = UpstreamSwitch::builder(Arc::new(deploy::LocalHost::new()), b.nginx(), &include)
+        .upstream("app")
+        .server("blue", slots[0].addr().to_string())
+        .server("green", slots[1].addr().to_string())
+        .status_listen(std::net::SocketAddr::from(([127, 0, 0, 1], status)))
+        .build()
+        .unwrap();
+    let nginx = b
+        .http(format!("include {};", include.display()))
+        .server("location / { proxy_pass http://app; }")
+        .file("upstream.conf", switch.render(&w(100, 0)).unwrap())
+        .start()
+        .await
+        .unwrap();
+    (nginx, switch)
+}
+
+/// Fresh requests to `url` until one is answered by `slot` (at most 5 s).
+async fn fresh_requests_reach(url: &str, slot: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if common::get(url).await == slot {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} does not serve {slot}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_and_nginx_as_a_pair_are_switched_together() {
+    let (slots, lb, _unused) = pair_of_instances().await;
+    let (nginx, upstream) = nginx_beside(&slots).await;
+    let pair = composite(vec![
+        ("haproxy", Arc::new(switch_of(&lb))),
+        ("nginx", Arc::new(upstream)),
+    ]);
+    assert_eq!(pair.weights().await.unwrap(), w(100, 0));
+    let load = Load::start(lb.frontend(), load_config(), &["blue", "green"]);
+    served_since_arm(&load, "blue", "before").await;
+    let nginx_url = nginx.url("/");
+    fresh_requests_reach(&nginx_url, "blue").await;
+
+    load.arm("green");
+    pair.set_weights(&w(50, 50)).await.unwrap();
+    assert_eq!(pair.weights().await.unwrap(), w(50, 50));
+    served_since_arm(&load, "green", "canary through haproxy").await;
+    fresh_requests_reach(&nginx_url, "green").await;
+
+    pair.set_weights(&w(0, 100)).await.unwrap();
+    assert_eq!(pair.weights().await.unwrap(), w(0, 100));
+    for _ in 0..10 {
+        assert_eq!(common::get(&nginx_url).await, "green", "nginx serves green");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blue_then = load.served_by("blue");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        load.served_by("blue"),
+        blue_then,
+        "haproxy serves green only"
+    );
+    load.stop();
+    let r = load.finish().await;
+    println!("haproxy + nginx: haproxy's load {r:?}");
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_stopped_during_a_switch_puts_haproxy_back() {
+    let (slots, lb, _unused) = pair_of_instances().await;
+    let (nginx, upstream) = nginx_beside(&slots).await;
+    let mut pids = vec![nginx.master_pid().unwrap()];
+    pids.extend(nginx.workers().into_iter().map(|(p, _)| p));
+    let lb_switch = Arc::new(switch_of(&lb));
+    let pair = composite(vec![
+        ("haproxy", lb_switch.clone()),
+        (
+            "nginx",
+            Arc::new(BreaksOnSet {
+                inner: Arc::new(upstream),
+                broken: AtomicBool::new(false),
+                how: Breakage::Stop {
+                    pids,
+                    frontend: nginx.addr(),
+                },
+            }),
+        ),
+    ]);
+    let load = Load::start(lb.frontend(), load_config(), &["blue", "green"]);
+    served_since_arm(&load, "blue", "before").await;
+    let err = pair.set_weights(&w(0, 100)).await.unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    assert!(text.contains("member nginx failed"), "{text}");
+    assert!(text.contains("could not put back nginx"), "{text}");
+    assert!(text.contains("put back: haproxy"), "{text}");
+    assert_eq!(lb_switch.weights().await.unwrap(), w(100, 0));
+    load.stop();
+    let r = load.finish().await;
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
 }

@@ -339,9 +339,17 @@ impl TrafficSwitch for CompositeSwitch {
                 .map(|(n, _)| n.as_str())
                 .filter(|n| !not_back.iter().any(|(m, _)| m == n))
                 .collect();
+            // The member that failed usually fails its put-back the same way: say so once.
             let list: Vec<String> = not_back
                 .iter()
-                .map(|(n, why)| format!("{n} ({why})"))
+                .map(|(n, why)| {
+                    let same = failed.iter().any(|(m, e)| m == n && e.to_string() == *why);
+                    if same {
+                        format!("{n} (the same error)")
+                    } else {
+                        format!("{n} ({why})")
+                    }
+                })
                 .collect();
             format!(
                 "could not put back {}; {}",
