@@ -31,9 +31,13 @@ use crate::traits::{DynTrafficSwitch, TrafficSwitch};
 /// - [`weights`](TrafficSwitch::weights) reads every member; members that disagree are an error
 ///   (kind `Conflict`, permanent) naming each member and what it has: there is no single answer
 ///   to "what does the balancer apply now".
-/// - [`drain`](TrafficSwitch::drain) and [`cut_sessions`](TrafficSwitch::cut_sessions) act on
-///   every member; a failure names the members that failed (the call is idempotent, so a retry
-///   acts on all again).
+/// - [`drain`](TrafficSwitch::drain) is all or none too: every member's weights are read
+///   first, the target is drained on every member, and if one fails, the target's previous
+///   weight is set again on every member (so that the members never disagree because of the
+///   composite; the engine reads the weights after every change).
+/// - [`cut_sessions`](TrafficSwitch::cut_sessions) acts on every member; a failure names the
+///   members that failed (sessions closed cannot be reopened; the engine cuts only drained
+///   targets, whose weight is 0 on every member, so the members still agree).
 /// - [`active_sessions`](TrafficSwitch::active_sessions) is the **sum** over the members: each
 ///   balancer holds its own client connections to the target, so the target still serves the
 ///   sum, and it is drained exactly when every member reads 0 (the maximum would reach 0 at the
@@ -44,7 +48,9 @@ use crate::traits::{DynTrafficSwitch, TrafficSwitch};
 /// member that hangs (a stopped process whose socket still accepts) fails the step and the
 /// others are put back well within the engine's own time limit of one call. If the engine's
 /// limit cuts the whole call short anyway, the engine's rollback sets the previous weights on
-/// the composite, which sets them on every member.
+/// the composite, which sets them on every member. Raise the limit when a member's own call
+/// may rightly take longer (HAProxy bringing a server back from `maint` waits for a passing
+/// check, up to its `check_timeout`, 20 s by default).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -217,6 +223,10 @@ impl CompositeSwitch {
         let restored = join_all(self.members.iter().zip(&previous).map(
             |((name, switch), prev)| async move {
                 let limit = self.member_timeout;
+                if prev.0.is_empty() {
+                    // It knows none of the targets: it was refused, and changed nothing.
+                    return Ok(());
+                }
                 let set = tokio::time::timeout(limit, switch.set_weights(prev)).await;
                 match set {
                     Err(_) => return Err(format!("no answer within {limit:?}")),
@@ -243,6 +253,47 @@ impl CompositeSwitch {
             .zip(restored)
             .filter_map(|((name, _), r)| r.err().map(|why| (name.clone(), why)))
             .collect()
+    }
+}
+
+impl CompositeSwitch {
+    /// What a failed call says about putting the members back: all of them, or which not.
+    fn put_back_note(
+        &self,
+        not_back: &[(String, String)],
+        failed: &[(&str, Error)],
+        what: &str,
+    ) -> String {
+        if not_back.is_empty() {
+            return format!("every member was put back to its previous {what}");
+        }
+        let back: Vec<&str> = self
+            .members
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !not_back.iter().any(|(m, _)| m == n))
+            .collect();
+        // The member that failed usually fails its put-back the same way: say so once.
+        let list: Vec<String> = not_back
+            .iter()
+            .map(|(n, why)| {
+                let same = failed.iter().any(|(m, e)| m == n && e.to_string() == *why);
+                if same {
+                    format!("{n} (the same error)")
+                } else {
+                    format!("{n} ({why})")
+                }
+            })
+            .collect();
+        format!(
+            "could not put back {}; {}",
+            list.join(", "),
+            if back.is_empty() {
+                format!("no member is back on its previous {what}")
+            } else {
+                format!("put back: {}", back.join(", "))
+            }
+        )
     }
 }
 
@@ -330,52 +381,38 @@ impl TrafficSwitch for CompositeSwitch {
         }
 
         let not_back = self.put_back(&before, weights).await;
-        let note = if not_back.is_empty() {
-            "every member was put back to its previous weights".to_owned()
-        } else {
-            let back: Vec<&str> = self
-                .members
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .filter(|n| !not_back.iter().any(|(m, _)| m == n))
-                .collect();
-            // The member that failed usually fails its put-back the same way: say so once.
-            let list: Vec<String> = not_back
-                .iter()
-                .map(|(n, why)| {
-                    let same = failed.iter().any(|(m, e)| m == n && e.to_string() == *why);
-                    if same {
-                        format!("{n} (the same error)")
-                    } else {
-                        format!("{n} ({why})")
-                    }
-                })
-                .collect();
-            format!(
-                "could not put back {}; {}",
-                list.join(", "),
-                if back.is_empty() {
-                    "no member is back on its previous weights".to_owned()
-                } else {
-                    format!("put back: {}", back.join(", "))
-                }
-            )
-        };
+        let note = self.put_back_note(&not_back, &failed, "weights");
         Err(self
             .member_error("set weights on", failed, &note)
             .with_context("weights", weights.to_string()))
     }
 
     async fn drain(&self, target: &TargetId) -> Result<()> {
+        // All or none, as set_weights: a drain that stopped on one member only would leave the
+        // members disagreeing, and every later read of the weights would fail.
+        let results = self.on_all("read weights of", |s| s.weights()).await;
+        let (before, failed) = self.failures(results);
+        if !failed.is_empty() {
+            return Err(self
+                .member_error(
+                    "drain",
+                    failed,
+                    "no member was changed (its weights could not be read first)",
+                )
+                .with_context("target", target.to_string()));
+        }
         let results = self.on_all("drain", |s| s.drain(target)).await;
         let (_, failed) = self.failures(results);
         if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(self
-                .member_error("drain", failed, "the others drained it")
-                .with_context("target", target.to_string()))
+            return Ok(());
         }
+        let not_back = self
+            .put_back(&before, &Weights::new().with(target.clone(), 0))
+            .await;
+        let note = self.put_back_note(&not_back, &failed, &format!("weight of {target}"));
+        Err(self
+            .member_error("drain", failed, &note)
+            .with_context("target", target.to_string()))
     }
 
     async fn active_sessions(&self, target: &TargetId) -> Result<u64> {

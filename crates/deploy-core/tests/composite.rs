@@ -228,6 +228,27 @@ async fn drain_sessions_and_cut_act_on_every_member() {
 }
 
 #[tokio::test]
+async fn a_drain_failing_on_one_member_puts_the_target_back_on_every_member() {
+    let (a, b) = (slots(), slots());
+    b.faults.fail_on("drain", 1);
+    let c = pair(&a, &b);
+    let err = c.drain(&id("blue")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("member lb-2 failed"), "{text}");
+    assert!(
+        text.contains("every member was put back to its previous weight of blue"),
+        "{text}"
+    );
+    assert_eq!(
+        a.current().to_string(),
+        "blue=100,green=0",
+        "lb-1 undrained"
+    );
+    assert_eq!(b.current().to_string(), "blue=100,green=0");
+    assert_eq!(c.weights().await.unwrap().to_string(), "blue=100,green=0");
+}
+
+#[tokio::test]
 async fn new_refuses_no_members_and_duplicate_names() {
     assert!(CompositeSwitch::new(vec![]).is_err());
     let a = slots() as DynTrafficSwitch;
@@ -253,18 +274,32 @@ fn policies() -> Policies {
     p
 }
 
-/// The engine's fault matrix idea on a pair: for each switch step of a blue-green and a canary
-/// deploy, the second member fails at that step; the run rolls back and both members end on
-/// the weights they had before.
+/// The engine's fault matrix idea on a pair: for each switch step (set weights, drain) of a
+/// blue-green, a canary and a rolling deploy, the second member fails at that step; the run
+/// rolls back and both members end on the weights they had before.
 #[tokio::test(start_paused = true)]
-async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a_switch() {
-    let strategies = [
+async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a_switch_step() {
+    type Case = (
+        &'static str,
+        Strategy,
+        fn() -> FakeWorld,
+        &'static [(&'static str, u32)],
+    );
+    let slots_world: fn() -> FakeWorld =
+        || FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::passing("error-rate"));
+    let fleet_world: fn() -> FakeWorld =
+        || FakeWorld::fleet(4, "1.0.0").with_gate(FakeGate::passing("error-rate"));
+    let slots_weights: &[(&str, u32)] = &[("blue", 100), ("green", 0)];
+    let fleet_weights: &[(&str, u32)] = &[("web-1", 1), ("web-2", 1), ("web-3", 1), ("web-4", 1)];
+    let cases: Vec<Case> = vec![
         (
             "blue_green",
             Strategy::BlueGreen {
                 pre_switch_analysis: None,
                 bake: Duration::from_secs(60),
             },
+            slots_world,
+            slots_weights,
         ),
         (
             "canary",
@@ -276,12 +311,22 @@ async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a
                     CanaryStep::Analyze(Duration::from_secs(60)),
                 ],
             },
+            slots_world,
+            slots_weights,
+        ),
+        (
+            "rolling",
+            Strategy::Rolling {
+                batch: deploy_core::BatchSize::Count(2),
+                analysis: Some(Duration::from_secs(30)),
+            },
+            fleet_world,
+            fleet_weights,
         ),
     ];
     let release = Release::new(Version::new("2.0.0").unwrap());
-    let mut cells = 0;
-    for (name, strategy) in strategies {
-        let make = || FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::passing("error-rate"));
+    let mut cells = Vec::new();
+    for (name, strategy, make, weights) in cases {
         let plan = {
             let world = make();
             Engine::new(world.environment("prod"))
@@ -290,22 +335,26 @@ async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a
                 .await
                 .unwrap()
         };
-        let switch_steps: Vec<usize> = plan
-            .steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s, Step::SetWeights { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        assert!(!switch_steps.is_empty(), "{name}: the plan switches");
-        for (nth, index) in switch_steps.iter().enumerate() {
+        let op = |s: &Step| match s {
+            Step::SetWeights { .. } => Some("set_weights"),
+            Step::Drain { .. } => Some("drain"),
+            _ => None,
+        };
+        for (index, step) in plan.steps.iter().enumerate() {
+            let Some(method) = op(step) else { continue };
+            // The n-th call of this method on the second member is this step's.
+            let nth = plan.steps[..index]
+                .iter()
+                .filter(|s| op(s) == Some(method))
+                .count() as u32
+                + 1;
             let world = make();
-            let second = slots();
-            second.faults.fail_on("set_weights", nth as u32 + 1);
-            let composite = Arc::new(pair(&world.switch, &second));
+            let before = world.switch.current();
+            let second = Arc::new(FakeSwitch::new(weights));
+            second.faults.fail_on(method, nth);
             let env = world
                 .environment_builder("prod")
-                .switch(composite)
+                .switch(Arc::new(pair(&world.switch, &second)))
                 .build()
                 .unwrap();
             let engine = Engine::new(env).with_policies(policies());
@@ -313,27 +362,27 @@ async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a
                 .run(plan.clone(), &CancellationToken::new())
                 .await
                 .unwrap();
-            let cell = format!("{name} / step {} ({})", index + 1, plan.steps[*index]);
+            let cell = format!("{name} / step {} ({step}) / lb-2 fails {method}", index + 1);
             assert_eq!(report.outcome, Outcome::RolledBack, "{cell}\n{report}");
-            let failed = report.steps.iter().find(|s| s.error.is_some()).unwrap();
-            assert_eq!(failed.index, *index, "{cell}: the switch step failed");
-            assert_eq!(
-                world.switch.current().to_string(),
-                "blue=100,green=0",
-                "{cell}: lb-1 is back"
+            assert!(
+                report
+                    .steps
+                    .iter()
+                    .any(|s| s.index == index && s.error.is_some()),
+                "{cell}: the switch step failed\n{report}"
             );
-            assert_eq!(
-                second.current().to_string(),
-                "blue=100,green=0",
-                "{cell}: lb-2 is back"
-            );
-            cells += 1;
+            assert_eq!(world.switch.current(), before, "{cell}: lb-1 is back");
+            assert_eq!(second.current(), before, "{cell}: lb-2 is back");
+            cells.push(cell);
         }
     }
-    assert!(
-        cells >= 3,
-        "blue-green's switch and canary's steps: {cells}"
-    );
+    println!("{} cells:\n  {}", cells.len(), cells.join("\n  "));
+    for name in ["blue_green", "canary", "rolling"] {
+        assert!(
+            cells.iter().any(|c| c.starts_with(name)),
+            "{name}: {cells:?}"
+        );
+    }
 }
 
 /// Without faults, both members of the pair end on the new slot.
