@@ -412,3 +412,33 @@ async fn a_deploy_through_a_pair_moves_both_members() {
     assert_eq!(world.switch.current().to_string(), "blue=0,green=100");
     assert_eq!(second.current().to_string(), "blue=0,green=100");
 }
+
+/// Members that disagree stop planning: the snapshot cannot say what the balancer applies.
+#[tokio::test(start_paused = true)]
+async fn planning_over_a_pair_that_disagrees_is_refused_naming_the_members() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    let second = Arc::new(FakeSwitch::new(&[("blue", 0), ("green", 100)]));
+    let env = world
+        .environment_builder("prod")
+        .switch(Arc::new(pair(&world.switch, &second)))
+        .build()
+        .unwrap();
+    let err = Engine::new(env)
+        .with_policies(policies())
+        .plan(
+            &Strategy::BlueGreen {
+                pre_switch_analysis: None,
+                bake: Duration::ZERO,
+            },
+            &Release::new(Version::new("2.0.0").unwrap()),
+            &PlanOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    assert!(
+        text.contains("lb-1 has blue=100,green=0, lb-2 has blue=0,green=100"),
+        "{text}"
+    );
+}
