@@ -6,7 +6,7 @@
 //!
 //! | section | `kind` | feature |
 //! |---|---|---|
-//! | `[switch]` | `haproxy`, `nginx` | `haproxy`, `nginx` |
+//! | `[switch]` or each `[[switch]]` | `haproxy`, `nginx` | `haproxy`, `nginx` |
 //! | `[[gates]]` | `promql`, `scrape` | `prometheus` |
 //! | `[migrations]` | `postgres` | `postgres` |
 //! | `[maintenance]` | `nginx` | `nginx` |
@@ -187,8 +187,16 @@ fn pick<T>(
 
 impl AdapterFactory for Adapters {
     fn switch(&self, section: &toml::Value) -> Result<DynTrafficSwitch, Vec<Problem>> {
-        let (build, rest) = pick("switch", section, &self.switches)?;
-        build("switch", rest)
+        self.switch_at("switch", section)
+    }
+
+    fn switch_at(
+        &self,
+        path: &str,
+        section: &toml::Value,
+    ) -> Result<DynTrafficSwitch, Vec<Problem>> {
+        let (build, rest) = pick(path, section, &self.switches)?;
+        build(path, rest)
     }
 
     fn gate(&self, path: &str, section: &toml::Value) -> Result<DynMetricGate, Vec<Problem>> {

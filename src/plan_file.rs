@@ -48,6 +48,27 @@
 //! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
 //! `[maintenance]`, and `ssh` in a target) are kept as raw TOML here and read by the code that
 //! builds the environment.
+//!
+//! The switch is one table, `[switch]` with its `kind`, or a list of them, `[[switch]]`: load
+//! balancers moved together as one ([`deploy_core::CompositeSwitch`] — an HA pair of HAProxy
+//! instances, or HAProxy beside nginx). Each entry has its `kind`, the keys of that adapter and
+//! an optional `name` for messages (`switch[i]` when left out); a switch step sets the weights
+//! on every member, and if one fails, every member is put back to what it had. Problems name
+//! the entry: `switch[1].socket`.
+//!
+//! ```toml
+//! [[switch]]
+//! name = "lb-1"
+//! kind = "haproxy"
+//! socket = "/run/haproxy-1/admin.sock"
+//! backend = "app"
+//!
+//! [[switch]]
+//! name = "lb-2"
+//! kind = "haproxy"
+//! socket = "/run/haproxy-2/admin.sock"
+//! backend = "app"
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -62,9 +83,9 @@ use deploy_core::served::ServedCheck;
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
-    BatchSize, CanaryStep, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner,
-    DynTrafficSwitch, Endpoint, Engine, Environment, Error, HttpProbe, LocalHost, PlanOptions,
-    Release, ReleaseDirTarget, Step, Strategy, TargetId, Version,
+    BatchSize, CanaryStep, CompositeSwitch, DynHost, DynMaintenance, DynMetricGate,
+    DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine, Environment, Error, HttpProbe,
+    LocalHost, PlanOptions, Release, ReleaseDirTarget, Step, Strategy, TargetId, Version,
 };
 use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
@@ -398,7 +419,8 @@ pub struct PlanFile {
     pub targets: Vec<TargetSection>,
     /// `[probe]`.
     pub probe: Option<ProbeSection>,
-    /// `[switch]`, for the switch adapter to read.
+    /// `[switch]` (a table), or `[[switch]]` (an array of tables: switches moved together as
+    /// one), for the switch adapters to read.
     pub switch: Option<toml::Value>,
     /// `[[gates]]`, for the gate adapters to read.
     pub gates: Vec<toml::Value>,
@@ -844,7 +866,7 @@ impl PlanFile {
                 }
             }
         }
-        check_servers_map(&mut c, switch.as_ref(), &targets);
+        check_switch(&mut c, switch.as_ref(), &targets);
         if let Some(sc) = &served_check {
             for p in sc.problems() {
                 c.push(format!("served_check.{}", p.path), p.message);
@@ -1024,10 +1046,58 @@ fn resolve_paths(table: &mut toml::Table, base: &Path) {
     }
 }
 
+/// `[switch]` is a table; `[[switch]]` a non-empty list of tables with unique names. Each
+/// one's `servers` map is checked against the targets.
+fn check_switch(
+    c: &mut Collector,
+    switch: Option<&toml::Value>,
+    targets: &[(usize, TargetSection)],
+) {
+    match switch {
+        None => {}
+        Some(toml::Value::Table(_)) => check_servers_map(c, "switch", switch, targets),
+        Some(toml::Value::Array(list)) => {
+            if list.is_empty() {
+                c.push(
+                    "switch",
+                    "an empty list of switches: give at least one [[switch]] table",
+                );
+            }
+            let mut names = BTreeMap::new();
+            for (i, entry) in list.iter().enumerate() {
+                let path = format!("switch[{i}]");
+                if !entry.is_table() {
+                    c.push(path, "expected a table (a [[switch]] entry)");
+                    continue;
+                }
+                match entry.get("name") {
+                    None => {}
+                    Some(toml::Value::String(n)) if !n.trim().is_empty() => {
+                        if let Some(first) = names.insert(n.clone(), i) {
+                            c.push(
+                                format!("{path}.name"),
+                                format!("switch[{first}] has the same name {n:?}"),
+                            );
+                        }
+                    }
+                    Some(_) => c.push(format!("{path}.name"), "expected a name (a string)"),
+                }
+                check_servers_map(c, &path, Some(entry), targets);
+            }
+        }
+        Some(_) => c.push(
+            "switch",
+            "expected a table ([switch]) or an array of tables ([[switch]])",
+        ),
+    }
+}
+
 /// A switch's `servers` map (target → server) names targets: each must be one, and a map
-/// that is given must name every target (the switch knows no other).
+/// that is given must name every target (the switch knows no other). `path` is the switch's
+/// own (`switch`, `switch[1]`).
 fn check_servers_map(
     c: &mut Collector,
+    path: &str,
     switch: Option<&toml::Value>,
     targets: &[(usize, TargetSection)],
 ) {
@@ -1044,7 +1114,7 @@ fn check_servers_map(
     for key in servers.keys() {
         if !ids.contains(&key.as_str()) {
             c.push(
-                format!("switch.servers.{key}"),
+                format!("{path}.servers.{key}"),
                 format!(
                     "there is no target {key} (the targets are {}); the map goes from a \
                      target's id to its server's name",
@@ -1056,7 +1126,7 @@ fn check_servers_map(
     for id in &ids {
         if !servers.contains_key(*id) {
             c.push(
-                "switch.servers",
+                format!("{path}.servers"),
                 format!(
                     "target {id} has no server: a servers map must name every target \
                      (`{id} = \"<server name>\"`), or be left out when the servers are named \
@@ -1067,12 +1137,68 @@ fn check_servers_map(
     }
 }
 
+/// The switch `section` describes: one adapter for `[switch]`, a [`CompositeSwitch`] of every
+/// entry for `[[switch]]` (each named by its `name`, or `switch[i]`).
+fn build_switch(
+    adapters: &dyn AdapterFactory,
+    section: &toml::Value,
+) -> Result<DynTrafficSwitch, Vec<Problem>> {
+    let toml::Value::Array(list) = section else {
+        return adapters.switch(section);
+    };
+    let mut problems = Vec::new();
+    let mut members = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let path = format!("switch[{i}]");
+        let mut rest = entry.as_table().cloned().unwrap_or_default();
+        let name = match rest.remove("name") {
+            Some(toml::Value::String(n)) => n,
+            _ => path.clone(),
+        };
+        match adapters.switch_at(&path, &toml::Value::Table(rest)) {
+            Ok(sw) => members.push((name, sw)),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    CompositeSwitch::new(members)
+        .map(|c| Arc::new(c) as DynTrafficSwitch)
+        .map_err(|e| {
+            vec![Problem {
+                path: "switch".to_owned(),
+                message: e.message().to_owned(),
+            }]
+        })
+}
+
 /// Builds what an adapter section of a plan file describes. The root crate implements it for
 /// adapters compiled in (the `deploy` example wires them); tests and embedding tools can
 /// supply their own.
 pub trait AdapterFactory {
     /// `[switch]`.
     fn switch(&self, section: &toml::Value) -> Result<DynTrafficSwitch, Vec<Problem>>;
+    /// One `[[switch]]` entry, without its `name` (`path` is `switch[i]`, for messages). By
+    /// default [`AdapterFactory::switch`], with its problems moved from `switch` to `path`.
+    fn switch_at(
+        &self,
+        path: &str,
+        section: &toml::Value,
+    ) -> Result<DynTrafficSwitch, Vec<Problem>> {
+        self.switch(section).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| match p.path.strip_prefix("switch") {
+                    Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => Problem {
+                        path: format!("{path}{rest}"),
+                        message: p.message,
+                    },
+                    _ => p,
+                })
+                .collect()
+        })
+    }
     /// One `[[gates]]` entry (`path` is `gates[i]`, for messages).
     fn gate(&self, path: &str, section: &toml::Value) -> Result<DynMetricGate, Vec<Problem>>;
     /// `[migrations]`.
@@ -1167,7 +1293,7 @@ impl PlanFile {
             }),
         }
         if let Some(s) = &self.switch {
-            match adapters.switch(s) {
+            match build_switch(adapters, s) {
                 Ok(sw) => b = b.switch(sw),
                 Err(p) => problems.extend(p),
             }

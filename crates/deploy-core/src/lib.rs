@@ -4,6 +4,7 @@
 // a split into a contract crate and an engine crate stays a move. Every public item has one path:
 // the crate root for what most users name, and a few small public modules for the rest.
 
+mod composite;
 mod difference;
 mod engine;
 mod error;
@@ -27,6 +28,7 @@ pub mod state;
 pub mod testing;
 pub mod units;
 
+pub use composite::CompositeSwitch;
 pub use difference::Difference;
 pub use engine::{
     Control, ControlRequest, DeployError, Engine, Environment, EnvironmentBuilder, Outcome,
