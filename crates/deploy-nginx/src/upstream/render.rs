@@ -292,6 +292,52 @@ mod tests {
     }
 
     #[test]
+    fn a_sticky_include_has_an_upstream_per_target_the_split_and_the_maps() {
+        use super::super::sticky::StickyConfig;
+        let s = UpstreamSwitch::builder(
+            std::sync::Arc::new(deploy_core::LocalHost::new()),
+            crate::Nginx::new("/etc/nginx/nginx.conf"),
+            "/etc/nginx/app/upstream.conf",
+        )
+        .server("blue", "127.0.0.1:8081")
+        .server("green", "127.0.0.1:8082")
+        .keepalive(32)
+        .status_listen("127.0.0.1:8099".parse().unwrap())
+        .sticky(StickyConfig::new("canary"))
+        .build()
+        .unwrap();
+        let w = Weights::new().with(t("blue"), 90).with(t("green"), 10);
+        let state = StickyState {
+            epoch: "e1".into(),
+            canary: t("green"),
+            stable: t("blue"),
+        };
+        let text = s.render_with(&w, "g-1", Some(&state));
+        for line in [
+            "# deploy-nginx sticky epoch=e1 canary=green stable=blue\n",
+            "upstream app__blue {\n    server 127.0.0.1:8081;\n    keepalive 32;\n}\n",
+            "split_clients \"${request_id}\" $app_new {\n    90.00% blue;\n    * green;\n}\n",
+            "map $cookie_canary $app_placed {\n    default $app_new;\n    \"blue.e1\" blue;\n    \"green.e1\" green;\n}\n",
+            "    default \"canary=$app_new.e1; Path=/; HttpOnly\";\n",
+            "map $http_x_canary $app_slot {\n    default $app_placed;\n    always green;\n    never blue;\n}\n",
+            "map $http_x_canary $app_set_cookie {\n    default $app_new_cookie;\n    always \"\";\n    never \"\";\n}\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        let parsed = parse_include(&text).unwrap();
+        assert_eq!(parsed.weights, w);
+        assert_eq!(parsed.sticky, Some(state));
+        // Weight 0: `down` in its own upstream, out of the cookie map.
+        let text = s.render_with(
+            &Weights::new().with(t("blue"), 100).with(t("green"), 0),
+            "g-2",
+            Some(&s.next_sticky(None, &w)),
+        );
+        assert!(text.contains("server 127.0.0.1:8082 down;\n"), "{text}");
+        assert!(!text.contains("\"green."), "{text}");
+    }
+
+    #[test]
     fn render_refuses_unknown_and_missing_targets() {
         let s = switch();
         let e = s.render(&Weights::new().with(t("ghost"), 1)).unwrap_err();
