@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::w;
+use common::{t, w};
+use deploy_core::testing::conformance;
 use deploy_core::testing::process::free_port;
 use deploy_core::testing::{TestHttpServer, TestResponse};
 use deploy_core::{ErrorKind, LocalHost, TrafficSwitch, Weights};
@@ -281,4 +282,13 @@ async fn check_sticky_names_a_missing_location_line() {
         "{msg}"
     );
     assert!(!msg.contains("proxy_pass"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_switch_passes_the_traffic_switch_conformance_suite() {
+    let s = sticky_site(w(100, 0), true).await;
+    conformance::traffic_switch(s.switch.as_ref(), &t("blue"), &t("green")).await;
+    assert_eq!(s.switch.weights().await.unwrap(), w(100, 0));
+    let c = client();
+    assert_eq!(visit(&c, &s.nginx.url("/"), None, None).await.0, "blue");
 }
