@@ -9,7 +9,7 @@ pub use maintenance::{
     MaintenanceSnippet, PageCheck, RenderedSnippet,
 };
 pub use nginx::{Nginx, Reload};
-pub use upstream::{UpstreamSwitch, UpstreamSwitchBuilder, UpstreamSwitchConfig};
+pub use upstream::{StickyConfig, UpstreamSwitch, UpstreamSwitchBuilder, UpstreamSwitchConfig};
 
 /// The `kind` of this crate's plan-file sections: `[switch]` ([`UpstreamSwitchConfig`]) and
 /// `[maintenance]` ([`MaintenancePageConfig`]).

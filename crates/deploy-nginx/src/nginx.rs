@@ -151,6 +151,22 @@ impl Nginx {
         ))
     }
 
+    /// `nginx -T`: the whole configuration as nginx reads it, every included file after a
+    /// `# configuration file <path>:` line.
+    pub(crate) async fn dump(&self, host: &dyn Host) -> Result<String> {
+        let cmd = self.command(&self.config, &["-T", "-q"]);
+        let out = host.run(&cmd).await.map_err(not_found_hint)?;
+        if out.success() {
+            return Ok(out.stdout_text());
+        }
+        Err(Error::new(
+            ErrorKind::Rejected,
+            "dump nginx configuration",
+            format!("{} on {}", self.config.display(), host.name()),
+            format!("`nginx -T` failed: {}", nginx_message(&out.stderr_text())),
+        ))
+    }
+
     /// Ask the running master to reload its configuration. This only sends the request: nginx
     /// answers before it has applied (or failed to apply) the new configuration, so callers
     /// confirm the result themselves (as [`UpstreamSwitch`](crate::UpstreamSwitch) does).

@@ -11,6 +11,7 @@ use deploy_core::{DynHost, Error, ErrorKind, Result, TargetId, http};
 use super::UpstreamSwitch;
 use super::reload::STATUS_READ_TIMEOUT;
 use super::render::{Server, check_address, check_path};
+use super::sticky::StickyConfig;
 use crate::nginx::Nginx;
 
 /// Builds an [`UpstreamSwitch`]; [`build`](Self::build) validates everything and reports every
@@ -26,6 +27,7 @@ pub struct UpstreamSwitchBuilder {
     status_listen: Option<SocketAddr>,
     confirm_timeout: Duration,
     read_on_host: bool,
+    sticky: Option<StickyConfig>,
 }
 
 impl UpstreamSwitch {
@@ -47,6 +49,7 @@ impl UpstreamSwitch {
             status_listen: None,
             confirm_timeout: Duration::from_secs(10),
             read_on_host: false,
+            sticky: None,
         }
     }
 }
@@ -98,6 +101,15 @@ impl UpstreamSwitchBuilder {
         self
     }
 
+    /// Sticky canary cohorts (see [`StickyConfig`] and the crate's README): the include also
+    /// holds one upstream per target, a `split_clients` placing new users by the weights and the
+    /// maps that keep a placed user on its version; the serving `location` uses them through
+    /// [`UpstreamSwitch::sticky_location_lines`]. Not with `backup` servers.
+    pub fn sticky(mut self, config: StickyConfig) -> Self {
+        self.sticky = Some(config);
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<UpstreamSwitch> {
         let mut problems = Vec::new();
@@ -137,6 +149,28 @@ impl UpstreamSwitchBuilder {
                     });
                 }
                 Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if let Some(sticky) = &self.sticky {
+            problems.extend(sticky.problems());
+            for s in &servers {
+                if s.backup {
+                    problems.push(format!(
+                        "sticky: backup server {} is not supported with sticky cohorts",
+                        s.target
+                    ));
+                }
+                if !s
+                    .target
+                    .as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    problems.push(format!(
+                        "sticky: target {} must be ASCII letters, digits, '-', '_' (it names an upstream in a URL)",
+                        s.target
+                    ));
+                }
             }
         }
         if self.status_listen.is_none() {
@@ -192,6 +226,7 @@ impl UpstreamSwitchBuilder {
             status_listen,
             confirm_timeout: self.confirm_timeout,
             read_on_host: self.read_on_host,
+            sticky: self.sticky,
             client,
             lock: tokio::sync::Mutex::new(()),
         })

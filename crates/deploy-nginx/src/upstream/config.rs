@@ -11,6 +11,7 @@ use deploy_core::{LocalHost, Result};
 use serde::Deserialize;
 
 use super::UpstreamSwitch;
+use super::sticky::StickyConfig;
 use crate::nginx::{Nginx, Reload};
 
 /// The plan-file section `[switch]` with `kind = "nginx"` (the caller removes `kind`): an
@@ -32,6 +33,10 @@ use crate::nginx::{Nginx, Reload};
 /// [switch.servers]
 /// blue = "10.0.0.11:8080"
 /// green = "10.0.0.12:8080"
+///
+/// [switch.sticky]            # optional: sticky canary cohorts
+/// cookie = "canary"
+/// header = "X-Canary"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,6 +70,9 @@ pub struct UpstreamSwitchConfig {
     pub error_log: Option<PathBuf>,
     /// `pid_file`: reload by `kill -HUP` of the pid in this file instead of `nginx -s reload`.
     pub pid_file: Option<PathBuf>,
+    /// `sticky`: sticky canary cohorts ([`StickyConfig`]: `cookie`, `header`); unknown keys
+    /// are refused.
+    pub sticky: Option<StickyConfig>,
 }
 
 impl UpstreamSwitch {
@@ -104,6 +112,9 @@ impl UpstreamSwitch {
         }
         if let Some(t) = config.confirm_timeout {
             b = b.confirm_timeout(t);
+        }
+        if let Some(s) = config.sticky {
+            b = b.sticky(s);
         }
         b.build()
     }
@@ -166,6 +177,29 @@ green = "10.0.0.12:8080"
                 })
         );
         assert_eq!(s.host.name(), "local");
+    }
+
+    #[test]
+    fn a_sticky_section_builds_a_sticky_switch_and_refuses_unknown_keys() {
+        let text = format!("{SECTION}\n[sticky]\ncookie = \"canary\"\n");
+        let config: UpstreamSwitchConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.sticky, Some(StickyConfig::new("canary")));
+        let s = UpstreamSwitch::from_config(config).unwrap();
+        assert_eq!(s.sticky().unwrap().header, "X-Canary");
+        assert_eq!(
+            s.sticky_location_lines(),
+            [
+                "proxy_pass http://shop__$shop_slot;",
+                "add_header Set-Cookie $shop_set_cookie;"
+            ]
+        );
+        let text = format!("{SECTION}\n[sticky]\ncookie = \"c\"\nheader = \"X-T\"\nmap = \"/x\"\n");
+        let err = toml::from_str::<UpstreamSwitchConfig>(&text).unwrap_err();
+        assert!(err.to_string().contains("unknown field `map`"), "{err}");
+        let text = format!("{SECTION}\n[sticky]\ncookie = \"a-b\"\n");
+        let config: UpstreamSwitchConfig = toml::from_str(&text).unwrap();
+        let err = UpstreamSwitch::from_config(config).unwrap_err();
+        assert!(err.to_string().contains("sticky.cookie \"a-b\""), "{err}");
     }
 
     #[test]

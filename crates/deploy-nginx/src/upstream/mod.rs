@@ -10,6 +10,7 @@ mod config;
 mod reload;
 mod render;
 mod sessions;
+mod sticky;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use deploy_core::{DynHost, Error, ErrorKind, Result, TargetId, TrafficSwitch, We
 
 pub use builder::UpstreamSwitchBuilder;
 pub use config::UpstreamSwitchConfig;
+pub use sticky::StickyConfig;
 
 use crate::nginx::Nginx;
 use render::{GENERATION_PATH, Parsed, Server, new_generation, parse_include};
@@ -62,6 +64,7 @@ pub struct UpstreamSwitch {
     status_listen: SocketAddr,
     confirm_timeout: Duration,
     read_on_host: bool,
+    sticky: Option<StickyConfig>,
     client: reqwest::Client,
     lock: tokio::sync::Mutex<()>,
 }
@@ -107,6 +110,52 @@ impl UpstreamSwitch {
         self.test_and_place(&text)
             .await
             .map_err(|e| e.context("install", self.object()))
+    }
+
+    /// The sticky configuration, if the switch has one.
+    pub fn sticky(&self) -> Option<&StickyConfig> {
+        self.sticky.as_ref()
+    }
+
+    /// The lines the serving `location` of nginx.conf needs with a sticky switch, in place of
+    /// `proxy_pass http://<upstream>;`: `proxy_pass http://<upstream>__$<var>_slot;` and
+    /// `add_header Set-Cookie $<var>_set_cookie;` (`<var>` is the upstream's name with `-` as
+    /// `_`). Empty without sticky.
+    pub fn sticky_location_lines(&self) -> Vec<String> {
+        match &self.sticky {
+            Some(_) => sticky::location_lines(&self.upstream).to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Check that nginx's configuration (`nginx -T` of the main file) includes the include and
+    /// has the [`sticky_location_lines`](Self::sticky_location_lines) in a location: call it
+    /// when planning. Every problem is named in one error of kind `InvalidInput`; `nginx -T`
+    /// failing is an error of kind `Rejected`. A switch without sticky has nothing to check.
+    pub async fn check_sticky(&self) -> Result<()> {
+        if self.sticky.is_none() {
+            return Ok(());
+        }
+        let dump = self
+            .nginx
+            .dump(self.host.as_ref())
+            .await
+            .map_err(|e| e.context("check the sticky lines of", self.object()))?;
+        let include = self.include.display().to_string();
+        let problems = sticky::check_dump(&dump, &self.upstream, &include);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "check the sticky lines of",
+            self.object(),
+            format!(
+                "{} (in {})",
+                problems.join("; "),
+                self.nginx.config().display()
+            ),
+        ))
     }
 
     fn object(&self) -> String {
@@ -191,6 +240,7 @@ impl UpstreamSwitch {
         }
         if let Some((_, parsed)) = &current
             && parsed.weights == merged
+            && parsed.sticky.is_some() == self.sticky.is_some()
             && let Some(g) = &parsed.generation
             && self.live_generation().await.ok().as_deref() == Some(g.as_str())
         {
@@ -198,7 +248,13 @@ impl UpstreamSwitch {
         }
 
         let generation = new_generation();
-        let text = self.render_with(&merged, &generation);
+        let state = self.sticky.as_ref().map(|_| {
+            let before = current
+                .as_ref()
+                .and_then(|(_, p)| p.sticky.as_ref().map(|s| (&p.weights, s)));
+            self.next_sticky(before, &merged)
+        });
+        let text = self.render_with(&merged, &generation, state.as_ref());
         self.test_and_place(&text)
             .await
             .map_err(|e| e.context(operation, self.object()))?;
