@@ -282,6 +282,15 @@ async fn check_sticky_names_a_missing_location_line() {
         "{msg}"
     );
     assert!(!msg.contains("proxy_pass"), "{msg}");
+    // The engine asks the same check before it plans: the switch's `check`.
+    let via_trait = deploy_core::TrafficSwitch::check(s.switch.as_ref())
+        .await
+        .unwrap_err();
+    assert_eq!(via_trait.to_string(), msg);
+    let ok = sticky_site(w(100, 0), true).await;
+    deploy_core::TrafficSwitch::check(ok.switch.as_ref())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -323,6 +323,12 @@ impl UpstreamSwitch {
 /// connections of one upstream server.
 #[async_trait]
 impl TrafficSwitch for UpstreamSwitch {
+    /// A sticky switch checks the running configuration ([`check_sticky`](Self::check_sticky))
+    /// before a run is planned.
+    async fn check(&self) -> Result<()> {
+        self.check_sticky().await
+    }
+
     async fn weights(&self) -> Result<Weights> {
         match self.read_current().await? {
             Some((_, parsed)) => Ok(parsed.weights),
