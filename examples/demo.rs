@@ -231,9 +231,14 @@ impl Cohort {
 }
 
 impl CohortSeen {
-    /// No user changed version more than once (placed, then at most moved back at the end).
-    fn kept_their_version(&self) -> bool {
-        self.0.iter().all(|v| v.len() <= 2)
+    /// Each user saw one version, or was placed on the `canary` and moved once, back to
+    /// `stable` (the rollback): no one placed on the stable version was moved to the canary.
+    fn kept_their_version(&self, canary: &str, stable: &str) -> bool {
+        self.0.iter().all(|v| match v.as_slice() {
+            [] | [_] => true,
+            [from, to] => from == canary && to == stable,
+            _ => false,
+        })
     }
 }
 
@@ -262,7 +267,7 @@ impl std::fmt::Display for CohortSeen {
             .join(", ");
         write!(
             f,
-            "{} distinct clients keeping their cookie saw: {only}; moved once (at the end): {}; \
+            "{} distinct clients keeping their cookie saw: {only}; moved once: {}; \
              moved back and forth: {more}",
             self.0.len(),
             if moved.is_empty() {
@@ -743,7 +748,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         as_scripted &= report.outcome == Outcome::RolledBack
             && verdict.is_some_and(|v| v.starts_with("gate error-rate"))
             && counts.failed == 0
-            && clients.kept_their_version();
+            && clients.kept_their_version("3.0.0", "2.0.0");
         reports.push(report.clone());
     }
 

@@ -75,6 +75,10 @@ fn the_demo_runs_as_scripted() {
         .find(|l| l.contains("distinct clients keeping their cookie saw: "))
         .unwrap_or_else(|| panic!("no cohort line:\n{stdout}"));
     assert!(clients.ends_with("moved back and forth: 0"), "{clients}");
+    assert!(
+        !clients.contains("2.0.0 → 3.0.0"),
+        "no client on the stable version was moved to the canary: {clients}"
+    );
     assert!(stdout.contains("  why: step 5 (analyze blue"), "{stdout}");
     let v3 = line(&stdout, "3.0.0: ");
     assert!(

@@ -313,10 +313,21 @@ fn differences(now: &Weights, wanted: &Weights) -> Vec<String> {
 impl TrafficSwitch for CompositeSwitch {
     /// Every member's own check; the first that fails names its member.
     async fn check(&self) -> Result<()> {
+        let limit = self.member_timeout;
         for (name, member) in &self.members {
-            member.check().await.map_err(|e| {
-                e.context(format!("check member {name} of"), "the composite switch")
-            })?;
+            match tokio::time::timeout(limit, member.check()).await {
+                Ok(r) => r.map_err(|e| {
+                    e.context(format!("check member {name} of"), "the composite switch")
+                })?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("check member {name} of"),
+                        "the composite switch",
+                        format!("no answer within {limit:?}"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -394,6 +405,54 @@ impl TrafficSwitch for CompositeSwitch {
         let note = self.put_back_note(&not_back, &failed, "weights");
         Err(self
             .member_error("set weights on", failed, &note)
+            .with_context("weights", weights.to_string()))
+    }
+
+    /// A rollback's weights go to every member that answers, even when another cannot be read
+    /// (a balancer that died must not keep the others on a failed release); each member is read
+    /// back, and the error names the members that are not on `weights`.
+    async fn restore_weights(&self, weights: &Weights) -> Result<()> {
+        let applied = self
+            .on_all("put weights back on", |s| s.set_weights(weights))
+            .await;
+        let read_back = self.on_all("read weights of", |s| s.weights()).await;
+        let mut failed: Vec<(&str, Error)> = Vec::new();
+        for (((name, _), set), now) in self.members.iter().zip(applied).zip(read_back) {
+            let problem = match (set, now) {
+                (Err(e), _) => Some(e),
+                (Ok(()), Err(e)) => Some(e.context("read back after setting", "")),
+                (Ok(()), Ok(now)) => {
+                    let d = differences(&now, weights);
+                    (!d.is_empty()).then(|| {
+                        Error::new(
+                            ErrorKind::Protocol,
+                            "read back weights of",
+                            format!("member {name}"),
+                            format!("reads {} after set_weights returned Ok", d.join(", ")),
+                        )
+                    })
+                }
+            };
+            if let Some(e) = problem {
+                failed.push((name.as_str(), e));
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let back: Vec<&str> = self
+            .members
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !failed.iter().any(|(m, _)| m == n))
+            .collect();
+        let note = if back.is_empty() {
+            "no member is on these weights".to_owned()
+        } else {
+            format!("on these weights: {}", back.join(", "))
+        };
+        Err(self
+            .member_error("put weights back on", failed, &note)
             .with_context("weights", weights.to_string()))
     }
 

@@ -62,6 +62,7 @@ impl fmt::Display for VersionReader {
 #[non_exhaustive]
 pub struct ServedCheck {
     /// The URL to request (through the load balancer).
+    #[serde(serialize_with = "shown_url")]
     pub url: String,
     /// How many requests (1 to [`MAX_REQUESTS`]). Default 100.
     #[serde(default = "default_requests")]
@@ -439,6 +440,12 @@ impl fmt::Display for ServedSample {
             f.write_str(&parts.join(", "))
         }
     }
+}
+
+/// The URL as messages show it (credentials and query removed): a serialised check holds no
+/// secret.
+fn shown_url<S: serde::Serializer>(url: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact::url(url))
 }
 
 #[cfg(test)]

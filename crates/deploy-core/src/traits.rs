@@ -88,6 +88,14 @@ pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
             "this switch cannot close sessions: drain with `on_timeout = \"proceed\"` or `\"fail\"`",
         ))
     }
+    /// Put `weights` back during a rollback. Where [`set_weights`](Self::set_weights) may refuse
+    /// to change anything (a switch over several balancers changes none when one cannot be
+    /// read), this applies them wherever it can — traffic must leave a failed release on every
+    /// balancer that still answers — and reports the ones it could not reach. The default is
+    /// `set_weights`.
+    async fn restore_weights(&self, weights: &Weights) -> Result<()> {
+        self.set_weights(weights).await
+    }
     /// Check that the load balancer is set up as this switch relies on (the configuration
     /// lines a sticky canary needs, say), before a run is planned: a problem found here stops
     /// the plan before anything changes. Most switches rely on nothing more than answering.

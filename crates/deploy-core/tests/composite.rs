@@ -442,3 +442,122 @@ async fn planning_over_a_pair_that_disagrees_is_refused_naming_the_members() {
         "{text}"
     );
 }
+
+/// A member switch that stops answering once `dead` is set (a balancer that died).
+#[derive(Debug)]
+struct Dying {
+    inner: Arc<FakeSwitch>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Dying {
+    fn alive(&self) -> Result<()> {
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(deploy_core::Error::new(
+                ErrorKind::Unavailable,
+                "reach",
+                "lb-2",
+                "connection refused",
+            )
+            .permanent());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TrafficSwitch for Dying {
+    async fn weights(&self) -> Result<Weights> {
+        self.alive()?;
+        self.inner.weights().await
+    }
+    async fn set_weights(&self, weights: &Weights) -> Result<()> {
+        self.alive()?;
+        self.inner.set_weights(weights).await
+    }
+    async fn drain(&self, target: &TargetId) -> Result<()> {
+        self.alive()?;
+        self.inner.drain(target).await
+    }
+    async fn active_sessions(&self, target: &TargetId) -> Result<u64> {
+        self.alive()?;
+        self.inner.active_sessions(target).await
+    }
+}
+
+/// Kills lb-2 when the bake starts.
+#[derive(Debug)]
+struct KillAtBake(Arc<std::sync::atomic::AtomicBool>);
+
+impl deploy_core::event::Observer for KillAtBake {
+    fn on_event(&self, event: &deploy_core::event::Event) {
+        if let deploy_core::event::Event::StepStarted {
+            step: Step::Analyze { .. },
+            ..
+        } = event
+        {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// lb-2 dies after the switch, then the bake's gate fails: the rollback still moves lb-1 — the
+/// balancer that carries the users — back to the old slot, and reports lb-2 as not put back
+/// (before, the composite refused to change any member because lb-2 could not be read, and
+/// lb-1 kept sending everyone to the failed release while the old one came back).
+#[tokio::test(start_paused = true)]
+async fn a_member_dying_after_the_switch_does_not_keep_the_others_on_the_failed_release() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::failing("error-rate"));
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let second = Arc::new(Dying {
+        inner: slots(),
+        dead: dead.clone(),
+    });
+    let c = CompositeSwitch::new(vec![
+        ("lb-1".to_owned(), world.switch.clone() as DynTrafficSwitch),
+        ("lb-2".to_owned(), second.clone() as DynTrafficSwitch),
+    ])
+    .unwrap();
+    let env = world
+        .environment_builder("prod")
+        .switch(Arc::new(c))
+        .build()
+        .unwrap();
+    let report = Engine::new(env)
+        .with_policies(policies())
+        .with_observer(Arc::new(KillAtBake(dead)))
+        .deploy(
+            &Strategy::BlueGreen {
+                pre_switch_analysis: None,
+                bake: Duration::from_secs(30),
+            },
+            &Release::new(Version::new("2.0.0").unwrap()),
+            &PlanOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        world.switch.current().to_string(),
+        "blue=100,green=0",
+        "lb-1 is back on the old slot\n{report}"
+    );
+    let rb = report.rollback.as_ref().expect("a rollback");
+    let undo = rb
+        .steps
+        .iter()
+        .find(|u| matches!(u.step, Step::SetWeights { .. }))
+        .expect("the weights were put back");
+    let error = undo.error.as_ref().expect("lb-2 could not be put back");
+    assert!(error.message.contains("lb-2"), "{}", error.message);
+    assert!(
+        error.message.contains("on these weights: lb-1"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Failed,
+        "lb-2 is not known to be back"
+    );
+}

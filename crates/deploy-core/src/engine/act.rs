@@ -170,9 +170,18 @@ impl<'e> Run<'e> {
             }
             Step::SetWeights { weights } => {
                 let s = self.switch()?;
-                engine
-                    .call("set weights on", "the switch", t, || s.set_weights(weights))
-                    .await?;
+                if self.undoing {
+                    // Traffic leaves a failed release wherever a balancer still answers.
+                    engine
+                        .call("put weights back on", "the switch", t, || {
+                            s.restore_weights(weights)
+                        })
+                        .await?;
+                } else {
+                    engine
+                        .call("set weights on", "the switch", t, || s.set_weights(weights))
+                        .await?;
+                }
                 let now = engine
                     .call("read weights of", "the switch", t, || s.weights())
                     .await?;

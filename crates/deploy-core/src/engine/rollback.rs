@@ -39,7 +39,9 @@ impl Run<'_> {
                 }
                 let span = tracing::info_span!("undo", index = index + 1, op = step.op());
                 let (started_at, t0) = (std::time::SystemTime::now(), tokio::time::Instant::now());
+                self.undoing = true;
                 let result = self.act(step).instrument(span).await;
+                self.undoing = false;
                 let duration = t0.elapsed();
                 let error = result.err().map(|f| f.error);
                 failed |= error.is_some();

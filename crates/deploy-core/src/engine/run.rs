@@ -50,6 +50,8 @@ pub(super) struct Run<'e> {
     pub(super) current_index: usize,
     /// Recovering a run another process left: the journal says what was attempted, the world
     /// says what is, so an undo is checked against the world before it acts.
+    /// Whether the steps acted now are a rollback's undo steps.
+    pub(super) undoing: bool,
     pub(super) recovering: bool,
     /// A migrate step chose to keep its (additive) migrations on rollback.
     pub(super) schema_kept: bool,
@@ -88,6 +90,7 @@ impl<'e> Run<'e> {
             journal_error: None,
             current_index: 0,
             recovering: false,
+            undoing: false,
             schema_kept: false,
             stopped_by_undo: HashSet::new(),
             final_state: None,
