@@ -866,6 +866,7 @@ impl PlanFile {
                 }
             }
         }
+        let mut warnings = Vec::new();
         check_switch(&mut c, switch.as_ref(), &targets);
         if let Some(sc) = &served_check {
             for p in sc.problems() {
@@ -877,6 +878,41 @@ impl PlanFile {
                     "the check runs after each change of the weights, and there is no [switch]",
                 );
             }
+            // At 50/50 the share seen varies by sqrt(0.25 / requests) when the balancer places
+            // requests at random: a tolerance under three of those fails a correct release
+            // now and then.
+            let sigma = (0.25 / f64::from(sc.requests.max(1))).sqrt();
+            if sc.tolerance < 3.0 * sigma {
+                let needed = (0.25 * (3.0 / sc.tolerance.max(1e-3)).powi(2)).ceil();
+                warnings.push(Problem {
+                    path: "served_check.tolerance".to_owned(),
+                    message: format!(
+                        "{} with {} requests is {:.1} standard deviations at 50/50: behind a \
+                         balancer that places requests at random (nginx split_clients, HAProxy \
+                         balance random) a correct release fails now and then; give at least \
+                         {needed} requests or a tolerance of {:.2}",
+                        sc.tolerance,
+                        sc.requests,
+                        sc.tolerance / sigma,
+                        3.0 * sigma
+                    ),
+                });
+            }
+            if matches!(strategy, Some(Strategy::Recreate { .. })) {
+                warnings.push(Problem {
+                    path: "served_check".to_owned(),
+                    message: "a recreate deploy never changes the weights: the check never runs"
+                        .to_owned(),
+                });
+            }
+            if sc.url.contains('@') {
+                warnings.push(Problem {
+                    path: "served_check.url".to_owned(),
+                    message: "credentials written in the plan file (whoever reads the file or its \
+                              history has them); the check's URL should need none"
+                        .to_owned(),
+                });
+            }
         }
         if had_targets
             && targets.is_empty()
@@ -884,7 +920,6 @@ impl PlanFile {
         {
             c.push("targets", "no targets");
         }
-        let mut warnings = Vec::new();
         for (i, h) in &hooks {
             let sources = usize::from(h.webhook.is_some())
                 + usize::from(h.webhook_env.is_some())
@@ -1731,6 +1766,39 @@ x = 1
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(err.to_string().starts_with("plan file bad.toml: "), "{err}");
+    }
+
+    #[test]
+    fn a_served_check_that_would_fail_correct_releases_draws_a_warning() {
+        let with = |section: &str| {
+            PlanFile::parse("w.toml", &format!("{GOOD}\n[served_check]\n{section}"))
+                .unwrap()
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .filter(|m| m.starts_with("served_check"))
+                .collect::<Vec<_>>()
+        };
+        // 40 requests at 50/50 vary by 0.079: 0.05 is 0.6 of that.
+        let w = with(
+            "url = \"http://127.0.0.1:8080/\"\nheader = \"X-Version\"\nrequests = 40\ntolerance = 0.05\n",
+        );
+        assert!(
+            w.iter().any(|m| m.starts_with(
+                "served_check.tolerance: 0.05 with 40 requests is 0.6 standard deviations"
+            ) && m.contains("give at least 900 requests or a tolerance of 0.24")),
+            "{w:?}"
+        );
+        // The defaults (100 requests, 0.1) are 2 standard deviations: warned too; 400 are not.
+        let w = with("url = \"http://127.0.0.1:8080/\"\nheader = \"X-Version\"\nrequests = 400\n");
+        assert!(w.is_empty(), "{w:?}");
+        let w =
+            with("url = \"http://u:p@127.0.0.1:8080/\"\nheader = \"X-Version\"\nrequests = 400\n");
+        assert!(
+            w.iter()
+                .any(|m| m.starts_with("served_check.url: credentials")),
+            "{w:?}"
+        );
     }
 
     #[test]

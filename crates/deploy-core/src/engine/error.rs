@@ -25,6 +25,16 @@ pub enum DeployError {
         #[source]
         source: Error,
     },
+    /// The load balancer is not set up as the switch relies on (a sticky canary's lines are
+    /// missing, say): nothing was planned or changed.
+    #[error("check the switch of environment {environment} before planning: {source}")]
+    SwitchCheck {
+        /// The environment.
+        environment: String,
+        /// What the switch found.
+        #[source]
+        source: Error,
+    },
     /// Another deploy holds the environment's lock.
     #[error("lock environment {environment} at {location}: held by {}", .holder.as_ref().map_or("an unknown holder".to_owned(), ToString::to_string))]
     Locked {

@@ -218,17 +218,24 @@ impl Engine {
         release: &Release,
         options: &PlanOptions,
     ) -> Result<Plan, DeployError> {
-        if let Some(switch) = &self.env.switch {
-            switch
-                .check()
-                .await
-                .map_err(|source| DeployError::Snapshot {
-                    environment: self.env.name.clone(),
-                    source,
-                })?;
-        }
+        self.check_switch().await?;
         let snapshot = self.snapshot().await?;
         self.plan_from(strategy, release, &snapshot, options)
+    }
+
+    /// The switch's own check ([`TrafficSwitch::check`](crate::TrafficSwitch::check)): the
+    /// balancer is set up as the switch relies on (a sticky canary's lines), before any plan.
+    pub(super) async fn check_switch(&self) -> Result<(), DeployError> {
+        match &self.env.switch {
+            Some(switch) => switch
+                .check()
+                .await
+                .map_err(|source| DeployError::SwitchCheck {
+                    environment: self.env.name.clone(),
+                    source,
+                }),
+            None => Ok(()),
+        }
     }
 
     /// [`plan`](Self::plan) from a state already read.

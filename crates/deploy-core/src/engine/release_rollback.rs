@@ -182,6 +182,7 @@ impl Engine {
         // The release runs against the schema as it is (or as restored): no migration runs.
         let mut options = options.clone();
         options.skip_migrations = true;
+        self.check_switch().await?;
         let plan = self.plan_from(strategy, &release, &live, &options)?;
         let path = live
             .targets
