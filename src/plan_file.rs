@@ -41,7 +41,7 @@
 //! [served_check]
 //! url = "http://127.0.0.1:8080/"
 //! header = "X-Version"
-//! requests = 100
+//! requests = 300
 //! tolerance = 0.1
 //! ```
 //!
@@ -1789,8 +1789,8 @@ x = 1
             ) && m.contains("give at least 900 requests or a tolerance of 0.24")),
             "{w:?}"
         );
-        // The defaults (100 requests, 0.1) are 2 standard deviations: warned too; 400 are not.
-        let w = with("url = \"http://127.0.0.1:8080/\"\nheader = \"X-Version\"\nrequests = 400\n");
+        // The defaults (300 requests, 0.1) are 3.5 standard deviations: not warned.
+        let w = with("url = \"http://127.0.0.1:8080/\"\nheader = \"X-Version\"\n");
         assert!(w.is_empty(), "{w:?}");
         let w =
             with("url = \"http://u:p@127.0.0.1:8080/\"\nheader = \"X-Version\"\nrequests = 400\n");
@@ -1826,7 +1826,7 @@ x = 1
             .unwrap()
             .served_check
             .unwrap();
-        assert_eq!((sc.requests, sc.tolerance), (100, 0.1));
+        assert_eq!((sc.requests, sc.tolerance), (300, 0.1));
 
         let problems = |section: &str| -> Vec<String> {
             match PlanFile::parse("bad.toml", &format!("{GOOD}\n[served_check]\n{section}")) {

@@ -52,7 +52,7 @@ impl fmt::Display for VersionReader {
 /// ```toml
 /// [served_check]
 /// url = "http://127.0.0.1:8080/"
-/// requests = 100
+/// requests = 300
 /// header = "X-Version"
 /// tolerance = 0.1
 /// timeout = "2s"
@@ -64,7 +64,7 @@ pub struct ServedCheck {
     /// The URL to request (through the load balancer).
     #[serde(serialize_with = "shown_url")]
     pub url: String,
-    /// How many requests (1 to [`MAX_REQUESTS`]). Default 100.
+    /// How many requests (1 to [`MAX_REQUESTS`]). Default 300.
     #[serde(default = "default_requests")]
     pub requests: u32,
     /// The response header carrying the version.
@@ -82,8 +82,10 @@ pub struct ServedCheck {
     pub timeout: Duration,
 }
 
+/// 300 requests: at 50/50 the share seen varies by 0.029 when requests are placed at random,
+/// so the default tolerance (0.1) is about 3.5 standard deviations.
 fn default_requests() -> u32 {
-    100
+    300
 }
 fn default_tolerance() -> f64 {
     0.1
@@ -106,7 +108,7 @@ impl fmt::Debug for ServedCheck {
 }
 
 impl ServedCheck {
-    /// Read the version from response header `name` of answers from `url`; 100 requests,
+    /// Read the version from response header `name` of answers from `url`; 300 requests,
     /// tolerance 0.1, 5 s per request.
     pub fn header(url: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
