@@ -489,10 +489,7 @@ impl<'a> Page<'a> {
             let condition = &r.verdicts[idx[0]].verdict.condition;
             // Values and thresholds shown in the gate's unit (4.9 %, 4.95 ms); drawn as measured.
             let unit = r.verdicts[idx[0]].verdict.unit;
-            let lines: Vec<(f64, String)> = thresholds(condition)
-                .into_iter()
-                .map(|(v, label)| (v, deploy_core::units::condition(&label, unit)))
-                .collect();
+            let lines = thresholds(condition, unit);
             let judge = condition.contains("Mann-Whitney");
             let _ = write!(
                 out,
@@ -739,22 +736,14 @@ impl MannWhitney {
 /// The thresholds a condition names, with a label each: `< x`, `<= x`, `> x`, `>= x` give one,
 /// `lo..hi` two; a Mann-Whitney judge's gives its minimum effect (1 ± min effect) on the effect
 /// size it reports as its value.
-fn thresholds(condition: &str) -> Vec<(f64, String)> {
+fn thresholds(condition: &str, unit: Option<deploy_core::units::Unit>) -> Vec<(f64, String)> {
     let c = condition.trim();
-    for op in ["<=", ">=", "<", ">"] {
-        if let Some(rest) = c.strip_prefix(op)
-            && let Ok(v) = rest.trim().parse::<f64>()
-        {
-            return vec![(v, format!("{op} {}", num(v)))];
-        }
-    }
-    if let Some((lo, hi)) = c.split_once("..")
-        && let (Ok(lo), Ok(hi)) = (lo.trim().parse::<f64>(), hi.trim().parse::<f64>())
-    {
-        return vec![
-            (lo, format!(">= {}", num(lo))),
-            (hi, format!("<= {}", num(hi))),
-        ];
+    let limits = deploy_core::units::limits(c);
+    if !limits.is_empty() {
+        return limits
+            .into_iter()
+            .map(|(op, v)| (v, format!("{op} {}", deploy_core::units::quantity(v, unit))))
+            .collect();
     }
     if c.contains("Mann-Whitney")
         && let Some(at) = c.find("min effect ")
@@ -782,16 +771,8 @@ fn thresholds(condition: &str) -> Vec<(f64, String)> {
 
 /// Each target's share of the total weight, in percent.
 fn percent(w: &Weights) -> BTreeMap<String, f64> {
-    let total: u64 = w.0.values().map(|v| u64::from(*v)).sum();
-    w.0.iter()
-        .map(|(t, v)| {
-            let share = if total == 0 {
-                0.0
-            } else {
-                f64::from(*v) * 100.0 / total as f64
-            };
-            (t.as_str().to_owned(), share)
-        })
+    w.iter()
+        .map(|(t, _)| (t.as_str().to_owned(), w.percent(t)))
         .collect()
 }
 
@@ -983,12 +964,15 @@ mod tests {
 
     #[test]
     fn conditions_give_their_thresholds() {
-        assert_eq!(thresholds("< 0.01")[0].0, 0.01);
-        assert_eq!(thresholds(">= 5")[0].0, 5.0);
-        assert_eq!(thresholds("0.1..0.9").len(), 2);
+        assert_eq!(thresholds("< 0.01", None)[0].0, 0.01);
+        assert_eq!(thresholds(">= 5", None)[0].0, 5.0);
+        assert_eq!(thresholds("0.1..0.9", None).len(), 2);
         let judge = "canary not significantly higher than baseline (Mann-Whitney U at confidence 0.98, min effect 10%)";
-        assert_eq!(thresholds(judge), vec![(1.1, "min effect +10%".to_owned())]);
-        assert!(thresholds("every check passes on every new target").is_empty());
+        assert_eq!(
+            thresholds(judge, None),
+            vec![(1.1, "min effect +10%".to_owned())]
+        );
+        assert!(thresholds("every check passes on every new target", None).is_empty());
     }
 
     #[test]

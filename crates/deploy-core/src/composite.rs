@@ -257,6 +257,35 @@ impl CompositeSwitch {
 }
 
 impl CompositeSwitch {
+    /// Set `weights` on every member at once and read each back: the members that failed (an
+    /// error, or weights read back other than set), with why.
+    async fn apply(&self, weights: &Weights, operation: &'static str) -> Vec<(&str, Error)> {
+        let applied = self.on_all(operation, |s| s.set_weights(weights)).await;
+        let read_back = self.on_all("read weights of", |s| s.weights()).await;
+        let mut failed: Vec<(&str, Error)> = Vec::new();
+        for (((name, _), set), now) in self.members.iter().zip(applied).zip(read_back) {
+            let problem = match (set, now) {
+                (Err(e), _) => Some(e),
+                (Ok(()), Err(e)) => Some(e.context("read back after setting", "")),
+                (Ok(()), Ok(now)) => {
+                    let d = differences(&now, weights);
+                    (!d.is_empty()).then(|| {
+                        Error::new(
+                            ErrorKind::Protocol,
+                            "read back weights of",
+                            format!("member {name}"),
+                            format!("reads {} after set_weights returned Ok", d.join(", ")),
+                        )
+                    })
+                }
+            };
+            if let Some(e) = problem {
+                failed.push((name.as_str(), e));
+            }
+        }
+        failed
+    }
+
     /// What a failed call says about putting the members back: all of them, or which not.
     fn put_back_note(
         &self,
@@ -372,31 +401,7 @@ impl TrafficSwitch for CompositeSwitch {
             ));
         }
 
-        let applied = self
-            .on_all("set weights on", |s| s.set_weights(weights))
-            .await;
-        let read_back = self.on_all("read weights of", |s| s.weights()).await;
-        let mut failed: Vec<(&str, Error)> = Vec::new();
-        for (((name, _), set), now) in self.members.iter().zip(applied).zip(read_back) {
-            let problem = match (set, now) {
-                (Err(e), _) => Some(e),
-                (Ok(()), Err(e)) => Some(e.context("read back after setting", "")),
-                (Ok(()), Ok(now)) => {
-                    let d = differences(&now, weights);
-                    (!d.is_empty()).then(|| {
-                        Error::new(
-                            ErrorKind::Protocol,
-                            "read back weights of",
-                            format!("member {name}"),
-                            format!("reads {} after set_weights returned Ok", d.join(", ")),
-                        )
-                    })
-                }
-            };
-            if let Some(e) = problem {
-                failed.push((name.as_str(), e));
-            }
-        }
+        let failed = self.apply(weights, "set weights on").await;
         if failed.is_empty() {
             return Ok(());
         }
@@ -412,31 +417,7 @@ impl TrafficSwitch for CompositeSwitch {
     /// (a balancer that died must not keep the others on a failed release); each member is read
     /// back, and the error names the members that are not on `weights`.
     async fn restore_weights(&self, weights: &Weights) -> Result<()> {
-        let applied = self
-            .on_all("put weights back on", |s| s.set_weights(weights))
-            .await;
-        let read_back = self.on_all("read weights of", |s| s.weights()).await;
-        let mut failed: Vec<(&str, Error)> = Vec::new();
-        for (((name, _), set), now) in self.members.iter().zip(applied).zip(read_back) {
-            let problem = match (set, now) {
-                (Err(e), _) => Some(e),
-                (Ok(()), Err(e)) => Some(e.context("read back after setting", "")),
-                (Ok(()), Ok(now)) => {
-                    let d = differences(&now, weights);
-                    (!d.is_empty()).then(|| {
-                        Error::new(
-                            ErrorKind::Protocol,
-                            "read back weights of",
-                            format!("member {name}"),
-                            format!("reads {} after set_weights returned Ok", d.join(", ")),
-                        )
-                    })
-                }
-            };
-            if let Some(e) = problem {
-                failed.push((name.as_str(), e));
-            }
-        }
+        let failed = self.apply(weights, "put weights back on").await;
         if failed.is_empty() {
             return Ok(());
         }

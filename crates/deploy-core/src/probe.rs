@@ -13,7 +13,7 @@ use crate::model::{Health, Version};
 use crate::traits::{HealthProbe, ProbeRequest};
 
 /// At most this much of an answer's body is read for JSON checks.
-const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// Checks a target over HTTP(S): `GET <scheme>://<endpoint><path>`, then the status code, JSON
 /// fields, the reported version and the latency.
@@ -331,23 +331,14 @@ impl HealthProbe for HttpProbe {
         let mut body = Vec::new();
         let mut body_problem = None;
         if needs_body {
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if body.len() + chunk.len() > MAX_BODY {
-                            body_problem =
-                                Some(format!("answer from {url} is larger than {MAX_BODY} bytes"));
-                            break;
-                        }
-                        body.extend_from_slice(&chunk);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        body_problem = Some(describe_failure(&e, &url, self.timeout));
-                        break;
-                    }
+            let (read, problem) = read_body(&mut response, MAX_BODY).await;
+            body = read;
+            body_problem = problem.map(|p| match p {
+                BodyProblem::TooLarge => {
+                    format!("answer from {url} is larger than {MAX_BODY} bytes")
                 }
-            }
+                BodyProblem::Failed(e) => describe_failure(&e, &url, self.timeout),
+            });
         }
         let latency = started.elapsed();
 
@@ -495,6 +486,35 @@ impl HealthProbe for TcpProbe {
                 latency,
             ),
         })
+    }
+}
+
+/// Why an answer's body was not read whole.
+#[derive(Debug)]
+pub(crate) enum BodyProblem {
+    /// It is larger than the limit.
+    TooLarge,
+    /// Reading it failed.
+    Failed(reqwest::Error),
+}
+
+/// Read `response`'s body, at most `max` bytes: what was read, and why it stopped early.
+pub(crate) async fn read_body(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> (Vec<u8>, Option<BodyProblem>) {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return (body, Some(BodyProblem::TooLarge));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return (body, None),
+            Err(e) => return (body, Some(BodyProblem::Failed(e))),
+        }
     }
 }
 

@@ -274,7 +274,7 @@ impl ServedCheck {
         client: &reqwest::Client,
         reader: &VersionReader,
     ) -> Result<String, String> {
-        let resp = client.get(&self.url).send().await.map_err(|e| {
+        let mut resp = client.get(&self.url).send().await.map_err(|e| {
             crate::http::request_error("GET", &self.url, Some(self.timeout), e).chain()
         })?;
         let status = resp.status();
@@ -284,20 +284,30 @@ impl ServedCheck {
                     .headers()
                     .get(name.as_str())
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
-                // Read the body so that the answer is complete before the next request.
-                let _ = resp.bytes().await;
+                // Read the body (bounded) so that the answer is complete before the next one.
+                let _ = crate::probe::read_body(&mut resp, crate::probe::MAX_BODY).await;
                 value
                     .filter(|v| !v.is_empty())
                     .ok_or_else(|| format!("HTTP {} without header {name}", status.as_u16()))
             }
             VersionReader::JsonField(name) => {
-                let body = resp.bytes().await.map_err(|e| {
-                    format!(
-                        "HTTP {}: body not read: {}",
-                        status.as_u16(),
-                        e.without_url()
-                    )
-                })?;
+                let body = match crate::probe::read_body(&mut resp, crate::probe::MAX_BODY).await {
+                    (body, None) => body,
+                    (_, Some(crate::probe::BodyProblem::TooLarge)) => {
+                        return Err(format!(
+                            "HTTP {}: body larger than {} bytes",
+                            status.as_u16(),
+                            crate::probe::MAX_BODY
+                        ));
+                    }
+                    (_, Some(crate::probe::BodyProblem::Failed(e))) => {
+                        return Err(format!(
+                            "HTTP {}: body not read: {}",
+                            status.as_u16(),
+                            e.without_url()
+                        ));
+                    }
+                };
                 let json: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|_| format!("HTTP {}: the body is not JSON", status.as_u16()))?;
                 match crate::probe::lookup(&json, name) {

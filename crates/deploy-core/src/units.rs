@@ -93,18 +93,30 @@ pub fn condition(text: &str, unit: Option<Unit>) -> String {
     if unit.is_none() {
         return text.to_owned();
     }
-    let in_unit = |n: &str| n.trim().parse::<f64>().ok().map(|x| quantity(x, unit));
+    let q = |x: f64| quantity(x, unit);
+    match limits(text).as_slice() {
+        [(op, x)] => format!("{op} {}", q(*x)),
+        [(_, lo), (_, hi)] => format!("{}..{}", q(*lo), q(*hi)),
+        _ => text.to_owned(),
+    }
+}
+
+/// The thresholds of a condition written as data: `<= 0.01` is `[("<=", 0.01)]`, `0.1..0.9`
+/// is `[(">=", 0.1), ("<=", 0.9)]`; anything else (a judge's sentence) has none.
+pub fn limits(text: &str) -> Vec<(&'static str, f64)> {
+    let text = text.trim();
     for op in ["<=", ">=", "<", ">"] {
-        if let Some(rest) = text.trim().strip_prefix(op) {
-            return in_unit(rest).map_or(text.to_owned(), |q| format!("{op} {q}"));
+        if let Some(rest) = text.strip_prefix(op) {
+            return rest.trim().parse().map_or(Vec::new(), |x| vec![(op, x)]);
         }
     }
-    if let Some((lo, hi)) = text.split_once("..")
-        && let (Some(lo), Some(hi)) = (in_unit(lo), in_unit(hi))
-    {
-        return format!("{lo}..{hi}");
+    match text.split_once("..") {
+        Some((lo, hi)) => match (lo.trim().parse(), hi.trim().parse()) {
+            (Ok(lo), Ok(hi)) => vec![(">=", lo), ("<=", hi)],
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
     }
-    text.to_owned()
 }
 
 /// A [`quantity`] as a `Display` value, for `format!` arguments.
