@@ -87,18 +87,39 @@ impl ReleaseApp {
     }
 }
 
-fn read_conf(root: &Path) -> Option<(String, f64)> {
+fn read_conf(root: &Path) -> Option<(String, f64, bool)> {
     let text = std::fs::read_to_string(root.join("current/app.conf")).ok()?;
+    let name = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let mut version = None;
     let mut rate = 0.0;
+    let mut broken = false;
     for line in text.lines() {
         match line.split_once('=') {
             Some(("version", v)) => version = Some(v.trim().to_owned()),
             Some(("error_rate", r)) => rate = r.trim().parse().unwrap_or(0.0),
+            Some(("broken_on", hosts)) => broken = hosts.split(',').any(|h| h.trim() == name),
             _ => {}
         }
     }
-    Some((version?, rate))
+    Some((version?, rate, broken))
+}
+
+/// [`app_release`] of a release that is broken on the hosts `broken_on` (release roots of these
+/// names): there its `/health` answers 503 with `{"status":"broken","version":...}`.
+pub fn app_release_broken_on(dir: &Path, version: &str, broken_on: &[&str]) -> PathBuf {
+    let d = app_release(dir, version, 0.0);
+    std::fs::write(
+        d.join("app.conf"),
+        format!(
+            "version={version}\nerror_rate=0\nbroken_on={}\n",
+            broken_on.join(",")
+        ),
+    )
+    .unwrap();
+    d
 }
 
 /// Start a [`ReleaseApp`] for the release root `root`.
@@ -110,7 +131,10 @@ pub async fn release_app(root: PathBuf) -> ReleaseApp {
     let server = TestHttpServer::start(move |req| {
         let conf = read_conf(&root);
         match (req.path.as_str(), conf) {
-            ("/health", Some((v, _))) => {
+            ("/health", Some((v, _, true))) => {
+                TestResponse::json(503, &serde_json::json!({"status": "broken", "version": v}))
+            }
+            ("/health", Some((v, _, false))) => {
                 TestResponse::json(200, &serde_json::json!({"status": "ok", "version": v}))
             }
             ("/health", None) => TestResponse::json(503, &serde_json::json!({"status": "down"})),
@@ -125,7 +149,7 @@ pub async fn release_app(root: PathBuf) -> ReleaseApp {
                 ),
             ),
             (_, None) => TestResponse::text(503, "no release"),
-            (_, Some((v, rate))) => {
+            (_, Some((v, rate, _))) => {
                 let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
                 let fails = (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor();
                 if fails {

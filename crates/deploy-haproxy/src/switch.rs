@@ -451,9 +451,10 @@ impl TrafficSwitch for HaproxySwitch {
             let server = row.name.as_str();
             if *w > 0 {
                 raise.push(self.command(server, &format!("weight {w}")));
-                if row.is_drain() || row.is_maint() {
-                    raise.push(self.command(server, "state ready"));
-                }
+                // Always, not only when `show stat` reads DRAIN: a server drained and then
+                // failing its checks reads DOWN, and would come back UP as DRAIN (weight 0)
+                // once its checks pass. `state ready` on a ready server changes nothing.
+                raise.push(self.command(server, "state ready"));
             } else {
                 lower.push(self.command(server, "weight 0"));
                 if self.sticky.is_some() && !row.is_maint() {
