@@ -1091,3 +1091,81 @@ async fn smoke_checks_run_when_another_gate_is_inconclusive() {
     );
     assert_eq!(world.state().weights.to_string(), "blue=100,green=0");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_live_state_is_read_from_every_target_at_once() {
+    // Each read of a target's version takes one second (an SSH host's first connection).
+    for (parallelism, expected) in [(16, 1), (4, 2), (1, 8)] {
+        let world = FakeWorld::fleet(8, "1.0.0");
+        for t in &world.targets {
+            t.faults.delay("current", Duration::from_secs(1));
+        }
+        let mut p = policies();
+        p.parallelism = parallelism;
+        let engine = Engine::new(world.environment("prod")).with_policies(p);
+        let t0 = tokio::time::Instant::now();
+        let snapshot = engine.snapshot().await.unwrap();
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(expected),
+            "parallelism {parallelism}"
+        );
+        // In the environment's order, whatever order the reads ended in.
+        let ids: Vec<_> = snapshot.targets.iter().map(|t| t.id.to_string()).collect();
+        let world_ids: Vec<_> = (1..=8).map(|i| format!("web-{i}")).collect();
+        assert_eq!(ids, world_ids);
+    }
+}
+
+/// When the run's rollback started and when the run finished, on the test's (paused) clock.
+#[derive(Debug, Default)]
+struct UndoClock(Mutex<(Option<tokio::time::Instant>, Option<tokio::time::Instant>)>);
+
+impl Observer for UndoClock {
+    fn on_event(&self, event: &Event) {
+        let mut g = self.0.lock().unwrap();
+        match event {
+            Event::RollbackStarted { .. } => g.0 = Some(tokio::time::Instant::now()),
+            Event::RunFinished { .. } => g.1 = Some(tokio::time::Instant::now()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
+    // Eight targets in batches of four; each activation takes a second; the new release is
+    // broken on the last target, so the second batch fails at the probe's deadline.
+    let world = FakeWorld::fleet(8, "1.0.0");
+    for t in &world.targets {
+        t.faults.delay("activate", Duration::from_secs(1));
+    }
+    world.targets[7].mark_unhealthy(NEW);
+    let mut p = policies();
+    p.probe.healthy_threshold = 1;
+    let clock = Arc::new(UndoClock::default());
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(p)
+        .with_observer(clock.clone());
+    let strategy = Strategy::Rolling {
+        batch: BatchSize::Count(4),
+        analysis: None,
+    };
+    let before = world.state();
+    let t0 = tokio::time::Instant::now();
+    let report = deploy(&engine, &strategy).await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    let (Some(rollback), Some(end)) = *clock.0.lock().unwrap() else {
+        panic!("no rollback in {report}")
+    };
+    // Forward: two batches of one-second activations, the second one's wait ends at the 10 s
+    // deadline (its last check at 10 s). Undo: per batch, the four re-activations together
+    // (1 s), then their health waits together (healthy at the first check) — 2 s in all, where
+    // one undo at a time took 8 s.
+    assert_eq!(rollback - t0, Duration::from_secs(12), "{report}");
+    assert_eq!(end - rollback, Duration::from_secs(2), "{report}");
+    let after = world.state();
+    assert_eq!(after.versions, before.versions);
+    assert_eq!(after.weights, before.weights);
+    assert_eq!(after.running, before.running);
+}

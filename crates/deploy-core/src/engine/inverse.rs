@@ -11,42 +11,16 @@ impl<'e> Run<'e> {
     /// Work out what undoes `step`, from the live state.
     pub(super) async fn inverse_of(&mut self, step: &Step) -> Result<Vec<Step>, Failure> {
         let t = self.engine.policies.timeouts.call;
-        let env = self.env();
         Ok(match step {
             Step::Prepare { .. }
             | Step::AwaitHealthy { .. }
             | Step::Analyze { .. }
             | Step::Pause { .. }
             | Step::Backup => Vec::new(),
-            Step::RevertSchema { .. } | Step::Start { .. } => Vec::new(),
-            Step::Activate { target, version } => {
-                let tg = env.target(target)?;
-                let current = self
-                    .engine
-                    .call("read current version of", target.as_str(), t, || {
-                        tg.current()
-                    })
-                    .await?;
-                match current {
-                    Some(v) if &v == version => Vec::new(),
-                    Some(old) => vec![
-                        Step::Activate {
-                            target: target.clone(),
-                            version: old.clone(),
-                        },
-                        Step::AwaitHealthy {
-                            target: target.clone(),
-                            version: Some(old),
-                        },
-                    ],
-                    None => vec![Step::Stop {
-                        target: target.clone(),
-                    }],
-                }
+            Step::RevertSchema { .. } => Vec::new(),
+            Step::Activate { .. } | Step::Drain { .. } | Step::Start { .. } | Step::Stop { .. } => {
+                return self.inverse_shared(step).await;
             }
-            Step::Stop { target } => vec![Step::Start {
-                target: target.clone(),
-            }],
             Step::MaintenanceOn | Step::MaintenanceOff => {
                 let m = self.maintenance()?;
                 let on = self
@@ -109,22 +83,6 @@ impl<'e> Run<'e> {
                     Vec::new()
                 }
             }
-            Step::Drain { target } => {
-                let s = self.switch()?;
-                let weights = self
-                    .engine
-                    .call("read weights of", "the switch", t, || s.weights())
-                    .await?;
-                let w = weights.get(target).ok_or_else(|| {
-                    Failure::engine(
-                        ErrorKind::NotFound,
-                        format!("the switch does not know target {target} (it knows {weights})"),
-                    )
-                })?;
-                vec![Step::SetWeights {
-                    weights: Weights::new().with(target.clone(), w),
-                }]
-            }
             Step::SetWeights { weights } => {
                 let s = self.switch()?;
                 let now = self
@@ -145,6 +103,66 @@ impl<'e> Run<'e> {
                     ));
                 }
                 vec![Step::SetWeights { weights: before }]
+            }
+        })
+    }
+
+    /// What undoes a step that touches one target only (those a batch runs together): needs
+    /// no `&mut self`, so a batch's inverses are read concurrently.
+    pub(super) async fn inverse_shared(&self, step: &Step) -> Result<Vec<Step>, Failure> {
+        let t = self.engine.policies.timeouts.call;
+        let env = self.env();
+        Ok(match step {
+            Step::Prepare { .. } | Step::AwaitHealthy { .. } | Step::Start { .. } => Vec::new(),
+            Step::Stop { target } => vec![Step::Start {
+                target: target.clone(),
+            }],
+            Step::Activate { target, version } => {
+                let tg = env.target(target)?;
+                let current = self
+                    .engine
+                    .call("read current version of", target.as_str(), t, || {
+                        tg.current()
+                    })
+                    .await?;
+                match current {
+                    Some(v) if &v == version => Vec::new(),
+                    Some(old) => vec![
+                        Step::Activate {
+                            target: target.clone(),
+                            version: old.clone(),
+                        },
+                        Step::AwaitHealthy {
+                            target: target.clone(),
+                            version: Some(old),
+                        },
+                    ],
+                    None => vec![Step::Stop {
+                        target: target.clone(),
+                    }],
+                }
+            }
+            Step::Drain { target } => {
+                let s = self.switch()?;
+                let weights = self
+                    .engine
+                    .call("read weights of", "the switch", t, || s.weights())
+                    .await?;
+                let w = weights.get(target).ok_or_else(|| {
+                    Failure::engine(
+                        ErrorKind::NotFound,
+                        format!("the switch does not know target {target} (it knows {weights})"),
+                    )
+                })?;
+                vec![Step::SetWeights {
+                    weights: Weights::new().with(target.clone(), w),
+                }]
+            }
+            other => {
+                return Err(Failure::engine(
+                    ErrorKind::Other,
+                    format!("{other} is not a step of one target"),
+                ));
             }
         })
     }

@@ -154,6 +154,21 @@ impl Engine {
         &self.policies
     }
 
+    /// Run `futures` at most [`Policies::parallelism`] at a time; their outputs in order.
+    pub(super) async fn in_parallel<F: std::future::Future>(
+        &self,
+        futures: impl IntoIterator<Item = F>,
+    ) -> Vec<F::Output> {
+        use futures_util::StreamExt;
+        // Collected first: an iterator kept across an await makes the caller's future lose
+        // `Send` to a higher-ranked lifetime.
+        let futures: Vec<F> = futures.into_iter().collect();
+        futures_util::stream::iter(futures)
+            .buffered(self.policies.parallelism.max(1))
+            .collect()
+            .await
+    }
+
     /// Read the state of every target, the switch, the schema and the maintenance page.
     pub async fn snapshot(&self) -> Result<Snapshot, DeployError> {
         let t = self.policies.timeouts.call;
@@ -161,51 +176,68 @@ impl Engine {
             environment: self.env.name.clone(),
             source,
         };
-        let mut targets = Vec::new();
-        for target in &self.env.targets {
-            let current = self
-                .call("read current version of", target.id().as_str(), t, || {
-                    target.current()
-                })
-                .await
-                .map_err(snap_err)?;
-            targets.push(TargetState::new(
-                target.id().clone(),
-                target.endpoint(),
-                current,
-            ));
-        }
-        let weights = match &self.env.switch {
-            Some(s) => Some(
-                self.call("read weights of", "the switch", t, || s.weights())
+        // Every read at once — the targets at most `parallelism` at a time, in the
+        // environment's order (over SSH, each is that host's first connection), beside the
+        // switch, the schema and the maintenance page.
+        let targets = async {
+            self.in_parallel(self.env.targets.iter().map(|target| async move {
+                let current = self
+                    .call("read current version of", target.id().as_str(), t, || {
+                        target.current()
+                    })
+                    .await?;
+                Ok(TargetState::new(
+                    target.id().clone(),
+                    target.endpoint(),
+                    current,
+                ))
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, crate::error::Error>>()
+        };
+        let weights = async {
+            match &self.env.switch {
+                Some(s) => self
+                    .call("read weights of", "the switch", t, || s.weights())
                     .await
-                    .map_err(snap_err)?,
-            ),
-            None => None,
+                    .map(Some),
+                None => Ok(None),
+            }
         };
-        let migrations = match &self.env.migrations {
-            Some(m) => Some(
-                self.call(
-                    "read migration status of",
-                    "the database",
-                    self.policies.timeouts.long_call,
-                    || m.status(),
-                )
-                .await
-                .map_err(snap_err)?,
-            ),
-            None => None,
+        let migrations = async {
+            match &self.env.migrations {
+                Some(m) => self
+                    .call(
+                        "read migration status of",
+                        "the database",
+                        self.policies.timeouts.long_call,
+                        || m.status(),
+                    )
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
         };
-        let maintenance = match &self.env.maintenance {
-            Some(m) => Some(
-                self.call("read state of", "the maintenance page", t, || {
-                    m.is_enabled()
-                })
-                .await
-                .map_err(snap_err)?,
-            ),
-            None => None,
+        let maintenance = async {
+            match &self.env.maintenance {
+                Some(m) => self
+                    .call("read state of", "the maintenance page", t, || {
+                        m.is_enabled()
+                    })
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
         };
+        let (targets, weights, migrations, maintenance) =
+            tokio::join!(targets, weights, migrations, maintenance);
+        let (targets, weights, migrations, maintenance) = (
+            targets.map_err(snap_err)?,
+            weights.map_err(snap_err)?,
+            migrations.map_err(snap_err)?,
+            maintenance.map_err(snap_err)?,
+        );
         Ok(Snapshot::new(targets, weights, migrations, maintenance))
     }
 

@@ -1,10 +1,15 @@
 //! Undoing a run: every recorded inverse in reverse order, then a comparison with the state
 //! before the run.
 
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::strategy::{Snapshot, Step};
 
+use super::call::Failure;
 use super::journal::Record;
 use super::report::{Event, Outcome, RollbackRecord, UndoRecord};
 use super::run::Run;
@@ -23,51 +28,74 @@ impl Run<'_> {
         let mut undo_log = Vec::new();
         let mut failed = false;
         let inverses = self.inverses.clone();
-        for (index, inverse) in inverses.iter().rev() {
-            for (position, step) in inverse.iter().enumerate() {
-                // An undo recorded as done is skipped; when recovering a run another process
-                // left, only if the world confirms it (what was undone may have been changed
-                // again since).
+        let limit = self.engine.policies.parallelism.max(1);
+        for group in undo_groups(&inverses, limit) {
+            // A group's undo steps act together, position by position, as its batch did:
+            // every "activate the old version", then every health wait.
+            let depth = group.iter().map(|(_, inv)| inv.len()).max().unwrap_or(0);
+            for position in 0..depth {
                 if self.lease_is_lost() {
                     // The lock is another run's now: it undoes, not us.
                     return Outcome::Failed;
                 }
-                if self.undone.contains(&(*index, position))
-                    && (!self.recovering || self.undo_already_done(step).await)
+                let todo: Vec<(usize, &Step)> = group
+                    .iter()
+                    .filter_map(|(index, inv)| inv.get(position).map(|s| (*index, s)))
+                    .collect();
+                // An undo recorded as done is skipped; when recovering a run another process
+                // left, only if the world confirms it (what was undone may have been changed
+                // again since).
+                let this = &*self;
+                let done = self
+                    .engine
+                    .in_parallel(todo.iter().map(|&(index, step)| async move {
+                        this.undone.contains(&(index, position))
+                            && (!this.recovering || this.undo_already_done(step).await)
+                    }))
+                    .await;
+                let todo: Vec<(usize, &Step)> = todo
+                    .into_iter()
+                    .zip(done)
+                    .filter(|(_, done)| !done)
+                    .map(|(t, _)| t)
+                    .collect();
+                let results = self.undo_together(&todo).await;
+                for ((index, step), (result, started_at, duration)) in todo.into_iter().zip(results)
                 {
-                    continue;
-                }
-                let span = tracing::info_span!("undo", index = index + 1, op = step.op());
-                let (started_at, t0) = (std::time::SystemTime::now(), tokio::time::Instant::now());
-                self.undoing = true;
-                let result = self.act(step).instrument(span).await;
-                self.undoing = false;
-                let duration = t0.elapsed();
-                let error = result.err().map(|f| f.error);
-                failed |= error.is_some();
-                let text = error.as_ref().map(crate::error::Error::chain);
-                self.record(&Record::UndoFinished {
-                    index: *index,
-                    position,
-                    error: text.clone(),
-                })
-                .await;
-                self.engine.emit(&Event::RollbackStep {
-                    step: step.clone(),
-                    error: text,
-                });
-                if error.is_none() {
-                    self.undone.insert((*index, position));
-                    if let Step::Stop { target } = step {
-                        self.stopped_by_undo.insert(target.clone());
+                    let error = match result {
+                        Ok(notes) => {
+                            for n in notes {
+                                self.note(n);
+                            }
+                            None
+                        }
+                        Err(f) => Some(f.error),
+                    };
+                    failed |= error.is_some();
+                    let text = error.as_ref().map(crate::error::Error::chain);
+                    self.record(&Record::UndoFinished {
+                        index,
+                        position,
+                        error: text.clone(),
+                    })
+                    .await;
+                    self.engine.emit(&Event::RollbackStep {
+                        step: step.clone(),
+                        error: text,
+                    });
+                    if error.is_none() {
+                        self.undone.insert((index, position));
+                        if let Step::Stop { target } = step {
+                            self.stopped_by_undo.insert(target.clone());
+                        }
                     }
+                    undo_log.push(UndoRecord {
+                        step: step.clone(),
+                        started_at,
+                        duration,
+                        error: error.as_ref().map(crate::error::Error::record),
+                    });
                 }
-                undo_log.push(UndoRecord {
-                    step: step.clone(),
-                    started_at,
-                    duration,
-                    error: error.as_ref().map(crate::error::Error::record),
-                });
             }
         }
         // Compare with the state before the run.
@@ -91,6 +119,33 @@ impl Run<'_> {
             mismatches,
         });
         outcome
+    }
+
+    /// Act `undo` steps together (one alone through [`act`](Self::act), several — each on its
+    /// own target — concurrently); each one's result, start and duration, in order.
+    async fn undo_together(
+        &mut self,
+        undo: &[(usize, &Step)],
+    ) -> Vec<(Result<Vec<String>, Failure>, SystemTime, Duration)> {
+        if let [(index, step)] = undo {
+            let span = tracing::info_span!("undo", index = index + 1, op = step.op());
+            let (started_at, t0) = (SystemTime::now(), Instant::now());
+            self.undoing = true;
+            let result = self.act(step).instrument(span).await;
+            self.undoing = false;
+            return vec![(result.map(|()| Vec::new()), started_at, t0.elapsed())];
+        }
+        let this = &*self;
+        futures_util::future::join_all(undo.iter().map(|&(index, step)| {
+            let span = tracing::info_span!("undo", index = index + 1, op = step.op());
+            async move {
+                let (started_at, t0) = (SystemTime::now(), Instant::now());
+                let result = this.act_shared(step).await;
+                (result, started_at, t0.elapsed())
+            }
+            .instrument(span)
+        }))
+        .await
     }
 
     /// How the live state differs from the state before the run, leaving out what the
@@ -144,5 +199,133 @@ impl Run<'_> {
             },
             _ => false,
         }
+    }
+}
+
+/// The recorded inverses in the order they are undone (the last step's first), grouped: an
+/// entry whose undo touches one target only (activate the old version and wait for it, start,
+/// stop) joins the group before it when that group is of such entries on other targets and has
+/// fewer than `limit`; any other entry (weights, the schema, the maintenance page) is a group
+/// of its own. Entries with nothing to undo are left out. So a rolling batch's activations are
+/// undone together, as they were done, and everything else keeps its order.
+fn undo_groups(inverses: &[(usize, Vec<Step>)], limit: usize) -> Vec<Vec<(usize, Vec<Step>)>> {
+    fn one_target(inverse: &[Step]) -> Option<&crate::model::TargetId> {
+        let first = inverse.first()?.target()?;
+        inverse
+            .iter()
+            .all(|s| {
+                matches!(
+                    s,
+                    Step::Activate { .. }
+                        | Step::AwaitHealthy { .. }
+                        | Step::Start { .. }
+                        | Step::Stop { .. }
+                ) && s.target() == Some(first)
+            })
+            .then_some(first)
+    }
+    let mut groups: Vec<Vec<(usize, Vec<Step>)>> = Vec::new();
+    let mut targets: HashSet<crate::model::TargetId> = HashSet::new();
+    let mut open = false;
+    for (index, inverse) in inverses.iter().rev() {
+        if inverse.is_empty() {
+            continue;
+        }
+        let entry = (*index, inverse.clone());
+        match one_target(inverse) {
+            Some(target) => {
+                let joins = open
+                    && !targets.contains(target)
+                    && groups.last().is_some_and(|g| g.len() < limit);
+                if !joins {
+                    groups.push(Vec::new());
+                    targets.clear();
+                }
+                targets.insert(target.clone());
+                groups.last_mut().expect("a group was pushed").push(entry);
+                open = true;
+            }
+            None => {
+                groups.push(vec![entry]);
+                open = false;
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{TargetId, Version, Weights};
+
+    fn id(s: &str) -> TargetId {
+        TargetId::new(s).unwrap()
+    }
+
+    fn activate(t: &str) -> Vec<Step> {
+        vec![
+            Step::Activate {
+                target: id(t),
+                version: Version::new("1.0.0").unwrap(),
+            },
+            Step::AwaitHealthy {
+                target: id(t),
+                version: Some(Version::new("1.0.0").unwrap()),
+            },
+        ]
+    }
+
+    fn weights(t: &str) -> Vec<Step> {
+        vec![Step::SetWeights {
+            weights: Weights::new().with(id(t), 1),
+        }]
+    }
+
+    fn shape(groups: &[Vec<(usize, Vec<Step>)>]) -> Vec<Vec<usize>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|(i, _)| *i).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_rolling_batch_is_undone_together_and_everything_else_in_order() {
+        // drain a, drain b, activate a, activate b, await a, await b, weights back.
+        let inverses = vec![
+            (0, weights("a")),
+            (1, weights("b")),
+            (2, activate("a")),
+            (3, activate("b")),
+            (4, Vec::new()),
+            (5, Vec::new()),
+            (6, weights("a")),
+        ];
+        assert_eq!(
+            shape(&undo_groups(&inverses, 16)),
+            vec![vec![6], vec![3, 2], vec![1], vec![0]]
+        );
+    }
+
+    #[test]
+    fn a_group_holds_each_target_once_and_at_most_the_limit() {
+        let stop = |t: &str| vec![Step::Start { target: id(t) }];
+        // Recreate: stop a, stop b, activate a, activate b → undo: activate b, a; then start b, a.
+        let inverses = vec![
+            (0, stop("a")),
+            (1, stop("b")),
+            (2, activate("a")),
+            (3, activate("b")),
+        ];
+        assert_eq!(
+            shape(&undo_groups(&inverses, 16)),
+            vec![vec![3, 2], vec![1, 0]]
+        );
+        let many: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, activate(t)))
+            .collect();
+        assert_eq!(shape(&undo_groups(&many, 2)), vec![vec![2, 1], vec![0]]);
     }
 }

@@ -363,11 +363,13 @@ impl<'e> Run<'e> {
         end
     }
 
-    /// Run the steps `start..end`: each step's `before` hooks run and its inverse is computed
-    /// and journaled before any of them acts (unless a previous process already journaled it:
-    /// the state it saw is the one to return to); then they act — concurrently when there are
-    /// several — raced against cancellation, abort and the run's deadline; then each one's
-    /// `after` hooks run and it is finished, in plan order. `Some(reason)` to roll back.
+    /// Run the steps `start..end`: each step's `before` hooks run, then the inverses of all of
+    /// them are read from the live state (concurrently when there are several) and journaled,
+    /// in plan order, before any of them acts (unless a previous process already journaled
+    /// one: the state it saw is the one to return to); then they act — concurrently when there
+    /// are several — raced against cancellation, abort and the run's deadline; then each one's
+    /// `after` hooks run and it is finished, in plan order, with its own start and end.
+    /// `Some(reason)` to roll back.
     pub(super) async fn forward_batch(
         &mut self,
         start: usize,
@@ -391,7 +393,8 @@ impl<'e> Run<'e> {
         }
         self.current_index = start;
         let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
-        let mut begun: Vec<(usize, SystemTime, Instant)> = Vec::new();
+        // 1. Each step starts and its `before` hooks run, in plan order.
+        let mut begun: Vec<Begun> = Vec::new();
         for (offset, step) in steps.iter().enumerate() {
             let index = start + offset;
             let (started_at, t0) = (SystemTime::now(), Instant::now());
@@ -399,99 +402,106 @@ impl<'e> Run<'e> {
                 index,
                 step: step.clone(),
             });
-            let mut failure: Option<Error> =
-                self.run_hooks(HookPoint::Before, Some(step)).await.err();
-            if failure.is_none()
-                && self.recorded.contains(&index)
-                && matches!(step, Step::Analyze { .. } | Step::Pause { .. })
+            begun.push(Begun {
+                index,
+                started_at,
+                t0,
+            });
+            if let Err(reason) = self.run_hooks(HookPoint::Before, Some(step)).await {
+                return Some(self.not_acted(begun, offset, reason).await);
+            }
+        }
+        // 2. What undoes each one, read from the live state before any acts.
+        let fresh: Vec<usize> = (0..steps.len())
+            .filter(|o| !self.recorded.contains(&(start + o)))
+            .collect();
+        let inverses: Vec<Result<Vec<Step>, Failure>> = if let [step] = steps.as_slice() {
+            let span = tracing::info_span!("step", index = start + 1, op = step.op());
+            if fresh.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.inverse_of(step).instrument(span).await]
+            }
+        } else {
+            let this = &*self;
+            engine
+                .in_parallel(fresh.iter().map(|&o| {
+                    let span =
+                        tracing::info_span!("step", index = start + o + 1, op = steps[o].op());
+                    this.inverse_shared(&steps[o]).instrument(span)
+                }))
+                .await
+        };
+        // 3. Journaled in plan order: a step acts only once its inverse is on disk.
+        for (&o, inverse) in fresh.iter().zip(inverses) {
+            let index = start + o;
+            let inverse = match inverse {
+                Ok(inverse) => inverse,
+                Err(f) => return Some(self.not_acted(begun, o, f.error).await),
+            };
+            if self
+                .record(&Record::StepStarted {
+                    index,
+                    inverse: inverse.clone(),
+                    at: Some(SystemTime::now()),
+                })
+                .await
             {
+                self.recorded.insert(index);
+                self.inverses.push((index, inverse));
+            } else {
+                let why = Error::new(ErrorKind::Io, "", "", "its inverse could not be journaled");
+                return Some(self.not_acted(begun, o, why).await);
+            }
+        }
+        for (o, step) in steps.iter().enumerate() {
+            if !fresh.contains(&o) && matches!(step, Step::Analyze { .. } | Step::Pause { .. }) {
                 // A resumed wait starts again: `status` counts its time left from now (the
                 // replay keeps the inverse recorded first).
                 self.record_for_status(&Record::StepStarted {
-                    index,
+                    index: start + o,
                     inverse: Vec::new(),
-                    at: Some(std::time::SystemTime::now()),
+                    at: Some(SystemTime::now()),
                 })
                 .await;
             }
-            if failure.is_none() && !self.recorded.contains(&index) {
-                let span = tracing::info_span!("step", index = index + 1, op = step.op());
-                match self.inverse_of(step).instrument(span).await {
-                    Ok(inverse) => {
-                        if self
-                            .record(&Record::StepStarted {
-                                index,
-                                inverse: inverse.clone(),
-                                at: Some(std::time::SystemTime::now()),
-                            })
-                            .await
-                        {
-                            self.recorded.insert(index);
-                            self.inverses.push((index, inverse));
-                        } else {
-                            failure = Some(Error::new(
-                                ErrorKind::Io,
-                                "",
-                                "",
-                                "its inverse could not be journaled",
-                            ));
-                        }
-                    }
-                    Err(f) => failure = Some(f.error),
-                }
-            }
-            if let Some(reason) = failure {
-                self.finish_step(index, step, started_at, t0, Some(&reason))
-                    .await;
-                for (i, at, t) in begun {
-                    let why = Error::new(
-                        ErrorKind::Cancelled,
-                        "",
-                        "",
-                        format!(
-                            "not run: step {} of its batch failed before acting",
-                            index + 1
-                        ),
-                    );
-                    self.finish_step(i, &self.plan.steps[i].clone(), at, t, Some(&why))
-                        .await;
-                }
-                return Some(format!(
-                    "step {} ({step}) stopped before it acted: {reason}",
-                    index + 1
-                ));
-            }
-            begun.push((index, started_at, t0));
         }
+        // 4. They act, each one's end taken when it ends.
         let guard = Interrupts {
             cancel,
             control: &control,
             deadline,
             run_deadline: engine.policies.deadline,
         };
-        let results: Vec<Result<Vec<String>, Failure>> = if let [step] = steps.as_slice() {
+        let results: Vec<(Result<Vec<String>, Failure>, Instant)> = if let [step] = steps.as_slice()
+        {
             let span = tracing::info_span!("step", index = start + 1, op = step.op());
             match guard.race(self.act_forward(step).instrument(span)).await {
-                Ok(r) => vec![r.map(|()| Vec::new())],
-                Err(why) => vec![Err(Failure::interrupted(why.error()))],
+                Ok(r) => vec![(r.map(|()| Vec::new()), Instant::now())],
+                Err(why) => vec![(Err(Failure::interrupted(why.error())), Instant::now())],
             }
         } else {
             let this = &*self;
             let acts =
                 futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
                     let span = tracing::info_span!("step", index = start + offset + 1, op = s.op());
-                    this.act_shared(s).instrument(span)
+                    async move { (this.act_shared(s).await, Instant::now()) }.instrument(span)
                 }));
             match guard.race(acts).await {
                 Ok(r) => r,
-                Err(why) => steps
-                    .iter()
-                    .map(|_| Err(Failure::interrupted(why.error())))
-                    .collect(),
+                Err(why) => {
+                    let now = Instant::now();
+                    steps
+                        .iter()
+                        .map(|_| (Err(Failure::interrupted(why.error())), now))
+                        .collect()
+                }
             }
         };
+        // 5. `after` hooks and the end of each step, in plan order.
         let mut first_failure: Option<String> = None;
-        for ((step, (index, started_at, t0)), result) in steps.iter().zip(begun).zip(results) {
+        for ((step, begun), (result, ended)) in steps.iter().zip(begun).zip(results) {
+            let index = begun.index;
             let (error, why) = match result {
                 Ok(notes) => {
                     for n in notes {
@@ -517,10 +527,43 @@ impl<'e> Run<'e> {
             if first_failure.is_none() {
                 first_failure = why;
             }
-            self.finish_step(index, step, started_at, t0, error.as_ref())
+            let duration = ended.saturating_duration_since(begun.t0);
+            self.finish_step(index, step, begun.started_at, duration, error.as_ref())
                 .await;
         }
         first_failure
+    }
+
+    /// A step of a batch stopped before anything acted (its `before` hook failed, or its
+    /// inverse could not be read or journaled): it is finished with `reason`, every other step
+    /// of the batch that had started is finished as not run, and the run rolls back.
+    async fn not_acted(&mut self, begun: Vec<Begun>, failed: usize, reason: Error) -> String {
+        let step = self.plan.steps[begun[failed].index].clone();
+        let index = begun[failed].index;
+        for (o, b) in begun.into_iter().enumerate() {
+            let s = self.plan.steps[b.index].clone();
+            let duration = b.t0.elapsed();
+            if o == failed {
+                self.finish_step(b.index, &s, b.started_at, duration, Some(&reason))
+                    .await;
+            } else {
+                let why = Error::new(
+                    ErrorKind::Cancelled,
+                    "",
+                    "",
+                    format!(
+                        "not run: step {} of its batch failed before acting",
+                        index + 1
+                    ),
+                );
+                self.finish_step(b.index, &s, b.started_at, duration, Some(&why))
+                    .await;
+            }
+        }
+        format!(
+            "step {} ({step}) stopped before it acted: {reason}",
+            index + 1
+        )
     }
 
     /// Run the hooks of `point` of `step` (or of the run), in order; the first failure stops.
@@ -555,10 +598,9 @@ impl<'e> Run<'e> {
         index: usize,
         step: &Step,
         started_at: SystemTime,
-        t0: Instant,
+        duration: Duration,
         error: Option<&Error>,
     ) {
-        let duration = t0.elapsed();
         let backup = if matches!(step, Step::Backup) && error.is_none() {
             self.backup.clone()
         } else {
@@ -654,6 +696,13 @@ impl<'e> Run<'e> {
             cause,
         }
     }
+}
+
+/// A step of a batch that has started: its place in the plan and when it started.
+pub(super) struct Begun {
+    index: usize,
+    started_at: SystemTime,
+    t0: Instant,
 }
 
 /// Why a step was interrupted: its kind (cancelled, or timed out at the run's deadline) and
