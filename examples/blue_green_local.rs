@@ -231,6 +231,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Outcome::Promoted => 0,
         Outcome::RolledBack => 2,
         Outcome::Failed => 3,
+        Outcome::PromotedWithFailures => 6,
     });
 }
 

@@ -403,6 +403,10 @@ impl Observer for Live {
                     self.line("rolling back (why: below)");
                 }
             }
+            Event::TargetGivenUp { target, reason } => self.line(&format!(
+                "   given up: {target} — out of the traffic, rolled back alone; the others go on ({})",
+                short(reason, SHORT)
+            )),
             Event::RollbackStep { step: s, error } => match error {
                 None => self.line(&format!("   undo {}  done", step(s, self.times.targets))),
                 Some(e) => self.line(&format!(
@@ -459,6 +463,7 @@ pub fn summary(report: &Report, plan: Option<&str>, report_at: &[String]) -> Str
     } else {
         match report.outcome {
             Outcome::Promoted => "PROMOTED",
+            Outcome::PromotedWithFailures => "PROMOTED WITH FAILURES",
             Outcome::RolledBack => "ROLLED BACK",
             Outcome::Failed => "FAILED",
         }
@@ -477,6 +482,13 @@ pub fn summary(report: &Report, plan: Option<&str>, report_at: &[String]) -> Str
         for m in &r.mismatches {
             let _ = writeln!(s, "  NOT BACK: {m}");
         }
+    }
+    for t in &report.failed_targets {
+        let _ = writeln!(
+            s,
+            "  given up: {} (out of the traffic, back on its old release): {}",
+            t.target, t.reason
+        );
     }
     if let Some(f) = &report.final_state {
         let _ = writeln!(s, "  now: {}", live(f));
@@ -517,6 +529,15 @@ pub fn summary(report: &Report, plan: Option<&str>, report_at: &[String]) -> Str
         }
         (_, Outcome::Failed, Some(plan)) => Some(format!(
             "the environment needs attention: `deploy status {plan} --fleet` shows what runs where, `deploy rollback {plan}` tries the rollback again"
+        )),
+        (_, Outcome::PromotedWithFailures, Some(plan)) => Some(format!(
+            "every target in the traffic runs {}; `deploy retry {plan}` deploys it again to the {} given up on, once fixed",
+            report.version,
+            report.failed_targets.len()
+        )),
+        (_, Outcome::PromotedWithFailures, None) => Some(format!(
+            "every target in the traffic runs {}; the targets given up on are out of the traffic",
+            report.version
         )),
         (_, Outcome::Failed, None) => Some(
             "the environment needs attention: the rollback itself failed (see the report)"

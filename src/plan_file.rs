@@ -85,7 +85,8 @@ use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
     BatchSize, CanaryStep, CompositeSwitch, DynHost, DynMaintenance, DynMetricGate,
     DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine, Environment, Error, HttpProbe,
-    LocalHost, PlanOptions, Release, ReleaseDirTarget, Step, Strategy, TargetId, Version,
+    LocalHost, PlanOptions, Release, ReleaseDirTarget, Step, Strategy, TargetBudget, TargetId,
+    Version,
 };
 use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
@@ -562,6 +563,8 @@ fn take_strategy(c: &mut Collector, value: toml::Value) -> Option<Strategy> {
         batch: BatchSize,
         #[serde(default, with = "humantime_serde")]
         analysis: Option<Duration>,
+        #[serde(default)]
+        max_failed_targets: Option<TargetBudget>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -605,6 +608,7 @@ fn take_strategy(c: &mut Collector, value: toml::Value) -> Option<Strategy> {
             .map(|r| Strategy::Rolling {
                 batch: r.batch,
                 analysis: r.analysis,
+                max_failed_targets: r.max_failed_targets,
             }),
         "blue_green" => c
             .take::<BlueGreen>("strategy", rest)

@@ -779,6 +779,7 @@ fn percent(w: &Weights) -> BTreeMap<String, f64> {
 fn outcome_words(o: Outcome) -> &'static str {
     match o {
         Outcome::Promoted => "promoted",
+        Outcome::PromotedWithFailures => "promoted with failures (some targets given up on)",
         Outcome::RolledBack => "rolled back",
         Outcome::Failed => "FAILED (the rollback failed)",
     }

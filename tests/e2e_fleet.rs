@@ -1,151 +1,20 @@
 //! A fleet rolled through one real sshd behind a real haproxy, with a host whose new release is
 //! broken (its `/health` answers 503): the rollback undoes a batch's hosts together, as the
-//! batch was done, each step's time is its own, and the live world ends where it began.
+//! batch was done, each step's time is its own, and the live world ends where it began; with a
+//! failure budget, the broken host is taken out and rolled back alone while the others go on,
+//! and a retry brings it in once fixed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use deploy::adapters::Adapters;
-use deploy::haproxy::testing::{FixtureConfig, HaproxyFixture, ServerSpec};
 use deploy::plan_file::PlanFile;
-use deploy::ssh::testing::SshdFixture;
-use deploy::{Engine, Outcome, Release, Report, Step, Version};
+use deploy::{Outcome, Report, Step};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{
-    ReleaseApp, app_release, app_release_broken_on, haproxy_wait_up, haproxy_weights, install, q,
-    release_app, version_of,
-};
-
-const HOSTS: [&str; 4] = ["app-1", "app-2", "app-3", "app-4"];
-
-/// Four release directories reached through one sshd (a connection each, as four machines),
-/// an app per directory, haproxy with a server per app at weight 100.
-struct Fleet {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    sshd: SshdFixture,
-    apps: Vec<ReleaseApp>,
-    haproxy: HaproxyFixture,
-}
-
-impl Fleet {
-    async fn start(broken_on: &[&str]) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let sshd = SshdFixture::start().unwrap();
-        let mut apps = Vec::new();
-        for name in HOSTS {
-            apps.push(release_app(dir.join(name)).await);
-        }
-        let haproxy = HaproxyFixture::start(FixtureConfig::new(
-            HOSTS
-                .iter()
-                .zip(&apps)
-                .map(|(name, app)| ServerSpec::new(*name, app.server.addr(), 100))
-                .collect(),
-        ))
-        .await
-        .unwrap();
-        app_release(&dir, "1.0.0", 0.0);
-        app_release_broken_on(&dir, "2.0.0", broken_on);
-        Self {
-            _tmp: tmp,
-            dir,
-            sshd,
-            apps,
-            haproxy,
-        }
-    }
-
-    /// The plan: rolling by batches of two, a 50 ms probe, `extra` TOML after `[strategy]`'s
-    /// keys (`max_failed_targets = …`) and `policies` (more `[policies.*]` tables).
-    fn plan(&self, strategy_extra: &str, policies: &str) -> PlanFile {
-        let mut targets = String::new();
-        for (name, app) in HOSTS.iter().zip(&self.apps) {
-            targets.push_str(&format!(
-                r#"
-[[targets]]
-id = "{name}"
-root = {root}
-endpoint = "{endpoint}"
-restart = ["true"]
-keep = 2
-ssh = {{ host = "127.0.0.1", port = {port}, user = "{user}", key_file = {key}, known_hosts = {known}, connect_timeout = "5s", command_timeout = "30s" }}
-"#,
-                root = q(&self.dir.join(name)),
-                endpoint = app.server.url(""),
-                port = self.sshd.port(),
-                user = self.sshd.user(),
-                key = q(&self.sshd.client_key()),
-                known = q(&self.sshd.known_hosts()),
-            ));
-        }
-        let text = format!(
-            r#"
-[environment]
-name = "fleet"
-state_dir = {state}
-
-[release]
-version = "2.0.0"
-artifact = {artifact}
-
-[strategy]
-kind = "rolling"
-batch = {{ count = 2 }}
-{strategy_extra}
-
-[policies.probe]
-interval = "50ms"
-{policies}
-
-[policies.drain]
-timeout = "5s"
-poll_interval = "50ms"
-
-{targets}
-[probe]
-expect_fields = {{ status = "ok" }}
-version_field = "version"
-
-[switch]
-kind = "haproxy"
-socket = {socket}
-backend = "app"
-state_file = {state_file}
-"#,
-            state = q(&self.dir.join("state")),
-            artifact = q(&self.dir.join("app-2.0.0")),
-            socket = q(Path::new(&self.haproxy.admin_socket().to_string())),
-            state_file = q(self.haproxy.state_file()),
-        );
-        PlanFile::parse("fleet.toml", &text).unwrap()
-    }
-
-    async fn install(&self, engine: &Engine) {
-        install(
-            engine,
-            &Release::new(Version::new("1.0.0").unwrap()).with_artifact(self.dir.join("app-1.0.0")),
-        )
-        .await;
-        haproxy_wait_up(&self.haproxy, &HOSTS).await;
-    }
-
-    /// The version each host's app serves now.
-    async fn versions(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for app in &self.apps {
-            out.push(version_of(app).await);
-        }
-        out
-    }
-
-    async fn weights(&self) -> Vec<u32> {
-        haproxy_weights(&self.haproxy, &HOSTS).await
-    }
-}
+use common::fleet::{Fleet, HOSTS};
+use common::haproxy_wait_up;
 
 async fn deploy(plan: &PlanFile) -> Report {
     let engine = plan.engine(&Adapters::new()).unwrap();
@@ -236,4 +105,87 @@ async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_ow
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_once_fixed() {
+    let fleet = Fleet::start(&["app-3"]).await;
+    let plan = fleet.plan("max_failed_targets = { count = 1 }", r#"deadline = "3s""#);
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    fleet.install(&engine).await;
+
+    let report = deploy(&plan).await;
+    println!("{report}");
+    assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
+    assert!(report.rollback.is_none(), "{report}");
+    assert_eq!(report.failed_targets.len(), 1, "{report}");
+    assert_eq!(report.failed_targets[0].target.as_str(), "app-3");
+    // Live: app-3 back on 1.0.0 and out of the traffic; the others on 2.0.0, in it — also
+    // once haproxy's own checks have settled.
+    assert_eq!(fleet.versions().await, ["2.0.0", "2.0.0", "1.0.0", "2.0.0"]);
+    haproxy_wait_up(&fleet.haproxy, &["app-1", "app-2", "app-4"]).await;
+    assert_eq!(fleet.weights().await, [100, 100, 0, 100]);
+    assert_eq!(
+        std::fs::read_link(fleet.dir.join("app-3").join("current")).unwrap(),
+        Path::new("releases/1.0.0")
+    );
+
+    // A retry while app-3 is still broken fails again and leaves it as it was.
+    let retry = || async {
+        engine
+            .retry_failed(
+                &plan.strategy,
+                &plan.release(),
+                &plan.options,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+    };
+    let again = retry().await;
+    assert_eq!(again.outcome, Outcome::RolledBack, "{again}");
+    assert_eq!(
+        again
+            .steps
+            .iter()
+            .filter(|s| s.step.op() == "activate")
+            .count(),
+        1
+    );
+    assert_eq!(fleet.versions().await, ["2.0.0", "2.0.0", "1.0.0", "2.0.0"]);
+    assert_eq!(fleet.weights().await, [100, 100, 0, 100]);
+
+    // The host is fixed (its copy of 2.0.0 mended): the retry deploys to app-3 alone and gives
+    // it its weight back.
+    let conf = fleet.dir.join("app-3/releases/2.0.0/app.conf");
+    std::fs::write(&conf, "version=2.0.0\nerror_rate=0\n").unwrap();
+    let fixed = retry().await;
+    println!("{fixed}");
+    assert_eq!(fixed.outcome, Outcome::Promoted, "{fixed}");
+    assert!(
+        fixed
+            .steps
+            .iter()
+            .filter_map(|s| s.step.target())
+            .all(|t| t.as_str() == "app-3"),
+        "{fixed}"
+    );
+    assert_eq!(fleet.versions().await, ["2.0.0"; 4]);
+    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
+    assert_eq!(fleet.weights().await, [100; 4]);
+
+    // Nothing is left to retry.
+    let refused = engine
+        .retry_failed(
+            &plan.strategy,
+            &plan.release(),
+            &plan.options,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("gave up on no target"),
+        "{refused}"
+    );
 }

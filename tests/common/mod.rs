@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use deploy::testing::{TestHttpServer, TestResponse};
 
+pub mod fleet;
+
 /// An HTTP server answering `/health` with the version under `<root>/current`, or 503 when that
 /// release has a `BROKEN` file or nothing is current.
 pub async fn slot_server(root: PathBuf) -> TestHttpServer {

@@ -75,6 +75,8 @@ Exit codes:
   3   failed: the rollback itself failed; see the report, then `deploy rollback PLAN` again
   4   refused before acting: the lock is held, a before-hook said no, a request with no run
   5   the run lost its lock to another holder (its lease expired) and acted no further
+  6   promoted with failures: the rolling deploy's failure budget (max_failed_targets) gave up
+      on some targets, out of the traffic on their old release; `deploy retry PLAN` later
   64  usage error (a mistyped command line)
 
 The plan file format: examples/plans/*.toml (commented) and the `deploy::plan_file` docs.";
@@ -140,6 +142,20 @@ enum Cmd {
         /// what that run left.
         #[arg(long, num_args = 0..=1, default_missing_value = "10m", value_name = "TIMEOUT")]
         wait: Option<humantime::Duration>,
+        #[command(flatten)]
+        release: ReleaseArgs,
+    },
+    /// Deploy the release again to the targets the newest run gave up on (it ended promoted
+    /// with failures, exit code 6), and to them only: each gets its weight back once healthy.
+    Retry {
+        /// The plan file.
+        plan: PathBuf,
+        /// Also write the JSON report here (it is always kept in the state store).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Also write the HTML report here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         release: ReleaseArgs,
     },
@@ -371,6 +387,7 @@ fn exit_code(report: &Report) -> i32 {
         Outcome::Promoted => 0,
         Outcome::RolledBack => 2,
         Outcome::Failed => 3,
+        Outcome::PromotedWithFailures => 6,
     }
 }
 
@@ -597,6 +614,30 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 }
             };
             // Send what the notifier queued even when the run could not start.
+            let engine = obs.done().await;
+            let r = r.map_err(|e| deploy_error(&plan, e))?;
+            Ok(finish(
+                &engine,
+                &plan,
+                &r,
+                &Outputs {
+                    json: report.as_deref(),
+                    html: html.as_deref(),
+                },
+            )?)
+        }
+        Cmd::Retry {
+            plan,
+            report,
+            html,
+            release,
+        } => {
+            let pf = load_release(&plan, &release)?;
+            let obs = observed(&plan, &pf, engine(&pf)?).await?;
+            let r = obs
+                .engine
+                .retry_failed(&pf.strategy, &pf.release(), &pf.options, &ctrl_c_cancels())
+                .await;
             let engine = obs.done().await;
             let r = r.map_err(|e| deploy_error(&plan, e))?;
             Ok(finish(
@@ -845,7 +886,7 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 .map_err(|e| deploy_error(&plan, e))?
                 .into_iter()
                 .rev()
-                .find(|h| h.outcome == Outcome::Promoted);
+                .find(|h| h.outcome.is_promoted());
             out!("environment {}", pf.environment.name);
             for t in &live.targets {
                 let weight = live

@@ -48,7 +48,7 @@ pub use release_dir::{ReleaseDirTarget, ReleaseDirTargetBuilder};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use strategy::{
     BatchSize, CanaryStep, Capabilities, ConfigProblem, Plan, PlanError, PlanOptions,
-    SchemaRollback, Snapshot, Step, Strategy, TargetState,
+    SchemaRollback, Snapshot, Step, Strategy, TargetBudget, TargetState,
 };
 pub use traits::{
     Command, DynHealthProbe, DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTarget,
@@ -75,8 +75,8 @@ pub mod event {
 /// over time, and the version of the report's JSON form.
 pub mod report {
     pub use crate::engine::{
-        REPORT_SCHEMA_VERSION, RollbackRecord, StepRecord, UndoRecord, VerdictRecord, WeightPoint,
-        WeightSource,
+        FailedTarget, REPORT_SCHEMA_VERSION, RollbackRecord, StepRecord, UndoRecord, VerdictRecord,
+        WeightPoint, WeightSource,
     };
 }
 

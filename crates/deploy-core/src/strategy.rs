@@ -37,6 +37,40 @@ impl BatchSize {
     }
 }
 
+/// How many targets of a rolling deploy may fail while the rest go on (`max_failed_targets`): a
+/// failed target is taken out of the traffic and rolled back alone, and the run ends
+/// [`Outcome::PromotedWithFailures`](crate::Outcome::PromotedWithFailures) naming it; one more
+/// failure than this rolls the whole fleet back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetBudget {
+    /// At most this many targets.
+    Count(#[serde(deserialize_with = "whole::budget_count")] u32),
+    /// At most this percentage of the fleet (0 to 100), rounded down.
+    Percent(#[serde(deserialize_with = "whole::budget_percent")] u8),
+}
+
+impl TargetBudget {
+    /// How many targets of a fleet of `n` may fail; always fewer than `n`, so that a run that
+    /// carries on leaves at least one target on the new release.
+    pub fn of(self, n: usize) -> usize {
+        let k = match self {
+            Self::Count(c) => c as usize,
+            Self::Percent(p) => n * usize::from(p.min(100)) / 100,
+        };
+        k.min(n.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for TargetBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(c) => write!(f, "{c} target(s)"),
+            Self::Percent(p) => write!(f, "{p} % of the targets"),
+        }
+    }
+}
+
 /// Whole numbers of a strategy, read with what they mean in the message ("a whole number from
 /// 0 to 100"), never the Rust type. Every value of the type is read (a value out of the range
 /// the text names is for [`Strategy::problems`] to report, with its key).
@@ -51,6 +85,16 @@ mod whole {
 
     pub(super) fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
         let text = "a whole number from 1 to 100 (a percentage of the targets)";
+        bounded(d, u8::MAX.into(), text).map(|v| v as u8)
+    }
+
+    pub(super) fn budget_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = "a whole number of at least 0 (targets that may fail)";
+        bounded(d, u32::MAX.into(), text).map(|v| v as u32)
+    }
+
+    pub(super) fn budget_percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        let text = "a whole number from 0 to 100 (a percentage of the targets that may fail)";
         bounded(d, u8::MAX.into(), text).map(|v| v as u8)
     }
 
@@ -123,6 +167,10 @@ pub enum Strategy {
             skip_serializing_if = "Option::is_none"
         )]
         analysis: Option<Duration>,
+        /// How many targets may fail (be taken out of the traffic and rolled back alone) while
+        /// the others go on; none when absent: the first failure rolls back the fleet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_failed_targets: Option<TargetBudget>,
     },
     /// Prepare and activate the idle slot → healthy → optional pre-switch analysis → switch
     /// 100 % → bake with gates.
@@ -188,7 +236,22 @@ impl Strategy {
         };
         match self {
             Self::Recreate {} => {}
-            Self::Rolling { batch, analysis } => {
+            Self::Rolling {
+                batch,
+                analysis,
+                max_failed_targets,
+            } => {
+                if let Some(TargetBudget::Percent(p)) = max_failed_targets
+                    && *p > 100
+                {
+                    problems.push(ConfigProblem::new(
+                        "max_failed_targets.percent",
+                        format!(
+                            "{p} is more than 100; give a whole number from 0 to 100 (the \
+                             percentage of targets that may fail)"
+                        ),
+                    ));
+                }
                 match batch {
                     BatchSize::Count(0) => problems.push(ConfigProblem::new(
                         "batch.count",
@@ -307,6 +370,14 @@ pub struct PlanOptions {
     /// Run no migration: the release runs against the schema as it is (a rollback to a
     /// recorded release, whose code ran against it or an older one).
     pub skip_migrations: bool,
+    /// A rolling deploy of these targets only, the others left as they are (retrying the
+    /// targets a run with a failure budget gave up on); every target when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_targets: Option<Vec<TargetId>>,
+    /// The weight a rolling batch gives each of these targets back, instead of the one it has
+    /// when the plan is made (a target given up on was taken out of the traffic: weight 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_back: Option<Weights>,
 }
 
 /// One thing the engine does. Steps are idempotent: running one twice is the same as once.
@@ -735,7 +806,27 @@ impl Strategy {
         if snapshot.targets.is_empty() {
             return Err(unfit("the environment has no targets".into()));
         }
-        let ids: Vec<TargetId> = snapshot.targets.iter().map(|t| t.id.clone()).collect();
+        let mut ids: Vec<TargetId> = snapshot.targets.iter().map(|t| t.id.clone()).collect();
+        if let Some(only) = &options.only_targets {
+            if !matches!(self, Self::Rolling { .. }) {
+                return Err(unfit(format!(
+                    "only a rolling deploy can be limited to some targets ({})",
+                    join(only)
+                )));
+            }
+            let unknown: Vec<TargetId> =
+                only.iter().filter(|t| !ids.contains(t)).cloned().collect();
+            if !unknown.is_empty() {
+                return Err(unfit(format!(
+                    "the environment has no target {}",
+                    join(&unknown)
+                )));
+            }
+            ids.retain(|t| only.contains(t));
+            if ids.is_empty() {
+                return Err(unfit("no target to deploy to".into()));
+            }
+        }
 
         // Migration safety (expand/contract).
         let pending = match &snapshot.migrations {
@@ -789,7 +880,18 @@ impl Strategy {
                     steps.push(Step::MaintenanceOff);
                 }
             }
-            Self::Rolling { batch, analysis } => {
+            Self::Rolling {
+                batch,
+                analysis,
+                max_failed_targets,
+            } => {
+                if max_failed_targets.is_some() && !caps.switch {
+                    return Err(unfit(
+                        "max_failed_targets needs a traffic switch, to take a failed target \
+                         out of the traffic"
+                            .into(),
+                    ));
+                }
                 let weights = if caps.switch {
                     Some(
                         snapshot
@@ -820,9 +922,15 @@ impl Strategy {
                         version: Some(version.clone()),
                     }));
                     if let Some(w) = &weights {
-                        steps.push(Step::SetWeights {
-                            weights: w.only(chunk),
-                        });
+                        let mut back = w.only(chunk);
+                        if let Some(given) = &options.weights_back {
+                            for t in chunk {
+                                if let Some(g) = given.get(t) {
+                                    back.set(t.clone(), g);
+                                }
+                            }
+                        }
+                        steps.push(Step::SetWeights { weights: back });
                     }
                     done.extend(chunk.iter().cloned());
                     if let Some(d) = analysis {
@@ -1112,6 +1220,7 @@ mod tests {
             let s = Strategy::Rolling {
                 batch,
                 analysis: None,
+                max_failed_targets: None,
             };
             assert_eq!(paths(&s), [path]);
             let err = s
@@ -1218,6 +1327,7 @@ mod tests {
         let r = Strategy::Rolling {
             batch: BatchSize::Count(2),
             analysis: Some(Duration::from_secs(1)),
+            max_failed_targets: None,
         };
         let plan = r
             .plan("prod", &release(), &s, ALL, &PlanOptions::default())
@@ -1269,7 +1379,8 @@ mod tests {
             r,
             Strategy::Rolling {
                 batch: BatchSize::Percent(25),
-                analysis: None
+                analysis: None,
+                max_failed_targets: None,
             }
         );
         assert!(serde_json::from_str::<Strategy>(r#"{"kind":"recreate","typo":1}"#).is_err());

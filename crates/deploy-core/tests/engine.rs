@@ -11,7 +11,7 @@ use deploy_core::{
     BatchSize, CanaryStep, DeployError, Engine, Plan, PlanOptions, Release, SchemaRollback, Step,
     Strategy, VerdictKind, Version,
 };
-use deploy_core::{Outcome, Policies};
+use deploy_core::{Outcome, Policies, TargetBudget};
 use tokio_util::sync::CancellationToken;
 
 const NEW: &str = "2.0.0";
@@ -53,6 +53,7 @@ fn cases() -> Vec<Case> {
             Strategy::Rolling {
                 batch: BatchSize::Count(2),
                 analysis: Some(Duration::from_secs(60)),
+                max_failed_targets: None,
             },
             || {
                 FakeWorld::fleet(4, "1.0.0")
@@ -448,6 +449,7 @@ async fn rolling_rollback_is_fleet_wide() {
     let strategy = Strategy::Rolling {
         batch: BatchSize::Count(2),
         analysis: None,
+        max_failed_targets: None,
     };
     let before = world.state();
     let report = deploy(&engine, &strategy).await;
@@ -795,6 +797,7 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
     let strategy = Strategy::Rolling {
         batch: BatchSize::Count(1),
         analysis: None,
+        max_failed_targets: None,
     };
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
@@ -975,6 +978,7 @@ async fn a_batch_acts_on_its_targets_at_the_same_time() {
         let strategy = Strategy::Rolling {
             batch: BatchSize::Count(4),
             analysis: None,
+            max_failed_targets: None,
         };
         let t0 = tokio::time::Instant::now();
         let report = deploy(&engine, &strategy).await;
@@ -1150,6 +1154,7 @@ async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
     let strategy = Strategy::Rolling {
         batch: BatchSize::Count(4),
         analysis: None,
+        max_failed_targets: None,
     };
     let before = world.state();
     let t0 = tokio::time::Instant::now();
@@ -1168,4 +1173,97 @@ async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
     assert_eq!(after.versions, before.versions);
     assert_eq!(after.weights, before.weights);
     assert_eq!(after.running, before.running);
+}
+
+fn rolling_with_budget(batch: u32, budget: Option<TargetBudget>) -> Strategy {
+    Strategy::Rolling {
+        batch: BatchSize::Count(batch),
+        analysis: None,
+        max_failed_targets: budget,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_budget_takes_a_failed_target_out_and_carries_on() {
+    let world = FakeWorld::fleet(8, "1.0.0");
+    world.targets[5].mark_unhealthy(NEW);
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
+    assert!(report.rollback.is_none(), "{report}");
+    let given_up: Vec<_> = report
+        .failed_targets
+        .iter()
+        .map(|f| f.target.to_string())
+        .collect();
+    assert_eq!(given_up, ["web-6"], "{report}");
+    assert!(
+        report.failed_targets[0].reason.contains("web-6"),
+        "{report}"
+    );
+    // Live: web-6 runs its old release out of the traffic; every other target runs the new
+    // one with its weight back.
+    let after = world.state();
+    for (name, version) in &after.versions {
+        let want = if name == "web-6" { "1.0.0" } else { NEW };
+        assert_eq!(version.as_ref().unwrap().as_str(), want, "{name}");
+    }
+    for (t, w) in after.weights.iter() {
+        let want = if t.as_str() == "web-6" {
+            0
+        } else {
+            before.weights.get(t).unwrap()
+        };
+        assert_eq!(w, want, "{t}");
+    }
+    // The batches after web-6's went on: web-7 and web-8 were activated.
+    assert_eq!(world.target("web-8").activations().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failure_more_than_the_budget_rolls_the_whole_fleet_back() {
+    let world = FakeWorld::fleet(8, "1.0.0");
+    world.targets[1].mark_unhealthy(NEW);
+    world.targets[6].mark_unhealthy(NEW);
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    let reason = &report.rollback.as_ref().unwrap().reason;
+    assert!(
+        reason.contains("2 target(s) failed in all, more than max_failed_targets allows (1)"),
+        "{reason}"
+    );
+    // Everything is back, web-2 (given up on first) included: its weight too.
+    let after = world.state();
+    assert_eq!(after.versions, before.versions);
+    assert_eq!(after.weights, before.weights);
+    assert_eq!(after.running, before.running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentage_budget_rounds_down_and_never_covers_the_whole_fleet() {
+    assert_eq!(TargetBudget::Percent(10).of(8), 0);
+    assert_eq!(TargetBudget::Percent(25).of(8), 2);
+    assert_eq!(TargetBudget::Percent(100).of(8), 7);
+    assert_eq!(TargetBudget::Count(9).of(8), 7);
+    // 10 % of 8 targets is none: the first failure rolls back.
+    let world = FakeWorld::fleet(8, "1.0.0");
+    world.targets[0].mark_unhealthy(NEW);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &rolling_with_budget(4, Some(TargetBudget::Percent(10))),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
 }

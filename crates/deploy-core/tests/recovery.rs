@@ -41,6 +41,7 @@ fn cases() -> Vec<Case> {
             Strategy::Rolling {
                 batch: BatchSize::Count(2),
                 analysis: Some(Duration::from_secs(20)),
+                max_failed_targets: None,
             },
             || {
                 FakeWorld::fleet(4, "1.0.0")

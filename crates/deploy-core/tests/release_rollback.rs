@@ -123,6 +123,7 @@ async fn back_to_a_promoted_release_over_a_fleet_batch_by_batch_without_migratin
     let rolling = Strategy::Rolling {
         batch: deploy_core::BatchSize::Count(2),
         analysis: None,
+        max_failed_targets: None,
     };
     let cancel = CancellationToken::new();
     for version in ["2.0.0", "3.0.0"] {

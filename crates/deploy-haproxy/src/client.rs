@@ -515,11 +515,23 @@ impl RuntimeClient {
         let line = format!("set server {backend}/{server} state {state}");
         self.command(&line, Expect::Empty).await?;
         let row = self.server_stat(backend, server).await?;
-        let held = match state {
+        let mut held = match state {
             AdminState::Ready => !row.is_maint() && !row.is_drain(),
             AdminState::Drain => row.is_drain(),
             AdminState::Maint => row.is_maint(),
         };
+        if !held && row.base_status() == "DOWN" {
+            // A server failing its checks reads DOWN whatever its admin state (a drained one
+            // too): read the admin state itself.
+            let st = self.show_servers_state(Some(backend)).await?;
+            if let Some(r) = st.rows.iter().find(|r| r.server == server) {
+                held = match state {
+                    AdminState::Ready => !r.in_maint() && !r.in_drain(),
+                    AdminState::Drain => r.in_drain(),
+                    AdminState::Maint => r.in_maint(),
+                };
+            }
+        }
         if held {
             Ok(())
         } else {

@@ -180,6 +180,7 @@ async fn engine_rolling_deploy_cuts_a_held_request_past_the_drain_timeout() {
     let rolling = Strategy::Rolling {
         batch: BatchSize::Count(1),
         analysis: None,
+        max_failed_targets: None,
     };
     let v2 = Release::new(Version::new("2.0.0").unwrap());
     let started = std::time::Instant::now();

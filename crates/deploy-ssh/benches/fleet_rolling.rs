@@ -2,7 +2,7 @@
 //! wall time against the number of batches ⌈N/B⌉, and the peak RSS of this (deploying) process.
 //!
 //! Two drivers over the same `ReleaseDirTarget`s on `SshHost`s:
-//! - `engine`: `deploy_core::Engine` with `Strategy::Rolling { batch: Count(B) }` and a
+//! - `engine`: `deploy_core::Engine` with `Strategy::Rolling { batch: Count(B), max_failed_targets: None }` and a
 //!   `FakeSwitch` (the engine runs its steps one after the other);
 //! - `fleet`: `deploy_ssh::rolling_deploy` (prepares 16 targets at once, activates each batch
 //!   concurrently).
@@ -175,6 +175,7 @@ async fn main() {
                         let strategy = Strategy::Rolling {
                             batch: BatchSize::Count(u32::try_from(batch).unwrap()),
                             analysis: None,
+                            max_failed_targets: None,
                         };
                         let report = engine
                             .deploy(

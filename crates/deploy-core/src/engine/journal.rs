@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BackupId, Verdict};
+use crate::model::{BackupId, TargetId, Verdict};
 use crate::strategy::{Plan, Step};
 
 use super::report::{Outcome, VerdictRecord};
@@ -58,6 +58,17 @@ pub enum Record {
         /// A backup taken by this step.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<BackupId>,
+    },
+    /// A rolling deploy with a failure budget gives up on `target`: its failed steps `steps`
+    /// count as done, and the target is taken out of the traffic and rolled back alone (its
+    /// undo steps are journaled as `undo_finished`). Written before it acts.
+    TargetGivenUp {
+        /// The target.
+        target: TargetId,
+        /// Why (its step's failure).
+        reason: String,
+        /// Its steps that failed, by index in the plan.
+        steps: Vec<usize>,
     },
     /// The run is being undone.
     RollbackStarted {
@@ -162,6 +173,8 @@ pub struct JournalState {
     pub started: HashMap<usize, SystemTime>,
     /// The last verdict of each gate, in the order the gates first measured.
     pub last_verdicts: Vec<VerdictRecord>,
+    /// The targets the run gave up on (a failure budget), and why, in order.
+    pub given_up: Vec<(TargetId, String)>,
 }
 
 impl JournalState {
@@ -228,6 +241,7 @@ impl JournalState {
             paused: None,
             started: HashMap::new(),
             last_verdicts: Vec::new(),
+            given_up: Vec::new(),
         };
         for r in it {
             match r {
@@ -268,6 +282,20 @@ impl JournalState {
                             st.completed.insert(index);
                         }
                         Some(e) => st.failed = Some((index, e)),
+                    }
+                }
+                Record::TargetGivenUp {
+                    target,
+                    reason,
+                    steps,
+                } => {
+                    // Its failed steps are settled: the run goes on without it.
+                    if st.failed.as_ref().is_some_and(|(i, _)| steps.contains(i)) {
+                        st.failed = None;
+                    }
+                    st.completed.extend(steps);
+                    if !st.given_up.iter().any(|(t, _)| *t == target) {
+                        st.given_up.push((target, reason));
                     }
                 }
                 Record::RollbackStarted { reason } => {

@@ -10,6 +10,7 @@
 
 mod act;
 mod analysis;
+mod budget;
 mod call;
 mod control;
 mod environment;
@@ -47,8 +48,8 @@ pub use policy::{
 };
 pub use release_rollback::{ReleaseRollback, RollbackTo, SchemaDecision};
 pub use report::{
-    Event, Observer, Outcome, REPORT_SCHEMA_VERSION, Report, RollbackRecord, Severity, StepRecord,
-    UndoRecord, VerdictRecord, WeightPoint, WeightSource,
+    Event, FailedTarget, Observer, Outcome, REPORT_SCHEMA_VERSION, Report, RollbackRecord,
+    Severity, StepRecord, UndoRecord, VerdictRecord, WeightPoint, WeightSource,
 };
 pub use status::RunStatus;
 

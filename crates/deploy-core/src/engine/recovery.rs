@@ -279,6 +279,7 @@ impl Engine {
         run.undone = st.undone.clone();
         run.backup = st.backup.clone();
         run.recorded = st.inverses.iter().map(|(i, _)| *i).collect();
+        run.given_up = st.given_up.clone();
         run.schema_kept = st
             .inverses
             .iter()
@@ -325,9 +326,12 @@ impl Engine {
 /// again); a rollback when the world matches no point of the plan.
 fn reconcile(run: &mut Run<'_>, st: &JournalState, live: &Snapshot) -> (usize, Option<String>) {
     let plan = &st.plan;
+    // The plan's states with the targets the run gave up on out of the traffic, on their
+    // release from before the run.
+    let at = |k: usize| run.with_given_up(plan.expected_after(k));
     // The journal's point, up to the end of the batch that had started: its steps may or may
     // not have acted (each, independently) when the process died.
-    let journal_point = plan.expected_after(st.next_index);
+    let journal_point = at(st.next_index);
     let in_flight_end = st
         .inverses
         .iter()
@@ -335,15 +339,14 @@ fn reconcile(run: &mut Run<'_>, st: &JournalState, live: &Snapshot) -> (usize, O
         .max()
         .unwrap_or(0)
         .clamp(st.next_index, plan.steps.len());
-    let contradiction =
-        journal_point.differences_between(&plan.expected_after(in_flight_end), live);
+    let contradiction = journal_point.differences_between(&at(in_flight_end), live);
     if contradiction.is_empty() {
         return (st.next_index, None);
     }
     let said = describe(&contradiction);
     let Some(mut k) = (0..st.next_index)
         .rev()
-        .find(|k| plan.expected_after(*k).differences(live).is_empty())
+        .find(|k| at(*k).differences(live).is_empty())
     else {
         return (
             st.next_index,
@@ -355,8 +358,8 @@ fn reconcile(run: &mut Run<'_>, st: &JournalState, live: &Snapshot) -> (usize, O
             )),
         );
     };
-    let here = plan.expected_after(k);
-    while k > 0 && plan.expected_after(k - 1).differences(&here).is_empty() {
+    let here = at(k);
+    while k > 0 && at(k - 1).differences(&here).is_empty() {
         k -= 1;
     }
     run.note(format!(

@@ -17,7 +17,7 @@ use crate::model::{BackupId, Release, SchemaVersion, Version};
 use crate::state::HistoryEntry;
 use crate::strategy::{Plan, PlanOptions, Strategy};
 
-use super::report::{Outcome, Report};
+use super::report::Report;
 use super::{DeployError, Engine};
 
 /// Which recorded release to go back to.
@@ -94,7 +94,7 @@ impl Engine {
         let promoted: Vec<(usize, &HistoryEntry)> = history
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.outcome == Outcome::Promoted)
+            .filter(|(_, h)| h.outcome.is_promoted())
             .collect();
         let found = match to {
             RollbackTo::Version(v) => promoted.iter().rev().find(|(_, h)| &h.version == v),
@@ -131,10 +131,7 @@ impl Engine {
         let mut since = Vec::new();
         let mut incompatible = Vec::new();
         let mut backups = Vec::new();
-        for later in history[at + 1..]
-            .iter()
-            .filter(|h| h.outcome == Outcome::Promoted)
-        {
+        for later in history[at + 1..].iter().filter(|h| h.outcome.is_promoted()) {
             if let Some(m) = &later.before.migrations {
                 for p in &m.pending {
                     since.push(format!("{} {}", p.version.0, p.name));

@@ -16,16 +16,29 @@ use crate::strategy::{Snapshot, Step};
 pub enum Outcome {
     /// Every step completed: the new release is live.
     Promoted,
+    /// A rolling deploy with a failure budget (`max_failed_targets`) completed, but gave up on
+    /// some targets: each was taken out of the traffic (weight 0) and rolled back alone, and
+    /// [`Report::failed_targets`] names them. Every target in the traffic runs the new release.
+    PromotedWithFailures,
     /// A step, gate, timeout or cancellation failed the run and every change was undone.
     RolledBack,
     /// The run failed and undoing it failed too: the environment needs attention.
     Failed,
 }
 
+impl Outcome {
+    /// Whether the new release is what the traffic reaches: [`Promoted`](Self::Promoted), or
+    /// [`PromotedWithFailures`](Self::PromotedWithFailures).
+    pub fn is_promoted(self) -> bool {
+        matches!(self, Self::Promoted | Self::PromotedWithFailures)
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Promoted => "promoted",
+            Self::PromotedWithFailures => "promoted_with_failures",
             Self::RolledBack => "rolled_back",
             Self::Failed => "failed",
         })
@@ -139,6 +152,14 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A rolling deploy with a failure budget gave up on a target: it was taken out of the
+    /// traffic and rolled back alone, and the run goes on without it.
+    TargetGivenUp {
+        /// The target.
+        target: TargetId,
+        /// Why (its step's failure).
+        reason: String,
+    },
     /// The engine starts undoing the run.
     RollbackStarted {
         /// Why.
@@ -163,6 +184,10 @@ impl Event {
     pub fn severity(&self) -> Severity {
         match self {
             Self::RollbackStarted { .. } => Severity::Error,
+            Self::TargetGivenUp { .. } => Severity::Error,
+            Self::RunFinished {
+                outcome: Outcome::PromotedWithFailures,
+            } => Severity::Warning,
             Self::RunFinished {
                 outcome: Outcome::Promoted,
             } => Severity::Info,
@@ -272,6 +297,10 @@ impl fmt::Display for Event {
                 error,
             } => write!(f, "  retrying {operation} after attempt {attempt}: {error}"),
             Self::RollbackStarted { reason } => write!(f, "ROLLBACK: {reason}"),
+            Self::TargetGivenUp { target, reason } => write!(
+                f,
+                "GIVEN UP: {target} taken out of the traffic and rolled back alone: {reason}"
+            ),
             Self::RollbackStep { step, error: None } => write!(f, "  undo: {step}: done"),
             Self::RollbackStep {
                 step,
@@ -394,12 +423,35 @@ pub struct Report {
     pub verdicts: Vec<VerdictRecord>,
     /// The rollback, if there was one.
     pub rollback: Option<RollbackRecord>,
+    /// The targets a rolling deploy with a failure budget gave up on (taken out of the traffic
+    /// and rolled back alone), when it ended [`Outcome::PromotedWithFailures`].
+    pub failed_targets: Vec<FailedTarget>,
     /// Notes (a schema kept on rollback, a drain that timed out).
     pub notes: Vec<String>,
     /// The state of the environment before the run, as the plan read it.
     pub initial_state: Option<Snapshot>,
     /// The state of the environment at the end, when it could be read.
     pub final_state: Option<Snapshot>,
+}
+
+/// A target a run gave up on ([`Report::failed_targets`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FailedTarget {
+    /// The target.
+    pub target: TargetId,
+    /// Why: the failure of its step.
+    pub reason: String,
+}
+
+impl FailedTarget {
+    /// `target` given up on because of `reason`.
+    pub fn new(target: TargetId, reason: impl Into<String>) -> Self {
+        Self {
+            target,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Where a point of [`Report::weights_over_time`] comes from.
@@ -575,6 +627,8 @@ struct ReportOut<'a> {
     verdicts: Vec<VerdictOut<'a>>,
     weights_over_time: Vec<WeightPoint>,
     rollback: Option<&'a RollbackRecord>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    failed_targets: &'a [FailedTarget],
     notes: &'a [String],
     initial_state: Option<&'a Snapshot>,
     final_state: Option<&'a Snapshot>,
@@ -608,6 +662,8 @@ struct ReportIn {
     steps: Vec<StepRecord>,
     verdicts: Vec<VerdictRecord>,
     rollback: Option<RollbackRecord>,
+    #[serde(default)]
+    failed_targets: Vec<FailedTarget>,
     notes: Vec<String>,
     #[serde(default)]
     initial_state: Option<Snapshot>,
@@ -642,6 +698,7 @@ impl Serialize for Report {
                 .collect(),
             weights_over_time: self.weights_over_time(),
             rollback: self.rollback.as_ref(),
+            failed_targets: &self.failed_targets,
             notes: &self.notes,
             initial_state: self.initial_state.as_ref(),
             final_state: self.final_state.as_ref(),
@@ -670,6 +727,7 @@ impl<'de> Deserialize<'de> for Report {
             steps: r.steps,
             verdicts: r.verdicts,
             rollback: r.rollback,
+            failed_targets: r.failed_targets,
             notes: r.notes,
             initial_state: r.initial_state,
             final_state: r.final_state,
@@ -842,6 +900,13 @@ impl fmt::Display for Report {
                 writeln!(f, "    MISMATCH: {m}")?;
             }
         }
+        for t in &self.failed_targets {
+            writeln!(
+                f,
+                "  given up: {} (out of the traffic, rolled back alone): {}",
+                t.target, t.reason
+            )?;
+        }
         for n in &self.notes {
             writeln!(f, "  note: {n}")?;
         }
@@ -965,6 +1030,7 @@ mod tests {
                 }],
                 mismatches: vec![],
             }),
+            failed_targets: vec![],
             notes: vec![],
             initial_state: Some(snapshot(100, 0)),
             final_state: Some(snapshot(100, 0)),

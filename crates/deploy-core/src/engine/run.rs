@@ -18,7 +18,9 @@ use crate::strategy::{Plan, Snapshot, Step};
 use super::call::{Failure, contained, panic_message};
 use super::control::{self, Control};
 use super::journal::Record;
-use super::report::{Event, Outcome, Report, RollbackRecord, StepRecord, VerdictRecord};
+use super::report::{
+    Event, FailedTarget, Outcome, Report, RollbackRecord, StepRecord, VerdictRecord,
+};
 use super::{DeployError, Engine, Environment};
 use crate::state::{HistoryEntry, JournalWriter, Lease};
 
@@ -59,6 +61,8 @@ pub(super) struct Run<'e> {
     pub(super) stopped_by_undo: HashSet<TargetId>,
     /// The state read after rolling back, reused as the report's final state.
     pub(super) final_state: Option<Snapshot>,
+    /// The targets a failure budget gave up on, and why.
+    pub(super) given_up: Vec<(TargetId, String)>,
 }
 
 impl<'e> Run<'e> {
@@ -94,6 +98,7 @@ impl<'e> Run<'e> {
             schema_kept: false,
             stopped_by_undo: HashSet::new(),
             final_state: None,
+            given_up: Vec::new(),
         }
     }
 
@@ -244,7 +249,8 @@ impl<'e> Run<'e> {
             }
             let outcome = match failure {
                 _ if self.lease_is_lost() => None,
-                None => Some(Outcome::Promoted),
+                None if self.given_up.is_empty() => Some(Outcome::Promoted),
+                None => Some(Outcome::PromotedWithFailures),
                 Some(reason) => Some(self.rollback(reason).await),
             };
             let Some(outcome) = outcome.filter(|_| !self.lease_is_lost()) else {
@@ -292,7 +298,7 @@ impl<'e> Run<'e> {
     /// Before a run is called promoted: read the live state and compare it with the state the
     /// plan ends in. `Some(reason)` (a rollback) when they differ or the state cannot be read.
     async fn verify_end_state(&mut self) -> Option<String> {
-        let expected = self.plan.expected_end();
+        let expected = self.with_given_up(self.plan.expected_end());
         match self.engine.snapshot().await {
             Ok(live) => {
                 let differences = expected.differences(&live);
@@ -323,6 +329,13 @@ impl<'e> Run<'e> {
             && let Err(reason) = self.run_hooks(HookPoint::Before, None).await
         {
             return Some(format!("stopped before the first step: {reason}"));
+        }
+        // A resumed run makes sure the targets it gave up on are out and back (the process
+        // may have died while it took one out).
+        for (target, _) in self.given_up.clone() {
+            if let Err(e) = self.isolate(&target).await {
+                return Some(format!("giving {target} up failed: {e}"));
+            }
         }
         let mut index = from;
         while index < self.plan.steps.len() {
@@ -392,11 +405,17 @@ impl<'e> Run<'e> {
             return Some("the run lost its lock".to_owned());
         }
         self.current_index = start;
-        let steps: Vec<Step> = self.plan.steps[start..end].to_vec();
+        // A target given up on takes no further step; the weights and analyses leave it out.
+        let (idx, steps): (Vec<usize>, Vec<Step>) = (start..end)
+            .filter_map(|i| self.without_given_up(&self.plan.steps[i]).map(|s| (i, s)))
+            .unzip();
+        if steps.is_empty() {
+            return None;
+        }
         // 1. Each step starts and its `before` hooks run, in plan order.
         let mut begun: Vec<Begun> = Vec::new();
         for (offset, step) in steps.iter().enumerate() {
-            let index = start + offset;
+            let index = idx[offset];
             let (started_at, t0) = (SystemTime::now(), Instant::now());
             engine.emit(&Event::StepStarted {
                 index,
@@ -413,10 +432,10 @@ impl<'e> Run<'e> {
         }
         // 2. What undoes each one, read from the live state before any acts.
         let fresh: Vec<usize> = (0..steps.len())
-            .filter(|o| !self.recorded.contains(&(start + o)))
+            .filter(|&o| !self.recorded.contains(&idx[o]))
             .collect();
         let inverses: Vec<Result<Vec<Step>, Failure>> = if let [step] = steps.as_slice() {
-            let span = tracing::info_span!("step", index = start + 1, op = step.op());
+            let span = tracing::info_span!("step", index = idx[0] + 1, op = step.op());
             if fresh.is_empty() {
                 Vec::new()
             } else {
@@ -426,15 +445,14 @@ impl<'e> Run<'e> {
             let this = &*self;
             engine
                 .in_parallel(fresh.iter().map(|&o| {
-                    let span =
-                        tracing::info_span!("step", index = start + o + 1, op = steps[o].op());
+                    let span = tracing::info_span!("step", index = idx[o] + 1, op = steps[o].op());
                     this.inverse_shared(&steps[o]).instrument(span)
                 }))
                 .await
         };
         // 3. Journaled in plan order: a step acts only once its inverse is on disk.
         for (&o, inverse) in fresh.iter().zip(inverses) {
-            let index = start + o;
+            let index = idx[o];
             let inverse = match inverse {
                 Ok(inverse) => inverse,
                 Err(f) => return Some(self.not_acted(begun, o, f.error).await),
@@ -459,7 +477,7 @@ impl<'e> Run<'e> {
                 // A resumed wait starts again: `status` counts its time left from now (the
                 // replay keeps the inverse recorded first).
                 self.record_for_status(&Record::StepStarted {
-                    index: start + o,
+                    index: idx[o],
                     inverse: Vec::new(),
                     at: Some(SystemTime::now()),
                 })
@@ -475,7 +493,7 @@ impl<'e> Run<'e> {
         };
         let results: Vec<(Result<Vec<String>, Failure>, Instant)> = if let [step] = steps.as_slice()
         {
-            let span = tracing::info_span!("step", index = start + 1, op = step.op());
+            let span = tracing::info_span!("step", index = idx[0] + 1, op = step.op());
             match guard.race(self.act_forward(step).instrument(span)).await {
                 Ok(r) => vec![(r.map(|()| Vec::new()), Instant::now())],
                 Err(why) => vec![(Err(Failure::interrupted(why.error())), Instant::now())],
@@ -484,7 +502,7 @@ impl<'e> Run<'e> {
             let this = &*self;
             let acts =
                 futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
-                    let span = tracing::info_span!("step", index = start + offset + 1, op = s.op());
+                    let span = tracing::info_span!("step", index = idx[offset] + 1, op = s.op());
                     async move { (this.act_shared(s).await, Instant::now()) }.instrument(span)
                 }));
             match guard.race(acts).await {
@@ -499,19 +517,21 @@ impl<'e> Run<'e> {
             }
         };
         // 5. `after` hooks and the end of each step, in plan order.
-        let mut first_failure: Option<String> = None;
+        // Each failure: the target a failure budget may give up on (none: not tolerable), why,
+        // and its step.
+        let mut failures: Vec<(Option<TargetId>, String, usize)> = Vec::new();
         for ((step, begun), (result, ended)) in steps.iter().zip(begun).zip(results) {
             let index = begun.index;
-            let (error, why) = match result {
+            let (error, why, tolerable) = match result {
                 Ok(notes) => {
                     for n in notes {
                         self.note(n);
                     }
                     match self.run_hooks(HookPoint::After, Some(step)).await {
-                        Ok(()) => (None, None),
+                        Ok(()) => (None, None, false),
                         Err(reason) => {
                             let why = format!("step {} ({step}) done, but {reason}", index + 1);
-                            (Some(reason), Some(why))
+                            (Some(reason), Some(why), false)
                         }
                     }
                 }
@@ -521,17 +541,53 @@ impl<'e> Run<'e> {
                     } else {
                         format!("step {} ({step}) failed: {error}", index + 1)
                     };
-                    (Some(error), Some(why))
+                    let tolerable = !interrupted
+                        && matches!(
+                            step,
+                            Step::Prepare { .. }
+                                | Step::Activate { .. }
+                                | Step::AwaitHealthy { .. }
+                        );
+                    (Some(error), Some(why), tolerable)
                 }
             };
-            if first_failure.is_none() {
-                first_failure = why;
-            }
             let duration = ended.saturating_duration_since(begun.t0);
             self.finish_step(index, step, begun.started_at, duration, error.as_ref())
                 .await;
+            if let Some(why) = why {
+                failures.push((step.target().filter(|_| tolerable).cloned(), why, index));
+            }
         }
-        first_failure
+        let first = failures.first()?.1.clone();
+        // A failure budget takes failed targets out, one by one, while it lasts; any other
+        // failure, or one too many, rolls the whole run back.
+        let mut targets: Vec<(TargetId, String, Vec<usize>)> = Vec::new();
+        for (target, why, index) in failures {
+            let Some(target) = target else {
+                return Some(why);
+            };
+            match targets.iter_mut().find(|(t, _, _)| *t == target) {
+                Some((_, _, steps)) => steps.push(index),
+                None => targets.push((target, why, vec![index])),
+            }
+        }
+        let budget = self.failure_budget();
+        if self.given_up.len() + targets.len() > budget {
+            return Some(if budget == 0 {
+                first
+            } else {
+                format!(
+                    "{first} — {} target(s) failed in all, more than max_failed_targets allows ({budget})",
+                    self.given_up.len() + targets.len()
+                )
+            });
+        }
+        for (target, why, steps) in targets {
+            if let Err(e) = self.give_up(&target, &why, steps).await {
+                return Some(format!("{why}; giving {target} up failed: {e}"));
+            }
+        }
+        None
     }
 
     /// A step of a batch stopped before anything acted (its `before` hook failed, or its
@@ -646,6 +702,11 @@ impl<'e> Run<'e> {
             steps: std::mem::take(&mut self.steps),
             verdicts: std::mem::take(&mut self.verdicts),
             rollback: self.rollback_record.take(),
+            failed_targets: self
+                .given_up
+                .iter()
+                .map(|(t, why)| FailedTarget::new(t.clone(), why.clone()))
+                .collect(),
             notes: std::mem::take(&mut self.notes),
             initial_state: Some(self.plan.snapshot.clone()),
             final_state,
@@ -669,6 +730,11 @@ impl<'e> Run<'e> {
                 before: self.plan.snapshot.clone(),
                 after: report.final_state.clone(),
                 backup: self.backup.clone(),
+                failed_targets: report
+                    .failed_targets
+                    .iter()
+                    .map(|f| f.target.clone())
+                    .collect(),
             };
             if let Err(e) = store.record_history(&entry).await {
                 tracing::warn!(target: "deploy", "record the run in the history: {e}");

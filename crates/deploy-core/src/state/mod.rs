@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{
     AddressedRequest, DeployError, JournalState, LockInfo, Outcome, Record, Report,
 };
-use crate::model::{BackupId, Version};
+use crate::model::{BackupId, TargetId, Version};
 use crate::strategy::Snapshot;
 
 pub mod local;
@@ -184,6 +184,10 @@ pub struct HistoryEntry {
     /// The backup taken before migrating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupId>,
+    /// The targets the run gave up on ([`Outcome::PromotedWithFailures`]): out of the traffic,
+    /// on the release they ran before; `deploy retry` deploys to them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_targets: Vec<TargetId>,
 }
 
 /// Where the engine keeps what outlives a process; see the [module documentation](self).

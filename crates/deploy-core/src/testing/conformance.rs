@@ -600,6 +600,7 @@ pub async fn state_store(store: &dyn crate::state::StateStore, environment: &str
         before: plan.snapshot.clone(),
         after: None,
         backup: None,
+        failed_targets: Vec::new(),
     };
     store
         .record_history(&entry("run-b"))

@@ -1,0 +1,250 @@
+//! A rolling deploy's failure budget (`max_failed_targets`): a target whose own step failed is
+//! taken out of the traffic and rolled back alone while the others go on, as long as the budget
+//! lasts.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Release, TargetId, Weights};
+use crate::strategy::{PlanOptions, Snapshot, Step, Strategy};
+
+use super::journal::Record;
+use super::report::{Event, Report};
+use super::run::Run;
+use super::{DeployError, Engine, new_run_id, release_lease};
+
+impl Engine {
+    /// Deploy `release` again to the targets the newest promoted run gave up on (it ended
+    /// [`Outcome::PromotedWithFailures`]; a retry that rolled back since changed nothing), and
+    /// to them only, with `strategy` (a rolling one):
+    /// each gets back the weight it had before it was taken out of the traffic. Refused when
+    /// the newest run gave up on no target, or deployed another release.
+    pub async fn retry_failed(
+        &self,
+        strategy: &Strategy,
+        release: &Release,
+        options: &PlanOptions,
+        cancel: &CancellationToken,
+    ) -> Result<Report, DeployError> {
+        let run_id = new_run_id();
+        let lease = self.lock_for(&run_id).await?;
+        let planned = async {
+            let refused = |cause: String| DeployError::Refused {
+                operation: "retry the targets given up on",
+                environment: self.env.name.clone(),
+                cause,
+            };
+            let history = self.history().await?;
+            // The newest run that left a release in the traffic says what is given up on now (a
+            // retry that rolled back changed nothing).
+            let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
+                return Err(refused("no run promoted a release yet".to_owned()));
+            };
+            if last.failed_targets.is_empty() {
+                return Err(refused(format!(
+                    "the newest promoted run, {}, gave up on no target",
+                    last.run_id
+                )));
+            }
+            if last.version != release.version {
+                return Err(refused(format!(
+                    "the newest promoted run, {}, deployed {}, not {}: a retry deploys the same release",
+                    last.run_id, last.version, release.version
+                )));
+            }
+            // The weight each had before a run took it out (a retry that failed again took it
+            // out at weight 0 too).
+            let mut back = Weights::new();
+            for target in &last.failed_targets {
+                if let Some(w) = history.iter().rev().find_map(|h| {
+                    h.before
+                        .weights
+                        .as_ref()
+                        .and_then(|w| w.get(target))
+                        .filter(|w| *w > 0)
+                }) {
+                    back.set(target.clone(), w);
+                }
+            }
+            let mut options = options.clone();
+            options.only_targets = Some(last.failed_targets.clone());
+            options.weights_back = Some(back);
+            self.plan(strategy, release, &options).await
+        }
+        .await;
+        match planned {
+            Ok(plan) => self.start(run_id, plan, lease, cancel).await,
+            Err(e) => {
+                release_lease(lease).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Run<'_> {
+    /// How many targets this run may give up on (0 without `max_failed_targets`).
+    pub(super) fn failure_budget(&self) -> usize {
+        match &self.plan.strategy {
+            Strategy::Rolling {
+                max_failed_targets: Some(budget),
+                ..
+            } => {
+                let mut targets: Vec<&TargetId> = self
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s, Step::Activate { .. }))
+                    .filter_map(Step::target)
+                    .collect();
+                targets.sort();
+                targets.dedup();
+                budget.of(targets.len())
+            }
+            _ => 0,
+        }
+    }
+
+    fn is_given_up(&self, target: &TargetId) -> bool {
+        self.given_up.iter().any(|(t, _)| t == target)
+    }
+
+    /// `step` as it runs once targets were given up on: `None` for a step of such a target (or
+    /// weights of such targets only); weights and analyses without them.
+    pub(super) fn without_given_up(&self, step: &Step) -> Option<Step> {
+        if self.given_up.is_empty() {
+            return Some(step.clone());
+        }
+        if step.target().is_some_and(|t| self.is_given_up(t)) {
+            return None;
+        }
+        match step {
+            Step::SetWeights { weights } => {
+                let mut kept = Weights::new();
+                for (t, w) in weights.iter().filter(|(t, _)| !self.is_given_up(t)) {
+                    kept.set(t.clone(), w);
+                }
+                (!kept.0.is_empty()).then_some(Step::SetWeights { weights: kept })
+            }
+            Step::Analyze {
+                name,
+                duration,
+                canary,
+                baseline,
+            } => Some(Step::Analyze {
+                name: name.clone(),
+                duration: *duration,
+                canary: canary
+                    .iter()
+                    .filter(|t| !self.is_given_up(t))
+                    .cloned()
+                    .collect(),
+                baseline: baseline
+                    .iter()
+                    .filter(|t| !self.is_given_up(t))
+                    .cloned()
+                    .collect(),
+            }),
+            other => Some(other.clone()),
+        }
+    }
+
+    /// Give up on `target`, whose steps `steps` failed with `reason`: journaled first, then it
+    /// is taken out of the traffic and rolled back alone ([`isolate`](Self::isolate)).
+    pub(super) async fn give_up(
+        &mut self,
+        target: &TargetId,
+        reason: &str,
+        steps: Vec<usize>,
+    ) -> Result<(), String> {
+        if !self
+            .record(&Record::TargetGivenUp {
+                target: target.clone(),
+                reason: reason.to_owned(),
+                steps,
+            })
+            .await
+        {
+            return Err("the journal could not be written".to_owned());
+        }
+        self.given_up.push((target.clone(), reason.to_owned()));
+        self.engine.emit(&Event::TargetGivenUp {
+            target: target.clone(),
+            reason: reason.to_owned(),
+        });
+        self.isolate(target).await
+    }
+
+    /// Take `target` out of the traffic (weight 0), then undo what this run did to it, the last
+    /// first — every step of it but its drain, whose undo would give it traffic again (a
+    /// rollback of the whole run still does that). Idempotent: a resumed run does it again.
+    pub(super) async fn isolate(&mut self, target: &TargetId) -> Result<(), String> {
+        let out = Step::SetWeights {
+            weights: Weights::new().with(target.clone(), 0),
+        };
+        self.act(&out)
+            .await
+            .map_err(|f| format!("taking it out of the traffic: {}", f.error))?;
+        let own: Vec<(usize, Vec<Step>)> =
+            self.inverses
+                .iter()
+                .rev()
+                .filter(|(i, _)| {
+                    self.plan.steps.get(*i).is_some_and(|s| {
+                        s.target() == Some(target) && !matches!(s, Step::Drain { .. })
+                    })
+                })
+                .cloned()
+                .collect();
+        for (index, inverse) in own {
+            for (position, step) in inverse.iter().enumerate() {
+                if self.undone.contains(&(index, position)) {
+                    continue;
+                }
+                let result = self.act(step).await;
+                let error = result.err().map(|f| f.error.chain());
+                self.record(&Record::UndoFinished {
+                    index,
+                    position,
+                    error: error.clone(),
+                })
+                .await;
+                self.engine.emit(&Event::RollbackStep {
+                    step: step.clone(),
+                    error: error.clone(),
+                });
+                if let Some(e) = error {
+                    return Err(format!("rolling it back alone: {step}: {e}"));
+                }
+                self.undone.insert((index, position));
+                if let Step::Stop { target } = step {
+                    self.stopped_by_undo.insert(target.clone());
+                }
+            }
+        }
+        let back = self
+            .plan
+            .snapshot
+            .version_of(target)
+            .map_or("nothing".to_owned(), ToString::to_string);
+        self.note(format!(
+            "{target} was given up on: taken out of the traffic (weight 0) and rolled back to \
+             {back} alone"
+        ));
+        Ok(())
+    }
+
+    /// `expected` (a state the plan reaches) with the targets given up on as they are left:
+    /// on the release they ran before the run, out of the traffic.
+    pub(super) fn with_given_up(&self, mut expected: Snapshot) -> Snapshot {
+        for (target, _) in &self.given_up {
+            let before = self.plan.snapshot.version_of(target).cloned();
+            if let Some(t) = expected.targets.iter_mut().find(|t| &t.id == target) {
+                t.current = before;
+            }
+            if let Some(w) = &mut expected.weights {
+                w.set(target.clone(), 0);
+            }
+        }
+        expected
+    }
+}
