@@ -239,6 +239,12 @@ async fn a_target_answering_503_fails_after_three_answers_and_the_fleet_rolls_ba
             && reason.contains("unhealthy_threshold is 3"),
         "{reason}"
     );
+    // The reason the rollback gives (the `why:` of the command line's summary) is that one.
+    let why = &report.rollback.as_ref().expect("a rollback record").reason;
+    assert!(
+        why.contains("wait until healthy: web-2: answered unhealthy 3 times in a row"),
+        "{why}"
+    );
     // The first target went over (two healthy checks) and was put back.
     assert_eq!(checks.of("web-1").len(), 2);
     assert!(checks.of("web-3").is_empty(), "the run stopped at web-2");
