@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,11 +34,13 @@ enum Broken {
     Unhealthy,
     /// `200 {"status":"ok","version":"1.0.0"}`: the old process still answers.
     OldVersion,
+    /// 503, 503, 200, 503, 503, then 200 from then on: never three unhealthy answers in a row.
+    Flapping,
 }
 
 /// `/health` as the version `target` runs now: healthy with that version, or broken as `how`
-/// once it runs the new version.
-fn health_of(target: &FakeTarget, how: Option<Broken>) -> TestResponse {
+/// once it runs the new version (`n`: how many requests for the new version came before).
+fn health_of(target: &FakeTarget, how: Option<Broken>, n: &AtomicUsize) -> TestResponse {
     let version = target.version().map(|v| v.to_string()).unwrap_or_default();
     let json = |code, status: &str, version: &str| {
         TestResponse::json(
@@ -48,6 +51,10 @@ fn health_of(target: &FakeTarget, how: Option<Broken>) -> TestResponse {
     match how {
         Some(Broken::Unhealthy) if version == NEW => json(503, "down", &version),
         Some(Broken::OldVersion) if version == NEW => json(200, "ok", OLD),
+        Some(Broken::Flapping) if version == NEW => match n.fetch_add(1, Ordering::SeqCst) {
+            2 | 5.. => json(200, "ok", &version),
+            _ => json(503, "down", &version),
+        },
         _ => json(200, "ok", &version),
     }
 }
@@ -57,8 +64,9 @@ fn handler(
     cell: Arc<OnceLock<Arc<FakeTarget>>>,
     how: Option<Broken>,
 ) -> impl Fn(&deploy_core::testing::TestRequest) -> TestResponse + Send + Sync + 'static {
+    let n = AtomicUsize::new(0);
     move |req| match (req.path.as_str(), cell.get()) {
-        ("/health", Some(t)) => health_of(t, how),
+        ("/health", Some(t)) => health_of(t, how, &n),
         _ => TestResponse::new(404),
     }
 }
@@ -307,4 +315,17 @@ async fn refused_connections_do_not_count_toward_the_threshold() {
     assert_eq!(broken.len(), refused + 2, "then two healthy checks");
     assert_eq!(versions(&f), vec![Some(NEW.to_owned()); 4]);
     drop(late.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_healthy_answer_starts_the_unhealthy_count_again() {
+    let f = fleet(Some(Broken::Flapping), None).await;
+    let checks = Arc::new(Checks::default());
+    let report = deploy(f.env.clone(), checks.clone()).await;
+
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    let seen: Vec<bool> = checks.of(BROKEN).iter().map(|(h, _)| *h).collect();
+    // Four unhealthy answers in all, never three in a row; then two healthy in a row.
+    assert_eq!(seen, [false, false, true, false, false, true, true]);
+    assert_eq!(versions(&f), vec![Some(NEW.to_owned()); 4]);
 }
