@@ -16,6 +16,7 @@
 //!
 //! [policies.probe]
 //! deadline = "90s"
+//! unhealthy_threshold = 3
 //!
 //! [[targets]]
 //! id = "blue"
@@ -44,6 +45,15 @@
 //! requests = 300
 //! tolerance = 0.1
 //! ```
+//!
+//! `[policies.probe]` says how health is awaited after an activation: `interval` between
+//! checks (default `1s`), `timeout` of one check (`5s`), `healthy_threshold` healthy checks in
+//! a row that end the wait (2), `unhealthy_threshold` checks in a row that the target answered
+//! and said it is unhealthy (a 503) that fail it at once (3; 0 waits for the deadline only),
+//! and the `deadline` that fails it otherwise (`60s`). A check that gets no answer (connection
+//! refused while the service restarts) counts only toward the deadline, and an answer that
+//! reports another version than the one activated fails the wait at once. A threshold whose
+//! checks outlast the deadline is accepted with a warning.
 //!
 //! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
 //! `[maintenance]`, and `ssh` in a target) are kept as raw TOML here and read by the code that
@@ -810,9 +820,16 @@ impl PlanFile {
                 c.push(format!("strategy.{}", p.path), p.message);
             }
         }
+        let mut warnings = Vec::new();
         if let Some(p) = &policies {
             for p in p.problems() {
                 c.push(format!("policies.{}", p.path), p.message);
+            }
+            for w in p.warnings() {
+                warnings.push(Problem {
+                    path: format!("policies.{}", w.path),
+                    message: w.message,
+                });
             }
         }
         if let Some(env) = &environment
@@ -870,7 +887,6 @@ impl PlanFile {
                 }
             }
         }
-        let mut warnings = Vec::new();
         check_switch(&mut c, switch.as_ref(), &targets);
         if let Some(sc) = &served_check {
             for p in sc.problems() {
@@ -1770,6 +1786,50 @@ x = 1
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(err.to_string().starts_with("plan file bad.toml: "), "{err}");
+    }
+
+    #[test]
+    fn the_probe_unhealthy_threshold_is_read_defaulted_and_warned_about_past_the_deadline() {
+        // GOOD sets only the deadline: the threshold keeps its default.
+        let p = PlanFile::parse("good.toml", GOOD).unwrap();
+        assert_eq!(p.policies.probe.unhealthy_threshold, 3);
+        assert!(p.warnings.iter().all(|w| !w.path.starts_with("policies")));
+
+        let with = |keys: &str| {
+            PlanFile::parse(
+                "p.toml",
+                &GOOD.replace("[policies.probe]\n", &format!("[policies.probe]\n{keys}\n")),
+            )
+        };
+        let p = with("unhealthy_threshold = 5").unwrap();
+        assert_eq!(p.policies.probe.unhealthy_threshold, 5);
+        let p = with("unhealthy_threshold = 0").unwrap();
+        assert_eq!(p.policies.probe.unhealthy_threshold, 0);
+
+        // 10 checks 10 s apart outlast the 90 s deadline: accepted, with a warning.
+        let p = with("unhealthy_threshold = 10\ninterval = \"10s\"").unwrap();
+        let w: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.iter().any(|m| m.starts_with(
+                "policies.probe.unhealthy_threshold: 10 checks 10s apart take longer than the \
+                 deadline of 1m 30s"
+            )),
+            "{w:?}"
+        );
+
+        let e = with("unhealthy_threshold = -1").unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.path == "policies.probe.unhealthy_threshold"),
+            "{e}"
+        );
+        let e = with("unhealty_threshold = 3").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("policies.probe.unhealty_threshold: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]

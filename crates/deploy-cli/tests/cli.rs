@@ -164,7 +164,8 @@ PROMOTED: 2.0.0 to shop (rolling) in <t>, run <run>
     assert_eq!(got, want, "promoted run, as printed:\n{out}");
     assert!(w.versions().await.iter().all(|v| v.contains("2.0.0")));
 
-    // 3.0.0 never becomes healthy: rolled back after the probe's deadline.
+    // 3.0.0 answers 503: rolled back at the probe's unhealthy threshold (3 answers in a row),
+    // before its deadline.
     let plan = w.plan("3.0.0", true, "");
     let (code, out, err) = deploy(&["run", plan.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}{err}");
@@ -196,7 +197,11 @@ rolling back (why: below)
         "{out}"
     );
     assert_eq!(
-        got.matches("not healthy").count(),
+        got.matches(
+            "answered unhealthy 3 times in a row (HTTP 503, expected 200-299); the \
+                     probe's unhealthy_threshold is 3"
+        )
+        .count(),
         1,
         "the reason is printed once:\n{out}"
     );

@@ -280,11 +280,23 @@ impl FromIterator<(TargetId, u32)> for Weights {
 }
 
 /// What a health probe found.
+///
+/// An unhealthy result says whether the target *answered* ([`Health::unhealthy`]: a 503, a
+/// field that says `down`, a wrong version) or gave no answer at all
+/// ([`Health::unreachable`]: connection refused or reset, no answer within the time limit). The
+/// engine gives up on a target after a few answered unhealthy checks in a row
+/// ([`ProbePolicy::unhealthy_threshold`](crate::policy::ProbePolicy::unhealthy_threshold)), but
+/// waits for one that does not answer until the deadline: a service restarting refuses
+/// connections for a moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Health {
     /// Whether the target may take traffic.
     pub healthy: bool,
+    /// Whether the target answered (always true when healthy); false when it could not be
+    /// reached or gave no answer in time. Absent in older records, which read as answered.
+    #[serde(default = "answered_by_default")]
+    pub answered: bool,
     /// Why, in words ("HTTP 200, status ok, version 2.1.0", "connection refused").
     pub reason: String,
     /// How long the check took.
@@ -295,21 +307,40 @@ pub struct Health {
     pub version: Option<Version>,
 }
 
+fn answered_by_default() -> bool {
+    true
+}
+
 impl Health {
     /// A healthy result.
     pub fn healthy(reason: impl Into<String>, latency: Duration) -> Self {
         Self {
             healthy: true,
+            answered: true,
             reason: reason.into(),
             latency,
             version: None,
         }
     }
 
-    /// An unhealthy result.
+    /// An unhealthy result from a target that answered (a status code outside the range, a
+    /// field that says it is down, a wrong version, an answer over the latency budget).
     pub fn unhealthy(reason: impl Into<String>, latency: Duration) -> Self {
         Self {
             healthy: false,
+            answered: true,
+            reason: reason.into(),
+            latency,
+            version: None,
+        }
+    }
+
+    /// An unhealthy result from a target that gave no answer: connection refused or reset, no
+    /// answer within the time limit (a service still starting after a restart, or down).
+    pub fn unreachable(reason: impl Into<String>, latency: Duration) -> Self {
+        Self {
+            healthy: false,
+            answered: false,
             reason: reason.into(),
             latency,
             version: None,
@@ -507,6 +538,21 @@ impl fmt::Display for BackupId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_from_before_the_answered_field_reads_as_answered() {
+        let h: Health =
+            serde_json::from_str(r#"{"healthy":false,"reason":"HTTP 503","latency":"3ms"}"#)
+                .unwrap();
+        assert!(h.answered);
+        assert!(!Health::unreachable("connection refused", Duration::ZERO).answered);
+        assert!(Health::unhealthy("HTTP 503", Duration::ZERO).answered);
+        let back: Health = serde_json::from_str(
+            &serde_json::to_string(&Health::unreachable("x", Duration::ZERO)).unwrap(),
+        )
+        .unwrap();
+        assert!(!back.answered);
+    }
 
     #[test]
     fn versions_are_safe_file_names() {

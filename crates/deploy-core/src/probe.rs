@@ -19,9 +19,12 @@ pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// fields, the reported version and the latency.
 ///
 /// Redirects are not followed (a 3xx is judged by the status range like any other code) and
-/// system proxies are not used: the probe talks to the target itself. A target that cannot be
-/// reached or answers wrongly is unhealthy with the reason; the probe fails with `Err` only when
-/// it cannot run (an endpoint scheme other than `http`/`https`).
+/// system proxies are not used: the probe talks to the target itself. A target that answers
+/// wrongly (a status outside the range, a JSON field, a version, the latency budget) is
+/// [`Health::unhealthy`]; one that gives no answer (the request could not be sent, no answer
+/// within the timeout, the connection broke off while the answer was read) is
+/// [`Health::unreachable`]. The probe fails with `Err` only when it cannot run (an endpoint
+/// scheme other than `http`/`https`).
 ///
 /// ```no_run
 /// # fn demo() -> deploy_core::Result<()> {
@@ -320,7 +323,7 @@ impl HealthProbe for HttpProbe {
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
-                return Ok(Health::unhealthy(
+                return Ok(Health::unreachable(
                     describe_failure(&e, &url, self.timeout),
                     started.elapsed(),
                 ));
@@ -330,6 +333,9 @@ impl HealthProbe for HttpProbe {
         let needs_body = !self.fields.is_empty() || self.version_field.is_some();
         let mut body = Vec::new();
         let mut body_problem = None;
+        // An answer that broke off (connection reset or closed, no more bytes within the
+        // timeout) is no answer; one too large or that cannot be decoded is a wrong answer.
+        let mut body_broke_off = false;
         if needs_body {
             let (read, problem) = read_body(&mut response, MAX_BODY).await;
             body = read;
@@ -337,7 +343,10 @@ impl HealthProbe for HttpProbe {
                 BodyProblem::TooLarge => {
                     format!("answer from {url} is larger than {MAX_BODY} bytes")
                 }
-                BodyProblem::Failed(e) => describe_failure(&e, &url, self.timeout),
+                BodyProblem::Failed(e) => {
+                    body_broke_off = !e.is_decode();
+                    describe_failure(&e, &url, self.timeout)
+                }
             });
         }
         let latency = started.elapsed();
@@ -367,6 +376,9 @@ impl HealthProbe for HttpProbe {
             ));
         }
         if let Some(problem) = body_problem {
+            if body_broke_off {
+                return Ok(Health::unreachable(problem, latency));
+            }
             return unhealthy(problem);
         }
         let mut notes = vec![format!("HTTP {code}")];
@@ -431,7 +443,9 @@ impl HealthProbe for HttpProbe {
 
 /// Checks that a target's port accepts TCP connections within a timeout (default 5 s).
 ///
-/// It cannot read a version, so [`Health::version`] stays `None` and `expected_version` is not
+/// A connection that fails or is not made in time is [`Health::unreachable`]: this probe never
+/// gets an answer that says unhealthy, so only the deadline gives up on a target. It cannot
+/// read a version, so [`Health::version`] stays `None` and `expected_version` is not
 /// checked.
 #[derive(Debug, Clone)]
 pub struct TcpProbe {
@@ -476,9 +490,9 @@ impl HealthProbe for TcpProbe {
                     }
                     _ => format!("cannot connect to {authority}: {e}"),
                 };
-                Health::unhealthy(reason, latency)
+                Health::unreachable(reason, latency)
             }
-            Err(_) => Health::unhealthy(
+            Err(_) => Health::unreachable(
                 format!(
                     "no connection to {authority} within {}",
                     human_secs(self.timeout)

@@ -486,7 +486,10 @@ impl ReleaseDirTarget {
 }
 
 impl ReleaseDirTargetBuilder {
-    /// Run `argv` after switching `current` (placeholders substituted).
+    /// Run `argv` after switching `current` (placeholders substituted). It must return only
+    /// once the old process has stopped answering (`systemctl restart` does; a graceful reload
+    /// that lets old workers answer on must wait for them): an old process still answering at
+    /// the endpoint reports the old version, and the health wait fails at that answer.
     pub fn restart<I, S>(mut self, argv: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -409,7 +409,9 @@ pub enum Step {
         /// The target.
         target: TargetId,
     },
-    /// Probe a target until it is healthy (or the probe deadline passes).
+    /// Probe a target until it is healthy; it fails after the probe policy's `unhealthy_threshold`
+    /// answered unhealthy checks in a row, at an answer reporting another version, or at the
+    /// probe deadline.
     AwaitHealthy {
         /// The target.
         target: TargetId,

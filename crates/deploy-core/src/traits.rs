@@ -29,7 +29,11 @@ use crate::model::{
 /// - [`activate`](Target::activate) makes an already prepared version current and (re)starts the
 ///   service so that it serves that version; activating the current version again is allowed and
 ///   restarts nothing that need not restart. After `Ok`, [`current`](Target::current) returns
-///   that version. Activating a version that was never prepared is an error of kind `NotFound`.
+///   that version, and whatever answers at the [`endpoint`](Target::endpoint) is that version
+///   (or nothing yet, while it starts): `activate` returns only once the old process stopped
+///   answering. An old process still answering after `activate` is a broken activation — a
+///   probe that reads the version reports the old one, and the engine fails the health wait at
+///   that first answer, since it can never become healthy. Activating a version that was never prepared is an error of kind `NotFound`.
 /// - [`stop`](Target::stop) stops serving (for `Recreate`); [`start`](Target::start) starts the
 ///   current version again. Both are idempotent.
 /// - [`current`](Target::current) has no side effects; `None` means nothing was activated yet.
@@ -131,12 +135,17 @@ impl ProbeRequest {
 ///
 /// # Contract
 /// - No side effects on the target.
-/// - A target that cannot be reached or answers wrongly is `Ok(Health { healthy: false, .. })`
-///   with the reason; `Err` is for a probe that could not run at all (bad configuration).
+/// - A target that answers wrongly is [`Health::unhealthy`] (`healthy: false, answered: true`)
+///   with the reason; a target that gives no answer (connection refused or reset, nothing within
+///   the time limit) is [`Health::unreachable`] (`answered: false`). `Err` is for a probe that
+///   could not run at all (bad configuration). The difference matters: the engine gives up after
+///   a few *answered* unhealthy checks in a row (the policy's `unhealthy_threshold`), while a
+///   target that does not answer — a service restarting — is waited for until the deadline.
 /// - When `expected_version` is given and the probe can read the version, a different version is
-///   unhealthy.
-/// - The engine owns interval, timeout, consecutive-success threshold and deadline; one call is
-///   one check.
+///   unhealthy (answered), with [`Health::version`] set to the version read: the engine fails
+///   the wait at once, since that answer can never become good.
+/// - The engine owns interval, timeout, consecutive-success and consecutive-failure thresholds
+///   and deadline; one call is one check.
 #[async_trait]
 pub trait HealthProbe: fmt::Debug + Send + Sync + 'static {
     /// Check once.

@@ -608,6 +608,7 @@ async fn http_probe_503_is_unhealthy() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(h.answered, "a 503 is an answer");
     assert!(h.reason.starts_with("HTTP 503"), "{}", h.reason);
     // The version is still read from the unhealthy answer.
     assert_eq!(h.version, Some(v("2.0.0")));
@@ -633,6 +634,7 @@ async fn http_probe_wrong_field_is_unhealthy() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(h.answered);
     assert_eq!(h.reason, "field status is \"degraded\", expected \"ok\"");
 
     let probe = HttpProbe::builder()
@@ -677,6 +679,7 @@ async fn http_probe_wrong_version_is_unhealthy() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(h.answered, "a wrong version is an answer");
     assert_eq!(h.reason, "version 1.0.0, expected 2.0.0");
     assert_eq!(h.version, Some(v("1.0.0")));
     state.set_version("2.0.0");
@@ -742,6 +745,7 @@ async fn http_probe_latency_budget() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(h.answered, "a slow answer is an answer");
     assert!(h.latency >= Duration::from_millis(400), "{h:?}");
     assert!(
         h.reason.starts_with("took ") && h.reason.ends_with(", budget 100 ms"),
@@ -764,6 +768,7 @@ async fn http_probe_timeout_is_unhealthy() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(!h.answered, "no answer in time is no answer");
     assert_eq!(
         h.reason,
         format!("no answer within 200 ms from {}", server.url("/health"))
@@ -779,6 +784,7 @@ async fn http_probe_connection_refused() {
     server.stop().await;
     let h = json_probe().check(&request(endpoint, None)).await.unwrap();
     assert!(!h.healthy);
+    assert!(!h.answered, "a refused connection is no answer");
     assert_eq!(h.reason, format!("connection refused to {url}"));
     assert_eq!(h.version, None);
 }
@@ -876,6 +882,7 @@ async fn tcp_probe_healthy_and_refused() {
         .await
         .unwrap();
     assert!(!h.healthy);
+    assert!(!h.answered);
     assert_eq!(
         h.reason,
         format!("connection refused to {}", endpoint.authority())

@@ -623,8 +623,10 @@ async fn analysis_timing_follows_the_policy_on_a_paused_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn probe_deadline_fails_the_step_after_the_deadline() {
+    // A target that never answers (refuses connections) is waited for until the deadline; one
+    // that answers unhealthy fails earlier, at the unhealthy threshold (the next test).
     let world = FakeWorld::slots("1.0.0", "0.9.0");
-    world.target("green").mark_unhealthy(NEW);
+    world.target("green").mark_unreachable(NEW);
     let engine = Engine::new(world.environment("prod")).with_policies(policies());
     let strategy = Strategy::BlueGreen {
         pre_switch_analysis: None,
@@ -643,10 +645,55 @@ async fn probe_deadline_fails_the_step_after_the_deadline() {
             .as_ref()
             .unwrap()
             .message
-            .contains("not healthy within 10s (11 checks); last: HTTP 500"),
+            .contains("not healthy within 10s (11 checks); last: connection refused"),
         "{:?}",
         step.error
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn answered_unhealthy_checks_fail_the_step_at_the_threshold() {
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    world.target("green").mark_unhealthy(NEW);
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::BlueGreen {
+        pre_switch_analysis: None,
+        bake: Duration::ZERO,
+    };
+    let report = deploy(&engine, &strategy).await;
+    assert_back_where_it_was(&before, &world, "threshold", &report);
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == "await_healthy")
+        .unwrap();
+    assert_eq!(
+        step.duration,
+        Duration::from_secs(2),
+        "three checks one interval apart, not the 10 s deadline"
+    );
+    let error = step.error.as_ref().unwrap();
+    assert_eq!(
+        error.message,
+        "wait until healthy: green: answered unhealthy 3 times in a row (HTTP 500); the probe's \
+         unhealthy_threshold is 3",
+    );
+    assert!(!error.is_retryable());
+
+    // 0 turns the threshold off: the deadline decides again.
+    let world = FakeWorld::slots("1.0.0", "0.9.0");
+    world.target("green").mark_unhealthy(NEW);
+    let mut p = policies();
+    p.probe.unhealthy_threshold = 0;
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let report = deploy(&engine, &strategy).await;
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == "await_healthy")
+        .unwrap();
+    assert_eq!(step.duration, Duration::from_secs(10), "the probe deadline");
 }
 
 #[tokio::test(start_paused = true)]

@@ -219,6 +219,12 @@ impl<'e> Run<'e> {
         Ok(())
     }
 
+    /// Probe `target` until it is healthy `healthy_threshold` times in a row. Fails after
+    /// `unhealthy_threshold` answered unhealthy checks in a row, at the first answer reporting
+    /// another version than `version`, or at the deadline. A check without an answer
+    /// (connection refused, no answer in time, a probe error) counts only toward the deadline
+    /// and leaves the unhealthy count as it is: a service restarting refuses connections for a
+    /// moment, and one slow to start is waited for until the deadline.
     pub(super) async fn await_healthy(
         &self,
         target: &TargetId,
@@ -233,43 +239,75 @@ impl<'e> Run<'e> {
         let request = ProbeRequest::new(target.clone(), tg.endpoint(), version.cloned());
         let deadline = Instant::now() + p.deadline;
         let mut healthy_in_a_row = 0;
+        let mut unhealthy_in_a_row = 0;
         let mut checks = 0u32;
+        let fail = |kind: ErrorKind, message: String| {
+            Failure::from(Error::new(
+                kind,
+                "wait until healthy:",
+                target.to_string(),
+                message,
+            ))
+        };
         loop {
             checks += 1;
-            let (healthy, reason) = match with_timeout(
-                "probe",
-                target.as_str(),
-                p.timeout,
-                probe.check(&request),
-            )
-            .await
-            {
-                Ok(h) => (h.healthy, h.reason),
-                Err(e) => (false, e.chain()),
+            let health = with_timeout("probe", target.as_str(), p.timeout, probe.check(&request))
+                .await
+                .map_err(|e| e.chain());
+            let (healthy, reason) = match &health {
+                Ok(h) => (h.healthy, h.reason.clone()),
+                Err(chain) => (false, chain.clone()),
             };
             engine.emit(&Event::HealthChecked {
                 target: target.clone(),
                 healthy,
                 reason: reason.clone(),
             });
-            if healthy {
-                healthy_in_a_row += 1;
-                if healthy_in_a_row >= p.healthy_threshold.max(1) {
-                    return Ok(());
+            if let (Ok(h), Some(expected)) = (&health, version)
+                && let Some(reported) = &h.version
+                && reported != expected
+            {
+                return Err(fail(
+                    ErrorKind::Rejected,
+                    format!(
+                        "reports version {reported} where {expected} was activated: it cannot \
+                         become healthy"
+                    ),
+                ));
+            }
+            match &health {
+                Ok(h) if h.healthy => {
+                    unhealthy_in_a_row = 0;
+                    healthy_in_a_row += 1;
+                    if healthy_in_a_row >= p.healthy_threshold.max(1) {
+                        return Ok(());
+                    }
                 }
-            } else {
-                healthy_in_a_row = 0;
+                Ok(h) if h.answered => {
+                    healthy_in_a_row = 0;
+                    unhealthy_in_a_row += 1;
+                    if p.unhealthy_threshold > 0 && unhealthy_in_a_row >= p.unhealthy_threshold {
+                        return Err(fail(
+                            ErrorKind::Rejected,
+                            format!(
+                                "answered unhealthy {unhealthy_in_a_row} times in a row \
+                                 ({reason}); the probe's unhealthy_threshold is {}",
+                                p.unhealthy_threshold
+                            ),
+                        ));
+                    }
+                }
+                // No answer: only the deadline counts it.
+                _ => healthy_in_a_row = 0,
             }
             if Instant::now() + p.interval > deadline {
-                return Err(Failure::from(Error::new(
+                return Err(fail(
                     ErrorKind::Timeout,
-                    "wait until healthy:",
-                    target.to_string(),
                     format!(
                         "not healthy within {} ({checks} checks); last: {reason}",
                         humantime::format_duration(p.deadline)
                     ),
-                )));
+                ));
             }
             tokio::time::sleep(p.interval).await;
         }

@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 use crate::strategy::ConfigProblem;
 
 /// How health is awaited.
+///
+/// A wait ends healthy after [`healthy_threshold`](Self::healthy_threshold) healthy checks in a
+/// row. It fails:
+/// - after [`unhealthy_threshold`](Self::unhealthy_threshold) checks in a row that the target
+///   *answered* and said it is unhealthy (a 503, a field that says `down`): a broken release is
+///   found within that many intervals;
+/// - at the first answer that reports another version than the one activated: it can never
+///   become healthy (an activation returns only once the new release is what answers, see
+///   [`Target`](crate::traits::Target));
+/// - at the [`deadline`](Self::deadline) otherwise. Checks that get no answer at all
+///   (connection refused, no answer in time) count only toward the deadline and neither add to
+///   nor reset the unhealthy count: a service refuses connections for a moment while it
+///   restarts, and one that is slow to start is still waited for until the deadline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -23,6 +36,10 @@ pub struct ProbePolicy {
     pub timeout: Duration,
     /// Consecutive healthy checks needed.
     pub healthy_threshold: u32,
+    /// Consecutive answered unhealthy checks that fail the wait at once; 0 waits for the
+    /// deadline only. A healthy check starts the count again; a check without an answer leaves
+    /// it as it is.
+    pub unhealthy_threshold: u32,
     /// Give up (and roll back) when not healthy after this long.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
@@ -34,6 +51,7 @@ impl Default for ProbePolicy {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
             healthy_threshold: 2,
+            unhealthy_threshold: 3,
             deadline: Duration::from_secs(60),
         }
     }
@@ -362,6 +380,30 @@ impl Policies {
         );
         problems
     }
+
+    /// What in these policies is allowed but probably not meant: an unhealthy threshold that
+    /// the deadline comes before (its checks take longer than the deadline, so only the
+    /// deadline ever fails a wait). Key paths as in [`problems`](Self::problems).
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut warnings = Vec::new();
+        let p = &self.probe;
+        if p.unhealthy_threshold > 0
+            && p.interval.saturating_mul(p.unhealthy_threshold) > p.deadline
+        {
+            warnings.push(ConfigProblem::new(
+                "probe.unhealthy_threshold",
+                format!(
+                    "{} checks {} apart take longer than the deadline of {}: the deadline \
+                     always comes first, so the threshold never fails a wait; give a smaller \
+                     threshold or interval, or 0 to wait for the deadline only",
+                    p.unhealthy_threshold,
+                    humantime::format_duration(p.interval),
+                    humantime::format_duration(p.deadline)
+                ),
+            ));
+        }
+        warnings
+    }
 }
 
 /// All of the engine's policies.
@@ -481,6 +523,24 @@ mod tests {
             paths,
             ["probe.interval", "probe.deadline", "analysis.count"]
         );
+    }
+
+    #[test]
+    fn the_unhealthy_threshold_is_three_answers_by_default_and_warned_about_past_the_deadline() {
+        let mut p = Policies::default();
+        assert_eq!(p.probe.unhealthy_threshold, 3);
+        assert!(p.warnings().is_empty());
+        p.probe.interval = Duration::from_secs(30);
+        let w = p.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].path, "probe.unhealthy_threshold");
+        assert!(w[0].message.contains("deadline of 1m"), "{}", w[0].message);
+        p.probe.unhealthy_threshold = 0;
+        assert!(p.warnings().is_empty(), "0 turns the threshold off");
+        assert!(p.problems().is_empty(), "a warning, not a problem");
+        let p: Policies = serde_json::from_str(r#"{"probe":{"unhealthy_threshold":5}}"#).unwrap();
+        assert_eq!(p.probe.unhealthy_threshold, 5);
+        assert_eq!(p.probe.healthy_threshold, 2);
     }
 
     #[test]

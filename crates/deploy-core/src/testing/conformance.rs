@@ -191,8 +191,9 @@ pub async fn traffic_switch(switch: &dyn TrafficSwitch, a: &TargetId, b: &Target
 }
 
 /// Check a [`HealthProbe`]: `healthy` is healthy (and reports `expected_version` when it reads
-/// versions), `down` (an endpoint nothing answers on) is `Ok(unhealthy)` with a reason — not
-/// `Err` — and a wrong expected version is unhealthy when the probe reads versions.
+/// versions), `down` (an endpoint nothing answers on) is `Ok(unreachable)` with a reason — not
+/// `Err`, and not an answer — and a wrong expected version is an answered unhealthy result
+/// carrying the version read, when the probe reads versions.
 pub async fn health_probe(probe: &dyn HealthProbe, healthy: &ProbeRequest, down: &ProbeRequest) {
     let h = probe
         .check(healthy)
@@ -211,12 +212,19 @@ pub async fn health_probe(probe: &dyn HealthProbe, healthy: &ProbeRequest, down:
         .await
         .expect("an unreachable target is Ok(unhealthy), not Err");
     assert!(!d.healthy, "{} should be unhealthy", down.target);
+    assert!(
+        !d.answered,
+        "{} gives no answer: unreachable, not answered unhealthy ({})",
+        down.target, d.reason
+    );
     assert!(!d.reason.is_empty(), "an unhealthy result carries a reason");
     if h.version.is_some() {
         let mut wrong = healthy.clone();
         wrong.expected_version = Some(Version::new("0.0.0-not-this").expect("valid"));
         let w = probe.check(&wrong).await.expect("Ok");
         assert!(!w.healthy, "a different version than expected is unhealthy");
+        assert!(w.answered, "a wrong version is an answer");
+        assert_eq!(w.version, h.version, "the version read is reported");
     }
 }
 

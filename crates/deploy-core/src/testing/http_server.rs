@@ -140,12 +140,23 @@ impl TestHttpServer {
     where
         F: Fn(&TestRequest) -> TestResponse + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), handler).await
+    }
+
+    /// Start a server answering through `handler` on `addr` (port 0: a free one). A test that
+    /// needs a target refusing connections for a while before it answers (a service starting
+    /// after a restart) takes a free port, points the target at it, and starts the server
+    /// there later.
+    pub async fn start_at<F>(addr: SocketAddr, handler: F) -> Result<Self>
+    where
+        F: Fn(&TestRequest) -> TestResponse + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::io("bind test HTTP server", "127.0.0.1:0", e))?;
+            .map_err(|e| Error::io("bind test HTTP server", addr.to_string(), e))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::io("bind test HTTP server", "127.0.0.1:0", e))?;
+            .map_err(|e| Error::io("bind test HTTP server", addr.to_string(), e))?;
         let requests = Arc::new(AtomicU64::new(0));
         let handler: Handler = Arc::new(handler);
         let task = tokio::spawn(accept_loop(listener, handler, Arc::clone(&requests)));

@@ -14,6 +14,11 @@ use super::{Faults, finish};
 
 /// A fake [`HealthProbe`] that asks the [`FakeTarget`]s themselves whether they are healthy.
 /// Method for [`Faults`]: `check`.
+///
+/// An unknown or stopped target, or one running a version marked
+/// [unreachable](FakeTarget::mark_unreachable), gives no answer ([`Health::unreachable`]); a
+/// version marked [unhealthy](FakeTarget::mark_unhealthy) answers `HTTP 500`, and a running
+/// version other than the one expected answers with that version ([`Health::unhealthy`]).
 #[derive(Debug)]
 pub struct FakeProbe {
     targets: Vec<Arc<FakeTarget>>,
@@ -37,11 +42,13 @@ impl HealthProbe for FakeProbe {
         let after = self.faults.enter(request.target.as_str(), "check").await?;
         let zero = Duration::ZERO;
         let health = match self.targets.iter().find(|t| t.id() == &request.target) {
-            None => Health::unhealthy(format!("no such target {}", request.target), zero),
+            None => Health::unreachable(format!("no such target {}", request.target), zero),
             Some(t) => {
                 let version = t.version();
                 if !t.is_running() {
-                    Health::unhealthy("not running", zero)
+                    Health::unreachable("not running", zero)
+                } else if !t.is_reachable() {
+                    Health::unreachable("connection refused", zero)
                 } else if !t.is_healthy() {
                     Health::unhealthy("HTTP 500", zero).with_version(version)
                 } else if request.expected_version.is_some() && request.expected_version != version

@@ -27,6 +27,7 @@ pub struct FakeTarget {
     endpoint: Endpoint,
     inner: Mutex<TargetInner>,
     unhealthy: Mutex<HashSet<Version>>,
+    unreachable: Mutex<HashSet<Version>>,
     /// Scripted failures.
     pub faults: Faults,
 }
@@ -39,6 +40,7 @@ impl FakeTarget {
             endpoint: Endpoint::http("127.0.0.1", 9),
             inner: Mutex::new(TargetInner::default()),
             unhealthy: Mutex::new(HashSet::new()),
+            unreachable: Mutex::new(HashSet::new()),
             faults: Faults::new(),
         }
     }
@@ -61,9 +63,30 @@ impl FakeTarget {
         self
     }
 
-    /// Make `version` fail its health checks on this target.
+    /// Make `version` fail its health checks on this target: it answers, and says it is
+    /// unhealthy (`HTTP 500` from [`FakeProbe`](super::FakeProbe)).
     pub fn mark_unhealthy(&self, version: &str) {
         lock(&self.unhealthy).insert(Version::new(version).expect("valid version"));
+    }
+
+    /// Make `version` give no answer to health checks on this target (connection refused: a
+    /// service that never comes up); [`mark_reachable`](Self::mark_reachable) undoes it.
+    pub fn mark_unreachable(&self, version: &str) {
+        lock(&self.unreachable).insert(Version::new(version).expect("valid version"));
+    }
+
+    /// Make `version` answer health checks again.
+    pub fn mark_reachable(&self, version: &str) {
+        lock(&self.unreachable).remove(&Version::new(version).expect("valid version"));
+    }
+
+    /// Whether it answers health checks: it runs a version not marked unreachable.
+    pub fn is_reachable(&self) -> bool {
+        let g = lock(&self.inner);
+        g.running
+            && g.current
+                .as_ref()
+                .is_some_and(|v| !lock(&self.unreachable).contains(v))
     }
 
     /// The current version, without going through the trait (no faults, no counting).
