@@ -55,6 +55,12 @@
 //! reports another version than the one activated fails the wait at once. A threshold whose
 //! checks outlast the deadline is accepted with a warning.
 //!
+//! A rolling `[strategy]` may carry a failure budget, `max_failed_targets = { count = 1 }` or
+//! `{ percent = 5 }` (rounded down, never the whole fleet; it needs a `[switch]`): a target whose
+//! own step fails (prepare, activate, its health wait) is taken out of the traffic and rolled
+//! back alone while the others go on, and the run ends `promoted_with_failures` naming it
+//! (`deploy retry` deploys to it again); one failure more rolls the whole fleet back.
+//!
 //! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
 //! `[maintenance]`, and `ssh` in a target) are kept as raw TOML here and read by the code that
 //! builds the environment.

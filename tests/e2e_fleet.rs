@@ -41,7 +41,8 @@ fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_own_time() {
     let fleet = Fleet::start(&["app-3"]).await;
-    let plan = fleet.plan("", r#"deadline = "3s""#);
+    // Health waits end at the deadline only, so that a failed one clearly outlasts a good one.
+    let plan = fleet.plan("", "deadline = \"3s\"\nunhealthy_threshold = 0");
     let engine = plan.engine(&Adapters::new()).unwrap();
     fleet.install(&engine).await;
 
@@ -110,7 +111,8 @@ async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_ow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_once_fixed() {
     let fleet = Fleet::start(&["app-3"]).await;
-    let plan = fleet.plan("max_failed_targets = { count = 1 }", r#"deadline = "3s""#);
+    // The probe's defaults but its 50 ms interval: a 60 s deadline, 3 unhealthy answers fail.
+    let plan = fleet.plan("max_failed_targets = { count = 1 }", "");
     let engine = plan.engine(&Adapters::new()).unwrap();
     fleet.install(&engine).await;
 
@@ -120,6 +122,13 @@ async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_
     assert!(report.rollback.is_none(), "{report}");
     assert_eq!(report.failed_targets.len(), 1, "{report}");
     assert_eq!(report.failed_targets[0].target.as_str(), "app-3");
+    // Found by its answers, not the deadline: three 503s in a row.
+    assert!(
+        report.failed_targets[0]
+            .reason
+            .contains("answered unhealthy 3 times in a row"),
+        "{report}"
+    );
     // Live: app-3 back on 1.0.0 and out of the traffic; the others on 2.0.0, in it — also
     // once haproxy's own checks have settled.
     assert_eq!(fleet.versions().await, ["2.0.0", "2.0.0", "1.0.0", "2.0.0"]);

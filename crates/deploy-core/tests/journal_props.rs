@@ -142,3 +142,45 @@ fn unknown_record_kinds_are_skipped_and_old_journals_still_read() {
     assert!(st.started.is_empty(), "no time in an old step_started");
     assert!(st.last_verdicts.is_empty());
 }
+
+/// A target given up on settles its failed step: the run stays resumable, goes on past it, and
+/// remembers the target; without the `target_given_up` record (the process died before writing
+/// it) the failed step makes the run one to roll back.
+#[test]
+fn a_target_given_up_on_settles_its_failed_step() {
+    let started = Record::Started {
+        run_id: "r".into(),
+        plan: Box::new(plan()),
+        at: SystemTime::UNIX_EPOCH,
+        pid: 1,
+        host: "h".into(),
+    };
+    let failed = [
+        started,
+        Record::StepStarted {
+            index: 0,
+            inverse: Vec::new(),
+            at: None,
+        },
+        Record::StepFinished {
+            index: 0,
+            error: Some("wait until healthy: green: answered unhealthy 3 times".into()),
+            backup: None,
+        },
+    ];
+    let st = JournalState::replay(failed.clone()).unwrap();
+    assert!(!st.resumable());
+    assert_eq!(st.next_index, 0);
+
+    let mut given_up = failed.to_vec();
+    given_up.push(Record::TargetGivenUp {
+        target: TargetId::new("green").unwrap(),
+        reason: "answered unhealthy 3 times".into(),
+        steps: vec![0],
+    });
+    let st = JournalState::replay(given_up).unwrap();
+    assert!(st.resumable(), "{st:?}");
+    assert_eq!(st.next_index, 1);
+    assert_eq!(st.given_up.len(), 1);
+    assert_eq!(st.given_up[0].0.as_str(), "green");
+}
