@@ -1210,11 +1210,11 @@ async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
     let (Some(rollback), Some(end)) = *clock.0.lock().unwrap() else {
         panic!("no rollback in {report}")
     };
-    // Forward: two batches of one-second activations, the second one's wait ends at the 10 s
-    // deadline (its last check at 10 s). Undo: per batch, the four re-activations together
-    // (1 s), then their health waits together (healthy at the first check) — 2 s in all, where
-    // one undo at a time took 8 s.
-    assert_eq!(rollback - t0, Duration::from_secs(12), "{report}");
+    // Forward: two batches of one-second activations, the second one's wait ends at its third
+    // unhealthy answer (2 s). Undo: per batch, the four re-activations together (1 s), then
+    // their health waits together (healthy at the first check) — 2 s in all, where one undo at
+    // a time took 8 s.
+    assert_eq!(rollback - t0, Duration::from_secs(4), "{report}");
     assert_eq!(end - rollback, Duration::from_secs(2), "{report}");
     let after = world.state();
     assert_eq!(after.versions, before.versions);
@@ -1313,4 +1313,49 @@ async fn a_percentage_budget_rounds_down_and_never_covers_the_whole_fleet() {
     )
     .await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_given_up_before_its_drain_gets_its_weight_back_when_the_fleet_rolls_back() {
+    // web-2 fails to unpack the release (given up on: out of the traffic before any drain),
+    // then web-7 fails its health: one failure more than the budget.
+    let world = FakeWorld::fleet(8, "1.0.0");
+    world.targets[1].faults.fail_on("prepare", 1);
+    world.targets[6].mark_unhealthy(NEW);
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    assert!(report.failed_targets.is_empty(), "{report}");
+    let after = world.state();
+    assert_eq!(after.versions, before.versions);
+    assert_eq!(after.weights, before.weights, "web-2's weight is back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_given_up_before_its_drain_is_skipped_and_out_of_the_traffic() {
+    let world = FakeWorld::fleet(4, "1.0.0");
+    world.targets[1].faults.fail_on("prepare", 1);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
+    assert!(
+        !report
+            .steps
+            .iter()
+            .any(|s| s.step.op() == "activate" && s.step.target().unwrap().as_str() == "web-2"),
+        "{report}"
+    );
+    let after = world.state();
+    assert_eq!(after.versions["web-2"].as_ref().unwrap().as_str(), "1.0.0");
+    assert_eq!(after.weights.get(&"web-2".parse().unwrap()), Some(0));
+    assert!(world.target("web-2").activations().is_empty());
 }

@@ -180,7 +180,10 @@ fn a_target_given_up_on_settles_its_failed_step() {
     });
     let st = JournalState::replay(given_up).unwrap();
     assert!(st.resumable(), "{st:?}");
-    assert_eq!(st.next_index, 1);
+    // Its failed step and its steps after it (activate, await healthy) are settled: a resumed
+    // run skips them, and `status` does not show one as the step in progress.
+    assert!((0..3).all(|i| st.completed.contains(&i)), "{st:?}");
+    assert_eq!(st.next_index, 3);
     assert_eq!(st.given_up.len(), 1);
     assert_eq!(st.given_up[0].0.as_str(), "green");
 }

@@ -191,6 +191,7 @@ fn rolling() -> Strategy {
     Strategy::Rolling {
         batch: BatchSize::Count(1),
         analysis: None,
+        max_failed_targets: None,
     }
 }
 

@@ -409,7 +409,30 @@ impl TrafficSwitch for HaproxySwitch {
 
     async fn weights(&self) -> Result<Weights> {
         let rows = self.status().await?;
-        self.weights_of(&rows)
+        let mut weights = self.weights_of(&rows)?;
+        // `show stat` reads DOWN for a server its checks fail, whatever its admin state: one
+        // drained (or in maint) takes no traffic once its checks pass either, so it weighs 0.
+        let down: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.proxy == self.backend() && r.base_status() == "DOWN")
+            .map(|r| r.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            let st = self.client.show_servers_state(Some(self.backend())).await?;
+            let out: Vec<&str> = st
+                .rows
+                .iter()
+                .filter(|r| down.contains(&r.server.as_str()) && (r.in_drain() || r.in_maint()))
+                .map(|r| r.server.as_str())
+                .collect();
+            let targets: Vec<TargetId> = weights.iter().map(|(t, _)| t.clone()).collect();
+            for t in targets {
+                if out.contains(&self.server_name(&t)?) {
+                    weights.set(t, 0);
+                }
+            }
+        }
+        Ok(weights)
     }
 
     async fn set_weights(&self, weights: &Weights) -> Result<()> {

@@ -120,7 +120,7 @@ impl<'e> Run<'e> {
             | Step::Start { .. }
             | Step::AwaitHealthy { .. }
             | Step::Drain { .. } => {
-                for note in self.act_shared(step).await? {
+                for note in self.act_shared(step, self.undoing).await? {
                     self.note(note);
                 }
             }
@@ -225,10 +225,16 @@ impl<'e> Run<'e> {
     /// (connection refused, no answer in time, a probe error) counts only toward the deadline
     /// and leaves the unhealthy count as it is: a service restarting refuses connections for a
     /// moment, and one slow to start is waited for until the deadline.
+    /// Wait until `target` is healthy (on `version`). On the forward path (`undo` false) a
+    /// target answering unhealthy `unhealthy_threshold` times in a row, or reporting another
+    /// version, fails at once; an undo waits for the deadline only: it puts back a release
+    /// that ran before, which may answer 503 while it warms up, and giving up early would
+    /// leave the environment half undone.
     pub(super) async fn await_healthy(
         &self,
         target: &TargetId,
         version: Option<&Version>,
+        undo: bool,
     ) -> Result<(), Failure> {
         let engine = self.engine;
         let Some(probe) = &self.env().probe else {
@@ -263,7 +269,7 @@ impl<'e> Run<'e> {
                 healthy,
                 reason: reason.clone(),
             });
-            if let (Ok(h), Some(expected)) = (&health, version)
+            if let (false, Ok(h), Some(expected)) = (undo, &health, version)
                 && let Some(reported) = &h.version
                 && reported != expected
             {
@@ -286,7 +292,10 @@ impl<'e> Run<'e> {
                 Ok(h) if h.answered => {
                     healthy_in_a_row = 0;
                     unhealthy_in_a_row += 1;
-                    if p.unhealthy_threshold > 0 && unhealthy_in_a_row >= p.unhealthy_threshold {
+                    if !undo
+                        && p.unhealthy_threshold > 0
+                        && unhealthy_in_a_row >= p.unhealthy_threshold
+                    {
                         return Err(fail(
                             ErrorKind::Rejected,
                             format!(
@@ -375,7 +384,7 @@ impl<'e> Run<'e> {
 
     /// Do a step that touches one target only; needs no `&mut self`, so the steps of one batch
     /// run concurrently. Returns notes for the report.
-    pub(super) async fn act_shared(&self, step: &Step) -> Result<Vec<String>, Failure> {
+    pub(super) async fn act_shared(&self, step: &Step, undo: bool) -> Result<Vec<String>, Failure> {
         let engine = self.engine;
         let env = self.env();
         let t = engine.policies.timeouts.call;
@@ -421,7 +430,7 @@ impl<'e> Run<'e> {
                     .await?;
             }
             Step::AwaitHealthy { target, version } => {
-                self.await_healthy(target, version.as_ref()).await?
+                self.await_healthy(target, version.as_ref(), undo).await?
             }
             Step::Drain { target } => return self.drain(target).await,
             other => {

@@ -51,20 +51,7 @@ impl Engine {
                     last.run_id, last.version, release.version
                 )));
             }
-            // The weight each had before a run took it out (a retry that failed again took it
-            // out at weight 0 too).
-            let mut back = Weights::new();
-            for target in &last.failed_targets {
-                if let Some(w) = history.iter().rev().find_map(|h| {
-                    h.before
-                        .weights
-                        .as_ref()
-                        .and_then(|w| w.get(target))
-                        .filter(|w| *w > 0)
-                }) {
-                    back.set(target.clone(), w);
-                }
-            }
+            let back = weights_before_given_up(&history, &last.failed_targets);
             let mut options = options.clone();
             options.only_targets = Some(last.failed_targets.clone());
             options.weights_back = Some(back);
@@ -104,26 +91,23 @@ impl Run<'_> {
         }
     }
 
-    fn is_given_up(&self, target: &TargetId) -> bool {
-        self.given_up.iter().any(|(t, _)| t == target)
-    }
-
-    /// `step` as it runs once targets were given up on: `None` for a step of such a target (or
-    /// weights of such targets only); weights and analyses without them.
+    /// `step` as it runs once targets were given up on: `None` when it is skipped
+    /// ([`skipped_without`]); weights and analyses without them.
     pub(super) fn without_given_up(&self, step: &Step) -> Option<Step> {
         if self.given_up.is_empty() {
             return Some(step.clone());
         }
-        if step.target().is_some_and(|t| self.is_given_up(t)) {
+        let gone: Vec<TargetId> = self.given_up.iter().map(|(t, _)| t.clone()).collect();
+        if skipped_without(step, &gone) {
             return None;
         }
         match step {
             Step::SetWeights { weights } => {
                 let mut kept = Weights::new();
-                for (t, w) in weights.iter().filter(|(t, _)| !self.is_given_up(t)) {
+                for (t, w) in weights.iter().filter(|(t, _)| !gone.contains(t)) {
                     kept.set(t.clone(), w);
                 }
-                (!kept.0.is_empty()).then_some(Step::SetWeights { weights: kept })
+                Some(Step::SetWeights { weights: kept })
             }
             Step::Analyze {
                 name,
@@ -135,12 +119,12 @@ impl Run<'_> {
                 duration: *duration,
                 canary: canary
                     .iter()
-                    .filter(|t| !self.is_given_up(t))
+                    .filter(|t| !gone.contains(t))
                     .cloned()
                     .collect(),
                 baseline: baseline
                     .iter()
-                    .filter(|t| !self.is_given_up(t))
+                    .filter(|t| !gone.contains(t))
                     .cloned()
                     .collect(),
             }),
@@ -197,10 +181,15 @@ impl Run<'_> {
                 .collect();
         for (index, inverse) in own {
             for (position, step) in inverse.iter().enumerate() {
+                if self.lease_is_lost() {
+                    return Err("the run lost its lock".to_owned());
+                }
                 if self.undone.contains(&(index, position)) {
                     continue;
                 }
+                self.undoing = true;
                 let result = self.act(step).await;
+                self.undoing = false;
                 let error = result.err().map(|f| f.error.chain());
                 self.record(&Record::UndoFinished {
                     index,
@@ -234,10 +223,16 @@ impl Run<'_> {
     }
 
     /// `expected` (a state the plan reaches) with the targets given up on as they are left:
-    /// on the release they ran before the run, out of the traffic.
-    pub(super) fn with_given_up(&self, mut expected: Snapshot) -> Snapshot {
+    /// on the release they ran before the run, out of the traffic. A target that ran nothing
+    /// before was stopped instead, and keeps the version `live` reads (a release directory
+    /// keeps its `current` link; nothing serves it).
+    pub(super) fn with_given_up(&self, mut expected: Snapshot, live: &Snapshot) -> Snapshot {
         for (target, _) in &self.given_up {
-            let before = self.plan.snapshot.version_of(target).cloned();
+            let before = match self.plan.snapshot.version_of(target) {
+                None if self.stopped_by_undo.contains(target) => live.version_of(target),
+                v => v,
+            }
+            .cloned();
             if let Some(t) = expected.targets.iter_mut().find(|t| &t.id == target) {
                 t.current = before;
             }
@@ -247,4 +242,52 @@ impl Run<'_> {
         }
         expected
     }
+}
+
+/// Whether `step` is skipped once the targets `gone` were given up on: a step of one of them,
+/// weights of them only, an analysis whose canaries are all among them (it would judge no
+/// target). The journal's replay counts such steps as done.
+pub(crate) fn skipped_without(step: &Step, gone: &[TargetId]) -> bool {
+    let out = |t: &TargetId| gone.contains(t);
+    match step {
+        Step::SetWeights { weights } => {
+            !weights.0.is_empty() && weights.iter().all(|(t, _)| out(t))
+        }
+        Step::Analyze { canary, .. } => !canary.is_empty() && canary.iter().all(out),
+        other => other.target().is_some_and(out),
+    }
+}
+
+/// `snapshot` without the targets `gone` (their versions and weights): what recovery compares
+/// while a target given up on may still be on its way out.
+pub(crate) fn without_targets(mut snapshot: Snapshot, gone: &[TargetId]) -> Snapshot {
+    snapshot.targets.retain(|t| !gone.contains(&t.id));
+    if let Some(w) = &mut snapshot.weights {
+        for t in gone {
+            w.0.remove(t);
+        }
+    }
+    snapshot
+}
+
+/// The weight each of `targets` had before a run took it out of the traffic: the newest run
+/// whose state before it shows the target with a weight above 0 (a retry that failed again took
+/// it out at weight 0 too).
+pub(crate) fn weights_before_given_up(
+    history: &[crate::state::HistoryEntry],
+    targets: &[TargetId],
+) -> Weights {
+    let mut back = Weights::new();
+    for target in targets {
+        if let Some(w) = history.iter().rev().find_map(|h| {
+            h.before
+                .weights
+                .as_ref()
+                .and_then(|w| w.get(target))
+                .filter(|w| *w > 0)
+        }) {
+            back.set(target.clone(), w);
+        }
+    }
+    back
 }

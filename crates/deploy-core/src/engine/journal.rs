@@ -317,6 +317,13 @@ impl JournalState {
                 Record::Unknown => {}
             }
         }
+        // The steps skipped once targets were given up on count as done.
+        let gone: Vec<TargetId> = st.given_up.iter().map(|(t, _)| t.clone()).collect();
+        for (i, step) in st.plan.steps.iter().enumerate() {
+            if !gone.is_empty() && super::budget::skipped_without(step, &gone) {
+                st.completed.insert(i);
+            }
+        }
         st.next_index = (0..st.plan.steps.len())
             .find(|i| !st.completed.contains(i))
             .unwrap_or(st.plan.steps.len());

@@ -253,7 +253,42 @@ impl Engine {
     ) -> Result<Plan, DeployError> {
         self.check_switch().await?;
         let snapshot = self.snapshot().await?;
-        self.plan_from(strategy, release, &snapshot, options)
+        let options = self.back_in_traffic(strategy, &snapshot, options).await;
+        self.plan_from(strategy, release, &snapshot, &options)
+    }
+
+    /// `options` for a rolling deploy that also gives the targets the newest promoted run gave
+    /// up on (out of the traffic at weight 0 since) the weight they had before: deploying the
+    /// next release to them would otherwise give them 0 back and keep them out for good.
+    async fn back_in_traffic(
+        &self,
+        strategy: &Strategy,
+        snapshot: &Snapshot,
+        options: &PlanOptions,
+    ) -> PlanOptions {
+        let mut options = options.clone();
+        if !matches!(strategy, Strategy::Rolling { .. }) || options.weights_back.is_some() {
+            return options;
+        }
+        let Some(store) = &self.store else {
+            return options;
+        };
+        let Ok(history) = store.history(&self.env.name).await else {
+            return options;
+        };
+        let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
+            return options;
+        };
+        let out: Vec<crate::model::TargetId> = last
+            .failed_targets
+            .iter()
+            .filter(|t| snapshot.weights.as_ref().and_then(|w| w.get(t)) == Some(0))
+            .cloned()
+            .collect();
+        if !out.is_empty() {
+            options.weights_back = Some(budget::weights_before_given_up(&history, &out));
+        }
+        options
     }
 
     /// The switch's own check ([`TrafficSwitch::check`](crate::TrafficSwitch::check)): the

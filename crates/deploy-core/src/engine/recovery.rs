@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::difference::describe;
 use crate::strategy::{Snapshot, Step};
 
+use super::budget::without_targets;
 use super::control::{AddressedRequest, ControlRequest};
 use super::journal::JournalState;
 use super::lock::LockInfo;
@@ -326,9 +327,12 @@ impl Engine {
 /// again); a rollback when the world matches no point of the plan.
 fn reconcile(run: &mut Run<'_>, st: &JournalState, live: &Snapshot) -> (usize, Option<String>) {
     let plan = &st.plan;
-    // The plan's states with the targets the run gave up on out of the traffic, on their
-    // release from before the run.
-    let at = |k: usize| run.with_given_up(plan.expected_after(k));
+    // The plan's states and the live one without the targets the run gave up on: one may still
+    // be on its way out (the process died while taking it out), and resuming takes it out
+    // again whatever it is.
+    let gone: Vec<_> = run.given_up.iter().map(|(t, _)| t.clone()).collect();
+    let at = |k: usize| without_targets(plan.expected_after(k), &gone);
+    let live = &without_targets(live.clone(), &gone);
     // The journal's point, up to the end of the batch that had started: its steps may or may
     // not have acted (each, independently) when the process died.
     let journal_point = at(st.next_index);

@@ -29,7 +29,15 @@ impl Run<'_> {
         let mut failed = false;
         let inverses = self.inverses.clone();
         let limit = self.engine.policies.parallelism.max(1);
-        for group in undo_groups(&inverses, limit) {
+        // The batch each step of the plan was done in: a group never spans two.
+        let mut batch_of = vec![0; self.plan.steps.len()];
+        let mut i = 0;
+        while i < batch_of.len() {
+            let end = self.batch_end(i).max(i + 1);
+            batch_of[i..end].fill(i);
+            i = end;
+        }
+        for group in undo_groups(&inverses, limit, &batch_of) {
             // A group's undo steps act together, position by position, as its batch did:
             // every "activate the old version", then every health wait.
             let depth = group.iter().map(|(_, inv)| inv.len()).max().unwrap_or(0);
@@ -98,6 +106,36 @@ impl Run<'_> {
                 }
             }
         }
+        // A target given up on was taken out of the traffic by a weight change no inverse
+        // records (one given up before its drain has no drain to undo): its weight goes back.
+        let weights_before = self.plan.snapshot.weights.clone().unwrap_or_default();
+        for (target, _) in self.given_up.clone() {
+            let Some(w) = weights_before.get(&target) else {
+                continue;
+            };
+            if self.lease_is_lost() {
+                return Outcome::Failed;
+            }
+            let step = Step::SetWeights {
+                weights: crate::model::Weights::new().with(target, w),
+            };
+            let (started_at, t0) = (SystemTime::now(), Instant::now());
+            self.undoing = true;
+            let result = self.act(&step).await;
+            self.undoing = false;
+            let error = result.err().map(|f| f.error);
+            failed |= error.is_some();
+            self.engine.emit(&Event::RollbackStep {
+                step: step.clone(),
+                error: error.as_ref().map(crate::error::Error::chain),
+            });
+            undo_log.push(UndoRecord {
+                step,
+                started_at,
+                duration: t0.elapsed(),
+                error: error.as_ref().map(crate::error::Error::record),
+            });
+        }
         // Compare with the state before the run.
         let mismatches = match self.engine.snapshot().await {
             Ok(now) => {
@@ -140,7 +178,7 @@ impl Run<'_> {
             let span = tracing::info_span!("undo", index = index + 1, op = step.op());
             async move {
                 let (started_at, t0) = (SystemTime::now(), Instant::now());
-                let result = this.act_shared(step).await;
+                let result = this.act_shared(step, true).await;
                 (result, started_at, t0.elapsed())
             }
             .instrument(span)
@@ -204,11 +242,17 @@ impl Run<'_> {
 
 /// The recorded inverses in the order they are undone (the last step's first), grouped: an
 /// entry whose undo touches one target only (activate the old version and wait for it, start,
-/// stop) joins the group before it when that group is of such entries on other targets and has
-/// fewer than `limit`; any other entry (weights, the schema, the maintenance page) is a group
-/// of its own. Entries with nothing to undo are left out. So a rolling batch's activations are
-/// undone together, as they were done, and everything else keeps its order.
-fn undo_groups(inverses: &[(usize, Vec<Step>)], limit: usize) -> Vec<Vec<(usize, Vec<Step>)>> {
+/// stop) joins the group before it when that group is of such entries on other targets, of the
+/// same forward batch (`batch_of[index]`), and has fewer than `limit`; any other entry
+/// (weights, the schema, the maintenance page) is a group of its own. Entries with nothing to
+/// undo are left out. So a rolling batch's activations are undone together, as they were done —
+/// never two batches at once, even with nothing between them to undo — and everything else
+/// keeps its order.
+fn undo_groups(
+    inverses: &[(usize, Vec<Step>)],
+    limit: usize,
+    batch_of: &[usize],
+) -> Vec<Vec<(usize, Vec<Step>)>> {
     fn one_target(inverse: &[Step]) -> Option<&crate::model::TargetId> {
         let first = inverse.first()?.target()?;
         inverse
@@ -234,9 +278,13 @@ fn undo_groups(inverses: &[(usize, Vec<Step>)], limit: usize) -> Vec<Vec<(usize,
         let entry = (*index, inverse.clone());
         match one_target(inverse) {
             Some(target) => {
+                let batch = |i: usize| batch_of.get(i).copied().unwrap_or(i);
                 let joins = open
                     && !targets.contains(target)
-                    && groups.last().is_some_and(|g| g.len() < limit);
+                    && groups.last().is_some_and(|g| {
+                        g.len() < limit
+                            && g.first().is_some_and(|(j, _)| batch(*j) == batch(*index))
+                    });
                 if !joins {
                     groups.push(Vec::new());
                     targets.clear();
@@ -301,8 +349,9 @@ mod tests {
             (5, Vec::new()),
             (6, weights("a")),
         ];
+        let batches = [0, 0, 2, 2, 4, 4, 6];
         assert_eq!(
-            shape(&undo_groups(&inverses, 16)),
+            shape(&undo_groups(&inverses, 16, &batches)),
             vec![vec![6], vec![3, 2], vec![1], vec![0]]
         );
     }
@@ -318,7 +367,7 @@ mod tests {
             (3, activate("b")),
         ];
         assert_eq!(
-            shape(&undo_groups(&inverses, 16)),
+            shape(&undo_groups(&inverses, 16, &[0, 0, 2, 2])),
             vec![vec![3, 2], vec![1, 0]]
         );
         let many: Vec<_> = ["a", "b", "c"]
@@ -326,6 +375,27 @@ mod tests {
             .enumerate()
             .map(|(i, t)| (i, activate(t)))
             .collect();
-        assert_eq!(shape(&undo_groups(&many, 2)), vec![vec![2, 1], vec![0]]);
+        assert_eq!(
+            shape(&undo_groups(&many, 2, &[0, 0, 0])),
+            vec![vec![2, 1], vec![0]]
+        );
+    }
+
+    #[test]
+    fn two_batches_are_never_undone_at_once() {
+        // Rolling one target at a time without a switch: activate a, await a, activate b, …
+        // Nothing between two activations has an undo, yet each is its own batch.
+        let inverses = vec![
+            (0, activate("a")),
+            (1, Vec::new()),
+            (2, activate("b")),
+            (3, Vec::new()),
+            (4, activate("c")),
+            (5, Vec::new()),
+        ];
+        assert_eq!(
+            shape(&undo_groups(&inverses, 16, &[0, 1, 2, 3, 4, 5])),
+            vec![vec![4], vec![2], vec![0]]
+        );
     }
 }

@@ -298,9 +298,9 @@ impl<'e> Run<'e> {
     /// Before a run is called promoted: read the live state and compare it with the state the
     /// plan ends in. `Some(reason)` (a rollback) when they differ or the state cannot be read.
     async fn verify_end_state(&mut self) -> Option<String> {
-        let expected = self.with_given_up(self.plan.expected_end());
         match self.engine.snapshot().await {
             Ok(live) => {
+                let expected = self.with_given_up(self.plan.expected_end(), &live);
                 let differences = expected.differences(&live);
                 self.final_state = Some(live);
                 if differences.is_empty() {
@@ -423,6 +423,7 @@ impl<'e> Run<'e> {
             });
             begun.push(Begun {
                 index,
+                step: step.clone(),
                 started_at,
                 t0,
             });
@@ -503,7 +504,8 @@ impl<'e> Run<'e> {
             let acts =
                 futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
                     let span = tracing::info_span!("step", index = idx[offset] + 1, op = s.op());
-                    async move { (this.act_shared(s).await, Instant::now()) }.instrument(span)
+                    async move { (this.act_shared(s, false).await, Instant::now()) }
+                        .instrument(span)
                 }));
             match guard.race(acts).await {
                 Ok(r) => r,
@@ -594,10 +596,10 @@ impl<'e> Run<'e> {
     /// inverse could not be read or journaled): it is finished with `reason`, every other step
     /// of the batch that had started is finished as not run, and the run rolls back.
     async fn not_acted(&mut self, begun: Vec<Begun>, failed: usize, reason: Error) -> String {
-        let step = self.plan.steps[begun[failed].index].clone();
+        let step = begun[failed].step.clone();
         let index = begun[failed].index;
         for (o, b) in begun.into_iter().enumerate() {
-            let s = self.plan.steps[b.index].clone();
+            let s = b.step.clone();
             let duration = b.t0.elapsed();
             if o == failed {
                 self.finish_step(b.index, &s, b.started_at, duration, Some(&reason))
@@ -702,11 +704,14 @@ impl<'e> Run<'e> {
             steps: std::mem::take(&mut self.steps),
             verdicts: std::mem::take(&mut self.verdicts),
             rollback: self.rollback_record.take(),
-            failed_targets: self
-                .given_up
-                .iter()
-                .map(|(t, why)| FailedTarget::new(t.clone(), why.clone()))
-                .collect(),
+            failed_targets: if outcome == Outcome::PromotedWithFailures {
+                self.given_up
+                    .iter()
+                    .map(|(t, why)| FailedTarget::new(t.clone(), why.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             notes: std::mem::take(&mut self.notes),
             initial_state: Some(self.plan.snapshot.clone()),
             final_state,
@@ -767,6 +772,8 @@ impl<'e> Run<'e> {
 /// A step of a batch that has started: its place in the plan and when it started.
 pub(super) struct Begun {
     index: usize,
+    /// The step as it runs (without the targets given up on).
+    step: Step,
     started_at: SystemTime,
     t0: Instant,
 }
