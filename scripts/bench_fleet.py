@@ -54,7 +54,13 @@ FULL_WEIGHT = 100
 RSS_WRAPPER = r"""
 import json, resource, subprocess, sys, time
 t, epoch = time.monotonic(), time.time()
-rc = subprocess.call(sys.argv[2:])
+p = subprocess.Popen(sys.argv[2:])
+while True:
+    try:
+        rc = p.wait()
+        break
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reached the tool too: let it stop (a deploy rolls back) and wait for it.
 wall = time.monotonic() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(sys.argv[1], "w") as f:
@@ -114,8 +120,10 @@ class Processes:
 
     def start(self, name: str, argv: list[str], logfile: Path, **kw) -> subprocess.Popen:
         out = open(logfile, "ab")
+        # A session of its own: Ctrl-C on the terminal reaches this script and the tool under
+        # test (a deploy then rolls back), not the servers it needs to do so.
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             **kw)
+                             start_new_session=True, **kw)
         out.close()
         self.procs.append((name, p))
         return p
@@ -424,8 +432,20 @@ def run_measured(argv: list[str], out_dir: Path, tag: str, env=None) -> dict:
     result = out_dir / f"{tag}.rusage.json"
     logfile = out_dir / f"{tag}.log"
     with open(logfile, "wb") as lf:
-        subprocess.run([sys.executable, "-c", RSS_WRAPPER, str(result), *argv],
-                       stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(result), *argv],
+                             stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        try:
+            p.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the tool as well: give it time to stop on its own (a deploy rolls
+            # back) before the servers are stopped under it.
+            log(f"interrupted; waiting up to 60 s for {argv[0]} to stop (log {logfile})")
+            try:
+                p.wait(timeout=60)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                p.kill()
+                p.wait()
+            raise
     r = json.loads(result.read_text())
     r["log"] = str(logfile)
     return r
@@ -587,13 +607,14 @@ def run_ansible(world: World, ansible: str, out_dir: Path, tag: str, batch: int,
     d, inv, playbook = write_ansible(world, out_dir, tag, batch, interval, forks, profile)
     env = dict(os.environ, ANSIBLE_CONFIG=str(d / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_HOME=str(d / "home"))
-    r = run_measured([ansible, "-i", str(inv), str(playbook)], out_dir, tag, env)
-    # ControlPersist masters outlive the playbook; stop them (by their control sockets).
-    for cp in (d / "cp").iterdir():
-        subprocess.run(["ssh", "-o", f"ControlPath={cp}", "-O", "exit", "-p",
-                        str(world.ssh_port), "127.0.0.1"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
-    return r
+    try:
+        return run_measured([ansible, "-i", str(inv), str(playbook)], out_dir, tag, env)
+    finally:
+        # ControlPersist masters outlive the playbook; stop them (by their control sockets).
+        for cp in (d / "cp").iterdir():
+            subprocess.run(["ssh", "-o", f"ControlPath={cp}", "-O", "exit", "-p",
+                            str(world.ssh_port), "127.0.0.1"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -662,7 +683,9 @@ def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, out: Path,
                                               "to_s": round(d[-1]["report"]["duration_ms"] / 1000 + d[-1]["after_run_s"], 3)}
             rows.append({
                 "n": n, "batch": args.batch, "interval": interval, "floor": floor,
-                "deploy_wall": dw, "deploy_ok": f"{sum(r['ok'] for r in d)}/{len(d)}",
+                "deploy_wall": dw,
+                "deploy_before": median([r.get("before_run_s") for r in d if r["ok"]]),
+                "deploy_ok": f"{sum(r['ok'] for r in d)}/{len(d)}",
                 "ansible_wall": aw, "ansible_ok": f"{sum(r['ok'] for r in a)}/{len(a)}",
                 "deploy_rss": max((r["maxrss_kib"] for r in d), default=None),
                 "ansible_rss": max((r["maxrss_kib"] for r in a), default=None),
@@ -741,15 +764,15 @@ def print_tables(args, rows, rollbacks, ansible_note: str | None) -> None:
     if ansible_note:
         print(f"\n{ansible_note}")
     print()
-    print("| N | batch | probe interval | floor | deploy wall | ratio to floor | ≤ 1.25 × floor + 1 s "
-          "| Ansible wall | speed-up | peak RSS deploy | peak RSS Ansible (largest process) | done (deploy / Ansible) |")
-    print("|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|")
+    print("| N | batch | probe interval | floor | deploy wall | of which before the run "
+          "| ratio to floor | ≤ 1.25 × floor + 1 s | Ansible wall | speed-up | peak RSS deploy | peak RSS Ansible (largest process) | done (deploy / Ansible) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|")
     for r in rows:
         ratio = r["deploy_wall"] / r["floor"] if r["deploy_wall"] else None
         goal = ("yes" if r["deploy_wall"] <= 1.25 * r["floor"] + 1 else "no") if r["deploy_wall"] else "—"
         speed = (r["ansible_wall"] / r["deploy_wall"]) if r["ansible_wall"] and r["deploy_wall"] else None
         print(f"| {r['n']} | {r['batch']} | {r['interval'] * 1000:g} ms | {fmt_s(r['floor'])} "
-              f"| {fmt_s(r['deploy_wall'])} | {'—' if ratio is None else f'{ratio:.2f}×'} | {goal} "
+              f"| {fmt_s(r['deploy_wall'])} | {fmt_s(r['deploy_before'])} | {'—' if ratio is None else f'{ratio:.2f}×'} | {goal} "
               f"| {fmt_s(r['ansible_wall'])} | {'—' if speed is None else f'{speed:.1f}×'} "
               f"| {fmt_mib(r['deploy_rss'])} | {fmt_mib(r['ansible_rss'])} "
               f"| {r['deploy_ok']} / {r['ansible_ok']} |")
