@@ -39,6 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -632,8 +633,8 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, out: Path,
-               rows: list, rollbacks: list) -> None:
+def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, rows: list,
+               rollbacks: list) -> None:
     procs = Processes()
     world_dir = Path(tempfile.mkdtemp(prefix=f"bench-fleet-n{n}-", dir=args.tmp))
     world = World(world_dir, n, procs, args.haproxy_check_ms)
@@ -859,11 +860,10 @@ def main() -> int:
             log(note)
 
     rows, rollbacks = [], []
-    out = Path(".")
     interrupted = False
     try:
         for n in args.sizes:
-            bench_size(args, n, deploy_bin, ansible, out, rows, rollbacks)
+            bench_size(args, n, deploy_bin, ansible, rows, rollbacks)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted; the servers were stopped; figures so far:")
