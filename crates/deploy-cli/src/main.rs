@@ -589,10 +589,10 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                             },
                         ));
                     }
-                    match engine.plan(&pf.strategy, &pf.release(), &pf.options).await {
-                        Ok(p) => engine.run(p, &ctrl_c_cancels()).await,
-                        Err(e) => Err(e),
-                    }
+                    // Planned under the lock, from one read of the live state.
+                    engine
+                        .deploy(&pf.strategy, &pf.release(), &pf.options, &ctrl_c_cancels())
+                        .await
                 }
                 Some(wait) => {
                     // Plan under the lock, from what the run ahead of us leaves.

@@ -14,7 +14,8 @@ use super::{DeployError, Engine, new_run_id, release_lease};
 
 impl Engine {
     /// Deploy `release` again to the targets the newest promoted run gave up on (it ended
-    /// [`Outcome::PromotedWithFailures`]; a retry that rolled back since changed nothing), and
+    /// [`Outcome::PromotedWithFailures`](crate::Outcome::PromotedWithFailures); a retry that
+    /// rolled back since changed nothing), and
     /// to them only, with `strategy` (a rolling one):
     /// each gets back the weight it had before it was taken out of the traffic. Refused when
     /// the newest run gave up on no target, or deployed another release.
