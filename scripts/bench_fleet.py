@@ -48,10 +48,11 @@ OLD, NEW = "1.0.0", "2.0.0"
 BACKEND = "app"
 FULL_WEIGHT = 100
 
-# Runs the tool given as argv[2:], then writes {"wall_s", "maxrss_kib", "rc", "start_epoch"} to
-# argv[1]: the
-# wall time from spawn to exit, and the largest RSS of any process of the tool's tree
-# (RUSAGE_CHILDREN of this fresh process: its child and every descendant waited for).
+# Runs the tool given as argv[2:], then writes {"wall_s", "maxrss_kib", "cpu_s", "rc",
+# "start_epoch"} to argv[1]: the wall time from spawn to exit, the largest RSS of any process of
+# the tool's tree and the CPU time (user + system) of the whole tree (RUSAGE_CHILDREN of this
+# fresh process: its child and every descendant waited for). The servers standing in for the
+# hosts (sshd's sessions, nginx, HAProxy) are not the tool's: their CPU is not counted.
 RSS_WRAPPER = r"""
 import json, resource, subprocess, sys, time
 t, epoch = time.monotonic(), time.time()
@@ -65,7 +66,8 @@ while True:
 wall = time.monotonic() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": wall, "maxrss_kib": ru.ru_maxrss, "rc": rc, "start_epoch": epoch}, f)
+    json.dump({"wall_s": wall, "maxrss_kib": ru.ru_maxrss, "cpu_s": ru.ru_utime + ru.ru_stime,
+               "rc": rc, "start_epoch": epoch}, f)
 sys.exit(rc)
 """
 
@@ -664,7 +666,7 @@ def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, rows: list,
                     problems = world.check(NEW)
                     ok = r["rc"] == 0 and not problems
                     log(f"{tag}: rc {r['rc']}, wall {r['wall_s']:.2f} s (floor {floor:.2f} s), "
-                        f"peak RSS {r['maxrss_kib'] / 1024:.1f} MiB, "
+                        f"peak RSS {r['maxrss_kib'] / 1024:.1f} MiB, CPU {r.get('cpu_s', 0):.2f} s, "
                         + ("full work done" if ok else f"NOT DONE: {problems[:5]} (log {r['log']})"))
                     if tool == "deploy" and r.get("report") and args.verbose:
                         log(f"  steps: {json.dumps(summarize_report(r['report']))}")
@@ -689,6 +691,8 @@ def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, rows: list,
                 "deploy_ok": f"{sum(r['ok'] for r in d)}/{len(d)}",
                 "ansible_wall": aw, "ansible_ok": f"{sum(r['ok'] for r in a)}/{len(a)}",
                 "deploy_rss": max((r["maxrss_kib"] for r in d), default=None),
+                "deploy_cpu": median([r.get("cpu_s") for r in d if r["ok"]]),
+                "ansible_cpu": median([r.get("cpu_s") for r in a if r["ok"]]),
                 "ansible_rss": max((r["maxrss_kib"] for r in a), default=None),
                 "deploy_walls": [round(r["wall_s"], 3) for r in d],
                 "ansible_walls": [round(r["wall_s"], 3) for r in a],
@@ -766,8 +770,8 @@ def print_tables(args, rows, rollbacks, ansible_note: str | None) -> None:
         print(f"\n{ansible_note}")
     print()
     print("| N | batch | probe interval | floor | deploy wall | of which before the run "
-          "| ratio to floor | ≤ 1.25 × floor + 1 s | Ansible wall | speed-up | peak RSS deploy | peak RSS Ansible (largest process) | done (deploy / Ansible) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|")
+          "| ratio to floor | ≤ 1.25 × floor + 1 s | Ansible wall | speed-up | CPU deploy / Ansible | peak RSS deploy | peak RSS Ansible (largest process) | done (deploy / Ansible) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|:---:|")
     for r in rows:
         ratio = r["deploy_wall"] / r["floor"] if r["deploy_wall"] else None
         goal = ("yes" if r["deploy_wall"] <= 1.25 * r["floor"] + 1 else "no") if r["deploy_wall"] else "—"
@@ -775,6 +779,7 @@ def print_tables(args, rows, rollbacks, ansible_note: str | None) -> None:
         print(f"| {r['n']} | {r['batch']} | {r['interval'] * 1000:g} ms | {fmt_s(r['floor'])} "
               f"| {fmt_s(r['deploy_wall'])} | {fmt_s(r['deploy_before'])} | {'—' if ratio is None else f'{ratio:.2f}×'} | {goal} "
               f"| {fmt_s(r['ansible_wall'])} | {'—' if speed is None else f'{speed:.1f}×'} "
+              f"| {fmt_s(r['deploy_cpu'])} / {fmt_s(r['ansible_cpu'])} "
               f"| {fmt_mib(r['deploy_rss'])} | {fmt_mib(r['ansible_rss'])} "
               f"| {r['deploy_ok']} / {r['ansible_ok']} |")
     if rollbacks:
