@@ -1359,3 +1359,41 @@ async fn a_target_given_up_before_its_drain_is_skipped_and_out_of_the_traffic() 
     assert_eq!(after.weights.get(&"web-2".parse().unwrap()), Some(0));
     assert!(world.target("web-2").activations().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_the_rollback_cannot_put_back_gets_no_traffic_back() {
+    // web-3 fails its health in the second batch; undoing the first batch, web-1's
+    // re-activation of 1.0.0 fails: it still runs the release being rolled back.
+    let world = FakeWorld::fleet(4, "1.0.0");
+    world.targets[2].mark_unhealthy(NEW);
+    world.targets[0].faults.fail_on("activate", 2);
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let report = deploy(
+        &engine,
+        &Strategy::Rolling {
+            batch: BatchSize::Count(2),
+            analysis: None,
+            max_failed_targets: None,
+        },
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report}");
+    let after = world.state();
+    assert_eq!(after.versions["web-1"].as_ref().unwrap().as_str(), NEW);
+    // Out of the traffic rather than serving the release the run rolled back from; the others
+    // are back with their weights.
+    let weight = |t: &str| after.weights.get(&t.parse().unwrap()).unwrap();
+    assert_eq!(weight("web-1"), 0, "{report}");
+    for t in ["web-2", "web-3", "web-4"] {
+        assert_eq!(weight(t), 1, "{t}: {report}");
+        assert_eq!(after.versions[t].as_ref().unwrap().as_str(), "1.0.0", "{t}");
+    }
+    let rollback = report.rollback.as_ref().unwrap();
+    assert!(
+        rollback.steps.iter().any(|u| u
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("kept out of the traffic"))),
+        "{report}"
+    );
+}

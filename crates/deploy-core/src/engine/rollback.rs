@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::model::TargetId;
 use crate::strategy::{Snapshot, Step};
 
 use super::call::Failure;
@@ -29,6 +30,9 @@ impl Run<'_> {
         let mut failed = false;
         let inverses = self.inverses.clone();
         let limit = self.engine.policies.parallelism.max(1);
+        // Targets whose old release could not be put back (their re-activation, health wait or
+        // start failed).
+        let mut not_back: HashSet<TargetId> = HashSet::new();
         // The batch each step of the plan was done in: a group never spans two.
         let mut batch_of = vec![0; self.plan.steps.len()];
         let mut i = 0;
@@ -61,16 +65,26 @@ impl Run<'_> {
                             && (!this.recovering || this.undo_already_done(step).await)
                     }))
                     .await;
-                let todo: Vec<(usize, &Step)> = todo
+                // Weights never go back to a target whose old release could not be put back:
+                // it stays out of the traffic, and the undo counts as failed (a retried
+                // rollback gives it its weight once its re-activation works).
+                let todo: Vec<(usize, Step, Vec<TargetId>)> = todo
                     .into_iter()
                     .zip(done)
                     .filter(|(_, done)| !done)
-                    .map(|(t, _)| t)
+                    .map(|((index, step), _)| {
+                        let (step, held) = withhold(step, &not_back);
+                        (index, step, held)
+                    })
                     .collect();
-                let results = self.undo_together(&todo).await;
-                for ((index, step), (result, started_at, duration)) in todo.into_iter().zip(results)
+                let acting: Vec<(usize, &Step)> =
+                    todo.iter().map(|(index, step, _)| (*index, step)).collect();
+                let results = self.undo_together(&acting).await;
+                for ((index, step, held), (result, started_at, duration)) in
+                    todo.into_iter().zip(results)
                 {
-                    let error = match result {
+                    let step = &step;
+                    let mut error = match result {
                         Ok(notes) => {
                             for n in notes {
                                 self.note(n);
@@ -79,6 +93,22 @@ impl Run<'_> {
                         }
                         Err(f) => Some(f.error),
                     };
+                    if error.is_none() && !held.is_empty() {
+                        let names: Vec<String> = held.iter().map(ToString::to_string).collect();
+                        error = Some(crate::error::Error::new(
+                            crate::error::ErrorKind::Rejected,
+                            "give traffic back to",
+                            names.join(", "),
+                            "kept out of the traffic: its old release could not be put back",
+                        ));
+                    }
+                    if error.is_some()
+                        && let Step::Activate { target, .. }
+                        | Step::AwaitHealthy { target, .. }
+                        | Step::Start { target } = step
+                    {
+                        not_back.insert(target.clone());
+                    }
                     failed |= error.is_some();
                     let text = error.as_ref().map(crate::error::Error::chain);
                     self.record(&Record::UndoFinished {
@@ -113,6 +143,10 @@ impl Run<'_> {
             let Some(w) = weights_before.get(&target) else {
                 continue;
             };
+            if not_back.contains(&target) {
+                failed = true;
+                continue;
+            }
             if self.lease_is_lost() {
                 return Outcome::Failed;
             }
@@ -238,6 +272,23 @@ impl Run<'_> {
             _ => false,
         }
     }
+}
+
+/// `step` without the weights above 0 it would give targets of `not_back`, and those targets.
+fn withhold(step: &Step, not_back: &HashSet<TargetId>) -> (Step, Vec<TargetId>) {
+    let Step::SetWeights { weights } = step else {
+        return (step.clone(), Vec::new());
+    };
+    let mut kept = crate::model::Weights::new();
+    let mut held = Vec::new();
+    for (t, w) in weights.iter() {
+        if w > 0 && not_back.contains(t) {
+            held.push(t.clone());
+        } else {
+            kept.set(t.clone(), w);
+        }
+    }
+    (Step::SetWeights { weights: kept }, held)
 }
 
 /// The recorded inverses in the order they are undone (the last step's first), grouped: an
