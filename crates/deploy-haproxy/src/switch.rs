@@ -232,6 +232,20 @@ impl HaproxySwitch {
         self.client.show_stat(Some(self.backend())).await
     }
 
+    /// The servers of the backend, with only the columns a switch reads.
+    async fn rows(&self) -> Result<Vec<StatRow>> {
+        self.client.backend_servers(self.backend()).await
+    }
+
+    /// The row of `target`'s server alone.
+    async fn server_row(&self, target: &TargetId) -> Result<StatRow> {
+        let server = self.server_name(target)?;
+        match self.client.server_stat(self.backend(), server).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.unknown(target)),
+            other => other,
+        }
+    }
+
     fn row<'a>(&self, rows: &'a [StatRow], target: &TargetId) -> Result<&'a StatRow> {
         let server = self.server_name(target)?;
         rows.iter()
@@ -408,7 +422,7 @@ impl TrafficSwitch for HaproxySwitch {
     }
 
     async fn weights(&self) -> Result<Weights> {
-        let rows = self.status().await?;
+        let rows = self.rows().await?;
         let mut weights = self.weights_of(&rows)?;
         // `show stat` reads DOWN for a server its checks fail, whatever its admin state: one
         // drained (or in maint) takes no traffic once its checks pass either, so it weighs 0.
@@ -445,7 +459,7 @@ impl TrafficSwitch for HaproxySwitch {
                 format!("weight {w} of {t} is above HAProxy's maximum of {MAX_WEIGHT}"),
             ));
         }
-        let rows = self.status().await?;
+        let rows = self.rows().await?;
         // Resolve everything before changing anything: an unknown target changes nothing.
         let mut plan = Vec::new();
         for (t, w) in weights.iter() {
@@ -524,8 +538,7 @@ impl TrafficSwitch for HaproxySwitch {
     }
 
     async fn drain(&self, target: &TargetId) -> Result<()> {
-        let rows = self.status().await?;
-        let row = self.row(&rows, target)?;
+        let row = self.server_row(target).await?;
         if !row.is_drain() && !row.is_maint() {
             self.client
                 .set_server_state(self.backend(), &row.name, AdminState::Drain)
@@ -537,13 +550,11 @@ impl TrafficSwitch for HaproxySwitch {
     }
 
     async fn active_sessions(&self, target: &TargetId) -> Result<u64> {
-        let rows = self.status().await?;
-        Ok(self.row(&rows, target)?.scur)
+        Ok(self.server_row(target).await?.scur)
     }
 
     async fn cut_sessions(&self, target: &TargetId) -> Result<()> {
-        let rows = self.status().await?;
-        let server = self.row(&rows, target)?.name.clone();
+        let server = self.server_row(target).await?.name;
         let within = |e: Error| e.context("cut the sessions of", format!("target {target}"));
         self.client
             .set_server_state(self.backend(), &server, AdminState::Maint)
