@@ -145,8 +145,9 @@ enum Cmd {
         #[command(flatten)]
         release: ReleaseArgs,
     },
-    /// Deploy the release again to the targets the newest run gave up on (it ended promoted
-    /// with failures, exit code 6), and to them only: each gets its weight back once healthy.
+    /// Deploy the release again to the targets the newest promoted run gave up on (it ended
+    /// promoted with failures, exit code 6), and to them only: each gets its weight back once
+    /// healthy.
     Retry {
         /// The plan file.
         plan: PathBuf,
