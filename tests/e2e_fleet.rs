@@ -140,18 +140,9 @@ async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_
     );
 
     // A retry while app-3 is still broken fails again and leaves it as it was.
-    let retry = || async {
-        engine
-            .retry_failed(
-                &plan.strategy,
-                &plan.release(),
-                &plan.options,
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-    };
-    let again = retry().await;
+    let (release, cancel) = (plan.release(), CancellationToken::new());
+    let retry = || engine.retry_failed(&plan.strategy, &release, &plan.options, &cancel);
+    let again = retry().await.unwrap();
     assert_eq!(again.outcome, Outcome::RolledBack, "{again}");
     assert_eq!(
         again
@@ -168,7 +159,7 @@ async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_
     // it its weight back.
     let conf = fleet.dir.join("app-3/releases/2.0.0/app.conf");
     std::fs::write(&conf, "version=2.0.0\nerror_rate=0\n").unwrap();
-    let fixed = retry().await;
+    let fixed = retry().await.unwrap();
     println!("{fixed}");
     assert_eq!(fixed.outcome, Outcome::Promoted, "{fixed}");
     assert!(
@@ -184,15 +175,7 @@ async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_
     assert_eq!(fleet.weights().await, [100; 4]);
 
     // Nothing is left to retry.
-    let refused = engine
-        .retry_failed(
-            &plan.strategy,
-            &plan.release(),
-            &plan.options,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let refused = retry().await.unwrap_err();
     assert!(
         refused.to_string().contains("gave up on no target"),
         "{refused}"

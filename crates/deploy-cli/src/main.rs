@@ -408,6 +408,19 @@ impl Observed {
         }
         self.engine
     }
+
+    /// The end of a run: [`done`](Self::done) (what the notifier queued is sent even when the
+    /// run could not start), then its summary and reports, and its exit code.
+    async fn conclude(
+        self,
+        plan: &Path,
+        run: Result<Report, DeployError>,
+        outputs: &Outputs<'_>,
+    ) -> Result<i32, Stop> {
+        let engine = self.done().await;
+        let report = run.map_err(|e| deploy_error(plan, e))?;
+        Ok(finish(&engine, plan, &report, outputs)?)
+    }
 }
 
 async fn observed(path: &Path, plan: &PlanFile, engine: Engine) -> Result<Observed, String> {
@@ -614,18 +627,11 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                         .await
                 }
             };
-            // Send what the notifier queued even when the run could not start.
-            let engine = obs.done().await;
-            let r = r.map_err(|e| deploy_error(&plan, e))?;
-            Ok(finish(
-                &engine,
-                &plan,
-                &r,
-                &Outputs {
-                    json: report.as_deref(),
-                    html: html.as_deref(),
-                },
-            )?)
+            let outputs = Outputs {
+                json: report.as_deref(),
+                html: html.as_deref(),
+            };
+            obs.conclude(&plan, r, &outputs).await
         }
         Cmd::Retry {
             plan,
@@ -639,17 +645,11 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 .engine
                 .retry_failed(&pf.strategy, &pf.release(), &pf.options, &ctrl_c_cancels())
                 .await;
-            let engine = obs.done().await;
-            let r = r.map_err(|e| deploy_error(&plan, e))?;
-            Ok(finish(
-                &engine,
-                &plan,
-                &r,
-                &Outputs {
-                    json: report.as_deref(),
-                    html: html.as_deref(),
-                },
-            )?)
+            let outputs = Outputs {
+                json: report.as_deref(),
+                html: html.as_deref(),
+            };
+            obs.conclude(&plan, r, &outputs).await
         }
         Cmd::Resume { plan } => recover(&plan, Recovery::Resume).await,
         Cmd::Rollback {

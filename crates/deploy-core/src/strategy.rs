@@ -62,15 +62,6 @@ impl TargetBudget {
     }
 }
 
-impl fmt::Display for TargetBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Count(c) => write!(f, "{c} target(s)"),
-            Self::Percent(p) => write!(f, "{p} % of the targets"),
-        }
-    }
-}
-
 /// Whole numbers of a strategy, read with what they mean in the message ("a whole number from
 /// 0 to 100"), never the Rust type. Every value of the type is read (a value out of the range
 /// the text names is for [`Strategy::problems`] to report, with its key).

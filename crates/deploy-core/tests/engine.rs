@@ -1216,18 +1216,22 @@ async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
     // a time took 8 s.
     assert_eq!(rollback - t0, Duration::from_secs(4), "{report}");
     assert_eq!(end - rollback, Duration::from_secs(2), "{report}");
-    let after = world.state();
-    assert_eq!(after.versions, before.versions);
-    assert_eq!(after.weights, before.weights);
-    assert_eq!(after.running, before.running);
+    assert_back_where_it_was(&before, &world, "batch undo", &report);
 }
 
-fn rolling_with_budget(batch: u32, budget: Option<TargetBudget>) -> Strategy {
-    Strategy::Rolling {
+/// Deploy `release()` to `world` rolling by batches of `batch` with the failure budget `budget`.
+async fn deploy_with_budget(
+    world: &FakeWorld,
+    batch: u32,
+    budget: TargetBudget,
+) -> deploy_core::Report {
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::Rolling {
         batch: BatchSize::Count(batch),
         analysis: None,
-        max_failed_targets: budget,
-    }
+        max_failed_targets: Some(budget),
+    };
+    deploy(&engine, &strategy).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -1235,12 +1239,7 @@ async fn a_failure_budget_takes_a_failed_target_out_and_carries_on() {
     let world = FakeWorld::fleet(8, "1.0.0");
     world.targets[5].mark_unhealthy(NEW);
     let before = world.state();
-    let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = deploy(
-        &engine,
-        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
-    )
-    .await;
+    let report = deploy_with_budget(&world, 2, TargetBudget::Count(1)).await;
     assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
     assert!(report.rollback.is_none(), "{report}");
     let given_up: Vec<_> = report
@@ -1278,12 +1277,7 @@ async fn one_failure_more_than_the_budget_rolls_the_whole_fleet_back() {
     world.targets[1].mark_unhealthy(NEW);
     world.targets[6].mark_unhealthy(NEW);
     let before = world.state();
-    let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = deploy(
-        &engine,
-        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
-    )
-    .await;
+    let report = deploy_with_budget(&world, 2, TargetBudget::Count(1)).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
     let reason = &report.rollback.as_ref().unwrap().reason;
     assert!(
@@ -1291,10 +1285,7 @@ async fn one_failure_more_than_the_budget_rolls_the_whole_fleet_back() {
         "{reason}"
     );
     // Everything is back, web-2 (given up on first) included: its weight too.
-    let after = world.state();
-    assert_eq!(after.versions, before.versions);
-    assert_eq!(after.weights, before.weights);
-    assert_eq!(after.running, before.running);
+    assert_back_where_it_was(&before, &world, "one failure more than the budget", &report);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1306,12 +1297,7 @@ async fn a_percentage_budget_rounds_down_and_never_covers_the_whole_fleet() {
     // 10 % of 8 targets is none: the first failure rolls back.
     let world = FakeWorld::fleet(8, "1.0.0");
     world.targets[0].mark_unhealthy(NEW);
-    let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = deploy(
-        &engine,
-        &rolling_with_budget(4, Some(TargetBudget::Percent(10))),
-    )
-    .await;
+    let report = deploy_with_budget(&world, 4, TargetBudget::Percent(10)).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
 }
 
@@ -1323,29 +1309,17 @@ async fn a_target_given_up_before_its_drain_gets_its_weight_back_when_the_fleet_
     world.targets[1].faults.fail_on("prepare", 1);
     world.targets[6].mark_unhealthy(NEW);
     let before = world.state();
-    let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = deploy(
-        &engine,
-        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
-    )
-    .await;
-    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    let report = deploy_with_budget(&world, 2, TargetBudget::Count(1)).await;
     assert!(report.failed_targets.is_empty(), "{report}");
-    let after = world.state();
-    assert_eq!(after.versions, before.versions);
-    assert_eq!(after.weights, before.weights, "web-2's weight is back");
+    // web-2's weight is back too.
+    assert_back_where_it_was(&before, &world, "given up before its drain", &report);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_target_given_up_before_its_drain_is_skipped_and_out_of_the_traffic() {
     let world = FakeWorld::fleet(4, "1.0.0");
     world.targets[1].faults.fail_on("prepare", 1);
-    let engine = Engine::new(world.environment("prod")).with_policies(policies());
-    let report = deploy(
-        &engine,
-        &rolling_with_budget(2, Some(TargetBudget::Count(1))),
-    )
-    .await;
+    let report = deploy_with_budget(&world, 2, TargetBudget::Count(1)).await;
     assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
     assert!(
         !report

@@ -43,6 +43,17 @@ fn plan() -> deploy_core::Plan {
     .unwrap()
 }
 
+/// The `started` record of run `r` of [`plan`].
+fn started() -> Record {
+    Record::Started {
+        run_id: "r".into(),
+        plan: Box::new(plan()),
+        at: SystemTime::UNIX_EPOCH,
+        pid: 1,
+        host: "h".into(),
+    }
+}
+
 /// Records after `started`, with free text where the engine puts reasons (any Unicode).
 fn record() -> impl Strategy<Value = Record> {
     let text = "\\PC{0,40}";
@@ -89,14 +100,7 @@ proptest! {
         records in proptest::collection::vec(record(), 0..12),
         cut_at in any::<proptest::sample::Index>(),
     ) {
-        let started = Record::Started {
-            run_id: "r".into(),
-            plan: Box::new(plan()),
-            at: SystemTime::UNIX_EPOCH,
-            pid: 1,
-            host: "h".into(),
-        };
-        let mut bytes = line(&started);
+        let mut bytes = line(&started());
         let first = bytes.len();
         let mut ends = Vec::new();
         for r in &records {
@@ -123,14 +127,7 @@ proptest! {
 /// journal of the version before `at` and `measured` existed reads as it did.
 #[test]
 fn unknown_record_kinds_are_skipped_and_old_journals_still_read() {
-    let started = Record::Started {
-        run_id: "r".into(),
-        plan: Box::new(plan()),
-        at: SystemTime::UNIX_EPOCH,
-        pid: 1,
-        host: "h".into(),
-    };
-    let mut bytes = line(&started);
+    let mut bytes = line(&started());
     bytes.extend(br#"{"record":"step_started","index":0,"inverse":[]}"#);
     bytes.push(b'\n');
     bytes.extend(br#"{"record":"from_the_future","index":0,"what":[1,2]}"#);
@@ -148,15 +145,8 @@ fn unknown_record_kinds_are_skipped_and_old_journals_still_read() {
 /// it) the failed step makes the run one to roll back.
 #[test]
 fn a_target_given_up_on_settles_its_failed_step() {
-    let started = Record::Started {
-        run_id: "r".into(),
-        plan: Box::new(plan()),
-        at: SystemTime::UNIX_EPOCH,
-        pid: 1,
-        host: "h".into(),
-    };
     let failed = [
-        started,
+        started(),
         Record::StepStarted {
             index: 0,
             inverse: Vec::new(),

@@ -10,7 +10,7 @@ use crate::strategy::{PlanOptions, Snapshot, Step, Strategy};
 use super::journal::Record;
 use super::report::{Event, Report};
 use super::run::Run;
-use super::{DeployError, Engine, new_run_id, release_lease};
+use super::{DeployError, Engine};
 
 impl Engine {
     /// Deploy `release` again to the targets the newest promoted run gave up on (it ended
@@ -26,46 +26,50 @@ impl Engine {
         options: &PlanOptions,
         cancel: &CancellationToken,
     ) -> Result<Report, DeployError> {
-        let run_id = new_run_id();
-        let lease = self.lock_for(&run_id).await?;
-        let planned = async {
-            let refused = |cause: String| DeployError::Refused {
-                operation: "retry the targets given up on",
-                environment: self.env.name.clone(),
-                cause,
-            };
-            let history = self.history().await?;
-            // The newest run that left a release in the traffic says what is given up on now (a
-            // retry that rolled back changed nothing).
-            let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
-                return Err(refused("no run promoted a release yet".to_owned()));
-            };
-            if last.failed_targets.is_empty() {
-                return Err(refused(format!(
-                    "the newest promoted run, {}, gave up on no target",
-                    last.run_id
-                )));
-            }
-            if last.version != release.version {
-                return Err(refused(format!(
-                    "the newest promoted run, {}, deployed {}, not {}: a retry deploys the same release",
-                    last.run_id, last.version, release.version
-                )));
-            }
-            let back = weights_before_given_up(&history, &last.failed_targets);
-            let mut options = options.clone();
-            options.only_targets = Some(last.failed_targets.clone());
-            options.weights_back = Some(back);
-            self.plan(strategy, release, &options).await
+        self.plan_and_start(
+            async {
+                let options = self.retry_options(release, options).await?;
+                self.plan(strategy, release, &options).await
+            },
+            cancel,
+        )
+        .await
+    }
+
+    /// `options` limited to the targets the newest promoted run gave up on, each given back the
+    /// weight it had before ([`retry_failed`](Self::retry_failed)).
+    async fn retry_options(
+        &self,
+        release: &Release,
+        options: &PlanOptions,
+    ) -> Result<PlanOptions, DeployError> {
+        let refused = |cause: String| DeployError::Refused {
+            operation: "retry the targets given up on",
+            environment: self.env.name.clone(),
+            cause,
+        };
+        let history = self.history().await?;
+        // The newest run that left a release in the traffic says what is given up on now (a
+        // retry that rolled back changed nothing).
+        let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
+            return Err(refused("no run promoted a release yet".to_owned()));
+        };
+        if last.failed_targets.is_empty() {
+            return Err(refused(format!(
+                "the newest promoted run, {}, gave up on no target",
+                last.run_id
+            )));
         }
-        .await;
-        match planned {
-            Ok(plan) => self.start(run_id, plan, lease, cancel).await,
-            Err(e) => {
-                release_lease(lease).await;
-                Err(e)
-            }
+        if last.version != release.version {
+            return Err(refused(format!(
+                "the newest promoted run, {}, deployed {}, not {}: a retry deploys the same release",
+                last.run_id, last.version, release.version
+            )));
         }
+        let mut options = options.clone();
+        options.weights_back = Some(weights_before_given_up(&history, &last.failed_targets));
+        options.only_targets = Some(last.failed_targets.clone());
+        Ok(options)
     }
 }
 
@@ -188,26 +192,11 @@ impl Run<'_> {
                 if self.undone.contains(&(index, position)) {
                     continue;
                 }
-                self.undoing = true;
-                let result = self.act(step).await;
-                self.undoing = false;
-                let error = result.err().map(|f| f.error.chain());
-                self.record(&Record::UndoFinished {
-                    index,
-                    position,
-                    error: error.clone(),
-                })
-                .await;
-                self.engine.emit(&Event::RollbackStep {
-                    step: step.clone(),
-                    error: error.clone(),
-                });
+                let error = self.act_undo(step).await.err().map(|f| f.error);
+                self.undo_finished(index, position, step, error.as_ref())
+                    .await;
                 if let Some(e) = error {
-                    return Err(format!("rolling it back alone: {step}: {e}"));
-                }
-                self.undone.insert((index, position));
-                if let Step::Stop { target } = step {
-                    self.stopped_by_undo.insert(target.clone());
+                    return Err(format!("rolling it back alone: {step}: {}", e.chain()));
                 }
             }
         }

@@ -403,16 +403,26 @@ impl Engine {
         options: &PlanOptions,
         cancel: &CancellationToken,
     ) -> Result<Report, DeployError> {
+        self.plan_and_start(self.plan(strategy, release, options), cancel)
+            .await
+    }
+
+    /// Take the environment's lock, then make the plan with `planning` under it and run it (the
+    /// lock is let go if planning fails).
+    pub(super) async fn plan_and_start(
+        &self,
+        planning: impl std::future::Future<Output = Result<Plan, DeployError>>,
+        cancel: &CancellationToken,
+    ) -> Result<Report, DeployError> {
         let run_id = new_run_id();
         let lease = self.lock_for(&run_id).await?;
-        let plan = match self.plan(strategy, release, options).await {
-            Ok(p) => p,
+        match planning.await {
+            Ok(plan) => self.start(run_id, plan, lease, cancel).await,
             Err(e) => {
                 release_lease(lease).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.start(run_id, plan, lease, cancel).await
+        }
     }
 
     /// Take the environment's lock for run `run_id` (nothing without a state store).

@@ -110,23 +110,8 @@ impl Run<'_> {
                         not_back.insert(target.clone());
                     }
                     failed |= error.is_some();
-                    let text = error.as_ref().map(crate::error::Error::chain);
-                    self.record(&Record::UndoFinished {
-                        index,
-                        position,
-                        error: text.clone(),
-                    })
-                    .await;
-                    self.engine.emit(&Event::RollbackStep {
-                        step: step.clone(),
-                        error: text,
-                    });
-                    if error.is_none() {
-                        self.undone.insert((index, position));
-                        if let Step::Stop { target } = step {
-                            self.stopped_by_undo.insert(target.clone());
-                        }
-                    }
+                    self.undo_finished(index, position, step, error.as_ref())
+                        .await;
                     undo_log.push(UndoRecord {
                         step: step.clone(),
                         started_at,
@@ -154,10 +139,7 @@ impl Run<'_> {
                 weights: crate::model::Weights::new().with(target, w),
             };
             let (started_at, t0) = (SystemTime::now(), Instant::now());
-            self.undoing = true;
-            let result = self.act(&step).await;
-            self.undoing = false;
-            let error = result.err().map(|f| f.error);
+            let error = self.act_undo(&step).await.err().map(|f| f.error);
             failed |= error.is_some();
             self.engine.emit(&Event::RollbackStep {
                 step: step.clone(),
@@ -193,6 +175,43 @@ impl Run<'_> {
         outcome
     }
 
+    /// Act `step` as an undo (a weight goes back wherever a balancer answers; a health wait
+    /// waits for the deadline only).
+    pub(super) async fn act_undo(&mut self, step: &Step) -> Result<(), Failure> {
+        self.undoing = true;
+        let result = self.act(step).await;
+        self.undoing = false;
+        result
+    }
+
+    /// Undo step `position` of forward step `index` ended with `error`: journaled, shown, and
+    /// when it was done, remembered (a target it stopped too).
+    pub(super) async fn undo_finished(
+        &mut self,
+        index: usize,
+        position: usize,
+        step: &Step,
+        error: Option<&crate::error::Error>,
+    ) {
+        let text = error.map(crate::error::Error::chain);
+        self.record(&Record::UndoFinished {
+            index,
+            position,
+            error: text.clone(),
+        })
+        .await;
+        self.engine.emit(&Event::RollbackStep {
+            step: step.clone(),
+            error: text,
+        });
+        if error.is_none() {
+            self.undone.insert((index, position));
+            if let Step::Stop { target } = step {
+                self.stopped_by_undo.insert(target.clone());
+            }
+        }
+    }
+
     /// Act `undo` steps together (one alone through [`act`](Self::act), several — each on its
     /// own target — concurrently); each one's result, start and duration, in order.
     async fn undo_together(
@@ -202,9 +221,7 @@ impl Run<'_> {
         if let [(index, step)] = undo {
             let span = tracing::info_span!("undo", index = index + 1, op = step.op());
             let (started_at, t0) = (SystemTime::now(), Instant::now());
-            self.undoing = true;
-            let result = self.act(step).instrument(span).await;
-            self.undoing = false;
+            let result = self.act_undo(step).instrument(span).await;
             return vec![(result.map(|()| Vec::new()), started_at, t0.elapsed())];
         }
         let this = &*self;
