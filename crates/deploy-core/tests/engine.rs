@@ -1371,3 +1371,34 @@ async fn a_target_the_rollback_cannot_put_back_gets_no_traffic_back() {
         "{report}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_reads_what_undoes_its_steps_from_every_target_at_once() {
+    // Each read of a target's version takes one second (an SSH round trip on a busy host):
+    // the four activations of the batch read their inverse together, so each step of the batch
+    // lasts one second, where reading them one after another made the first last four.
+    let world = FakeWorld::fleet(4, "1.0.0");
+    for t in &world.targets {
+        t.faults.delay("current", Duration::from_secs(1));
+    }
+    let mut p = policies();
+    p.probe.healthy_threshold = 1;
+    let engine = Engine::new(world.environment("prod")).with_policies(p);
+    let report = deploy(
+        &engine,
+        &Strategy::Rolling {
+            batch: BatchSize::Count(4),
+            analysis: None,
+            max_failed_targets: None,
+        },
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    let activations: Vec<Duration> = report
+        .steps
+        .iter()
+        .filter(|s| matches!(s.step, Step::Activate { .. }))
+        .map(|s| s.duration)
+        .collect();
+    assert_eq!(activations, [Duration::from_secs(1); 4], "{report}");
+}
