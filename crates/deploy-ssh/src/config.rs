@@ -52,6 +52,7 @@ pub(crate) struct Settings {
     pub(crate) keepalive: Option<Duration>,
     pub(crate) max_channels: usize,
     pub(crate) max_read: u64,
+    pub(crate) sftp: bool,
 }
 
 /// Builds an [`SshHost`]; see [`SshHost::builder`].
@@ -61,7 +62,8 @@ pub(crate) struct Settings {
 /// timeout (commands still honour their own), keep-alive every 15 s (3 unanswered close the
 /// connection), at most 8 channels at once on the connection (below OpenSSH's `MaxSessions 10`),
 /// files read whole ([`Host::read_file`](deploy_core::Host::read_file),
-/// [`SshHost::download`]) at most 64 MiB. `Debug` never shows a passphrase.
+/// [`SshHost::download`]) at most 64 MiB, file operations over SFTP when the server offers it.
+/// `Debug` never shows a passphrase.
 #[derive(Debug, Clone)]
 pub struct SshHostBuilder {
     config: Settings,
@@ -86,6 +88,7 @@ impl SshHostBuilder {
                 keepalive: Some(Duration::from_secs(15)),
                 max_channels: 8,
                 max_read: SshHost::DEFAULT_MAX_READ,
+                sftp: true,
             },
         }
     }
@@ -188,6 +191,18 @@ impl SshHostBuilder {
     /// the limit crossed the connection.
     pub fn max_read(mut self, bytes: u64) -> Self {
         self.config.max_read = bytes;
+        self
+    }
+
+    /// Whether file operations (inspect, read, write, upload, rename, symlink, list, create a
+    /// directory, remove a file) go over one SFTP channel kept open on the connection (default
+    /// `true`): each is then one request, where an exec channel costs the host a new login
+    /// shell and a program. Used only when the server offers the `sftp` subsystem with
+    /// OpenSSH's `posix-rename@openssh.com` extension and `max_channels` is at least 2 (the
+    /// channel takes one of them); otherwise, and with `false`, they run as commands
+    /// (`mv -T`, `ln -T`, `find`, `cat`), as they do for answers SFTP cannot word precisely.
+    pub fn sftp(mut self, on: bool) -> Self {
+        self.config.sftp = on;
         self
     }
 

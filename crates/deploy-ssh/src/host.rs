@@ -19,6 +19,8 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::config::{Auth, Settings, SshHostBuilder};
 use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
 use crate::quote::{self, ENV_MARK, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
+use crate::sftp::{self, Failure, Sftp, Source, WriteEnd, wire};
+use russh_sftp::protocol::StatusCode;
 
 /// A remote machine reached over SSH (russh), as a [`Host`].
 ///
@@ -46,13 +48,17 @@ use crate::quote::{self, ENV_MARK, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
 ///   whole process group is killed on the host (over a second channel) and the call fails with
 ///   kind `Timeout`; a call dropped before its command ended (a caller's own timeout) kills the
 ///   group too.
-/// - **Files** move over exec channels (`cat`), not SFTP: written under a temporary name
-///   `.<name>.deploy-tmp-<unique>` in the target directory, checked for the full byte count,
-///   mode set, fsynced, and renamed into place — so an interrupted transfer never leaves a
-///   partial file at the final path.
+/// - **Files** are written under a temporary name `.<name>.deploy-tmp-<unique>` in the target
+///   directory, checked for the full byte count, mode set, fsynced, and renamed into place — so
+///   an interrupted transfer never leaves a partial file at the final path.
+/// - **File operations go over SFTP** (one channel kept open on the connection, one request per
+///   operation, no process started on the host) when the server offers the `sftp` subsystem
+///   with `posix-rename@openssh.com`; otherwise, or when turned off with
+///   [`SshHostBuilder::sftp`], each runs a small script over an exec channel.
 ///
 /// The remote side needs a POSIX shell and GNU coreutils/findutils (`mv -T`, `ln -T`,
-/// `find -printf`, `stat -c`): any Linux distribution.
+/// `find -printf`, `stat -c`) for commands and for file operations without SFTP: any Linux
+/// distribution.
 #[derive(Clone)]
 pub struct SshHost {
     inner: Arc<Inner>,
@@ -63,6 +69,10 @@ struct Inner {
     name: String,
     connection: Mutex<Option<Arc<Handle<Client>>>>,
     channels: Arc<Semaphore>,
+    sftp: Mutex<sftp::Slot>,
+    /// Temporary files of SFTP writes cut off with their connection: the next session removes
+    /// them (an exec channel's script removes its own, on end of input or SIGHUP).
+    leftovers: StdMutex<Vec<String>>,
 }
 
 impl fmt::Debug for SshHost {
@@ -229,6 +239,8 @@ impl SshHost {
                 name,
                 connection: Mutex::new(None),
                 channels,
+                sftp: Mutex::new(sftp::Slot::Untried),
+                leftovers: StdMutex::new(Vec::new()),
             }),
         }
     }
@@ -247,6 +259,7 @@ impl SshHost {
 
     /// Close the connection (the next command opens a new one).
     pub async fn disconnect(&self) {
+        *self.inner.sftp.lock().await = sftp::Slot::Untried;
         let handle = self.inner.connection.lock().await.take();
         if let Some(h) = handle {
             let _ = h
@@ -771,15 +784,157 @@ impl SshHost {
         Err(Error::new(kind, operation, self.located(&object), cause).permanent())
     }
 
-    /// Write `input` (`size` bytes) atomically to `path`.
-    async fn write_atomic(
+    /// The SFTP session for file operations, opening it on first use; `None` when the server
+    /// does not offer it, it is turned off, or it cannot be opened now (the caller then runs
+    /// its script, which reports a connection problem in its own words).
+    async fn sftp(&self) -> Option<Arc<Sftp>> {
+        let c = &self.inner.config;
+        if !c.sftp || c.max_channels < 2 {
+            return None;
+        }
+        let mut slot = self.inner.sftp.lock().await;
+        match &*slot {
+            sftp::Slot::Off => return None,
+            sftp::Slot::Open(s) if s.usable() => return Some(Arc::clone(s)),
+            _ => *slot = sftp::Slot::Untried,
+        }
+        let handle = self.connection().await.ok()?;
+        // The channel stays open: it takes one of the host's channels for as long.
+        let permit = Arc::clone(&self.inner.channels).try_acquire_owned().ok()?;
+        let timeout = c.command_timeout.unwrap_or(Duration::from_secs(60));
+        match Sftp::open(handle, permit, timeout).await {
+            Ok(s) => {
+                let leftovers = std::mem::take(
+                    &mut *self
+                        .inner
+                        .leftovers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                for tmp in leftovers {
+                    // Best effort: one may have gone already, or be someone else's to remove.
+                    let _ = s.remove_file(&tmp).await;
+                }
+                let s = Arc::new(s);
+                *slot = sftp::Slot::Open(Arc::clone(&s));
+                Some(s)
+            }
+            Err(sftp::OpenError::Refused(why)) => {
+                tracing::debug!(host = %self.inner.name, %why, "file operations run as commands");
+                *slot = sftp::Slot::Off;
+                None
+            }
+            Err(sftp::OpenError::Failed(why)) => {
+                tracing::debug!(host = %self.inner.name, %why, "could not open SFTP; this operation runs as a command");
+                None
+            }
+        }
+    }
+
+    /// The SFTP session and `path` as it carries it, if both are there.
+    async fn sftp_for<'p>(&self, path: &'p Path) -> Option<(Arc<Sftp>, &'p str)> {
+        let p = wire(path)?;
+        Some((self.sftp().await?, p))
+    }
+
+    /// The error of `operation` on `path` for an SFTP failure.
+    fn sftp_error(&self, operation: &'static str, path: &Path, failure: Failure) -> Error {
+        let object = self.located(&path.display().to_string());
+        match failure {
+            Failure::Status(code, message) => {
+                let kind = match code {
+                    StatusCode::NoSuchFile => ErrorKind::NotFound,
+                    StatusCode::PermissionDenied => ErrorKind::PermissionDenied,
+                    StatusCode::OpUnsupported => ErrorKind::Unsupported,
+                    _ => ErrorKind::Io,
+                };
+                let cause = match code {
+                    StatusCode::NoSuchFile => "does not exist".to_owned(),
+                    _ if message.is_empty() => code.to_string(),
+                    _ => message,
+                };
+                Error::new(kind, operation, object, cause).permanent()
+            }
+            Failure::Lost(why) => Error::new(
+                ErrorKind::Unavailable,
+                operation,
+                object,
+                format!("{why}; the operation may or may not have happened"),
+            )
+            .retryable(),
+            Failure::Source(e) => Error::io(operation, object, e),
+        }
+    }
+
+    /// Write `source` atomically to `path` over SFTP: a temporary file next to it, the whole
+    /// byte count, the mode (given, else the replaced file's), fsync, `rename(2)`. `Ok(false)`
+    /// when the server failed without saying why: the caller runs its script, which does.
+    async fn write_atomic_sftp(
         &self,
+        s: &Sftp,
         operation: &'static str,
         path: &Path,
-        input: Input<'_>,
+        source: Source<'_>,
         size: u64,
         mode: Option<u32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let tmp = self.temporary_name(operation, path)?;
+        let (Some(final_path), Some(tmp_path)) = (wire(path), wire(&tmp)) else {
+            return Ok(false);
+        };
+        let fail = |f: Failure| self.sftp_error(operation, path, f);
+        let mode = match mode {
+            Some(m) => Some(m & 0o7777),
+            None => s.file_mode(final_path).await.map_err(fail)?,
+        };
+        match s.write_new(tmp_path, source, size, mode).await {
+            Ok(WriteEnd::Complete) => {}
+            Ok(WriteEnd::Short(n)) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    operation,
+                    self.located(&path.display().to_string()),
+                    format!(
+                        "sent {n} of {size} bytes: the source changed during the transfer; \
+                         nothing renamed into place"
+                    ),
+                ));
+            }
+            Err(f) if f.is(StatusCode::Failure) => return Ok(false),
+            Err(f) => {
+                if matches!(f, Failure::Lost(_)) {
+                    self.left_behind(tmp_path);
+                }
+                return Err(fail(f));
+            }
+        }
+        match s.rename(tmp_path, final_path).await {
+            Ok(()) => Ok(true),
+            Err(f) => {
+                if matches!(f, Failure::Lost(_)) {
+                    self.left_behind(tmp_path);
+                }
+                let _ = s.remove_file(tmp_path).await;
+                if f.is(StatusCode::Failure) {
+                    Ok(false)
+                } else {
+                    Err(fail(f))
+                }
+            }
+        }
+    }
+
+    /// Remember `tmp` for removal by the next SFTP session.
+    fn left_behind(&self, tmp: &str) {
+        self.inner
+            .leftovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tmp.to_owned());
+    }
+
+    /// `<dir>/.<name>.deploy-tmp-<unique>`: where `path` is written before it is renamed.
+    fn temporary_name(&self, operation: &'static str, path: &Path) -> Result<PathBuf> {
         let name = path.file_name().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidInput,
@@ -795,7 +950,19 @@ impl SshHost {
         let mut tmp_name = b".".to_vec();
         tmp_name.extend_from_slice(name.as_bytes());
         tmp_name.extend_from_slice(format!(".deploy-tmp-{}", unique()).as_bytes());
-        let tmp = dir.join(OsStr::from_bytes(&tmp_name));
+        Ok(dir.join(OsStr::from_bytes(&tmp_name)))
+    }
+
+    /// Write `input` (`size` bytes) atomically to `path`.
+    async fn write_atomic(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        input: Input<'_>,
+        size: u64,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let tmp = self.temporary_name(operation, path)?;
         let size = size.to_string();
         let mode = mode
             .map(|m| format!("{:o}", m & 0o7777))
@@ -897,7 +1064,7 @@ fn russh_error(operation: &'static str, object: String, e: russh::Error) -> Erro
 }
 
 /// The russh handler: checks the server's host key.
-struct Client {
+pub(crate) struct Client {
     host: String,
     port: u16,
     known_hosts: PathBuf,
@@ -984,6 +1151,20 @@ impl Host for SshHost {
     }
 
     async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
+        if let Some(s) = self.sftp().await
+            && self
+                .write_atomic_sftp(
+                    &s,
+                    "write file",
+                    path,
+                    Source::Bytes(contents),
+                    contents.len() as u64,
+                    mode,
+                )
+                .await?
+        {
+            return Ok(());
+        }
         self.write_atomic(
             "write file",
             path,
@@ -1013,6 +1194,17 @@ impl Host for SshHost {
         }
         // Without an explicit mode the source's: an uploaded program stays executable.
         let mode = mode.or(Some(meta.permissions().mode() & 0o7777));
+        if let Some(s) = self.sftp().await {
+            let again = tokio::fs::File::open(local)
+                .await
+                .map_err(|e| Error::io("upload to", source(), e))?;
+            if self
+                .write_atomic_sftp(&s, "upload to", path, Source::File(again), meta.len(), mode)
+                .await?
+            {
+                return Ok(());
+            }
+        }
         self.write_atomic("upload to", path, Input::File(file), meta.len(), mode)
             .await
     }
@@ -1022,6 +1214,14 @@ impl Host for SshHost {
     /// `InvalidInput` error naming the path and the limit.
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
         let max = self.inner.config.max_read;
+        if let Some((s, p)) = self.sftp_for(path).await {
+            match s.read(p, max.saturating_add(1)).await {
+                Ok(bytes) => return self.within_read_limit(path, bytes),
+                // A directory, say: the script words it.
+                Err(f) if f.is(StatusCode::Failure) => {}
+                Err(f) => return Err(self.sftp_error("read file", path, f)),
+            }
+        }
         let probe = max.saturating_add(1).to_string();
         let out = self
             .script_with(
@@ -1033,29 +1233,38 @@ impl Host for SshHost {
                 usize::try_from(max.saturating_add(1)).unwrap_or(usize::MAX),
             )
             .await?;
-        if out.stdout.len() as u64 > max {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "read file",
-                self.located(&path.display().to_string()),
-                format!(
-                    "the file is larger than the limit of {} ({max} bytes; raise it with \
-                     SshHostBuilder::max_read)",
-                    format_size(max)
-                ),
-            )
-            .permanent());
-        }
-        Ok(out.stdout)
+        self.within_read_limit(path, out.stdout)
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
+        if let Some((s, p)) = self.sftp_for(path).await {
+            let fail = |f| self.sftp_error("remove", path, f);
+            match s.kind(p).await.map_err(fail)? {
+                None => return Ok(()),
+                // A tree: one `rm -rf` rather than a request per entry.
+                Some(FileKind::Dir) => {}
+                Some(_) => match s.remove_file(p).await {
+                    Ok(()) => return Ok(()),
+                    Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(()),
+                    Err(f) if f.is(StatusCode::Failure) => {}
+                    Err(f) => return Err(fail(f)),
+                },
+            }
+        }
         self.script("remove", path, "rm -rf -- \"$1\"", &[path.as_os_str()])
             .await
             .map(drop)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        if let (Some(t), Some((s, f))) = (wire(to), self.sftp_for(from).await) {
+            match s.rename(f, t).await {
+                Ok(()) => return Ok(()),
+                // Another file system, say: `mv` copies, and words what it cannot do.
+                Err(e) if e.is(StatusCode::Failure) => {}
+                Err(e) => return Err(self.sftp_error("rename", from, e)),
+            }
+        }
         // `-T`: a `to` that is a (link to a) directory is replaced, not entered.
         self.script(
             "rename",
@@ -1068,6 +1277,14 @@ impl Host for SshHost {
     }
 
     async fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
+        if let (Some(t), Some((s, l))) = (wire(target), self.sftp_for(link).await) {
+            match s.symlink(t, l).await {
+                Ok(()) => return Ok(()),
+                // `link` exists, say: `ln` words it.
+                Err(e) if e.is(StatusCode::Failure) => {}
+                Err(e) => return Err(self.sftp_error("create symlink", link, e)),
+            }
+        }
         self.script(
             "create symlink",
             link,
@@ -1079,6 +1296,15 @@ impl Host for SshHost {
     }
 
     async fn read_link(&self, link: &Path) -> Result<Option<PathBuf>> {
+        if let Some((s, p)) = self.sftp_for(link).await {
+            match s.read_link(p).await {
+                Ok(to) => return Ok(Some(PathBuf::from(to))),
+                Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(None),
+                // Not a symbolic link: the script says so.
+                Err(f) if f.is(StatusCode::Failure) => {}
+                Err(f) => return Err(self.sftp_error("read symlink", link, f)),
+            }
+        }
         let r = self
             .script(
                 "read symlink",
@@ -1101,6 +1327,11 @@ impl Host for SshHost {
     }
 
     async fn create_dir_all(&self, path: &Path) -> Result<()> {
+        if let Some(s) = self.sftp().await
+            && self.create_dir_all_sftp(&s, path).await?
+        {
+            return Ok(());
+        }
         self.script(
             "create directory",
             path,
@@ -1112,33 +1343,51 @@ impl Host for SshHost {
     }
 
     async fn list_dir(&self, path: &Path) -> Result<Vec<(String, FileKind)>> {
-        let out = self
-            .script(
-                "list directory",
-                path,
-                "[ -d \"$1\" ] || exit 44; find -H \"$1\" -mindepth 1 -maxdepth 1 -printf '%y%f\\0'",
-                &[path.as_os_str()],
-            )
-            .await?;
-        let mut entries: Vec<(String, FileKind)> = out
-            .stdout
-            .split(|&b| b == 0)
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                let kind = match e[0] {
-                    b'f' => FileKind::File,
-                    b'd' => FileKind::Dir,
-                    b'l' => FileKind::Symlink,
-                    _ => FileKind::Other,
-                };
-                (String::from_utf8_lossy(&e[1..]).into_owned(), kind)
-            })
-            .collect();
+        let mut entries = match self.sftp_for(path).await {
+            Some((s, p)) => match s.list(p).await {
+                Ok(entries) => Some(entries),
+                Err(f) if f.is(StatusCode::Failure) => None,
+                Err(f) => return Err(self.sftp_error("list directory", path, f)),
+            },
+            None => None,
+        };
+        if entries.is_none() {
+            let out = self
+                .script(
+                    "list directory",
+                    path,
+                    "[ -d \"$1\" ] || exit 44; find -H \"$1\" -mindepth 1 -maxdepth 1 -printf '%y%f\\0'",
+                    &[path.as_os_str()],
+                )
+                .await?;
+            entries = Some(
+                out.stdout
+                    .split(|&b| b == 0)
+                    .filter(|e| !e.is_empty())
+                    .map(|e| {
+                        let kind = match e[0] {
+                            b'f' => FileKind::File,
+                            b'd' => FileKind::Dir,
+                            b'l' => FileKind::Symlink,
+                            _ => FileKind::Other,
+                        };
+                        (String::from_utf8_lossy(&e[1..]).into_owned(), kind)
+                    })
+                    .collect(),
+            );
+        }
+        let mut entries = entries.unwrap_or_default();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
     }
 
     async fn file_kind(&self, path: &Path) -> Result<Option<FileKind>> {
+        if let Some((s, p)) = self.sftp_for(path).await {
+            return s
+                .kind(p)
+                .await
+                .map_err(|f| self.sftp_error("inspect", path, f));
+        }
         let out = self
             .script(
                 "inspect",
@@ -1154,5 +1403,59 @@ impl Host for SshHost {
             Some(b'o') => Some(FileKind::Other),
             _ => None,
         })
+    }
+}
+
+impl SshHost {
+    /// `bytes` read from `path`, unless they are more than [`SshHostBuilder::max_read`] (the
+    /// reader asks for one byte more than the limit to know).
+    fn within_read_limit(&self, path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let max = self.inner.config.max_read;
+        if bytes.len() as u64 > max {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "read file",
+                self.located(&path.display().to_string()),
+                format!(
+                    "the file is larger than the limit of {} ({max} bytes; raise it with \
+                     SshHostBuilder::max_read)",
+                    format_size(max)
+                ),
+            )
+            .permanent());
+        }
+        Ok(bytes)
+    }
+
+    /// `mkdir -p` over SFTP: the missing directories from the top down. `Ok(false)` when the
+    /// server failed without saying why (a file in the way, say): the script words it.
+    async fn create_dir_all_sftp(&self, s: &Sftp, path: &Path) -> Result<bool> {
+        let fail = |f| self.sftp_error("create directory", path, f);
+        let mut missing = Vec::new();
+        let mut at = Some(path);
+        while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty()) {
+            let Some(p) = wire(dir) else {
+                return Ok(false);
+            };
+            match s.stat_kind(p).await.map_err(fail)? {
+                Some(FileKind::Dir) => break,
+                Some(_) => return Ok(false),
+                None => missing.push(p),
+            }
+            at = dir.parent();
+        }
+        for p in missing.into_iter().rev() {
+            match s.mkdir(p).await {
+                Ok(()) => {}
+                // Made meanwhile by someone else, or in the way: look.
+                Err(f) if f.is(StatusCode::Failure) => {
+                    if s.stat_kind(p).await.map_err(fail)? != Some(FileKind::Dir) {
+                        return Ok(false);
+                    }
+                }
+                Err(f) => return Err(fail(f)),
+            }
+        }
+        Ok(true)
     }
 }

@@ -5,6 +5,7 @@ mod fleet;
 mod host;
 mod known_hosts;
 mod quote;
+mod sftp;
 
 pub use config::{SshHostBuilder, SshHostConfig};
 pub use fleet::{Fleet, FleetReport, HostResult, RollingOptions, RollingReport, rolling_deploy};

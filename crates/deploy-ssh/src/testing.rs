@@ -25,7 +25,8 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 /// Sessions get `SHLVL=1` (sshd's `SetEnv`): bash, started by sshd as the login shell, then does
 /// not source `~/.bashrc`, whose output and run time (a `pyenv init`, say) belong to the
 /// machine running the tests, not to the server under test.
-/// Several fixtures side by side make a fleet.
+/// Several fixtures side by side make a fleet. It offers SFTP (`internal-sftp`), as Debian's
+/// default configuration does; [`start_with`](Self::start_with) changes the configuration.
 ///
 /// ```no_run
 /// # async fn demo() -> deploy_core::Result<()> {
@@ -40,6 +41,8 @@ pub struct SshdFixture {
     port: u16,
     child: Option<ChildGuard>,
     user: String,
+    /// The `sshd_config` lines after the fixture's own.
+    extra: String,
 }
 
 impl fmt::Debug for SshdFixture {
@@ -86,6 +89,14 @@ pub fn ssh_keygen(args: &[&str]) -> Result<()> {
 impl SshdFixture {
     /// Start a server; fails with the install command if sshd is missing.
     pub fn start() -> Result<Self> {
+        Self::start_with("Subsystem sftp internal-sftp\n")
+    }
+
+    /// Start a server whose `sshd_config` ends with `extra` in place of the default
+    /// `Subsystem sftp internal-sftp` line: `""` for a server without SFTP,
+    /// `"Subsystem sftp internal-sftp\nForceCommand internal-sftp\n"` for one that runs no
+    /// command but SFTP.
+    pub fn start_with(extra: &str) -> Result<Self> {
         if !Path::new(SSHD).exists() {
             return Err(fixture_error(format!(
                 "{SSHD} is missing; install it with `apt-get install openssh-server`"
@@ -110,6 +121,7 @@ impl SshdFixture {
             port: 0,
             child: None,
             user,
+            extra: extra.to_owned(),
         };
         // The port is free when chosen but another process may take it before sshd binds it.
         let mut last = None;
@@ -143,8 +155,10 @@ impl SshdFixture {
              MaxSessions 16\n\
              SetEnv SHLVL=1\n\
              MaxStartups 100:30:200\n\
-             LogLevel ERROR\n",
-            d = d.display()
+             LogLevel ERROR\n\
+             {extra}",
+            d = d.display(),
+            extra = self.extra,
         );
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config)

@@ -35,6 +35,97 @@ async fn passes_the_host_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_host_conformance_suite_without_sftp() {
+    // A server without the subsystem, and a host told not to use it: scripts do everything.
+    let sshd = SshdFixture::start_with("").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    host_conformance(&sshd.host().unwrap(), scratch.path()).await;
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host_builder().sftp(false).build().unwrap();
+    host_conformance(&host, scratch.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_operations_go_over_sftp_and_start_no_process_on_the_host() {
+    // This server runs SFTP in place of any command: a file operation that started a process
+    // would get an SFTP server instead, and fail.
+    let sshd =
+        SshdFixture::start_with("Subsystem sftp internal-sftp\nForceCommand internal-sftp\n")
+            .unwrap();
+    let host = sshd.host().unwrap();
+    let out = host
+        .run(&Command::from_argv(["sh", "-c", "echo ran"]).unwrap())
+        .await;
+    assert!(
+        !out.is_ok_and(|o| o.stdout_text().contains("ran")),
+        "the server ran a command"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("a/b/c");
+    host.create_dir_all(&root).await.unwrap();
+    host.create_dir_all(&root).await.unwrap();
+    assert_eq!(
+        host.file_kind(&root).await.unwrap(),
+        Some(deploy_core::FileKind::Dir)
+    );
+    let file = root.join("secret.env");
+    host.write_file(&file, b"TOKEN=1\n", Some(0o600))
+        .await
+        .unwrap();
+    host.write_file(&file, b"TOKEN=2\n", None).await.unwrap();
+    assert_eq!(host.read_file(&file).await.unwrap(), b"TOKEN=2\n");
+    use std::os::unix::fs::PermissionsExt;
+    // Without a mode, the replaced file's.
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let local = scratch.path().join("local.bin");
+    std::fs::write(&local, &big).unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let uploaded = root.join("up.bin");
+    host.upload(&local, &uploaded, None).await.unwrap();
+    assert!(std::fs::read(&uploaded).unwrap() == big);
+    assert_eq!(
+        std::fs::metadata(&uploaded).unwrap().permissions().mode() & 0o777,
+        0o751,
+        "the source's mode, not the server's umask"
+    );
+    let link = root.join("current");
+    host.symlink(Path::new("up.bin"), &link).await.unwrap();
+    assert_eq!(
+        host.read_link(&link).await.unwrap(),
+        Some(Path::new("up.bin").to_path_buf()),
+        "the link points where it was asked to (OpenSSH's argument order)"
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("up.bin"));
+    let tmp = root.join("current.tmp");
+    host.symlink(Path::new("secret.env"), &tmp).await.unwrap();
+    host.rename(&tmp, &link).await.unwrap();
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("secret.env"));
+    assert_eq!(host.read_link(&root.join("nothing")).await.unwrap(), None);
+    let names: Vec<(String, deploy_core::FileKind)> = host.list_dir(&root).await.unwrap();
+    use deploy_core::FileKind::{File, Symlink};
+    assert_eq!(
+        names,
+        [
+            ("current".to_owned(), Symlink),
+            ("secret.env".to_owned(), File),
+            ("up.bin".to_owned(), File)
+        ]
+    );
+    host.remove(&uploaded).await.unwrap();
+    host.remove(&uploaded).await.unwrap();
+    assert_eq!(host.file_kind(&uploaded).await.unwrap(), None);
+    let e = host.read_file(&uploaded).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = host.list_dir(&uploaded).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_signals_large_output_and_stdin() {
     let sshd = SshdFixture::start().unwrap();
     let host = sshd.host().unwrap();
@@ -134,8 +225,17 @@ async fn a_dropped_connection_is_retryable_and_the_next_call_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_upload_leaves_no_partial_file() {
+    interrupted_upload(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_no_partial_file_without_sftp() {
+    interrupted_upload(false).await;
+}
+
+async fn interrupted_upload(sftp: bool) {
     let sshd = SshdFixture::start().unwrap();
-    let host = Arc::new(sshd.host().unwrap());
+    let host = Arc::new(sshd.host_builder().sftp(sftp).build().unwrap());
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("big.bin");
     let content: Vec<u8> = (0..96 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
@@ -168,21 +268,27 @@ async fn an_interrupted_upload_leaves_no_partial_file() {
         b"old release",
         "the final path changed"
     );
-    // The remote shell sees end of input, finds the file short and removes it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmp.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let left = || -> Vec<OsString> {
+        std::fs::read_dir(remote.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect()
+    };
+    if !sftp {
+        // The remote shell sees end of input, finds the file short and removes it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tmp.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(left(), [OsString::from("release.tar")], "leftovers");
     }
-    let left: Vec<_> = std::fs::read_dir(remote.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(left, [OsString::from("release.tar")], "leftovers");
 
-    // The retry reconnects and completes.
+    // The retry reconnects and completes; over SFTP, its new session first removes the
+    // temporary file the cut left behind (the SFTP server died with the connection).
     host.upload(&src, &dest, Some(0o640)).await.unwrap();
     assert!(std::fs::read(&dest).unwrap() == content);
+    assert_eq!(left(), [OsString::from("release.tar")], "leftovers");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
