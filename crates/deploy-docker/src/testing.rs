@@ -211,7 +211,7 @@ impl DockerdFixture {
         std::fs::create_dir_all(&bin).map_err(|e| io("rootfs", e))?;
         std::fs::create_dir_all(ctx.join("rootfs/www")).map_err(|e| io("www", e))?;
         std::fs::copy(busybox, bin.join("busybox")).map_err(|e| io("busybox", e))?;
-        for applet in ["sh", "httpd", "wget", "printenv", "cat", "echo", "sleep"] {
+        for applet in ["sh", "httpd", "wget", "env", "cat", "echo", "sleep"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| io(applet, e))?;
         }
         std::fs::write(
