@@ -200,6 +200,13 @@ impl DockerdFixture {
                     "busybox is missing; install it with `apt-get install busybox-static`",
                 )
             })?;
+        let binary = std::fs::read(busybox).map_err(|e| Error::io("read", busybox, e))?;
+        if elf_has_interpreter(&binary) {
+            return Err(fixture_error(format!(
+                "{busybox} is linked dynamically and cannot run alone in an image; \
+                 install `apt-get install busybox-static`"
+            )));
+        }
         let ctx = self
             .dir
             .path()
@@ -300,6 +307,27 @@ impl DockerdFixture {
             }
         }
     }
+}
+
+/// Whether the 64-bit little-endian ELF `bytes` asks for a program interpreter (`PT_INTERP`):
+/// a dynamically linked program. Anything else reads as `false`.
+fn elf_has_interpreter(bytes: &[u8]) -> bool {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let Ok(phoff) = usize::try_from(u64::from_le_bytes(
+        bytes[0x20..0x28].try_into().expect("8 bytes"),
+    )) else {
+        return false;
+    };
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let o = phoff + i * size;
+        bytes
+            .get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3)
+    })
 }
 
 /// A mount point as `/proc/self/mountinfo` writes it, with `\040` and friends decoded.
@@ -458,6 +486,15 @@ impl Host for RecordingHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_programs_are_told_from_static_ones() {
+        assert!(elf_has_interpreter(&std::fs::read("/bin/ls").unwrap()));
+        if let Ok(b) = std::fs::read("/usr/bin/busybox") {
+            assert!(!elf_has_interpreter(&b), "busybox-static");
+        }
+        assert!(!elf_has_interpreter(b"#!/bin/sh\n"));
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {
