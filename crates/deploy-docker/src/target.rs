@@ -920,6 +920,12 @@ impl DockerTargetBuilder {
                 ));
             }
         }
+        if t.stop_timeout.subsec_nanos() != 0 {
+            problems.push(format!(
+                "stop timeout {} must be whole seconds (docker stop -t takes seconds)",
+                humantime::format_duration(t.stop_timeout)
+            ));
+        }
         if t.keep < 2 {
             problems.push(format!(
                 "keep is {}, must be at least 2 (the current and the previous container)",
@@ -1048,6 +1054,7 @@ mod tests {
             .label("deploy.version", "x")
             .restart("always")
             .keep(1)
+            .stop_timeout(Duration::from_millis(1500))
             .temp_dir("tmp")
             .build()
             .unwrap_err();
@@ -1060,6 +1067,7 @@ mod tests {
             "label deploy.version is reserved",
             "restart policy \"always\"",
             "keep is 1",
+            "stop timeout 1s 500ms must be whole seconds",
             "temp_dir tmp",
         ] {
             assert!(m.contains(part), "{part} in {m}");
