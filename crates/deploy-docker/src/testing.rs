@@ -88,6 +88,8 @@ impl DockerdFixture {
                 "--ip-masq=false",
                 "--userland-proxy=false",
                 "--storage-driver=overlay2",
+                // Containers still running when the fixture is dropped get this long.
+                "--shutdown-timeout=5",
             ])
             .stdin(Stdio::null())
             .stdout(
