@@ -680,6 +680,12 @@ impl DockerTarget {
         .with_version(version))
     }
 
+    /// The secret environment values, in order (for tests of the configuration).
+    #[cfg(test)]
+    pub(crate) fn secret_values(&self) -> Vec<&SecretString> {
+        self.secret_env.iter().map(|(_, v)| v).collect()
+    }
+
     /// This target's slot name.
     pub fn slot(&self) -> &str {
         &self.slot
