@@ -392,7 +392,8 @@ impl DockerdFixture {
 
 /// A [`Host`] that records every command run through it (program, arguments, environment
 /// names, standard input) before passing it to the host it wraps — to assert what a target
-/// ran, and what it never put on a command line.
+/// ran, and what it never put on a command line. It keeps whole commands, standard input and
+/// environment values included: a test tool, never for production.
 #[derive(Debug, Clone)]
 pub struct RecordingHost {
     inner: Arc<dyn Host>,
