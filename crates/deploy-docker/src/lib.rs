@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod docker;
+mod health;
+mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{DockerTargetConfig, KIND, RegistryConfig, SecretSource};
+pub use health::DockerHealthProbe;
+pub use target::{DockerTarget, DockerTargetBuilder};
