@@ -430,9 +430,19 @@ def write_plan(world: World, path: Path, state_dir: Path, batch: int, interval: 
     path.write_text("\n".join(out))
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
 def run_measured(argv: list[str], out_dir: Path, tag: str, env=None) -> dict:
-    """Run argv under the rusage wrapper; its output goes to <out_dir>/<tag>.log."""
+    """Run argv under the rusage wrapper; its output goes to <out_dir>/<tag>.log. Also how
+    busy the whole machine was meanwhile (every process: the tool, sshd, the shells, HAProxy)."""
     result = out_dir / f"{tag}.rusage.json"
+    busy0, total0 = machine_cpu()
     logfile = out_dir / f"{tag}.log"
     with open(logfile, "wb") as lf:
         p = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(result), *argv],
@@ -449,8 +459,10 @@ def run_measured(argv: list[str], out_dir: Path, tag: str, env=None) -> dict:
                 p.kill()
                 p.wait()
             raise
+    busy1, total1 = machine_cpu()
     r = json.loads(result.read_text())
     r["log"] = str(logfile)
+    r["machine_busy"] = (busy1 - busy0) / max(1, total1 - total0)
     return r
 
 
@@ -667,6 +679,7 @@ def bench_size(args, n: int, deploy_bin: Path, ansible: str | None, rows: list,
                     ok = r["rc"] == 0 and not problems
                     log(f"{tag}: rc {r['rc']}, wall {r['wall_s']:.2f} s (floor {floor:.2f} s), "
                         f"peak RSS {r['maxrss_kib'] / 1024:.1f} MiB, CPU {r.get('cpu_s', 0):.2f} s, "
+                        f"machine busy {100 * r.get('machine_busy', 0):.0f} %, "
                         + ("full work done" if ok else f"NOT DONE: {problems[:5]} (log {r['log']})"))
                     if tool == "deploy" and r.get("report") and args.verbose:
                         log(f"  steps: {json.dumps(summarize_report(r['report']))}")
