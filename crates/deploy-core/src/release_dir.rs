@@ -210,6 +210,8 @@ impl ReleaseDirTarget {
         let prefixes = [
             format!(".{version}.partial-"),
             format!(".{version}.upload-"),
+            // A host's own temporary name for an upload cut off before its rename.
+            format!("..{version}.upload-"),
         ];
         for (name, _) in self.host.list_dir(&self.releases()).await? {
             if prefixes.iter().any(|p| name.starts_with(p.as_str())) {

@@ -167,7 +167,8 @@ impl SshHostBuilder {
         self
     }
 
-    /// Kill commands that run longer than this when they carry no timeout of their own.
+    /// Kill commands that run longer than this when they carry no timeout of their own; also
+    /// the longest an SFTP request waits for its answer (see [`sftp`](Self::sftp)).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.config.command_timeout = Some(timeout);
         self
@@ -201,6 +202,8 @@ impl SshHostBuilder {
     /// OpenSSH's `posix-rename@openssh.com` extension and `max_channels` is at least 2 (the
     /// channel takes one of them); otherwise, and with `false`, they run as commands
     /// (`mv -T`, `ln -T`, `find`, `cat`), as they do for answers SFTP cannot word precisely.
+    /// Each SFTP request waits at most the [`command_timeout`](Self::command_timeout) when
+    /// one is set, else as long as the connection lives.
     pub fn sftp(mut self, on: bool) -> Self {
         self.config.sftp = on;
         self

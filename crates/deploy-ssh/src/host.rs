@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::config::{Auth, Settings, SshHostBuilder};
 use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
 use crate::quote::{self, ENV_MARK, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
-use crate::sftp::{self, Failure, Sftp, Source, WriteEnd, wire};
+use crate::sftp::{self, Failure, Sftp, Source, WriteEnd, WriteError, wire};
 use russh_sftp::protocol::StatusCode;
 
 /// A remote machine reached over SSH (russh), as a [`Host`].
@@ -662,6 +662,16 @@ impl SshHost {
                 ));
             }
         };
+        if raw.pid.is_none() {
+            // The wrapper's first act is to report its pid: without it, the server ran
+            // something else (a `ForceCommand`, an SFTP-only account), whatever its exit code.
+            return Err(fail(
+                ErrorKind::Rejected,
+                "the server did not run the command (no report from the wrapper: a \
+                 ForceCommand or an SFTP-only account?)"
+                    .to_owned(),
+            ));
+        }
         if raw.code == Some(127) {
             if raw.stderr.ends_with(NOT_FOUND_MARK) {
                 return Err(fail(
@@ -785,24 +795,34 @@ impl SshHost {
     }
 
     /// The SFTP session for file operations, opening it on first use; `None` when the server
-    /// does not offer it, it is turned off, or it cannot be opened now (the caller then runs
-    /// its script, which reports a connection problem in its own words).
-    async fn sftp(&self) -> Option<Arc<Sftp>> {
+    /// does not offer it, it is turned off, or it could not be opened on this connection (the
+    /// caller then runs its script). An error only when the host cannot be reached at all.
+    async fn sftp(&self) -> Result<Option<Arc<Sftp>>> {
         let c = &self.inner.config;
         if !c.sftp || c.max_channels < 2 {
-            return None;
+            return Ok(None);
         }
         let mut slot = self.inner.sftp.lock().await;
         match &*slot {
-            sftp::Slot::Off => return None,
-            sftp::Slot::Open(s) if s.usable() => return Some(Arc::clone(s)),
-            _ => *slot = sftp::Slot::Untried,
+            sftp::Slot::Off => return Ok(None),
+            sftp::Slot::Open(s) if s.usable() => return Ok(Some(Arc::clone(s))),
+            _ => {}
         }
-        let handle = self.connection().await.ok()?;
+        let handle = self.connection().await?;
+        if let sftp::Slot::NotOn(h) = &*slot
+            && Arc::ptr_eq(h, &handle)
+        {
+            return Ok(None);
+        }
+        *slot = sftp::Slot::Untried;
         // The channel stays open: it takes one of the host's channels for as long.
-        let permit = Arc::clone(&self.inner.channels).try_acquire_owned().ok()?;
-        let timeout = c.command_timeout.unwrap_or(Duration::from_secs(60));
-        match Sftp::open(handle, permit, timeout).await {
+        let Ok(permit) = Arc::clone(&self.inner.channels).try_acquire_owned() else {
+            return Ok(None);
+        };
+        // Requests are small; a transfer's are limited by the command timeout when there is
+        // one, else only by the connection's keep-alive (a dead connection fails them).
+        let timeout = c.command_timeout.unwrap_or(Duration::from_secs(3600));
+        match Sftp::open(Arc::clone(&handle), permit, timeout).await {
             Ok(s) => {
                 let leftovers = std::mem::take(
                     &mut *self
@@ -812,29 +832,45 @@ impl SshHost {
                         .unwrap_or_else(PoisonError::into_inner),
                 );
                 for tmp in leftovers {
-                    // Best effort: one may have gone already, or be someone else's to remove.
+                    // Best effort: one may have gone already.
                     let _ = s.remove_file(&tmp).await;
                 }
                 let s = Arc::new(s);
                 *slot = sftp::Slot::Open(Arc::clone(&s));
-                Some(s)
+                Ok(Some(s))
             }
             Err(sftp::OpenError::Refused(why)) => {
                 tracing::debug!(host = %self.inner.name, %why, "file operations run as commands");
                 *slot = sftp::Slot::Off;
-                None
+                Ok(None)
             }
             Err(sftp::OpenError::Failed(why)) => {
-                tracing::debug!(host = %self.inner.name, %why, "could not open SFTP; this operation runs as a command");
-                None
+                tracing::debug!(
+                    host = %self.inner.name,
+                    %why,
+                    "could not open SFTP; file operations run as commands on this connection"
+                );
+                *slot = sftp::Slot::NotOn(handle);
+                Ok(None)
             }
         }
     }
 
-    /// The SFTP session and `path` as it carries it, if both are there.
-    async fn sftp_for<'p>(&self, path: &'p Path) -> Option<(Arc<Sftp>, &'p str)> {
-        let p = wire(path)?;
-        Some((self.sftp().await?, p))
+    /// The SFTP session and `path` as it carries it, if both are there; `operation` names a
+    /// failure to reach the host.
+    async fn sftp_for<'p>(
+        &self,
+        operation: &'static str,
+        path: &'p Path,
+    ) -> Result<Option<(Arc<Sftp>, &'p str)>> {
+        let Some(p) = wire(path) else {
+            return Ok(None);
+        };
+        let s = self
+            .sftp()
+            .await
+            .map_err(|e| e.context(operation, path.display().to_string()))?;
+        Ok(s.map(|s| (s, p)))
     }
 
     /// The error of `operation` on `path` for an SFTP failure.
@@ -863,15 +899,22 @@ impl SshHost {
             )
             .retryable(),
             Failure::Source(e) => Error::io(operation, object, e),
+            Failure::Unfit => Error::new(
+                ErrorKind::Other,
+                operation,
+                object,
+                "SFTP could not answer it faithfully",
+            ),
         }
     }
 
     /// Write `source` atomically to `path` over SFTP: a temporary file next to it, the whole
-    /// byte count, the mode (given, else the replaced file's), fsync, `rename(2)`. `Ok(false)`
-    /// when the server failed without saying why: the caller runs its script, which does.
+    /// byte count, the mode (given, else the replaced file's), fsync when the server offers
+    /// it, `rename(2)`. `Ok(false)` when the temporary file could not be made and the server
+    /// did not say why: the caller runs its script, which does.
     async fn write_atomic_sftp(
         &self,
-        s: &Sftp,
+        s: &Arc<Sftp>,
         operation: &'static str,
         path: &Path,
         source: Source<'_>,
@@ -885,7 +928,11 @@ impl SshHost {
         let fail = |f: Failure| self.sftp_error(operation, path, f);
         let mode = match mode {
             Some(m) => Some(m & 0o7777),
-            None => s.file_mode(final_path).await.map_err(fail)?,
+            None => match s.file_mode(final_path).await {
+                Ok(m) => m,
+                Err(f) if f.wants_script() => return Ok(false),
+                Err(f) => return Err(fail(f)),
+            },
         };
         match s.write_new(tmp_path, source, size, mode).await {
             Ok(WriteEnd::Complete) => {}
@@ -900,8 +947,9 @@ impl SshHost {
                     ),
                 ));
             }
-            Err(f) if f.is(StatusCode::Failure) => return Ok(false),
-            Err(f) => {
+            Err(WriteError::Open(f)) if f.wants_script() => return Ok(false),
+            Err(WriteError::Open(f)) => return Err(fail(f)),
+            Err(WriteError::Write(f)) => {
                 if matches!(f, Failure::Lost(_)) {
                     self.left_behind(tmp_path);
                 }
@@ -913,13 +961,10 @@ impl SshHost {
             Err(f) => {
                 if matches!(f, Failure::Lost(_)) {
                     self.left_behind(tmp_path);
-                }
-                let _ = s.remove_file(tmp_path).await;
-                if f.is(StatusCode::Failure) {
-                    Ok(false)
                 } else {
-                    Err(fail(f))
+                    let _ = s.remove_file(tmp_path).await;
                 }
+                Err(fail(f))
             }
         }
     }
@@ -1151,7 +1196,7 @@ impl Host for SshHost {
     }
 
     async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
-        if let Some(s) = self.sftp().await
+        if let Some((s, _)) = self.sftp_for("write file", path).await?
             && self
                 .write_atomic_sftp(
                     &s,
@@ -1194,16 +1239,23 @@ impl Host for SshHost {
         }
         // Without an explicit mode the source's: an uploaded program stays executable.
         let mode = mode.or(Some(meta.permissions().mode() & 0o7777));
-        if let Some(s) = self.sftp().await {
-            let again = tokio::fs::File::open(local)
+        let mut file = file;
+        if let Some((s, _)) = self.sftp_for("upload to", path).await? {
+            // The same open file (the size and mode above are its own), read from its start.
+            let same = file
+                .try_clone()
                 .await
                 .map_err(|e| Error::io("upload to", source(), e))?;
             if self
-                .write_atomic_sftp(&s, "upload to", path, Source::File(again), meta.len(), mode)
+                .write_atomic_sftp(&s, "upload to", path, Source::File(same), meta.len(), mode)
                 .await?
             {
                 return Ok(());
             }
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|e| Error::io("upload to", source(), e))?;
         }
         self.write_atomic("upload to", path, Input::File(file), meta.len(), mode)
             .await
@@ -1214,11 +1266,11 @@ impl Host for SshHost {
     /// `InvalidInput` error naming the path and the limit.
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
         let max = self.inner.config.max_read;
-        if let Some((s, p)) = self.sftp_for(path).await {
+        if let Some((s, p)) = self.sftp_for("read file", path).await? {
             match s.read(p, max.saturating_add(1)).await {
                 Ok(bytes) => return self.within_read_limit(path, bytes),
                 // A directory, say: the script words it.
-                Err(f) if f.is(StatusCode::Failure) => {}
+                Err(f) if f.wants_script() => {}
                 Err(f) => return Err(self.sftp_error("read file", path, f)),
             }
         }
@@ -1237,18 +1289,20 @@ impl Host for SshHost {
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
-        if let Some((s, p)) = self.sftp_for(path).await {
+        if let Some((s, p)) = self.sftp_for("remove", path).await? {
             let fail = |f| self.sftp_error("remove", path, f);
-            match s.kind(p).await.map_err(fail)? {
-                None => return Ok(()),
+            match s.kind(p).await {
+                Ok(None) => return Ok(()),
                 // A tree: one `rm -rf` rather than a request per entry.
-                Some(FileKind::Dir) => {}
-                Some(_) => match s.remove_file(p).await {
+                Ok(Some(FileKind::Dir)) => {}
+                Ok(Some(_)) => match s.remove_file(p).await {
                     Ok(()) => return Ok(()),
                     Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(()),
-                    Err(f) if f.is(StatusCode::Failure) => {}
+                    Err(f) if f.wants_script() => {}
                     Err(f) => return Err(fail(f)),
                 },
+                Err(f) if f.wants_script() => {}
+                Err(f) => return Err(fail(f)),
             }
         }
         self.script("remove", path, "rm -rf -- \"$1\"", &[path.as_os_str()])
@@ -1257,11 +1311,13 @@ impl Host for SshHost {
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        if let (Some(t), Some((s, f))) = (wire(to), self.sftp_for(from).await) {
+        if let Some(t) = wire(to)
+            && let Some((s, f)) = self.sftp_for("rename", from).await?
+        {
             match s.rename(f, t).await {
                 Ok(()) => return Ok(()),
                 // Another file system, say: `mv` copies, and words what it cannot do.
-                Err(e) if e.is(StatusCode::Failure) => {}
+                Err(e) if e.wants_script() => {}
                 Err(e) => return Err(self.sftp_error("rename", from, e)),
             }
         }
@@ -1277,11 +1333,13 @@ impl Host for SshHost {
     }
 
     async fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
-        if let (Some(t), Some((s, l))) = (wire(target), self.sftp_for(link).await) {
+        if let Some(t) = wire(target)
+            && let Some((s, l)) = self.sftp_for("create symlink", link).await?
+        {
             match s.symlink(t, l).await {
                 Ok(()) => return Ok(()),
                 // `link` exists, say: `ln` words it.
-                Err(e) if e.is(StatusCode::Failure) => {}
+                Err(e) if e.wants_script() => {}
                 Err(e) => return Err(self.sftp_error("create symlink", link, e)),
             }
         }
@@ -1296,12 +1354,13 @@ impl Host for SshHost {
     }
 
     async fn read_link(&self, link: &Path) -> Result<Option<PathBuf>> {
-        if let Some((s, p)) = self.sftp_for(link).await {
+        if let Some((s, p)) = self.sftp_for("read symlink", link).await? {
             match s.read_link(p).await {
                 Ok(to) => return Ok(Some(PathBuf::from(to))),
                 Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(None),
-                // Not a symbolic link: the script says so.
-                Err(f) if f.is(StatusCode::Failure) => {}
+                // Not a symbolic link (EINVAL, a "bad message"), or a target that is not
+                // UTF-8: the script says so, or reads its bytes.
+                Err(f) if f.wants_script() => {}
                 Err(f) => return Err(self.sftp_error("read symlink", link, f)),
             }
         }
@@ -1327,7 +1386,7 @@ impl Host for SshHost {
     }
 
     async fn create_dir_all(&self, path: &Path) -> Result<()> {
-        if let Some(s) = self.sftp().await
+        if let Some((s, _)) = self.sftp_for("create directory", path).await?
             && self.create_dir_all_sftp(&s, path).await?
         {
             return Ok(());
@@ -1343,10 +1402,10 @@ impl Host for SshHost {
     }
 
     async fn list_dir(&self, path: &Path) -> Result<Vec<(String, FileKind)>> {
-        let mut entries = match self.sftp_for(path).await {
+        let mut entries = match self.sftp_for("list directory", path).await? {
             Some((s, p)) => match s.list(p).await {
                 Ok(entries) => Some(entries),
-                Err(f) if f.is(StatusCode::Failure) => None,
+                Err(f) if f.wants_script() => None,
                 Err(f) => return Err(self.sftp_error("list directory", path, f)),
             },
             None => None,
@@ -1382,11 +1441,12 @@ impl Host for SshHost {
     }
 
     async fn file_kind(&self, path: &Path) -> Result<Option<FileKind>> {
-        if let Some((s, p)) = self.sftp_for(path).await {
-            return s
-                .kind(p)
-                .await
-                .map_err(|f| self.sftp_error("inspect", path, f));
+        if let Some((s, p)) = self.sftp_for("inspect", path).await? {
+            match s.kind(p).await {
+                Ok(kind) => return Ok(kind),
+                Err(f) if f.wants_script() => {}
+                Err(f) => return Err(self.sftp_error("inspect", path, f)),
+            }
         }
         let out = self
             .script(
@@ -1427,20 +1487,27 @@ impl SshHost {
         Ok(bytes)
     }
 
-    /// `mkdir -p` over SFTP: the missing directories from the top down. `Ok(false)` when the
-    /// server failed without saying why (a file in the way, say): the script words it.
+    /// `mkdir -p` over SFTP: the missing directories from the top down. `Ok(false)` when SFTP
+    /// cannot say why it failed (a file in the way, say): the script words it.
     async fn create_dir_all_sftp(&self, s: &Sftp, path: &Path) -> Result<bool> {
-        let fail = |f| self.sftp_error("create directory", path, f);
+        let fail = |f: Failure| {
+            if f.wants_script() {
+                Ok(false)
+            } else {
+                Err(self.sftp_error("create directory", path, f))
+            }
+        };
         let mut missing = Vec::new();
         let mut at = Some(path);
         while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty()) {
             let Some(p) = wire(dir) else {
                 return Ok(false);
             };
-            match s.stat_kind(p).await.map_err(fail)? {
-                Some(FileKind::Dir) => break,
-                Some(_) => return Ok(false),
-                None => missing.push(p),
+            match s.stat_kind(p).await {
+                Ok(Some(FileKind::Dir)) => break,
+                Ok(Some(_)) => return Ok(false),
+                Ok(None) => missing.push(p),
+                Err(f) => return fail(f),
             }
             at = dir.parent();
         }
@@ -1449,11 +1516,11 @@ impl SshHost {
                 Ok(()) => {}
                 // Made meanwhile by someone else, or in the way: look.
                 Err(f) if f.is(StatusCode::Failure) => {
-                    if s.stat_kind(p).await.map_err(fail)? != Some(FileKind::Dir) {
+                    if !matches!(s.stat_kind(p).await, Ok(Some(FileKind::Dir))) {
                         return Ok(false);
                     }
                 }
-                Err(f) => return Err(fail(f)),
+                Err(f) => return fail(f),
             }
         }
         Ok(true)

@@ -48,18 +48,17 @@ async fn passes_the_host_conformance_suite_without_sftp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_operations_go_over_sftp_and_start_no_process_on_the_host() {
     // This server runs SFTP in place of any command: a file operation that started a process
-    // would get an SFTP server instead, and fail.
+    // would get an SFTP server instead of its script, and fail saying so.
     let sshd =
         SshdFixture::start_with("Subsystem sftp internal-sftp\nForceCommand internal-sftp\n")
             .unwrap();
     let host = sshd.host().unwrap();
-    let out = host
+    let e = host
         .run(&Command::from_argv(["sh", "-c", "echo ran"]).unwrap())
-        .await;
-    assert!(
-        !out.is_ok_and(|o| o.stdout_text().contains("ran")),
-        "the server ran a command"
-    );
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert!(e.to_string().contains("did not run the command"), "{e}");
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("a/b/c");
     host.create_dir_all(&root).await.unwrap();
@@ -123,6 +122,73 @@ async fn file_operations_go_over_sftp_and_start_no_process_on_the_host() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     let e = host.list_dir(&uploaded).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // A tree is removed by `rm -rf`, which this server does not run: an error, not a silent
+    // success with the tree still there.
+    let e = host.remove(&scratch.path().join("a")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert!(root.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_answers_that_say_too_little_are_worded_by_the_script() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("current");
+    std::fs::create_dir(&dir).unwrap();
+    // readlink of a directory: SFTP says "bad message" (EINVAL).
+    let e = host.read_link(&dir).await.unwrap_err();
+    assert!(e.to_string().contains("not a symbolic link"), "{e}");
+    // A symlink where one exists: SFTP says "failure".
+    let e = host
+        .symlink(Path::new("elsewhere"), &dir)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    // A directory where a file is in the way.
+    std::fs::write(scratch.path().join("file"), b"x").unwrap();
+    let e = host
+        .create_dir_all(&scratch.path().join("file/sub"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Not a directory") || e.to_string().contains("File exists"),
+        "{e}"
+    );
+    // A link whose target is not UTF-8 comes back byte for byte.
+    let odd = OsString::from_vec(b"caf\xe9".to_vec());
+    let link = scratch.path().join("odd");
+    std::os::unix::fs::symlink(&odd, &link).unwrap();
+    assert_eq!(host.read_link(&link).await.unwrap(), Some(odd.into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_by_its_caller_leaves_no_temporary_file() {
+    let sshd = SshdFixture::start().unwrap();
+    let host = sshd.host().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let local = scratch.path().join("big.bin");
+    std::fs::write(&local, vec![7u8; 64 * 1024 * 1024]).unwrap();
+    let remote = scratch.path().join("remote");
+    std::fs::create_dir(&remote).unwrap();
+    host.connect().await.unwrap();
+    let dest = remote.join("artifact.tar");
+    let upload = host.upload(&local, &dest, Some(0o600));
+    // The caller's own time limit ends the call while bytes are in flight.
+    let cut = tokio::time::timeout(Duration::from_millis(150), upload).await;
+    assert!(
+        cut.is_err(),
+        "the upload finished within 150 ms: make it larger"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = || std::fs::read_dir(&remote).unwrap().count();
+    while left() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left(), 0, "a temporary file stayed behind");
+    // The session still works.
+    host.write_file(&dest, b"ok", None).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
