@@ -72,22 +72,27 @@ impl Setup {
         v
     }
 
-    /// The engine's events since `since` (unix seconds) until now, as `type action name`.
-    fn events_since(&self, since: u64) -> Vec<String> {
-        let until = now() + 1;
+    /// The engine's events from `since` (unix nanoseconds) until now, as `type action name`
+    /// (filtered here by each event's own time: `--since` takes whole seconds).
+    fn events_since(&self, since: u128) -> Vec<String> {
+        let from = (since / 1_000_000_000) as u64 - 2;
+        let until = (now() / 1_000_000_000) as u64 + 1;
         self.engine
             .docker_ok(&[
                 "events",
                 "--since",
-                &since.to_string(),
+                &from.to_string(),
                 "--until",
                 &until.to_string(),
                 "--format",
-                "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+                "{{.TimeNano}} {{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
             ])
             .unwrap()
             .lines()
-            .map(str::to_owned)
+            .filter_map(|l| {
+                let (t, rest) = l.split_once(' ')?;
+                (t.parse::<u128>().ok()? >= since).then(|| rest.to_owned())
+            })
             .collect()
     }
 
@@ -96,11 +101,12 @@ impl Setup {
     }
 }
 
-fn now() -> u64 {
+/// Unix time in nanoseconds.
+fn now() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
+        .as_nanos()
 }
 
 /// `deploy <args> <plan>` with `env`: exit code and output (stdout, then stderr).
@@ -337,7 +343,7 @@ async fn wait_health_wait(engine: &Engine, pid: u32, log: &Path) {
 
 /// [`setup`] with 2.0.0's slow HEALTHCHECK, then `deploy run` killed with SIGKILL while it
 /// waits for green's container to become healthy; returns the engine's clock at the kill.
-async fn killed_while_waiting_for_health() -> (Setup, u64) {
+async fn killed_while_waiting_for_health() -> (Setup, u128) {
     let s = setup(
         true,
         "",
