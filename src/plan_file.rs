@@ -2241,4 +2241,66 @@ x = 1
             err.problems[0]
         );
     }
+
+    #[test]
+    fn a_target_kind_routes_its_keys_to_the_adapter_and_a_release_dir_needs_its_root() {
+        let with_targets = |targets: &str| {
+            let start = GOOD.find("[[targets]]").unwrap();
+            let end = GOOD.find("[switch]").unwrap();
+            format!("{}{targets}\n{}", &GOOD[..start], &GOOD[end..])
+        };
+        let text = with_targets(
+            r#"[[targets]]
+id = "blue"
+kind = "release_dir"
+root = "/srv/blue"
+endpoint = "http://127.0.0.1:8081"
+
+[[targets]]
+id = "green"
+kind = "docker"
+endpoint = "http://127.0.0.1:8082"
+app = "shop"
+secret_env = { TOKEN = { file = "token" } }
+"#,
+        );
+        let p = PlanFile::parse_in("p.toml", &text, Path::new("/etc/deploy")).unwrap();
+        assert_eq!(p.targets[0].kind, None);
+        assert_eq!(p.targets[0].root.as_deref(), Some(Path::new("/srv/blue")));
+        assert_eq!(p.targets[1].kind.as_deref(), Some("docker"));
+        let section = p.targets[1].section.as_ref().unwrap();
+        assert_eq!(section["app"].as_str(), Some("shop"));
+        assert!(section.get("id").is_none() && section.get("kind").is_none());
+        assert_eq!(
+            section["secret_env"]["TOKEN"]["file"].as_str(),
+            Some("/etc/deploy/token"),
+            "a secret file is read from the plan's directory"
+        );
+
+        let text = with_targets(
+            r#"[[targets]]
+id = "blue"
+endpoint = "http://127.0.0.1:8081"
+
+[[targets]]
+id = "green"
+kind = 3
+endpoint = "http://127.0.0.1:8082"
+"#,
+        );
+        let e = PlanFile::parse("p.toml", &text).unwrap_err();
+        let shown: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.starts_with("targets[0].root: missing")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.starts_with("targets[1].kind: expected a string")),
+            "{shown:?}"
+        );
+    }
 }

@@ -249,6 +249,9 @@ async fn setup(slow: bool, extra_target_keys: &str, probe_policy: &str) -> Setup
     );
     let plan = dir.join("docker.toml");
     std::fs::write(&plan, &text).unwrap();
+    let token = dir.join("shop-token");
+    std::fs::write(&token, SECRET).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let pf = PlanFile::load(&plan).unwrap();
     let deploy_engine = pf.engine(&Adapters::new()).unwrap();
     install(
@@ -451,18 +454,19 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_argv_journal_report_and_output() {
     let _one = ONE_AT_A_TIME.lock().await;
-    // The secret reaches `deploy` through its environment only.
+    // The secret comes from a 0600 file beside the plan (a relative path, read from the plan
+    // file's directory).
     let s = setup(
         false,
-        "secret_env = { SHOP_TOKEN = { env = \"SHOP_TOKEN_SOURCE\" } }",
+        "secret_env = { SHOP_TOKEN = { file = \"shop-token\" } }",
         "interval = \"200ms\"\ndeadline = \"60s\"",
     )
     .await;
     let watch = ArgvWatch::start(
         vec![SECRET.as_bytes().to_vec()],
-        vec![b"create".to_vec(), b"deploy".to_vec()],
+        vec![b"\0create\0".to_vec(), b"deploy\0run\0".to_vec()],
     );
-    let env = [("SHOP_TOKEN_SOURCE", SECRET)];
+    let env = [];
     let report_path = s.dir().join("report.json");
     let report_arg = report_path.display().to_string();
     let (code, run_out) = deploy(&["run", "--report", &report_arg], &s.plan, &env);
