@@ -388,7 +388,9 @@ async fn killed_while_waiting_for_health() -> (Setup, u128) {
 async fn kill_9_while_waiting_for_the_container_health_then_resume_promotes() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (s, _) = killed_while_waiting_for_health().await;
+    let t0 = Instant::now();
     let (code, out) = deploy(&["resume"], &s.plan, &[]);
+    println!("deploy resume took {:?}", t0.elapsed());
     assert_eq!(code, 0, "promoted\n{out}");
     assert!(out.contains("recovered from journal"), "{out}");
     assert_eq!(
@@ -410,7 +412,9 @@ async fn kill_9_while_waiting_for_the_container_health_then_resume_promotes() {
 async fn kill_9_while_waiting_for_the_container_health_then_rollback_starts_the_old_container() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (s, killed_at) = killed_while_waiting_for_health().await;
+    let t0 = Instant::now();
     let (code, out) = deploy(&["rollback"], &s.plan, &[]);
+    println!("deploy rollback took {:?}", t0.elapsed());
     assert_eq!(code, 2, "rolled back exits 2\n{out}");
     assert_eq!(
         s.running(),
