@@ -12,9 +12,10 @@
 //! | `[maintenance]` | `nginx` | `nginx` |
 //! | `[state]` | `postgres` | `postgres` |
 //! | `ssh` of a target | (no `kind`) | `ssh` |
+//! | `[[targets]]` | `docker` (`release_dir`, the default, is built in) | `docker` |
 //!
-//! An embedding tool adds its own adapters with [`Adapters::switch`], [`Adapters::gate`], … and
-//! [`adapter`].
+//! An embedding tool adds its own adapters with [`Adapters::switch`], [`Adapters::gate`],
+//! [`Adapters::target`], … and [`adapter`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,11 +24,20 @@ use deploy_core::state::StateStore;
 use deploy_core::{DynHost, DynMaintenance, DynMetricGate, DynMigrationRunner, DynTrafficSwitch};
 use serde::de::DeserializeOwned;
 
-use crate::plan_file::{AdapterFactory, Problem};
+use crate::plan_file::{AdapterFactory, BuiltTarget, Problem, TargetContext};
 
 /// Builds one adapter from its plan-file section: `path` is the section's key path (for
 /// messages), `section` its table without the `kind` key.
 pub type Build<T> = fn(path: &str, section: toml::Value) -> Result<T, Vec<Problem>>;
+
+/// Builds one `[[targets]]` entry of an adapter's kind: `path` is `targets[i]` (for messages),
+/// `section` the entry without `id`, `endpoint`, `ssh` and `kind`, `context` what the plan file
+/// made of those.
+pub type TargetBuild = fn(
+    path: &str,
+    section: toml::Value,
+    context: TargetContext,
+) -> Result<BuiltTarget, Vec<Problem>>;
 
 /// The adapters a plan file can name, by `kind`.
 #[derive(Clone, Default)]
@@ -38,6 +48,7 @@ pub struct Adapters {
     maintenance: BTreeMap<&'static str, Build<DynMaintenance>>,
     state_stores: BTreeMap<&'static str, Build<Arc<dyn StateStore>>>,
     ssh: Option<Build<DynHost>>,
+    targets: BTreeMap<&'static str, TargetBuild>,
 }
 
 impl std::fmt::Debug for Adapters {
@@ -52,6 +63,7 @@ impl std::fmt::Debug for Adapters {
                 &self.state_stores.keys().collect::<Vec<_>>(),
             )
             .field("ssh", &self.ssh.is_some())
+            .field("targets", &self.targets.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -107,6 +119,8 @@ impl Adapters {
         #[cfg(feature = "ssh")]
         let r =
             r.ssh(|p, s| adapter(p, s, deploy_ssh::SshHost::from_config).map(|a| Arc::new(a) as _));
+        #[cfg(feature = "docker")]
+        let r = r.target(deploy_docker::KIND, docker_target);
         r
     }
 
@@ -145,11 +159,55 @@ impl Adapters {
         self
     }
 
+    /// Build `[[targets]]` entries of `kind` with `build`.
+    pub fn target(mut self, kind: &'static str, build: TargetBuild) -> Self {
+        self.targets.insert(kind, build);
+        self
+    }
+
     /// Build the `ssh` table of a target with `build`.
     pub fn ssh(mut self, build: Build<DynHost>) -> Self {
         self.ssh = Some(build);
         self
     }
+}
+
+/// A `kind = "docker"` target: `DockerTargetConfig`'s keys, every problem at its key path;
+/// with the plan's `[probe] container_health`, judged by its container's `HEALTHCHECK` and
+/// then the plan's probe.
+#[cfg(feature = "docker")]
+fn docker_target(
+    path: &str,
+    section: toml::Value,
+    context: TargetContext,
+) -> Result<BuiltTarget, Vec<Problem>> {
+    let config: deploy_docker::DockerTargetConfig =
+        crate::plan_file::deserialize_at(path, section).map_err(|p| vec![p])?;
+    let target = deploy_docker::DockerTarget::from_config_checked(
+        context.id,
+        context.host,
+        context.endpoint,
+        config,
+    )
+    .map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(key, message)| Problem {
+                path: if key.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}.{key}")
+                },
+                message,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let target = Arc::new(target);
+    let probe = context.own_health_then.map(|then| {
+        Arc::new(deploy_docker::DockerHealthProbe::new([Arc::clone(&target)]).then(then))
+            as deploy_core::DynHealthProbe
+    });
+    Ok(BuiltTarget::new(target).with_probe(probe))
 }
 
 /// The builder `section` names with its `kind`, from `known`; the section without `kind`.
@@ -217,6 +275,24 @@ impl AdapterFactory for Adapters {
     fn state_store(&self, section: &toml::Value) -> Result<Arc<dyn StateStore>, Vec<Problem>> {
         let (build, rest) = pick("state", section, &self.state_stores)?;
         build("state", rest)
+    }
+
+    fn target(
+        &self,
+        path: &str,
+        kind: &str,
+        section: &toml::Value,
+        context: TargetContext,
+    ) -> Result<BuiltTarget, Vec<Problem>> {
+        match self.targets.get(kind) {
+            Some(build) => build(path, section.clone(), context),
+            None => {
+                let known: Vec<&str> = self.targets.keys().copied().collect();
+                Err(vec![crate::plan_file::unknown_target_kind(
+                    path, kind, &known,
+                )])
+            }
+        }
     }
 
     fn ssh_host(&self, path: &str, section: &toml::Value) -> Result<DynHost, Vec<Problem>> {

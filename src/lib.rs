@@ -13,6 +13,8 @@ pub const REPORT_SCHEMA_V1: &str = include_str!("../schemas/report-v1.schema.jso
 pub use deploy_core as core;
 pub use deploy_core::*;
 
+#[cfg(feature = "docker")]
+pub use deploy_docker as docker;
 #[cfg(feature = "haproxy")]
 pub use deploy_haproxy as haproxy;
 #[cfg(feature = "nginx")]

@@ -61,8 +61,40 @@
 //! back alone while the others go on, and the run ends `promoted_with_failures` naming it
 //! (`deploy retry` deploys to it again); one failure more rolls the whole fleet back.
 //!
+//! A `[[targets]]` entry is a release directory (`root`, `restart`, …) unless its `kind` says
+//! otherwise: `kind = "docker"` (the `docker` feature) is one container slot driven through
+//! the `docker` command line on this machine or, with `ssh`, on a remote one. Besides `id`,
+//! `endpoint` and `ssh`, its keys are `deploy_docker::DockerTargetConfig`'s (unknown keys
+//! refused): `app`, `image` (`"shop:{version}"`, pulled when no image archive is the release's
+//! artifact), `network`, `ports`, `env`, `secret_env` (each value from an environment variable
+//! or a file of the deploying machine, never written in the plan), `volumes`, `labels`,
+//! `restart`, `stop_timeout`, `keep`, `docker_host`, `registry`, … The release's `artifact`, when
+//! given, is an image archive (`docker save`) loaded on the host. Any other `kind` is built by
+//! the [`AdapterFactory`] (an embedding tool's own kinds); an unknown one is a problem at
+//! `targets[i].kind` naming the kinds known. `[probe] container_health = true` judges each
+//! target that has a health check of its own — a docker container's `HEALTHCHECK` — by it
+//! first (starting, unhealthy with its last output) and then by the HTTP probe; other targets
+//! by the HTTP probe alone.
+//!
+//! ```toml
+//! [[targets]]
+//! id = "blue"
+//! kind = "docker"
+//! endpoint = "http://127.0.0.1:8081"
+//! app = "shop"
+//! image = "shop:{version}"
+//! network = "host"
+//! env = { PORT = "8081" }
+//! secret_env = { DATABASE_PASSWORD = { env = "SHOP_DB_PASSWORD" } }
+//! stop_timeout = "10s"
+//!
+//! [probe]
+//! version_field = "version"
+//! container_health = true
+//! ```
+//!
 //! Sections whose meaning belongs to an adapter (`[switch]`, `[[gates]]`, `[migrations]`,
-//! `[maintenance]`, and `ssh` in a target) are kept as raw TOML here and read by the code that
+//! `[maintenance]`, `ssh` in a target and the keys of a target of another `kind`) are kept as raw TOML here and read by the code that
 //! builds the environment.
 //!
 //! The switch is one table, `[switch]` with its `kind`, or a list of them, `[[switch]]`: load
@@ -99,10 +131,10 @@ use deploy_core::served::ServedCheck;
 use deploy_core::smoke::{SmokeCheck, SmokeGate};
 use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
-    BatchSize, CanaryStep, CompositeSwitch, DynHost, DynMaintenance, DynMetricGate,
-    DynMigrationRunner, DynTrafficSwitch, Endpoint, Engine, Environment, Error, HttpProbe,
-    LocalHost, PlanOptions, Release, ReleaseDirTarget, Step, Strategy, TargetBudget, TargetId,
-    Version,
+    BatchSize, CanaryStep, CompositeSwitch, DynHealthProbe, DynHost, DynMaintenance, DynMetricGate,
+    DynMigrationRunner, DynTarget, DynTrafficSwitch, Endpoint, Engine, Environment, Error, Health,
+    HealthProbe, HttpProbe, LocalHost, PlanOptions, ProbeRequest, Release, ReleaseDirTarget, Step,
+    Strategy, TargetBudget, TargetId, Version,
 };
 use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
@@ -162,15 +194,19 @@ pub struct ReleaseSection {
     pub artifact: Option<PathBuf>,
 }
 
-/// One `[[targets]]` entry: a release directory on this machine or (with `ssh`) a remote one.
+/// One `[[targets]]` entry: a release directory on this machine or (with `ssh`) a remote one,
+/// or — with a `kind` other than `release_dir` — a target an adapter builds (`kind =
+/// "docker"`), its keys kept in [`TargetSection::section`] for the adapter to read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TargetSection {
     /// The target's id.
     pub id: TargetId,
-    /// The release root (`releases/<version>`, `current`).
-    pub root: PathBuf,
+    /// The release root (`releases/<version>`, `current`) of a release directory; `None` for
+    /// another kind.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
     /// Where it serves, as a URL (`http://10.0.0.5:8080`).
     pub endpoint: String,
     /// Restart command (argv; `{version}`, `{release_dir}`, `{root}`, `{target}` substituted).
@@ -188,6 +224,78 @@ pub struct TargetSection {
     /// The SSH connection, for a remote target (read by the SSH adapter).
     #[serde(default)]
     pub ssh: Option<toml::Value>,
+    /// The target's `kind` when an adapter builds it (`docker`); `None` for a release
+    /// directory (no `kind`, or `kind = "release_dir"`).
+    #[serde(skip)]
+    pub kind: Option<String>,
+    /// The adapter's own keys: the entry without `id`, `endpoint`, `ssh` and `kind`.
+    #[serde(skip)]
+    pub section: Option<toml::Value>,
+}
+
+/// The `kind` of a release-directory target, the default.
+pub const RELEASE_DIR_KIND: &str = "release_dir";
+
+/// The keys every `[[targets]]` entry has, whatever its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonTargetKeys {
+    id: TargetId,
+    endpoint: String,
+    #[serde(default)]
+    ssh: Option<toml::Value>,
+}
+
+/// One `[[targets]]` entry at `path`: a release directory, or the common keys of an adapter's
+/// target with the rest of its keys kept for the adapter.
+fn take_target(c: &mut Collector, path: &str, value: toml::Value) -> Option<TargetSection> {
+    let toml::Value::Table(mut table) = value else {
+        c.push(path, "expected a table ([[targets]])");
+        return None;
+    };
+    let kind = match table.remove("kind") {
+        None => None,
+        Some(toml::Value::String(k)) if k == RELEASE_DIR_KIND => None,
+        Some(toml::Value::String(k)) => Some(k),
+        Some(other) => {
+            c.push(
+                format!("{path}.kind"),
+                format!("expected a string such as \"docker\" (found {other})"),
+            );
+            return None;
+        }
+    };
+    let Some(kind) = kind else {
+        let t = c.take::<TargetSection>(path, toml::Value::Table(table))?;
+        if t.root.is_none() {
+            c.push(
+                format!("{path}.root"),
+                "missing (a release directory target needs its root; another kind of target \
+                 says its `kind`)",
+            );
+            return None;
+        }
+        return Some(t);
+    };
+    let mut common = toml::Table::new();
+    for key in ["id", "endpoint", "ssh"] {
+        if let Some(v) = table.remove(key) {
+            common.insert(key.to_owned(), v);
+        }
+    }
+    let common = c.take::<CommonTargetKeys>(path, toml::Value::Table(common))?;
+    Some(TargetSection {
+        id: common.id,
+        root: None,
+        endpoint: common.endpoint,
+        restart: None,
+        stop: None,
+        start: None,
+        keep: None,
+        ssh: common.ssh,
+        kind: Some(kind),
+        section: Some(toml::Value::Table(table)),
+    })
 }
 
 impl TargetSection {
@@ -244,6 +352,11 @@ pub struct ProbeSection {
     /// Slower answers are unhealthy.
     #[serde(default, with = "humantime_serde")]
     pub latency_budget: Option<Duration>,
+    /// Judge each target that has a health check of its own (a docker target's container
+    /// `HEALTHCHECK`) by it first, and then by the HTTP probe; other targets by the HTTP probe
+    /// alone.
+    #[serde(default)]
+    pub container_health: bool,
 }
 
 impl Default for ProbeSection {
@@ -254,6 +367,7 @@ impl Default for ProbeSection {
             expect_fields: BTreeMap::new(),
             version_field: None,
             latency_budget: None,
+            container_health: false,
         }
     }
 }
@@ -795,7 +909,20 @@ impl PlanFile {
         let policies = table
             .remove("policies")
             .map_or(Some(Policies::default()), |v| c.take("policies", v));
-        let targets: Vec<(usize, TargetSection)> = c.list("targets", targets_raw);
+        let targets: Vec<(usize, TargetSection)> = match targets_raw {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    take_target(&mut c, &format!("targets[{i}]"), v).map(|t| (i, t))
+                })
+                .collect(),
+            Some(_) => {
+                c.push("targets", "expected an array of tables ([[targets]])");
+                Vec::new()
+            }
+        };
         let probe = table
             .remove("probe")
             .and_then(|v| c.take::<ProbeSection>("probe", v));
@@ -877,10 +1004,12 @@ impl PlanFile {
             if let Err(e) = t.parsed_endpoint() {
                 c.push(format!("targets[{i}].endpoint"), e);
             }
-            if !t.root.is_absolute() {
+            if let Some(root) = &t.root
+                && !root.is_absolute()
+            {
                 c.push(
                     format!("targets[{i}].root"),
-                    format!("{} is not an absolute path", t.root.display()),
+                    format!("{} is not an absolute path", root.display()),
                 );
             }
             for (name, argv) in [
@@ -1055,6 +1184,8 @@ const LOCAL_PATHS: &[(&str, &[&str])] = &[
         "targets.*.ssh",
         &["key_file", "key_passphrase_file", "known_hosts"],
     ),
+    ("targets.*.secret_env.*", &["file"]),
+    ("targets.*.registry", &["password_file"]),
 ];
 
 /// Resolve the relative paths of [`LOCAL_PATHS`], and a hook's script (a command whose first
@@ -1067,6 +1198,9 @@ fn resolve_paths(table: &mut toml::Table, base: &Path) {
         match (*first, value) {
             ("*", toml::Value::Array(items)) => {
                 items.iter_mut().flat_map(|v| tables(v, rest)).collect()
+            }
+            ("*", toml::Value::Table(t)) => {
+                t.iter_mut().flat_map(|(_, v)| tables(v, rest)).collect()
             }
             (key, toml::Value::Table(t)) => match t.get_mut(key) {
                 Some(v) => tables(v, rest),
@@ -1234,6 +1368,94 @@ fn build_switch(
         })
 }
 
+/// What the plan file gives a target adapter besides the adapter's own keys: the keys every
+/// target has, made into values.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TargetContext {
+    /// `id`.
+    pub id: TargetId,
+    /// The host it runs on: this machine, or the `ssh` table's host.
+    pub host: DynHost,
+    /// `endpoint`, parsed.
+    pub endpoint: Endpoint,
+    /// `Some(probe)` when the plan asks that a target with a health check of its own be judged
+    /// by it first (`[probe] container_health = true`): the adapter then returns, in
+    /// [`BuiltTarget::probe`], a probe that asks its own check and then `probe` (the plan's
+    /// HTTP probe).
+    pub own_health_then: Option<DynHealthProbe>,
+}
+
+impl fmt::Debug for TargetContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetContext")
+            .field("id", &self.id)
+            .field("endpoint", &self.endpoint)
+            .field("own_health_then", &self.own_health_then.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A target an adapter built from its `[[targets]]` entry, and the probe that judges it when
+/// the plan asked for its own health check (see [`TargetContext::own_health_then`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BuiltTarget {
+    /// The target.
+    pub target: DynTarget,
+    /// Its own probe, if it has one and the plan asked for it.
+    pub probe: Option<DynHealthProbe>,
+}
+
+impl BuiltTarget {
+    /// `target`, judged by the plan's probe.
+    pub fn new(target: DynTarget) -> Self {
+        Self {
+            target,
+            probe: None,
+        }
+    }
+
+    /// Judge it by `probe` instead of the plan's probe.
+    pub fn with_probe(mut self, probe: Option<DynHealthProbe>) -> Self {
+        self.probe = probe;
+        self
+    }
+}
+
+/// The problem of a target whose `kind` no adapter answers to; `known` are the kinds the
+/// adapters know (`release_dir` is always known).
+pub fn unknown_target_kind(path: &str, kind: &str, known: &[&str]) -> Problem {
+    let mut names: Vec<&str> = known.to_vec();
+    names.push(RELEASE_DIR_KIND);
+    names.sort_unstable();
+    Problem {
+        path: format!("{path}.kind"),
+        message: format!(
+            "unknown target kind {kind:?} (this build knows: {}; an adapter's kind needs its \
+             feature, `docker` for docker)",
+            names.join(", ")
+        ),
+    }
+}
+
+/// The plan's probe for most targets, and a target's own probe for those that have one.
+#[derive(Debug)]
+struct ProbeByTarget {
+    own: BTreeMap<TargetId, DynHealthProbe>,
+    default: DynHealthProbe,
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for ProbeByTarget {
+    async fn check(&self, request: &ProbeRequest) -> deploy_core::Result<Health> {
+        match self.own.get(&request.target) {
+            Some(p) => p.check(request).await,
+            None => self.default.check(request).await,
+        }
+    }
+}
+
 /// Builds what an adapter section of a plan file describes. The root crate implements it for
 /// adapters compiled in (the `deploy` example wires them); tests and embedding tools can
 /// supply their own.
@@ -1268,6 +1490,19 @@ pub trait AdapterFactory {
     fn maintenance(&self, section: &toml::Value) -> Result<DynMaintenance, Vec<Problem>>;
     /// The `ssh` table of a target (`path` is `targets[i].ssh`).
     fn ssh_host(&self, path: &str, section: &toml::Value) -> Result<DynHost, Vec<Problem>>;
+    /// One `[[targets]]` entry of `kind` (any kind but `release_dir`, which the plan file builds
+    /// itself): `path` is `targets[i]`, `section` the entry without `id`, `endpoint`, `ssh` and
+    /// `kind`, `context` what the plan file made of those. By default no kind is known.
+    fn target(
+        &self,
+        path: &str,
+        kind: &str,
+        section: &toml::Value,
+        context: TargetContext,
+    ) -> Result<BuiltTarget, Vec<Problem>> {
+        let _ = (section, context);
+        Err(vec![unknown_target_kind(path, kind, &[])])
+    }
     /// `[state]`: a state store shared by the machines that deploy.
     fn state_store(&self, section: &toml::Value) -> Result<Arc<dyn StateStore>, Vec<Problem>> {
         let _ = section;
@@ -1293,6 +1528,28 @@ impl PlanFile {
         let mut problems = Vec::new();
         let mut b = Environment::builder(self.environment.name.clone());
         let local: DynHost = Arc::new(LocalHost::new());
+        let probe = self.probe.clone().unwrap_or_default();
+        let mut pb = HttpProbe::builder().path(probe.path.clone());
+        for (k, v) in &probe.expect_fields {
+            pb = pb.expect_field(k.clone(), v.clone());
+        }
+        if let Some(f) = &probe.version_field {
+            pb = pb.version_field(f.clone());
+        }
+        if let Some(l) = probe.latency_budget {
+            pb = pb.latency_budget(l);
+        }
+        let http: Option<DynHealthProbe> = match pb.build() {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                problems.push(Problem {
+                    path: "probe".into(),
+                    message: e.message().to_owned(),
+                });
+                None
+            }
+        };
+        let mut own_probes = BTreeMap::new();
         for (i, t) in self.targets.iter().enumerate() {
             let host = match &t.ssh {
                 Some(section) => match adapters.ssh_host(&format!("targets[{i}].ssh"), section) {
@@ -1314,7 +1571,30 @@ impl PlanFile {
                     continue;
                 }
             };
-            let mut tb = ReleaseDirTarget::builder(t.id.clone(), host, t.root.clone(), endpoint);
+            if let Some(kind) = &t.kind {
+                let context = TargetContext {
+                    id: t.id.clone(),
+                    host,
+                    endpoint,
+                    own_health_then: http.clone().filter(|_| probe.container_health),
+                };
+                let empty = toml::Value::Table(toml::Table::new());
+                let section = t.section.as_ref().unwrap_or(&empty);
+                match adapters.target(&format!("targets[{i}]"), kind, section, context) {
+                    Ok(built) => {
+                        if let Some(p) = built.probe {
+                            own_probes.insert(t.id.clone(), p);
+                        }
+                        b = b.target(built.target);
+                    }
+                    Err(p) => problems.extend(p),
+                }
+                continue;
+            }
+            let Some(root) = &t.root else {
+                continue; // reported by `parse`
+            };
+            let mut tb = ReleaseDirTarget::builder(t.id.clone(), host, root.clone(), endpoint);
             if let Some(argv) = &t.restart {
                 tb = tb.restart(argv.clone());
             }
@@ -1335,23 +1615,23 @@ impl PlanFile {
                 }),
             }
         }
-        let probe = self.probe.clone().unwrap_or_default();
-        let mut pb = HttpProbe::builder().path(probe.path.clone());
-        for (k, v) in &probe.expect_fields {
-            pb = pb.expect_field(k.clone(), v.clone());
+        if probe.container_health && own_probes.is_empty() && problems.is_empty() {
+            problems.push(Problem {
+                path: "probe.container_health".into(),
+                message: "no target has a health check of its own (a docker target's \
+                          container HEALTHCHECK): leave it out, or false"
+                    .into(),
+            });
         }
-        if let Some(f) = &probe.version_field {
-            pb = pb.version_field(f.clone());
-        }
-        if let Some(l) = probe.latency_budget {
-            pb = pb.latency_budget(l);
-        }
-        match pb.build() {
-            Ok(p) => b = b.probe(Arc::new(p)),
-            Err(e) => problems.push(Problem {
-                path: "probe".into(),
-                message: e.message().to_owned(),
-            }),
+        if let Some(http) = http {
+            if own_probes.is_empty() {
+                b = b.probe(http);
+            } else {
+                b = b.probe(Arc::new(ProbeByTarget {
+                    own: own_probes,
+                    default: http,
+                }));
+            }
         }
         if let Some(s) = &self.switch {
             match build_switch(adapters, s) {
@@ -1959,6 +2239,68 @@ x = 1
             err.problems[0].message.contains("line 1"),
             "{}",
             err.problems[0]
+        );
+    }
+
+    #[test]
+    fn a_target_kind_routes_its_keys_to_the_adapter_and_a_release_dir_needs_its_root() {
+        let with_targets = |targets: &str| {
+            let start = GOOD.find("[[targets]]").unwrap();
+            let end = GOOD.find("[switch]").unwrap();
+            format!("{}{targets}\n{}", &GOOD[..start], &GOOD[end..])
+        };
+        let text = with_targets(
+            r#"[[targets]]
+id = "blue"
+kind = "release_dir"
+root = "/srv/blue"
+endpoint = "http://127.0.0.1:8081"
+
+[[targets]]
+id = "green"
+kind = "docker"
+endpoint = "http://127.0.0.1:8082"
+app = "shop"
+secret_env = { TOKEN = { file = "token" } }
+"#,
+        );
+        let p = PlanFile::parse_in("p.toml", &text, Path::new("/etc/deploy")).unwrap();
+        assert_eq!(p.targets[0].kind, None);
+        assert_eq!(p.targets[0].root.as_deref(), Some(Path::new("/srv/blue")));
+        assert_eq!(p.targets[1].kind.as_deref(), Some("docker"));
+        let section = p.targets[1].section.as_ref().unwrap();
+        assert_eq!(section["app"].as_str(), Some("shop"));
+        assert!(section.get("id").is_none() && section.get("kind").is_none());
+        assert_eq!(
+            section["secret_env"]["TOKEN"]["file"].as_str(),
+            Some("/etc/deploy/token"),
+            "a secret file is read from the plan's directory"
+        );
+
+        let text = with_targets(
+            r#"[[targets]]
+id = "blue"
+endpoint = "http://127.0.0.1:8081"
+
+[[targets]]
+id = "green"
+kind = 3
+endpoint = "http://127.0.0.1:8082"
+"#,
+        );
+        let e = PlanFile::parse("p.toml", &text).unwrap_err();
+        let shown: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.starts_with("targets[0].root: missing")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.starts_with("targets[1].kind: expected a string")),
+            "{shown:?}"
         );
     }
 }

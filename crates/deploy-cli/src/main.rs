@@ -79,7 +79,8 @@ Exit codes:
       on some targets, out of the traffic on their old release; `deploy retry PLAN` later
   64  usage error (a mistyped command line)
 
-The plan file format: examples/plans/*.toml (commented) and the `deploy::plan_file` docs.";
+The plan file format: examples/plans/*.toml (commented) and the `deploy::plan_file` docs
+(targets are release directories, or container slots with `kind = \"docker\"`).";
 
 #[derive(Parser, Debug)]
 #[command(

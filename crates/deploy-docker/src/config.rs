@@ -9,7 +9,7 @@ use std::time::Duration;
 use deploy_core::{Endpoint, Error, ErrorKind, Host, Result, SecretString, TargetId};
 use serde::Deserialize;
 
-use crate::DockerTarget;
+use crate::{DockerTarget, DockerTargetBuilder};
 
 /// The `kind` of a `[[targets]]` entry this crate builds.
 pub const KIND: &str = "docker";
@@ -127,23 +127,21 @@ pub struct RegistryConfig {
     pub password_file: Option<PathBuf>,
 }
 
-/// The secret `source` names, or why not; `key` names it in messages.
+/// The secret `env` or `file` names, or why not.
 fn read_secret(
-    key: &str,
     env: Option<&String>,
     file: Option<&PathBuf>,
 ) -> std::result::Result<SecretString, String> {
     match (env, file) {
-        (Some(var), None) => {
-            deploy_core::secret::from_env(var).map_err(|why| format!("{key}: {why}"))
-        }
-        (None, Some(path)) => {
-            deploy_core::secret::from_file(path).map_err(|why| format!("{key}: {why}"))
-        }
-        (Some(_), Some(_)) => Err(format!("{key}: give either env or file, not both")),
-        (None, None) => Err(format!("{key}: say where it comes from (env or file)")),
+        (Some(var), None) => deploy_core::secret::from_env(var),
+        (None, Some(path)) => deploy_core::secret::from_file(path),
+        (Some(_), Some(_)) => Err("give either env or file, not both".to_owned()),
+        (None, None) => Err("say where it comes from (env or file)".to_owned()),
     }
 }
+
+/// One field group of a [`DockerTargetConfig`] applied to a builder.
+type Apply = Box<dyn Fn(DockerTargetBuilder) -> DockerTargetBuilder>;
 
 impl DockerTarget {
     /// The target `id` on `host` serving at `endpoint`, as `config` describes it; every problem
@@ -154,92 +152,161 @@ impl DockerTarget {
         endpoint: Endpoint,
         config: DockerTargetConfig,
     ) -> Result<DockerTarget> {
-        let mut problems = Vec::new();
-        let mut b = DockerTarget::builder(id.clone(), host, config.app, endpoint);
-        if let Some(s) = config.slot {
-            b = b.slot(s);
-        }
-        if let Some(i) = config.image {
-            b = b.image(i);
-        }
-        if let Some(d) = config.docker {
-            b = b.docker_program(d);
-        }
-        if let Some(h) = config.docker_host {
-            b = b.docker_host(h);
-        }
-        if let Some(n) = config.network {
-            b = b.network(n);
-        }
-        for p in config.ports {
-            b = b.port(p);
-        }
-        for (k, v) in config.env {
-            b = b.env(k, v);
-        }
-        for (k, source) in config.secret_env {
-            match read_secret(
-                &format!("secret_env.{k}"),
-                source.env.as_ref(),
-                source.file.as_ref(),
-            ) {
-                Ok(secret) => b = b.secret_env(k, secret),
-                Err(p) => problems.push(p),
-            }
-        }
-        for v in config.volumes {
-            b = b.volume(v);
-        }
-        for (k, v) in config.labels {
-            b = b.label(k, v);
-        }
-        if let Some(r) = config.restart {
-            b = b.restart(r);
-        }
-        if let Some(t) = config.stop_timeout {
-            b = b.stop_timeout(t);
-        }
-        if let Some(k) = config.keep {
-            b = b.keep(k);
-        }
-        if config.init == Some(false) {
-            b = b.without_init();
-        }
-        if let Some(c) = config.command {
-            b = b.command(c);
-        }
-        if let Some(d) = config.temp_dir {
-            b = b.temp_dir(d);
-        }
-        if let Some(t) = config.command_timeout {
-            b = b.command_timeout(t);
-        }
-        if let Some(r) = config.registry {
-            match read_secret(
-                "registry.password",
-                r.password_env.as_ref(),
-                r.password_file.as_ref(),
-            ) {
-                Ok(password) => b = b.registry_login(r.server, r.user, password),
-                Err(p) => problems.push(p),
-            }
-        }
-        match b.build() {
-            Ok(t) if problems.is_empty() => Ok(t),
-            Ok(_) => Err(Error::new(
+        Self::from_config_checked(id.clone(), host, endpoint, config).map_err(|problems| {
+            let parts: Vec<String> = problems
+                .into_iter()
+                .map(|(key, message)| {
+                    if key.is_empty() {
+                        message
+                    } else {
+                        format!("{key}: {message}")
+                    }
+                })
+                .collect();
+            Error::new(
                 ErrorKind::InvalidInput,
                 "build",
                 format!("docker target {id}"),
-                problems.join("; "),
-            )),
+                parts.join("; "),
+            )
+        })
+    }
+
+    /// [`DockerTarget::from_config`], with every problem at the key of `config` it is about
+    /// (`image`, `secret_env.DATABASE_PASSWORD`, `keep`; empty for one about several keys), so
+    /// that a plan file can name `targets[1].image`. Each key is checked on its own against
+    /// the builder's rules, then the whole target is built.
+    pub fn from_config_checked(
+        id: TargetId,
+        host: Arc<dyn Host>,
+        endpoint: Endpoint,
+        config: DockerTargetConfig,
+    ) -> std::result::Result<DockerTarget, Vec<(String, String)>> {
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut steps: Vec<(String, Apply)> = Vec::new();
+        if let Some(s) = config.slot {
+            steps.push(("slot".into(), Box::new(move |b| b.slot(s.clone()))));
+        }
+        if let Some(i) = config.image {
+            steps.push(("image".into(), Box::new(move |b| b.image(i.clone()))));
+        }
+        if let Some(d) = config.docker {
+            steps.push((
+                "docker".into(),
+                Box::new(move |b| b.docker_program(d.clone())),
+            ));
+        }
+        if let Some(h) = config.docker_host {
+            steps.push((
+                "docker_host".into(),
+                Box::new(move |b| b.docker_host(h.clone())),
+            ));
+        }
+        if let Some(n) = config.network {
+            steps.push(("network".into(), Box::new(move |b| b.network(n.clone()))));
+        }
+        let ports = config.ports;
+        steps.push((
+            "ports".into(),
+            Box::new(move |b| ports.iter().fold(b, |b, p| b.port(p.clone()))),
+        ));
+        let env = config.env;
+        steps.push((
+            "env".into(),
+            Box::new(move |b| env.iter().fold(b, |b, (k, v)| b.env(k.clone(), v.clone()))),
+        ));
+        for (k, source) in config.secret_env {
+            let key = format!("secret_env.{k}");
+            match read_secret(source.env.as_ref(), source.file.as_ref()) {
+                Ok(secret) => steps.push((
+                    key,
+                    Box::new(move |b| b.secret_env(k.clone(), secret.clone())),
+                )),
+                Err(p) => problems.push((key, p)),
+            }
+        }
+        let volumes = config.volumes;
+        steps.push((
+            "volumes".into(),
+            Box::new(move |b| volumes.iter().fold(b, |b, v| b.volume(v.clone()))),
+        ));
+        let labels = config.labels;
+        steps.push((
+            "labels".into(),
+            Box::new(move |b| {
+                labels
+                    .iter()
+                    .fold(b, |b, (k, v)| b.label(k.clone(), v.clone()))
+            }),
+        ));
+        if let Some(r) = config.restart {
+            steps.push(("restart".into(), Box::new(move |b| b.restart(r.clone()))));
+        }
+        if let Some(t) = config.stop_timeout {
+            steps.push(("stop_timeout".into(), Box::new(move |b| b.stop_timeout(t))));
+        }
+        if let Some(k) = config.keep {
+            steps.push(("keep".into(), Box::new(move |b| b.keep(k))));
+        }
+        if config.init == Some(false) {
+            steps.push(("init".into(), Box::new(|b| b.without_init())));
+        }
+        if let Some(c) = config.command {
+            steps.push(("command".into(), Box::new(move |b| b.command(c.clone()))));
+        }
+        if let Some(d) = config.temp_dir {
+            steps.push(("temp_dir".into(), Box::new(move |b| b.temp_dir(d.clone()))));
+        }
+        if let Some(t) = config.command_timeout {
+            steps.push((
+                "command_timeout".into(),
+                Box::new(move |b| b.command_timeout(t)),
+            ));
+        }
+        if let Some(r) = config.registry {
+            match read_secret(r.password_env.as_ref(), r.password_file.as_ref()) {
+                Ok(password) => steps.push((
+                    "registry".into(),
+                    Box::new(move |b| {
+                        b.registry_login(r.server.clone(), r.user.clone(), password.clone())
+                    }),
+                )),
+                Err(p) => problems.push(("registry.password".into(), p)),
+            }
+        }
+        // Each key alone over a target that is valid without it (a placeholder app and slot),
+        // so that a problem is reported at its own key.
+        let base = || {
+            DockerTarget::builder(id.clone(), Arc::clone(&host), "app", endpoint.clone())
+                .slot("slot")
+        };
+        let app = config.app;
+        if let Err(e) =
+            DockerTarget::builder(id.clone(), Arc::clone(&host), app.clone(), endpoint.clone())
+                .slot("slot")
+                .build()
+        {
+            problems.push(("app".into(), e.message().to_owned()));
+        }
+        for (key, apply) in &steps {
+            if let Err(e) = apply(base()).build() {
+                problems.push((key.clone(), e.message().to_owned()));
+            }
+        }
+        let whole = steps.iter().fold(
+            DockerTarget::builder(id.clone(), Arc::clone(&host), app, endpoint.clone()),
+            |b, (_, apply)| apply(b),
+        );
+        match whole.build() {
+            Ok(t) if problems.is_empty() => Ok(t),
+            Ok(_) => Err(problems),
             Err(e) => {
-                problems.insert(0, e.message().to_owned());
-                Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "build",
-                    format!("docker target {id}"),
-                    problems.join("; "),
-                ))
+                // What no key alone showed: a rule across keys (a name in env and secret_env),
+                // or the slot taken from the target id.
+                if problems.is_empty() {
+                    problems.push((String::new(), e.message().to_owned()));
+                }
+                Err(problems)
             }
         }
     }
@@ -321,6 +388,49 @@ mod tests {
             "secret_env.B: say where it comes from",
         ] {
             assert!(m.contains(part), "{part} in {m}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_its_own_key() {
+        let config = parse(
+            r#"
+            app = "-shop"
+            image = "-x"
+            keep = 1
+            restart = "always"
+            stop_timeout = "1500ms"
+            labels = { "deploy.app" = "x" }
+            secret_env = { A = { env = "DEPLOY_DOCKER_TEST_SURELY_UNSET_VAR" } }
+            "#,
+        )
+        .unwrap();
+        let problems = DockerTarget::from_config_checked(
+            TargetId::new("blue").unwrap(),
+            Arc::new(LocalHost::new()),
+            Endpoint::http("127.0.0.1", 8081),
+            config,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "secret_env.A",
+                "app",
+                "image",
+                "labels",
+                "restart",
+                "stop_timeout",
+                "keep"
+            ],
+            "{problems:?}"
+        );
+        for (key, message) in &problems {
+            assert!(
+                !message.contains("; "),
+                "{key}: one problem only: {message}"
+            );
         }
     }
 }
