@@ -250,6 +250,18 @@ impl ComposeTarget {
         env_file: Option<&Path>,
         args: &[&str],
     ) -> Command {
+        self.compose_with(project, version, env_file, args, true)
+    }
+
+    /// [`compose`](Self::compose), with the labels override file or without it.
+    fn compose_with(
+        &self,
+        project: &str,
+        version: &Version,
+        env_file: Option<&Path>,
+        args: &[&str],
+        labels: bool,
+    ) -> Command {
         let dir = self.project_files_dir(project);
         let mut c = match &self.cli {
             ComposeCli::Standalone(p) => Command::new(p),
@@ -259,9 +271,10 @@ impl ComposeTarget {
             .arg("-p")
             .arg(project)
             .arg("-f")
-            .arg(dir.join(self.compose_file_name()))
-            .arg("-f")
-            .arg(dir.join(OVERRIDE_FILE));
+            .arg(dir.join(self.compose_file_name()));
+        if labels {
+            c = c.arg("-f").arg(dir.join(OVERRIDE_FILE));
+        }
         if let Some(f) = env_file {
             c = c.arg("--env-file").arg(f);
         }
@@ -434,10 +447,9 @@ impl ComposeTarget {
             Some(0o644),
         )
         .await?;
-        // `config` needs the override file to exist: an empty one first.
-        host.write_file(&dir.join(OVERRIDE_FILE), b"{}\n", Some(0o644))
-            .await?;
-        let cmd = self.compose(project, version, None, &["config"]);
+        // The compose file alone: an override without services is compose v1's version 1
+        // format, which it refuses to merge.
+        let cmd = self.compose_with(project, version, None, &["config"], false);
         let out = self.run_compose(&cmd).await?;
         let services = parse_config(&out.stdout_text());
         if services.is_empty() {
