@@ -410,9 +410,25 @@ impl ComposeTarget {
         if !existing.is_empty() {
             return self.check_ours(&project, &existing, version);
         }
-        let services = self.upload_files(&project, version).await?;
-        self.ensure_images(&project, version, release.artifact.as_deref(), &services)
-            .await?;
+        let made = async {
+            let services = self.upload_files(&project, version).await?;
+            self.ensure_images(&project, version, release.artifact.as_deref(), &services)
+                .await?;
+            Ok::<_, Error>(services)
+        }
+        .await;
+        let services = match made {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was created: leave no files of the project behind.
+                let dir = self.project_files_dir(&project);
+                if let Err(r) = self.docker.host.remove(&dir).await {
+                    tracing::warn!(target = %self.id, dir = %dir.display(), error = %r,
+                        "could not remove the files of an unprepared project");
+                }
+                return Err(e);
+            }
+        };
         match self.create(&project, version).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -457,3 +457,94 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_images_are_pulled_and_foreign_projects_refused_by_name() {
+    let engine = DockerdFixture::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    build_images(&engine, "cmiss", &["1.0.0"]);
+    let file = compose_file(tmp.path(), "deploy-test/cmiss", false);
+    let host = RecordingHost::new(Arc::new(LocalHost::new()));
+    let port = free_port().unwrap();
+    let t = builder(
+        &engine,
+        Arc::new(host.clone()),
+        tmp.path(),
+        "cmiss",
+        "blue",
+        &file,
+        port,
+    )
+    .build()
+    .unwrap();
+
+    // No archive and no image 9.0.0 in the engine: compose pulls it — from a "registry" on a
+    // closed loopback port, so the pull fails, named — and nothing is created.
+    let closed = free_port().unwrap();
+    let remote = tmp.path().join("remote");
+    std::fs::create_dir(&remote).unwrap();
+    let pulled = builder(
+        &engine,
+        Arc::new(host.clone()),
+        tmp.path(),
+        "cmiss",
+        "blue",
+        &compose_file(&remote, &format!("127.0.0.1:{closed}/cmiss"), false),
+        port,
+    )
+    .build()
+    .unwrap();
+    let e = pulled.prepare(&Release::new(v("9.0.0"))).await.unwrap_err();
+    let m = e.to_string();
+    eprintln!("{m}");
+    assert!(m.contains("prepare 9.0.0") && m.contains("pull"), "{m}");
+    assert_eq!((count(&host, "pull"), count(&host, "create")), (1, 0));
+    assert!(containers(&engine, "cmiss").is_empty());
+    assert!(
+        !tmp.path()
+            .join("projects/cmiss-blue/cmiss-blue-9_0_0")
+            .exists(),
+        "no files left of the unprepared project"
+    );
+
+    // An archive that does not hold the image the compose file names: NotFound, naming both.
+    engine
+        .build_test_image("deploy-test/other:9.0.0", "9.0.0", true)
+        .unwrap();
+    let archive = tmp.path().join("other-9.0.0.tar");
+    engine
+        .save_image("deploy-test/other:9.0.0", &archive)
+        .unwrap();
+    let e = t
+        .prepare(&Release::new(v("9.0.0")).with_artifact(&archive))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), deploy_core::ErrorKind::NotFound, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("deploy-test/cmiss:9.0.0") && m.contains("deploy-test/other:9.0.0"),
+        "{m}"
+    );
+    assert_eq!(count(&host, "create"), 0);
+
+    // A project of the same name made by hand, without the slot's labels: refused, named.
+    let out = std::process::Command::new(COMPOSE)
+        .args(["-p", "cmiss-blue-1_0_0", "-f"])
+        .arg(&file)
+        .arg("create")
+        .env("DOCKER_HOST", engine.socket())
+        .env("DEPLOY_VERSION", "1.0.0")
+        .env("PORT", port.to_string())
+        .env("TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let e = t.prepare(&Release::new(v("1.0.0"))).await.unwrap_err();
+    assert_eq!(e.kind(), deploy_core::ErrorKind::Conflict, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("cmiss-blue-1_0_0") && m.contains("deploy.app=(none)"),
+        "{m}"
+    );
+    assert_eq!(count(&host, "create"), 0, "nothing created over it");
+}
