@@ -68,6 +68,8 @@ impl Docker {
         };
         let kind = if stderr.contains("Cannot connect to the Docker daemon")
             || stderr.contains("Is the docker daemon running")
+            // docker-compose v1's words.
+            || stderr.contains("Couldn't connect to Docker daemon")
         {
             ErrorKind::Unavailable
         } else if is_no_such(&stderr) {

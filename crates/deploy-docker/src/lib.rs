@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod compose;
 mod config;
 mod docker;
 mod health;
@@ -7,6 +8,7 @@ mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use compose::{ComposeCli, ComposeTarget, ComposeTargetBuilder};
 pub use config::{DockerTargetConfig, KIND, RegistryConfig, SecretSource};
 pub use health::DockerHealthProbe;
 pub use target::{DockerTarget, DockerTargetBuilder};
