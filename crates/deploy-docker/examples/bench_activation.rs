@@ -29,7 +29,6 @@ use deploy_docker::testing::{DockerdFixture, RecordingHost};
 use deploy_haproxy::HaproxySwitch;
 use deploy_haproxy::testing::{Load, LoadConfig};
 
-#[allow(dead_code)]
 #[path = "../tests/e2e_support/mod.rs"]
 mod support;
 use support::{haproxy, health_body, served_version, slot, switch, v, wait_up};
@@ -159,7 +158,7 @@ fn stats(samples: &[Duration]) -> [f64; 4] {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let n = ms.len();
-    let median = if n % 2 == 0 {
+    let median = if n.is_multiple_of(2) {
         (ms[n / 2 - 1] + ms[n / 2]) / 2.0
     } else {
         ms[n / 2]
