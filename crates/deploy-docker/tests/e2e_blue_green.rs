@@ -194,7 +194,7 @@ async fn blue_green_of_containers_behind_haproxy_promotes_and_rolls_back_with_ze
     // served, 1.0.0 not after the promotion.
     assert_eq!(r.failed, 0, "{:?}", r.errors);
     assert_eq!(r.ok, r.sent);
-    assert!(r.sent >= 1_000, "the load ran: {}", r.sent);
+    assert!(r.sent >= 200, "the load ran: {}", r.sent);
     assert_eq!(r.by_slot[&bodies[2]], 0);
     assert_eq!(r.by_slot[&bodies[0]], v1_before);
     assert!(r.by_slot[&bodies[1]] > 0);
