@@ -24,7 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_core::testing::process::free_ports;
-use deploy_core::{LocalHost, Release, Target, TargetId, TrafficSwitch, Weights};
+use deploy_core::{
+    DynHealthProbe, Endpoint, HealthProbe, HttpProbe, LocalHost, ProbeRequest, Release, Target,
+    TargetId, TrafficSwitch, Weights,
+};
+use deploy_docker::DockerHealthProbe;
 use deploy_docker::testing::{DockerdFixture, RecordingHost};
 use deploy_haproxy::HaproxySwitch;
 use deploy_haproxy::testing::{Load, LoadConfig};
@@ -84,6 +88,27 @@ async fn wait_healthy(
         }
         if Instant::now() > deadline {
             return Err(format!("{name} not healthy on {version} within 60 s: {status}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until `probe` — the engine's judgement: the container's HEALTHCHECK, then its HTTP
+/// answer — says the slot is healthy on `version` (polled every 20 ms, at most 60 s).
+async fn wait_probe(probe: &DockerHealthProbe, port: u16, version: &str) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let request = ProbeRequest::new(
+        TargetId::new("blue")?,
+        Endpoint::http("127.0.0.1", port),
+        Some(v(version)),
+    );
+    loop {
+        let h = probe.check(&request).await?;
+        if h.healthy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("blue not healthy on {version} within 60 s: {}", h.reason).into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -200,8 +225,10 @@ async fn main() -> Result<(), BoxError> {
             .build()
     };
     let steady = target("steady", steady_addr.port())?;
-    let blue = target("blue", blue_port)?;
-    for t in [&steady, &blue] {
+    let blue = Arc::new(target("blue", blue_port)?);
+    let http: DynHealthProbe = Arc::new(HttpProbe::builder().version_field("version").build()?);
+    let probe = DockerHealthProbe::new([Arc::clone(&blue)]).then(http);
+    for t in [&steady, blue.as_ref()] {
         t.prepare(&Release::new(v("1.0.0"))).await?;
         t.activate(&v("1.0.0")).await?;
     }
@@ -248,7 +275,7 @@ async fn main() -> Result<(), BoxError> {
         let t0 = Instant::now();
         blue.activate(&v(version)).await?;
         activation.command.push(t0.elapsed());
-        wait_healthy(&engine, &name, blue_port, version).await?;
+        wait_probe(&probe, blue_port, version).await?;
         activation.total.push(t0.elapsed());
         undrain(&sw, &h, "blue").await?;
 
@@ -256,7 +283,7 @@ async fn main() -> Result<(), BoxError> {
         let t0 = Instant::now();
         blue.activate(&v("1.0.0")).await?;
         rollback.command.push(t0.elapsed());
-        wait_healthy(&engine, "bench-blue-1.0.0", blue_port, "1.0.0").await?;
+        wait_probe(&probe, blue_port, "1.0.0").await?;
         rollback.total.push(t0.elapsed());
         undrain(&sw, &h, "blue").await?;
     }

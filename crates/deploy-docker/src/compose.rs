@@ -313,7 +313,16 @@ impl ComposeTarget {
             .await?;
         let mut by: BTreeMap<String, Vec<Container>> = BTreeMap::new();
         for c in all {
-            let p = c.labels.get(LABEL_PROJECT).cloned().unwrap_or_default();
+            // A container of this app and slot outside any compose project (a `kind = "docker"`
+            // target's, one made by hand) is not ours to prune or start.
+            let Some(p) = c
+                .labels
+                .get(LABEL_PROJECT)
+                .filter(|p| !p.is_empty())
+                .cloned()
+            else {
+                continue;
+            };
             by.entry(p).or_default().push(c);
         }
         Ok(by
@@ -405,6 +414,8 @@ impl ComposeTarget {
 
     async fn prepare_inner(&self, release: &Release) -> Result<()> {
         let version = &release.version;
+        // The version is the images' tag; and two versions must not share a project name.
+        crate::target::check_tag(version)?;
         let project = self.project_name(version);
         let existing = self.project_containers(&project).await?;
         if !existing.is_empty() {

@@ -86,7 +86,7 @@ pub struct DockerTargetConfig {
     /// The container's command instead of the image's.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Where image archives and env files go on the host for a moment (default `/tmp`).
+    /// Where image archives go on the host for a moment (default `/tmp`).
     #[serde(default)]
     pub temp_dir: Option<PathBuf>,
     /// Kill every docker command after this long.

@@ -200,6 +200,9 @@ pub(crate) struct HealthState {
     pub(crate) failing_streak: i64,
     /// The newest probe's exit code and output.
     pub(crate) last: Option<(i64, String)>,
+    /// When the newest probe started (Docker keeps the log across a stop and a start, and
+    /// resets the status to `starting`).
+    pub(crate) last_start: Option<SystemTime>,
 }
 
 impl Container {
@@ -270,6 +273,12 @@ pub(crate) fn parse_containers(text: &str) -> std::result::Result<Vec<Container>
                             e["Output"].as_str().unwrap_or_default().to_owned(),
                         )
                     }),
+                last_start: h
+                    .get("Log")
+                    .and_then(|l| l.as_array())
+                    .and_then(|l| l.last())
+                    .and_then(|e| e["Start"].as_str())
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
             });
             Ok(Container {
                 id,
@@ -309,6 +318,7 @@ mod tests {
         let h = c.health.unwrap();
         assert_eq!(h.status, "unhealthy");
         assert_eq!(h.last, Some((1, "probe says no\n".to_owned())));
+        assert_eq!(h.last_start, None, "no Start in this answer's log");
         assert!(parse_containers("{}").is_err());
         assert!(parse_containers("[{}]").is_err());
     }

@@ -17,6 +17,12 @@ use crate::DockerTarget;
 /// probe): healthy only when both are. A container of another version than the one expected is
 /// unhealthy at once (answered, with [`Health::version`] set), like the HTTP probe's version
 /// check.
+///
+/// A container started again after a run whose last `HEALTHCHECK` passed — the previous
+/// release's container, started by a rollback — is judged by the other probe alone while
+/// Docker still says `starting` (Docker checks again only after the image's interval): its
+/// image proved healthy in that very container, and the other probe proves it answers now, on
+/// the version expected. A new container always waits for its own first check.
 #[derive(Debug, Clone, Default)]
 pub struct DockerHealthProbe {
     targets: BTreeMap<TargetId, Arc<DockerTarget>>,
@@ -54,7 +60,7 @@ impl HealthProbe for DockerHealthProbe {
                 "this probe has no docker target of that name",
             ));
         };
-        let mut health = target.container_health().await?;
+        let (mut health, passed_when_last_ran) = target.health_state().await?;
         if let (Some(expected), Some(got)) = (&request.expected_version, &health.version)
             && expected != got
         {
@@ -68,8 +74,15 @@ impl HealthProbe for DockerHealthProbe {
             )
             .with_version(version));
         }
-        if !health.healthy {
+        let back_from_healthy = !health.healthy && passed_when_last_ran && self.then.is_some();
+        if !health.healthy && !back_from_healthy {
             return Ok(health);
+        }
+        if back_from_healthy {
+            health.reason = format!(
+                "{}; it passed its HEALTHCHECK when it last ran, so its answer decides",
+                health.reason
+            );
         }
         if let Some(then) = &self.then {
             let mut next = then.check(request).await?;

@@ -27,8 +27,8 @@ use crate::docker::{Container, Docker, LABEL_APP, LABEL_RUN, LABEL_SLOT, LABEL_V
 ///   `docker login --password-stdin` when credentials are configured) — then `docker create`s
 ///   the container without starting it. A container of that name with the slot's labels is
 ///   reused (nothing is loaded again); one with other labels is refused (`Conflict`, named).
-///   Secret environment values go through an env file written 0600 on the host, given with
-///   `--env-file` and removed right after `create`, whatever happened: never on a command line.
+///   Secret environment values go on `docker create`'s standard input, read as its env file
+///   (`--env-file /dev/stdin`): never on a command line, never in a file on the host.
 /// - `activate` stops the slot's running container (`docker stop -t <stop timeout>`, which
 ///   returns once it exited) and starts the version's one; the previous container is kept
 ///   stopped, so going back is a `docker start` — no load, no pull. It then removes the slot's
@@ -98,6 +98,28 @@ pub struct DockerTargetBuilder {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Refuse a version that cannot be an image tag and a container name's end: Docker allows
+/// ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 characters. A `+` (a
+/// build suffix) is refused rather than mapped, since a mapping could make two versions one.
+pub(crate) fn check_tag(version: &Version) -> Result<()> {
+    let v = version.as_str();
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && !v.starts_with(['.', '-'])
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "use version",
+        format!("{v} as an image tag and container name"),
+        "Docker allows ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 \
+         characters; a `+` build suffix is not allowed (use `-` or `.`)",
+    ))
+}
+
 /// A name no other temporary file of this process has.
 fn unique_suffix() -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +178,8 @@ impl DockerTarget {
         )
     }
 
-    /// The image reference configured for `version` (`{version}` replaced), if any.
+    /// The image reference configured for `version` (`{version}` replaced), if any. The
+    /// version must be a valid image tag ([`DockerTarget::prepare`] refuses others).
     pub fn image_for(&self, version: &Version) -> Option<String> {
         self.image
             .as_ref()
@@ -202,7 +225,8 @@ impl DockerTarget {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            )),
+            )
+            .permanent()),
         }
     }
 
@@ -221,6 +245,7 @@ impl DockerTarget {
 
     async fn prepare_inner(&self, release: &Release) -> Result<()> {
         let version = &release.version;
+        check_tag(version)?;
         let name = self.container_name(version);
         if let Some(c) = self.docker.container(&name).await? {
             return self.reuse(&c, version);
@@ -262,7 +287,8 @@ impl DockerTarget {
                 self.slot,
                 c.name
             ),
-        ))
+        )
+        .permanent())
     }
 
     /// Make the release's image present; its reference.
@@ -446,7 +472,9 @@ impl DockerTarget {
         a
     }
 
-    /// `docker create` the container; secrets through an env file removed right after.
+    /// `docker create` the container. Secret values go on the command's standard input, which
+    /// the CLI reads as its env file (`--env-file /dev/stdin`): on no command line and in no
+    /// file, so nothing is left behind when the call is cut off (a time limit, a kill -9).
     async fn create(&self, name: &str, version: &Version, image: &str) -> Result<()> {
         if self.secret_env.is_empty() {
             let cmd = self
@@ -454,13 +482,6 @@ impl DockerTarget {
                 .command(self.create_args(name, version, image, None));
             return self.docker.run_checked(&cmd).await.map(drop);
         }
-        let file = self.temp_dir.join(format!(
-            ".deploy-docker-{}-{}-{}-{}.env",
-            self.app,
-            self.slot,
-            version.as_str(),
-            unique_suffix()
-        ));
         let mut contents = String::new();
         for (k, v) in &self.secret_env {
             contents.push_str(k);
@@ -468,24 +489,11 @@ impl DockerTarget {
             contents.push_str(v.expose_secret());
             contents.push('\n');
         }
-        let created = async {
-            self.docker
-                .host
-                .write_file(&file, contents.as_bytes(), Some(0o600))
-                .await?;
-            let cmd = self
-                .docker
-                .command(self.create_args(name, version, image, Some(&file)));
-            self.docker.run_checked(&cmd).await.map(drop)
-        }
-        .await;
-        let removed = self.docker.host.remove(&file).await;
-        if let Err(e) = &removed {
-            tracing::error!(target = %self.id, file = %file.display(), error = %e,
-                "could not remove the env file holding secrets");
-        }
-        created?;
-        removed
+        let cmd = self
+            .docker
+            .command(self.create_args(name, version, image, Some(Path::new("/dev/stdin"))))
+            .stdin(contents.into_bytes());
+        self.docker.run_checked(&cmd).await.map(drop)
     }
 
     async fn activate_inner(&self, version: &Version) -> Result<()> {
@@ -571,7 +579,8 @@ impl DockerTarget {
         if removed.is_empty() {
             return Ok(());
         }
-        let mut args = vec!["rm".to_owned()];
+        // `-v`: the anonymous volumes an image's VOLUME made for that container only.
+        let mut args = vec!["rm".to_owned(), "-v".to_owned()];
         args.extend(removed.iter().map(|c| c.id.clone()));
         self.docker.run_checked(&self.docker.command(args)).await?;
         let in_use: BTreeSet<&str> = kept.iter().map(|c| c.image.as_str()).collect();
@@ -626,6 +635,14 @@ impl DockerTarget {
     /// image has no `HEALTHCHECK` is healthy once running. The reason holds the status and the
     /// newest probe's output; [`Health::version`] is the container's version label.
     pub async fn container_health(&self) -> Result<Health> {
+        self.health_state().await.map(|(h, _)| h)
+    }
+
+    /// [`container_health`](Self::container_health), and whether the container is `starting`
+    /// again after a run whose last `HEALTHCHECK` passed: a container coming back (a rollback
+    /// starts the previous one) whose image already proved healthy in it, which Docker checks
+    /// again only after the image's interval.
+    pub(crate) async fn health_state(&self) -> Result<(Health, bool)> {
         let started = Instant::now();
         let all = self
             .slot_containers()
@@ -636,29 +653,42 @@ impl DockerTarget {
             .map_err(|e| self.wrap("read container health".to_owned(), e))?;
         let latency = started.elapsed();
         let Some(c) = current else {
-            return Ok(Health::unreachable(
-                format!("no container of slot {} was started", self.slot),
-                latency,
+            return Ok((
+                Health::unreachable(
+                    format!("no container of slot {} was started", self.slot),
+                    latency,
+                ),
+                false,
             ));
         };
         let version = c.version();
         if !c.running {
-            return Ok(Health::unreachable(
-                format!(
-                    "container {} is not running ({}, exit code {})",
-                    c.name, c.status, c.exit_code
-                ),
-                latency,
-            )
-            .with_version(version));
+            let reason = format!(
+                "container {} is not running ({}, exit code {})",
+                c.name, c.status, c.exit_code
+            );
+            // One that ran and stopped (crashed) answers, in its way: the failure threshold
+            // counts it, rather than the wait running to its deadline.
+            let health = if matches!(c.status.as_str(), "exited" | "dead") {
+                Health::unhealthy(reason, latency)
+            } else {
+                Health::unreachable(reason, latency)
+            };
+            return Ok((health.with_version(version), false));
         }
         let Some(h) = &c.health else {
-            return Ok(Health::healthy(
-                format!("container {} running, its image has no HEALTHCHECK", c.name),
-                latency,
-            )
-            .with_version(version));
+            return Ok((
+                Health::healthy(
+                    format!("container {} running, its image has no HEALTHCHECK", c.name),
+                    latency,
+                )
+                .with_version(version),
+                false,
+            ));
         };
+        let passed_when_last_ran = h.status == "starting"
+            && matches!(&h.last, Some((0, _)))
+            && h.last_start.is_some_and(|t| t < c.started);
         let last = h
             .last
             .as_ref()
@@ -669,7 +699,7 @@ impl DockerTarget {
             })
             .unwrap_or_default();
         let reason = format!("container {} {}{last}", c.name, h.status);
-        Ok(match h.status.as_str() {
+        let health = match h.status.as_str() {
             "healthy" => Health::healthy(reason, latency),
             "unhealthy" => Health::unhealthy(
                 format!("{reason} ({} failed in a row)", h.failing_streak),
@@ -677,7 +707,8 @@ impl DockerTarget {
             ),
             _ => Health::unreachable(reason, latency),
         }
-        .with_version(version))
+        .with_version(version);
+        Ok((health, passed_when_last_ran))
     }
 
     /// The secret environment values, in order (for tests of the configuration).
@@ -772,8 +803,8 @@ impl DockerTargetBuilder {
         self
     }
 
-    /// A secret environment variable: written to a 0600 env file on the host for `create`
-    /// and removed right after; never on a command line.
+    /// A secret environment variable: given to `create` on its standard input (read as its
+    /// env file), never on a command line or in a file on the host.
     pub fn secret_env(mut self, key: impl Into<String>, value: SecretString) -> Self {
         self.target.secret_env.push((key.into(), value));
         self
@@ -829,7 +860,7 @@ impl DockerTargetBuilder {
         self
     }
 
-    /// Where on the host image archives and env files are put for a moment (default `/tmp`).
+    /// Where on the host image archives are put for a moment (default `/tmp`).
     pub fn temp_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.target.temp_dir = dir.into();
         self
@@ -876,10 +907,15 @@ impl DockerTargetBuilder {
         if t.docker.program.is_empty() {
             problems.push("the docker program must not be empty".to_owned());
         }
-        if let Some(image) = &t.image
-            && (image.is_empty() || image.starts_with('-'))
-        {
-            problems.push(format!("image {image:?} is not an image reference"));
+        if let Some(image) = &t.image {
+            if image.is_empty() || image.starts_with('-') {
+                problems.push(format!("image {image:?} is not an image reference"));
+            } else if !image.contains("{version}") && !image.contains("@sha256:") {
+                problems.push(format!(
+                    "image {image:?} names neither {{version}} nor a digest: every release would \
+                     run the same image (one already present is never pulled again)"
+                ));
+            }
         }
         let mut names = BTreeSet::new();
         for k in t
@@ -1036,19 +1072,40 @@ mod tests {
             .restart("unless-stopped")
             .build()
             .unwrap();
-        let v = Version::new("1.2.0+g1").unwrap();
-        assert_eq!(t.container_name(&v), "shop-blue-1.2.0_g1");
+        let v = Version::new("1.2.0-g1").unwrap();
+        assert_eq!(t.container_name(&v), "shop-blue-1.2.0-g1");
         let args = t.create_args(
             &t.container_name(&v),
             &v,
             &t.image_for(&v).unwrap(),
-            Some(Path::new("/tmp/x.env")),
+            Some(Path::new("/dev/stdin")),
         );
         let line = args.join(" ");
-        assert!(line.starts_with("create --name shop-blue-1.2.0_g1 --init --label deploy.app=shop --label deploy.slot=blue --label deploy.version=1.2.0+g1 --label deploy.run="), "{line}");
-        assert!(line.contains("--network host --env PORT=8081 --env-file /tmp/x.env --volume /srv/data:/data --restart unless-stopped --stop-timeout 10 reg/shop:1.2.0+g1"), "{line}");
+        assert!(line.starts_with("create --name shop-blue-1.2.0-g1 --init --label deploy.app=shop --label deploy.slot=blue --label deploy.version=1.2.0-g1 --label deploy.run="), "{line}");
+        assert!(line.contains("--network host --env PORT=8081 --env-file /dev/stdin --volume /srv/data:/data --restart unless-stopped --stop-timeout 10 reg/shop:1.2.0-g1"), "{line}");
         assert!(!line.contains("s3cret"));
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn versions_that_cannot_be_tags_are_refused() {
+        for ok in ["1.2.0", "2026-11-21.3", "v1_2", "1.0.0-rc.1"] {
+            assert!(check_tag(&Version::new(ok).unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["1.2.0+g1", "-1", ".1"] {
+            if let Ok(v) = Version::new(bad) {
+                let e = check_tag(&v).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
+                assert!(e.to_string().contains(bad), "{e}");
+            }
+        }
+        let e = builder().image("reg/shop:latest").build().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("names neither {version} nor a digest"),
+            "{e}"
+        );
+        assert!(builder().image("reg/shop@sha256:abc").build().is_ok());
     }
 
     #[test]

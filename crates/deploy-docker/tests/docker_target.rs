@@ -475,6 +475,31 @@ async fn the_containers_own_healthcheck_is_a_probe() {
         .await
         .unwrap();
     assert!(http_only.healthy, "{http_only:?}");
+
+    // Going back: 1.0.0's container passed its HEALTHCHECK when it last ran. Docker says
+    // `starting` until its next check; its HTTP answer decides meanwhile.
+    t.activate(&v("1.0.0")).await.unwrap();
+    let own = t.container_health().await.unwrap();
+    let back = probe.check(&request("1.0.0")).await.unwrap();
+    if own.reason.contains("starting") {
+        assert!(back.healthy, "back from a healthy run: {back:?}");
+        assert!(
+            back.reason
+                .contains("passed its HEALTHCHECK when it last ran"),
+            "{back:?}"
+        );
+        // Without a probe of its answer, the container's own check still decides.
+        let alone = DockerHealthProbe::new([Arc::clone(&t)])
+            .check(&request("1.0.0"))
+            .await
+            .unwrap();
+        assert!(!alone.healthy && !alone.answered, "{alone:?}");
+    } else {
+        // Docker already checked it again (a slow machine): healthy by its own check.
+        assert!(back.healthy, "{back:?}");
+    }
+    // A new container never is: 2.0.0's failed, and a container that never ran waits for its
+    // first check (asserted above for 1.0.0 and 2.0.0).
 }
 
 /// Check with `probe` every 200 ms until `done` says yes (at most 30 s).
