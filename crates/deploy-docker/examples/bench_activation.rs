@@ -6,9 +6,11 @@
 //!
 //! Each round, on the slot `blue` (1.0.0 running, 2.0.<round> prepared = created):
 //! - activation: `activate(2.0.<round>)` (docker stop of 1.0.0, docker start of 2.0.<round>)
-//!   until the container's HEALTHCHECK says healthy and `/health` answers 2.0.<round>;
-//! - rollback: `activate(1.0.0)` (stop, then start of the kept 1.0.0 container) until healthy
-//!   and answering 1.0.0 the same way.
+//!   until the engine's probe (`DockerHealthProbe`, then the HTTP probe) says healthy: the new
+//!   container's HEALTHCHECK healthy and `/health` answering 2.0.<round>;
+//! - rollback: `activate(1.0.0)` (stop, then start of the kept 1.0.0 container) until the same
+//!   probe says healthy: a container whose HEALTHCHECK passed when it last ran is judged by its
+//!   answer while Docker still says `starting`.
 //!
 //! Then, for a compose project serving the same image (`network_mode: host`, `init: true`, the
 //! same stop timeout): `docker-compose up -d` with the compose file's image set to the next
@@ -269,7 +271,6 @@ async fn main() -> Result<(), BoxError> {
     for version in &next {
         eprintln!("DockerTarget round {version}");
         blue.prepare(&Release::new(v(version))).await?;
-        let name = blue.container_name(&v(version));
 
         drain(&sw, "blue").await?;
         let t0 = Instant::now();
