@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the tests and the demo run (haproxy, nginx, prometheus, postgresql,
-# openssh-server, the Docker Engine from docker.io with busybox-static for the test images), and
+# openssh-server, the Docker Engine from docker.io with busybox-static for the test images and
+# docker-compose (v1) for the compose tests and the benchmark), and
 # the headless browser the HTML report's test renders with (chromium), from Debian's packages,
 # when missing. Idempotent. Runs as root, or through sudo.
 # Nothing is started as a system service: the tests start their own instances on loopback (and
@@ -22,12 +23,15 @@ have tar || need+=(tar)
 have gzip || need+=(gzip)
 have openssl || need+=(openssl)
 have chromium || have /usr/bin/chromium || need+=(chromium)
-{ have dockerd || have /usr/sbin/dockerd; } && have /usr/bin/docker || need+=(docker.io)
+# The test fixture runs /usr/sbin/dockerd (DockerdFixture's DOCKERD) and /usr/bin/docker: a
+# dockerd elsewhere on PATH is not enough.
+{ have /usr/sbin/dockerd && have /usr/bin/docker; } || need+=(docker.io)
+have docker-compose || have /usr/bin/docker-compose || need+=(docker-compose)
 # The test images hold busybox alone (FROM scratch): it must be the static build.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "install-servers: haproxy, nginx, prometheus, postgresql, openssh-server, docker.io, busybox, chromium are present"
+  echo "install-servers: haproxy, nginx, prometheus, postgresql, openssh-server, docker.io (/usr/sbin/dockerd), docker-compose, busybox-static, chromium are present"
   exit 0
 fi
 

@@ -468,7 +468,11 @@ async fn secrets_stay_out_of_argv_journal_report_and_output() {
     .await;
     let watch = ArgvWatch::start(
         vec![SECRET.as_bytes().to_vec()],
-        vec![b"\0create\0".to_vec(), b"deploy\0run\0".to_vec()],
+        // `docker -H <this test's engine> create …`: no other test's command counts.
+        vec![
+            format!("{}\0create\0", s.engine.socket()).into_bytes(),
+            b"deploy\0run\0".to_vec(),
+        ],
     );
     let env = [];
     let report_path = s.dir().join("report.json");
@@ -484,6 +488,10 @@ async fn secrets_stay_out_of_argv_journal_report_and_output() {
         seen.hits.is_empty(),
         "secret in a command line: {:?}",
         seen.hits
+    );
+    assert!(
+        seen.markers[0] > 0,
+        "`docker create` was seen, or the watch proves nothing: {seen:?}"
     );
     assert!(seen.markers[1] > 0, "the deploy process was seen");
 

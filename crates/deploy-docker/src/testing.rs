@@ -33,10 +33,17 @@ fn fixture_error(message: impl Into<String>) -> Error {
 /// A private `dockerd` with its data root, exec root, pid file and socket in a temporary
 /// directory: no bridge, no iptables (only `--network host` containers get network — the
 /// application listens on the slot's port itself), overlay2 storage. It runs its own
-/// containerd under its exec root. Dropping the fixture stops the engine by its PID (TERM, up
-/// to 20 s, then KILL, and then whatever process still names the fixture's directory in its
-/// command line: its containerd and shims), unmounts everything left mounted under the
-/// directory (deepest first) and removes it.
+/// containerd under its exec root. An empty daemon configuration
+/// (`--config-file <dir>/daemon.json`, `{}`) keeps the machine's `/etc/docker/daemon.json` out.
+///
+/// Dropping the fixture stops only the processes this engine started, each by its PID: it
+/// removes every container through its own socket (`docker rm -f`: their shims exit), records
+/// the engine's processes — dockerd's descendants (its containerd), the containerd of
+/// `exec/containerd/containerd.pid` and, for a container left over, its shim and init process
+/// (from the `init.pid` runc wrote under the exec root) — with their start times, stops the
+/// engine (TERM, up to 20 s, then KILL), then KILLs those recorded processes still alive whose
+/// start time is unchanged (a reused PID is left alone). It unmounts everything left mounted
+/// under the directory (deepest first) and removes it.
 ///
 /// ```no_run
 /// let engine = deploy_docker::testing::DockerdFixture::start()?;
@@ -76,7 +83,10 @@ impl DockerdFixture {
         let log = std::fs::File::create(d.join("dockerd.log"))
             .map_err(|e| fixture_error("cannot create dockerd.log").with_source(e))?;
         let p = |name: &str| d.join(name).to_string_lossy().into_owned();
+        std::fs::write(d.join("daemon.json"), "{}\n")
+            .map_err(|e| fixture_error("cannot write daemon.json").with_source(e))?;
         let child = StdCommand::new(DOCKERD)
+            .args(["--config-file", &p("daemon.json")])
             .args(["--data-root", &p("data")])
             .args(["--exec-root", &p("exec")])
             .args(["--pidfile", &p("docker.pid")])
@@ -285,30 +295,168 @@ impl DockerdFixture {
         }
     }
 
-    /// Kill what this engine left running: processes whose command line names the fixture's
-    /// directory (its containerd and the shims, whose sockets live there). Only after the engine
-    /// was killed.
-    fn kill_leftovers(&self) {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let me = std::process::id();
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = signal(pid, Signal::Kill);
+    /// Run `docker -H <socket> <args>` for at most `limit` (then KILL that client, which this
+    /// fixture started); its standard output when it exited 0.
+    fn docker_bounded(&self, args: &[&str], limit: Duration) -> Option<String> {
+        let mut child = StdCommand::new(&self.program)
+            .arg("-H")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let mut out = String::new();
+                    std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
+                    return status.success().then_some(out);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
             }
         }
     }
+
+    /// Remove every container through this engine's socket (`docker rm -f`): their shims and
+    /// processes exit with them.
+    fn remove_containers(&self) {
+        let Some(ids) = self.docker_bounded(&["ps", "-aq"], Duration::from_secs(10)) else {
+            return;
+        };
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        let _ = self.docker_bounded(&args, Duration::from_secs(30));
+    }
+
+    /// The processes this engine started, with their start times: the descendants of dockerd
+    /// (`engine`), the containerd named by `exec/containerd/containerd.pid`, and for each
+    /// container still there (an `init.pid` under the exec root) its init process and its
+    /// shim (the init's parent, when it is a `containerd-shim`).
+    fn engine_processes(&self, engine: u32) -> Vec<Proc> {
+        let me = std::process::id();
+        let mut found: Vec<u32> = descendants(engine);
+        let exec = self.dir.path().join("exec/containerd");
+        if let Some(pid) = read_pid(&exec.join("containerd.pid"))
+            && comm(pid).as_deref() == Some("containerd")
+        {
+            found.push(pid);
+        }
+        let tasks = exec.join("daemon/io.containerd.runtime.v2.task");
+        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let Some(init) = read_pid(&task.path().join("init.pid")) else {
+                    continue;
+                };
+                let Some(shim) = proc_stat(init).map(|s| s.ppid) else {
+                    continue;
+                };
+                if comm(shim).is_some_and(|c| c.starts_with("containerd-shim")) {
+                    found.extend([init, shim]);
+                    found.extend(descendants(shim));
+                }
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+            .into_iter()
+            .filter(|&pid| pid > 1 && pid != me && pid != engine)
+            .filter_map(|pid| {
+                Some(Proc {
+                    pid,
+                    start: proc_stat(pid)?.start,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A process recorded by its PID and start time (clock ticks since boot, `/proc/<pid>/stat`'s
+/// 22nd field): the same PID with another start time is another process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    start: u64,
+}
+
+impl Proc {
+    /// Whether this very process is still there (a zombie counts as gone).
+    fn alive(self) -> bool {
+        proc_stat(self.pid).is_some_and(|s| s.start == self.start && s.state != 'Z')
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the fixture reads.
+struct Stat {
+    state: char,
+    ppid: u32,
+    start: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// `/proc/<pid>/stat`'s state, parent and start time; the command name in parentheses may
+/// hold spaces and parentheses, so the fields are counted after the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (3rd field), ppid (4th), …, starttime (22nd).
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Every process below `root` in the parent tree, from one reading of `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, proc_stat(pid)?.ppid))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == p && !out.contains(&pid) && pid != root {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out
 }
 
 /// Whether the 64-bit little-endian ELF `bytes` asks for a program interpreter (`PT_INTERP`):
@@ -357,36 +505,29 @@ fn unescape_mount_path(s: &str) -> String {
 impl Drop for DockerdFixture {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // TERM, then KILL after the grace period.
-            child.stop();
-            // A TERMed engine takes its containerd along; after a KILL it may stay, with the
-            // shims: give them a moment, then kill what still names this directory.
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && self.has_leftovers() {
-                std::thread::sleep(Duration::from_millis(50));
+            let engine = child.id();
+            if !child.exited() {
+                self.remove_containers();
             }
-            self.kill_leftovers();
+            let ours = self.engine_processes(engine);
+            // TERM, then KILL after the grace period. A TERMed engine takes its containerd
+            // along; give the recorded processes a moment, then KILL those still there.
+            child.stop();
+            let wait_gone = |limit: Duration| {
+                let deadline = Instant::now() + limit;
+                while Instant::now() < deadline && ours.iter().any(|p| p.alive()) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            wait_gone(Duration::from_secs(3));
+            for p in &ours {
+                if p.alive() {
+                    let _ = signal(p.pid, Signal::Kill);
+                }
+            }
+            wait_gone(Duration::from_secs(5));
         }
         self.unmount_all();
-    }
-}
-
-impl DockerdFixture {
-    fn has_leftovers(&self) -> bool {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let me = std::process::id();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                (pid != me).then_some(e.path())
-            })
-            .any(|p| {
-                std::fs::read(p.join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-            })
     }
 }
 
@@ -497,6 +638,133 @@ mod tests {
             assert!(!elf_has_interpreter(&b), "busybox-static");
         }
         assert!(!elf_has_interpreter(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn stat_lines_are_read_after_the_command_name() {
+        let line = "4531 (a) b (c) S 4506 4531 4531 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 9 0 \
+                    123456 1000 10 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!((s.state, s.ppid, s.start), ('S', 4506, 123456));
+        let me = proc_stat(std::process::id()).unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(me.start > 0);
+    }
+
+    /// Run a container, `sleep 300`, and say its init process and shim.
+    fn container_processes(engine: &DockerdFixture) -> (Proc, Proc) {
+        engine
+            .build_test_image("deploy-test/own:1.0.0", "1.0.0", true)
+            .unwrap();
+        let id = engine
+            .docker_ok(&[
+                "run",
+                "-d",
+                "--network",
+                "host",
+                "deploy-test/own:1.0.0",
+                "sleep",
+                "300",
+            ])
+            .unwrap();
+        let pid: u32 = engine
+            .docker_ok(&["inspect", "-f", "{{.State.Pid}}", id.trim()])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let init = proc_stat(pid).unwrap();
+        let shim = init.ppid;
+        assert!(comm(shim).unwrap().starts_with("containerd-shim"));
+        let at = |pid: u32| Proc {
+            pid,
+            start: proc_stat(pid).unwrap().start,
+        };
+        (at(pid), at(shim))
+    }
+
+    fn containerd_of(engine: &DockerdFixture) -> Proc {
+        let pid = descendants(engine.pid())
+            .into_iter()
+            .find(|&p| comm(p).as_deref() == Some("containerd"))
+            .expect("dockerd runs its containerd");
+        Proc {
+            pid,
+            start: proc_stat(pid).unwrap().start,
+        }
+    }
+
+    #[test]
+    fn the_fixture_stops_its_own_processes_and_no_other() {
+        let engine = DockerdFixture::start().unwrap();
+        let dir = engine.dir().to_path_buf();
+        let (init, shim) = container_processes(&engine);
+        let containerd = containerd_of(&engine);
+        // Bystanders that merely name the fixture's directory in their command lines.
+        let mut tail = StdCommand::new("tail")
+            .arg("-f")
+            .arg(dir.join("dockerd.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut sleeper = StdCommand::new("sh")
+            .args(["-c", "exec sleep 30", "sh"])
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        let engine_pid = engine.pid();
+        let t0 = Instant::now();
+        drop(engine);
+        eprintln!("dropped (one running container) in {:?}", t0.elapsed());
+        let tail_alive = tail.try_wait().unwrap().is_none();
+        let sleeper_alive = sleeper.try_wait().unwrap().is_none();
+        let _ = tail.kill();
+        let _ = sleeper.kill();
+        let _ = tail.wait();
+        let _ = sleeper.wait();
+        assert!(
+            tail_alive,
+            "`tail -f <dir>/dockerd.log` survives the fixture"
+        );
+        assert!(sleeper_alive, "`sleep 30 <dir>` survives the fixture");
+        assert!(proc_stat(engine_pid).is_none(), "dockerd gone");
+        for (name, p) in [("containerd", containerd), ("shim", shim), ("init", init)] {
+            assert!(!p.alive(), "{name} {} gone", p.pid);
+        }
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+
+    #[test]
+    fn a_dead_engine_leaves_no_process_behind() {
+        let engine = DockerdFixture::start().unwrap();
+        let dir = engine.dir().to_path_buf();
+        let (init, shim) = container_processes(&engine);
+        let containerd = containerd_of(&engine);
+        // The engine dies on its own: nothing is removed through its socket, and containerd
+        // is no longer its child.
+        signal(engine.pid(), Signal::Kill).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let outliving: Vec<u32> = [containerd, shim, init]
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.pid)
+            .collect();
+        eprintln!(
+            "0.5 s after dockerd's KILL, still running: {outliving:?} (containerd, shim, init)"
+        );
+        assert!(
+            shim.alive() && init.alive(),
+            "the container outlives its engine"
+        );
+        let t0 = Instant::now();
+        drop(engine);
+        eprintln!("dropped in {:?}", t0.elapsed());
+        for (name, p) in [("containerd", containerd), ("shim", shim), ("init", init)] {
+            assert!(!p.alive(), "{name} {} gone", p.pid);
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.to_str().unwrap()), "nothing mounted");
+        assert!(!dir.exists(), "{} removed", dir.display());
     }
 
     #[test]

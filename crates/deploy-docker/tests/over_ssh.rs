@@ -83,7 +83,13 @@ async fn docker_target_over_ssh_passes_the_target_conformance_suite() {
     .build()
     .unwrap();
 
-    let watch = ArgvWatch::start(vec![canary.as_bytes().to_vec()], vec![b"docker".to_vec()]);
+    // The marker is `docker create`'s own argument vector on this test's engine
+    // (`docker -H <socket> create …`): the command that takes the secret must have been seen
+    // while it ran.
+    let watch = ArgvWatch::start(
+        vec![canary.as_bytes().to_vec()],
+        vec![format!("{}\0create\0", engine.socket()).into_bytes()],
+    );
     let started = Instant::now();
     conformance::target(&t, &Release::new(v("1.0.0")).with_artifact(&archive)).await;
     assert_eq!(served_version(port).await, Some(v("1.0.0")));
@@ -99,7 +105,7 @@ async fn docker_target_over_ssh_passes_the_target_conformance_suite() {
     );
     assert!(
         report.markers[0] > 0,
-        "docker commands were seen: {report:?}"
+        "`docker create` was seen, or the watch proves nothing: {report:?}"
     );
     assert_eq!(std::fs::read_dir(&remote_tmp).unwrap().count(), 0);
     let seen = engine
@@ -113,7 +119,7 @@ async fn docker_target_over_ssh_passes_the_target_conformance_suite() {
         .unwrap();
     assert_eq!(seen.trim(), canary);
     eprintln!(
-        "conformance over SSH twice: {elapsed:?}; {} commands over SSH; argv watch: {} passes, {} command lines, {} docker ones",
+        "conformance over SSH twice: {elapsed:?}; {} commands over SSH; argv watch: {} passes, {} command lines, `docker create` in {}",
         host.commands().len(),
         report.passes,
         report.command_lines,
