@@ -788,12 +788,23 @@ impl Collector {
         key: &str,
         value: Option<toml::Value>,
     ) -> Vec<(usize, T)> {
+        self.list_with(key, value, |c, path, v| c.take::<T>(path, v))
+    }
+
+    /// Each entry of the array at `key` that `take` reads (given its path, `key[i]`), with its
+    /// index in the file.
+    fn list_with<T>(
+        &mut self,
+        key: &str,
+        value: Option<toml::Value>,
+        mut take: impl FnMut(&mut Self, &str, toml::Value) -> Option<T>,
+    ) -> Vec<(usize, T)> {
         match value {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, v)| self.take::<T>(&format!("{key}[{i}]"), v).map(|t| (i, t)))
+                .filter_map(|(i, v)| take(self, &format!("{key}[{i}]"), v).map(|t| (i, t)))
                 .collect(),
             Some(_) => {
                 self.push(key, format!("expected an array of tables ([[{key}]])"));
@@ -909,20 +920,7 @@ impl PlanFile {
         let policies = table
             .remove("policies")
             .map_or(Some(Policies::default()), |v| c.take("policies", v));
-        let targets: Vec<(usize, TargetSection)> = match targets_raw {
-            None => Vec::new(),
-            Some(toml::Value::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    take_target(&mut c, &format!("targets[{i}]"), v).map(|t| (i, t))
-                })
-                .collect(),
-            Some(_) => {
-                c.push("targets", "expected an array of tables ([[targets]])");
-                Vec::new()
-            }
-        };
+        let targets: Vec<(usize, TargetSection)> = c.list_with("targets", targets_raw, take_target);
         let probe = table
             .remove("probe")
             .and_then(|v| c.take::<ProbeSection>("probe", v));

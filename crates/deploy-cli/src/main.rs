@@ -882,13 +882,8 @@ async fn main_inner(cli: Cli) -> Result<i32, Stop> {
                 .snapshot()
                 .await
                 .map_err(|e| deploy_error(&plan, e))?;
-            let last = engine
-                .history()
-                .await
-                .map_err(|e| deploy_error(&plan, e))?
-                .into_iter()
-                .rev()
-                .find(|h| h.outcome.is_promoted());
+            let history = engine.history().await.map_err(|e| deploy_error(&plan, e))?;
+            let last = HistoryEntry::newest_promoted(&history);
             out!("environment {}", pf.environment.name);
             for t in &live.targets {
                 let weight = live

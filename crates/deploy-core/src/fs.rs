@@ -3,6 +3,8 @@
 //! fsynced. A reader sees the old file or the new one, never a part; a failure leaves the old
 //! one and removes the temporary file.
 
+pub use crate::local::unique_suffix;
+
 use std::fs::{File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;

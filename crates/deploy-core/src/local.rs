@@ -68,7 +68,7 @@ impl LocalHost {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// `<pid>-<counter>`: unique among the temporary names this process creates.
-pub(crate) fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{}-{n}", std::process::id())
 }

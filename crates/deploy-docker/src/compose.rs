@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -16,7 +15,10 @@ use deploy_core::{
 };
 use secrecy::ExposeSecret;
 
-use crate::docker::{Container, Docker, LABEL_APP, LABEL_RUN, LABEL_SLOT, LABEL_VERSION};
+use crate::docker::{
+    Container, Docker, LABEL_APP, LABEL_RUN, LABEL_SLOT, LABEL_VERSION, env_file_text, env_name_ok,
+    name_part_ok,
+};
 
 /// The label compose puts on every container of a project.
 const LABEL_PROJECT: &str = "com.docker.compose.project";
@@ -139,14 +141,6 @@ impl Project {
             .max()
             .unwrap_or(UNIX_EPOCH)
     }
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A name no other temporary file of this process has.
-fn unique_suffix() -> String {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{n}", std::process::id())
 }
 
 /// A compose project name from `raw`: lowercase ASCII letters, digits, `_` and `-`, every other
@@ -415,7 +409,7 @@ impl ComposeTarget {
     async fn prepare_inner(&self, release: &Release) -> Result<()> {
         let version = &release.version;
         // The version is the images' tag; and two versions must not share a project name.
-        crate::target::check_tag(version)?;
+        crate::docker::check_tag(version)?;
         let project = self.project_name(version);
         let existing = self.project_containers(&project).await?;
         if !existing.is_empty() {
@@ -519,7 +513,15 @@ impl ComposeTarget {
         services: &[Service],
     ) -> Result<()> {
         let loaded = match artifact {
-            Some(a) => Some(self.load(version, a).await?),
+            Some(a) => Some(
+                self.docker
+                    .load_archive(
+                        &self.temp_dir,
+                        &format!(".deploy-compose-{}-{}-{version}", self.app, self.slot),
+                        a,
+                    )
+                    .await?,
+            ),
             None => None,
         };
         let mut missing = Vec::new();
@@ -566,81 +568,21 @@ impl ComposeTarget {
         self.run_compose(&cmd).await.map(drop)
     }
 
-    /// Upload the image archive `artifact` and `docker load` it; the images it named.
-    async fn load(&self, version: &Version, artifact: &Path) -> Result<Vec<String>> {
-        let name = artifact
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(ext) = [".tar.gz", ".tgz", ".tar"]
-            .into_iter()
-            .find(|e| name.ends_with(e))
-        else {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "read image archive",
-                format!("{} on the deploying machine", artifact.display()),
-                "is not a .tar, .tar.gz or .tgz image archive (the output of `docker save`)",
-            ));
-        };
-        let remote = self.temp_dir.join(format!(
-            ".deploy-compose-{}-{}-{version}-{}{ext}",
-            self.app,
-            self.slot,
-            unique_suffix()
-        ));
-        let loaded = async {
-            self.docker
-                .host
-                .upload(artifact, &remote, Some(0o600))
-                .await?;
-            let out = self
-                .docker
-                .run_checked(&self.docker.command([
-                    "load".as_ref(),
-                    "-q".as_ref(),
-                    "-i".as_ref(),
-                    remote.as_os_str(),
-                ]))
-                .await?;
-            Ok::<_, Error>(
-                out.stdout_text()
-                    .lines()
-                    .filter_map(|l| {
-                        l.strip_prefix("Loaded image: ")
-                            .or_else(|| l.strip_prefix("Loaded image ID: "))
-                    })
-                    .map(|s| s.trim().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-        }
-        .await;
-        let removed = self.docker.host.remove(&remote).await;
-        let loaded = loaded?;
-        removed?;
-        Ok(loaded)
-    }
-
     /// `create` the project's containers; secrets through an env file removed right after.
     async fn create(&self, project: &str, version: &Version) -> Result<()> {
         if self.secret_env.is_empty() {
             let cmd = self.compose(project, version, None, &["create"]);
             return self.run_compose(&cmd).await.map(drop);
         }
-        let file = self
-            .temp_dir
-            .join(format!(".deploy-compose-{project}-{}.env", unique_suffix()));
-        let mut contents = String::new();
-        for (k, v) in &self.secret_env {
-            contents.push_str(k);
-            contents.push('=');
-            contents.push_str(v.expose_secret());
-            contents.push('\n');
-        }
+        let file = self.temp_dir.join(format!(
+            ".deploy-compose-{project}-{}.env",
+            deploy_core::fs::unique_suffix()
+        ));
+        let contents = env_file_text(&self.secret_env);
         let created = async {
             self.docker
                 .host
-                .write_file(&file, contents.as_bytes(), Some(0o600))
+                .write_file(&file, contents.expose_secret().as_bytes(), Some(0o600))
                 .await?;
             let cmd = self.compose(project, version, Some(&file), &["create"]);
             self.run_compose(&cmd).await.map(drop)
@@ -867,21 +809,6 @@ fn parse_config(yaml: &str) -> Vec<Service> {
         }
     }
     out
-}
-
-/// Whether `s` can be part of a project name before sanitising.
-fn name_part_ok(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// Whether `s` is a usable environment variable name.
-fn env_name_ok(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl ComposeTargetBuilder {

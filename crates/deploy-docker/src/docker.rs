@@ -5,13 +5,79 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deploy_core::{Command, Error, ErrorKind, Host, Output, Result, Version};
+use std::path::Path;
+
+use deploy_core::{Command, Error, ErrorKind, Host, Output, Result, SecretString, Version};
+use secrecy::ExposeSecret;
 
 /// Labels every container of a slot carries.
 pub(crate) const LABEL_APP: &str = "deploy.app";
 pub(crate) const LABEL_SLOT: &str = "deploy.slot";
 pub(crate) const LABEL_VERSION: &str = "deploy.version";
 pub(crate) const LABEL_RUN: &str = "deploy.run";
+
+/// Refuse a version that cannot be an image tag and a container (or project) name's end: Docker
+/// allows ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 characters. A `+` (a
+/// build suffix) is refused rather than mapped, since a mapping could make two versions one.
+pub(crate) fn check_tag(version: &Version) -> Result<()> {
+    let v = version.as_str();
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && !v.starts_with(['.', '-'])
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "use version",
+        format!("{v} as an image tag and container name"),
+        "Docker allows ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 \
+         characters; a `+` build suffix is not allowed (use `-` or `.`)",
+    ))
+}
+
+/// Whether `s` can be part of a container or project name: ASCII letters, digits, `_`, `.`,
+/// `-`, starting with a letter or digit.
+pub(crate) fn name_part_ok(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Whether `s` is a usable environment variable name.
+pub(crate) fn env_name_ok(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Secret variables as an env file's text: one `NAME=value` line each.
+pub(crate) fn env_file_text(secret_env: &[(String, SecretString)]) -> SecretString {
+    let mut text = String::new();
+    for (k, v) in secret_env {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v.expose_secret());
+        text.push('\n');
+    }
+    SecretString::from(text)
+}
+
+/// The images a `docker load` said it loaded (`Loaded image: x:y`, `Loaded image ID: sha256:…`).
+pub(crate) fn loaded_images(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Loaded image: ")
+                .or_else(|| l.strip_prefix("Loaded image ID: "))
+        })
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
 
 /// One engine reached through one `docker` program on one host.
 #[derive(Debug, Clone)]
@@ -24,6 +90,50 @@ pub(crate) struct Docker {
 }
 
 impl Docker {
+    /// Upload the image archive `artifact` (a `.tar`, `.tar.gz` or `.tgz` from `docker save`)
+    /// to `temp_dir` on the host as `<stem>-<unique><ext>` (0600), `docker load` it, and remove
+    /// it whatever happened; the images it named.
+    pub(crate) async fn load_archive(
+        &self,
+        temp_dir: &Path,
+        stem: &str,
+        artifact: &Path,
+    ) -> Result<Vec<String>> {
+        let name = artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(ext) = [".tar.gz", ".tgz", ".tar"]
+            .into_iter()
+            .find(|e| name.ends_with(e))
+        else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "read image archive",
+                format!("{} on the deploying machine", artifact.display()),
+                "is not a .tar, .tar.gz or .tgz image archive (the output of `docker save`)",
+            ));
+        };
+        let remote = temp_dir.join(format!("{stem}-{}{ext}", deploy_core::fs::unique_suffix()));
+        let loaded = async {
+            self.host.upload(artifact, &remote, Some(0o600)).await?;
+            let out = self
+                .run_checked(&self.command([
+                    "load".as_ref(),
+                    "-q".as_ref(),
+                    "-i".as_ref(),
+                    remote.as_os_str(),
+                ]))
+                .await?;
+            Ok::<_, Error>(loaded_images(&out.stdout_text()))
+        }
+        .await;
+        let removed = self.host.remove(&remote).await;
+        let loaded = loaded?;
+        removed?;
+        Ok(loaded)
+    }
+
     /// `docker [-H socket] <args>`.
     pub(crate) fn command<I, S>(&self, args: I) -> Command
     where

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,7 +13,10 @@ use deploy_core::{
 };
 use secrecy::ExposeSecret;
 
-use crate::docker::{Container, Docker, LABEL_APP, LABEL_RUN, LABEL_SLOT, LABEL_VERSION};
+use crate::docker::{
+    Container, Docker, LABEL_APP, LABEL_RUN, LABEL_SLOT, LABEL_VERSION, check_tag, env_file_text,
+    env_name_ok, name_part_ok,
+};
 
 /// One container slot (`blue`, `web-3`) of an application on a [`Host`]: each prepared release
 /// is a container `<app>-<slot>-<version>` (a `+` in the version becomes `_`), labelled
@@ -94,36 +96,6 @@ struct RegistryLogin {
 #[derive(Debug)]
 pub struct DockerTargetBuilder {
     target: DockerTarget,
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Refuse a version that cannot be an image tag and a container name's end: Docker allows
-/// ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 characters. A `+` (a
-/// build suffix) is refused rather than mapped, since a mapping could make two versions one.
-pub(crate) fn check_tag(version: &Version) -> Result<()> {
-    let v = version.as_str();
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && !v.starts_with(['.', '-'])
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        return Ok(());
-    }
-    Err(Error::new(
-        ErrorKind::InvalidInput,
-        "use version",
-        format!("{v} as an image tag and container name"),
-        "Docker allows ASCII letters, digits, `_`, `.` and `-` (not first), at most 128 \
-         characters; a `+` build suffix is not allowed (use `-` or `.`)",
-    ))
-}
-
-/// A name no other temporary file of this process has.
-fn unique_suffix() -> String {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{n}", std::process::id())
 }
 
 impl DockerTarget {
@@ -295,7 +267,14 @@ impl DockerTarget {
     async fn ensure_image(&self, release: &Release) -> Result<String> {
         let version = &release.version;
         if let Some(artifact) = &release.artifact {
-            let loaded = self.load(version, artifact).await?;
+            let loaded = self
+                .docker
+                .load_archive(
+                    &self.temp_dir,
+                    &format!(".deploy-docker-{}-{}-{version}", self.app, self.slot),
+                    artifact,
+                )
+                .await?;
             if let Some(reference) = self.image_for(version) {
                 if !self.docker.image_present(&reference).await? {
                     return Err(Error::new(
@@ -341,52 +320,6 @@ impl DockerTarget {
             self.pull(&reference).await?;
         }
         Ok(reference)
-    }
-
-    /// Upload the image archive `artifact` and `docker load` it; the images it named.
-    async fn load(&self, version: &Version, artifact: &Path) -> Result<Vec<String>> {
-        let name = artifact
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(ext) = [".tar.gz", ".tgz", ".tar"]
-            .into_iter()
-            .find(|e| name.ends_with(e))
-        else {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "read image archive",
-                format!("{} on the deploying machine", artifact.display()),
-                "is not a .tar, .tar.gz or .tgz image archive (the output of `docker save`)",
-            ));
-        };
-        let remote = self.temp_dir.join(format!(
-            ".deploy-docker-{}-{}-{version}-{}{ext}",
-            self.app,
-            self.slot,
-            unique_suffix()
-        ));
-        let loaded = async {
-            self.docker
-                .host
-                .upload(artifact, &remote, Some(0o600))
-                .await?;
-            let out = self
-                .docker
-                .run_checked(&self.docker.command([
-                    "load".as_ref(),
-                    "-q".as_ref(),
-                    "-i".as_ref(),
-                    remote.as_os_str(),
-                ]))
-                .await?;
-            Ok::<_, Error>(loaded_images(&out.stdout_text()))
-        }
-        .await;
-        let removed = self.docker.host.remove(&remote).await;
-        let loaded = loaded?;
-        removed?;
-        Ok(loaded)
     }
 
     /// `docker pull reference`, after a login when credentials are configured.
@@ -482,17 +415,15 @@ impl DockerTarget {
                 .command(self.create_args(name, version, image, None));
             return self.docker.run_checked(&cmd).await.map(drop);
         }
-        let mut contents = String::new();
-        for (k, v) in &self.secret_env {
-            contents.push_str(k);
-            contents.push('=');
-            contents.push_str(v.expose_secret());
-            contents.push('\n');
-        }
         let cmd = self
             .docker
             .command(self.create_args(name, version, image, Some(Path::new("/dev/stdin"))))
-            .stdin(contents.into_bytes());
+            .stdin(
+                env_file_text(&self.secret_env)
+                    .expose_secret()
+                    .as_bytes()
+                    .to_vec(),
+            );
         self.docker.run_checked(&cmd).await.map(drop)
     }
 
@@ -522,7 +453,9 @@ impl DockerTarget {
                 .run_checked(&self.docker.command(["start", next.id.as_str()]))
                 .await?;
         }
-        if let Some(c) = self.docker.container(&next.id).await?
+        // One read of the slot serves the check and the prune.
+        let now = self.slot_containers().await?;
+        if let Some(c) = now.iter().find(|c| c.id == next.id)
             && !c.running
         {
             return Err(Error::new(
@@ -535,7 +468,7 @@ impl DockerTarget {
                 ),
             ));
         }
-        if let Err(e) = self.prune(&next.id).await {
+        if let Err(e) = self.prune(&next.id, now).await {
             // The activation itself succeeded; pruning is tried again on the next one.
             tracing::warn!(target = %self.id, error = %e, "could not prune old containers");
         }
@@ -560,8 +493,7 @@ impl DockerTarget {
 
     /// Remove the slot's containers beyond the newest `keep`, never `current` or the one stopped
     /// last (the previous release), then their images when no container uses them.
-    async fn prune(&self, current: &str) -> Result<()> {
-        let mut all = self.slot_containers().await?;
+    async fn prune(&self, current: &str, mut all: Vec<Container>) -> Result<()> {
         all.sort_by_key(|c| std::cmp::Reverse(c.last_event()));
         let mut keep: BTreeSet<&str> = BTreeSet::new();
         keep.insert(current);
@@ -726,35 +658,6 @@ impl DockerTarget {
     pub fn app(&self) -> &str {
         &self.app
     }
-}
-
-/// The images a `docker load` said it loaded (`Loaded image: x:y`, `Loaded image ID: sha256:…`).
-fn loaded_images(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("Loaded image: ")
-                .or_else(|| l.strip_prefix("Loaded image ID: "))
-        })
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Whether `s` can be part of a container name: ASCII letters, digits, `_`, `.`, `-`, starting
-/// with a letter or digit.
-fn name_part_ok(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// Whether `s` is a usable environment variable name.
-fn env_name_ok(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl DockerTargetBuilder {
@@ -1139,6 +1042,7 @@ mod tests {
 
     #[test]
     fn loaded_images_are_read() {
+        use crate::docker::loaded_images;
         assert_eq!(
             loaded_images("Loaded image: a/b:1\nLoaded image ID: sha256:12\nother\n"),
             vec!["a/b:1".to_owned(), "sha256:12".to_owned()]

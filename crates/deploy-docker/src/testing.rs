@@ -570,6 +570,29 @@ impl RecordingHost {
     }
 }
 
+/// The version `127.0.0.1:port` reports on `/health` (the test image's answer, field
+/// `version`), waiting up to 10 s for an answer; `None` if none came.
+pub async fn served_version(port: u16) -> Option<deploy_core::Version> {
+    use deploy_core::{Endpoint, HealthProbe, HttpProbe, ProbeRequest, TargetId};
+    let probe = HttpProbe::builder()
+        .version_field("version")
+        .build()
+        .expect("a valid probe");
+    let req = ProbeRequest::new(
+        TargetId::new("served").expect("a valid id"),
+        Endpoint::http("127.0.0.1", port),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe.check(&req).await {
+            Ok(h) if h.answered => return h.version,
+            _ if Instant::now() > deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// The docker subcommand of `c`, skipping `-H <socket>`.
 pub fn docker_subcommand(c: &Command) -> Option<String> {
     let mut args = c.args.iter().map(|a| a.to_string_lossy().into_owned());

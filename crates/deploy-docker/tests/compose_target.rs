@@ -9,11 +9,8 @@ use std::time::{Duration, Instant};
 
 use deploy_core::testing::conformance;
 use deploy_core::testing::process::free_port;
-use deploy_core::{
-    Command, Endpoint, HealthProbe, HttpProbe, LocalHost, ProbeRequest, Release, SecretString,
-    Target, TargetId, Version,
-};
-use deploy_docker::testing::{DockerdFixture, RecordingHost};
+use deploy_core::{Command, Endpoint, LocalHost, Release, SecretString, Target, TargetId, Version};
+use deploy_docker::testing::{DockerdFixture, RecordingHost, served_version};
 use deploy_docker::{ComposeTarget, ComposeTargetBuilder};
 
 /// The compose program the tests use.
@@ -92,27 +89,6 @@ fn builder(
     .env("PORT", port.to_string())
     .stop_timeout(Duration::from_secs(5))
     .command_timeout(Duration::from_secs(120))
-}
-
-/// The version served on `port`, waiting up to 10 s for an answer.
-async fn served_version(port: u16) -> Option<Version> {
-    let probe = HttpProbe::builder()
-        .version_field("version")
-        .build()
-        .unwrap();
-    let req = ProbeRequest::new(
-        TargetId::new("x").unwrap(),
-        Endpoint::http("127.0.0.1", port),
-        None,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = probe.check(&req).await.unwrap();
-        if h.answered || Instant::now() > deadline {
-            return h.version;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `name status` of every container of app `app`, sorted.

@@ -13,7 +13,7 @@ use deploy_core::{
     Endpoint, ErrorKind, Health, HealthProbe, HttpProbe, LocalHost, ProbeRequest, Release,
     SecretString, Target, TargetId, Version,
 };
-use deploy_docker::testing::{DockerdFixture, RecordingHost, docker_subcommand};
+use deploy_docker::testing::{DockerdFixture, RecordingHost, docker_subcommand, served_version};
 use deploy_docker::{DockerHealthProbe, DockerTarget, DockerTargetBuilder};
 
 fn v(s: &str) -> Version {
@@ -40,27 +40,6 @@ fn builder(
     .env("PORT", port.to_string())
     .stop_timeout(Duration::from_secs(5))
     .command_timeout(Duration::from_secs(120))
-}
-
-/// The version the slot's HTTP endpoint reports, waiting up to 10 s for an answer.
-async fn served_version(port: u16) -> Option<Version> {
-    let probe = HttpProbe::builder()
-        .version_field("version")
-        .build()
-        .unwrap();
-    let req = ProbeRequest::new(
-        TargetId::new("x").unwrap(),
-        Endpoint::http("127.0.0.1", port),
-        None,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = probe.check(&req).await.unwrap();
-        if h.answered || Instant::now() > deadline {
-            return h.version;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The state (`running`, `exited`, `created`) of container `name`.

@@ -11,28 +11,15 @@ use std::time::{Duration, Instant};
 use deploy_core::testing::FakeSwitch;
 use deploy_core::testing::process::free_port;
 use deploy_core::{
-    DynHealthProbe, Endpoint, Engine, Environment, HealthProbe, HttpProbe, LocalHost, Outcome,
-    PlanOptions, Policies, ProbeRequest, Release, Strategy, Target, TargetId, Version,
+    DynHealthProbe, Endpoint, Engine, Environment, HttpProbe, LocalHost, Outcome, PlanOptions,
+    Policies, Release, Strategy, Target, TargetId, Version,
 };
-use deploy_docker::testing::{DockerdFixture, RecordingHost, docker_subcommand};
+use deploy_docker::testing::{DockerdFixture, RecordingHost, docker_subcommand, served_version};
 use deploy_docker::{DockerHealthProbe, DockerTarget};
 use tokio_util::sync::CancellationToken;
 
 fn v(s: &str) -> Version {
     Version::new(s).unwrap()
-}
-
-async fn served_version(port: u16) -> Option<Version> {
-    let probe = HttpProbe::builder()
-        .version_field("version")
-        .build()
-        .unwrap();
-    let req = ProbeRequest::new(
-        TargetId::new("x").unwrap(),
-        Endpoint::http("127.0.0.1", port),
-        None,
-    );
-    probe.check(&req).await.unwrap().version
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,36 +8,13 @@ use std::time::{Duration, Instant};
 
 use deploy_core::testing::conformance;
 use deploy_core::testing::process::free_port;
-use deploy_core::{
-    Endpoint, HealthProbe, HttpProbe, ProbeRequest, Release, SecretString, Target, TargetId,
-    Version,
-};
+use deploy_core::{Endpoint, Release, SecretString, Target, TargetId, Version};
 use deploy_docker::DockerTarget;
-use deploy_docker::testing::{DockerdFixture, RecordingHost};
+use deploy_docker::testing::{DockerdFixture, RecordingHost, served_version};
 use deploy_ssh::testing::{ArgvWatch, SshdFixture};
 
 fn v(s: &str) -> Version {
     Version::new(s).unwrap()
-}
-
-async fn served_version(port: u16) -> Option<Version> {
-    let probe = HttpProbe::builder()
-        .version_field("version")
-        .build()
-        .unwrap();
-    let req = ProbeRequest::new(
-        TargetId::new("x").unwrap(),
-        Endpoint::http("127.0.0.1", port),
-        None,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = probe.check(&req).await.unwrap();
-        if h.answered || Instant::now() > deadline {
-            return h.version;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -414,49 +414,66 @@ impl RuntimeClient {
             None => "show stat".to_owned(),
         };
         let rows = self.stat_lines(&line).await?;
-        if let Some(b) = backend
-            && !rows.iter().any(|r| r.proxy == b)
-            && !self
+        if let Some(b) = backend {
+            self.require_backend(&line, b, &rows).await?;
+        }
+        Ok(rows)
+    }
+
+    /// `NotFound` unless backend `b` exists: when none of `rows` (the answer to `line`) is
+    /// one of its servers, the full `show stat` tells.
+    async fn require_backend(&self, line: &str, b: &str, rows: &[StatRow]) -> Result<()> {
+        if rows.iter().any(|r| r.proxy == b)
+            || self
                 .stat_lines("show stat")
                 .await?
                 .iter()
                 .any(|r| r.proxy == b)
         {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("`{line}`"),
-                self.object(),
-                format!("there is no backend {b:?}"),
-            )
-            .permanent());
+            return Ok(());
         }
-        Ok(rows)
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("`{line}`"),
+            self.object(),
+            format!("there is no backend {b:?}"),
+        )
+        .permanent())
     }
 
     async fn stat_lines(&self, line: &str) -> Result<Vec<StatRow>> {
-        self.stat_lines_with(line, None, |_| true).await
+        self.stat_lines_with(line, None, None).await
     }
 
-    /// `line`'s answer parsed: the rows `keep_line` keeps (given the raw CSV line), with the
-    /// columns `columns` names in their `fields` (all when `None`).
+    /// `line`'s answer parsed: the rows `keep_line` keeps (given the raw CSV line; all when
+    /// `None`, without a copy of the answer), with the columns `columns` names in their
+    /// `fields` (all when `None`).
     async fn stat_lines_with(
         &self,
         line: &str,
         columns: Option<&[&str]>,
-        keep_line: impl Fn(&str) -> bool,
+        keep_line: Option<&(dyn Fn(&str) -> bool + Sync)>,
     ) -> Result<Vec<StatRow>> {
         let text = self.command(line, Expect::Prefix("# pxname")).await?;
-        let mut lines = text.lines();
-        let mut kept = String::with_capacity(text.len().min(4096));
-        if let Some(header) = lines.next() {
-            kept.push_str(header);
-            kept.push('\n');
-        }
-        for l in lines.filter(|l| keep_line(l)) {
-            kept.push_str(l);
-            kept.push('\n');
-        }
-        parse_stat_columns(&kept, columns).map_err(|why| {
+        let kept;
+        let parsed = match keep_line {
+            None => text.as_str(),
+            Some(keep) => {
+                let mut lines = text.lines();
+                let mut k = String::with_capacity(text.len().min(4096));
+                if let Some(header) = lines.next() {
+                    k.push_str(header);
+                    k.push('\n');
+                }
+                for l in lines.filter(|l| keep(l)) {
+                    k.push_str(l);
+                    k.push('\n');
+                }
+                kept = k;
+                kept.as_str()
+            }
+        };
+        parse_stat_columns(parsed, columns).map_err(|why| {
             Error::new(
                 ErrorKind::Protocol,
                 format!("`{line}`"),
@@ -473,13 +490,10 @@ impl RuntimeClient {
         check_name("backend", backend)?;
         let line = format!("show stat {backend} 4 -1");
         let rows = self
-            .stat_lines_with(&line, Some(SWITCH_COLUMNS), |_| true)
+            .stat_lines_with(&line, Some(SWITCH_COLUMNS), None)
             .await?;
-        if rows.iter().any(|r| r.proxy == backend) {
-            return Ok(rows);
-        }
-        // None: say whether the backend exists (the full answer tells).
-        self.show_stat(Some(backend)).await
+        self.require_backend(&line, backend, &rows).await?;
+        Ok(rows)
     }
 
     /// The `show stat` row of server `backend/server`; `NotFound` if there is none. Only that
@@ -489,7 +503,7 @@ impl RuntimeClient {
         check_name("server", server)?;
         let line = format!("show stat {backend} 4 -1");
         let prefix = format!("{backend},{server},");
-        self.stat_lines_with(&line, None, |l| l.starts_with(&prefix))
+        self.stat_lines_with(&line, None, Some(&|l: &str| l.starts_with(&prefix)))
             .await?
             .into_iter()
             .find(|r| r.proxy == backend && r.name == server)
@@ -502,6 +516,23 @@ impl RuntimeClient {
                 )
                 .permanent()
             })
+    }
+
+    /// The admin state, `(drain, maint)`, of each of `servers` in `backend`, from
+    /// `show servers state`: what `show stat` hides for a server its checks hold DOWN (it reads
+    /// DOWN whatever its admin state).
+    pub async fn admin_states(
+        &self,
+        backend: &str,
+        servers: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, (bool, bool)>> {
+        let st = self.show_servers_state(Some(backend)).await?;
+        Ok(st
+            .rows
+            .iter()
+            .filter(|r| servers.contains(&r.server.as_str()))
+            .map(|r| (r.server.clone(), (r.in_drain(), r.in_maint())))
+            .collect())
     }
 
     /// `show servers state [backend]`: the state a `server-state-file` holds.
@@ -567,12 +598,12 @@ impl RuntimeClient {
         if !held && row.base_status() == "DOWN" {
             // A server failing its checks reads DOWN whatever its admin state (a drained one
             // too): read the admin state itself.
-            let st = self.show_servers_state(Some(backend)).await?;
-            if let Some(r) = st.rows.iter().find(|r| r.server == server) {
+            if let Some(&(drain, maint)) = self.admin_states(backend, &[server]).await?.get(server)
+            {
                 held = match state {
-                    AdminState::Ready => !r.in_maint() && !r.in_drain(),
-                    AdminState::Drain => r.in_drain(),
-                    AdminState::Maint => r.in_maint(),
+                    AdminState::Ready => !maint && !drain,
+                    AdminState::Drain => drain,
+                    AdminState::Maint => maint,
                 };
             }
         }

@@ -432,12 +432,11 @@ impl TrafficSwitch for HaproxySwitch {
             .map(|r| r.name.as_str())
             .collect();
         if !down.is_empty() {
-            let st = self.client.show_servers_state(Some(self.backend())).await?;
-            let out: Vec<&str> = st
-                .rows
+            let admin = self.client.admin_states(self.backend(), &down).await?;
+            let out: Vec<&str> = admin
                 .iter()
-                .filter(|r| down.contains(&r.server.as_str()) && (r.in_drain() || r.in_maint()))
-                .map(|r| r.server.as_str())
+                .filter(|(_, (drain, maint))| *drain || *maint)
+                .map(|(server, _)| server.as_str())
                 .collect();
             let targets: Vec<TargetId> = weights.iter().map(|(t, _)| t.clone()).collect();
             for t in targets {

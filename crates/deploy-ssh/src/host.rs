@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::config::{Auth, Settings, SshHostBuilder};
 use crate::known_hosts::{self, Check, HostKeyError, HostKeyPolicy};
 use crate::quote::{self, ENV_MARK, NO_CWD_MARK, NOT_FOUND_MARK, PID_HEADER};
-use crate::sftp::{self, Failure, Sftp, Source, WriteEnd, WriteError, wire};
+use crate::sftp::{self, Failure, Sftp, WriteEnd, WriteError, wire};
 use russh_sftp::protocol::StatusCode;
 
 /// A remote machine reached over SSH (russh), as a [`Host`].
@@ -84,11 +84,11 @@ impl fmt::Debug for SshHost {
     }
 }
 
-/// Where the bytes of standard input come from.
-enum Input<'a> {
+/// Where the bytes of standard input (or of a file written over SFTP) come from.
+pub(crate) enum Input<'a> {
     Empty,
     Bytes(&'a [u8]),
-    File(tokio::fs::File),
+    File(&'a mut tokio::fs::File),
 }
 
 /// How a command ended on the host, before interpretation.
@@ -914,20 +914,21 @@ impl SshHost {
     /// did not say why: the caller runs its script, which does.
     async fn write_atomic_sftp(
         &self,
-        s: &Arc<Sftp>,
+        (s, final_path): (&Arc<Sftp>, &str),
         operation: &'static str,
         path: &Path,
-        source: Source<'_>,
+        source: Input<'_>,
         size: u64,
         mode: Option<u32>,
     ) -> Result<bool> {
         let tmp = self.temporary_name(operation, path)?;
-        let (Some(final_path), Some(tmp_path)) = (wire(path), wire(&tmp)) else {
+        // The final path's directory, a dot, its name and an ASCII suffix: UTF-8 as it is.
+        let Some(tmp_path) = wire(&tmp) else {
             return Ok(false);
         };
         let fail = |f: Failure| self.sftp_error(operation, path, f);
         let mode = match mode {
-            Some(m) => Some(m & 0o7777),
+            Some(m) => Some(m),
             None => match s.file_mode(final_path).await {
                 Ok(m) => m,
                 Err(f) if f.wants_script() => return Ok(false),
@@ -1196,13 +1197,13 @@ impl Host for SshHost {
     }
 
     async fn write_file(&self, path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
-        if let Some((s, _)) = self.sftp_for("write file", path).await?
+        if let Some((s, p)) = self.sftp_for("write file", path).await?
             && self
                 .write_atomic_sftp(
-                    &s,
+                    (&s, p),
                     "write file",
                     path,
-                    Source::Bytes(contents),
+                    Input::Bytes(contents),
                     contents.len() as u64,
                     mode,
                 )
@@ -1240,24 +1241,23 @@ impl Host for SshHost {
         // Without an explicit mode the source's: an uploaded program stays executable.
         let mode = mode.or(Some(meta.permissions().mode() & 0o7777));
         let mut file = file;
-        if let Some((s, _)) = self.sftp_for("upload to", path).await? {
-            // The same open file (the size and mode above are its own), read from its start.
-            let same = file
-                .try_clone()
-                .await
-                .map_err(|e| Error::io("upload to", source(), e))?;
-            if self
-                .write_atomic_sftp(&s, "upload to", path, Source::File(same), meta.len(), mode)
+        // `write_atomic_sftp` declines (false) before it reads a byte: the script then sends
+        // the same open file from its start.
+        if let Some((s, p)) = self.sftp_for("upload to", path).await?
+            && self
+                .write_atomic_sftp(
+                    (&s, p),
+                    "upload to",
+                    path,
+                    Input::File(&mut file),
+                    meta.len(),
+                    mode,
+                )
                 .await?
-            {
-                return Ok(());
-            }
-            use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(0))
-                .await
-                .map_err(|e| Error::io("upload to", source(), e))?;
+        {
+            return Ok(());
         }
-        self.write_atomic("upload to", path, Input::File(file), meta.len(), mode)
+        self.write_atomic("upload to", path, Input::File(&mut file), meta.len(), mode)
             .await
     }
 
@@ -1290,19 +1290,13 @@ impl Host for SshHost {
 
     async fn remove(&self, path: &Path) -> Result<()> {
         if let Some((s, p)) = self.sftp_for("remove", path).await? {
-            let fail = |f| self.sftp_error("remove", path, f);
-            match s.kind(p).await {
-                Ok(None) => return Ok(()),
-                // A tree: one `rm -rf` rather than a request per entry.
-                Ok(Some(FileKind::Dir)) => {}
-                Ok(Some(_)) => match s.remove_file(p).await {
-                    Ok(()) => return Ok(()),
-                    Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(()),
-                    Err(f) if f.wants_script() => {}
-                    Err(f) => return Err(fail(f)),
-                },
+            match s.remove_file(p).await {
+                Ok(()) => return Ok(()),
+                Err(f) if f.is(StatusCode::NoSuchFile) => return Ok(()),
+                // A directory (a tree: one `rm -rf` rather than a request per entry), or an
+                // answer that says too little.
                 Err(f) if f.wants_script() => {}
-                Err(f) => return Err(fail(f)),
+                Err(f) => return Err(self.sftp_error("remove", path, f)),
             }
         }
         self.script("remove", path, "rm -rf -- \"$1\"", &[path.as_os_str()])
@@ -1402,7 +1396,7 @@ impl Host for SshHost {
     }
 
     async fn list_dir(&self, path: &Path) -> Result<Vec<(String, FileKind)>> {
-        let mut entries = match self.sftp_for("list directory", path).await? {
+        let over_sftp = match self.sftp_for("list directory", path).await? {
             Some((s, p)) => match s.list(p).await {
                 Ok(entries) => Some(entries),
                 Err(f) if f.wants_script() => None,
@@ -1410,7 +1404,9 @@ impl Host for SshHost {
             },
             None => None,
         };
-        if entries.is_none() {
+        let mut entries = if let Some(entries) = over_sftp {
+            entries
+        } else {
             let out = self
                 .script(
                     "list directory",
@@ -1419,23 +1415,20 @@ impl Host for SshHost {
                     &[path.as_os_str()],
                 )
                 .await?;
-            entries = Some(
-                out.stdout
-                    .split(|&b| b == 0)
-                    .filter(|e| !e.is_empty())
-                    .map(|e| {
-                        let kind = match e[0] {
-                            b'f' => FileKind::File,
-                            b'd' => FileKind::Dir,
-                            b'l' => FileKind::Symlink,
-                            _ => FileKind::Other,
-                        };
-                        (String::from_utf8_lossy(&e[1..]).into_owned(), kind)
-                    })
-                    .collect(),
-            );
-        }
-        let mut entries = entries.unwrap_or_default();
+            out.stdout
+                .split(|&b| b == 0)
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    let kind = match e[0] {
+                        b'f' => FileKind::File,
+                        b'd' => FileKind::Dir,
+                        b'l' => FileKind::Symlink,
+                        _ => FileKind::Other,
+                    };
+                    (String::from_utf8_lossy(&e[1..]).into_owned(), kind)
+                })
+                .collect()
+        };
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
     }

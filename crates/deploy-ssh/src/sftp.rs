@@ -20,7 +20,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::host::Client;
+use crate::host::{Client, Input};
 
 /// The extension that renames over an existing file atomically (`rename(2)`).
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
@@ -249,6 +249,15 @@ impl Sftp {
         }
     }
 
+    /// [`watch`](Self::watch) for an operation failing as [`Failure`]: a closed connection is
+    /// [`Failure::Lost`].
+    async fn watched<T>(
+        &self,
+        operation: impl std::future::Future<Output = SftpResult<T>>,
+    ) -> SftpResult<T> {
+        self.watch(operation).await.unwrap_or_else(|| Err(closed()))
+    }
+
     /// Whether the session can still be used.
     pub(crate) fn usable(&self) -> bool {
         !self.broken.load(Ordering::Relaxed) && !self.handle.is_closed()
@@ -274,11 +283,16 @@ impl Sftp {
         let _ = self.raw.close_session();
     }
 
-    /// What is at `path` (not following a last symlink); `None` if nothing.
-    pub(crate) async fn kind(&self, path: &str) -> SftpResult<Option<FileKind>> {
-        self.watch(async {
-            match self.raw.lstat(path).await {
-                Ok(a) => Ok(Some(kind_of(&a.attrs))),
+    /// The attributes of `path` (of the link itself unless `follow`); `None` if nothing.
+    async fn attrs(&self, path: &str, follow: bool) -> SftpResult<Option<FileAttributes>> {
+        self.watched(async {
+            let answer = if follow {
+                self.raw.stat(path).await
+            } else {
+                self.raw.lstat(path).await
+            };
+            match answer {
+                Ok(a) => Ok(Some(a.attrs)),
                 Err(e) => match self.failure(e) {
                     f if f.is(StatusCode::NoSuchFile) => Ok(None),
                     f => Err(f),
@@ -286,45 +300,31 @@ impl Sftp {
             }
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
+    }
+
+    /// What is at `path` (not following a last symlink); `None` if nothing.
+    pub(crate) async fn kind(&self, path: &str) -> SftpResult<Option<FileKind>> {
+        Ok(self.attrs(path, false).await?.as_ref().map(kind_of))
     }
 
     /// What `path` resolves to (following symlinks); `None` if nothing.
     pub(crate) async fn stat_kind(&self, path: &str) -> SftpResult<Option<FileKind>> {
-        self.watch(async {
-            match self.raw.stat(path).await {
-                Ok(a) => Ok(Some(kind_of(&a.attrs))),
-                Err(e) => match self.failure(e) {
-                    f if f.is(StatusCode::NoSuchFile) => Ok(None),
-                    f => Err(f),
-                },
-            }
-        })
-        .await
-        .unwrap_or_else(|| Err(closed()))
+        Ok(self.attrs(path, true).await?.as_ref().map(kind_of))
     }
 
     /// The permission bits of the regular file at `path`, if there is one.
     pub(crate) async fn file_mode(&self, path: &str) -> SftpResult<Option<u32>> {
-        self.watch(async {
-            match self.raw.lstat(path).await {
-                Ok(a) if kind_of(&a.attrs) == FileKind::File => {
-                    Ok(a.attrs.permissions.map(|p| p & 0o7777))
-                }
-                Ok(_) => Ok(None),
-                Err(e) => match self.failure(e) {
-                    f if f.is(StatusCode::NoSuchFile) => Ok(None),
-                    f => Err(f),
-                },
-            }
-        })
-        .await
-        .unwrap_or_else(|| Err(closed()))
+        Ok(self
+            .attrs(path, false)
+            .await?
+            .filter(|a| kind_of(a) == FileKind::File)
+            .and_then(|a| a.permissions)
+            .map(|p| p & 0o7777))
     }
 
     /// Where the symlink `path` points.
     pub(crate) async fn read_link(&self, path: &str) -> SftpResult<String> {
-        self.watch(async {
+        self.watched(async {
             match self.raw.readlink(path).await {
                 // The crate decodes names lossily: a target that is not UTF-8 is the script's.
                 Ok(name) => match name.files.into_iter().next() {
@@ -336,12 +336,11 @@ impl Sftp {
             }
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// Create the symlink `link` pointing at `target`.
     pub(crate) async fn symlink(&self, target: &str, link: &str) -> SftpResult<()> {
-        self.watch(async {
+        self.watched(async {
             if self.no_symlinks.load(Ordering::Relaxed) {
                 return Err(Failure::Unfit);
             }
@@ -368,12 +367,11 @@ impl Sftp {
             }
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// `rename(2)`: replaces `to` atomically.
     pub(crate) async fn rename(&self, from: &str, to: &str) -> SftpResult<()> {
-        self.watch(async {
+        self.watched(async {
             let mut data = Vec::with_capacity(8 + from.len() + to.len());
             for s in [from, to] {
                 data.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -387,12 +385,11 @@ impl Sftp {
             }
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// Remove the file or symlink `path`.
     pub(crate) async fn remove_file(&self, path: &str) -> SftpResult<()> {
-        self.watch(async {
+        self.watched(async {
             self.raw
                 .remove(path)
                 .await
@@ -400,12 +397,11 @@ impl Sftp {
                 .map_err(|e| self.failure(e))
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// Create the directory `path` (its parent must exist).
     pub(crate) async fn mkdir(&self, path: &str) -> SftpResult<()> {
-        self.watch(async {
+        self.watched(async {
             self.raw
                 .mkdir(path, FileAttributes::empty())
                 .await
@@ -413,19 +409,18 @@ impl Sftp {
                 .map_err(|e| self.failure(e))
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// The entries of the directory `path` (without `.` and `..`), unsorted.
     pub(crate) async fn list(self: &Arc<Self>, path: &str) -> SftpResult<Vec<(String, FileKind)>> {
-        self.watch(async {
+        self.watched(async {
             let handle = self
                 .raw
                 .opendir(path)
                 .await
                 .map_err(|e| self.failure(e))?
                 .handle;
-            let guard = self.guard(Some(&handle), None);
+            let guard = self.guard(&handle, None);
             let mut entries = Vec::new();
             let result = loop {
                 match self.raw.readdir(handle.as_str()).await {
@@ -449,21 +444,20 @@ impl Sftp {
             result.map(|()| entries)
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// The first `limit` bytes of the file `path` (at most; a longer file gives `limit`).
     /// One request of [`CHUNK`] bytes at a time: meant for the small files a deploy reads
     /// (histories, journals, links), not for large downloads over long round trips.
     pub(crate) async fn read(self: &Arc<Self>, path: &str, limit: u64) -> SftpResult<Vec<u8>> {
-        self.watch(async {
+        self.watched(async {
             let handle = self
                 .raw
                 .open(path, OpenFlags::READ, FileAttributes::empty())
                 .await
                 .map_err(|e| self.failure(e))?
                 .handle;
-            let guard = self.guard(Some(&handle), None);
+            let guard = self.guard(&handle, None);
             let mut out = Vec::new();
             let result = loop {
                 let want = limit.saturating_sub(out.len() as u64).min(CHUNK as u64);
@@ -488,7 +482,6 @@ impl Sftp {
             result.map(|()| out)
         })
         .await
-        .unwrap_or_else(|| Err(closed()))
     }
 
     /// Create `tmp` (which must not exist), write `source` into it (`size` bytes expected), set
@@ -496,7 +489,7 @@ impl Sftp {
     pub(crate) async fn write_new(
         self: &Arc<Self>,
         tmp: &str,
-        source: Source<'_>,
+        source: Input<'_>,
         size: u64,
         mode: Option<u32>,
     ) -> Result<WriteEnd, WriteError> {
@@ -514,7 +507,7 @@ impl Sftp {
                 .await
                 .map_err(|e| WriteError::Open(self.failure(e)))?
                 .handle;
-            let guard = self.guard(Some(&handle), Some(tmp));
+            let guard = self.guard(&handle, Some(tmp));
             let written = self.fill(&handle, source, mode).await;
             let closed = self.raw.close(handle).await.map_err(|e| self.failure(e));
             let end = match (written, closed) {
@@ -535,10 +528,10 @@ impl Sftp {
         .unwrap_or_else(|| Err(WriteError::Write(closed())))
     }
 
-    fn guard(self: &Arc<Self>, handle: Option<&str>, tmp: Option<&str>) -> Guard {
+    fn guard(self: &Arc<Self>, handle: &str, tmp: Option<&str>) -> Guard {
         Guard {
             sftp: Arc::clone(self),
-            handle: handle.map(str::to_owned),
+            handle: Some(handle.to_owned()),
             tmp: tmp.map(str::to_owned),
         }
     }
@@ -546,7 +539,7 @@ impl Sftp {
     async fn fill(
         &self,
         handle: &str,
-        mut source: Source<'_>,
+        mut source: Input<'_>,
         mode: Option<u32>,
     ) -> SftpResult<u64> {
         let mut offset = 0u64;
@@ -590,15 +583,11 @@ pub(crate) enum WriteEnd {
     Short(u64),
 }
 
-/// Where the bytes of a written file come from.
-pub(crate) enum Source<'a> {
-    Bytes(&'a [u8]),
-    File(tokio::fs::File),
-}
-
-impl Source<'_> {
+impl Input<'_> {
+    /// The next at most [`CHUNK`] bytes; empty at the end.
     async fn next_chunk(&mut self) -> std::io::Result<Vec<u8>> {
         match self {
+            Self::Empty => Ok(Vec::new()),
             Self::Bytes(b) => {
                 let n = b.len().min(CHUNK);
                 let (head, rest) = b.split_at(n);

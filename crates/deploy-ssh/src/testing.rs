@@ -41,8 +41,6 @@ pub struct SshdFixture {
     port: u16,
     child: Option<ChildGuard>,
     user: String,
-    /// The `sshd_config` lines after the fixture's own.
-    extra: String,
 }
 
 impl fmt::Debug for SshdFixture {
@@ -121,12 +119,11 @@ impl SshdFixture {
             port: 0,
             child: None,
             user,
-            extra: extra.to_owned(),
         };
         // The port is free when chosen but another process may take it before sshd binds it.
         let mut last = None;
         for _ in 0..5 {
-            match fixture.launch() {
+            match fixture.launch(extra) {
                 Ok(()) => {
                     fixture.write_known_hosts()?;
                     return Ok(fixture);
@@ -137,7 +134,7 @@ impl SshdFixture {
         Err(last.unwrap_or_else(|| fixture_error("sshd did not start")))
     }
 
-    fn launch(&mut self) -> Result<()> {
+    fn launch(&mut self, extra: &str) -> Result<()> {
         let d = self.dir.path();
         let port = free_port()?;
         let config = format!(
@@ -158,7 +155,7 @@ impl SshdFixture {
              LogLevel ERROR\n\
              {extra}",
             d = d.display(),
-            extra = self.extra,
+            extra = extra,
         );
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config)

@@ -219,17 +219,14 @@ impl<'e> Run<'e> {
         Ok(())
     }
 
-    /// Probe `target` until it is healthy `healthy_threshold` times in a row. Fails after
-    /// `unhealthy_threshold` answered unhealthy checks in a row, at the first answer reporting
-    /// another version than `version`, or at the deadline. A check without an answer
-    /// (connection refused, no answer in time, a probe error) counts only toward the deadline
-    /// and leaves the unhealthy count as it is: a service restarting refuses connections for a
+    /// Probe `target` until it is healthy (on `version`) `healthy_threshold` times in a row.
+    /// On the forward path (`undo` false) it fails after `unhealthy_threshold` answered
+    /// unhealthy checks in a row, at the first answer reporting another version, or at the
+    /// deadline; an undo waits for the deadline only: it puts back a release that ran before,
+    /// which may answer 503 while it warms up, and giving up early would leave the environment
+    /// half undone. A check without an answer (connection refused, no answer in time, a probe
+    /// error) counts only toward the deadline: a service restarting refuses connections for a
     /// moment, and one slow to start is waited for until the deadline.
-    /// Wait until `target` is healthy (on `version`). On the forward path (`undo` false) a
-    /// target answering unhealthy `unhealthy_threshold` times in a row, or reporting another
-    /// version, fails at once; an undo waits for the deadline only: it puts back a release
-    /// that ran before, which may answer 503 while it warms up, and giving up early would
-    /// leave the environment half undone.
     pub(super) async fn await_healthy(
         &self,
         target: &TargetId,

@@ -51,7 +51,7 @@ impl Engine {
         let history = self.history().await?;
         // The newest run that left a release in the traffic says what is given up on now (a
         // retry that rolled back changed nothing).
-        let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
+        let Some(last) = crate::state::HistoryEntry::newest_promoted(&history) else {
             return Err(refused("no run promoted a release yet".to_owned()));
         };
         if last.failed_targets.is_empty() {

@@ -12,13 +12,17 @@ impl<'e> Run<'e> {
     pub(super) async fn inverse_of(&mut self, step: &Step) -> Result<Vec<Step>, Failure> {
         let t = self.engine.policies.timeouts.call;
         Ok(match step {
+            Step::Analyze { .. }
+            | Step::Pause { .. }
+            | Step::Backup
+            | Step::RevertSchema { .. } => Vec::new(),
+            // One target each: the same answer a batch reads for them concurrently.
             Step::Prepare { .. }
             | Step::AwaitHealthy { .. }
-            | Step::Analyze { .. }
-            | Step::Pause { .. }
-            | Step::Backup => Vec::new(),
-            Step::RevertSchema { .. } => Vec::new(),
-            Step::Activate { .. } | Step::Drain { .. } | Step::Start { .. } | Step::Stop { .. } => {
+            | Step::Activate { .. }
+            | Step::Drain { .. }
+            | Step::Start { .. }
+            | Step::Stop { .. } => {
                 return self.inverse_shared(step).await;
             }
             Step::MaintenanceOn | Step::MaintenanceOff => {

@@ -276,7 +276,7 @@ impl Engine {
         let Ok(history) = store.history(&self.env.name).await else {
             return options;
         };
-        let Some(last) = history.iter().rev().find(|h| h.outcome.is_promoted()) else {
+        let Some(last) = crate::state::HistoryEntry::newest_promoted(&history) else {
             return options;
         };
         let out: Vec<crate::model::TargetId> = last

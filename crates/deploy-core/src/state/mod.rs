@@ -190,6 +190,14 @@ pub struct HistoryEntry {
     pub failed_targets: Vec<TargetId>,
 }
 
+impl HistoryEntry {
+    /// The newest run of `history` (oldest first) that left a release in the traffic:
+    /// promoted, with or without failures. A run that rolled back changed nothing.
+    pub fn newest_promoted(history: &[HistoryEntry]) -> Option<&HistoryEntry> {
+        history.iter().rev().find(|h| h.outcome.is_promoted())
+    }
+}
+
 /// Where the engine keeps what outlives a process; see the [module documentation](self).
 #[async_trait]
 pub trait StateStore: Send + Sync + fmt::Debug {
