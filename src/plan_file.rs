@@ -59,7 +59,11 @@
 //! `{ percent = 5 }` (rounded down, never the whole fleet; it needs a `[switch]`): a target whose
 //! own step fails (prepare, activate, its health wait) is taken out of the traffic and rolled
 //! back alone while the others go on, and the run ends `promoted_with_failures` naming it
-//! (`deploy retry` deploys to it again); one failure more rolls the whole fleet back.
+//! (`deploy retry` deploys to it again); one failure more rolls the whole fleet back. Its
+//! `prepare = "batch_ahead"` prepares each batch while the one before it waits to be healthy
+//! (the default `"all_first"` prepares every target before the first batch acts): shorter
+//! runs, but a target that cannot be prepared is found when its turn comes, after earlier
+//! batches changed.
 //!
 //! A `[[targets]]` entry is a release directory (`root`, `restart`, …) unless its `kind` says
 //! otherwise: `kind = "docker"` (the `docker` feature) is one container slot driven through
@@ -133,8 +137,8 @@ use deploy_core::state::{LocalStateStore, StateStore};
 use deploy_core::{
     BatchSize, CanaryStep, CompositeSwitch, DynHealthProbe, DynHost, DynMaintenance, DynMetricGate,
     DynMigrationRunner, DynTarget, DynTrafficSwitch, Endpoint, Engine, Environment, Error, Health,
-    HealthProbe, HttpProbe, LocalHost, PlanOptions, ProbeRequest, Release, ReleaseDirTarget, Step,
-    Strategy, TargetBudget, TargetId, Version,
+    HealthProbe, HttpProbe, LocalHost, PlanOptions, PrepareOrder, ProbeRequest, Release,
+    ReleaseDirTarget, Step, Strategy, TargetBudget, TargetId, Version,
 };
 use deploy_core::{ExposeSecret, Policies};
 use serde::Deserialize;
@@ -695,6 +699,8 @@ fn take_strategy(c: &mut Collector, value: toml::Value) -> Option<Strategy> {
         analysis: Option<Duration>,
         #[serde(default)]
         max_failed_targets: Option<TargetBudget>,
+        #[serde(default)]
+        prepare: PrepareOrder,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -739,6 +745,7 @@ fn take_strategy(c: &mut Collector, value: toml::Value) -> Option<Strategy> {
                 batch: r.batch,
                 analysis: r.analysis,
                 max_failed_targets: r.max_failed_targets,
+                prepare: r.prepare,
             }),
         "blue_green" => c
             .take::<BlueGreen>("strategy", rest)

@@ -2,14 +2,18 @@
 //! broken (its `/health` answers 503): the rollback undoes a batch's hosts together, as the
 //! batch was done, each step's time is its own, and the live world ends where it began; with a
 //! failure budget, the broken host is taken out and rolled back alone while the others go on,
-//! and a retry brings it in once fixed.
+//! and a retry brings it in once fixed. Prepared a batch ahead, the second batch's hosts are
+//! prepared while the first waits to be healthy; a host that cannot be prepared then rolls the
+//! fleet back, or is left out by a budget, before anything touches it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use deploy::adapters::Adapters;
+use deploy::event::{Event, Observer};
 use deploy::plan_file::PlanFile;
-use deploy::{Outcome, Report, Step};
+use deploy::{Engine, Outcome, Report, Step};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -180,4 +184,189 @@ async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_
         refused.to_string().contains("gave up on no target"),
         "{refused}"
     );
+}
+
+/// The report's step `op` of `target`.
+fn step_of<'r>(report: &'r Report, op: &str, target: &str) -> &'r deploy::report::StepRecord {
+    report
+        .steps
+        .iter()
+        .find(|s| s.step.op() == op && s.step.target().is_some_and(|t| t.as_str() == target))
+        .unwrap_or_else(|| panic!("no {op} of {target} in {report}"))
+}
+
+fn ran(report: &Report, op: &str, target: &str) -> bool {
+    report
+        .steps
+        .iter()
+        .any(|s| s.step.op() == op && s.step.target().is_some_and(|t| t.as_str() == target))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_a_batch_ahead_the_next_batch_is_prepared_while_the_one_before_waits_for_health() {
+    let fleet = Fleet::start(&[]).await;
+    let plan = fleet.plan("prepare = \"batch_ahead\"", "");
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    fleet.install(&engine).await;
+
+    let report = deploy(&plan).await;
+    println!("{report}");
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    assert_eq!(fleet.versions().await, ["2.0.0"; 4]);
+    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
+    assert_eq!(fleet.weights().await, [100; 4]);
+
+    // app-3 and app-4 were prepared after the first batch was activated, beside its health
+    // waits, and before its weights came back.
+    let at = |op: &str, target: &str| {
+        let s = step_of(&report, op, target);
+        span(s.started_at, s.duration)
+    };
+    let weights_back = report
+        .steps
+        .iter()
+        .find(|s| matches!(s.step, Step::SetWeights { .. }))
+        .map(|s| s.started_at)
+        .expect("set weights");
+    for next in ["app-3", "app-4"] {
+        let prepared = at("prepare", next);
+        assert!(
+            prepared.0 >= at("activate", "app-1").1 && prepared.0 >= at("activate", "app-2").1,
+            "{next} was prepared before the first batch acted: {report}"
+        );
+        assert!(
+            overlap(prepared, at("await_healthy", "app-1")),
+            "{next}'s prepare did not run beside app-1's health wait: {report}"
+        );
+        assert!(prepared.1 <= weights_back, "{report}");
+    }
+}
+
+/// Once the first batch starts draining, make app-3's release history unreadable (a directory
+/// where `releases/.history` is): app-3 cannot be prepared, by a real failure of the host.
+#[derive(Debug)]
+struct BreakHistoryOnDrain {
+    history: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Observer for BreakHistoryOnDrain {
+    fn on_event(&self, event: &Event) {
+        if let Event::StepStarted {
+            step: Step::Drain { .. },
+            ..
+        } = event
+        {
+            let mut done = self.done.lock().unwrap();
+            if !*done {
+                std::fs::remove_file(&self.history).unwrap();
+                std::fs::create_dir(&self.history).unwrap();
+                *done = true;
+            }
+        }
+    }
+}
+
+impl BreakHistoryOnDrain {
+    fn of(fleet: &Fleet, host: &str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            history: fleet.dir.join(host).join("releases/.history"),
+            done: Mutex::new(false),
+        })
+    }
+
+    /// Put the history back as a file (what it held is lost: the host's record starts again).
+    fn mend(&self) {
+        assert!(*self.done.lock().unwrap(), "the history was never broken");
+        std::fs::remove_dir(&self.history).unwrap();
+    }
+}
+
+async fn deploy_with(engine: &Engine, plan: &PlanFile) -> Report {
+    engine
+        .deploy(
+            &plan.strategy,
+            &plan.release(),
+            &plan.options,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_be_prepared_a_batch_ahead_rolls_the_fleet_back_before_it_is_touched() {
+    let fleet = Fleet::start(&[]).await;
+    let plan = fleet.plan("prepare = \"batch_ahead\"", "");
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    fleet.install(&engine).await;
+    let breaker = BreakHistoryOnDrain::of(&fleet, "app-3");
+    let engine = engine.with_observer(breaker.clone());
+
+    let report = deploy_with(&engine, &plan).await;
+    println!("{report}");
+    breaker.mend();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
+    let failed = step_of(&report, "prepare", "app-3");
+    assert!(failed.error.is_some(), "{report}");
+    // The first batch had been switched to 2.0.0 and is back; app-3 and app-4 were never
+    // drained nor activated.
+    assert!(ran(&report, "activate", "app-1") && ran(&report, "activate", "app-2"));
+    for untouched in ["app-3", "app-4"] {
+        assert!(!ran(&report, "drain", untouched), "{report}");
+        assert!(!ran(&report, "activate", untouched), "{report}");
+    }
+    // Live: every host serves 1.0.0, at full weight, `current` on 1.0.0.
+    assert_eq!(fleet.versions().await, ["1.0.0"; 4]);
+    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
+    assert_eq!(fleet.weights().await, [100; 4]);
+    for name in HOSTS {
+        assert_eq!(
+            std::fs::read_link(fleet.dir.join(name).join("current")).unwrap(),
+            Path::new("releases/1.0.0"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_budget_a_host_that_cannot_be_prepared_a_batch_ahead_is_left_out_on_its_old_release()
+{
+    let fleet = Fleet::start(&[]).await;
+    let plan = fleet.plan(
+        "prepare = \"batch_ahead\"\nmax_failed_targets = { count = 1 }",
+        "",
+    );
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    fleet.install(&engine).await;
+    let breaker = BreakHistoryOnDrain::of(&fleet, "app-3");
+    let engine = engine.with_observer(breaker.clone());
+
+    let report = deploy_with(&engine, &plan).await;
+    println!("{report}");
+    assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
+    assert_eq!(report.failed_targets.len(), 1, "{report}");
+    assert_eq!(report.failed_targets[0].target.as_str(), "app-3");
+    assert!(!ran(&report, "activate", "app-3"), "{report}");
+    // Live: app-3 out of the traffic on 1.0.0, the others on 2.0.0 in it.
+    assert_eq!(fleet.versions().await, ["2.0.0", "2.0.0", "1.0.0", "2.0.0"]);
+    haproxy_wait_up(&fleet.haproxy, &["app-1", "app-2", "app-4"]).await;
+    assert_eq!(fleet.weights().await, [100, 100, 0, 100]);
+
+    // The host mended, a retry brings it in.
+    breaker.mend();
+    let fixed = engine
+        .retry_failed(
+            &plan.strategy,
+            &plan.release(),
+            &plan.options,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    println!("{fixed}");
+    assert_eq!(fixed.outcome, Outcome::Promoted, "{fixed}");
+    assert_eq!(fleet.versions().await, ["2.0.0"; 4]);
+    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
+    assert_eq!(fleet.weights().await, [100; 4]);
 }

@@ -47,7 +47,7 @@ pub use release_dir::{ReleaseDirTarget, ReleaseDirTargetBuilder};
 /// where the secret is used.
 pub use secrecy::{ExposeSecret, SecretString};
 pub use strategy::{
-    BatchSize, CanaryStep, Capabilities, ConfigProblem, Plan, PlanError, PlanOptions,
+    BatchSize, CanaryStep, Capabilities, ConfigProblem, Plan, PlanError, PlanOptions, PrepareOrder,
     SchemaRollback, Snapshot, Step, Strategy, TargetBudget, TargetState,
 };
 pub use traits::{

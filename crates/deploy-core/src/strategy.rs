@@ -62,6 +62,30 @@ impl TargetBudget {
     }
 }
 
+/// When a rolling deploy prepares its targets (`prepare`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrepareOrder {
+    /// Every target before the first batch acts: a target that cannot be prepared (a full
+    /// disk, a broken artifact) stops the run before any traffic moves. The default.
+    #[default]
+    AllFirst,
+    /// The first batch before it acts, then each next batch while the batch before it waits to
+    /// be healthy (its prepares run beside those health checks, within `parallelism`): the
+    /// prepare time of every batch but the first is hidden in the health waits. A target that
+    /// cannot be prepared is found when its batch comes, and is a failure like any other (the
+    /// fleet rolls back, or a failure budget takes it out). With migrations pending, every
+    /// target is still prepared first: a prepare failing after the migration would cost a
+    /// restore.
+    BatchAhead,
+}
+
+impl PrepareOrder {
+    fn is_all_first(&self) -> bool {
+        *self == Self::AllFirst
+    }
+}
+
 /// Whole numbers of a strategy, read with what they mean in the message ("a whole number from
 /// 0 to 100"), never the Rust type. Every value of the type is read (a value out of the range
 /// the text names is for [`Strategy::problems`] to report, with its key).
@@ -162,6 +186,10 @@ pub enum Strategy {
         /// the others go on; none when absent: the first failure rolls back the fleet.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_failed_targets: Option<TargetBudget>,
+        /// When the targets are prepared: all before the first batch (the default), or each
+        /// batch while the one before it waits to be healthy.
+        #[serde(default, skip_serializing_if = "PrepareOrder::is_all_first")]
+        prepare: PrepareOrder,
     },
     /// Prepare and activate the idle slot → healthy → optional pre-switch analysis → switch
     /// 100 % → bake with gates.
@@ -231,6 +259,7 @@ impl Strategy {
                 batch,
                 analysis,
                 max_failed_targets,
+                ..
             } => {
                 if let Some(TargetBudget::Percent(p)) = max_failed_targets
                     && *p > 100
@@ -877,6 +906,7 @@ impl Strategy {
                 batch,
                 analysis,
                 max_failed_targets,
+                prepare,
             } => {
                 if max_failed_targets.is_some() && !caps.switch {
                     return Err(unfit(
@@ -895,14 +925,25 @@ impl Strategy {
                 } else {
                     None
                 };
-                steps.extend(ids.iter().map(|t| Step::Prepare {
-                    target: t.clone(),
-                    version: version.clone(),
-                }));
-                steps.extend(migrate);
                 let size = batch.of(ids.len());
+                let chunks: Vec<&[TargetId]> = ids.chunks(size).collect();
+                // Batch ahead: the first batch now, each next one beside the health waits of
+                // the batch before it (the engine runs a batch's health waits and the prepares
+                // that follow them together). Pending migrations: everything first.
+                let ahead = *prepare == PrepareOrder::BatchAhead && migrate.is_empty();
+                let prepare = |targets: &[TargetId]| {
+                    targets
+                        .iter()
+                        .map(|t| Step::Prepare {
+                            target: t.clone(),
+                            version: version.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                steps.extend(prepare(if ahead { chunks[0] } else { &ids }));
+                steps.extend(migrate);
                 let mut done: Vec<TargetId> = Vec::new();
-                for chunk in ids.chunks(size) {
+                for (i, &chunk) in chunks.iter().enumerate() {
                     if weights.is_some() {
                         steps.extend(chunk.iter().map(|t| Step::Drain { target: t.clone() }));
                     }
@@ -914,6 +955,9 @@ impl Strategy {
                         target: t.clone(),
                         version: Some(version.clone()),
                     }));
+                    if ahead && let Some(next) = chunks.get(i + 1) {
+                        steps.extend(prepare(next));
+                    }
                     if let Some(w) = &weights {
                         let mut back = w.only(chunk);
                         if let Some(given) = &options.weights_back {
@@ -1214,6 +1258,7 @@ mod tests {
                 batch,
                 analysis: None,
                 max_failed_targets: None,
+                prepare: Default::default(),
             };
             assert_eq!(paths(&s), [path]);
             let err = s
@@ -1321,6 +1366,7 @@ mod tests {
             batch: BatchSize::Count(2),
             analysis: Some(Duration::from_secs(1)),
             max_failed_targets: None,
+            prepare: Default::default(),
         };
         let plan = r
             .plan("prod", &release(), &s, ALL, &PlanOptions::default())
@@ -1350,6 +1396,74 @@ mod tests {
     }
 
     #[test]
+    fn rolling_batch_ahead_prepares_each_batch_beside_the_health_waits_before_it() {
+        let s = snap(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1)], vec![]);
+        let r = Strategy::Rolling {
+            batch: BatchSize::Count(2),
+            analysis: None,
+            max_failed_targets: None,
+            prepare: PrepareOrder::BatchAhead,
+        };
+        let plan = r
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap();
+        let ops: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            [
+                "prepare 2 on a",
+                "prepare 2 on b",
+                "drain a",
+                "drain b",
+                "activate 2 on a",
+                "activate 2 on b",
+                "wait until a is healthy on 2",
+                "wait until b is healthy on 2",
+                "prepare 2 on c",
+                "prepare 2 on d",
+                "set weights a=1,b=1",
+                "drain c",
+                "drain d",
+                "activate 2 on c",
+                "activate 2 on d",
+                "wait until c is healthy on 2",
+                "wait until d is healthy on 2",
+                "prepare 2 on e",
+                "set weights c=1,d=1",
+                "drain e",
+                "activate 2 on e",
+                "wait until e is healthy on 2",
+                "set weights e=1",
+            ]
+        );
+        // A migration pending: every target first, before it (a prepare failing after the
+        // migration would cost a restore).
+        let pending = vec![MigrationInfo::new("2", "add_note", None)];
+        let s = snap(&[("a", 1), ("b", 1), ("c", 1)], pending);
+        let plan = r
+            .plan("prod", &release(), &s, ALL, &PlanOptions::default())
+            .unwrap();
+        let ops: Vec<String> = plan.steps.iter().take(5).map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            [
+                "prepare 2 on a",
+                "prepare 2 on b",
+                "prepare 2 on c",
+                "back up the database",
+                "apply pending migrations",
+            ]
+        );
+        // The default is not written out; batch ahead is.
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"rolling","batch":{"count":2},"prepare":"batch_ahead"}"#
+        );
+        assert_eq!(serde_json::from_str::<Strategy>(&json).unwrap(), r);
+    }
+
+    #[test]
     fn strategies_round_trip_through_serde() {
         let c = Strategy::Canary {
             steps: vec![
@@ -1374,6 +1488,7 @@ mod tests {
                 batch: BatchSize::Percent(25),
                 analysis: None,
                 max_failed_targets: None,
+                prepare: Default::default(),
             }
         );
         assert!(serde_json::from_str::<Strategy>(r#"{"kind":"recreate","typo":1}"#).is_err());

@@ -320,6 +320,7 @@ async fn a_deploy_through_a_pair_rolls_back_both_members_when_the_second_fails_a
                 batch: deploy_core::BatchSize::Count(2),
                 analysis: Some(Duration::from_secs(30)),
                 max_failed_targets: None,
+                prepare: Default::default(),
             },
             fleet_world,
             fleet_weights,

@@ -8,8 +8,8 @@ use deploy_core::event::{Event, Observer};
 use deploy_core::policy::{AnalysisPolicy, DrainTimeoutAction};
 use deploy_core::testing::{FakeGate, FakeWorld, WorldState};
 use deploy_core::{
-    BatchSize, CanaryStep, DeployError, Engine, Plan, PlanOptions, Release, SchemaRollback, Step,
-    Strategy, VerdictKind, Version,
+    BatchSize, CanaryStep, DeployError, Engine, Plan, PlanOptions, PrepareOrder, Release,
+    SchemaRollback, Step, Strategy, VerdictKind, Version,
 };
 use deploy_core::{Outcome, Policies, TargetBudget};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,7 @@ fn cases() -> Vec<Case> {
                 batch: BatchSize::Count(2),
                 analysis: Some(Duration::from_secs(60)),
                 max_failed_targets: None,
+                prepare: Default::default(),
             },
             || {
                 FakeWorld::fleet(4, "1.0.0")
@@ -61,6 +62,19 @@ fn cases() -> Vec<Case> {
                     .with_gate(FakeGate::passing("error-rate"))
             },
             revert.clone(),
+        ),
+        (
+            // Each batch prepared while the batch before it waits to be healthy (no migration:
+            // with one pending, every target is prepared first).
+            "rolling_ahead",
+            Strategy::Rolling {
+                batch: BatchSize::Count(2),
+                analysis: Some(Duration::from_secs(30)),
+                max_failed_targets: None,
+                prepare: PrepareOrder::BatchAhead,
+            },
+            || FakeWorld::fleet(6, "1.0.0").with_gate(FakeGate::passing("error-rate")),
+            PlanOptions::default(),
         ),
         (
             "blue_green",
@@ -272,7 +286,7 @@ async fn every_strategy_promotes_without_faults() {
         let st = world.state();
         let v2 = Some(Version::new(NEW).unwrap());
         match name {
-            "recreate" | "rolling" => {
+            "recreate" | "rolling" | "rolling_ahead" => {
                 assert!(st.versions.values().all(|v| *v == v2), "{name}: {st:?}");
                 assert!(st.running.values().all(|r| *r), "{name}: {st:?}");
             }
@@ -346,19 +360,29 @@ async fn fault_matrix_every_step_of_every_strategy_rolls_back_exactly() {
                 let report = engine.run(plan.clone(), &cancel).await.unwrap();
                 assert_back_where_it_was(&before, &world, &cell, &report);
                 // The faulty step failed, and nothing after its batch (the steps of the same
-                // kind on other targets that run with it) was started.
+                // kind on other targets that run with it, and the prepares of the next batch
+                // beside health waits) was started.
                 let failed = report
                     .steps
                     .iter()
                     .find(|s| s.error.is_some())
                     .expect("a failed step");
+                let together = |i: usize, j: usize| {
+                    let (a, b) = (&plan.steps[i], &plan.steps[j]);
+                    a.op() == b.op()
+                        || matches!(
+                            (a, b),
+                            (Step::AwaitHealthy { .. }, Step::Prepare { .. })
+                                | (Step::Prepare { .. }, Step::AwaitHealthy { .. })
+                        )
+                };
                 let batch_start = (0..=index)
                     .rev()
-                    .take_while(|i| plan.steps[*i].op() == plan.steps[index].op())
+                    .take_while(|i| together(*i, index))
                     .last()
                     .unwrap_or(index);
                 let batch_end = (index..plan.steps.len())
-                    .take_while(|i| plan.steps[*i].op() == plan.steps[index].op())
+                    .take_while(|i| together(*i, index))
                     .last()
                     .unwrap_or(index);
                 assert!(
@@ -450,6 +474,7 @@ async fn rolling_rollback_is_fleet_wide() {
         batch: BatchSize::Count(2),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
     let before = world.state();
     let report = deploy(&engine, &strategy).await;
@@ -845,6 +870,7 @@ async fn drain_waits_for_sessions_and_proceeds_or_fails_past_the_timeout() {
         batch: BatchSize::Count(1),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
     let report = deploy(&engine, &strategy).await;
     assert_eq!(report.outcome, Outcome::Promoted);
@@ -1026,6 +1052,7 @@ async fn a_batch_acts_on_its_targets_at_the_same_time() {
             batch: BatchSize::Count(4),
             analysis: None,
             max_failed_targets: None,
+            prepare: Default::default(),
         };
         let t0 = tokio::time::Instant::now();
         let report = deploy(&engine, &strategy).await;
@@ -1202,6 +1229,7 @@ async fn a_rollback_undoes_each_batch_together_as_it_was_done() {
         batch: BatchSize::Count(4),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
     let before = world.state();
     let t0 = tokio::time::Instant::now();
@@ -1230,6 +1258,7 @@ async fn deploy_with_budget(
         batch: BatchSize::Count(batch),
         analysis: None,
         max_failed_targets: Some(budget),
+        prepare: Default::default(),
     };
     deploy(&engine, &strategy).await
 }
@@ -1348,6 +1377,7 @@ async fn a_target_the_rollback_cannot_put_back_gets_no_traffic_back() {
             batch: BatchSize::Count(2),
             analysis: None,
             max_failed_targets: None,
+            prepare: Default::default(),
         },
     )
     .await;
@@ -1390,6 +1420,7 @@ async fn a_batch_reads_what_undoes_its_steps_from_every_target_at_once() {
             batch: BatchSize::Count(4),
             analysis: None,
             max_failed_targets: None,
+            prepare: Default::default(),
         },
     )
     .await;

@@ -192,6 +192,7 @@ fn rolling() -> Strategy {
         batch: BatchSize::Count(1),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use deploy_core::event::{Event, Observer};
 use deploy_core::testing::{FakeGate, FakeWorld, Faults, WorldState};
 use deploy_core::{
-    BatchSize, CanaryStep, Engine, PlanOptions, Release, SchemaRollback, Step, Strategy, Version,
+    BatchSize, CanaryStep, Engine, PlanOptions, PrepareOrder, Release, SchemaRollback, Step,
+    Strategy, Version,
 };
 use deploy_core::{Outcome, Policies, Recovery};
 use tokio_util::sync::CancellationToken;
@@ -42,12 +43,23 @@ fn cases() -> Vec<Case> {
                 batch: BatchSize::Count(2),
                 analysis: Some(Duration::from_secs(20)),
                 max_failed_targets: None,
+                prepare: Default::default(),
             },
             || {
                 FakeWorld::fleet(4, "1.0.0")
                     .with_pending_migrations(&[("2", "add_note", None)])
                     .with_gate(FakeGate::passing("errors"))
             },
+        ),
+        (
+            "rolling_ahead",
+            Strategy::Rolling {
+                batch: BatchSize::Count(2),
+                analysis: Some(Duration::from_secs(20)),
+                max_failed_targets: None,
+                prepare: PrepareOrder::BatchAhead,
+            },
+            || FakeWorld::fleet(6, "1.0.0").with_gate(FakeGate::passing("errors")),
         ),
         (
             "blue_green",
@@ -239,9 +251,16 @@ async fn a_run_killed_at_any_step_is_rolled_back_or_resumed_from_its_journal() {
                         .unwrap_or_else(|| panic!("{cell}: no unfinished journal"));
                     let journal = dir.path().join("runs").join(format!("{run_id}.jsonl"));
                     let st = deploy_core::journal::JournalState::read(&journal).unwrap();
-                    // Steps of one batch finish together, so the journal points at the batch.
+                    // Steps of one batch finish together, so the journal points at the batch
+                    // (a batch prepared ahead shares the health waits' batch).
+                    let batch_head = &st.plan.steps[st.next_index];
                     assert!(
-                        st.next_index <= index && st.plan.steps[st.next_index].op() == step.op(),
+                        st.next_index <= index
+                            && (batch_head.op() == step.op()
+                                || matches!(
+                                    (batch_head, step),
+                                    (Step::AwaitHealthy { .. }, Step::Prepare { .. })
+                                )),
                         "{cell}: the journal knows where the run stopped"
                     );
                     let report = fresh

@@ -124,6 +124,7 @@ async fn back_to_a_promoted_release_over_a_fleet_batch_by_batch_without_migratin
         batch: deploy_core::BatchSize::Count(2),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
     let cancel = CancellationToken::new();
     for version in ["2.0.0", "3.0.0"] {

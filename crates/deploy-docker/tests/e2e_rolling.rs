@@ -138,6 +138,7 @@ async fn rolling_over_three_container_slots_with_a_failing_slot_rolls_back_or_le
         batch: BatchSize::Count(1),
         analysis: None,
         max_failed_targets: budget,
+        prepare: Default::default(),
     };
 
     // 1. No failure budget: web-2's failure rolls the fleet back.

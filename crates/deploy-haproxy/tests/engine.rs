@@ -181,6 +181,7 @@ async fn engine_rolling_deploy_cuts_a_held_request_past_the_drain_timeout() {
         batch: BatchSize::Count(1),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
     let v2 = Release::new(Version::new("2.0.0").unwrap());
     let started = std::time::Instant::now();

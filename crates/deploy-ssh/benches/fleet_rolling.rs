@@ -176,6 +176,7 @@ async fn main() {
                             batch: BatchSize::Count(u32::try_from(batch).unwrap()),
                             analysis: None,
                             max_failed_targets: None,
+                            prepare: Default::default(),
                         };
                         let report = engine
                             .deploy(

@@ -234,6 +234,7 @@ async fn rolling_deploy_across_8_sshd_hosts_rolls_back_hosts_1_to_4_when_host_5_
         batch: BatchSize::Count(2),
         analysis: None,
         max_failed_targets: None,
+        prepare: Default::default(),
     };
 
     // Host 5's restart fails on 2.0.0.

@@ -353,8 +353,9 @@ impl<'e> Run<'e> {
 
     /// The end (exclusive) of the batch of steps starting at `index` that may run together:
     /// consecutive steps of the same kind, each touching one distinct target (prepare,
-    /// activate, stop, start, await healthy, drain), at most `policies.parallelism` of them.
-    /// Any other step is a batch of its own.
+    /// activate, stop, start, await healthy, drain) — health waits followed by prepares of
+    /// other targets too ([`PrepareOrder::BatchAhead`](crate::PrepareOrder::BatchAhead)) —, at
+    /// most `policies.parallelism` of them. Any other step is a batch of its own.
     pub(super) fn batch_end(&self, index: usize) -> usize {
         let steps = &self.plan.steps;
         let limit = self.engine.policies.parallelism.max(1);
@@ -368,8 +369,13 @@ impl<'e> Run<'e> {
         let mut end = index + 1;
         while end < steps.len() && end - index < limit {
             let s = &steps[end];
+            // Prepares of other targets join health waits (a batch prepared ahead, beside the
+            // health checks of the batch before it): neither moves traffic.
+            let joins = s.op() == first.op()
+                || (matches!(first, Step::AwaitHealthy { .. })
+                    && matches!(s, Step::Prepare { .. }));
             match s.target() {
-                Some(t) if s.op() == first.op() && seen.insert(t.clone()) => end += 1,
+                Some(t) if joins && seen.insert(t.clone()) => end += 1,
                 _ => break,
             }
         }
