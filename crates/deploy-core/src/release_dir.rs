@@ -134,10 +134,10 @@ impl ReleaseDirTarget {
     /// Whether `releases/<version>` exists and carries the completion marker.
     async fn is_complete(&self, version: &Version) -> Result<bool> {
         let dir = self.release_dir(version);
-        if self.host.file_kind(&dir).await? != Some(FileKind::Dir) {
-            return Ok(false);
-        }
-        Ok(self.host.file_kind(&dir.join(COMPLETE_MARKER)).await? == Some(FileKind::File))
+        let marker = dir.join(COMPLETE_MARKER);
+        // Both asked at once (over SSH, two requests in flight on one channel).
+        let (dir, marker) = tokio::join!(self.host.file_kind(&dir), self.host.file_kind(&marker));
+        Ok(dir? == Some(FileKind::Dir) && marker? == Some(FileKind::File))
     }
 
     /// The version `current` points at, if it exists.
@@ -353,7 +353,13 @@ impl ReleaseDirTarget {
     }
 
     async fn activate_inner(&self, version: &Version) -> Result<()> {
-        if !self.is_complete(version).await? {
+        // The three reads at once: an activation waits on a round trip to the host, not three.
+        let (complete, current, history) = tokio::join!(
+            self.is_complete(version),
+            self.read_current(),
+            self.load_history()
+        );
+        if !complete? {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 "find release",
@@ -361,8 +367,7 @@ impl ReleaseDirTarget {
                 format!("not prepared (missing or without {COMPLETE_MARKER})"),
             ));
         }
-        let current = self.read_current().await?;
-        let mut history = self.load_history().await?;
+        let (current, mut history) = (current?, history?);
         if current.as_ref() == Some(version) && history.last_activated() == Some(version) {
             // Already current and restarted on it: nothing needs to restart.
             return Ok(());
@@ -385,16 +390,22 @@ impl ReleaseDirTarget {
                 .await?;
         }
         history.record(Event::Activated, version);
-        self.save_history(&history).await?;
-        if let Err(e) = self.log_revision(version).await {
+        // The history (then the pruning it guides) beside the revisions log: the release is
+        // live and restarted either way, so the log tells it even when the history's write fails.
+        let recorded = async {
+            self.save_history(&history).await?;
+            if let Err(e) = self.prune(version, &mut history).await {
+                // The activation itself succeeded; pruning is retried on the next one.
+                tracing::warn!(target = %self.id, error = %e, "could not prune old releases");
+            }
+            Ok(())
+        };
+        let (recorded, logged) = tokio::join!(recorded, self.log_revision(version));
+        if let Err(e) = logged {
             // The activation itself succeeded; the log is a record, not a step.
             tracing::warn!(target = %self.id, error = %e, "could not append to revisions.log");
         }
-        if let Err(e) = self.prune(version, &mut history).await {
-            // The activation itself succeeded; pruning is retried on the next one.
-            tracing::warn!(target = %self.id, error = %e, "could not prune old releases");
-        }
-        Ok(())
+        recorded
     }
 
     /// Append the activation of `version` to `<root>/revisions.log`, so that the server itself
