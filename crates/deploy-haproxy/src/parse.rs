@@ -162,6 +162,7 @@ pub(crate) fn parse_stat(text: &str) -> Result<Vec<StatRow>, String> {
 pub(crate) const SWITCH_COLUMNS: &[&str] = &[
     "pxname",
     "svname",
+    "sid",
     "type",
     "status",
     "weight",

@@ -448,6 +448,30 @@ impl TrafficSwitch for HaproxySwitch {
         Ok(weights)
     }
 
+    /// One server's row (`show stat <backend> 4 <sid>`), and its admin state when its checks
+    /// hold it DOWN, as [`weights`](TrafficSwitch::weights) reads them.
+    async fn weight_of(&self, target: &TargetId) -> Result<Option<u32>> {
+        let row = match self.server_row(target).await {
+            Ok(row) => row,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut weight = Self::effective(&row);
+        if weight > 0 && row.base_status() == "DOWN" {
+            let admin = self
+                .client
+                .admin_states(self.backend(), &[row.name.as_str()])
+                .await?;
+            if admin
+                .get(&row.name)
+                .is_some_and(|(drain, maint)| *drain || *maint)
+            {
+                weight = 0;
+            }
+        }
+        Ok(Some(weight))
+    }
+
     async fn set_weights(&self, weights: &Weights) -> Result<()> {
         let op = format!("set weights {weights}");
         if let Some((t, w)) = weights.iter().find(|(_, w)| *w > MAX_WEIGHT) {

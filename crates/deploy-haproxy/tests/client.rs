@@ -463,3 +463,91 @@ async fn a_missing_haproxy_binary_names_the_install_command() {
     assert!(msg.contains("apt-get install haproxy"), "{msg}");
     assert!(msg.contains("scripts/install-servers.sh"), "{msg}");
 }
+
+/// Every command line a client sends, on the way to the fixture's socket.
+#[derive(Debug)]
+struct Recorded {
+    socket: Socket,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl deploy_haproxy::Transport for Recorded {
+    fn describe(&self) -> String {
+        self.socket.describe()
+    }
+    async fn exchange(&self, line: &str, limit: usize) -> deploy_core::Result<String> {
+        self.lines.lock().unwrap().push(line.trim_end().to_owned());
+        self.socket.exchange(line, limit).await
+    }
+}
+
+#[tokio::test]
+async fn one_servers_row_is_asked_for_alone_and_found_again_when_a_reload_renumbers_the_servers() {
+    let (mut h, _slots) = fixture().await;
+    let lines = std::sync::Arc::default();
+    let client = RuntimeClient::new(Recorded {
+        socket: h.admin_socket(),
+        lines: std::sync::Arc::clone(&lines),
+    });
+    let sent = || std::mem::take(&mut *lines.lock().unwrap());
+
+    // The backend's rows give each server's id; then one server's row is asked for alone.
+    let rows = client.backend_servers("app").await.unwrap();
+    let sid = |rows: &[deploy_haproxy::StatRow], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.field("sid"))
+            .unwrap()
+            .to_owned()
+    };
+    let (blue, green) = (sid(&rows, "blue"), sid(&rows, "green"));
+    assert_ne!(blue, green);
+    sent();
+    let row = client.server_stat("app", "green").await.unwrap();
+    assert_eq!((row.name.as_str(), row.uweight), ("green", Some(0)));
+    assert_eq!(sent(), [format!("show stat app 4 {green}")]);
+
+    // A reload with the two servers swapped in the configuration numbers them anew: the id
+    // known for green is blue's now. The row that answers names blue, so green's is read from
+    // the backend's rows, and its new id is asked for alone from then on.
+    let config = std::fs::read_to_string(h.config_path()).unwrap();
+    let line_of = |name: &str| {
+        config
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("server {name} ")))
+            .unwrap_or_else(|| panic!("no server {name} in {config}"))
+            .to_owned()
+    };
+    let (b, g) = (line_of("blue"), line_of("green"));
+    let swapped = config
+        .replace(&b, "\u{0}")
+        .replace(&g, &b)
+        .replace('\u{0}', &g);
+    std::fs::write(h.config_path(), swapped).unwrap();
+    h.reload().await.unwrap();
+    let renumbered = client.show_stat(Some("app")).await.unwrap();
+    assert_eq!(
+        sid(&renumbered, "blue"),
+        green,
+        "the reload did not renumber the servers"
+    );
+    sent();
+
+    let row = client.server_stat("app", "green").await.unwrap();
+    assert_eq!((row.name.as_str(), row.uweight), ("green", Some(0)));
+    assert_eq!(
+        sent(),
+        [
+            format!("show stat app 4 {green}"),
+            "show stat app 4 -1".to_owned()
+        ]
+    );
+    let row = client.server_stat("app", "green").await.unwrap();
+    assert_eq!(row.name, "green");
+    assert_eq!(sent(), [format!("show stat app 4 {blue}")]);
+
+    // An unknown server is still NotFound.
+    let e = client.server_stat("app", "purple").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}

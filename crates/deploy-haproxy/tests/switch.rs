@@ -435,3 +435,39 @@ async fn unknown_backend_and_bad_config_are_clear_errors() {
     let e = s.weights().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }
+
+#[tokio::test]
+async fn weight_of_one_server_reads_as_weights_does_when_its_checks_hold_it_down() {
+    let (h, [_blue, green_slot]) = HaproxyFixture::blue_green().await.unwrap();
+    let s = switch(&h);
+    let (blue, green) = ids();
+    s.set_weights(&w(50, 50)).await.unwrap();
+    let c = h.client();
+    let down = || async {
+        c.server_stat("app", "green")
+            .await
+            .is_ok_and(|r| r.base_status() == "DOWN")
+    };
+
+    // DOWN by its checks, not drained: the weight it will take back once UP.
+    green_slot.set_healthy(false);
+    wait_until("green DOWN", Duration::from_secs(10), down)
+        .await
+        .unwrap();
+    assert_eq!(s.weights().await.unwrap(), w(50, 50));
+    assert_eq!(s.weight_of(&green).await.unwrap(), Some(50));
+
+    // Drained while DOWN: `show stat` still reads DOWN, the admin state says drain — 0, as
+    // `weights` reads it.
+    s.drain(&green).await.unwrap();
+    assert!(down().await);
+    assert_eq!(s.weights().await.unwrap(), w(50, 0));
+    assert_eq!(s.weight_of(&green).await.unwrap(), Some(0));
+    assert_eq!(s.weight_of(&blue).await.unwrap(), Some(50));
+    assert_eq!(
+        s.weight_of(&TargetId::new("nosuch").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -148,16 +148,22 @@ impl<'e> Run<'e> {
             }
             Step::Drain { target } => {
                 let s = self.switch()?;
-                let weights = self
+                let w = self
                     .engine
-                    .call("read weights of", "the switch", t, || s.weights())
+                    .call("read the weight of", target.as_str(), t, || {
+                        s.weight_of(target)
+                    })
                     .await?;
-                let w = weights.get(target).ok_or_else(|| {
-                    Failure::engine(
+                let Some(w) = w else {
+                    let known = match s.weights().await {
+                        Ok(weights) => format!(" (it knows {weights})"),
+                        Err(_) => String::new(),
+                    };
+                    return Err(Failure::engine(
                         ErrorKind::NotFound,
-                        format!("the switch does not know target {target} (it knows {weights})"),
-                    )
-                })?;
+                        format!("the switch does not know target {target}{known}"),
+                    ));
+                };
                 vec![Step::SetWeights {
                     weights: Weights::new().with(target.clone(), w),
                 }]

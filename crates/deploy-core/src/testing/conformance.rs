@@ -98,7 +98,8 @@ pub async fn target(target: &dyn Target, release: &Release) {
 /// Check a [`TrafficSwitch`] that manages (at least) `a` and `b`, with no traffic on them:
 /// read-back equals what was set, only named targets change, unknown targets are `NotFound` and
 /// change nothing, drain reads 0, is idempotent and reaches 0 sessions, a weight > 0 brings a
-/// drained target back. The weights are restored at the end.
+/// drained target back, and `weight_of` reads what `weights` reads (`None` for an unknown
+/// target). The weights are restored at the end.
 pub async fn traffic_switch(switch: &dyn TrafficSwitch, a: &TargetId, b: &TargetId) {
     let original = switch.weights().await.expect("weights() works");
     assert!(
@@ -136,11 +137,28 @@ pub async fn traffic_switch(switch: &dyn TrafficSwitch, a: &TargetId, b: &Target
         "a refused set_weights changes nothing: {now}"
     );
 
+    // `weight_of` reads one target as `weights` reads them all.
+    let one = |t: TargetId| async move { switch.weight_of(&t).await.expect("weight_of works") };
+    assert_eq!(
+        (one(a.clone()).await, one(b.clone()).await),
+        (Some(20), Some(90))
+    );
+    assert_eq!(
+        one(ghost.clone()).await,
+        None,
+        "the weight of an unknown target"
+    );
+
     switch.drain(a).await.expect("drain works");
     assert_eq!(
         switch.weights().await.expect("weights").get(a),
         Some(0),
         "a drained target reads weight 0"
+    );
+    assert_eq!(
+        one(a.clone()).await,
+        Some(0),
+        "a drained target's weight_of reads 0"
     );
     switch.drain(a).await.expect("drain is idempotent");
     // The suite sends no traffic, so a drained target reaches 0 sessions promptly.
