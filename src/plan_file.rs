@@ -61,9 +61,10 @@
 //! back alone while the others go on, and the run ends `promoted_with_failures` naming it
 //! (`deploy retry` deploys to it again); one failure more rolls the whole fleet back. Its
 //! `prepare = "batch_ahead"` prepares each batch while the one before it waits to be healthy
-//! (the default `"all_first"` prepares every target before the first batch acts): shorter
-//! runs, but a target that cannot be prepared is found when its turn comes, after earlier
-//! batches changed.
+//! and gets its weights back (the default `"all_first"` prepares every target before the first
+//! batch acts): shorter runs, but a target that cannot be prepared is found when its turn
+//! comes, after earlier batches changed. With migrations pending every target is prepared
+//! first whatever it says.
 //!
 //! A `[[targets]]` entry is a release directory (`root`, `restart`, …) unless its `kind` says
 //! otherwise: `kind = "docker"` (the `docker` feature) is one container slot driven through

@@ -217,17 +217,11 @@ async fn prepared_a_batch_ahead_the_next_batch_is_prepared_while_the_one_before_
     assert_eq!(fleet.weights().await, [100; 4]);
 
     // app-3 and app-4 were prepared after the first batch was activated, beside its health
-    // waits, and before its weights came back.
+    // waits, and drained only once prepared.
     let at = |op: &str, target: &str| {
         let s = step_of(&report, op, target);
         span(s.started_at, s.duration)
     };
-    let weights_back = report
-        .steps
-        .iter()
-        .find(|s| matches!(s.step, Step::SetWeights { .. }))
-        .map(|s| s.started_at)
-        .expect("set weights");
     for next in ["app-3", "app-4"] {
         let prepared = at("prepare", next);
         assert!(
@@ -238,7 +232,7 @@ async fn prepared_a_batch_ahead_the_next_batch_is_prepared_while_the_one_before_
             overlap(prepared, at("await_healthy", "app-1")),
             "{next}'s prepare did not run beside app-1's health wait: {report}"
         );
-        assert!(prepared.1 <= weights_back, "{report}");
+        assert!(prepared.1 <= at("drain", next).0, "{report}");
     }
 }
 

@@ -67,16 +67,19 @@ impl TargetBudget {
 #[serde(rename_all = "snake_case")]
 pub enum PrepareOrder {
     /// Every target before the first batch acts: a target that cannot be prepared (a full
-    /// disk, a broken artifact) stops the run before any traffic moves. The default.
+    /// disk, a broken artifact) fails before any batch is drained (the fleet untouched, or a
+    /// failure budget takes that target out of the traffic). The default.
     #[default]
     AllFirst,
-    /// The first batch before it acts, then each next batch while the batch before it waits to
-    /// be healthy (its prepares run beside those health checks, within `parallelism`): the
-    /// prepare time of every batch but the first is hidden in the health waits. A target that
-    /// cannot be prepared is found when its batch comes, and is a failure like any other (the
-    /// fleet rolls back, or a failure budget takes it out). With migrations pending, every
-    /// target is still prepared first: a prepare failing after the migration would cost a
-    /// restore.
+    /// The first batch before it acts, then each next batch from the start of the health
+    /// waits of the batch before it: its prepares run beside those waits and on beside that
+    /// batch's weights and analysis (within `parallelism`: a batch of at most half of it
+    /// overlaps fully), and end before it is drained. A batch's weights never wait for them,
+    /// so a slow prepare costs time, never capacity. A target that cannot be prepared is found
+    /// when its batch comes, after earlier batches changed, and fails like any other step (the
+    /// fleet rolls back, or a failure budget takes it out before it is drained). With
+    /// migrations pending, every target is still prepared first (the plan says so): a prepare
+    /// failing after the migration would cost a restore.
     BatchAhead,
 }
 
@@ -725,6 +728,20 @@ impl fmt::Display for Plan {
                     None => writeln!(f, "       {} {} (additive)", p.version, p.name)?,
                 }
             }
+        }
+        if matches!(
+            self.strategy,
+            Strategy::Rolling {
+                prepare: PrepareOrder::BatchAhead,
+                ..
+            }
+        ) && self.steps.iter().any(|s| matches!(s, Step::Migrate))
+        {
+            writeln!(
+                f,
+                "  prepare = \"batch_ahead\" set aside: with migrations pending, every target is \
+                 prepared before them"
+            )?;
         }
         let width = self.steps.len().to_string().len();
         for (i, s) in self.steps.iter().enumerate() {
@@ -1453,6 +1470,11 @@ mod tests {
                 "back up the database",
                 "apply pending migrations",
             ]
+        );
+        assert!(
+            plan.to_string()
+                .contains("prepare = \"batch_ahead\" set aside"),
+            "{plan}"
         );
         // The default is not written out; batch ahead is.
         let json = serde_json::to_string(&r).unwrap();

@@ -361,7 +361,7 @@ async fn fault_matrix_every_step_of_every_strategy_rolls_back_exactly() {
                 assert_back_where_it_was(&before, &world, &cell, &report);
                 // The faulty step failed, and nothing after its batch (the steps of the same
                 // kind on other targets that run with it, and the prepares of the next batch
-                // beside health waits) was started.
+                // started beside health waits) was started.
                 let failed = report
                     .steps
                     .iter()
@@ -381,10 +381,22 @@ async fn fault_matrix_every_step_of_every_strategy_rolls_back_exactly() {
                     .take_while(|i| together(*i, index))
                     .last()
                     .unwrap_or(index);
-                let batch_end = (index..plan.steps.len())
+                let mut batch_end = (index..plan.steps.len())
                     .take_while(|i| together(*i, index))
                     .last()
                     .unwrap_or(index);
+                // Prepares ahead run on beside the batch's weights and analysis, and end
+                // before the next batch starts.
+                if matches!(plan.steps[batch_start], Step::AwaitHealthy { .. })
+                    && matches!(plan.steps[index], Step::Prepare { .. })
+                {
+                    while matches!(
+                        plan.steps.get(batch_end + 1),
+                        Some(Step::SetWeights { .. } | Step::Analyze { .. })
+                    ) {
+                        batch_end += 1;
+                    }
+                }
                 assert!(
                     (batch_start..=batch_end).contains(&failed.index),
                     "{cell}: the run must stop at the faulty step's batch\n{report}"
@@ -1070,6 +1082,97 @@ async fn a_batch_acts_on_its_targets_at_the_same_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_batch_prepared_ahead_never_holds_the_batch_before_it_out_of_the_traffic() {
+    // Batches of two; each prepare takes 10 s, each health wait 1 s (two checks 1 s apart).
+    let world = FakeWorld::fleet(6, "1.0.0");
+    for t in &world.targets {
+        t.faults.delay("prepare", Duration::from_secs(10));
+    }
+    let starts = Arc::new(StepStarts::default());
+    let engine = Engine::new(world.environment("prod"))
+        .with_policies(policies())
+        .with_observer(starts.clone());
+    let strategy = Strategy::Rolling {
+        batch: BatchSize::Count(2),
+        analysis: None,
+        max_failed_targets: None,
+        prepare: PrepareOrder::BatchAhead,
+    };
+    let t0 = tokio::time::Instant::now();
+    let report = deploy(&engine, &strategy).await;
+    println!("{report}");
+    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
+    assert!(
+        world
+            .state()
+            .versions
+            .values()
+            .all(|v| v.as_ref().unwrap().as_str() == NEW)
+    );
+    // When each step started and ended, on tokio's clock (the report's start is the wall's).
+    let span = |op: &str, target: Option<&str>| {
+        let s = report
+            .steps
+            .iter()
+            .find(|s| {
+                s.step.op() == op
+                    && target.is_none_or(|t| s.step.target().is_some_and(|x| x.as_str() == t))
+            })
+            .unwrap_or_else(|| panic!("no {op} of {target:?} in {report}"));
+        let start = starts.at(s.index) - t0;
+        (start, start + s.duration)
+    };
+    // web-3's prepare started beside web-1's health wait, at 10 s ...
+    let (wait, prepared) = (
+        span("await_healthy", Some("web-1")),
+        span("prepare", Some("web-3")),
+    );
+    assert_eq!(prepared.0, wait.0, "{report}");
+    assert_eq!(wait, (Duration::from_secs(10), Duration::from_secs(11)));
+    // ... and the first batch got its weights back when its health waits ended, not when that
+    // prepare did (9 s later).
+    assert_eq!(
+        span("set_weights", None).0,
+        Duration::from_secs(11),
+        "{report}"
+    );
+    assert_eq!(prepared.1, Duration::from_secs(20), "{report}");
+    // web-3 was drained once prepared.
+    assert_eq!(
+        span("drain", Some("web-3")).0,
+        Duration::from_secs(20),
+        "{report}"
+    );
+    // 10 s of prepares first, then three batches: the last two waited for their prepares.
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(10 + 10 + 10 + 1),
+        "{report}"
+    );
+}
+
+/// When each step started, on tokio's clock.
+#[derive(Debug, Default)]
+struct StepStarts(Mutex<std::collections::HashMap<usize, tokio::time::Instant>>);
+
+impl StepStarts {
+    fn at(&self, index: usize) -> tokio::time::Instant {
+        self.0.lock().unwrap()[&index]
+    }
+}
+
+impl Observer for StepStarts {
+    fn on_event(&self, event: &Event) {
+        if let Event::StepStarted { index, .. } = event {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(*index, tokio::time::Instant::now());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_first_deploy_to_an_empty_slot_rolls_back_to_nothing_served() {
     // green has never run anything.
     let mut world = FakeWorld::slots("1.0.0", "0.9.0").with_gate(FakeGate::failing("error-rate"));
@@ -1298,6 +1401,52 @@ async fn a_failure_budget_takes_a_failed_target_out_and_carries_on() {
     }
     // The batches after web-6's went on: web-7 and web-8 were activated.
     assert_eq!(world.target("web-8").activations().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_whose_prepare_ahead_fails_is_given_up_before_it_is_drained() {
+    let world = FakeWorld::fleet(6, "1.0.0");
+    world.target("web-4").faults.fail_on("prepare", 1);
+    let before = world.state();
+    let engine = Engine::new(world.environment("prod")).with_policies(policies());
+    let strategy = Strategy::Rolling {
+        batch: BatchSize::Count(2),
+        analysis: None,
+        max_failed_targets: Some(TargetBudget::Count(1)),
+        prepare: PrepareOrder::BatchAhead,
+    };
+    let report = deploy(&engine, &strategy).await;
+    println!("{report}");
+    assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
+    let given_up: Vec<_> = report
+        .failed_targets
+        .iter()
+        .map(|f| f.target.to_string())
+        .collect();
+    assert_eq!(given_up, ["web-4"], "{report}");
+    // Never drained nor activated: taken out of the traffic on its old release.
+    assert!(
+        !report
+            .steps
+            .iter()
+            .any(|s| s.step.target().is_some_and(|t| t.as_str() == "web-4")
+                && matches!(s.step, Step::Drain { .. } | Step::Activate { .. })),
+        "{report}"
+    );
+    assert!(world.target("web-4").activations().is_empty());
+    let after = world.state();
+    for (name, version) in &after.versions {
+        let want = if name == "web-4" { "1.0.0" } else { NEW };
+        assert_eq!(version.as_ref().unwrap().as_str(), want, "{name}");
+    }
+    for (t, w) in after.weights.iter() {
+        let want = if t.as_str() == "web-4" {
+            0
+        } else {
+            before.weights.get(t).unwrap()
+        };
+        assert_eq!(w, want, "{t}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Doing one step: the calls to targets, switch, probe, runner and maintenance page.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -379,30 +380,47 @@ impl<'e> Run<'e> {
         Ok(Vec::new())
     }
 
+    /// The prepare `step` as a future that borrows only the engine, not the run: a batch
+    /// prepared ahead runs on beside the steps after its group ([`Ahead`](super::run::Ahead)).
+    pub(super) fn prepare(
+        &self,
+        step: &Step,
+    ) -> Result<impl Future<Output = Result<(), Failure>> + Send + 'e, Failure> {
+        let Step::Prepare { target, version } = step else {
+            return Err(Failure::engine(
+                ErrorKind::Other,
+                format!("{step} is not a prepare"),
+            ));
+        };
+        let engine = self.engine;
+        let tg = self.env().target(target)?;
+        let release = if version == &self.plan.release.version {
+            self.plan.release.clone()
+        } else {
+            Release::new(version.clone())
+        };
+        let (target, version) = (target.clone(), version.clone());
+        Ok(async move {
+            engine
+                .call(
+                    &format!("prepare {version} on"),
+                    target.as_str(),
+                    engine.policies.timeouts.long_call,
+                    || tg.prepare(&release),
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     /// Do a step that touches one target only; needs no `&mut self`, so the steps of one batch
     /// run concurrently. Returns notes for the report.
     pub(super) async fn act_shared(&self, step: &Step, undo: bool) -> Result<Vec<String>, Failure> {
         let engine = self.engine;
         let env = self.env();
         let t = engine.policies.timeouts.call;
-        let long = engine.policies.timeouts.long_call;
         match step {
-            Step::Prepare { target, version } => {
-                let tg = env.target(target)?;
-                let release = if version == &self.plan.release.version {
-                    self.plan.release.clone()
-                } else {
-                    Release::new(version.clone())
-                };
-                engine
-                    .call(
-                        &format!("prepare {version} on"),
-                        target.as_str(),
-                        long,
-                        || tg.prepare(&release),
-                    )
-                    .await?;
-            }
+            Step::Prepare { .. } => self.prepare(step)?.await?,
             Step::Activate { target, version } => {
                 let tg = env.target(target)?;
                 engine

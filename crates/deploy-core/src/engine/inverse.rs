@@ -155,7 +155,11 @@ impl<'e> Run<'e> {
                     })
                     .await?;
                 let Some(w) = w else {
-                    let known = match s.weights().await {
+                    let known = match self
+                        .engine
+                        .call("read weights of", "the switch", t, || s.weights())
+                        .await
+                    {
                         Ok(weights) => format!(" (it knows {weights})"),
                         Err(_) => String::new(),
                     };

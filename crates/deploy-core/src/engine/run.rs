@@ -338,12 +338,36 @@ impl<'e> Run<'e> {
             }
         }
         let mut index = from;
+        // The next batch's prepares, started beside a batch's health waits: they run on beside
+        // the steps that follow (the batch's weights, its analysis) and end before a step that
+        // needs them or their targets.
+        let mut ahead: Option<Ahead<'e>> = None;
         while index < self.plan.steps.len() {
             let end = self.batch_end(index);
-            if let Some(reason) = self.forward_batch(index, end, cancel, deadline).await {
+            if let Some(a) = ahead.take_if(|a| !a.may_run_beside(&self.plan.steps[index..end]))
+                && let Some(reason) = self.end_ahead(a, cancel, deadline).await
+            {
                 return Some(reason);
             }
+            let (failed, started) =
+                beside(&mut ahead, self.forward_batch(index, end, cancel, deadline)).await;
+            if let Some(reason) = failed {
+                for a in ahead.into_iter().chain(started) {
+                    self.abandon_ahead(a).await;
+                }
+                return Some(reason);
+            }
+            if let Some(started) = started {
+                // A batch's prepares start beside health waits of targets prepared before.
+                debug_assert!(ahead.is_none());
+                ahead = Some(started);
+            }
             index = end;
+        }
+        if let Some(a) = ahead
+            && let Some(reason) = self.end_ahead(a, cancel, deadline).await
+        {
+            return Some(reason);
         }
         if let Err(reason) = self.run_hooks(HookPoint::After, None).await {
             return Some(format!("every step done, but {reason}"));
@@ -395,20 +419,23 @@ impl<'e> Run<'e> {
         end: usize,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
-    ) -> Option<String> {
+    ) -> (Option<String>, Option<Ahead<'e>>) {
         let engine = self.engine;
         let control = engine.control.clone();
         if cancel.is_cancelled() {
-            return Some("cancelled".to_owned());
+            return (Some("cancelled".to_owned()), None);
         }
         if control.is_aborted() {
-            return Some(control.abort_reason());
+            return (Some(control.abort_reason()), None);
         }
         if let Some(e) = &self.journal_error {
-            return Some(format!("the journal could not be written ({e})"));
+            return (
+                Some(format!("the journal could not be written ({e})")),
+                None,
+            );
         }
         if self.lease_is_lost() {
-            return Some("the run lost its lock".to_owned());
+            return (Some("the run lost its lock".to_owned()), None);
         }
         self.current_index = start;
         // A target given up on takes no further step; the weights and analyses leave it out.
@@ -416,7 +443,7 @@ impl<'e> Run<'e> {
             .filter_map(|i| self.without_given_up(&self.plan.steps[i]).map(|s| (i, s)))
             .unzip();
         if steps.is_empty() {
-            return None;
+            return (None, None);
         }
         // 1. Each step starts and its `before` hooks run, in plan order.
         let mut begun: Vec<Begun> = Vec::new();
@@ -434,7 +461,7 @@ impl<'e> Run<'e> {
                 t0,
             });
             if let Err(reason) = self.run_hooks(HookPoint::Before, Some(step)).await {
-                return Some(self.not_acted(begun, offset, reason).await);
+                return (Some(self.not_acted(begun, offset, reason).await), None);
             }
         }
         // 2. What undoes each one, read from the live state before any acts.
@@ -462,7 +489,7 @@ impl<'e> Run<'e> {
             let index = idx[o];
             let inverse = match inverse {
                 Ok(inverse) => inverse,
-                Err(f) => return Some(self.not_acted(begun, o, f.error).await),
+                Err(f) => return (Some(self.not_acted(begun, o, f.error).await), None),
             };
             if self
                 .record(&Record::StepStarted {
@@ -476,7 +503,7 @@ impl<'e> Run<'e> {
                 self.inverses.push((index, inverse));
             } else {
                 let why = Error::new(ErrorKind::Io, "", "", "its inverse could not be journaled");
-                return Some(self.not_acted(begun, o, why).await);
+                return (Some(self.not_acted(begun, o, why).await), None);
             }
         }
         for (o, step) in steps.iter().enumerate() {
@@ -491,29 +518,29 @@ impl<'e> Run<'e> {
                 .await;
             }
         }
-        // 4. They act, each one's end taken when it ends.
+        // 4. They act, each one's end taken when it ends. Prepares beside health waits (a batch
+        // prepared ahead) start now and run on past this batch's end.
         let guard = Interrupts {
             cancel,
             control: &control,
             deadline,
             run_deadline: engine.policies.deadline,
         };
+        let (steps, begun, mut ahead) = self.split_ahead(steps, begun);
         let results: Vec<(Result<Vec<String>, Failure>, Instant)> = if let [step] = steps.as_slice()
         {
-            let span = tracing::info_span!("step", index = idx[0] + 1, op = step.op());
+            let span = tracing::info_span!("step", index = begun[0].index + 1, op = step.op());
             match guard.race(self.act_forward(step).instrument(span)).await {
                 Ok(r) => vec![(r.map(|()| Vec::new()), Instant::now())],
                 Err(why) => vec![(Err(Failure::interrupted(why.error())), Instant::now())],
             }
         } else {
             let this = &*self;
-            let acts =
-                futures_util::future::join_all(steps.iter().enumerate().map(|(offset, s)| {
-                    let span = tracing::info_span!("step", index = idx[offset] + 1, op = s.op());
-                    async move { (this.act_shared(s, false).await, Instant::now()) }
-                        .instrument(span)
-                }));
-            match guard.race(acts).await {
+            let acts = futures_util::future::join_all(steps.iter().zip(&begun).map(|(s, b)| {
+                let span = tracing::info_span!("step", index = b.index + 1, op = s.op());
+                async move { (this.act_shared(s, false).await, Instant::now()) }.instrument(span)
+            }));
+            match beside(&mut ahead, guard.race(acts)).await {
                 Ok(r) => r,
                 Err(why) => {
                     let now = Instant::now();
@@ -525,6 +552,18 @@ impl<'e> Run<'e> {
             }
         };
         // 5. `after` hooks and the end of each step, in plan order.
+        (self.conclude(&steps, begun, results).await, ahead)
+    }
+
+    /// Steps `steps` (begun as `begun`) acted with `results`: each one's `after` hooks run and
+    /// it is finished, in plan order, with its own start and end; then its failures are given
+    /// up on, as far as the failure budget lasts. `Some(reason)` to roll back.
+    async fn conclude(
+        &mut self,
+        steps: &[Step],
+        begun: Vec<Begun>,
+        results: Vec<(Result<Vec<String>, Failure>, Instant)>,
+    ) -> Option<String> {
         // Each failure: the target a failure budget may give up on (none: not tolerable), why,
         // and its step.
         let mut failures: Vec<(Option<TargetId>, String, usize)> = Vec::new();
@@ -782,6 +821,159 @@ pub(super) struct Begun {
     step: Step,
     started_at: SystemTime,
     t0: Instant,
+}
+
+/// What the steps of a batch came to: each one's result and when it ended.
+type Acted = Vec<(Result<Vec<String>, Failure>, Instant)>;
+
+/// The prepares of the next batch, started beside a batch's health waits
+/// ([`PrepareOrder::BatchAhead`](crate::PrepareOrder::BatchAhead)): they run on beside the
+/// steps after that batch (its weights, its analysis) — driven by [`beside`] — and are ended
+/// ([`Run::end_ahead`]) before a step that is not one of those, so that a batch taken out of
+/// the traffic never waits for them and a batch never acts unprepared.
+pub(super) struct Ahead<'e> {
+    steps: Vec<Step>,
+    begun: Vec<Begun>,
+    running: Option<futures_util::future::BoxFuture<'e, Acted>>,
+    acted: Option<Acted>,
+}
+
+impl Ahead<'_> {
+    /// Run the prepares to their end; safe to stop and call again (what they did is kept).
+    async fn drive(&mut self) {
+        if let Some(running) = &mut self.running {
+            self.acted = Some(running.await);
+            self.running = None;
+        }
+    }
+
+    /// Whether `group` may act while these prepares still run: a batch's weights (of other
+    /// targets) or an analysis; anything else waits for them.
+    fn may_run_beside(&self, group: &[Step]) -> bool {
+        let mine = |t: &TargetId| self.steps.iter().any(|s| s.target() == Some(t));
+        group.iter().all(|s| match s {
+            Step::SetWeights { weights } => weights.iter().all(|(t, _)| !mine(t)),
+            Step::Analyze { .. } => true,
+            _ => false,
+        })
+    }
+}
+
+/// Await `fut`, driving the prepares `ahead` meanwhile: they run beside it, never hold it up.
+async fn beside<F: Future>(ahead: &mut Option<Ahead<'_>>, fut: F) -> F::Output {
+    let Some(a) = ahead.as_mut().filter(|a| a.running.is_some()) else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    tokio::select! {
+        biased;
+        out = &mut fut => return out,
+        () = a.drive() => {}
+    }
+    fut.await
+}
+
+impl<'e> Run<'e> {
+    /// Split a batch's prepares that follow its health waits (a batch prepared ahead) off
+    /// `steps` and `begun`, and start them; the rest is returned to act as the batch.
+    fn split_ahead(
+        &self,
+        steps: Vec<Step>,
+        begun: Vec<Begun>,
+    ) -> (Vec<Step>, Vec<Begun>, Option<Ahead<'e>>) {
+        let mixed = matches!(steps.first(), Some(Step::AwaitHealthy { .. }))
+            && steps.iter().any(|s| matches!(s, Step::Prepare { .. }));
+        if !mixed {
+            return (steps, begun, None);
+        }
+        let (mut now, mut later) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (step, b) in steps.into_iter().zip(begun) {
+            let side = if matches!(step, Step::Prepare { .. }) {
+                &mut later
+            } else {
+                &mut now
+            };
+            side.0.push(step);
+            side.1.push(b);
+        }
+        let prepares: Vec<futures_util::future::BoxFuture<'e, _>> = later
+            .0
+            .iter()
+            .zip(&later.1)
+            .map(|(step, b)| {
+                let span = tracing::info_span!("step", index = b.index + 1, op = step.op());
+                match self.prepare(step) {
+                    Ok(prepare) => {
+                        async move { (prepare.await.map(|()| Vec::new()), Instant::now()) }
+                            .instrument(span)
+                            .boxed()
+                    }
+                    Err(f) => futures_util::future::ready((Err(f), Instant::now())).boxed(),
+                }
+            })
+            .collect();
+        let ahead = Ahead {
+            steps: later.0,
+            begun: later.1,
+            running: Some(futures_util::future::join_all(prepares).boxed()),
+            acted: None,
+        };
+        (now.0, now.1, Some(ahead))
+    }
+
+    /// Let the prepares `ahead` end (raced against cancellation, abort and the run's deadline)
+    /// and conclude them as a batch of their own. `Some(reason)` to roll back.
+    async fn end_ahead(
+        &mut self,
+        mut ahead: Ahead<'e>,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Option<String> {
+        let control = self.engine.control.clone();
+        let guard = Interrupts {
+            cancel,
+            control: &control,
+            deadline,
+            run_deadline: self.engine.policies.deadline,
+        };
+        let acted = match guard.race(ahead.drive()).await {
+            Ok(()) => ahead.acted.take().unwrap_or_default(),
+            Err(why) => {
+                let now = Instant::now();
+                ahead
+                    .steps
+                    .iter()
+                    .map(|_| (Err(Failure::interrupted(why.error())), now))
+                    .collect()
+            }
+        };
+        self.conclude(&ahead.steps, ahead.begun, acted).await
+    }
+
+    /// The run rolls back while the prepares `ahead` may still run: they stop, and each is
+    /// finished as it ended (or as stopped).
+    async fn abandon_ahead(&mut self, mut ahead: Ahead<'e>) {
+        ahead.running = None;
+        let mut acted = ahead.acted.take().map(Vec::into_iter);
+        for b in ahead.begun {
+            let (error, ended) = match acted.as_mut().and_then(Iterator::next) {
+                Some((Ok(_), ended)) => (None, ended),
+                Some((Err(f), ended)) => (Some(f.error), ended),
+                None => (
+                    Some(Error::new(
+                        ErrorKind::Cancelled,
+                        "prepare",
+                        "",
+                        "stopped: the run rolls back",
+                    )),
+                    Instant::now(),
+                ),
+            };
+            let duration = ended.saturating_duration_since(b.t0);
+            self.finish_step(b.index, &b.step, b.started_at, duration, error.as_ref())
+                .await;
+        }
+    }
 }
 
 /// Why a step was interrupted: its kind (cancelled, or timed out at the run's deadline) and
