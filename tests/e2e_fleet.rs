@@ -20,8 +20,7 @@ mod common;
 use common::fleet::{Fleet, HOSTS};
 use common::haproxy_wait_up;
 
-async fn deploy(plan: &PlanFile) -> Report {
-    let engine = plan.engine(&Adapters::new()).unwrap();
+async fn deploy_with(engine: &Engine, plan: &PlanFile) -> Report {
     engine
         .deploy(
             &plan.strategy,
@@ -31,6 +30,20 @@ async fn deploy(plan: &PlanFile) -> Report {
         )
         .await
         .unwrap()
+}
+
+/// The fleet (2.0.0 broken on `broken_on`), its plan with `strategy_extra` and `policies`, and
+/// its engine, every host on 1.0.0.
+async fn installed(
+    broken_on: &[&str],
+    strategy_extra: &str,
+    policies: &str,
+) -> (Fleet, PlanFile, Engine) {
+    let fleet = Fleet::start(broken_on).await;
+    let plan = fleet.plan(strategy_extra, policies);
+    let engine = plan.engine(&Adapters::new()).unwrap();
+    fleet.install(&engine).await;
+    (fleet, plan, engine)
 }
 
 /// When a step of the report started and ended.
@@ -44,13 +57,11 @@ fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_own_time() {
-    let fleet = Fleet::start(&["app-3"]).await;
     // Health waits end at the deadline only, so that a failed one clearly outlasts a good one.
-    let plan = fleet.plan("", "deadline = \"3s\"\nunhealthy_threshold = 0");
-    let engine = plan.engine(&Adapters::new()).unwrap();
-    fleet.install(&engine).await;
+    let (fleet, plan, engine) =
+        installed(&["app-3"], "", "deadline = \"3s\"\nunhealthy_threshold = 0").await;
 
-    let report = deploy(&plan).await;
+    let report = deploy_with(&engine, &plan).await;
     println!("{report}");
 
     // The live world: every host serves 1.0.0 and takes its full weight again — also once
@@ -114,13 +125,11 @@ async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_ow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_budget_leaves_the_broken_host_out_and_a_retry_brings_it_back_once_fixed() {
-    let fleet = Fleet::start(&["app-3"]).await;
     // The probe's defaults but its 50 ms interval: a 60 s deadline, 3 unhealthy answers fail.
-    let plan = fleet.plan("max_failed_targets = { count = 1 }", "");
-    let engine = plan.engine(&Adapters::new()).unwrap();
-    fleet.install(&engine).await;
+    let (fleet, plan, engine) =
+        installed(&["app-3"], "max_failed_targets = { count = 1 }", "").await;
 
-    let report = deploy(&plan).await;
+    let report = deploy_with(&engine, &plan).await;
     println!("{report}");
     assert_eq!(report.outcome, Outcome::PromotedWithFailures, "{report}");
     assert!(report.rollback.is_none(), "{report}");
@@ -204,12 +213,9 @@ fn ran(report: &Report, op: &str, target: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_a_batch_ahead_the_next_batch_is_prepared_while_the_one_before_waits_for_health() {
-    let fleet = Fleet::start(&[]).await;
-    let plan = fleet.plan("prepare = \"batch_ahead\"", "");
-    let engine = plan.engine(&Adapters::new()).unwrap();
-    fleet.install(&engine).await;
+    let (fleet, plan, engine) = installed(&[], "prepare = \"batch_ahead\"", "").await;
 
-    let report = deploy(&plan).await;
+    let report = deploy_with(&engine, &plan).await;
     println!("{report}");
     assert_eq!(report.outcome, Outcome::Promoted, "{report}");
     assert_eq!(fleet.versions().await, ["2.0.0"; 4]);
@@ -276,24 +282,9 @@ impl BreakHistoryOnDrain {
     }
 }
 
-async fn deploy_with(engine: &Engine, plan: &PlanFile) -> Report {
-    engine
-        .deploy(
-            &plan.strategy,
-            &plan.release(),
-            &plan.options,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_be_prepared_a_batch_ahead_rolls_the_fleet_back_before_it_is_touched() {
-    let fleet = Fleet::start(&[]).await;
-    let plan = fleet.plan("prepare = \"batch_ahead\"", "");
-    let engine = plan.engine(&Adapters::new()).unwrap();
-    fleet.install(&engine).await;
+    let (fleet, plan, engine) = installed(&[], "prepare = \"batch_ahead\"", "").await;
     let breaker = BreakHistoryOnDrain::of(&fleet, "app-3");
     let engine = engine.with_observer(breaker.clone());
 
@@ -326,13 +317,12 @@ async fn a_host_that_cannot_be_prepared_a_batch_ahead_rolls_the_fleet_back_befor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_budget_a_host_that_cannot_be_prepared_a_batch_ahead_is_left_out_on_its_old_release()
 {
-    let fleet = Fleet::start(&[]).await;
-    let plan = fleet.plan(
+    let (fleet, plan, engine) = installed(
+        &[],
         "prepare = \"batch_ahead\"\nmax_failed_targets = { count = 1 }",
         "",
-    );
-    let engine = plan.engine(&Adapters::new()).unwrap();
-    fleet.install(&engine).await;
+    )
+    .await;
     let breaker = BreakHistoryOnDrain::of(&fleet, "app-3");
     let engine = engine.with_observer(breaker.clone());
 

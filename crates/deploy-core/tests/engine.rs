@@ -1386,19 +1386,7 @@ async fn a_failure_budget_takes_a_failed_target_out_and_carries_on() {
     );
     // Live: web-6 runs its old release out of the traffic; every other target runs the new
     // one with its weight back.
-    let after = world.state();
-    for (name, version) in &after.versions {
-        let want = if name == "web-6" { "1.0.0" } else { NEW };
-        assert_eq!(version.as_ref().unwrap().as_str(), want, "{name}");
-    }
-    for (t, w) in after.weights.iter() {
-        let want = if t.as_str() == "web-6" {
-            0
-        } else {
-            before.weights.get(t).unwrap()
-        };
-        assert_eq!(w, want, "{t}");
-    }
+    assert_left_out_alone(&world, &before, "web-6");
     // The batches after web-6's went on: web-7 and web-8 were activated.
     assert_eq!(world.target("web-8").activations().len(), 1);
 }
@@ -1434,13 +1422,19 @@ async fn a_target_whose_prepare_ahead_fails_is_given_up_before_it_is_drained() {
         "{report}"
     );
     assert!(world.target("web-4").activations().is_empty());
+    assert_left_out_alone(&world, &before, "web-4");
+}
+
+/// `out` runs 1.0.0 at weight 0; every other target runs the new release at its weight from
+/// `before`.
+fn assert_left_out_alone(world: &FakeWorld, before: &WorldState, out: &str) {
     let after = world.state();
     for (name, version) in &after.versions {
-        let want = if name == "web-4" { "1.0.0" } else { NEW };
+        let want = if name == out { "1.0.0" } else { NEW };
         assert_eq!(version.as_ref().unwrap().as_str(), want, "{name}");
     }
     for (t, w) in after.weights.iter() {
-        let want = if t.as_str() == "web-4" {
+        let want = if t.as_str() == out {
             0
         } else {
             before.weights.get(t).unwrap()
