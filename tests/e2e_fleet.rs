@@ -46,6 +46,21 @@ async fn installed(
     (fleet, plan, engine)
 }
 
+/// Live: every host serves 1.0.0, at full weight (also once HAProxy's own checks have
+/// settled), its `current` on `releases/1.0.0`.
+async fn assert_all_back_on_1_0_0(fleet: &Fleet) {
+    assert_eq!(fleet.versions().await, ["1.0.0"; 4]);
+    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
+    assert_eq!(fleet.weights().await, [100; 4]);
+    for name in HOSTS {
+        assert_eq!(
+            std::fs::read_link(fleet.dir.join(name).join("current")).unwrap(),
+            Path::new("releases/1.0.0"),
+            "{name}"
+        );
+    }
+}
+
 /// When a step of the report started and ended.
 fn span(started_at: SystemTime, duration: Duration) -> (SystemTime, SystemTime) {
     (started_at, started_at + duration)
@@ -68,16 +83,7 @@ async fn a_broken_host_rolls_the_fleet_back_a_batch_at_a_time_with_each_steps_ow
     // haproxy's own checks have seen the broken host healthy again (a server drained, then
     // DOWN by its checks, must not come back UP as DRAIN).
     assert_eq!(report.outcome, Outcome::RolledBack, "{report}");
-    assert_eq!(fleet.versions().await, ["1.0.0"; 4]);
-    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
-    assert_eq!(fleet.weights().await, [100; 4]);
-    for name in HOSTS {
-        assert_eq!(
-            std::fs::read_link(fleet.dir.join(name).join("current")).unwrap(),
-            Path::new("releases/1.0.0"),
-            "{name}"
-        );
-    }
+    assert_all_back_on_1_0_0(&fleet).await;
 
     // Each step of the second batch has its own time: app-4 was healthy at once, app-3 never.
     let awaited = |target: &str| {
@@ -302,16 +308,7 @@ async fn a_host_that_cannot_be_prepared_a_batch_ahead_rolls_the_fleet_back_befor
         assert!(!ran(&report, "activate", untouched), "{report}");
     }
     // Live: every host serves 1.0.0, at full weight, `current` on 1.0.0.
-    assert_eq!(fleet.versions().await, ["1.0.0"; 4]);
-    haproxy_wait_up(&fleet.haproxy, &HOSTS).await;
-    assert_eq!(fleet.weights().await, [100; 4]);
-    for name in HOSTS {
-        assert_eq!(
-            std::fs::read_link(fleet.dir.join(name).join("current")).unwrap(),
-            Path::new("releases/1.0.0"),
-            "{name}"
-        );
-    }
+    assert_all_back_on_1_0_0(&fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,13 +336,9 @@ async fn with_a_budget_a_host_that_cannot_be_prepared_a_batch_ahead_is_left_out_
 
     // The host mended, a retry brings it in.
     breaker.mend();
+    let (release, cancel) = (plan.release(), CancellationToken::new());
     let fixed = engine
-        .retry_failed(
-            &plan.strategy,
-            &plan.release(),
-            &plan.options,
-            &CancellationToken::new(),
-        )
+        .retry_failed(&plan.strategy, &release, &plan.options, &cancel)
         .await
         .unwrap();
     println!("{fixed}");
