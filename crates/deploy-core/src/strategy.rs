@@ -73,9 +73,11 @@ pub enum PrepareOrder {
     AllFirst,
     /// The first batch before it acts, then each next batch from the start of the health
     /// waits of the batch before it: its prepares run beside those waits and on beside that
-    /// batch's weights and analysis (within `parallelism`: a batch of at most half of it
-    /// overlaps fully), and end before it is drained. A batch's weights never wait for them,
-    /// so a slow prepare costs time, never capacity. A target that cannot be prepared is found
+    /// batch's weights (those that do not fit beside the waits within `parallelism` start
+    /// when the waits end), and end before it is drained — and before an analysis that
+    /// measures them as its baseline. With a batch of at most `parallelism` a batch's weights
+    /// never wait for them, so a slow prepare costs time, never capacity. A target that cannot
+    /// be prepared is found
     /// when its batch comes, after earlier batches changed, and fails like any other step (the
     /// fleet rolls back, or a failure budget takes it out before it is drained). With
     /// migrations pending, every target is still prepared first (the plan says so): a prepare

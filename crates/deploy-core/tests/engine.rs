@@ -1083,72 +1083,78 @@ async fn a_batch_acts_on_its_targets_at_the_same_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_prepared_ahead_never_holds_the_batch_before_it_out_of_the_traffic() {
-    // Batches of two; each prepare takes 10 s, each health wait 1 s (two checks 1 s apart).
-    let world = FakeWorld::fleet(6, "1.0.0");
-    for t in &world.targets {
-        t.faults.delay("prepare", Duration::from_secs(10));
+    // Each prepare takes 10 s, each health wait 1 s (two checks 1 s apart). Batches of two, of
+    // one (a health wait alone beside the prepares), and of three with parallelism 4 (one
+    // prepare fits beside the health waits, two more follow in the background).
+    for (batch, parallelism) in [(2, 16), (1, 16), (3, 4)] {
+        let case = format!("batch {batch}, parallelism {parallelism}");
+        let world = FakeWorld::fleet(6, "1.0.0");
+        for t in &world.targets {
+            t.faults.delay("prepare", Duration::from_secs(10));
+        }
+        let starts = Arc::new(StepStarts::default());
+        let mut p = policies();
+        p.parallelism = parallelism;
+        let engine = Engine::new(world.environment("prod"))
+            .with_policies(p)
+            .with_observer(starts.clone());
+        let strategy = Strategy::Rolling {
+            batch: BatchSize::Count(batch),
+            analysis: None,
+            max_failed_targets: None,
+            prepare: PrepareOrder::BatchAhead,
+        };
+        let t0 = tokio::time::Instant::now();
+        let report = deploy(&engine, &strategy).await;
+        println!("{case}\n{report}");
+        assert_eq!(report.outcome, Outcome::Promoted, "{case}\n{report}");
+        assert!(
+            world
+                .state()
+                .versions
+                .values()
+                .all(|v| v.as_ref().unwrap().as_str() == NEW),
+            "{case}"
+        );
+        // When each step started and ended, on tokio's clock (the report's start is the
+        // wall's).
+        let span = |op: &str, target: Option<&str>| {
+            let s = report
+                .steps
+                .iter()
+                .find(|s| {
+                    s.step.op() == op
+                        && target.is_none_or(|t| s.step.target().is_some_and(|x| x.as_str() == t))
+                })
+                .unwrap_or_else(|| panic!("{case}: no {op} of {target:?} in {report}"));
+            let start = starts.at(s.index) - t0;
+            (start, start + s.duration)
+        };
+        let secs = Duration::from_secs;
+        // The first batch waits for its health from 10 s to 11 s, and the next target's
+        // prepare runs from 10 s, beside that wait, to 20 s ...
+        let next = format!("web-{}", batch + 1);
+        assert_eq!(
+            span("await_healthy", Some("web-1")),
+            (secs(10), secs(11)),
+            "{case}"
+        );
+        assert_eq!(
+            span("prepare", Some(&next)),
+            (secs(10), secs(20)),
+            "{case}\n{report}"
+        );
+        // ... but the first batch gets its weights back when its health waits end, at 11 s.
+        assert_eq!(span("set_weights", None).0, secs(11), "{case}\n{report}");
+        // Every target is drained only once prepared.
+        for i in batch + 1..=6 {
+            let t = format!("web-{i}");
+            assert!(
+                span("drain", Some(&t)).0 >= span("prepare", Some(&t)).1,
+                "{case}: {t}\n{report}"
+            );
+        }
     }
-    let starts = Arc::new(StepStarts::default());
-    let engine = Engine::new(world.environment("prod"))
-        .with_policies(policies())
-        .with_observer(starts.clone());
-    let strategy = Strategy::Rolling {
-        batch: BatchSize::Count(2),
-        analysis: None,
-        max_failed_targets: None,
-        prepare: PrepareOrder::BatchAhead,
-    };
-    let t0 = tokio::time::Instant::now();
-    let report = deploy(&engine, &strategy).await;
-    println!("{report}");
-    assert_eq!(report.outcome, Outcome::Promoted, "{report}");
-    assert!(
-        world
-            .state()
-            .versions
-            .values()
-            .all(|v| v.as_ref().unwrap().as_str() == NEW)
-    );
-    // When each step started and ended, on tokio's clock (the report's start is the wall's).
-    let span = |op: &str, target: Option<&str>| {
-        let s = report
-            .steps
-            .iter()
-            .find(|s| {
-                s.step.op() == op
-                    && target.is_none_or(|t| s.step.target().is_some_and(|x| x.as_str() == t))
-            })
-            .unwrap_or_else(|| panic!("no {op} of {target:?} in {report}"));
-        let start = starts.at(s.index) - t0;
-        (start, start + s.duration)
-    };
-    // web-3's prepare started beside web-1's health wait, at 10 s ...
-    let (wait, prepared) = (
-        span("await_healthy", Some("web-1")),
-        span("prepare", Some("web-3")),
-    );
-    assert_eq!(prepared.0, wait.0, "{report}");
-    assert_eq!(wait, (Duration::from_secs(10), Duration::from_secs(11)));
-    // ... and the first batch got its weights back when its health waits ended, not when that
-    // prepare did (9 s later).
-    assert_eq!(
-        span("set_weights", None).0,
-        Duration::from_secs(11),
-        "{report}"
-    );
-    assert_eq!(prepared.1, Duration::from_secs(20), "{report}");
-    // web-3 was drained once prepared.
-    assert_eq!(
-        span("drain", Some("web-3")).0,
-        Duration::from_secs(20),
-        "{report}"
-    );
-    // 10 s of prepares first, then three batches: the last two waited for their prepares.
-    assert_eq!(
-        t0.elapsed(),
-        Duration::from_secs(10 + 10 + 10 + 1),
-        "{report}"
-    );
 }
 
 /// When each step started, on tokio's clock.

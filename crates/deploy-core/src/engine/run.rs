@@ -344,13 +344,20 @@ impl<'e> Run<'e> {
         let mut ahead: Option<Ahead<'e>> = None;
         while index < self.plan.steps.len() {
             let end = self.batch_end(index);
-            if let Some(a) = ahead.take_if(|a| !a.may_run_beside(&self.plan.steps[index..end]))
-                && let Some(reason) = self.end_ahead(a, cancel, deadline).await
+            let group = &self.plan.steps[index..end];
+            // Prepares that did not fit beside the health waits (a batch of more than half of
+            // `parallelism`) join the ones running, in the background too.
+            let background = ahead.is_some() && group.iter().all(|s| s.op() == "prepare");
+            let limit = self.engine.policies.parallelism.max(1);
+            if let Some(a) = ahead.take_if(|a| {
+                !a.may_run_beside(group) || (background && a.steps.len() + group.len() > limit)
+            }) && let Some(reason) = self.end_ahead(a, cancel, deadline).await
             {
                 return Some(reason);
             }
-            let (failed, started) =
-                beside(&mut ahead, self.forward_batch(index, end, cancel, deadline)).await;
+            // Boxed: a batch's future is large, and `beside` holds it beside the prepares'.
+            let batch = Box::pin(self.forward_batch(index, end, cancel, deadline, background));
+            let (failed, started) = beside(&mut ahead, batch).await;
             if let Some(reason) = failed {
                 for a in ahead.into_iter().chain(started) {
                     self.abandon_ahead(a).await;
@@ -358,9 +365,10 @@ impl<'e> Run<'e> {
                 return Some(reason);
             }
             if let Some(started) = started {
-                // A batch's prepares start beside health waits of targets prepared before.
-                debug_assert!(ahead.is_none());
-                ahead = Some(started);
+                ahead = Some(match ahead.take() {
+                    Some(running) => running.merge(started),
+                    None => started,
+                });
             }
             index = end;
         }
@@ -419,6 +427,7 @@ impl<'e> Run<'e> {
         end: usize,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
+        background: bool,
     ) -> (Option<String>, Option<Ahead<'e>>) {
         let engine = self.engine;
         let control = engine.control.clone();
@@ -526,11 +535,12 @@ impl<'e> Run<'e> {
             deadline,
             run_deadline: engine.policies.deadline,
         };
-        let (steps, begun, mut ahead) = self.split_ahead(steps, begun);
+        let (steps, begun, mut ahead) = self.split_ahead(steps, begun, background);
         let results: Vec<(Result<Vec<String>, Failure>, Instant)> = if let [step] = steps.as_slice()
         {
             let span = tracing::info_span!("step", index = begun[0].index + 1, op = step.op());
-            match guard.race(self.act_forward(step).instrument(span)).await {
+            let act = guard.race(self.act_forward(step).instrument(span));
+            match beside(&mut ahead, act).await {
                 Ok(r) => vec![(r.map(|()| Vec::new()), Instant::now())],
                 Err(why) => vec![(Err(Failure::interrupted(why.error())), Instant::now())],
             }
@@ -551,8 +561,9 @@ impl<'e> Run<'e> {
                 }
             }
         };
-        // 5. `after` hooks and the end of each step, in plan order.
-        (self.conclude(&steps, begun, results).await, ahead)
+        // 5. `after` hooks and the end of each step, in plan order (prepares ahead go on).
+        let concluded = beside(&mut ahead, Box::pin(self.conclude(&steps, begun, results))).await;
+        (concluded, ahead)
     }
 
     /// Steps `steps` (begun as `begun`) acted with `results`: each one's `after` hooks run and
@@ -709,18 +720,29 @@ impl<'e> Run<'e> {
         } else {
             None
         };
-        let text = error.map(Error::chain);
         self.record(&Record::StepFinished {
             index,
-            error: text.clone(),
+            error: error.map(Error::chain),
             backup,
         })
         .await;
+        self.report_step(index, step, started_at, duration, error);
+    }
+
+    /// Tell the observers and the report that step `index` ended (the journal is the caller's).
+    fn report_step(
+        &mut self,
+        index: usize,
+        step: &Step,
+        started_at: SystemTime,
+        duration: Duration,
+        error: Option<&Error>,
+    ) {
         self.engine.emit(&Event::StepFinished {
             index,
             step: step.clone(),
             duration,
-            error: text,
+            error: error.map(Error::chain),
         });
         self.steps.push(StepRecord {
             index,
@@ -838,7 +860,7 @@ pub(super) struct Ahead<'e> {
     acted: Option<Acted>,
 }
 
-impl Ahead<'_> {
+impl<'e> Ahead<'e> {
     /// Run the prepares to their end; safe to stop and call again (what they did is kept).
     async fn drive(&mut self) {
         if let Some(running) = &mut self.running {
@@ -848,14 +870,46 @@ impl Ahead<'_> {
     }
 
     /// Whether `group` may act while these prepares still run: a batch's weights (of other
-    /// targets) or an analysis; anything else waits for them.
+    /// targets), an analysis whose baseline is not being prepared (an unpacking host would
+    /// skew it), prepares of other targets; anything else waits for them.
     fn may_run_beside(&self, group: &[Step]) -> bool {
         let mine = |t: &TargetId| self.steps.iter().any(|s| s.target() == Some(t));
         group.iter().all(|s| match s {
             Step::SetWeights { weights } => weights.iter().all(|(t, _)| !mine(t)),
-            Step::Analyze { .. } => true,
+            Step::Analyze { baseline, .. } => baseline.iter().all(|t| !mine(t)),
+            Step::Prepare { target, .. } => !mine(target),
             _ => false,
         })
+    }
+
+    /// These prepares and `other`'s, as one.
+    fn merge(self, other: Ahead<'e>) -> Ahead<'e> {
+        fn running<'e>(
+            running: Option<futures_util::future::BoxFuture<'e, Acted>>,
+            acted: Option<Acted>,
+        ) -> futures_util::future::BoxFuture<'e, Acted> {
+            match running {
+                Some(r) => r,
+                None => futures_util::future::ready(acted.unwrap_or_default()).boxed(),
+            }
+        }
+        let both = futures_util::future::join(
+            running(self.running, self.acted),
+            running(other.running, other.acted),
+        )
+        .map(|(mut first, then)| {
+            first.extend(then);
+            first
+        });
+        let (mut steps, mut begun) = (self.steps, self.begun);
+        steps.extend(other.steps);
+        begun.extend(other.begun);
+        Ahead {
+            steps,
+            begun,
+            running: Some(both.boxed()),
+            acted: None,
+        }
     }
 }
 
@@ -874,16 +928,19 @@ async fn beside<F: Future>(ahead: &mut Option<Ahead<'_>>, fut: F) -> F::Output {
 }
 
 impl<'e> Run<'e> {
-    /// Split a batch's prepares that follow its health waits (a batch prepared ahead) off
-    /// `steps` and `begun`, and start them; the rest is returned to act as the batch.
+    /// Split a batch's prepares that follow its health waits (a batch prepared ahead), or all of
+    /// a batch of prepares to run in the `background`, off `steps` and `begun`, and start them;
+    /// the rest is returned to act as the batch.
     fn split_ahead(
         &self,
         steps: Vec<Step>,
         begun: Vec<Begun>,
+        background: bool,
     ) -> (Vec<Step>, Vec<Begun>, Option<Ahead<'e>>) {
         let mixed = matches!(steps.first(), Some(Step::AwaitHealthy { .. }))
             && steps.iter().any(|s| matches!(s, Step::Prepare { .. }));
-        if !mixed {
+        let all_prepares = steps.iter().all(|s| matches!(s, Step::Prepare { .. }));
+        if !(mixed || background && all_prepares) {
             return (steps, begun, None);
         }
         let (mut now, mut later) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
@@ -956,22 +1013,26 @@ impl<'e> Run<'e> {
         ahead.running = None;
         let mut acted = ahead.acted.take().map(Vec::into_iter);
         for b in ahead.begun {
-            let (error, ended) = match acted.as_mut().and_then(Iterator::next) {
-                Some((Ok(_), ended)) => (None, ended),
-                Some((Err(f), ended)) => (Some(f.error), ended),
-                None => (
-                    Some(Error::new(
+            match acted.as_mut().and_then(Iterator::next) {
+                Some((result, ended)) => {
+                    let duration = ended.saturating_duration_since(b.t0);
+                    let error = result.err().map(|f| f.error);
+                    self.finish_step(b.index, &b.step, b.started_at, duration, error.as_ref())
+                        .await;
+                }
+                // Stopped: reported, and left unfinished in the journal as a step in flight
+                // when a process dies (its failure would read as the run's).
+                None => {
+                    let stopped = Error::new(
                         ErrorKind::Cancelled,
                         "prepare",
                         "",
                         "stopped: the run rolls back",
-                    )),
-                    Instant::now(),
-                ),
-            };
-            let duration = ended.saturating_duration_since(b.t0);
-            self.finish_step(b.index, &b.step, b.started_at, duration, error.as_ref())
-                .await;
+                    );
+                    let duration = b.t0.elapsed();
+                    self.report_step(b.index, &b.step, b.started_at, duration, Some(&stopped));
+                }
+            }
         }
     }
 }
