@@ -950,7 +950,7 @@ impl Strategy {
                 // the batch before it (the engine runs a batch's health waits and the prepares
                 // that follow them together). Pending migrations: everything first.
                 let ahead = *prepare == PrepareOrder::BatchAhead && migrate.is_empty();
-                let prepare = |targets: &[TargetId]| {
+                let prepares_of = |targets: &[TargetId]| {
                     targets
                         .iter()
                         .map(|t| Step::Prepare {
@@ -959,7 +959,7 @@ impl Strategy {
                         })
                         .collect::<Vec<_>>()
                 };
-                steps.extend(prepare(if ahead { chunks[0] } else { &ids }));
+                steps.extend(prepares_of(if ahead { chunks[0] } else { &ids }));
                 steps.extend(migrate);
                 let mut done: Vec<TargetId> = Vec::new();
                 for (i, &chunk) in chunks.iter().enumerate() {
@@ -975,7 +975,7 @@ impl Strategy {
                         version: Some(version.clone()),
                     }));
                     if ahead && let Some(next) = chunks.get(i + 1) {
-                        steps.extend(prepare(next));
+                        steps.extend(prepares_of(next));
                     }
                     if let Some(w) = &weights {
                         let mut back = w.only(chunk);

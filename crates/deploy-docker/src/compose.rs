@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deploy_core::{
-    Command, Endpoint, Error, ErrorKind, Host, Output, Release, Result, SecretString, Target,
-    TargetId, Version,
+    Command, Endpoint, Error, ErrorKind, Host, Release, Result, SecretString, Target, TargetId,
+    Version,
 };
 use secrecy::ExposeSecret;
 
@@ -120,26 +120,18 @@ impl Project {
     fn all_running(&self) -> bool {
         self.containers.iter().all(|c| c.running)
     }
+    /// The latest `at` of its containers.
+    fn latest(&self, at: impl Fn(&Container) -> SystemTime) -> SystemTime {
+        self.containers.iter().map(at).max().unwrap_or(UNIX_EPOCH)
+    }
     fn started(&self) -> SystemTime {
-        self.containers
-            .iter()
-            .map(|c| c.started)
-            .max()
-            .unwrap_or(UNIX_EPOCH)
+        self.latest(|c| c.started)
     }
     fn finished(&self) -> SystemTime {
-        self.containers
-            .iter()
-            .map(|c| c.finished)
-            .max()
-            .unwrap_or(UNIX_EPOCH)
+        self.latest(|c| c.finished)
     }
     fn last_event(&self) -> SystemTime {
-        self.containers
-            .iter()
-            .map(Container::last_event)
-            .max()
-            .unwrap_or(UNIX_EPOCH)
+        self.latest(Container::last_event)
     }
 }
 
@@ -291,11 +283,6 @@ impl ComposeTarget {
         c
     }
 
-    /// Run a compose command; fail unless it exits 0.
-    async fn run_compose(&self, cmd: &Command) -> Result<Output> {
-        self.docker.run_checked(cmd).await
-    }
-
     /// Every project of this slot, by project name.
     async fn projects(&self) -> Result<Vec<Project>> {
         let all = self
@@ -438,16 +425,16 @@ impl ComposeTarget {
             Ok(()) => Ok(()),
             Err(e) => {
                 let now = self.project_containers(&project).await.unwrap_or_default();
-                if !now.is_empty() && self.check_ours(&project, &now, version).is_ok() {
-                    let n_services = services.len();
-                    if now.len() >= n_services {
-                        // Created after all (a concurrent prepare, or a lost answer).
-                        return Ok(());
-                    }
+                if now.len() >= services.len()
+                    && !now.is_empty()
+                    && self.check_ours(&project, &now, version).is_ok()
+                {
+                    // Created after all (a concurrent prepare, or a lost answer).
+                    return Ok(());
                 }
                 // A half-created project would be reused as if whole: take it down.
                 let down = self.compose(&project, version, None, &["down"]);
-                if let Err(d) = self.run_compose(&down).await {
+                if let Err(d) = self.docker.run_checked(&down).await {
                     tracing::warn!(target = %self.id, project, error = %d,
                         "could not take down a half-created project");
                 }
@@ -471,7 +458,7 @@ impl ComposeTarget {
         // The compose file alone: an override without services is compose v1's version 1
         // format, which it refuses to merge.
         let cmd = self.compose_with(project, version, None, &["config"], false);
-        let out = self.run_compose(&cmd).await?;
+        let out = self.docker.run_checked(&cmd).await?;
         let services = parse_config(&out.stdout_text());
         if services.is_empty() {
             return Err(Error::new(
@@ -565,14 +552,14 @@ impl ComposeTarget {
         let mut args = vec!["pull", "-q"];
         args.extend(missing.iter().map(|(s, _)| *s));
         let cmd = self.compose(project, version, None, &args);
-        self.run_compose(&cmd).await.map(drop)
+        self.docker.run_checked(&cmd).await.map(drop)
     }
 
     /// `create` the project's containers; secrets through an env file removed right after.
     async fn create(&self, project: &str, version: &Version) -> Result<()> {
         if self.secret_env.is_empty() {
             let cmd = self.compose(project, version, None, &["create"]);
-            return self.run_compose(&cmd).await.map(drop);
+            return self.docker.run_checked(&cmd).await.map(drop);
         }
         let file = self.temp_dir.join(format!(
             ".deploy-compose-{project}-{}.env",
@@ -585,7 +572,7 @@ impl ComposeTarget {
                 .write_file(&file, contents.expose_secret().as_bytes(), Some(0o600))
                 .await?;
             let cmd = self.compose(project, version, Some(&file), &["create"]);
-            self.run_compose(&cmd).await.map(drop)
+            self.docker.run_checked(&cmd).await.map(drop)
         }
         .await;
         let removed = self.docker.host.remove(&file).await;
@@ -621,13 +608,13 @@ impl ComposeTarget {
             // The command's own limit comes on top of the graceful stop.
             cmd = cmd.timeout(t + self.stop_timeout);
         }
-        self.run_compose(&cmd).await.map(drop)
+        self.docker.run_checked(&cmd).await.map(drop)
     }
 
     /// `start` `project` and check that all its containers run.
     async fn start_project(&self, project: &Project, version: &Version) -> Result<()> {
         let cmd = self.compose(&project.name, version, None, &["start"]);
-        self.run_compose(&cmd).await?;
+        self.docker.run_checked(&cmd).await?;
         let now = self.project_containers(&project.name).await?;
         let stopped: Vec<String> = now
             .iter()
@@ -710,7 +697,7 @@ impl ComposeTarget {
                     self.docker.command(args)
                 }
             };
-            self.run_compose(&cmd).await?;
+            self.docker.run_checked(&cmd).await?;
             self.docker.host.remove(&files).await?;
         }
         let in_use: BTreeSet<&str> = kept

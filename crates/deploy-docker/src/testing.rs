@@ -593,12 +593,14 @@ pub async fn served_version(port: u16) -> Option<deploy_core::Version> {
     }
 }
 
-/// The docker subcommand of `c`, skipping `-H <socket>`.
+/// The docker or docker-compose subcommand of `c` (`load`, `create`, `start`, `down`, …),
+/// skipping the global options before it and their values (`-H <socket>`, compose's
+/// `-p <project>`, `-f <file>`, `--env-file <file>`).
 pub fn docker_subcommand(c: &Command) -> Option<String> {
     let mut args = c.args.iter().map(|a| a.to_string_lossy().into_owned());
     loop {
         let a = args.next()?;
-        if a == "-H" || a == "--host" {
+        if matches!(a.as_str(), "-H" | "--host" | "-p" | "-f" | "--env-file") {
             args.next();
             continue;
         }

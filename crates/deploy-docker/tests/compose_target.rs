@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use deploy_core::testing::conformance;
 use deploy_core::testing::process::free_port;
-use deploy_core::{Command, Endpoint, LocalHost, Release, SecretString, Target, TargetId, Version};
-use deploy_docker::testing::{DockerdFixture, RecordingHost, served_version};
+use deploy_core::{Endpoint, LocalHost, Release, SecretString, Target, TargetId, Version};
+use deploy_docker::testing::{DockerdFixture, RecordingHost, docker_subcommand, served_version};
 use deploy_docker::{ComposeTarget, ComposeTargetBuilder};
 
 /// The compose program the tests use.
@@ -108,28 +108,6 @@ fn containers(engine: &DockerdFixture, app: &str) -> Vec<String> {
     names
 }
 
-/// The compose subcommand of `c` (`create`, `start`, `stop`, `pull`, `down`), skipping the
-/// global options and their values; `docker` commands give theirs after `-H`.
-fn subcommand(c: &Command) -> Option<String> {
-    let mut args = c.args.iter().map(|a| a.to_string_lossy().into_owned());
-    loop {
-        let a = args.next()?;
-        if matches!(a.as_str(), "-p" | "-f" | "--env-file" | "-H") {
-            args.next();
-            continue;
-        }
-        return Some(a);
-    }
-}
-
-/// How many recorded commands run `sub` (`docker load`, `docker-compose create`, …).
-fn count(host: &RecordingHost, sub: &str) -> usize {
-    host.commands()
-        .iter()
-        .filter(|c| subcommand(c).as_deref() == Some(sub))
-        .count()
-}
-
 /// Build the test image `deploy-test/<name>:<version>` for each version.
 fn build_images(engine: &DockerdFixture, name: &str, versions: &[&str]) {
     for version in versions {
@@ -208,7 +186,13 @@ async fn activate_stops_the_old_project_and_going_back_is_a_start() {
 
     let r1 = Release::new(v("1.0.0")).with_artifact(&archive);
     t.prepare(&r1).await.unwrap();
-    assert_eq!((count(&host, "load"), count(&host, "create")), (1, 1));
+    assert_eq!(
+        (
+            host.docker_subcommands("load"),
+            host.docker_subcommands("create")
+        ),
+        (1, 1)
+    );
     assert_eq!(
         containers(&engine, "cback"),
         vec!["cback-blue-1_0_0_app_1 created"]
@@ -223,7 +207,10 @@ async fn activate_stops_the_old_project_and_going_back_is_a_start() {
     );
     t.prepare(&r1).await.unwrap();
     assert_eq!(
-        (count(&host, "load"), count(&host, "create")),
+        (
+            host.docker_subcommands("load"),
+            host.docker_subcommands("create")
+        ),
         (1, 1),
         "prepared once"
     );
@@ -241,7 +228,7 @@ async fn activate_stops_the_old_project_and_going_back_is_a_start() {
             "cback-blue-2_0_0_app_1 running"
         ]
     );
-    assert_eq!(count(&host, "pull"), 0);
+    assert_eq!(host.docker_subcommands("pull"), 0);
 
     // Going back: one stop and one start, nothing loaded, pulled or created.
     host.clear();
@@ -251,11 +238,11 @@ async fn activate_stops_the_old_project_and_going_back_is_a_start() {
     assert_eq!(served_version(port).await, Some(v("1.0.0")));
     assert_eq!(t.current().await.unwrap(), Some(v("1.0.0")));
     let counts = [
-        count(&host, "load"),
-        count(&host, "pull"),
-        count(&host, "create"),
-        count(&host, "stop"),
-        count(&host, "start"),
+        host.docker_subcommands("load"),
+        host.docker_subcommands("pull"),
+        host.docker_subcommands("create"),
+        host.docker_subcommands("stop"),
+        host.docker_subcommands("start"),
     ];
     eprintln!("going back took {back:?}; load, pull, create, stop, start = {counts:?}");
     assert_eq!(counts, [0, 0, 0, 1, 1]);
@@ -399,7 +386,7 @@ async fn an_app_with_a_sidecar_moves_as_one_project_and_its_secret_stays_off_arg
     assert!(
         commands
             .iter()
-            .any(|c| subcommand(c).as_deref() == Some("create"))
+            .any(|c| docker_subcommand(c).as_deref() == Some("create"))
     );
     for c in &commands {
         assert!(!c.display().contains(secret), "{}", c.display());
@@ -474,7 +461,13 @@ async fn missing_images_are_pulled_and_foreign_projects_refused_by_name() {
     let m = e.to_string();
     eprintln!("{m}");
     assert!(m.contains("prepare 9.0.0") && m.contains("pull"), "{m}");
-    assert_eq!((count(&host, "pull"), count(&host, "create")), (1, 0));
+    assert_eq!(
+        (
+            host.docker_subcommands("pull"),
+            host.docker_subcommands("create")
+        ),
+        (1, 0)
+    );
     assert!(containers(&engine, "cmiss").is_empty());
     assert!(
         !tmp.path()
@@ -501,7 +494,7 @@ async fn missing_images_are_pulled_and_foreign_projects_refused_by_name() {
         m.contains("deploy-test/cmiss:9.0.0") && m.contains("deploy-test/other:9.0.0"),
         "{m}"
     );
-    assert_eq!(count(&host, "create"), 0);
+    assert_eq!(host.docker_subcommands("create"), 0);
 
     // A project of the same name made by hand, without the slot's labels: refused, named.
     let out = std::process::Command::new(COMPOSE)
@@ -522,5 +515,9 @@ async fn missing_images_are_pulled_and_foreign_projects_refused_by_name() {
         m.contains("cmiss-blue-1_0_0") && m.contains("deploy.app=(none)"),
         "{m}"
     );
-    assert_eq!(count(&host, "create"), 0, "nothing created over it");
+    assert_eq!(
+        host.docker_subcommands("create"),
+        0,
+        "nothing created over it"
+    );
 }

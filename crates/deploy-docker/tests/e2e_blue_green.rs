@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use deploy_core::LocalHost;
 use deploy_core::testing::process::free_ports;
-use deploy_core::{
-    DynHealthProbe, Engine, Environment, Outcome, PlanOptions, Policies, Strategy, Target,
-};
+use deploy_core::{DynHealthProbe, Environment, Outcome, PlanOptions, Strategy, Target};
 use deploy_docker::DockerHealthProbe;
 use deploy_docker::testing::{DockerdFixture, RecordingHost};
 use deploy_haproxy::testing::{Load, LoadConfig};
@@ -64,16 +62,7 @@ async fn blue_green_of_containers_behind_haproxy_promotes_and_rolls_back_with_ze
         .probe(Arc::new(probe))
         .build()
         .unwrap();
-    let mut policies = Policies::default();
-    policies.probe.interval = Duration::from_millis(250);
-    policies.probe.healthy_threshold = 2;
-    policies.probe.unhealthy_threshold = 3;
-    policies.probe.deadline = Duration::from_secs(60);
-    policies.drain.timeout = Duration::from_secs(10);
-    policies.drain.poll_interval = Duration::from_millis(50);
-    let deployer = Engine::new(env)
-        .with_state_dir(tmp.path().join("state"))
-        .with_policies(policies);
+    let deployer = e2e_support::engine(env, &tmp.path().join("state"));
     let strategy = Strategy::BlueGreen {
         pre_switch_analysis: None,
         bake: Duration::from_secs(1),

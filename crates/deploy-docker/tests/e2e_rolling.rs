@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use deploy_core::testing::process::free_ports;
 use deploy_core::{
-    BatchSize, DynHealthProbe, Engine, Environment, LocalHost, Outcome, PlanOptions, Policies,
-    Strategy, Target, TargetBudget,
+    BatchSize, DynHealthProbe, Environment, LocalHost, Outcome, PlanOptions, Strategy, Target,
+    TargetBudget,
 };
 use deploy_docker::testing::{DockerdFixture, RecordingHost};
 use deploy_docker::{DockerHealthProbe, DockerTarget};
@@ -124,16 +124,7 @@ async fn rolling_over_three_container_slots_with_a_failing_slot_rolls_back_or_le
         .probe(Arc::new(probe))
         .build()
         .unwrap();
-    let mut policies = Policies::default();
-    policies.probe.interval = Duration::from_millis(250);
-    policies.probe.healthy_threshold = 2;
-    policies.probe.unhealthy_threshold = 3;
-    policies.probe.deadline = Duration::from_secs(60);
-    policies.drain.timeout = Duration::from_secs(10);
-    policies.drain.poll_interval = Duration::from_millis(50);
-    let deployer = Engine::new(env)
-        .with_state_dir(tmp.path().join("state"))
-        .with_policies(policies);
+    let deployer = e2e_support::engine(env, &tmp.path().join("state"));
     let rolling = |budget: Option<TargetBudget>| Strategy::Rolling {
         batch: BatchSize::Count(1),
         analysis: None,

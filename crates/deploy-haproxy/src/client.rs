@@ -105,7 +105,7 @@ pub struct RuntimeClient {
     /// `backend/server` → the server's id (`sid`) seen in the last `show stat` that had it:
     /// one server's row is then asked for alone (`show stat <backend> 4 <sid>`), not picked out
     /// of the whole backend's.
-    server_ids: Arc<Mutex<HashMap<String, String>>>,
+    server_ids: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl fmt::Debug for RuntimeClient {
@@ -510,8 +510,8 @@ impl RuntimeClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for r in rows.iter().filter(|r| r.kind == crate::RowKind::Server) {
-            if let Some(sid) = r.field("sid").filter(|s| s.parse::<u32>().is_ok()) {
-                ids.insert(format!("{}/{}", r.proxy, r.name), sid.to_owned());
+            if let Some(sid) = r.field("sid").and_then(|s| s.parse::<u32>().ok()) {
+                ids.insert(format!("{}/{}", r.proxy, r.name), sid);
             }
         }
     }
@@ -531,7 +531,7 @@ impl RuntimeClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-            .cloned();
+            .copied();
         let is_it = |r: &StatRow| r.proxy == backend && r.name == server;
         if let Some(sid) = known {
             let line = format!("show stat {backend} 4 {sid}");

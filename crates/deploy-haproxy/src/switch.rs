@@ -433,14 +433,10 @@ impl TrafficSwitch for HaproxySwitch {
             .collect();
         if !down.is_empty() {
             let admin = self.client.admin_states(self.backend(), &down).await?;
-            let out: Vec<&str> = admin
-                .iter()
-                .filter(|(_, (drain, maint))| *drain || *maint)
-                .map(|(server, _)| server.as_str())
-                .collect();
             let targets: Vec<TargetId> = weights.iter().map(|(t, _)| t.clone()).collect();
             for t in targets {
-                if out.contains(&self.server_name(&t)?) {
+                let out = admin.get(self.server_name(&t)?);
+                if out.is_some_and(|(drain, maint)| *drain || *maint) {
                     weights.set(t, 0);
                 }
             }

@@ -16,7 +16,8 @@ use russh::ChannelMsg;
 use russh::client::Handle;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::{Config, RawSftpSession};
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use russh_sftp::extensions::FSYNC;
+use russh_sftp::protocol::{FileAttributes, FileType, OpenFlags, Packet, StatusCode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -24,8 +25,6 @@ use crate::host::{Client, Input};
 
 /// The extension that renames over an existing file atomically (`rename(2)`).
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
-/// The extension that fsyncs an open file.
-const FSYNC: &str = "fsync@openssh.com";
 /// Bytes per read or write request (OpenSSH's server accepts up to 256 KiB).
 pub(crate) const CHUNK: usize = 32 * 1024;
 /// Write requests in flight at once during a transfer.
@@ -618,11 +617,11 @@ fn closed() -> Failure {
 
 /// The kind of a file from its attributes.
 fn kind_of(attrs: &FileAttributes) -> FileKind {
-    match attrs.permissions.map(|p| p & 0o170_000) {
-        Some(0o040_000) => FileKind::Dir,
-        Some(0o100_000) => FileKind::File,
-        Some(0o120_000) => FileKind::Symlink,
-        _ => FileKind::Other,
+    match attrs.file_type() {
+        FileType::Dir => FileKind::Dir,
+        FileType::File => FileKind::File,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::Other => FileKind::Other,
     }
 }
 

@@ -380,18 +380,14 @@ impl<'e> Run<'e> {
         Ok(Vec::new())
     }
 
-    /// The prepare `step` as a future that borrows only the engine, not the run: a batch
-    /// prepared ahead runs on beside the steps after its group ([`Ahead`](super::run::Ahead)).
+    /// Preparing `version` on `target` as a future that borrows only the engine, not the run: a
+    /// batch prepared ahead runs on beside the steps after its group
+    /// ([`Ahead`](super::run::Ahead)).
     pub(super) fn prepare(
         &self,
-        step: &Step,
+        target: &TargetId,
+        version: &Version,
     ) -> Result<impl Future<Output = Result<(), Failure>> + Send + 'e, Failure> {
-        let Step::Prepare { target, version } = step else {
-            return Err(Failure::engine(
-                ErrorKind::Other,
-                format!("{step} is not a prepare"),
-            ));
-        };
         let engine = self.engine;
         let tg = self.env().target(target)?;
         let release = if version == &self.plan.release.version {
@@ -420,7 +416,7 @@ impl<'e> Run<'e> {
         let env = self.env();
         let t = engine.policies.timeouts.call;
         match step {
-            Step::Prepare { .. } => self.prepare(step)?.await?,
+            Step::Prepare { target, version } => self.prepare(target, version)?.await?,
             Step::Activate { target, version } => {
                 let tg = env.target(target)?;
                 engine

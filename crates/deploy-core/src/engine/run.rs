@@ -347,10 +347,11 @@ impl<'e> Run<'e> {
             let group = &self.plan.steps[index..end];
             // Prepares that did not fit beside the health waits (a batch of more than half of
             // `parallelism`) join the ones running, in the background too.
-            let background = ahead.is_some() && group.iter().all(|s| s.op() == "prepare");
+            let background =
+                ahead.is_some() && group.iter().all(|s| matches!(s, Step::Prepare { .. }));
             let limit = self.engine.policies.parallelism.max(1);
             if let Some(a) = ahead.take_if(|a| {
-                !a.may_run_beside(group) || (background && a.steps.len() + group.len() > limit)
+                !a.may_run_beside(group) || (background && a.prepares.len() + group.len() > limit)
             }) && let Some(reason) = self.end_ahead(a, cancel, deadline).await
             {
                 return Some(reason);
@@ -536,8 +537,7 @@ impl<'e> Run<'e> {
             run_deadline: engine.policies.deadline,
         };
         let (steps, begun, mut ahead) = self.split_ahead(steps, begun, background);
-        let results: Vec<(Result<Vec<String>, Failure>, Instant)> = if let [step] = steps.as_slice()
-        {
+        let results: Vec<Acted> = if let [step] = steps.as_slice() {
             let span = tracing::info_span!("step", index = begun[0].index + 1, op = step.op());
             let act = guard.race(self.act_forward(step).instrument(span));
             match beside(&mut ahead, act).await {
@@ -573,7 +573,7 @@ impl<'e> Run<'e> {
         &mut self,
         steps: &[Step],
         begun: Vec<Begun>,
-        results: Vec<(Result<Vec<String>, Failure>, Instant)>,
+        results: Vec<Acted>,
     ) -> Option<String> {
         // Each failure: the target a failure budget may give up on (none: not tolerable), why,
         // and its step.
@@ -845,8 +845,11 @@ pub(super) struct Begun {
     t0: Instant,
 }
 
-/// What the steps of a batch came to: each one's result and when it ended.
-type Acted = Vec<(Result<Vec<String>, Failure>, Instant)>;
+/// What a step came to: its result (notes for the report) and when it ended.
+type Acted = (Result<Vec<String>, Failure>, Instant);
+
+/// A prepare running ahead, kept with its result once it has one.
+type Preparing<'e> = futures_util::future::MaybeDone<futures_util::future::BoxFuture<'e, Acted>>;
 
 /// The prepares of the next batch, started beside a batch's health waits
 /// ([`PrepareOrder::BatchAhead`](crate::PrepareOrder::BatchAhead)): they run on beside the
@@ -854,26 +857,32 @@ type Acted = Vec<(Result<Vec<String>, Failure>, Instant)>;
 /// ([`Run::end_ahead`]) before a step that is not one of those, so that a batch taken out of
 /// the traffic never waits for them and a batch never acts unprepared.
 pub(super) struct Ahead<'e> {
-    steps: Vec<Step>,
-    begun: Vec<Begun>,
-    running: Option<futures_util::future::BoxFuture<'e, Acted>>,
-    acted: Option<Acted>,
+    /// Each prepare as it began, and as it runs.
+    prepares: Vec<(Begun, Preparing<'e>)>,
 }
 
 impl<'e> Ahead<'e> {
-    /// Run the prepares to their end; safe to stop and call again (what they did is kept).
+    /// Run the prepares to their end; safe to stop and call again (each keeps its result).
     async fn drive(&mut self) {
-        if let Some(running) = &mut self.running {
-            self.acted = Some(running.await);
-            self.running = None;
-        }
+        futures_util::future::join_all(self.prepares.iter_mut().map(|(_, p)| p)).await;
+    }
+
+    /// Whether every prepare has its result.
+    fn done(&self) -> bool {
+        self.prepares
+            .iter()
+            .all(|(_, p)| matches!(p, futures_util::future::MaybeDone::Done(_)))
     }
 
     /// Whether `group` may act while these prepares still run: a batch's weights (of other
     /// targets), an analysis whose baseline is not being prepared (an unpacking host would
     /// skew it), prepares of other targets; anything else waits for them.
     fn may_run_beside(&self, group: &[Step]) -> bool {
-        let mine = |t: &TargetId| self.steps.iter().any(|s| s.target() == Some(t));
+        let mine = |t: &TargetId| {
+            self.prepares
+                .iter()
+                .any(|(b, _)| b.step.target() == Some(t))
+        };
         group.iter().all(|s| match s {
             Step::SetWeights { weights } => weights.iter().all(|(t, _)| !mine(t)),
             Step::Analyze { baseline, .. } => baseline.iter().all(|t| !mine(t)),
@@ -883,39 +892,15 @@ impl<'e> Ahead<'e> {
     }
 
     /// These prepares and `other`'s, as one.
-    fn merge(self, other: Ahead<'e>) -> Ahead<'e> {
-        fn running<'e>(
-            running: Option<futures_util::future::BoxFuture<'e, Acted>>,
-            acted: Option<Acted>,
-        ) -> futures_util::future::BoxFuture<'e, Acted> {
-            match running {
-                Some(r) => r,
-                None => futures_util::future::ready(acted.unwrap_or_default()).boxed(),
-            }
-        }
-        let both = futures_util::future::join(
-            running(self.running, self.acted),
-            running(other.running, other.acted),
-        )
-        .map(|(mut first, then)| {
-            first.extend(then);
-            first
-        });
-        let (mut steps, mut begun) = (self.steps, self.begun);
-        steps.extend(other.steps);
-        begun.extend(other.begun);
-        Ahead {
-            steps,
-            begun,
-            running: Some(both.boxed()),
-            acted: None,
-        }
+    fn merge(mut self, other: Ahead<'e>) -> Ahead<'e> {
+        self.prepares.extend(other.prepares);
+        self
     }
 }
 
 /// Await `fut`, driving the prepares `ahead` meanwhile: they run beside it, never hold it up.
 async fn beside<F: Future>(ahead: &mut Option<Ahead<'_>>, fut: F) -> F::Output {
-    let Some(a) = ahead.as_mut().filter(|a| a.running.is_some()) else {
+    let Some(a) = ahead.as_mut().filter(|a| !a.done()) else {
         return fut.await;
     };
     tokio::pin!(fut);
@@ -943,39 +928,23 @@ impl<'e> Run<'e> {
         if !(mixed || background && all_prepares) {
             return (steps, begun, None);
         }
-        let (mut now, mut later) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        let (mut now, mut prepares) = ((Vec::new(), Vec::new()), Vec::new());
         for (step, b) in steps.into_iter().zip(begun) {
-            let side = if matches!(step, Step::Prepare { .. }) {
-                &mut later
-            } else {
-                &mut now
+            let Step::Prepare { target, version } = &step else {
+                now.0.push(step);
+                now.1.push(b);
+                continue;
             };
-            side.0.push(step);
-            side.1.push(b);
+            let span = tracing::info_span!("step", index = b.index + 1, op = step.op());
+            let running = match self.prepare(target, version) {
+                Ok(prepare) => async move { (prepare.await.map(|()| Vec::new()), Instant::now()) }
+                    .instrument(span)
+                    .boxed(),
+                Err(f) => futures_util::future::ready((Err(f), Instant::now())).boxed(),
+            };
+            prepares.push((b, futures_util::future::maybe_done(running)));
         }
-        let prepares: Vec<futures_util::future::BoxFuture<'e, _>> = later
-            .0
-            .iter()
-            .zip(&later.1)
-            .map(|(step, b)| {
-                let span = tracing::info_span!("step", index = b.index + 1, op = step.op());
-                match self.prepare(step) {
-                    Ok(prepare) => {
-                        async move { (prepare.await.map(|()| Vec::new()), Instant::now()) }
-                            .instrument(span)
-                            .boxed()
-                    }
-                    Err(f) => futures_util::future::ready((Err(f), Instant::now())).boxed(),
-                }
-            })
-            .collect();
-        let ahead = Ahead {
-            steps: later.0,
-            begun: later.1,
-            running: Some(futures_util::future::join_all(prepares).boxed()),
-            acted: None,
-        };
-        (now.0, now.1, Some(ahead))
+        (now.0, now.1, Some(Ahead { prepares }))
     }
 
     /// Let the prepares `ahead` end (raced against cancellation, abort and the run's deadline)
@@ -993,27 +962,32 @@ impl<'e> Run<'e> {
             deadline,
             run_deadline: self.engine.policies.deadline,
         };
-        let acted = match guard.race(ahead.drive()).await {
-            Ok(()) => ahead.acted.take().unwrap_or_default(),
-            Err(why) => {
-                let now = Instant::now();
-                ahead
-                    .steps
-                    .iter()
-                    .map(|_| (Err(Failure::interrupted(why.error())), now))
-                    .collect()
-            }
-        };
-        self.conclude(&ahead.steps, ahead.begun, acted).await
+        let interrupted = guard.race(ahead.drive()).await.err();
+        let (mut steps, mut begun, mut acted) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, mut p) in ahead.prepares {
+            let out = match (&interrupted, std::pin::Pin::new(&mut p).take_output()) {
+                (None, Some(out)) => out,
+                (why, _) => {
+                    let why = why.as_ref().map_or_else(
+                        || Error::new(ErrorKind::Other, "prepare", "", "ended without a result"),
+                        Interruption::error,
+                    );
+                    (Err(Failure::interrupted(why)), Instant::now())
+                }
+            };
+            steps.push(b.step.clone());
+            begun.push(b);
+            acted.push(out);
+        }
+        self.conclude(&steps, begun, acted).await
     }
 
     /// The run rolls back while the prepares `ahead` may still run: they stop, and each is
-    /// finished as it ended (or as stopped).
-    async fn abandon_ahead(&mut self, mut ahead: Ahead<'e>) {
-        ahead.running = None;
-        let mut acted = ahead.acted.take().map(Vec::into_iter);
-        for b in ahead.begun {
-            match acted.as_mut().and_then(Iterator::next) {
+    /// finished as it ended — or, unless all had ended, reported as stopped.
+    async fn abandon_ahead(&mut self, ahead: Ahead<'e>) {
+        let done = ahead.done();
+        for (b, mut p) in ahead.prepares {
+            match std::pin::Pin::new(&mut p).take_output().filter(|_| done) {
                 Some((result, ended)) => {
                     let duration = ended.saturating_duration_since(b.t0);
                     let error = result.err().map(|f| f.error);

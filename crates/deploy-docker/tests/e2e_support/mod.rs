@@ -9,11 +9,30 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{Endpoint, HealthProbe, HttpProbe, ProbeRequest, Release, TargetId, Version};
+use deploy_core::{
+    Endpoint, Engine, Environment, HealthProbe, HttpProbe, Policies, ProbeRequest, Release,
+    TargetId, Version,
+};
 use deploy_docker::DockerTarget;
 use deploy_docker::testing::{DockerdFixture, RecordingHost};
 use deploy_haproxy::HaproxySwitch;
 use deploy_haproxy::testing::{FixtureConfig, HaproxyFixture, ServerSpec};
+
+/// The engine of `env` with its state in `state`, and the whole-deployment tests' policies: a
+/// 250 ms probe (two healthy checks, three unhealthy answers fail, a 60 s deadline), drains of
+/// at most 10 s polled every 50 ms.
+pub fn engine(env: Environment, state: &Path) -> Engine {
+    let mut policies = Policies::default();
+    policies.probe.interval = Duration::from_millis(250);
+    policies.probe.healthy_threshold = 2;
+    policies.probe.unhealthy_threshold = 3;
+    policies.probe.deadline = Duration::from_secs(60);
+    policies.drain.timeout = Duration::from_secs(10);
+    policies.drain.poll_interval = Duration::from_millis(50);
+    Engine::new(env)
+        .with_state_dir(state)
+        .with_policies(policies)
+}
 
 /// `version` as a [`Version`].
 pub fn v(s: &str) -> Version {
